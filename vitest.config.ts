@@ -1,0 +1,26 @@
+import { fileURLToPath } from 'node:url'
+import { defineConfig } from 'vitest/config'
+
+const src = (name: string): string =>
+  fileURLToPath(new URL(`./packages/${name}/src/index.ts`, import.meta.url))
+
+export default defineConfig({
+  resolve: {
+    // Tests run against the sources of sibling packages: no build step between
+    // an edit and a test run, and the public entry point is still the only door.
+    alias: {
+      '@ambientkit/core': src('core'),
+      '@ambientkit/identity': src('identity'),
+      '@ambientkit/redirect': src('redirect'),
+      '@ambientkit/proxy': src('proxy'),
+    },
+  },
+  test: {
+    include: ['packages/*/test/**/*.test.ts', 'examples/*/test/**/*.test.ts', 'test/**/*.test.ts'],
+    // Child processes, not worker threads: setns() and socket options act on the
+    // calling thread, and a crash in the native addon must not take the runner down.
+    pool: 'forks',
+    testTimeout: 30_000,
+    hookTimeout: 60_000,
+  },
+})
