@@ -1,0 +1,115 @@
+import { describe, expect, it } from 'vitest'
+import { createWorkloadRegistry, workloadIdentity, parseWorkloadIdentity, type RegistryChange, type Workload } from '@ambientkit/core'
+
+const workload = (uid: string, addresses: string[], extra: Partial<Workload> = {}): Workload => ({
+  uid,
+  name: uid,
+  namespace: 'shop',
+  serviceAccount: 'api',
+  node: 'node-1',
+  addresses,
+  protocol: 'HBONE',
+  labels: { app: uid },
+  ...extra,
+})
+
+describe('workload identity', () => {
+  it('is spiffe://<trust domain>/ns/<namespace>/sa/<service account>', () => {
+    expect(workloadIdentity(workload('a', []))).toBe('spiffe://cluster.local/ns/shop/sa/api')
+    expect(workloadIdentity({ ...workload('a', []), trustDomain: 'example.org' })).toBe('spiffe://example.org/ns/shop/sa/api')
+    expect(parseWorkloadIdentity('spiffe://example.org/ns/shop/sa/api')).toEqual({ trustDomain: 'example.org', namespace: 'shop', serviceAccount: 'api' })
+    expect(parseWorkloadIdentity('spiffe://example.org/ns/shop/sa/api/extra')).toBeUndefined()
+  })
+})
+
+describe('createWorkloadRegistry', () => {
+  it('finds a workload by any textual form of its address', () => {
+    const registry = createWorkloadRegistry()
+    registry.upsertWorkload(workload('a', ['10.0.0.1', '2001:0db8:0:0::1']))
+    for (const form of ['10.0.0.1', '::ffff:10.0.0.1', '::ffff:a00:1', '2001:db8::1', '2001:0db8:0:0::1', '2001:DB8:0000::1']) {
+      expect(registry.workloadByAddress(form)?.uid, form).toBe('a')
+    }
+    expect(registry.workloadByAddress('10.0.0.2')).toBeUndefined()
+    expect(registry.workloadByAddress('not an ip')).toBeUndefined()
+    expect(registry.workloadByUid('a')?.addresses).toEqual(['10.0.0.1', '2001:db8::1'])
+  })
+
+  it('stores canonical, frozen copies and refuses invalid workloads naming the field', () => {
+    const registry = createWorkloadRegistry()
+    const stored = registry.upsertWorkload(workload('a', ['::ffff:10.0.0.1']))
+    expect(stored.addresses).toEqual(['10.0.0.1'])
+    expect(Object.isFrozen(stored)).toBe(true)
+    expect(() => registry.upsertWorkload(workload('b', ['10.0.0.300']))).toThrow(/addresses\[0\]: expected an IPv4 or IPv6 address, got "10.0.0.300"/)
+    expect(() => registry.upsertWorkload(workload('b', [], { namespace: 'a/b' }))).toThrow(/namespace: expected a non-empty name of \[a-zA-Z0-9._-\], got "a\/b"/)
+    expect(() => registry.upsertWorkload(workload('b', [], { protocol: 'UDP' as 'TCP' }))).toThrow(/protocol: expected "HBONE" or "TCP"/)
+    expect(() => registry.upsertWorkload(workload('', []))).toThrow(/uid: expected a non-empty string/)
+    expect(registry.workloadByUid('b')).toBeUndefined()
+  })
+
+  it('emits added, updated and removed, and nothing for an identical upsert', () => {
+    const registry = createWorkloadRegistry()
+    const changes: RegistryChange[] = []
+    const unsubscribe = registry.subscribe((c) => changes.push(c))
+    registry.upsertWorkload(workload('a', ['10.0.0.1']))
+    registry.upsertWorkload(workload('a', ['10.0.0.1']))
+    registry.upsertWorkload(workload('a', ['10.0.0.2']))
+    expect(registry.workloadByAddress('10.0.0.1')).toBeUndefined()
+    expect(registry.removeWorkload('a')).toBe(true)
+    expect(registry.removeWorkload('a')).toBe(false)
+    unsubscribe()
+    registry.upsertWorkload(workload('b', []))
+    expect(changes.map((c) => c.type)).toEqual(['workload-added', 'workload-updated', 'workload-removed'])
+    const updated = changes[1]
+    expect(updated?.type === 'workload-updated' && updated.previous?.addresses).toEqual(['10.0.0.1'])
+  })
+
+  it('lets the newest claim on an address win, and keeps it when the old workload goes', () => {
+    const registry = createWorkloadRegistry()
+    registry.upsertWorkload(workload('old', ['10.0.0.1']))
+    registry.upsertWorkload(workload('new', ['10.0.0.1']))
+    expect(registry.workloadByAddress('10.0.0.1')?.uid).toBe('new')
+    registry.removeWorkload('old')
+    expect(registry.workloadByAddress('10.0.0.1')?.uid).toBe('new')
+  })
+
+  it('resolves a service VIP and port to its endpoints round-robin, with the target port', () => {
+    const registry = createWorkloadRegistry()
+    registry.upsertWorkload(workload('a', ['10.0.0.1', 'fd00::1']))
+    registry.upsertWorkload(workload('b', ['10.0.0.2', 'fd00::2']))
+    registry.upsertService({ hostname: 'api.shop.svc.cluster.local', namespace: 'shop', vips: ['10.96.0.10', 'fd00:96::10'], ports: { 80: 8080 }, endpoints: ['a', 'b', 'missing'] })
+    const picks = [0, 1, 2, 3].map(() => registry.resolve('10.96.0.10', 80))
+    expect(picks.map((p) => p?.kind === 'service' && `${p.workload.uid}@${p.address}:${p.port}`)).toEqual([
+      'a@10.0.0.1:8080', 'b@10.0.0.2:8080', 'a@10.0.0.1:8080', 'b@10.0.0.2:8080',
+    ])
+    const v6 = registry.resolve('fd00:96:0::10', 80)
+    expect(v6?.kind === 'service' && v6.address).toMatch(/^fd00::[12]$/)
+    expect(registry.resolve('10.96.0.10', 81)).toBeUndefined()
+    expect(registry.resolve('10.0.0.2', 9000)).toMatchObject({ kind: 'workload', address: '10.0.0.2', port: 9000 })
+    expect(registry.serviceByVip('::ffff:10.96.0.10')?.hostname).toBe('api.shop.svc.cluster.local')
+  })
+
+  it('refuses a service port outside 1-65535', () => {
+    const registry = createWorkloadRegistry()
+    expect(() => registry.upsertService({ hostname: 'x', namespace: 'shop', vips: [], ports: { 80: 70000 }, endpoints: [] })).toThrow(/ports.80: expected a target port 1-65535, got 70000/)
+  })
+
+  it('replaceAll reconciles with one change per difference and validates before changing anything', () => {
+    const registry = createWorkloadRegistry({ workloads: [workload('a', ['10.0.0.1']), workload('b', ['10.0.0.2'])], services: [] })
+    const changes: RegistryChange[] = []
+    registry.subscribe((c) => changes.push(c))
+    registry.replaceAll({
+      workloads: [workload('a', ['10.0.0.1']), workload('c', ['10.0.0.3'])],
+      services: [{ hostname: 's', namespace: 'shop', vips: ['10.96.0.1'], ports: { 80: 80 }, endpoints: ['a'] }],
+    })
+    expect(changes.map((c) => c.type).sort()).toEqual(['service-added', 'workload-added', 'workload-removed'])
+    expect(registry.snapshot().workloads.map((w) => w.uid).sort()).toEqual(['a', 'c'])
+    expect(() => registry.replaceAll({ workloads: [workload('z', ['bad'])], services: [] })).toThrow(/addresses\[0\]/)
+    expect(registry.snapshot().workloads.map((w) => w.uid).sort()).toEqual(['a', 'c'])
+  })
+
+  it('indexes thousands of workloads by address', () => {
+    const registry = createWorkloadRegistry()
+    for (let i = 0; i < 5000; i++) registry.upsertWorkload(workload(`w${i}`, [`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`]))
+    expect(registry.workloadByAddress('10.0.19.135')?.uid).toBe('w4999')
+  })
+})
