@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 
@@ -18,12 +18,9 @@ describe('docs/errors.md', () => {
     const codes = new Set<string>()
     for (const pkg of readdirSync(join(root, 'packages'))) {
       for (const dir of ['src', 'native']) {
-        let files: string[] = []
-        try {
-          files = sourceFiles(join(root, 'packages', pkg, dir))
-        } catch {
-          continue
-        }
+        const path = join(root, 'packages', pkg, dir)
+        if (!existsSync(path)) continue
+        const files = sourceFiles(path)
         for (const file of files) for (const match of readFileSync(file, 'utf8').matchAll(/ERR_AMBIENT_[A-Z0-9_]+/g)) codes.add(match[0])
       }
     }
