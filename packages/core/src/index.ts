@@ -81,3 +81,4 @@ export {
   type AuthorizationRule,
   type AuthorizationScope,
 } from './authorization'
+export type { PodEnrollment, PodSource, PodSourceEvent } from './pod-source'
