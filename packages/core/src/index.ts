@@ -82,3 +82,4 @@ export {
   type AuthorizationScope,
 } from './authorization'
 export type { PodEnrollment, PodSource, PodSourceEvent } from './pod-source'
+export { createPolicyStore, type PolicyStore } from './policy-store'

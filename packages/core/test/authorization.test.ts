@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import {
+  createPolicyStore,
   evaluateAuthorization,
   isAmbientError,
   loadAuthorizationPolicy,
@@ -208,5 +209,31 @@ describe('loadAuthorizationPolicy rejects malformed policies, naming the field a
     expect(Object.isFrozen(p)).toBe(true)
     expect(Object.isFrozen(p.rules[0]?.[0]?.[0])).toBe(true)
     expect(loadAuthorizationPolicy(p)).toBe(p)
+  })
+})
+
+describe('createPolicyStore', () => {
+  const p = (name: string, action: 'ALLOW' | 'DENY' = 'DENY') => ({ name, namespace: 'shop', scope: 'namespace', action, rules: [[[{}]]] })
+
+  it('keeps policies by namespace and name and notifies subscribers of each change', () => {
+    const store = createPolicyStore([p('a')])
+    const seen: string[][] = []
+    const unsubscribe = store.subscribe((list) => seen.push(list.map((x) => `${x.name}:${x.action}`)))
+    store.upsert(p('b'))
+    store.upsert(p('a', 'ALLOW'))
+    expect(store.remove('shop', 'b')).toBe(true)
+    expect(store.remove('shop', 'b')).toBe(false)
+    store.replaceAll([p('c')])
+    unsubscribe()
+    store.replaceAll([])
+    expect(seen).toEqual([['a:DENY', 'b:DENY'], ['a:ALLOW', 'b:DENY'], ['a:ALLOW'], ['c:DENY']])
+    expect(store.list()).toEqual([])
+  })
+
+  it('validates before changing anything', () => {
+    const store = createPolicyStore([p('a')])
+    expect(() => store.replaceAll([p('b'), { ...p('c'), rules: [[[{ sourceIps: ['nope'] }]]] }])).toThrow(/sourceIps\[0\]/)
+    expect(() => store.upsert({ ...p('d'), extra: 1 })).toThrow(/extra: expected no such field/)
+    expect(store.list().map((x) => x.name)).toEqual(['a'])
   })
 })
