@@ -1,0 +1,600 @@
+/*
+ * Kernel-facing socket and namespace primitives for @ambientkit/redirect.
+ *
+ * setns(2) changes the network namespace of the calling thread only, and a
+ * socket belongs for life to the namespace its creating thread was in. So
+ * everything here that must happen "inside" a namespace enters it, does the
+ * work synchronously on the JS thread, and always switches back before
+ * returning, even when the work failed or JS threw.
+ *
+ * Errors are thrown as plain JS errors carrying `errno` (positive) and
+ * `syscall`; the TypeScript layer turns them into AmbientError codes.
+ */
+#include <node_api.h>
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#ifndef IPV6_FREEBIND
+#define IPV6_FREEBIND 78
+#endif
+
+#define CHECK(call)                                                   \
+  do {                                                                \
+    if ((call) != napi_ok) {                                          \
+      napi_throw_error(env, NULL, "native call failed: " #call);      \
+      return NULL;                                                    \
+    }                                                                 \
+  } while (0)
+
+/* Throws an Error with errno and syscall properties; returns NULL for `return throw_errno(...)`. */
+static napi_value throw_errno(napi_env env, int err, const char* syscall) {
+  char message[256];
+  snprintf(message, sizeof message, "%s: %s", syscall, strerror(err));
+  napi_value msg, error, errno_value, syscall_value;
+  if (napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg) != napi_ok) return NULL;
+  if (napi_create_error(env, NULL, msg, &error) != napi_ok) return NULL;
+  napi_create_int32(env, err, &errno_value);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_value);
+  napi_set_named_property(env, error, "errno", errno_value);
+  napi_set_named_property(env, error, "syscall", syscall_value);
+  napi_throw(env, error);
+  return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char* message) {
+  napi_throw_type_error(env, NULL, message);
+  return NULL;
+}
+
+static int get_int(napi_env env, napi_value value, int32_t* out) {
+  napi_valuetype type;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_number) return 0;
+  return napi_get_value_int32(env, value, out) == napi_ok;
+}
+
+static int get_prop_int(napi_env env, napi_value object, const char* name, int32_t fallback, int32_t* out) {
+  napi_value value;
+  napi_valuetype type;
+  if (napi_get_named_property(env, object, name, &value) != napi_ok) return 0;
+  if (napi_typeof(env, value, &type) != napi_ok) return 0;
+  if (type == napi_undefined) {
+    *out = fallback;
+    return 1;
+  }
+  return get_int(env, value, out);
+}
+
+static int get_prop_uint(napi_env env, napi_value object, const char* name, int64_t* out) {
+  napi_value value;
+  napi_valuetype type;
+  if (napi_get_named_property(env, object, name, &value) != napi_ok) return 0;
+  if (napi_typeof(env, value, &type) != napi_ok) return 0;
+  if (type == napi_undefined) {
+    *out = -1;
+    return 1;
+  }
+  if (type != napi_number) return 0;
+  return napi_get_value_int64(env, value, out) == napi_ok;
+}
+
+static int get_prop_bool(napi_env env, napi_value object, const char* name, int* out) {
+  napi_value value;
+  napi_valuetype type;
+  bool result = false;
+  if (napi_get_named_property(env, object, name, &value) != napi_ok) return 0;
+  if (napi_typeof(env, value, &type) != napi_ok) return 0;
+  if (type == napi_undefined) {
+    *out = 0;
+    return 1;
+  }
+  if (type != napi_boolean || napi_get_value_bool(env, value, &result) != napi_ok) return 0;
+  *out = result ? 1 : 0;
+  return 1;
+}
+
+/* Copies a string property into buf; an absent property leaves buf empty. */
+static int get_prop_string(napi_env env, napi_value object, const char* name, char* buf, size_t size) {
+  napi_value value;
+  napi_valuetype type;
+  size_t length = 0;
+  buf[0] = '\0';
+  if (napi_get_named_property(env, object, name, &value) != napi_ok) return 0;
+  if (napi_typeof(env, value, &type) != napi_ok) return 0;
+  if (type == napi_undefined) return 1;
+  if (type != napi_string) return 0;
+  return napi_get_value_string_utf8(env, value, buf, size, &length) == napi_ok;
+}
+
+/* ---- entering and leaving a namespace ---- */
+
+typedef struct {
+  int home;
+} netns_guard;
+
+/* Enters the namespace `target`; returns 0, or an errno with nothing changed. */
+static int netns_enter(netns_guard* guard, int target, const char** failed) {
+  guard->home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (guard->home < 0) {
+    *failed = "open(/proc/thread-self/ns/net)";
+    return errno;
+  }
+  if (setns(target, CLONE_NEWNET) != 0) {
+    int err = errno;
+    close(guard->home);
+    guard->home = -1;
+    *failed = "setns";
+    return err;
+  }
+  return 0;
+}
+
+/*
+ * Goes back home. If that fails the thread would keep running in a foreign
+ * namespace and every later socket would silently land there: that must
+ * never go unnoticed, so it is fatal.
+ */
+static void netns_leave(netns_guard* guard) {
+  if (guard->home < 0) return;
+  if (setns(guard->home, CLONE_NEWNET) != 0) {
+    napi_fatal_error("ambient_redirect", NAPI_AUTO_LENGTH, "setns back to the original network namespace failed",
+                     NAPI_AUTO_LENGTH);
+  }
+  close(guard->home);
+  guard->home = -1;
+}
+
+/* runInNetns(nsFd, fn): calls fn() with this thread inside the namespace, and always comes back. */
+static napi_value run_in_netns(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], global, result = NULL;
+  int32_t ns_fd;
+  napi_valuetype type;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || !get_int(env, argv[0], &ns_fd)) return throw_type(env, "runInNetns: nsFd must be a number");
+  if (napi_typeof(env, argv[1], &type) != napi_ok || type != napi_function)
+    return throw_type(env, "runInNetns: fn must be a function");
+  CHECK(napi_get_global(env, &global));
+  netns_guard guard;
+  const char* failed = NULL;
+  int err = netns_enter(&guard, ns_fd, &failed);
+  if (err != 0) return throw_errno(env, err, failed);
+  napi_status status = napi_call_function(env, global, argv[1], 0, NULL, &result);
+  netns_leave(&guard);
+  /* A pending JS exception propagates by itself once we return. */
+  if (status != napi_ok) return NULL;
+  return result;
+}
+
+/* ---- sockets ---- */
+
+typedef union {
+  struct sockaddr sa;
+  struct sockaddr_in v4;
+  struct sockaddr_in6 v6;
+  struct sockaddr_storage storage;
+} any_addr;
+
+static int make_addr(int family, const char* text, int port, any_addr* out, socklen_t* len) {
+  memset(out, 0, sizeof *out);
+  if (family == 4) {
+    out->v4.sin_family = AF_INET;
+    out->v4.sin_port = htons((uint16_t)port);
+    *len = sizeof out->v4;
+    return inet_pton(AF_INET, text, &out->v4.sin_addr) == 1;
+  }
+  out->v6.sin6_family = AF_INET6;
+  out->v6.sin6_port = htons((uint16_t)port);
+  *len = sizeof out->v6;
+  return inet_pton(AF_INET6, text, &out->v6.sin6_addr) == 1;
+}
+
+typedef struct {
+  int family;
+  int64_t mark;
+  int transparent;
+  int freebind;
+  int reuse_port;
+  int v6_only; /* -1: kernel default */
+  char bind_address[64];
+  int bind_port;
+  int backlog; /* listen only */
+  char connect_address[64];
+  int connect_port;
+} socket_spec;
+
+static int read_spec(napi_env env, napi_value object, int connecting, socket_spec* spec) {
+  int32_t family, v6_only;
+  if (!get_prop_int(env, object, "family", 0, &family) || (family != 4 && family != 6)) return 0;
+  spec->family = family;
+  if (!get_prop_uint(env, object, "mark", &spec->mark)) return 0;
+  if (!get_prop_bool(env, object, "transparent", &spec->transparent)) return 0;
+  if (!get_prop_bool(env, object, "freebind", &spec->freebind)) return 0;
+  if (!get_prop_bool(env, object, "reusePort", &spec->reuse_port)) return 0;
+  if (!get_prop_int(env, object, "v6Only", -1, &v6_only)) return 0;
+  spec->v6_only = v6_only;
+  if (!get_prop_string(env, object, "bindAddress", spec->bind_address, sizeof spec->bind_address)) return 0;
+  if (!get_prop_int(env, object, "bindPort", 0, &spec->bind_port)) return 0;
+  if (!get_prop_int(env, object, "backlog", 511, &spec->backlog)) return 0;
+  if (connecting) {
+    if (!get_prop_string(env, object, "connectAddress", spec->connect_address, sizeof spec->connect_address)) return 0;
+    if (!get_prop_int(env, object, "connectPort", 0, &spec->connect_port)) return 0;
+    if (spec->connect_address[0] == '\0') return 0;
+  }
+  return 1;
+}
+
+static int set_int_opt(int fd, int level, int name, int value, const char** failed, const char* what) {
+  if (setsockopt(fd, level, name, &value, sizeof value) != 0) {
+    *failed = what;
+    return errno;
+  }
+  return 0;
+}
+
+/*
+ * Creates a TCP socket (non-blocking, close-on-exec) in the current
+ * namespace and applies the spec's options. Options go on before bind and
+ * connect because they decide what those do: a mark routes the SYN, and
+ * IP_TRANSPARENT lets bind() take a foreign source address.
+ */
+static int open_socket(const socket_spec* spec, int* out_fd, const char** failed) {
+  int domain = spec->family == 4 ? AF_INET : AF_INET6;
+  int fd = socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) {
+    *failed = "socket";
+    return errno;
+  }
+  int err = 0;
+  if (spec->mark >= 0) err = set_int_opt(fd, SOL_SOCKET, SO_MARK, (int)(uint32_t)spec->mark, failed, "setsockopt(SO_MARK)");
+  if (!err && spec->transparent) {
+    err = spec->family == 4 ? set_int_opt(fd, SOL_IP, IP_TRANSPARENT, 1, failed, "setsockopt(IP_TRANSPARENT)")
+                            : set_int_opt(fd, SOL_IPV6, IPV6_TRANSPARENT, 1, failed, "setsockopt(IPV6_TRANSPARENT)");
+  }
+  if (!err && spec->freebind) {
+    err = spec->family == 4 ? set_int_opt(fd, SOL_IP, IP_FREEBIND, 1, failed, "setsockopt(IP_FREEBIND)")
+                            : set_int_opt(fd, SOL_IPV6, IPV6_FREEBIND, 1, failed, "setsockopt(IPV6_FREEBIND)");
+  }
+  if (!err && spec->reuse_port) err = set_int_opt(fd, SOL_SOCKET, SO_REUSEPORT, 1, failed, "setsockopt(SO_REUSEPORT)");
+  if (!err && spec->family == 6 && spec->v6_only >= 0)
+    err = set_int_opt(fd, SOL_IPV6, IPV6_V6ONLY, spec->v6_only ? 1 : 0, failed, "setsockopt(IPV6_V6ONLY)");
+  if (err) {
+    close(fd);
+    return err;
+  }
+  *out_fd = fd;
+  return 0;
+}
+
+static int bind_socket(int fd, const socket_spec* spec, int listening, const char** failed) {
+  if (spec->bind_address[0] == '\0' && spec->bind_port == 0) return 0;
+  any_addr addr;
+  socklen_t len;
+  const char* text = spec->bind_address[0] != '\0' ? spec->bind_address : (spec->family == 4 ? "0.0.0.0" : "::");
+  if (listening) {
+    int err = set_int_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1, failed, "setsockopt(SO_REUSEADDR)");
+    if (err) return err;
+  }
+  if (!make_addr(spec->family, text, spec->bind_port, &addr, &len)) {
+    *failed = "inet_pton(bindAddress)";
+    return EINVAL;
+  }
+  if (bind(fd, &addr.sa, len) != 0) {
+    *failed = "bind";
+    return errno;
+  }
+  return 0;
+}
+
+static napi_value socket_call(napi_env env, napi_callback_info info, int connecting) {
+  size_t argc = 2;
+  napi_value argv[2], result;
+  int32_t ns_fd;
+  napi_valuetype type;
+  socket_spec spec;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || !get_int(env, argv[0], &ns_fd)) return throw_type(env, "nsFd must be a number");
+  if (napi_typeof(env, argv[1], &type) != napi_ok || type != napi_object || !read_spec(env, argv[1], connecting, &spec))
+    return throw_type(env, "invalid socket spec");
+  any_addr target;
+  socklen_t target_len = 0;
+  if (connecting && !make_addr(spec.family, spec.connect_address, spec.connect_port, &target, &target_len))
+    return throw_type(env, "invalid connect address");
+
+  netns_guard guard;
+  const char* failed = NULL;
+  int fd = -1;
+  int err = ns_fd >= 0 ? netns_enter(&guard, ns_fd, &failed) : 0;
+  if (ns_fd < 0) guard.home = -1;
+  if (err != 0) return throw_errno(env, err, failed);
+  err = open_socket(&spec, &fd, &failed);
+  if (!err) err = bind_socket(fd, &spec, !connecting, &failed);
+  if (!err && !connecting && listen(fd, spec.backlog) != 0) {
+    err = errno;
+    failed = "listen";
+  }
+  if (!err && connecting && connect(fd, &target.sa, target_len) != 0 && errno != EINPROGRESS) {
+    err = errno;
+    failed = "connect";
+  }
+  netns_leave(&guard);
+  if (err != 0) {
+    if (fd >= 0) close(fd);
+    return throw_errno(env, err, failed);
+  }
+  CHECK(napi_create_int32(env, fd, &result));
+  return result;
+}
+
+/* listenTcp(nsFd, spec) → fd of a listening socket created in the namespace (nsFd -1: here). */
+static napi_value listen_tcp(napi_env env, napi_callback_info info) { return socket_call(env, info, 0); }
+
+/* connectTcp(nsFd, spec) → fd of a socket created in the namespace, connect() started (non-blocking). */
+static napi_value connect_tcp(napi_env env, napi_callback_info info) { return socket_call(env, info, 1); }
+
+/* ---- waiting for a non-blocking connect ---- */
+
+/*
+ * Shared by the uv handle and the JS external that can cancel it; freed
+ * when both are gone, so a late cancel never touches freed memory.
+ */
+typedef struct {
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_async_context context;
+  int fd;
+  int closing;
+  int refs;
+} connect_wait;
+
+static void wait_release(connect_wait* wait) {
+  if (--wait->refs == 0) free(wait);
+}
+
+static void wait_closed(uv_handle_t* handle) { wait_release((connect_wait*)handle->data); }
+
+static void wait_finalize(napi_env env, void* data, void* hint) {
+  (void)env;
+  (void)hint;
+  wait_release((connect_wait*)data);
+}
+
+static void wait_stop(connect_wait* wait) {
+  wait->closing = 1;
+  uv_poll_stop(&wait->poll);
+  uv_close((uv_handle_t*)&wait->poll, wait_closed);
+}
+
+static void wait_done(uv_poll_t* poll, int status, int events) {
+  (void)events;
+  connect_wait* wait = (connect_wait*)poll->data;
+  if (wait->closing) return;
+  int err = 0;
+  socklen_t len = sizeof err;
+  /* libuv reports POLLERR as UV_EBADF: the socket's own error says what really happened. */
+  if (getsockopt(wait->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+    err = errno;
+  } else if (err == 0 && status < 0) {
+    err = -status;
+  }
+  wait_stop(wait);
+  napi_env env = wait->env;
+  napi_handle_scope scope;
+  napi_value callback, global, argv[1], ignored;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  if (napi_get_reference_value(env, wait->callback, &callback) == napi_ok && napi_get_global(env, &global) == napi_ok &&
+      napi_create_int32(env, err, &argv[0]) == napi_ok) {
+    napi_make_callback(env, wait->context, global, callback, 1, argv, &ignored);
+  }
+  napi_delete_reference(env, wait->callback);
+  napi_async_destroy(env, wait->context);
+  napi_close_handle_scope(env, scope);
+}
+
+/* waitConnected(fd, callback(errno)) → handle for cancelWait. Calls back once with 0 or the connect errno. */
+static napi_value wait_connected(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], handle, name;
+  int32_t fd;
+  napi_valuetype type;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || !get_int(env, argv[0], &fd)) return throw_type(env, "waitConnected: fd must be a number");
+  if (napi_typeof(env, argv[1], &type) != napi_ok || type != napi_function)
+    return throw_type(env, "waitConnected: callback must be a function");
+  uv_loop_t* loop;
+  CHECK(napi_get_uv_event_loop(env, &loop));
+  connect_wait* wait = calloc(1, sizeof *wait);
+  if (wait == NULL) return throw_errno(env, ENOMEM, "calloc");
+  wait->env = env;
+  wait->fd = fd;
+  wait->refs = 1;
+  int rc = uv_poll_init_socket(loop, &wait->poll, fd);
+  if (rc != 0) {
+    free(wait);
+    return throw_errno(env, -rc, "uv_poll_init_socket");
+  }
+  wait->poll.data = wait;
+  wait->refs = 2;
+  rc = uv_poll_start(&wait->poll, UV_WRITABLE | UV_DISCONNECT, wait_done);
+  if (rc != 0) {
+    wait->refs = 1;
+    wait_stop(wait);
+    return throw_errno(env, -rc, "uv_poll_start");
+  }
+  CHECK(napi_create_reference(env, argv[1], 1, &wait->callback));
+  CHECK(napi_create_string_utf8(env, "ambientkit:connect", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_async_init(env, NULL, name, &wait->context));
+  CHECK(napi_create_external(env, wait, wait_finalize, NULL, &handle));
+  return handle;
+}
+
+/* cancelWait(handle): stops a wait that has not called back yet; its callback will never run. Idempotent. */
+static napi_value cancel_wait(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  void* data = NULL;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_external(env, argv[0], &data) != napi_ok) return throw_type(env, "cancelWait: bad handle");
+  connect_wait* wait = (connect_wait*)data;
+  if (!wait->closing) {
+    wait_stop(wait);
+    napi_delete_reference(env, wait->callback);
+    napi_async_destroy(env, wait->context);
+  }
+  return NULL;
+}
+
+/* ---- socket options on existing sockets ---- */
+
+static napi_value address_object(napi_env env, const any_addr* addr) {
+  char text[INET6_ADDRSTRLEN];
+  napi_value object, address, port, family;
+  int port_number, family_number;
+  if (addr->sa.sa_family == AF_INET) {
+    inet_ntop(AF_INET, &addr->v4.sin_addr, text, sizeof text);
+    port_number = ntohs(addr->v4.sin_port);
+    family_number = 4;
+  } else {
+    inet_ntop(AF_INET6, &addr->v6.sin6_addr, text, sizeof text);
+    port_number = ntohs(addr->v6.sin6_port);
+    family_number = 6;
+  }
+  CHECK(napi_create_object(env, &object));
+  CHECK(napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &address));
+  CHECK(napi_create_int32(env, port_number, &port));
+  CHECK(napi_create_int32(env, family_number, &family));
+  CHECK(napi_set_named_property(env, object, "address", address));
+  CHECK(napi_set_named_property(env, object, "port", port));
+  CHECK(napi_set_named_property(env, object, "family", family));
+  return object;
+}
+
+/*
+ * originalDst(fd, family) → { address, port, family }: the destination a
+ * connection had before nat REDIRECT rewrote it, read from conntrack.
+ */
+static napi_value original_dst(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd, family;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || !get_int(env, argv[0], &fd) || !get_int(env, argv[1], &family) || (family != 4 && family != 6))
+    return throw_type(env, "originalDst(fd, family 4|6)");
+  any_addr addr;
+  memset(&addr, 0, sizeof addr);
+  socklen_t len;
+  int rc;
+  if (family == 4) {
+    len = sizeof addr.v4;
+    rc = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &addr.v4, &len);
+  } else {
+    len = sizeof addr.v6;
+    rc = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &addr.v6, &len);
+  }
+  if (rc != 0) return throw_errno(env, errno, family == 4 ? "getsockopt(SO_ORIGINAL_DST)" : "getsockopt(IP6T_SO_ORIGINAL_DST)");
+  return address_object(env, &addr);
+}
+
+/* getMark(fd) → the socket's SO_MARK. */
+static napi_value get_mark(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || !get_int(env, argv[0], &fd)) return throw_type(env, "getMark(fd)");
+  uint32_t mark = 0;
+  socklen_t len = sizeof mark;
+  if (getsockopt(fd, SOL_SOCKET, SO_MARK, &mark, &len) != 0) return throw_errno(env, errno, "getsockopt(SO_MARK)");
+  CHECK(napi_create_uint32(env, mark, &result));
+  return result;
+}
+
+/* setMark(fd, mark): sets SO_MARK (needs CAP_NET_ADMIN). */
+static napi_value set_mark(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd;
+  uint32_t mark;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || !get_int(env, argv[0], &fd) || napi_get_value_uint32(env, argv[1], &mark) != napi_ok)
+    return throw_type(env, "setMark(fd, mark)");
+  if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) return throw_errno(env, errno, "setsockopt(SO_MARK)");
+  return NULL;
+}
+
+static int get_bool_opt(int fd, int level, int name) {
+  int value = 0;
+  socklen_t len = sizeof value;
+  if (getsockopt(fd, level, name, &value, &len) != 0) return -1;
+  return value != 0;
+}
+
+/* socketOptions(fd) → { mark, transparent, freebind, reusePort, family }: what the kernel holds, for checks. */
+static napi_value socket_options(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], object, value;
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || !get_int(env, argv[0], &fd)) return throw_type(env, "socketOptions(fd)");
+  any_addr local;
+  socklen_t len = sizeof local;
+  if (getsockname(fd, &local.sa, &len) != 0) return throw_errno(env, errno, "getsockname");
+  int v6 = local.sa.sa_family == AF_INET6;
+  uint32_t mark = 0;
+  len = sizeof mark;
+  if (getsockopt(fd, SOL_SOCKET, SO_MARK, &mark, &len) != 0) return throw_errno(env, errno, "getsockopt(SO_MARK)");
+  CHECK(napi_create_object(env, &object));
+  CHECK(napi_create_uint32(env, mark, &value));
+  CHECK(napi_set_named_property(env, object, "mark", value));
+  CHECK(napi_get_boolean(env, get_bool_opt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT) == 1, &value));
+  CHECK(napi_set_named_property(env, object, "transparent", value));
+  CHECK(napi_get_boolean(env, get_bool_opt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IPV6_FREEBIND : IP_FREEBIND) == 1, &value));
+  CHECK(napi_set_named_property(env, object, "freebind", value));
+  CHECK(napi_get_boolean(env, get_bool_opt(fd, SOL_SOCKET, SO_REUSEPORT) == 1, &value));
+  CHECK(napi_set_named_property(env, object, "reusePort", value));
+  CHECK(napi_create_int32(env, v6 ? 6 : 4, &value));
+  CHECK(napi_set_named_property(env, object, "family", value));
+  return object;
+}
+
+/* closeFd(fd): closes a descriptor the addon handed out and JS did not give to Node. */
+static napi_value close_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || !get_int(env, argv[0], &fd)) return throw_type(env, "closeFd(fd)");
+  if (close(fd) != 0 && errno != EINTR) return throw_errno(env, errno, "close");
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor properties[] = {
+      {"runInNetns", NULL, run_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"listenTcp", NULL, listen_tcp, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"connectTcp", NULL, connect_tcp, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"waitConnected", NULL, wait_connected, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"cancelWait", NULL, cancel_wait, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"originalDst", NULL, original_dst, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"getMark", NULL, get_mark, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setMark", NULL, set_mark, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"socketOptions", NULL, socket_options, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"closeFd", NULL, close_fd, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties) != napi_ok) return NULL;
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

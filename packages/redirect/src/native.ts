@@ -1,0 +1,64 @@
+import { AmbientError } from '@ambientkit/core'
+import { createRequire } from 'node:module'
+import { fileURLToPath } from 'node:url'
+import { RedirectErrorCode } from './errors'
+
+/** Options of a socket the addon creates; see native/redirect.c. */
+export interface NativeSocketSpec {
+  family: 4 | 6
+  mark?: number
+  transparent?: boolean
+  freebind?: boolean
+  reusePort?: boolean
+  v6Only?: 0 | 1
+  bindAddress?: string
+  bindPort?: number
+  backlog?: number
+  connectAddress?: string
+  connectPort?: number
+}
+
+/** What the kernel holds for a socket, read back with getsockopt. */
+export interface SocketOptions {
+  mark: number
+  transparent: boolean
+  freebind: boolean
+  reusePort: boolean
+  family: 4 | 6
+}
+
+/** The functions of native/redirect.c. */
+export interface NativeAddon {
+  runInNetns<T>(nsFd: number, fn: () => T): T
+  listenTcp(nsFd: number, spec: NativeSocketSpec): number
+  connectTcp(nsFd: number, spec: NativeSocketSpec): number
+  waitConnected(fd: number, callback: (errno: number) => void): object
+  cancelWait(handle: object): void
+  originalDst(fd: number, family: 4 | 6): { address: string; port: number; family: 4 | 6 }
+  getMark(fd: number): number
+  setMark(fd: number, mark: number): void
+  socketOptions(fd: number): SocketOptions
+  closeFd(fd: number): void
+}
+
+// The same relative path works from src/ (tests run the sources) and from
+// dist/ (both builds are one level below the package root, like build/).
+const ADDON_URL = new URL('../build/Release/ambient_redirect.node', import.meta.url)
+
+let addon: NativeAddon | undefined
+
+/** The loaded addon; throws `ERR_AMBIENT_REDIRECT_NATIVE_UNAVAILABLE` saying how to build it. */
+export function native(): NativeAddon {
+  if (addon !== undefined) return addon
+  const path = fileURLToPath(ADDON_URL)
+  try {
+    addon = createRequire(import.meta.url)(path) as NativeAddon
+  } catch (err) {
+    throw new AmbientError(
+      RedirectErrorCode.NativeUnavailable,
+      `the native addon of @ambientkit/redirect could not be loaded from ${path}: build it with "npm run native -w @ambientkit/redirect" (needs make, a C compiler and python3)`,
+      { cause: err, details: { path } },
+    )
+  }
+  return addon
+}

@@ -1,0 +1,420 @@
+import {
+  abortError,
+  AmbientError,
+  canonicalIp,
+  CoreErrorCode,
+  invalidArgument,
+  ipFamily,
+  isPort,
+  throwIfAborted,
+  type AbortOptions,
+  type Closable,
+} from '@ambientkit/core'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { closeSync, fstatSync, openSync } from 'node:fs'
+import { createServer, Socket, type Server, type ServerOpts } from 'node:net'
+import { nativeError, RedirectErrorCode } from './errors'
+import { native, type NativeSocketSpec } from './native'
+import { installHint } from './programs'
+
+/** Options of {@link Netns.listen}. */
+export interface NetnsListenOptions extends AbortOptions {
+  /** Address to bind. Default `'0.0.0.0'`; an IPv6 address makes an IPv6 socket. */
+  host?: string
+  /** Port to bind; 0 picks a free one (read it from `server.address()`). Required. */
+  port: number
+  /** `SO_MARK` for the socket (accepted connections inherit it). Default: none. */
+  mark?: number
+  /** `IP_TRANSPARENT` / `IPV6_TRANSPARENT`: accept connections to non-local addresses. Default `false`. */
+  transparent?: boolean
+  /** `IP_FREEBIND` / `IPV6_FREEBIND`: bind an address not (yet) on an interface. Default `false`. */
+  freebind?: boolean
+  /** `SO_REUSEPORT`. Default `false`. */
+  reusePort?: boolean
+  /** For an IPv6 host: `true` refuses IPv4 peers, `false` accepts them too (mapped). Default: the kernel's default (dual-stack). */
+  ipv6Only?: boolean
+  /** `listen()` backlog. Default 511, like Node. */
+  backlog?: number
+  /** Options for the `net.Server` (e.g. `allowHalfOpen`, `pauseOnConnect`). Default `{}`. */
+  server?: ServerOpts
+}
+
+/** Options of {@link Netns.connect}. */
+export interface NetnsConnectOptions extends AbortOptions {
+  /** Destination IP address (no host names). Required. */
+  host: string
+  /** Destination port, 1–65535. Required. */
+  port: number
+  /** `SO_MARK`, set before `connect()` so the SYN carries it. Default: none. */
+  mark?: number
+  /** Source address to bind before connecting (with `transparent`, may be another host's: source preservation). Default: the kernel's choice. */
+  localAddress?: string
+  /** Source port to bind. Default 0 (any). */
+  localPort?: number
+  /** `IP_TRANSPARENT` / `IPV6_TRANSPARENT`, set before bind. Default `false`. */
+  transparent?: boolean
+  /** `IP_FREEBIND` / `IPV6_FREEBIND`. Default `false`. */
+  freebind?: boolean
+  /** `SO_REUSEPORT`. Default `false`. */
+  reusePort?: boolean
+  /** `allowHalfOpen` of the returned `net.Socket`. Default `false`. */
+  allowHalfOpen?: boolean
+}
+
+/** Options of {@link Netns.exec}. */
+export interface NetnsExecOptions extends AbortOptions {
+  /** Written to the program's standard input, which is then closed. Default: empty input. */
+  input?: string | Buffer
+  /** Environment of the program. Default `process.env`. */
+  env?: NodeJS.ProcessEnv
+  /** Largest stdout or stderr kept, in bytes; past it the program is killed and the call fails. Default 16 MiB. */
+  maxOutput?: number
+}
+
+/** What a program run by {@link Netns.exec} printed. */
+export interface NetnsExecResult {
+  stdout: string
+  stderr: string
+}
+
+/** An open handle on a network namespace. */
+export interface Netns extends Closable {
+  /** The path that was opened (`/run/netns/<name>`, `/proc/<pid>/ns/net`, or the given path). */
+  readonly path: string
+  /** `"<device>:<inode>"` of the namespace: equal ids are the same namespace, whatever path opened it. */
+  readonly id: string
+  /**
+   * A listening TCP server whose socket lives in this namespace (created,
+   * bound and listening there). Rejects with `ERR_AMBIENT_REDIRECT_SOCKET`
+   * (errno in `details`) when the kernel refuses.
+   */
+  listen(options: NetnsListenOptions): Promise<Server>
+  /**
+   * A TCP connection created in this namespace, options applied before
+   * `connect()`, resolved once connected. Rejects with
+   * `ERR_AMBIENT_REDIRECT_CONNECT` (errno in `details`) or
+   * `ERR_AMBIENT_ABORTED`; no descriptor is left open on failure.
+   */
+  connect(options: NetnsConnectOptions): Promise<Socket>
+  /**
+   * Calls `fn` with the calling thread inside this namespace and always
+   * switches back, even when `fn` throws. Only what `fn` does synchronously
+   * happens inside: sockets it creates stay in this namespace for life.
+   */
+  runSync<T>(fn: () => T): T
+  /**
+   * Runs a program inside this namespace (forked from inside it, no
+   * `nsenter`) and resolves with its output when it exits with 0. Rejects
+   * with `ERR_AMBIENT_REDIRECT_PROGRAM_MISSING` (naming the Debian package)
+   * or `ERR_AMBIENT_REDIRECT_COMMAND_FAILED` (exit code and stderr in `details`).
+   */
+  exec(command: string, args?: readonly string[], options?: NetnsExecOptions): Promise<NetnsExecResult>
+  /** Releases the handle (the namespace itself lives on). Idempotent. */
+  close(): Promise<void>
+}
+
+const NAME_PATTERN = /^[A-Za-z0-9_.-]{1,255}$/
+
+function resolvePath(target: string | number): string {
+  if (typeof target === 'number') {
+    if (!Number.isInteger(target) || target <= 0) throw invalidArgument('openNetns(target)', target, 'a pid (integer > 0), a path or a name')
+    return `/proc/${target}/ns/net`
+  }
+  if (typeof target !== 'string' || target.length === 0) {
+    throw invalidArgument('openNetns(target)', target, 'a pid (integer > 0), a path or a name')
+  }
+  if (target.includes('/')) return target
+  if (!NAME_PATTERN.test(target) || target === '.' || target === '..') {
+    throw invalidArgument('openNetns(target)', target, 'a namespace name as "ip netns" makes (letters, digits, "_", ".", "-")')
+  }
+  return `/run/netns/${target}`
+}
+
+/**
+ * Opens a network namespace by path (contains a `/`), by process id (a
+ * number: that process's namespace) or by name (as `ip netns add` makes, in
+ * `/run/netns`). The handle keeps the namespace referenced until `close()`.
+ *
+ * @throws `ERR_AMBIENT_REDIRECT_NETNS` when it does not exist or is not a
+ * network namespace this process may enter (needs CAP_SYS_ADMIN).
+ */
+export function openNetns(target: string | number): Netns {
+  const path = resolvePath(target)
+  let fd: number
+  try {
+    fd = openSync(path, 'r')
+  } catch (err) {
+    throw new AmbientError(RedirectErrorCode.Netns, `cannot open network namespace ${path}: ${(err as Error).message}`, {
+      cause: err,
+      details: { path, errnoName: (err as NodeJS.ErrnoException).code },
+    })
+  }
+  try {
+    // Entering once proves it is a network namespace we may enter, so later
+    // calls fail only for reasons of their own.
+    native().runInNetns(fd, () => undefined)
+    const stat = fstatSync(fd, { bigint: true })
+    return new NetnsHandle(path, fd, `${stat.dev}:${stat.ino}`)
+  } catch (err) {
+    closeSync(fd)
+    throw nativeError(RedirectErrorCode.Netns, `cannot enter network namespace ${path}`, err, { path })
+  }
+}
+
+function checkMark(name: string, value: unknown): void {
+  if (value === undefined) return
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 0xffffffff) {
+    throw invalidArgument(name, value, 'an integer 0-0xffffffff')
+  }
+}
+
+function checkBoolean(name: string, value: unknown): void {
+  if (value !== undefined && typeof value !== 'boolean') throw invalidArgument(name, value, 'a boolean')
+}
+
+function checkPort(name: string, value: unknown, allowZero: boolean): void {
+  if (allowZero && value === 0) return
+  if (!isPort(value)) throw invalidArgument(name, value, allowZero ? 'an integer 0-65535' : 'an integer 1-65535')
+}
+
+class NetnsHandle implements Netns {
+  #fd: number | undefined
+
+  constructor(
+    readonly path: string,
+    fd: number,
+    readonly id: string,
+  ) {
+    this.#fd = fd
+  }
+
+  #open(what: string): number {
+    if (this.#fd === undefined) {
+      throw new AmbientError(CoreErrorCode.Closed, `${what}: the handle on ${this.path} is closed`, { details: { path: this.path } })
+    }
+    return this.#fd
+  }
+
+  runSync<T>(fn: () => T): T {
+    if (typeof fn !== 'function') throw invalidArgument('runSync(fn)', fn, 'a function')
+    const fd = this.#open('runSync')
+    return native().runInNetns(fd, fn)
+  }
+
+  async listen(options: NetnsListenOptions): Promise<Server> {
+    const nsFd = this.#open('listen')
+    const host = canonicalIp(options.host ?? '0.0.0.0', 'listen host')
+    checkPort('listen port', options.port, true)
+    checkMark('listen mark', options.mark)
+    for (const key of ['transparent', 'freebind', 'reusePort', 'ipv6Only'] as const) checkBoolean(`listen ${key}`, options[key])
+    const backlog = options.backlog ?? 511
+    if (!Number.isInteger(backlog) || backlog < 1) throw invalidArgument('listen backlog', options.backlog, 'an integer >= 1')
+    throwIfAborted(options.signal, 'listen')
+    const family = ipFamily(host)
+    const spec: NativeSocketSpec = {
+      family,
+      mark: options.mark,
+      transparent: options.transparent,
+      freebind: options.freebind,
+      reusePort: options.reusePort,
+      v6Only: options.ipv6Only === undefined || family === 4 ? undefined : options.ipv6Only ? 1 : 0,
+      bindAddress: host,
+      bindPort: options.port,
+      backlog,
+    }
+    let fd: number
+    try {
+      fd = native().listenTcp(nsFd, spec)
+    } catch (err) {
+      throw nativeError(RedirectErrorCode.Socket, `cannot listen on ${host} port ${options.port} in ${this.path}`, err, {
+        path: this.path,
+        host,
+        port: options.port,
+      })
+    }
+    const server = createServer(options.server ?? {})
+    return new Promise<Server>((resolve, reject) => {
+      const signal = options.signal
+      const done = (err?: Error): void => {
+        server.off('listening', onListening)
+        server.off('error', onError)
+        signal?.removeEventListener('abort', onAbort)
+        if (err === undefined) {
+          resolve(server)
+        } else {
+          server.close()
+          reject(err)
+        }
+      }
+      const onListening = (): void => done()
+      const onError = (err: Error): void =>
+        done(nativeError(RedirectErrorCode.Socket, `cannot listen on ${host} port ${options.port} in ${this.path}`, err))
+      const onAbort = (): void => done(abortError(signal!, 'listen'))
+      server.once('listening', onListening)
+      server.once('error', onError)
+      signal?.addEventListener('abort', onAbort, { once: true })
+      // Node adopts the descriptor from here on and closes it with the server.
+      server.listen({ fd, backlog })
+    })
+  }
+
+  async connect(options: NetnsConnectOptions): Promise<Socket> {
+    const nsFd = this.#open('connect')
+    const host = canonicalIp(options.host, 'connect host')
+    checkPort('connect port', options.port, false)
+    checkMark('connect mark', options.mark)
+    for (const key of ['transparent', 'freebind', 'reusePort', 'allowHalfOpen'] as const) checkBoolean(`connect ${key}`, options[key])
+    const family = ipFamily(host)
+    let localAddress: string | undefined
+    if (options.localAddress !== undefined) {
+      localAddress = canonicalIp(options.localAddress, 'connect localAddress')
+      if (ipFamily(localAddress) !== family) {
+        throw invalidArgument('connect localAddress', options.localAddress, `an IPv${family} address like host ${host}`)
+      }
+    }
+    if (options.localPort !== undefined) checkPort('connect localPort', options.localPort, true)
+    const signal = options.signal
+    throwIfAborted(signal, 'connect')
+    const spec: NativeSocketSpec = {
+      family,
+      mark: options.mark,
+      transparent: options.transparent,
+      freebind: options.freebind,
+      reusePort: options.reusePort,
+      bindAddress: localAddress,
+      bindPort: options.localPort ?? 0,
+      connectAddress: host,
+      connectPort: options.port,
+    }
+    const addon = native()
+    const details = { path: this.path, host, port: options.port }
+    let fd: number
+    try {
+      fd = addon.connectTcp(nsFd, spec)
+    } catch (err) {
+      throw nativeError(RedirectErrorCode.Connect, `cannot connect to ${host} port ${options.port} from ${this.path}`, err, details)
+    }
+    await new Promise<void>((resolve, reject) => {
+      let wait: object
+      const onAbort = (): void => {
+        addon.cancelWait(wait)
+        addon.closeFd(fd)
+        reject(abortError(signal!, 'connect'))
+      }
+      try {
+        wait = addon.waitConnected(fd, (errno) => {
+          signal?.removeEventListener('abort', onAbort)
+          if (errno === 0) {
+            resolve()
+            return
+          }
+          addon.closeFd(fd)
+          reject(
+            nativeError(
+              RedirectErrorCode.Connect,
+              `cannot connect to ${host} port ${options.port} from ${this.path}`,
+              Object.assign(new Error(`connect: errno ${errno}`), { errno, syscall: 'connect' }),
+              details,
+            ),
+          )
+        })
+      } catch (err) {
+        addon.closeFd(fd)
+        reject(nativeError(RedirectErrorCode.Connect, `cannot wait for the connection to ${host} port ${options.port}`, err, details))
+        return
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
+    })
+    return new Socket({ fd, allowHalfOpen: options.allowHalfOpen ?? false, readable: true, writable: true })
+  }
+
+  async exec(command: string, args: readonly string[] = [], options: NetnsExecOptions = {}): Promise<NetnsExecResult> {
+    if (typeof command !== 'string' || command.length === 0) throw invalidArgument('exec command', command, 'a program name or path')
+    if (!Array.isArray(args) || args.some((arg) => typeof arg !== 'string')) throw invalidArgument('exec args', args, 'an array of strings')
+    const nsFd = this.#open('exec')
+    const signal = options.signal
+    throwIfAborted(signal, `exec ${command}`)
+    const maxOutput = options.maxOutput ?? 16 * 1024 * 1024
+    // fork() copies the calling thread's namespaces: the child starts inside.
+    const child = native().runInNetns(nsFd, () =>
+      spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], env: options.env ?? process.env }),
+    )
+    return collect(child, command, args, options.input, maxOutput, signal, this.path)
+  }
+
+  async close(): Promise<void> {
+    if (this.#fd === undefined) return
+    const fd = this.#fd
+    this.#fd = undefined
+    closeSync(fd)
+  }
+}
+
+function collect(
+  child: ChildProcess,
+  command: string,
+  args: readonly string[],
+  input: string | Buffer | undefined,
+  maxOutput: number,
+  signal: AbortSignal | undefined,
+  path: string,
+): Promise<NetnsExecResult> {
+  return new Promise((resolve, reject) => {
+    const stdout: Buffer[] = []
+    const stderr: Buffer[] = []
+    let outBytes = 0
+    let errBytes = 0
+    let failure: Error | undefined
+    const fail = (err: Error): void => {
+      failure ??= err
+      child.kill('SIGKILL')
+    }
+    const onAbort = (): void => fail(abortError(signal!, `exec ${command}`))
+    signal?.addEventListener('abort', onAbort, { once: true })
+    child.stdout!.on('data', (chunk: Buffer) => {
+      outBytes += chunk.length
+      if (outBytes > maxOutput) fail(new AmbientError(RedirectErrorCode.CommandFailed, `${command}: output exceeded ${maxOutput} bytes`))
+      else stdout.push(chunk)
+    })
+    child.stderr!.on('data', (chunk: Buffer) => {
+      errBytes += chunk.length
+      if (errBytes <= maxOutput) stderr.push(chunk)
+    })
+    // A program that exits without reading its input makes the write fail
+    // with EPIPE; its exit status tells what happened.
+    child.stdin!.on('error', () => undefined)
+    child.stdin!.end(input ?? '')
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      signal?.removeEventListener('abort', onAbort)
+      if (err.code === 'ENOENT') {
+        reject(
+          new AmbientError(RedirectErrorCode.ProgramMissing, `cannot run ${command}: not found; ${installHint(command)}`, {
+            cause: err,
+            details: { command },
+          }),
+        )
+      } else {
+        reject(new AmbientError(RedirectErrorCode.CommandFailed, `cannot run ${command}: ${err.message}`, { cause: err, details: { command, args } }))
+      }
+    })
+    child.on('close', (exitCode, exitSignal) => {
+      signal?.removeEventListener('abort', onAbort)
+      if (failure !== undefined) {
+        reject(failure)
+        return
+      }
+      const out = Buffer.concat(stdout).toString('utf8')
+      const err = Buffer.concat(stderr).toString('utf8')
+      if (exitCode === 0) {
+        resolve({ stdout: out, stderr: err })
+        return
+      }
+      const how = exitCode === null ? `was killed by ${exitSignal}` : `exited with ${exitCode}`
+      reject(
+        new AmbientError(RedirectErrorCode.CommandFailed, `${command} ${how} in ${path}: ${err.trim() || out.trim()}`, {
+          details: { command, args, exitCode, signal: exitSignal, stderr: err, stdout: out, path },
+        }),
+      )
+    })
+  })
+}

@@ -1,0 +1,85 @@
+import { AmbientError, canonicalIp, invalidArgument, type SocketAddress } from '@ambientkit/core'
+import { isIPv4, type Server, type Socket } from 'node:net'
+import { nativeError, RedirectErrorCode } from './errors'
+import { native, type SocketOptions } from './native'
+
+/** A connected or listening socket, or its file descriptor. */
+export type SocketLike = Socket | Server | number
+
+function fdOf(socket: SocketLike, what: string): number {
+  if (typeof socket === 'number') {
+    if (Number.isInteger(socket) && socket >= 0) return socket
+    throw invalidArgument(what, socket, 'a socket, a server or a file descriptor (integer >= 0)')
+  }
+  // Node keeps the descriptor on its libuv handle; it is gone once the socket is closed.
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd
+  if (typeof fd === 'number' && fd >= 0) return fd
+  throw new AmbientError(RedirectErrorCode.SocketOption, `${what}: the socket has no file descriptor (closed, or not a TCP socket)`, {
+    details: { name: what },
+  })
+}
+
+function isMappedOrIpv4(address: string | undefined): boolean {
+  return address !== undefined && (isIPv4(address) || address.toLowerCase().startsWith('::ffff:'))
+}
+
+/**
+ * The destination an accepted connection had before capture redirected it
+ * (`SO_ORIGINAL_DST` for IPv4, `IP6T_SO_ORIGINAL_DST` for IPv6, read from
+ * conntrack). An IPv4 connection accepted on a dual-stack IPv6 listener is
+ * read as IPv4.
+ *
+ * @throws `ERR_AMBIENT_REDIRECT_ORIGINAL_DESTINATION` when the connection has
+ * no conntrack entry (it was not redirected) or the socket is closed.
+ */
+export function originalDestination(socket: Socket | number): SocketAddress {
+  const fd = fdOf(socket, 'originalDestination(socket)')
+  const family = typeof socket === 'number' ? familyOfFd(fd) : isMappedOrIpv4(socket.localAddress) ? 4 : 6
+  try {
+    const result = native().originalDst(fd, family)
+    return { address: canonicalIp(result.address), port: result.port, family: result.family }
+  } catch (err) {
+    throw nativeError(RedirectErrorCode.OriginalDestination, 'cannot read the original destination', err, { fd, family })
+  }
+}
+
+function familyOfFd(fd: number): 4 | 6 {
+  try {
+    return native().socketOptions(fd).family
+  } catch (err) {
+    throw nativeError(RedirectErrorCode.OriginalDestination, 'cannot read the original destination', err, { fd })
+  }
+}
+
+/** The socket's `SO_MARK` (0 when unmarked). */
+export function getSocketMark(socket: SocketLike): number {
+  const fd = fdOf(socket, 'getSocketMark(socket)')
+  try {
+    return native().getMark(fd)
+  } catch (err) {
+    throw nativeError(RedirectErrorCode.SocketOption, 'getsockopt(SO_MARK) failed', err, { fd })
+  }
+}
+
+/** Sets the socket's `SO_MARK` (needs CAP_NET_ADMIN); `mark` is an unsigned 32-bit integer. */
+export function setSocketMark(socket: SocketLike, mark: number): void {
+  const fd = fdOf(socket, 'setSocketMark(socket)')
+  if (!Number.isInteger(mark) || mark < 0 || mark > 0xffffffff) throw invalidArgument('mark', mark, 'an integer 0-0xffffffff')
+  try {
+    native().setMark(fd, mark)
+  } catch (err) {
+    throw nativeError(RedirectErrorCode.SocketOption, 'setsockopt(SO_MARK) failed', err, { fd, mark })
+  }
+}
+
+/** The capture-relevant options the kernel holds for a socket: mark, transparent, freebind, reusePort, family. */
+export function readSocketOptions(socket: SocketLike): SocketOptions {
+  const fd = fdOf(socket, 'readSocketOptions(socket)')
+  try {
+    return native().socketOptions(fd)
+  } catch (err) {
+    throw nativeError(RedirectErrorCode.SocketOption, 'cannot read socket options', err, { fd })
+  }
+}
+
+export type { SocketOptions }

@@ -1,0 +1,285 @@
+import { isAmbientError } from '@ambientkit/core'
+import { readdirSync, readlinkSync } from 'node:fs'
+import { once } from 'node:events'
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { afterAll, beforeAll, expect, it } from 'vitest'
+import { describePrivileged } from '../../../test/support/privileged'
+import { createTestNetwork, type TestNode, type TestPod } from '../../../test/support/netns'
+import {
+  getSocketMark,
+  openNetns,
+  originalDestination,
+  PROXY_MARK,
+  readSocketOptions,
+  RedirectErrorCode,
+  setSocketMark,
+  type Netns,
+} from '../src/index'
+
+const openFds = (): number => readdirSync('/proc/self/fd').length
+
+/** Resolves with the first connection the server accepts. */
+const nextConnection = (server: Server): Promise<Socket> => once(server, 'connection').then(([socket]) => socket as Socket)
+
+const closeServer = (server: Server): Promise<void> => new Promise((resolve) => server.close(() => resolve()))
+
+async function expectCode(promise: Promise<unknown> | (() => unknown), code: string): Promise<Record<string, unknown>> {
+  try {
+    await (typeof promise === 'function' ? promise() : promise)
+  } catch (err) {
+    if (!isAmbientError(err)) throw err
+    expect(err.code).toBe(code)
+    return err.details as Record<string, unknown>
+  }
+  throw new Error(`expected ${code}, nothing was thrown`)
+}
+
+describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptables', 'ip6tables', 'ss'], () => {
+  const network = createTestNetwork('ak-rdns')
+  let node: TestNode
+  let a: TestPod
+  let b: TestPod
+  let nsA: Netns
+  let nsB: Netns
+
+  beforeAll(async () => {
+    node = await network.addNode()
+    a = await network.addPod(node)
+    b = await network.addPod(node)
+    nsA = openNetns(a.name)
+    nsB = openNetns(b.path)
+  })
+  afterAll(async () => {
+    await nsA?.close()
+    await nsB?.close()
+    await network.cleanup()
+  })
+
+  it('opens by name, path and pid, and identifies a namespace by device and inode', async () => {
+    const byPath = openNetns(`/run/netns/${a.name}`)
+    expect(byPath.id).toBe(nsA.id)
+    expect(nsA.path).toBe(`/run/netns/${a.name}`)
+    expect(nsB.id).not.toBe(nsA.id)
+    const self = openNetns(process.pid)
+    expect(self.path).toBe(`/proc/${process.pid}/ns/net`)
+    expect(self.id).toBe(openNetns('/proc/self/ns/net').id)
+    expect(self.id).not.toBe(nsA.id)
+    await byPath.close()
+    await self.close()
+  })
+
+  it('refuses a missing namespace, a file that is not one, and a bad name', async () => {
+    const missing = await expectCode(() => openNetns(`${network.prefix}-missing`), RedirectErrorCode.Netns)
+    expect(missing.path).toBe(`/run/netns/${network.prefix}-missing`)
+    const notNetns = await expectCode(() => openNetns('/proc/self/ns/uts'), RedirectErrorCode.Netns)
+    expect(notNetns.errnoName).toBe('EINVAL')
+    await expectCode(() => openNetns('..'), 'ERR_AMBIENT_INVALID_ARGUMENT')
+    await expectCode(() => openNetns(-1), 'ERR_AMBIENT_INVALID_ARGUMENT')
+  })
+
+  it('runSync runs inside the namespace and always switches back, also when the function throws', () => {
+    const home = readlinkSync('/proc/thread-self/ns/net')
+    const inside = nsA.runSync(() => readlinkSync('/proc/thread-self/ns/net'))
+    expect(inside).not.toBe(home)
+    expect(inside).toContain(nsA.id.split(':')[1]!)
+    expect(readlinkSync('/proc/thread-self/ns/net')).toBe(home)
+    const boom = new Error('boom')
+    expect(() =>
+      nsA.runSync(() => {
+        throw boom
+      }),
+    ).toThrow(boom)
+    expect(readlinkSync('/proc/thread-self/ns/net')).toBe(home)
+  })
+
+  it('exec runs a program inside the namespace, passes input, and names failures', async () => {
+    const { stdout } = await nsA.exec('ip', ['-o', 'link', 'show'])
+    const links = stdout.trim().split('\n').map((line) => line.split(':')[1]!.trim().split('@')[0])
+    expect(links.sort()).toEqual(['eth0', 'lo'])
+    expect((await nsA.exec('cat', [], { input: 'hello' })).stdout).toBe('hello')
+    const failed = await expectCode(nsA.exec('sh', ['-c', 'echo nope >&2; exit 3']), RedirectErrorCode.CommandFailed)
+    expect(failed.exitCode).toBe(3)
+    expect(failed.stderr).toBe('nope\n')
+    await expectCode(nsA.exec('ak-no-such-program'), RedirectErrorCode.ProgramMissing)
+    await expect(nsA.exec('nft-missing-for-test')).rejects.toThrow(/installed and on PATH/)
+    await expect(nsA.exec('/nonexistent/nft')).rejects.toThrow(/Debian package "nftables"/)
+    const controller = new AbortController()
+    const sleeping = nsA.exec('sleep', ['30'], { signal: controller.signal })
+    controller.abort()
+    await expectCode(sleeping, 'ERR_AMBIENT_ABORTED')
+  })
+
+  it('listen creates the listener inside the namespace with the requested options', async () => {
+    const server = await nsB.listen({ host: '0.0.0.0', port: 0, mark: PROXY_MARK, reusePort: true })
+    const { port } = server.address() as AddressInfo
+    const { stdout } = await nsB.exec('ss', ['-Hltn', `sport = :${port}`])
+    expect(stdout).toContain(`:${port}`)
+    const here = await new Promise<string>((resolve) => {
+      // The same port in our own namespace is free: the socket is not here.
+      const probe = createServer()
+      probe.once('error', () => resolve('busy'))
+      probe.listen(port, '0.0.0.0', () => probe.close(() => resolve('free')))
+    })
+    expect(here).toBe('free')
+    expect(readSocketOptions(server)).toMatchObject({ mark: PROXY_MARK, reusePort: true, transparent: false, family: 4 })
+
+    const accepted = nextConnection(server)
+    const client = await nsA.connect({ host: b.ipv4, port })
+    const peer = await accepted
+    expect(peer.remoteAddress).toBe(a.ipv4)
+    expect(getSocketMark(peer)).toBe(PROXY_MARK) // accepted sockets inherit the listener's mark
+    client.destroy()
+    peer.destroy()
+    await closeServer(server)
+  })
+
+  it('listen with transparent and freebind binds an address the namespace does not have', async () => {
+    const refused = await expectCode(nsB.listen({ host: '10.9.9.9', port: 0 }), RedirectErrorCode.Socket)
+    expect(refused.errnoName).toBe('EADDRNOTAVAIL')
+    expect(refused.syscall).toBe('bind')
+    const server = await nsB.listen({ host: '10.9.9.9', port: 0, transparent: true, freebind: true })
+    expect(readSocketOptions(server)).toMatchObject({ transparent: true, freebind: true })
+    await closeServer(server)
+    const server6 = await nsB.listen({ host: 'fd00:9::9', port: 0, transparent: true, freebind: true })
+    expect(readSocketOptions(server6)).toMatchObject({ transparent: true, freebind: true, family: 6 })
+    await closeServer(server6)
+  })
+
+  it('connect over IPv6 creates the socket in the namespace with its mark', async () => {
+    const server = await nsB.listen({ host: '::', port: 0 })
+    const { port } = server.address() as AddressInfo
+    const accepted = nextConnection(server)
+    const client = await nsA.connect({ host: b.ipv6, port, mark: PROXY_MARK })
+    expect(getSocketMark(client)).toBe(PROXY_MARK)
+    const peer = await accepted
+    expect(peer.remoteAddress).toBe(a.ipv6)
+    client.write('ping')
+    const [data] = (await once(peer, 'data')) as [Buffer]
+    expect(data.toString()).toBe('ping')
+    client.destroy()
+    peer.destroy()
+    await closeServer(server)
+  })
+
+  it('connect fails with the errno and leaks no descriptor', async () => {
+    const before = openFds()
+    const refused = await expectCode(nsA.connect({ host: b.ipv4, port: 9 }), RedirectErrorCode.Connect)
+    expect(refused.errnoName).toBe('ECONNREFUSED')
+    expect(openFds()).toBe(before)
+  })
+
+  it('connect is cancelled by its signal without leaking the socket', async () => {
+    await b.exec('iptables', ['-A', 'INPUT', '-p', 'tcp', '--dport', '7', '-j', 'DROP'])
+    try {
+      const before = openFds()
+      const controller = new AbortController()
+      const pending = nsA.connect({ host: b.ipv4, port: 7, signal: controller.signal })
+      // The SYN is dropped, so only the signal can end this connect.
+      const { stdout } = await a.exec('ss', ['-Htn', 'state', 'syn-sent'])
+      expect(stdout).toContain(`${b.ipv4}:7`)
+      controller.abort()
+      await expectCode(pending, 'ERR_AMBIENT_ABORTED')
+      expect(openFds()).toBe(before)
+      await expectCode(nsA.connect({ host: b.ipv4, port: 7, signal: AbortSignal.abort() }), 'ERR_AMBIENT_ABORTED')
+    } finally {
+      await b.exec('iptables', ['-D', 'INPUT', '-p', 'tcp', '--dport', '7', '-j', 'DROP'])
+    }
+  })
+
+  it('connect with transparent binds a foreign source address (source preservation)', async () => {
+    const foreign = '10.200.1.99'
+    // Replies to the foreign address must come back to pod A and be delivered locally there.
+    await node.exec('ip', ['route', 'add', `${foreign}/32`, 'via', a.ipv4])
+    await a.exec('ip', ['rule', 'add', 'to', foreign, 'lookup', '100'])
+    await a.exec('ip', ['route', 'add', 'local', 'default', 'dev', 'lo', 'table', '100'])
+    const server = await nsB.listen({ port: 0 })
+    try {
+      const { port } = server.address() as AddressInfo
+      const refused = await expectCode(nsA.connect({ host: b.ipv4, port, localAddress: foreign }), RedirectErrorCode.Connect)
+      expect(refused.errnoName).toBe('EADDRNOTAVAIL')
+      const accepted = nextConnection(server)
+      const client = await nsA.connect({ host: b.ipv4, port, localAddress: foreign, transparent: true })
+      const peer = await accepted
+      expect(peer.remoteAddress).toBe(foreign)
+      expect(readSocketOptions(client).transparent).toBe(true)
+      client.destroy()
+      peer.destroy()
+    } finally {
+      await closeServer(server)
+      await node.exec('ip', ['route', 'del', `${foreign}/32`])
+      await a.exec('ip', ['rule', 'del', 'to', foreign, 'lookup', '100'])
+    }
+  })
+
+  it('refuses bad socket options before touching the kernel', async () => {
+    await expectCode(nsA.connect({ host: 'example.com', port: 80 }), 'ERR_AMBIENT_INVALID_ADDRESS')
+    await expectCode(nsA.connect({ host: b.ipv4, port: 0 }), 'ERR_AMBIENT_INVALID_ARGUMENT')
+    await expectCode(nsA.connect({ host: b.ipv4, port: 80, mark: -1 }), 'ERR_AMBIENT_INVALID_ARGUMENT')
+    await expectCode(nsA.connect({ host: b.ipv4, port: 80, localAddress: a.ipv6 }), 'ERR_AMBIENT_INVALID_ARGUMENT')
+    await expectCode(nsA.listen({ port: 65536 }), 'ERR_AMBIENT_INVALID_ARGUMENT')
+    await expectCode(nsA.listen({ port: 0, backlog: 0 }), 'ERR_AMBIENT_INVALID_ARGUMENT')
+  })
+
+  it('originalDestination recovers the pre-REDIRECT destination, IPv4 and IPv6', async () => {
+    const v4 = await nsA.listen({ host: '127.0.0.1', port: 0 })
+    const v6 = await nsA.listen({ host: '::1', port: 0 })
+    const dual = await nsA.listen({ host: '::', port: 0, ipv6Only: false })
+    const rules: Array<[string, string[]]> = [
+      ['iptables', ['-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-d', b.ipv4, '--dport', '8080', '-j', 'REDIRECT', '--to-ports', String((v4.address() as AddressInfo).port)]],
+      ['ip6tables', ['-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-d', b.ipv6, '--dport', '8443', '-j', 'REDIRECT', '--to-ports', String((v6.address() as AddressInfo).port)]],
+      ['iptables', ['-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-d', b.ipv4, '--dport', '9090', '-j', 'REDIRECT', '--to-ports', String((dual.address() as AddressInfo).port)]],
+    ]
+    for (const [command, args] of rules) await a.exec(command, args)
+    try {
+      for (const [server, host, port] of [
+        [v4, b.ipv4, 8080],
+        [v6, b.ipv6, 8443],
+        [dual, b.ipv4, 9090],
+      ] as const) {
+        const accepted = nextConnection(server)
+        const client = await nsA.connect({ host, port })
+        const peer = await accepted
+        expect(originalDestination(peer)).toEqual({ address: host, port, family: host.includes(':') ? 6 : 4 })
+        client.destroy()
+        peer.destroy()
+      }
+    } finally {
+      await a.exec('iptables', ['-t', 'nat', '-F', 'OUTPUT'])
+      await a.exec('ip6tables', ['-t', 'nat', '-F', 'OUTPUT'])
+      await Promise.all([closeServer(v4), closeServer(v6), closeServer(dual)])
+    }
+  })
+
+  it('originalDestination fails clearly on a connection without conntrack state', async () => {
+    const bare = await network.addNamespace('bare')
+    const ns = openNetns(bare.name)
+    const server = await ns.listen({ host: '127.0.0.1', port: 0 })
+    const accepted = nextConnection(server)
+    const client = await ns.connect({ host: '127.0.0.1', port: (server.address() as AddressInfo).port })
+    const peer = await accepted
+    const details = await expectCode(() => originalDestination(peer), RedirectErrorCode.OriginalDestination)
+    expect(details.errnoName).toBe('ENOENT')
+    client.destroy()
+    peer.destroy()
+    await closeServer(server)
+    await ns.close()
+  })
+
+  it('reads and sets SO_MARK on an existing socket', async () => {
+    const server = await nsA.listen({ host: '127.0.0.1', port: 0 })
+    expect(getSocketMark(server)).toBe(0)
+    setSocketMark(server, 0x111)
+    expect(getSocketMark(server)).toBe(0x111)
+    expect(() => setSocketMark(server, 2 ** 32)).toThrow(/mark/)
+    await closeServer(server)
+    await expectCode(() => getSocketMark(server), RedirectErrorCode.SocketOption)
+  })
+
+  it('a closed handle refuses work and closes idempotently', async () => {
+    const handle = openNetns(a.name)
+    await handle.close()
+    await handle.close()
+    await expectCode(() => handle.runSync(() => 1), 'ERR_AMBIENT_CLOSED')
+    await expectCode(handle.listen({ port: 0 }), 'ERR_AMBIENT_CLOSED')
+  })
+})
