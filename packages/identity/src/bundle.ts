@@ -1,0 +1,235 @@
+import { X509Certificate, createPublicKey, type JsonWebKey } from 'node:crypto'
+import { AmbientError, describeValue } from '@ambientkit/core'
+import { pemDecode, pemEncode } from './der'
+import { IdentityErrorCode, invalidCertificate } from './errors'
+import { TrustDomain } from './spiffe-id'
+
+/** A JWT-SVID signing key of a bundle (SPIFFE Trust Domain and Bundle §4.2.2). */
+export interface JwtAuthority {
+  /** The key ID (`kid`), required by the spec. */
+  keyId: string
+  /** The public key as a JWK (without `use`/`kid`). */
+  jwk: JsonWebKey
+}
+
+/** Fields of a {@link TrustBundle}. */
+export interface TrustBundleInit {
+  trustDomain: TrustDomain | string
+  /** CA certificates that sign X.509-SVIDs of the trust domain (DER, PEM or `X509Certificate`). */
+  x509Authorities?: Iterable<X509Certificate | Buffer | string>
+  /** Keys that sign JWT-SVIDs of the trust domain. Default none. */
+  jwtAuthorities?: Iterable<JwtAuthority>
+  /** `spiffe_sequence`: increases with every change of the bundle. Default unset. */
+  sequenceNumber?: number
+  /** `spiffe_refresh_hint`: seconds after which a consumer should refetch. Default unset. */
+  refreshHintSeconds?: number
+}
+
+function invalidBundle(message: string, details: Record<string, unknown> = {}): AmbientError {
+  return new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${message}`, { details })
+}
+
+function toX509(value: X509Certificate | Buffer | string): X509Certificate[] {
+  if (value instanceof X509Certificate) return [value]
+  try {
+    if (typeof value === 'string') {
+      const ders = pemDecode(value, 'CERTIFICATE')
+      if (ders.length === 0) throw invalidCertificate('no CERTIFICATE block in PEM text')
+      return ders.map((der) => new X509Certificate(der))
+    }
+    return [new X509Certificate(value)]
+  } catch (cause) {
+    if (cause instanceof AmbientError) throw cause
+    throw invalidCertificate('could not read an X.509 authority (expected DER, PEM or X509Certificate)', cause)
+  }
+}
+
+const isNonNegativeInteger = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0
+
+/**
+ * The trust bundle of one trust domain (SPIFFE Trust Domain and Bundle §3):
+ * its X.509 authorities, JWT authorities, sequence number and refresh hint.
+ * Immutable; read and write the SPIFFE bundle format with
+ * {@link TrustBundle.parse} and {@link TrustBundle.toJson}.
+ */
+export class TrustBundle {
+  readonly trustDomain: TrustDomain
+  readonly x509Authorities: readonly X509Certificate[]
+  readonly jwtAuthorities: readonly JwtAuthority[]
+  readonly sequenceNumber: number | undefined
+  readonly refreshHintSeconds: number | undefined
+
+  private constructor(init: TrustBundleInit) {
+    this.trustDomain = typeof init.trustDomain === 'string' ? TrustDomain.parse(init.trustDomain) : init.trustDomain
+    this.x509Authorities = Object.freeze([...(init.x509Authorities ?? [])].flatMap(toX509))
+    this.jwtAuthorities = Object.freeze([...(init.jwtAuthorities ?? [])].map((a) => ({ keyId: a.keyId, jwk: { ...a.jwk } })))
+    if (init.sequenceNumber !== undefined && !isNonNegativeInteger(init.sequenceNumber)) {
+      throw invalidBundle(`spiffe_sequence must be a non-negative integer, got ${describeValue(init.sequenceNumber)}`)
+    }
+    if (init.refreshHintSeconds !== undefined && !isNonNegativeInteger(init.refreshHintSeconds)) {
+      throw invalidBundle(`spiffe_refresh_hint must be a non-negative integer of seconds, got ${describeValue(init.refreshHintSeconds)}`)
+    }
+    this.sequenceNumber = init.sequenceNumber
+    this.refreshHintSeconds = init.refreshHintSeconds
+  }
+
+  /** A bundle from its fields. */
+  static create(init: TrustBundleInit): TrustBundle {
+    return new TrustBundle(init)
+  }
+
+  /** A bundle holding the X.509 authorities of a PEM text (one or more CERTIFICATE blocks). */
+  static fromPem(trustDomain: TrustDomain | string, pem: string): TrustBundle {
+    return new TrustBundle({ trustDomain, x509Authorities: [pem] })
+  }
+
+  /**
+   * Reads the SPIFFE bundle format (SPIFFE Trust Domain and Bundle §4), a
+   * JWKS. Keys with an unknown `use` are ignored (§4.2); malformed entries are
+   * rejected with `ERR_AMBIENT_INVALID_BUNDLE` naming the entry and the rule.
+   */
+  static parse(trustDomain: TrustDomain | string, json: string | object): TrustBundle {
+    let doc: unknown = json
+    if (typeof json === 'string') {
+      try {
+        doc = JSON.parse(json)
+      } catch (cause) {
+        throw new AmbientError(IdentityErrorCode.InvalidBundle, 'invalid SPIFFE bundle: not JSON', { cause })
+      }
+    }
+    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw invalidBundle('expected a JSON object (a JWK Set)')
+    const record = doc as Record<string, unknown>
+    // §4.1: `keys` is REQUIRED.
+    if (!Array.isArray(record.keys)) throw invalidBundle('"keys" must be an array (SPIFFE bundle §4.1)')
+    const sequence = record.spiffe_sequence
+    const refresh = record.spiffe_refresh_hint
+    if (sequence !== undefined && !isNonNegativeInteger(sequence)) throw invalidBundle(`"spiffe_sequence" must be a non-negative integer, got ${describeValue(sequence)} (SPIFFE bundle §4.1.2)`)
+    if (refresh !== undefined && !isNonNegativeInteger(refresh)) throw invalidBundle(`"spiffe_refresh_hint" must be a non-negative integer, got ${describeValue(refresh)} (SPIFFE bundle §4.1.1)`)
+    const x509: X509Certificate[] = []
+    const jwt: JwtAuthority[] = []
+    record.keys.forEach((entry: unknown, index: number) => {
+      const where = `keys[${index}]`
+      if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw invalidBundle(`${where} must be a JSON object`, { index })
+      const key = entry as Record<string, unknown>
+      if (typeof key.kty !== 'string') throw invalidBundle(`${where} has no "kty" (RFC 7517 §4.1)`, { index })
+      // §4.2.3: `use` is REQUIRED; values the reader does not know are ignored.
+      if (typeof key.use !== 'string') throw invalidBundle(`${where} has no "use" (SPIFFE bundle §4.2.3)`, { index })
+      if (key.use === 'x509-svid') x509.push(readX509Key(key, where, index))
+      else if (key.use === 'jwt-svid') jwt.push(readJwtKey(key, where, index))
+    })
+    return new TrustBundle({ trustDomain, x509Authorities: x509, jwtAuthorities: jwt, sequenceNumber: sequence as number | undefined, refreshHintSeconds: refresh as number | undefined })
+  }
+
+  /** The SPIFFE bundle document (a JWKS object) of this bundle. */
+  toJwks(): Record<string, unknown> {
+    const keys: Record<string, unknown>[] = this.x509Authorities.map((cert) => ({
+      ...cert.publicKey.export({ format: 'jwk' }),
+      use: 'x509-svid',
+      x5c: [cert.raw.toString('base64')],
+    }))
+    for (const a of this.jwtAuthorities) keys.push({ ...a.jwk, use: 'jwt-svid', kid: a.keyId })
+    const doc: Record<string, unknown> = { keys }
+    if (this.sequenceNumber !== undefined) doc.spiffe_sequence = this.sequenceNumber
+    if (this.refreshHintSeconds !== undefined) doc.spiffe_refresh_hint = this.refreshHintSeconds
+    return doc
+  }
+
+  /** The SPIFFE bundle document as JSON text. */
+  toJson(): string {
+    return JSON.stringify(this.toJwks())
+  }
+
+  /** The X.509 authorities as PEM text (what Node's `tls` `ca` option takes). */
+  x509AuthoritiesPem(): string {
+    return this.x509Authorities.map((cert) => pemEncode('CERTIFICATE', cert.raw)).join('')
+  }
+}
+
+function readX509Key(key: Record<string, unknown>, where: string, index: number): X509Certificate {
+  // §4.2.1: an x509-svid key carries its CA certificate as exactly one x5c entry.
+  if (!Array.isArray(key.x5c) || key.x5c.length !== 1 || typeof key.x5c[0] !== 'string') {
+    throw invalidBundle(`${where} ("use": "x509-svid") must have "x5c" with exactly one certificate (SPIFFE bundle §4.2.1)`, { index })
+  }
+  let cert: X509Certificate
+  try {
+    // RFC 7517 §4.7: standard base64, not base64url.
+    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(key.x5c[0])) throw new Error('x5c is not standard base64')
+    cert = new X509Certificate(Buffer.from(key.x5c[0], 'base64'))
+  } catch (cause) {
+    throw new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${where} "x5c" is not a base64 DER certificate`, { cause, details: { index } })
+  }
+  // RFC 7517 §4.7: the key parameters must describe the certificate's own key.
+  const certJwk = cert.publicKey.export({ format: 'jwk' }) as Record<string, unknown>
+  for (const field of ['kty', 'crv', 'x', 'y', 'n', 'e']) {
+    if (key[field] !== undefined && key[field] !== certJwk[field]) {
+      throw invalidBundle(`${where} "${field}" does not match the public key of its x5c certificate`, { index })
+    }
+  }
+  return cert
+}
+
+function readJwtKey(key: Record<string, unknown>, where: string, index: number): JwtAuthority {
+  // §4.2.2: a jwt-svid key MUST have a key ID.
+  if (typeof key.kid !== 'string' || key.kid === '') throw invalidBundle(`${where} ("use": "jwt-svid") must have a non-empty "kid" (SPIFFE bundle §4.2.2)`, { index })
+  const jwk = { ...key }
+  delete jwk.use
+  delete jwk.kid
+  try {
+    createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' })
+  } catch (cause) {
+    throw new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${where} is not a valid public JWK`, { cause, details: { index } })
+  }
+  return { keyId: key.kid, jwk: jwk as JsonWebKey }
+}
+
+/** Change notification of a {@link TrustBundleSet}. */
+export type TrustBundleListener = (trustDomain: TrustDomain, bundle: TrustBundle | undefined) => void
+
+/**
+ * The bundles of every trust domain a workload trusts (its own and
+ * federated ones), keyed by trust domain. Verification only ever uses the
+ * bundle of the peer's own trust domain.
+ */
+export interface TrustBundleSet {
+  /** The bundle of `trustDomain`, if any. */
+  get(trustDomain: TrustDomain | string): TrustBundle | undefined
+  /** Adds or replaces the bundle of `bundle.trustDomain`. */
+  set(bundle: TrustBundle): void
+  /** Removes a trust domain's bundle; true when there was one. */
+  delete(trustDomain: TrustDomain | string): boolean
+  /** Every bundle. */
+  all(): TrustBundle[]
+  /** Calls `listener` after every change; returns a function that unsubscribes. */
+  subscribe(listener: TrustBundleListener): () => void
+}
+
+const tdName = (td: TrustDomain | string): string => (typeof td === 'string' ? TrustDomain.parse(td).name : td.name)
+
+/** A mutable {@link TrustBundleSet}, optionally seeded with bundles. */
+export function createTrustBundleSet(bundles: Iterable<TrustBundle> = []): TrustBundleSet {
+  const map = new Map<string, TrustBundle>()
+  const listeners = new Set<TrustBundleListener>()
+  for (const b of bundles) map.set(b.trustDomain.name, b)
+  const notify = (td: TrustDomain, bundle: TrustBundle | undefined): void => {
+    for (const l of [...listeners]) l(td, bundle)
+  }
+  return {
+    get: (td) => map.get(tdName(td)),
+    set(bundle) {
+      if (!(bundle instanceof TrustBundle)) throw invalidBundle(`expected a TrustBundle, got ${describeValue(bundle)}`)
+      map.set(bundle.trustDomain.name, bundle)
+      notify(bundle.trustDomain, bundle)
+    },
+    delete(td) {
+      const name = tdName(td)
+      const had = map.delete(name)
+      if (had) notify(TrustDomain.parse(name), undefined)
+      return had
+    },
+    all: () => [...map.values()],
+    subscribe(listener) {
+      listeners.add(listener)
+      return () => listeners.delete(listener)
+    },
+  }
+}

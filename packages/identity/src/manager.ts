@@ -1,0 +1,323 @@
+import { AmbientError, CoreErrorCode, abortError, invalidArgument, silentLogger, throwIfAborted, type AbortOptions, type Logger } from '@ambientkit/core'
+import type { CertificateAuthority, X509Svid } from './ca'
+import { createTrustBundleSet, type TrustBundleSet } from './bundle'
+import { IdentityErrorCode } from './errors'
+import { SpiffeId } from './spiffe-id'
+
+/** Options a source receives for one fetch. */
+export interface IdentityFetchOptions extends AbortOptions {
+  /** The lifetime the manager asks for; a source may return a shorter one. */
+  ttlSeconds: number
+}
+
+/**
+ * Where an {@link IdentityManager} gets SVIDs and trust bundles: a local CA
+ * ({@link createLocalCaSource}) today; a remote CA client or a SPIFFE
+ * Workload API client implement the same interface.
+ */
+export interface IdentitySource {
+  /** The bundles of every trust domain the source vouches for, kept current by the source. */
+  readonly bundles: TrustBundleSet
+  /** Produces a fresh X.509-SVID for `id`. */
+  fetch(id: SpiffeId, options: IdentityFetchOptions): Promise<X509Svid>
+  /** Releases what the source holds. Optional. */
+  close?(): Promise<void>
+}
+
+/** Options of {@link createLocalCaSource}. */
+export interface LocalCaSourceOptions {
+  /** Extra bundles (federated trust domains) to trust besides the CAs' own. Default none. */
+  federatedBundles?: TrustBundleSet
+}
+
+/**
+ * An {@link IdentitySource} backed by in-process CAs, one per trust domain.
+ * Its bundle set holds each CA's bundle plus any federated bundles.
+ */
+export function createLocalCaSource(cas: CertificateAuthority | readonly CertificateAuthority[], options: LocalCaSourceOptions = {}): IdentitySource {
+  const list = Array.isArray(cas) ? cas : [cas as CertificateAuthority]
+  if (list.length === 0) throw invalidArgument('cas', cas, 'at least one CertificateAuthority')
+  const bundles = createTrustBundleSet([...(options.federatedBundles?.all() ?? []), ...list.map((ca) => ca.bundle)])
+  return {
+    bundles,
+    async fetch(id, fetchOptions) {
+      const ca = list.find((c) => id.memberOf(c.trustDomain))
+      if (ca === undefined) throw invalidArgument('id', id.toString(), `an ID in one of the trust domains ${list.map((c) => c.trustDomain.name).join(', ')}`)
+      return ca.issue(id, { ttlSeconds: fetchOptions.ttlSeconds, signal: fetchOptions.signal })
+    },
+  }
+}
+
+/** Emitted after an identity's SVID was replaced. */
+export interface RotationEvent {
+  id: SpiffeId
+  svid: X509Svid
+  /** The SVID it replaced. */
+  previous: X509Svid
+}
+
+/** Emitted when fetching or renewing an SVID failed; the current SVID (if any) is kept and renewal retried. */
+export interface IdentityFailureEvent {
+  id: SpiffeId
+  error: AmbientError
+  /** Consecutive failures so far. */
+  attempt: number
+  /** When the next attempt happens, in ms from now; `undefined` for a first fetch (the caller saw the error). */
+  retryInMs: number | undefined
+}
+
+/** Events of an {@link IdentityManager}. */
+export interface IdentityManagerEvents {
+  rotated: RotationEvent
+  error: IdentityFailureEvent
+  /** An identity unused for `idleTimeoutMs` was dropped instead of renewed. */
+  dropped: { id: SpiffeId }
+}
+
+/** Options of {@link createIdentityManager}. */
+export interface IdentityManagerOptions {
+  /** Where SVIDs come from. */
+  source: IdentitySource
+  /** Lifetime requested for each SVID. Default 86400 (24 h, Istio's default). */
+  ttlSeconds?: number
+  /** Fraction of an SVID's lifetime after which it is renewed. Default 0.5. */
+  rotateAt?: number
+  /** Renewal happens up to this fraction of the lifetime earlier, at random, so identities do not renew in lockstep. Default 0.05. */
+  jitter?: number
+  /** An identity neither fetched through `get()` nor retained for this long is dropped at its next renewal. Default 3 600 000 (1 h). */
+  idleTimeoutMs?: number
+  /** First retry delay after a failed renewal; it doubles up to `maxRetryDelayMs`. Default 1000. */
+  retryDelayMs?: number
+  /** Longest retry delay. Default 60 000. */
+  maxRetryDelayMs?: number
+  /** Default: silent. */
+  logger?: Logger
+}
+
+/**
+ * Holds the SVIDs of many identities (a node proxy holds one per service
+ * account on its node) and keeps them fresh.
+ */
+export interface IdentityManager {
+  /** The current SVID of `id`, fetched on first use; concurrent first calls share one fetch. */
+  get(id: SpiffeId | string, options?: AbortOptions): Promise<X509Svid>
+  /** The current SVID of `id` if it is held and unexpired, without fetching. */
+  current(id: SpiffeId | string): X509Svid | undefined
+  /** Keeps `id` renewed even when `get()` is not called (a listener presenting it). Returns the release function. */
+  retain(id: SpiffeId | string): () => void
+  /** The IDs currently held. */
+  ids(): SpiffeId[]
+  /** The trust bundles (the source's set, kept current by it). */
+  readonly bundles: TrustBundleSet
+  /** Subscribes to an event; returns a function that unsubscribes. */
+  on<E extends keyof IdentityManagerEvents>(event: E, listener: (payload: IdentityManagerEvents[E]) => void): () => void
+  /** Stops renewing, drops every SVID and closes the source. Idempotent. */
+  close(): Promise<void>
+}
+
+// setTimeout's longest delay; longer waits are re-armed in steps.
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+interface Entry {
+  id: SpiffeId
+  svid: X509Svid | undefined
+  pending: Promise<X509Svid> | undefined
+  timer: NodeJS.Timeout | undefined
+  lastUsed: number
+  retained: number
+  failures: number
+}
+
+function checkFraction(name: string, value: number, min: number, max: number): number {
+  if (typeof value !== 'number' || !(value >= min && value <= max)) throw invalidArgument(name, value, `a number in [${min}, ${max}]`)
+  return value
+}
+
+function checkPositive(name: string, value: number): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) throw invalidArgument(name, value, 'a positive number')
+  return value
+}
+
+const toId = (id: SpiffeId | string): SpiffeId => (typeof id === 'string' ? SpiffeId.parse(id) : id)
+
+/** Creates an {@link IdentityManager}. */
+export function createIdentityManager(options: IdentityManagerOptions): IdentityManager {
+  const source = options.source
+  if (source === null || typeof source !== 'object' || typeof source.fetch !== 'function') throw invalidArgument('source', source, 'an IdentitySource')
+  const ttlSeconds = checkPositive('ttlSeconds', options.ttlSeconds ?? 86_400)
+  const rotateAt = checkFraction('rotateAt', options.rotateAt ?? 0.5, 0.01, 0.99)
+  const jitter = checkFraction('jitter', options.jitter ?? 0.05, 0, rotateAt - 0.001)
+  const idleTimeoutMs = checkPositive('idleTimeoutMs', options.idleTimeoutMs ?? 3_600_000)
+  const retryDelayMs = checkPositive('retryDelayMs', options.retryDelayMs ?? 1000)
+  const maxRetryDelayMs = checkPositive('maxRetryDelayMs', options.maxRetryDelayMs ?? 60_000)
+  const logger = options.logger ?? silentLogger
+  const entries = new Map<string, Entry>()
+  const listeners: { [E in keyof IdentityManagerEvents]: Set<(p: IdentityManagerEvents[E]) => void> } = {
+    rotated: new Set(), error: new Set(), dropped: new Set(),
+  }
+  const lifetime = new AbortController()
+  let closed: Promise<void> | undefined
+
+  const emit = <E extends keyof IdentityManagerEvents>(event: E, payload: IdentityManagerEvents[E]): void => {
+    for (const l of [...listeners[event]]) {
+      try {
+        l(payload)
+      } catch (err) {
+        logger.error({ err, event }, 'identity manager listener threw')
+      }
+    }
+  }
+
+  const arm = (entry: Entry, at: number, action: () => void): void => {
+    clearTimeout(entry.timer)
+    const delay = Math.max(0, at - Date.now())
+    entry.timer = setTimeout(() => (delay > MAX_TIMER_MS ? arm(entry, at, action) : action()), Math.min(delay, MAX_TIMER_MS))
+    // A manager must not keep a process alive on its own; close() clears the timers anyway.
+    entry.timer.unref()
+  }
+
+  const scheduleRenewal = (entry: Entry): void => {
+    const svid = entry.svid!
+    const life = svid.notAfter.getTime() - svid.notBefore.getTime()
+    const fraction = rotateAt - jitter * Math.random()
+    arm(entry, svid.notBefore.getTime() + life * fraction, () => renew(entry))
+  }
+
+  const fetchSvid = (entry: Entry): Promise<X509Svid> => {
+    entry.pending ??= source.fetch(entry.id, { ttlSeconds, signal: lifetime.signal }).then(
+      (svid) => {
+        entry.pending = undefined
+        if (!svid.id.equals(entry.id)) {
+          throw new AmbientError(IdentityErrorCode.IdentityUnavailable, `the identity source returned an SVID for ${svid.id.toString()} instead of ${entry.id.toString()}`)
+        }
+        return svid
+      },
+      (cause: unknown) => {
+        entry.pending = undefined
+        if (cause instanceof AmbientError && cause.code === CoreErrorCode.Aborted) throw cause
+        throw new AmbientError(IdentityErrorCode.IdentityUnavailable, `could not get an SVID for ${entry.id.toString()}: ${(cause as Error)?.message ?? String(cause)}`, {
+          cause, details: { id: entry.id.toString() },
+        })
+      },
+    )
+    return entry.pending
+  }
+
+  const install = (entry: Entry, svid: X509Svid): void => {
+    if (entry.svid === svid) return
+    const previous = entry.svid
+    entry.svid = svid
+    entry.failures = 0
+    if (entries.get(entry.id.toString()) === entry) scheduleRenewal(entry)
+    if (previous !== undefined) {
+      logger.info({ id: entry.id.toString(), notAfter: svid.notAfter.toISOString() }, 'rotated SVID')
+      emit('rotated', { id: entry.id, svid, previous })
+    }
+  }
+
+  const drop = (entry: Entry): void => {
+    clearTimeout(entry.timer)
+    entries.delete(entry.id.toString())
+    emit('dropped', { id: entry.id })
+  }
+
+  const renew = (entry: Entry): void => {
+    if (entry.retained === 0 && Date.now() - entry.lastUsed > idleTimeoutMs) {
+      drop(entry)
+      return
+    }
+    fetchSvid(entry).then(
+      (svid) => install(entry, svid),
+      (error: AmbientError) => {
+        if (lifetime.signal.aborted || entries.get(entry.id.toString()) !== entry) return
+        entry.failures++
+        const retryInMs = Math.min(maxRetryDelayMs, retryDelayMs * 2 ** (entry.failures - 1))
+        logger.warn({ id: entry.id.toString(), err: error, attempt: entry.failures, retryInMs }, 'SVID renewal failed; keeping the current SVID')
+        emit('error', { id: entry.id, error, attempt: entry.failures, retryInMs })
+        arm(entry, Date.now() + retryInMs, () => renew(entry))
+      },
+    )
+  }
+
+  const entryFor = (id: SpiffeId): Entry => {
+    const key = id.toString()
+    let entry = entries.get(key)
+    if (entry === undefined) {
+      entry = { id, svid: undefined, pending: undefined, timer: undefined, lastUsed: Date.now(), retained: 0, failures: 0 }
+      entries.set(key, entry)
+    }
+    return entry
+  }
+
+  const usable = (svid: X509Svid | undefined): svid is X509Svid => svid !== undefined && svid.notAfter.getTime() > Date.now()
+
+  const checkOpen = (what: string): void => {
+    if (closed !== undefined) throw new AmbientError(CoreErrorCode.Closed, `${what}: the identity manager is closed`)
+  }
+
+  return {
+    bundles: source.bundles,
+
+    async get(idInput, getOptions = {}) {
+      checkOpen('get')
+      throwIfAborted(getOptions.signal, 'get')
+      const entry = entryFor(toId(idInput))
+      entry.lastUsed = Date.now()
+      if (usable(entry.svid)) return entry.svid
+      const shared = fetchSvid(entry).then((svid) => {
+        install(entry, svid)
+        return svid
+      }, (error: AmbientError) => {
+        if (entry.svid === undefined && entry.retained === 0 && entries.get(entry.id.toString()) === entry) entries.delete(entry.id.toString())
+        emit('error', { id: entry.id, error, attempt: entry.failures + 1, retryInMs: undefined })
+        throw error
+      })
+      const signal = getOptions.signal
+      if (signal === undefined) return shared
+      return new Promise<X509Svid>((resolve, reject) => {
+        const onAbort = (): void => reject(abortError(signal, 'get'))
+        signal.addEventListener('abort', onAbort, { once: true })
+        shared.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+      })
+    },
+
+    current(idInput) {
+      const svid = entries.get(toId(idInput).toString())?.svid
+      return usable(svid) ? svid : undefined
+    },
+
+    retain(idInput) {
+      checkOpen('retain')
+      const entry = entryFor(toId(idInput))
+      entry.retained++
+      let released = false
+      return () => {
+        if (released) return
+        released = true
+        entry.retained--
+        entry.lastUsed = Date.now()
+      }
+    },
+
+    ids: () => [...entries.values()].filter((e) => e.svid !== undefined).map((e) => e.id),
+
+    on(event, listener) {
+      const set = listeners[event] as Set<typeof listener>
+      set.add(listener)
+      return () => {
+        set.delete(listener)
+      }
+    },
+
+    close() {
+      closed ??= (async () => {
+        lifetime.abort(new AmbientError(CoreErrorCode.Closed, 'the identity manager was closed'))
+        for (const entry of entries.values()) clearTimeout(entry.timer)
+        entries.clear()
+        for (const set of Object.values(listeners)) set.clear()
+        await source.close?.()
+      })()
+      return closed
+    },
+  }
+}
