@@ -93,7 +93,7 @@ export function verifyX509Svid(chain: CertificateChainInput, bundles: TrustBundl
   let current = leaf
   let sawBadSignature = false
   // Each step consumes one intermediate, so the walk ends after at most chain-length steps.
-  for (let step = 0; step <= intermediates.length; step++) {
+  for (let step = 0; step < certs.length; step++) {
     if (authorities.some((a) => a.raw.equals(current.der))) return id
     for (const authority of authorities) {
       if (!current.x509.checkIssued(authority)) continue
