@@ -108,7 +108,7 @@ describe('certificate authority', () => {
     const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
     const csr = createCsr({ id: 'spiffe://example.org/w', privateKey })
     const der = Buffer.from(csr.replace(/-----[A-Z ]+-----|\s/g, ''), 'base64')
-    der[der.length - 5] ^= 0x01
+    der[der.length - 5]! ^= 0x01
     const tampered = `-----BEGIN CERTIFICATE REQUEST-----\n${der.toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`
     const error = await ca.signCsr(tampered, { id: 'spiffe://example.org/w' }).catch((err: unknown) => err)
     expect(isAmbientError(error, IdentityErrorCode.CsrRejected)).toBe(true)

@@ -71,6 +71,6 @@ function subjectName(cn: string): Buffer {
 /** Flips one bit of the signature at the end of a DER certificate. */
 export function corruptSignature(der: Buffer): Buffer {
   const copy = Buffer.from(der)
-  copy[copy.length - 3] ^= 0x01
+  copy[copy.length - 3]! ^= 0x01
   return copy
 }
