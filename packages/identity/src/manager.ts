@@ -103,6 +103,12 @@ export interface IdentityManager {
   get(id: SpiffeId | string, options?: AbortOptions): Promise<X509Svid>
   /** The current SVID of `id` if it is held and unexpired, without fetching. */
   current(id: SpiffeId | string): X509Svid | undefined
+  /**
+   * Renews `id` now (fetching it if not held), as if its rotation time had
+   * come: emits `rotated` and re-arms the next renewal. Rejects, keeping the
+   * current SVID, when the source fails.
+   */
+  rotate(id: SpiffeId | string, options?: AbortOptions): Promise<X509Svid>
   /** Keeps `id` renewed even when `get()` is not called (a listener presenting it). Returns the release function. */
   retain(id: SpiffeId | string): () => void
   /** The IDs currently held. */
@@ -121,6 +127,8 @@ const MAX_TIMER_MS = 2 ** 31 - 1
 interface Entry {
   id: SpiffeId
   svid: X509Svid | undefined
+  /** When `svid` arrived: its lifetime is counted from here, not from its backdated notBefore. */
+  receivedAt: number
   pending: Promise<X509Svid> | undefined
   timer: NodeJS.Timeout | undefined
   lastUsed: number
@@ -136,6 +144,16 @@ function checkFraction(name: string, value: number, min: number, max: number): n
 function checkPositive(name: string, value: number): number {
   if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) throw invalidArgument(name, value, 'a positive number')
   return value
+}
+
+/** Lets one caller stop waiting for a shared promise without cancelling it for the others. */
+function withSignal<T>(shared: Promise<T>, signal: AbortSignal | undefined, what: string): Promise<T> {
+  if (signal === undefined) return shared
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(abortError(signal, what))
+    signal.addEventListener('abort', onAbort, { once: true })
+    shared.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
 }
 
 const toId = (id: SpiffeId | string): SpiffeId => (typeof id === 'string' ? SpiffeId.parse(id) : id)
@@ -178,9 +196,11 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
 
   const scheduleRenewal = (entry: Entry): void => {
     const svid = entry.svid!
-    const life = svid.notAfter.getTime() - svid.notBefore.getTime()
+    // Counted from arrival, so a backdated notBefore (or an SVID that has aged at its
+    // source) cannot put the renewal in the past and renew in a loop.
+    const start = Math.max(svid.notBefore.getTime(), entry.receivedAt)
     const fraction = rotateAt - jitter * Math.random()
-    arm(entry, svid.notBefore.getTime() + life * fraction, () => renew(entry))
+    arm(entry, start + (svid.notAfter.getTime() - start) * fraction, () => renew(entry))
   }
 
   const fetchSvid = (entry: Entry): Promise<X509Svid> => {
@@ -207,6 +227,7 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
     if (entry.svid === svid) return
     const previous = entry.svid
     entry.svid = svid
+    entry.receivedAt = Date.now()
     entry.failures = 0
     if (entries.get(entry.id.toString()) === entry) scheduleRenewal(entry)
     if (previous !== undefined) {
@@ -243,7 +264,7 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
     const key = id.toString()
     let entry = entries.get(key)
     if (entry === undefined) {
-      entry = { id, svid: undefined, pending: undefined, timer: undefined, lastUsed: Date.now(), retained: 0, failures: 0 }
+      entry = { id, svid: undefined, receivedAt: 0, pending: undefined, timer: undefined, lastUsed: Date.now(), retained: 0, failures: 0 }
       entries.set(key, entry)
     }
     return entry
@@ -272,13 +293,17 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
         emit('error', { id: entry.id, error, attempt: entry.failures + 1, retryInMs: undefined })
         throw error
       })
-      const signal = getOptions.signal
-      if (signal === undefined) return shared
-      return new Promise<X509Svid>((resolve, reject) => {
-        const onAbort = (): void => reject(abortError(signal, 'get'))
-        signal.addEventListener('abort', onAbort, { once: true })
-        shared.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
-      })
+      return withSignal(shared, getOptions.signal, 'get')
+    },
+
+    async rotate(idInput, rotateOptions = {}) {
+      checkOpen('rotate')
+      throwIfAborted(rotateOptions.signal, 'rotate')
+      const entry = entryFor(toId(idInput))
+      entry.lastUsed = Date.now()
+      const svid = await withSignal(fetchSvid(entry), rotateOptions.signal, 'rotate')
+      install(entry, svid)
+      return svid
     },
 
     current(idInput) {

@@ -45,8 +45,12 @@ interface ServerConfig {
   accept: ((id: SpiffeId) => boolean) | undefined
 }
 
-// Peer IDs verified by this package, per socket: what peerSpiffeId() returns.
-const verifiedPeers = new WeakMap<TLSSocket, SpiffeId>()
+// The peer ID a server verified, stored on the socket itself: http2 hands out a
+// Proxy of the socket (session.socket, req.socket), which forwards property reads
+// to the real socket but is a different object for a WeakMap.
+const kPeerId = Symbol('ambientkit.peerSpiffeId')
+// Client-side IDs already read, keyed by the object the caller passed.
+const clientPeers = new WeakMap<object, SpiffeId>()
 // The configuration behind options objects returned by tlsServerOptions().
 const serverConfigs = new WeakMap<object, ServerConfig>()
 // One SecureContext per SVID and bundle generation: building one parses keys and certificates.
@@ -175,7 +179,7 @@ export function attachTlsServer(server: Server, options: SpiffeTlsServerOptions)
       if (config.accept !== undefined && !config.accept(peer)) {
         throw new AmbientError(IdentityErrorCode.UnexpectedPeer, `client ${peer.toString()} is not an accepted peer`, { details: { peer: peer.toString() } })
       }
-      verifiedPeers.set(socket, peer)
+      Object.defineProperty(socket, kPeerId, { value: peer })
     } catch (err) {
       socket.destroy()
       server.emit('tlsClientError', err, socket)
@@ -252,11 +256,12 @@ export async function tlsClientOptions(init: SpiffeTlsClientInit): Promise<Spiff
 /**
  * The verified SPIFFE ID of a TLS socket's peer. On the server side it is
  * the ID {@link attachTlsServer} verified; on the client side, the server's
- * ID that {@link tlsClientOptions} verified during the handshake. Throws
+ * ID that {@link tlsClientOptions} verified during the handshake. Accepts
+ * the proxies http2 hands out (`session.socket`, `req.socket`). Throws
  * `ERR_AMBIENT_PEER_NOT_VERIFIED` for sockets not authorized that way.
  */
 export function peerSpiffeId(socket: TLSSocket): SpiffeId {
-  const known = verifiedPeers.get(socket)
+  const known = (socket as TLSSocket & { [kPeerId]?: SpiffeId })[kPeerId] ?? clientPeers.get(socket)
   if (known !== undefined) return known
   // A client socket is authorized only once OpenSSL verified the chain and our checkServerIdentity accepted it.
   const isServerSide = (socket as TLSSocket & { server?: unknown }).server !== undefined
@@ -265,6 +270,6 @@ export function peerSpiffeId(socket: TLSSocket): SpiffeId {
     throw new AmbientError(IdentityErrorCode.PeerNotVerified, 'the socket has no peer verified by @ambientkit/identity (use tlsClientOptions, or tlsServerOptions with attachTlsServer)')
   }
   const id = leafSpiffeId(parseCertificate(cert.raw))
-  verifiedPeers.set(socket, id)
+  clientPeers.set(socket, id)
   return id
 }
