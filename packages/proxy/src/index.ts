@@ -1,4 +1,52 @@
 /**
+ * The ambient mesh data plane: HBONE tunnels (HTTP/2 `CONNECT` over mutual
+ * TLS, wire-compatible with Istio's ztunnel), the workload proxy and the
+ * node proxy.
+ *
+ * @example
+ * ```ts
+ * import { createHboneClient, createHboneServer, spliceTunnel } from '@ambientkit/proxy'
+ *
+ * const server = createHboneServer({
+ *   tls: serverTlsOptions,
+ *   decide: () => ({ action: 'serve' }),
+ * })
+ * await server.listen(15008, '127.0.0.1')
+ *
+ * const client = createHboneClient({ tls: clientTlsOptions })
+ * const tunnel = await client.connect('127.0.0.1:8080', {
+ *   via: '127.0.0.1:15008',
+ *   expectedIdentities: ['spiffe://cluster.local/ns/shop/sa/api'],
+ * })
+ * await spliceTunnel(appSocket, tunnel)
+ * ```
+ *
  * @packageDocumentation
  */
-export {}
+export { HBONE_PORT, DEFAULT_HBONE_WINDOWS, type HboneWindows } from './hbone/constants'
+export { HboneErrorCode, type HboneErrorCodeValue } from './hbone/errors'
+export type { PeerIdentityFn } from './hbone/peer'
+export { resetTunnel, spliceTunnel, type SpliceOutcome, type SpliceResult } from './hbone/splice'
+export {
+  createHboneServer,
+  type HboneDecision,
+  type HboneHandshakeFailure,
+  type HboneRequest,
+  type HboneServer,
+  type HboneServerOptions,
+  type HboneServerStats,
+  type HboneTunnelOutcome,
+  type HboneTunnelRecord,
+  type UpstreamConnectOptions,
+  type UpstreamConnector,
+} from './hbone/server'
+export {
+  createHboneClient,
+  type ClientTlsOptionsFn,
+  type HboneClient,
+  type HboneClientOptions,
+  type HboneConnectOptions,
+  type HboneSessionStats,
+  type SocketFactory,
+  type SocketFactoryOptions,
+} from './hbone/client'

@@ -1,0 +1,582 @@
+import {
+  connect as h2connect,
+  constants as h2,
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+  type OutgoingHttpHeaders,
+} from 'node:http2'
+import { connect as netConnect, type Socket } from 'node:net'
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls'
+import {
+  AmbientError,
+  CoreErrorCode,
+  abortError,
+  formatSocketAddress,
+  invalidArgument,
+  parseSocketAddress,
+  silentLogger,
+  throwIfAborted,
+  type AbortOptions,
+  type Closable,
+  type Logger,
+  type SocketAddress,
+} from '@ambientkit/core'
+import { HBONE_PORT, type HboneWindows } from './constants'
+import { HboneErrorCode } from './errors'
+import { defaultPeerIdentity, type PeerIdentityFn } from './peer'
+import { localSettings, positiveInteger, resolveWindows, sessionMemoryFor } from './settings'
+
+/** Options passed to a {@link SocketFactory}. */
+export interface SocketFactoryOptions {
+  /** Aborted when the session attempt is abandoned (client closed or timed out). */
+  readonly signal: AbortSignal
+  /** The source identity of the session, as given to `connect`. */
+  readonly identity?: string
+  /** The source address of the session, as given to `connect`; bind to it. */
+  readonly sourceAddress?: string
+}
+
+/**
+ * Opens the TCP connection an HBONE session runs over, resolving once
+ * connected. The workload proxy passes one that creates the socket inside
+ * the pod's network namespace with mark 0x539.
+ */
+export type SocketFactory = (address: SocketAddress, options: SocketFactoryOptions) => Promise<Socket>
+
+/** TLS options for a session of the given source identity (`undefined` when `connect` named none). */
+export type ClientTlsOptionsFn = (
+  identity: string | undefined,
+  options: { readonly signal: AbortSignal },
+) => ConnectionOptions | Promise<ConnectionOptions>
+
+/** Options of {@link createHboneClient}. */
+export interface HboneClientOptions {
+  /**
+   * TLS options presenting the source workload's SVID and trusting the
+   * mesh's roots (from `@ambientkit/identity`'s `tlsClientOptions()`), or a
+   * function giving them per source identity (called for each new session,
+   * so rotated certificates are picked up). TLS 1.3 and ALPN `h2` are
+   * enforced on top; the server's SPIFFE ID is checked against
+   * `expectedIdentities` after the handshake.
+   */
+  readonly tls: ConnectionOptions | ClientTlsOptionsFn
+  /** Opens the TCP connection to the HBONE peer. Default: `net.connect`, bound to `sourceAddress` if given. */
+  readonly socketFactory?: SocketFactory
+  /** Reads the verified SPIFFE ID of the server. Default: the single `spiffe://` URI SAN of its certificate. */
+  readonly peerIdentity?: PeerIdentityFn
+  /** Streams per session before another session is opened (also capped by the server's SETTINGS_MAX_CONCURRENT_STREAMS). Default 100, as ztunnel. */
+  readonly maxStreamsPerSession?: number
+  /** Milliseconds an unused session stays pooled. Default 300 000 (ztunnel's 5 minutes). */
+  readonly idleTimeout?: number
+  /** Milliseconds between HTTP/2 PINGs on a session. Default 10 000. */
+  readonly keepaliveInterval?: number
+  /** Milliseconds without a PING answer before the session is destroyed. Default 20 000. */
+  readonly keepaliveTimeout?: number
+  /** Milliseconds to establish a session (TCP, TLS, first SETTINGS). Default 10 000. */
+  readonly sessionTimeout?: number
+  /** Flow-control windows and frame size. Default {@link DEFAULT_HBONE_WINDOWS}. */
+  readonly windows?: Partial<HboneWindows>
+  /** Default: silent. */
+  readonly logger?: Logger
+}
+
+/** Options of {@link HboneClient.connect}. */
+export interface HboneConnectOptions extends AbortOptions {
+  /** SPIFFE IDs the HBONE server may present (at least one). */
+  readonly expectedIdentities: readonly string[]
+  /** The source identity: selects TLS options and the session pool. */
+  readonly identity?: string
+  /** The source IP: passed to the socket factory and part of the pool key. */
+  readonly sourceAddress?: string
+  /** The HBONE peer to connect to. Default `<destination ip>:15008`. */
+  readonly via?: SocketAddress | string
+  /** Extra request headers (`baggage`, `traceparent`, `forwarded`...). Pseudo-headers are refused. */
+  readonly headers?: Readonly<Record<string, string>>
+}
+
+/** A pooled HTTP/2 session, as seen by {@link HboneClient.stats}. */
+export interface HboneSessionStats {
+  readonly key: string
+  readonly peerIdentity: string
+  readonly streams: number
+}
+
+/** A pooled HBONE client. */
+export interface HboneClient extends Closable {
+  /**
+   * Opens a tunnel to `destination` (`ip:port` or a {@link SocketAddress}):
+   * takes (or opens) a pooled session to the HBONE peer, sends `CONNECT`
+   * and resolves with the stream once the server answered 200. The stream
+   * is the tunnel: write to send, read to receive, `end()` half-closes
+   * (END_STREAM), `destroy()` resets it; splice it with a socket through
+   * {@link spliceTunnel}.
+   *
+   * Rejects with `ERR_AMBIENT_HBONE_STATUS` (`details.status`) on a non-200
+   * answer, `ERR_AMBIENT_HBONE_IDENTITY_MISMATCH` when the server is not one
+   * of `expectedIdentities`, `ERR_AMBIENT_HBONE_CONNECT_FAILED` or
+   * `ERR_AMBIENT_HBONE_ALPN` when no session could be opened,
+   * `ERR_AMBIENT_HBONE_STREAM` when the stream or session failed first,
+   * `ERR_AMBIENT_ABORTED` and `ERR_AMBIENT_CLOSED`.
+   */
+  connect(destination: SocketAddress | string, options: HboneConnectOptions): Promise<ClientHttp2Stream>
+  /** The pooled sessions. */
+  stats(): readonly HboneSessionStats[]
+  /** Destroys every session (resetting their tunnels). Idempotent. */
+  close(): Promise<void>
+}
+
+interface ClientConfig {
+  readonly tls: ClientTlsOptionsFn
+  readonly socketFactory: SocketFactory
+  readonly peerIdentity: PeerIdentityFn
+  readonly maxStreams: number
+  readonly idleTimeout: number
+  readonly keepaliveInterval: number
+  readonly keepaliveTimeout: number
+  readonly sessionTimeout: number
+  readonly windows: HboneWindows
+  readonly logger: Logger
+}
+
+/**
+ * Creates a pooled HBONE client. Sessions are pooled by (source identity,
+ * expected destination identities, HBONE peer address, source address); a
+ * session carries at most `maxStreamsPerSession` tunnels (and no more than
+ * the server allows), is kept alive with HTTP/2 PINGs and released after
+ * `idleTimeout` without tunnels.
+ *
+ * @example
+ * ```ts
+ * const client = createHboneClient({ tls: identity.tlsClientOptions() })
+ * const tunnel = await client.connect('10.1.2.5:8080', {
+ *   expectedIdentities: ['spiffe://cluster.local/ns/shop/sa/api'],
+ * })
+ * await spliceTunnel(appSocket, tunnel)
+ * ```
+ */
+export function createHboneClient(options: HboneClientOptions): HboneClient {
+  if (typeof options !== 'object' || options === null) throw invalidArgument('options', options, 'an object')
+  const tls = options.tls
+  if (typeof tls !== 'function' && (typeof tls !== 'object' || tls === null)) {
+    throw invalidArgument('tls', tls, 'TLS client options or a function returning them')
+  }
+  return new HboneClientImpl({
+    tls: typeof tls === 'function' ? tls : () => tls,
+    socketFactory: options.socketFactory ?? defaultSocketFactory,
+    peerIdentity: options.peerIdentity ?? defaultPeerIdentity,
+    maxStreams: positiveInteger(options.maxStreamsPerSession, 'maxStreamsPerSession', 100, 2 ** 31 - 1),
+    idleTimeout: positiveInteger(options.idleTimeout, 'idleTimeout', 300_000),
+    keepaliveInterval: positiveInteger(options.keepaliveInterval, 'keepaliveInterval', 10_000),
+    keepaliveTimeout: positiveInteger(options.keepaliveTimeout, 'keepaliveTimeout', 20_000),
+    sessionTimeout: positiveInteger(options.sessionTimeout, 'sessionTimeout', 10_000),
+    windows: resolveWindows(options.windows, 'windows'),
+    logger: options.logger ?? silentLogger,
+  })
+}
+
+interface PoolEntry {
+  readonly sessions: PooledSession[]
+  /** The session being opened for this key, shared by every caller that found no room. */
+  opening?: Promise<PooledSession>
+}
+
+class HboneClientImpl implements HboneClient {
+  readonly #config: ClientConfig
+  readonly #pools = new Map<string, PoolEntry>()
+  readonly #closing = new AbortController()
+  #closed: Promise<void> | undefined
+
+  constructor(config: ClientConfig) {
+    this.#config = config
+  }
+
+  async connect(destination: SocketAddress | string, options: HboneConnectOptions): Promise<ClientHttp2Stream> {
+    if (typeof options !== 'object' || options === null) throw invalidArgument('options', options, 'an object')
+    const { signal } = options
+    throwIfAborted(signal, 'HBONE connect')
+    if (this.#closed !== undefined) throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
+    const target = typeof destination === 'string' ? parseSocketAddress(destination, 'destination') : destination
+    const authority = formatSocketAddress(target)
+    const via = options.via === undefined
+      ? { address: target.address, port: HBONE_PORT, family: target.family }
+      : typeof options.via === 'string' ? parseSocketAddress(options.via, 'via') : options.via
+    const expected = checkExpected(options.expectedIdentities)
+    const headers = requestHeaders(authority, options.headers)
+    const key = [options.identity ?? '', expected.join(','), formatSocketAddress(via), options.sourceAddress ?? ''].join('|')
+
+    const session = await this.#acquire(key, () => this.#open(key, via, expected, options), signal)
+    return session.request(headers, authority, signal)
+  }
+
+  stats(): readonly HboneSessionStats[] {
+    const all: HboneSessionStats[] = []
+    for (const [key, entry] of this.#pools) {
+      for (const session of entry.sessions) all.push({ key, peerIdentity: session.peerIdentity, streams: session.streams })
+    }
+    return all
+  }
+
+  close(): Promise<void> {
+    this.#closed ??= this.#close()
+    return this.#closed
+  }
+
+  async #close(): Promise<void> {
+    this.#closing.abort(new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed'))
+    const sessions = [...this.#pools.values()].flatMap((entry) => entry.sessions)
+    await Promise.all(sessions.map((session) => session.destroy()))
+    this.#pools.clear()
+  }
+
+  async #acquire(key: string, open: () => Promise<PooledSession>, signal: AbortSignal | undefined): Promise<PooledSession> {
+    for (;;) {
+      const entry = this.#pools.get(key) ?? { sessions: [] }
+      this.#pools.set(key, entry)
+      const free = entry.sessions.find((session) => session.hasRoom())
+      if (free !== undefined) {
+        free.reserve()
+        return free
+      }
+      entry.opening ??= open().finally(() => {
+        entry.opening = undefined
+        if (entry.sessions.length === 0 && this.#pools.get(key) === entry) this.#pools.delete(key)
+      })
+      await raceSignal(entry.opening, signal, 'HBONE connect')
+      if (this.#closed !== undefined) throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
+    }
+  }
+
+  async #open(key: string, via: SocketAddress, expected: readonly string[], options: HboneConnectOptions): Promise<PooledSession> {
+    const config = this.#config
+    const signal = AbortSignal.any([this.#closing.signal, AbortSignal.timeout(config.sessionTimeout)])
+    const source = { identity: options.identity, sourceAddress: options.sourceAddress }
+    const peer = formatSocketAddress(via)
+    let tcp: Socket
+    try {
+      tcp = await config.socketFactory(via, { signal, ...source })
+    } catch (err) {
+      throw connectFailed(peer, err, signal)
+    }
+    let tlsSocket: TLSSocket | undefined
+    try {
+      const tlsOptions = await config.tls(options.identity, { signal })
+      tlsSocket = await handshake(tcp, tlsOptions, signal, peer)
+      if (tlsSocket.alpnProtocol !== 'h2') {
+        throw new AmbientError(HboneErrorCode.Alpn, `HBONE peer ${peer} did not negotiate ALPN h2 (got ${String(tlsSocket.alpnProtocol)})`, {
+          details: { peer, alpn: tlsSocket.alpnProtocol },
+        })
+      }
+      let peerIdentity: string
+      try {
+        peerIdentity = config.peerIdentity(tlsSocket)
+      } catch (err) {
+        throw new AmbientError(HboneErrorCode.IdentityMismatch, `HBONE peer ${peer} presented no valid SPIFFE ID`, { cause: err, details: { peer } })
+      }
+      if (!expected.includes(peerIdentity)) {
+        throw new AmbientError(
+          HboneErrorCode.IdentityMismatch,
+          `HBONE peer ${peer} presented ${peerIdentity}, expected one of ${expected.join(', ')}`,
+          { details: { peer, identity: peerIdentity, expected } },
+        )
+      }
+      const session = await startSession(tlsSocket, peer, config, signal)
+      const pooled = new PooledSession(session, peerIdentity, config, () => this.#remove(key, pooled))
+      const entry = this.#pools.get(key) ?? { sessions: [] }
+      this.#pools.set(key, entry)
+      entry.sessions.push(pooled)
+      config.logger.debug({ peer, identity: peerIdentity, key }, 'HBONE session opened')
+      return pooled
+    } catch (err) {
+      if (tlsSocket !== undefined) tlsSocket.destroy()
+      tcp.destroy()
+      if (err instanceof AmbientError) throw err
+      throw connectFailed(peer, err, signal)
+    }
+  }
+
+  #remove(key: string, session: PooledSession): void {
+    const entry = this.#pools.get(key)
+    if (entry === undefined) return
+    const index = entry.sessions.indexOf(session)
+    if (index >= 0) entry.sessions.splice(index, 1)
+    if (entry.sessions.length === 0 && entry.opening === undefined) this.#pools.delete(key)
+  }
+}
+
+/** One HTTP/2 session in the pool: counts its streams, pings, and leaves the pool when idle or dead. */
+class PooledSession {
+  readonly peerIdentity: string
+  streams = 0
+  readonly #session: ClientHttp2Session
+  readonly #config: ClientConfig
+  readonly #keepalive: NodeJS.Timeout
+  #idle: NodeJS.Timeout | undefined
+  #pingSentAt: number | undefined
+  #usable = true
+  #removed: () => void
+
+  constructor(session: ClientHttp2Session, peerIdentity: string, config: ClientConfig, removed: () => void) {
+    this.#session = session
+    this.peerIdentity = peerIdentity
+    this.#config = config
+    this.#removed = removed
+    const retire = (): void => this.#retire()
+    session.once('goaway', retire)
+    session.once('close', () => {
+      clearInterval(this.#keepalive)
+      clearTimeout(this.#idle)
+      retire()
+    })
+    session.on('error', (err) => config.logger.debug({ err, peer: peerIdentity }, 'HBONE session error'))
+    this.#keepalive = setInterval(() => this.#ping(), config.keepaliveInterval).unref()
+    this.#armIdle()
+  }
+
+  hasRoom(): boolean {
+    if (!this.#usable || this.#session.closed || this.#session.destroyed) return false
+    const remote = this.#session.remoteSettings.maxConcurrentStreams ?? Number.POSITIVE_INFINITY
+    return this.streams < Math.min(this.#config.maxStreams, remote)
+  }
+
+  /** Takes a stream slot (synchronously, so concurrent callers count each other). */
+  reserve(): void {
+    this.streams++
+    clearTimeout(this.#idle)
+    this.#idle = undefined
+  }
+
+  request(headers: OutgoingHttpHeaders, authority: string, signal: AbortSignal | undefined): Promise<ClientHttp2Stream> {
+    let stream: ClientHttp2Stream
+    try {
+      stream = this.#session.request(headers, { endStream: false })
+    } catch (err) {
+      this.#release()
+      return Promise.reject(new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${authority} could not be sent`, { cause: err }))
+    }
+    stream.once('close', () => this.#release())
+    // A tunnel's failure must never crash the process; it is also seen as a reset by whoever reads the stream.
+    stream.on('error', (err) => this.#config.logger.debug({ err, authority }, 'HBONE tunnel error'))
+    return new Promise((resolve, reject) => {
+      const done = (err?: Error): void => {
+        stream.off('response', onResponse)
+        stream.off('error', onError)
+        stream.off('close', onClose)
+        signal?.removeEventListener('abort', onAbort)
+        if (err === undefined) {
+          resolve(stream)
+          return
+        }
+        if (!stream.destroyed) stream.close(h2.NGHTTP2_CANCEL)
+        reject(err)
+      }
+      const onResponse = (response: { ':status'?: number }): void => {
+        const status = response[':status'] ?? 0
+        if (status === 200) done()
+        else {
+          done(new AmbientError(HboneErrorCode.Status, `HBONE CONNECT ${authority} was answered with status ${status}`, {
+            details: { status, authority },
+          }))
+        }
+      }
+      const onError = (err: Error): void =>
+        done(new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${authority} failed: ${err.message}`, {
+          cause: err,
+          details: { authority, rstCode: stream.rstCode },
+        }))
+      const onClose = (): void =>
+        done(new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${authority} was closed before a response (code ${stream.rstCode})`, {
+          details: { authority, rstCode: stream.rstCode },
+        }))
+      const onAbort = (): void => done(abortError(signal!, 'HBONE connect'))
+      stream.once('response', onResponse)
+      stream.once('error', onError)
+      stream.once('close', onClose)
+      if (signal?.aborted === true) onAbort()
+      else signal?.addEventListener('abort', onAbort, { once: true })
+    })
+  }
+
+  destroy(): Promise<void> {
+    this.#retire()
+    if (this.#session.destroyed) return Promise.resolve()
+    return new Promise((resolve) => {
+      this.#session.once('close', () => resolve())
+      this.#session.destroy()
+    })
+  }
+
+  #release(): void {
+    this.streams--
+    this.#armIdle()
+  }
+
+  #armIdle(): void {
+    if (this.streams > 0 || !this.#usable) return
+    clearTimeout(this.#idle)
+    this.#idle = setTimeout(() => {
+      this.#retire()
+      this.#session.close()
+    }, this.#config.idleTimeout).unref()
+  }
+
+  #ping(): void {
+    const now = performance.now()
+    if (this.#pingSentAt !== undefined) {
+      if (now - this.#pingSentAt >= this.#config.keepaliveTimeout) {
+        this.#config.logger.warn({ peer: this.peerIdentity }, 'HBONE session did not answer PING; destroying it')
+        this.#session.destroy(new AmbientError(HboneErrorCode.Stream, 'HBONE session keepalive timed out'))
+      }
+      return
+    }
+    this.#pingSentAt = now
+    const sent = this.#session.ping((err) => {
+      if (err === null) this.#pingSentAt = undefined
+    })
+    if (!sent) this.#pingSentAt = undefined
+  }
+
+  #retire(): void {
+    if (!this.#usable) return
+    this.#usable = false
+    this.#removed()
+  }
+}
+
+function checkExpected(value: unknown): readonly string[] {
+  if (!Array.isArray(value) || value.length === 0 || !value.every((id) => typeof id === 'string' && id.startsWith('spiffe://'))) {
+    throw invalidArgument('expectedIdentities', value, 'a non-empty array of spiffe:// IDs')
+  }
+  return [...(value as string[])].sort()
+}
+
+function requestHeaders(authority: string, extra: Readonly<Record<string, string>> | undefined): OutgoingHttpHeaders {
+  const headers: OutgoingHttpHeaders = { ':method': 'CONNECT', ':authority': authority }
+  if (extra === undefined) return headers
+  for (const [name, value] of Object.entries(extra)) {
+    if (name.startsWith(':')) throw invalidArgument(`headers[${JSON.stringify(name)}]`, name, 'a regular header (pseudo-headers are set by the client)')
+    if (typeof value !== 'string') throw invalidArgument(`headers[${JSON.stringify(name)}]`, value, 'a string')
+    headers[name.toLowerCase()] = value
+  }
+  return headers
+}
+
+function connectFailed(peer: string, err: unknown, signal: AbortSignal): AmbientError {
+  if (err instanceof AmbientError) return err
+  const reason = signal.aborted ? ` (${(signal.reason as Error | undefined)?.message ?? 'aborted'})` : ''
+  return new AmbientError(HboneErrorCode.ConnectFailed, `HBONE session to ${peer} failed: ${(err as Error).message}${reason}`, {
+    cause: err,
+    details: { peer },
+  })
+}
+
+function handshake(tcp: Socket, options: ConnectionOptions, signal: AbortSignal, peer: string): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const socket = tlsConnect({
+      // SPIFFE identity, not a host name, is verified (against expectedIdentities, after the handshake).
+      checkServerIdentity: () => undefined,
+      ...options,
+      socket: tcp,
+      minVersion: 'TLSv1.3',
+      ALPNProtocols: ['h2'],
+    })
+    const done = (err?: Error): void => {
+      socket.off('secureConnect', onSecure)
+      socket.off('error', done)
+      signal.removeEventListener('abort', onAbort)
+      if (err === undefined) resolve(socket)
+      else {
+        socket.destroy()
+        reject(new AmbientError(HboneErrorCode.ConnectFailed, `HBONE TLS handshake with ${peer} failed: ${err.message}`, {
+          cause: err,
+          details: { peer },
+        }))
+      }
+    }
+    const onSecure = (): void => done()
+    const onAbort = (): void => done(signal.reason as Error)
+    socket.once('secureConnect', onSecure)
+    socket.once('error', done)
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
+}
+
+function startSession(socket: TLSSocket, peer: string, config: ClientConfig, signal: AbortSignal): Promise<ClientHttp2Session> {
+  return new Promise((resolve, reject) => {
+    const session = h2connect(`https://${peer}`, {
+      createConnection: () => socket,
+      settings: localSettings(config.windows),
+      maxSessionMemory: sessionMemoryFor(config.windows),
+    })
+    // Wait for the server's SETTINGS so its SETTINGS_MAX_CONCURRENT_STREAMS is known before the first stream.
+    const done = (err?: Error): void => {
+      session.off('remoteSettings', onSettings)
+      session.off('error', done)
+      session.off('close', onClose)
+      signal.removeEventListener('abort', onAbort)
+      if (err === undefined) {
+        session.setLocalWindowSize(config.windows.connection)
+        resolve(session)
+      } else {
+        session.destroy()
+        reject(new AmbientError(HboneErrorCode.ConnectFailed, `HBONE session with ${peer} failed: ${err.message}`, { cause: err, details: { peer } }))
+      }
+    }
+    const onSettings = (): void => done()
+    const onClose = (): void => done(new Error('closed before its SETTINGS'))
+    const onAbort = (): void => done(signal.reason as Error)
+    session.once('remoteSettings', onSettings)
+    session.once('error', done)
+    session.once('close', onClose)
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
+}
+
+function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined, what: string): Promise<T> {
+  if (signal === undefined) return promise
+  if (signal.aborted) return Promise.reject(abortError(signal, what))
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => reject(abortError(signal, what))
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort)
+        resolve(value)
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort)
+        reject(err as Error)
+      },
+    )
+  })
+}
+
+/** `net.connect` to the HBONE peer (bound to `sourceAddress` if given), resolving once connected. */
+export const defaultSocketFactory: SocketFactory = (address, { signal, sourceAddress }) =>
+  new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(abortError(signal, 'HBONE TCP connect'))
+      return
+    }
+    const socket = netConnect({
+      host: address.address,
+      port: address.port,
+      noDelay: true,
+      ...(sourceAddress === undefined ? {} : { localAddress: sourceAddress }),
+    })
+    const done = (err?: Error): void => {
+      signal.removeEventListener('abort', onAbort)
+      socket.off('error', done)
+      socket.off('connect', onConnect)
+      if (err === undefined) return
+      socket.destroy()
+      reject(err)
+    }
+    const onConnect = (): void => {
+      done()
+      resolve(socket)
+    }
+    const onAbort = (): void => done(abortError(signal, 'HBONE TCP connect'))
+    signal.addEventListener('abort', onAbort, { once: true })
+    socket.once('error', done)
+    socket.once('connect', onConnect)
+  })

@@ -1,0 +1,18 @@
+import type { AmbientErrorCode } from '@ambientkit/core'
+
+/** Error codes of the HBONE layer of `@ambientkit/proxy` (listed in docs/errors.md). */
+export const HboneErrorCode = {
+  /** The TCP or TLS connection to the HBONE peer could not be established (`cause` has the socket or TLS error). */
+  ConnectFailed: 'ERR_AMBIENT_HBONE_CONNECT_FAILED',
+  /** The HBONE peer did not negotiate ALPN `h2`. */
+  Alpn: 'ERR_AMBIENT_HBONE_ALPN',
+  /** The HBONE peer presented a SPIFFE ID that is not one of the expected identities. */
+  IdentityMismatch: 'ERR_AMBIENT_HBONE_IDENTITY_MISMATCH',
+  /** The HBONE peer answered the `CONNECT` with a status other than 200 (`details.status`). */
+  Status: 'ERR_AMBIENT_HBONE_STATUS',
+  /** The HTTP/2 session or stream failed before the tunnel was established (`details.rstCode` when reset). */
+  Stream: 'ERR_AMBIENT_HBONE_STREAM',
+} as const satisfies Record<string, AmbientErrorCode>
+
+/** One of {@link HboneErrorCode}'s values. */
+export type HboneErrorCodeValue = (typeof HboneErrorCode)[keyof typeof HboneErrorCode]

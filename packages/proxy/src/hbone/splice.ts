@@ -1,0 +1,119 @@
+import { constants as h2 } from 'node:http2'
+import type { Http2Stream } from 'node:http2'
+import type { Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
+
+/** How a spliced tunnel ended. */
+export type SpliceOutcome =
+  /** Both directions were half-closed (FIN ↔ END_STREAM) and drained. */
+  | 'closed'
+  /** The TCP side failed or was reset first; the stream was reset with CONNECT_ERROR. */
+  | 'socket-reset'
+  /** The HTTP/2 stream was reset (or its session died) first; the TCP side was reset. */
+  | 'stream-reset'
+
+/** What {@link spliceTunnel} resolves with once both sides are closed. */
+export interface SpliceResult {
+  readonly outcome: SpliceOutcome
+  /** The first error seen on either side, if any. */
+  readonly error?: Error
+  /** Bytes read from the TCP socket (sent into the tunnel). */
+  readonly socketBytesRead: number
+  /** Bytes written to the TCP socket (received from the tunnel). */
+  readonly socketBytesWritten: number
+}
+
+/**
+ * Copies bytes both ways between a TCP socket and an HBONE tunnel (an
+ * HTTP/2 `CONNECT` stream) with backpressure, until both are closed.
+ *
+ * Half-close is kept: the socket's FIN becomes END_STREAM on the tunnel and
+ * the tunnel's END_STREAM becomes a FIN, each direction draining on its own.
+ * A reset is propagated (RFC 9113 §8.5): a TCP error or RST resets the stream
+ * with `CONNECT_ERROR`, and a stream reset (or a dying session) resets the
+ * TCP connection (RST, not FIN), so neither side outlives the other.
+ *
+ * The socket's `allowHalfOpen` is switched on, because Node would otherwise
+ * end the socket's writable side as soon as its readable side ends.
+ *
+ * @param socket - a connected TCP socket (the application's or the upstream's)
+ * @param tunnel - the HTTP/2 stream, after a 200 response was sent or received
+ * @returns resolves (never rejects) once both the socket and the stream are closed
+ */
+export function spliceTunnel(socket: Socket, tunnel: Duplex): Promise<SpliceResult> {
+  const stream = tunnel as Http2Stream
+  socket.allowHalfOpen = true
+  if (stream.destroyed || socket.destroyed) {
+    const outcome: SpliceOutcome = stream.destroyed ? 'stream-reset' : 'socket-reset'
+    resetSocket(socket)
+    resetTunnel(stream)
+    return Promise.resolve({ outcome, socketBytesRead: socket.bytesRead, socketBytesWritten: socket.bytesWritten })
+  }
+  return new Promise((resolve) => {
+    let outcome: SpliceOutcome | undefined
+    let error: Error | undefined
+    let open = 2
+    const settle = (): void => {
+      if (--open > 0) return
+      resolve({ outcome: outcome ?? 'closed', error, socketBytesRead: socket.bytesRead, socketBytesWritten: socket.bytesWritten })
+    }
+    socket.on('error', (err) => {
+      error ??= err
+    })
+    stream.on('error', (err) => {
+      error ??= err
+    })
+    socket.on('close', () => {
+      const clean = socket.readableEnded && socket.writableFinished
+      if (!clean) {
+        outcome ??= 'socket-reset'
+        resetTunnel(stream)
+      }
+      settle()
+    })
+    stream.on('close', () => {
+      const clean = stream.rstCode === h2.NGHTTP2_NO_ERROR && stream.readableEnded && stream.writableFinished
+      if (!clean) {
+        outcome ??= 'stream-reset'
+        resetSocket(socket)
+      }
+      settle()
+    })
+    socket.pipe(stream)
+    stream.pipe(socket)
+  })
+}
+
+/**
+ * Resets a TCP socket (RST), or only closes it once its FIN was already
+ * sent: libuv refuses to reset a socket whose write side is shut down (and
+ * Node then drops the handle without closing it). This happens when a peer
+ * sends END_STREAM and then RST_STREAM, as Node's own `Http2Stream.close()`
+ * does.
+ */
+function resetSocket(socket: Socket): void {
+  if (socket.destroyed) return
+  if (socket.writableEnded) socket.destroy()
+  else socket.resetAndDestroy()
+}
+
+const EMPTY = Buffer.alloc(0)
+
+/**
+ * Resets a tunnel with a bare RST_STREAM (default `CONNECT_ERROR`, the code
+ * RFC 9113 §8.5 gives a proxy that lost its TCP connection).
+ *
+ * Node's `Http2Stream.close(code)` first half-closes the stream: unless a
+ * write is still queued, the peer receives END_STREAM and only then
+ * RST_STREAM, and would forward a FIN before it learns of the reset. A
+ * queued empty write makes Node send the RST_STREAM first.
+ *
+ * @param tunnel - an HBONE stream (client or server side)
+ * @param code - the HTTP/2 error code. Default `NGHTTP2_CONNECT_ERROR`.
+ */
+export function resetTunnel(tunnel: Duplex, code: number = h2.NGHTTP2_CONNECT_ERROR): void {
+  const stream = tunnel as Http2Stream
+  if (stream.destroyed || stream.closed) return
+  if (!stream.writableEnded) stream.write(EMPTY)
+  stream.close(code)
+}

@@ -1,0 +1,318 @@
+import { once } from 'node:events'
+import http2, { constants } from 'node:http2'
+import { connect as netConnect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
+import { isAmbientError } from '@ambientkit/core'
+import {
+  createHboneClient,
+  createHboneServer,
+  resetTunnel,
+  spliceTunnel,
+  type HboneClient,
+  type HboneDecision,
+  type HboneRequest,
+  type HboneServer,
+  type HboneServerOptions,
+  type HboneTunnelRecord,
+} from '@ambientkit/proxy'
+import { closed, createTestPki, readAll, startEchoServer, type TestPki, type TestSvid } from './interop/support'
+
+const SERVER_ID = 'spiffe://cluster.local/ns/shop/sa/api'
+const CLIENT_ID = 'spiffe://cluster.local/ns/shop/sa/frontend'
+
+let pki: TestPki
+let serverSvid: TestSvid
+let clientSvid: TestSvid
+let echo: Awaited<ReturnType<typeof startEchoServer>>
+
+beforeAll(async () => {
+  pki = createTestPki()
+  serverSvid = pki.issue(SERVER_ID)
+  clientSvid = pki.issue(CLIENT_ID)
+  echo = await startEchoServer()
+})
+
+afterAll(async () => {
+  await echo.close()
+  pki.close()
+})
+
+const closers: Array<() => Promise<void>> = []
+afterEach(async () => {
+  for (const close of closers.splice(0).reverse()) await close()
+})
+
+interface Harness {
+  server: HboneServer
+  client: HboneClient
+  via: string
+  records: HboneTunnelRecord[]
+  requests: HboneRequest[]
+  /** Resolves with the next finished tunnel record. */
+  nextRecord(): Promise<HboneTunnelRecord>
+}
+
+async function harness(overrides: Partial<HboneServerOptions> = {}, host = '127.0.0.1'): Promise<Harness> {
+  const records: HboneTunnelRecord[] = []
+  const requests: HboneRequest[] = []
+  const waiters: Array<(record: HboneTunnelRecord) => void> = []
+  const server = createHboneServer({
+    tls: { key: serverSvid.key, cert: serverSvid.cert, ca: pki.ca },
+    decide: (request): HboneDecision => {
+      requests.push(request)
+      return { action: 'serve' }
+    },
+    onTunnel: (record) => {
+      records.push(record)
+      waiters.shift()?.(record)
+    },
+    ...overrides,
+  })
+  const bound = await server.listen(0, host)
+  const client = createHboneClient({ tls: { key: clientSvid.key, cert: clientSvid.cert, ca: pki.ca } })
+  closers.push(() => server.close(), () => client.close())
+  const via = bound.family === 6 ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`
+  return {
+    server,
+    client,
+    via,
+    records,
+    requests,
+    nextRecord: () => new Promise((resolve) => waiters.push(resolve)),
+  }
+}
+
+describe('HBONE client and server', () => {
+  it('tunnels bytes to the destination and back, reporting the peer identity', async () => {
+    const h = await harness()
+    const record = h.nextRecord()
+    const tunnel = await h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+    tunnel.end('hello through HBONE')
+    expect((await readAll(tunnel)).toString()).toBe('hello through HBONE')
+    const done = await record
+    expect(done).toMatchObject({
+      peerIdentity: CLIENT_ID,
+      status: 200,
+      outcome: 'closed',
+      destination: { address: '127.0.0.1', port: echo.port, family: 4 },
+      bytesReceived: 19,
+      bytesSent: 19,
+    })
+    expect(h.requests[0]!.peerAddress.address).toBe('127.0.0.1')
+  })
+
+  it('keeps half-close both ways: client FIN reaches upstream, which can still answer', async () => {
+    const upstream = await startServer((socket) => {
+      const chunks: Buffer[] = []
+      socket.on('data', (chunk: Buffer) => chunks.push(chunk))
+      socket.on('end', () => socket.end(`got ${Buffer.concat(chunks).toString()}`))
+    })
+    const h = await harness()
+    const record = h.nextRecord()
+    const tunnel = await h.client.connect(`127.0.0.1:${upstream.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+    tunnel.end('ping')
+    expect((await readAll(tunnel)).toString()).toBe('got ping')
+    expect((await record).outcome).toBe('closed')
+  })
+
+  it('keeps half-close both ways: upstream FIN reaches the client, which can still send', async () => {
+    const received = deferred<string>()
+    const upstream = await startServer((socket) => {
+      const chunks: Buffer[] = []
+      socket.on('data', (chunk: Buffer) => chunks.push(chunk))
+      socket.on('end', () => received.resolve(Buffer.concat(chunks).toString()))
+      socket.end('hello first')
+    })
+    const h = await harness()
+    const tunnel = await h.client.connect(`127.0.0.1:${upstream.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+    expect((await readAll(tunnel)).toString()).toBe('hello first')
+    const tunnelClosed = closed(tunnel)
+    tunnel.end('late reply')
+    expect(await received.promise).toBe('late reply')
+    await tunnelClosed
+    expect(tunnel.rstCode).toBe(constants.NGHTTP2_NO_ERROR)
+  })
+
+  it('resets the upstream connection when the client resets the tunnel', async () => {
+    const upstreamClosed = deferred<{ error?: string }>()
+    const accepted = deferred<void>()
+    const upstream = await startServer((socket) => {
+      let error: string | undefined
+      socket.on('error', (err: NodeJS.ErrnoException) => (error = err.code))
+      socket.on('close', () => upstreamClosed.resolve({ error }))
+      // Reading is how a socket notices the peer's RST.
+      socket.resume()
+      accepted.resolve()
+    })
+    const h = await harness()
+    const record = h.nextRecord()
+    const tunnel = await h.client.connect(`127.0.0.1:${upstream.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+    await accepted.promise
+    resetTunnel(tunnel)
+    expect(await upstreamClosed.promise).toEqual({ error: 'ECONNRESET' })
+    expect((await record).outcome).toBe('stream-reset')
+  })
+
+  it('resets the tunnel with CONNECT_ERROR when the upstream connection is reset', async () => {
+    const upstream = await startServer((socket) => {
+      socket.once('data', () => socket.resetAndDestroy())
+    })
+    const h = await harness()
+    const record = h.nextRecord()
+    const tunnel = await h.client.connect(`127.0.0.1:${upstream.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+    tunnel.on('error', () => {})
+    tunnel.write('trigger')
+    await closed(tunnel)
+    expect(tunnel.rstCode).toBe(constants.NGHTTP2_CONNECT_ERROR)
+    expect((await record).outcome).toBe('socket-reset')
+  })
+
+  it('splices an application socket with a tunnel, keeping half-close and resets', async () => {
+    const h = await harness()
+    // The application side: a socket pair through a local listener, as the workload proxy's 15001 would see it.
+    const app = await startServer(async (socket) => {
+      const tunnel = await h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+      const result = await spliceTunnel(socket, tunnel)
+      splices.resolve(result)
+    })
+    const splices = deferred<Awaited<ReturnType<typeof spliceTunnel>>>()
+    const socket = netConnect({ host: '127.0.0.1', port: app.port, allowHalfOpen: true })
+    socket.end('round trip')
+    expect((await readAll(socket)).toString()).toBe('round trip')
+    const result = await splices.promise
+    expect(result).toMatchObject({ outcome: 'closed', socketBytesRead: 10, socketBytesWritten: 10 })
+  })
+})
+
+describe('HBONE server answers', () => {
+  const connectStatus = async (h: Harness, destination: string): Promise<unknown> => {
+    try {
+      await h.client.connect(destination, { via: h.via, expectedIdentities: [SERVER_ID] })
+      return 200
+    } catch (err) {
+      if (isAmbientError(err, 'ERR_AMBIENT_HBONE_STATUS')) return err.details.status
+      throw err
+    }
+  }
+
+  it.each([
+    ['not-served', 400, { action: 'not-served', reason: 'not-served' }],
+    ['unknown', 503, { action: 'unknown', reason: 'unknown-destination' }],
+    ['deny', 401, { action: 'deny', reason: 'denied', policy: 'shop/deny-all' }],
+  ] as const)('%s → %i', async (_name, status, decision) => {
+    const h = await harness({ decide: () => decision })
+    const record = h.nextRecord()
+    expect(await connectStatus(h, `127.0.0.1:${echo.port}`)).toBe(status)
+    expect(await record).toMatchObject({ status, outcome: 'rejected', reason: decision.reason })
+    if (decision.action === 'deny') expect(h.records[0]!.policy).toBe('shop/deny-all')
+  })
+
+  it('answers 503 when the upstream connect fails, and 500 when decide throws', async () => {
+    const closed = await startServer(() => {})
+    const port = closed.port
+    await closed.close()
+    const h = await harness()
+    const record = h.nextRecord()
+    expect(await connectStatus(h, `127.0.0.1:${port}`)).toBe(503)
+    expect(await record).toMatchObject({ status: 503, reason: 'upstream-connect-failed' })
+    const failing = await harness({
+      decide: () => {
+        throw new Error('registry unavailable')
+      },
+    })
+    expect(await connectStatus(failing, `127.0.0.1:${echo.port}`)).toBe(500)
+  })
+
+  it('answers 200 only after the upstream connect succeeded', async () => {
+    const events: string[] = []
+    const release = deferred<void>()
+    const h = await harness({
+      connect: async (destination) => {
+        events.push('connector called')
+        await release.promise
+        const socket = netConnect({ host: destination.address, port: destination.port, allowHalfOpen: true })
+        await once(socket, 'connect')
+        events.push('upstream connected')
+        return socket
+      },
+    })
+    const pending = h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] }).then((tunnel) => {
+      events.push('client got 200')
+      return tunnel
+    })
+    await vi.waitFor(() => expect(events).toEqual(['connector called']))
+    release.resolve()
+    const tunnel = await pending
+    expect(events).toEqual(['connector called', 'upstream connected', 'client got 200'])
+    tunnel.end()
+    await readAll(tunnel)
+  })
+
+  it('answers 400 to a request that is not CONNECT and to a malformed :authority', async () => {
+    const h = await harness()
+    const session = http2.connect(`https://${h.via}`, {
+      key: clientSvid.key,
+      cert: clientSvid.cert,
+      ca: pki.ca,
+      checkServerIdentity: () => undefined,
+    })
+    closers.push(async () => {
+      session.destroy()
+    })
+    const status = async (headers: http2.OutgoingHttpHeaders): Promise<number> => {
+      const stream = session.request(headers, { endStream: headers[':method'] !== 'CONNECT' })
+      const [response] = (await once(stream, 'response')) as [http2.IncomingHttpHeaders]
+      stream.close()
+      return Number(response[':status'])
+    }
+    expect(await status({ ':method': 'GET', ':path': '/' })).toBe(400)
+    for (const authority of ['example.com:80', '127.0.0.1', '::1:80', '127.0.0.1:0', '[::1]', '127.0.0.1:080']) {
+      expect(await status({ ':method': 'CONNECT', ':authority': authority }), authority).toBe(400)
+    }
+    expect(h.records.map((r) => r.reason)).toEqual(['not-connect', ...Array(6).fill('bad-authority')])
+    expect(h.requests).toEqual([])
+  })
+
+  it('passes baggage and traceparent, and forwarded only from trusted peers', async () => {
+    const headers = { baggage: 'k=v', traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', forwarded: 'for=10.9.9.9' }
+    const plain = await harness()
+    const tunnel = await plain.client.connect(`127.0.0.1:${echo.port}`, { via: plain.via, expectedIdentities: [SERVER_ID], headers })
+    tunnel.end()
+    await readAll(tunnel)
+    expect(plain.requests[0]).toMatchObject({ baggage: headers.baggage, traceparent: headers.traceparent, forwardedFor: undefined })
+    expect(plain.requests[0]!.headers.forwarded).toBeUndefined()
+
+    const trusting = await harness({ trustForwarded: (peer) => peer === CLIENT_ID })
+    const second = await trusting.client.connect(`127.0.0.1:${echo.port}`, { via: trusting.via, expectedIdentities: [SERVER_ID], headers })
+    second.end()
+    await readAll(second)
+    expect(trusting.requests[0]).toMatchObject({ forwardedFor: '10.9.9.9', headers: { forwarded: 'for=10.9.9.9' } })
+  })
+})
+
+async function startServer(onSocket: (socket: Socket) => void | Promise<void>): Promise<{ port: number; close(): Promise<void> }> {
+  const sockets = new Set<Socket>()
+  const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+    void onSocket(socket)
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  let closed: Promise<void> | undefined
+  const close = (): Promise<void> => {
+    closed ??= new Promise<void>((resolve) => {
+      for (const socket of sockets) socket.destroy()
+      server.close(() => resolve())
+    })
+    return closed
+  }
+  closers.push(close)
+  return { port: (server.address() as AddressInfo).port, close }
+}
+
+function deferred<T>(): { promise: Promise<T>; resolve(value: T): void } {
+  let resolve!: (value: T) => void
+  const promise = new Promise<T>((r) => (resolve = r))
+  return { promise, resolve }
+}
