@@ -276,7 +276,8 @@ class LocalCertificateAuthority implements CertificateAuthority {
   #sign(id: SpiffeId, spki: Buffer, ttlSeconds: number): SignedCertificate {
     const now = Date.now()
     const notBefore = wholeSeconds(now - BACKDATE_SECONDS * 1000)
-    const notAfter = wholeSeconds(Math.min(now + ttlSeconds * 1000, this.notAfter.getTime()))
+    // Rounded up so the SVID lives at least ttlSeconds; the CA's own expiry is already whole seconds.
+    const notAfter = new Date(Math.min(Math.ceil((now + ttlSeconds * 1000) / 1000) * 1000, this.notAfter.getTime()))
     const keyType = keyTypeOf(createPublicKey({ key: spki, format: 'der', type: 'spki' }))
     const usage: number[] = [KeyUsageBit.digitalSignature]
     // X509-SVID §4.3: leaves have digitalSignature; RSA key exchange also needs keyEncipherment.
