@@ -98,7 +98,11 @@ describe('createIdentityManager', () => {
       const first = await manager.get(id)
       source.failNext = 2
       const errors: number[] = []
-      manager.on('error', (e) => errors.push(e.retryInMs!))
+      manager.on('error', (e) => {
+        expect(isAmbientError(e.error, IdentityErrorCode.IdentityUnavailable)).toBe(true)
+        expect(manager.current(id)).toBe(first)
+        errors.push(e.retryInMs!)
+      })
       const event = await next(manager, 'rotated')
       expect(errors).toEqual([20, 40])
       expect(event.previous).toBe(first)
