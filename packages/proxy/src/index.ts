@@ -25,7 +25,6 @@
  */
 export { HBONE_PORT, DEFAULT_HBONE_WINDOWS, type HboneWindows } from './hbone/constants'
 export { HboneErrorCode, type HboneErrorCodeValue } from './hbone/errors'
-export type { PeerIdentityFn } from './hbone/peer'
 export { resetTunnel, spliceTunnel, type SpliceOutcome, type SpliceResult } from './hbone/splice'
 export {
   createHboneServer,
@@ -43,6 +42,7 @@ export {
 export {
   createHboneClient,
   type ClientTlsOptionsFn,
+  type ClientTlsRequest,
   type HboneClient,
   type HboneClientOptions,
   type HboneConnectOptions,

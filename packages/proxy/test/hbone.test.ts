@@ -3,6 +3,7 @@ import http2, { constants } from 'node:http2'
 import { connect as netConnect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
 import { isAmbientError } from '@ambientkit/core'
+import { attachTlsServer, tlsClientOptions } from '@ambientkit/identity'
 import {
   createHboneClient,
   createHboneServer,
@@ -15,26 +16,22 @@ import {
   type HboneServerOptions,
   type HboneTunnelRecord,
 } from '@ambientkit/proxy'
-import { closed, createTestPki, readAll, startEchoServer, type TestPki, type TestSvid } from './interop/support'
+import { closed, createTestMesh, readAll, startEchoServer, type TestMesh } from './interop/support'
 
 const SERVER_ID = 'spiffe://cluster.local/ns/shop/sa/api'
 const CLIENT_ID = 'spiffe://cluster.local/ns/shop/sa/frontend'
 
-let pki: TestPki
-let serverSvid: TestSvid
-let clientSvid: TestSvid
+let mesh: TestMesh
 let echo: Awaited<ReturnType<typeof startEchoServer>>
 
 beforeAll(async () => {
-  pki = createTestPki()
-  serverSvid = pki.issue(SERVER_ID)
-  clientSvid = pki.issue(CLIENT_ID)
+  mesh = await createTestMesh()
   echo = await startEchoServer()
 })
 
 afterAll(async () => {
   await echo.close()
-  pki.close()
+  await mesh.close()
 })
 
 const closers: Array<() => Promise<void>> = []
@@ -57,7 +54,7 @@ async function harness(overrides: Partial<HboneServerOptions> = {}, host = '127.
   const requests: HboneRequest[] = []
   const waiters: Array<(record: HboneTunnelRecord) => void> = []
   const server = createHboneServer({
-    tls: { key: serverSvid.key, cert: serverSvid.cert, ca: pki.ca },
+    tls: await mesh.serverTls(SERVER_ID),
     decide: (request): HboneDecision => {
       requests.push(request)
       return { action: 'serve' }
@@ -69,7 +66,7 @@ async function harness(overrides: Partial<HboneServerOptions> = {}, host = '127.
     ...overrides,
   })
   const bound = await server.listen(0, host)
-  const client = createHboneClient({ tls: { key: clientSvid.key, cert: clientSvid.cert, ca: pki.ca } })
+  const client = createHboneClient({ tls: mesh.clientTls(CLIENT_ID) })
   closers.push(() => server.close(), () => client.close())
   const via = bound.family === 6 ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`
   return {
@@ -251,10 +248,8 @@ describe('HBONE server answers', () => {
   it('answers 400 to a request that is not CONNECT and to a malformed :authority', async () => {
     const h = await harness()
     const session = http2.connect(`https://${h.via}`, {
-      key: clientSvid.key,
-      cert: clientSvid.cert,
-      ca: pki.ca,
-      checkServerIdentity: () => undefined,
+      ...(await tlsClientOptions({ manager: mesh.manager, id: CLIENT_ID, expectedPeers: [SERVER_ID] })),
+      ALPNProtocols: ['h2'],
     })
     closers.push(async () => {
       session.destroy()
@@ -289,6 +284,219 @@ describe('HBONE server answers', () => {
     expect(trusting.requests[0]).toMatchObject({ forwardedFor: '10.9.9.9', headers: { forwarded: 'for=10.9.9.9' } })
   })
 })
+
+describe('HBONE client pooling', () => {
+  const open = async (h: Harness, n: number): Promise<http2.ClientHttp2Stream[]> =>
+    Promise.all(Array.from({ length: n }, () => h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })))
+  const finish = async (tunnels: http2.ClientHttp2Stream[]): Promise<void> => {
+    await Promise.all(tunnels.map((tunnel) => {
+      tunnel.end()
+      return readAll(tunnel)
+    }))
+  }
+
+  it('shares one session between concurrent tunnels with the same key', async () => {
+    const h = await harness()
+    const tunnels = await open(h, 5)
+    expect(h.client.stats()).toEqual([expect.objectContaining({ peerIdentity: SERVER_ID, streams: 5 })])
+    expect(h.server.stats()).toMatchObject({ sessions: 1, tunnels: 5 })
+    await finish(tunnels)
+    await vi.waitFor(() => expect(h.client.stats()[0]!.streams).toBe(0))
+    const again = await open(h, 1)
+    expect(h.client.stats()).toHaveLength(1)
+    expect(h.server.stats().sessions).toBe(1)
+    await finish(again)
+  })
+
+  it('opens another session when one reaches maxStreamsPerSession', async () => {
+    const h = await harness()
+    const client = createHboneClient({ tls: mesh.clientTls(CLIENT_ID), maxStreamsPerSession: 2 })
+    closers.push(() => client.close())
+    const tunnels = await Promise.all(
+      Array.from({ length: 5 }, () => client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })),
+    )
+    expect(client.stats().map((s) => s.streams).sort()).toEqual([1, 2, 2])
+    expect(h.server.stats().sessions).toBe(3)
+    await finish(tunnels)
+  })
+
+  it("respects the server's SETTINGS_MAX_CONCURRENT_STREAMS", async () => {
+    const h = await harness({ maxConcurrentStreams: 1 })
+    const tunnels = await open(h, 3)
+    expect(h.client.stats().map((s) => s.streams)).toEqual([1, 1, 1])
+    expect(h.server.stats().sessions).toBe(3)
+    await finish(tunnels)
+  })
+
+  it('keys sessions by source identity and by expected identities', async () => {
+    const h = await harness()
+    const other = 'spiffe://cluster.local/ns/shop/sa/batch'
+    const a = await h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+    const b = await h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID], identity: other })
+    const c = await h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID, other] })
+    expect(h.client.stats()).toHaveLength(3)
+    await finish([a, b, c])
+    expect(new Set(h.records.map((r) => r.peerIdentity))).toEqual(new Set([CLIENT_ID, other]))
+  })
+
+  it('releases idle sessions after idleTimeout, on both sides', async () => {
+    const h = await harness()
+    const client = createHboneClient({ tls: mesh.clientTls(CLIENT_ID), idleTimeout: 50 })
+    closers.push(() => client.close())
+    const tunnel = await client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+    await finish([tunnel])
+    await vi.waitFor(() => {
+      expect(client.stats()).toEqual([])
+      expect(h.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 })
+    })
+  })
+
+  it('sends HTTP/2 PINGs as keepalive', async () => {
+    // A plain Node HTTP/2 server, so the test can watch the session's PING frames.
+    const options = await mesh.serverTls(SERVER_ID)
+    const server = http2.createSecureServer({ ...options, ALPNProtocols: ['h2'] })
+    const binding = attachTlsServer(server, options)
+    const pinged = deferred<void>()
+    server.on('session', (session) => session.on('ping', () => pinged.resolve()))
+    server.on('stream', (stream) => {
+      stream.respond({ ':status': 200 })
+      stream.pipe(stream)
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    const client = createHboneClient({ tls: mesh.clientTls(CLIENT_ID), keepaliveInterval: 20 })
+    closers.push(
+      () => new Promise<void>((resolve) => {
+        binding.close()
+        server.close(() => resolve())
+      }),
+      () => client.close(),
+    )
+    const via = `127.0.0.1:${(server.address() as AddressInfo).port}`
+    const tunnel = await client.connect(`127.0.0.1:${echo.port}`, { via, expectedIdentities: [SERVER_ID] })
+    await pinged.promise
+    await finish([tunnel])
+  })
+})
+
+describe('HBONE identity and failures', () => {
+  it('fails with IDENTITY_MISMATCH when the server is not an expected identity, and pools nothing', async () => {
+    const h = await harness()
+    const err = await h.client
+      .connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: ['spiffe://cluster.local/ns/shop/sa/other'] })
+      .catch((e: unknown) => e)
+    expect(isAmbientError(err, 'ERR_AMBIENT_HBONE_IDENTITY_MISMATCH')).toBe(true)
+    expect((err as Error).message).toMatch(/spiffe:\/\/cluster.local\/ns\/shop\/sa\/api/)
+    expect(h.client.stats()).toEqual([])
+    await vi.waitFor(() => expect(h.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 }))
+  })
+
+  it('rejects clients from another trust domain at the handshake and reports it', async () => {
+    const failures: string[] = []
+    const h = await harness({ onHandshakeFailure: (failure) => failures.push(failure.reason) })
+    const foreign = await createTestMesh('evil.example')
+    closers.push(() => foreign.close())
+    const client = createHboneClient({
+      tls: async ({ expectedIdentities }) => ({
+        ...(await tlsClientOptions({ manager: foreign.manager, id: 'spiffe://evil.example/ns/x/sa/y', expectedPeers: expectedIdentities })),
+        // Trust the real server so only the server's check of the client can fail.
+        ca: [mesh.rootsPem, foreign.rootsPem],
+        checkServerIdentity: () => undefined,
+        secureContext: undefined,
+        ...(await svidPem(foreign, 'spiffe://evil.example/ns/x/sa/y')),
+      }),
+    })
+    closers.push(() => client.close())
+    const err = await client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] }).catch((e: unknown) => e)
+    expect(isAmbientError(err)).toBe(true)
+    expect(['ERR_AMBIENT_HBONE_CONNECT_FAILED', 'ERR_AMBIENT_HBONE_STREAM']).toContain((err as { code: string }).code)
+    await vi.waitFor(() => expect(failures.length).toBeGreaterThan(0))
+    expect(h.records).toEqual([])
+    await vi.waitFor(() => expect(h.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 }))
+  })
+
+  it('fails with CONNECT_FAILED when nothing listens at the HBONE peer', async () => {
+    const closedPort = await startServer(() => {})
+    await closedPort.close()
+    const client = createHboneClient({ tls: mesh.clientTls(CLIENT_ID) })
+    closers.push(() => client.close())
+    const err = await client
+      .connect(`127.0.0.1:${echo.port}`, { via: `127.0.0.1:${closedPort.port}`, expectedIdentities: [SERVER_ID] })
+      .catch((e: unknown) => e)
+    expect(isAmbientError(err, 'ERR_AMBIENT_HBONE_CONNECT_FAILED')).toBe(true)
+    expect(client.stats()).toEqual([])
+  })
+
+  it('honours an abort signal and refuses bad arguments with clear errors', async () => {
+    const h = await harness()
+    const aborted = await h.client
+      .connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID], signal: AbortSignal.abort() })
+      .catch((e: unknown) => e)
+    expect(isAmbientError(aborted, 'ERR_AMBIENT_ABORTED')).toBe(true)
+    await expect(h.client.connect('example.com:80', { expectedIdentities: [SERVER_ID] })).rejects.toThrow(/destination: not an IPv4 address/)
+    await expect(h.client.connect(`127.0.0.1:${echo.port}`, { expectedIdentities: [] })).rejects.toThrow(/expectedIdentities: expected a non-empty array/)
+    await expect(
+      h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID], headers: { ':path': '/' } }),
+    ).rejects.toThrow(/pseudo-headers/)
+    expect(() => createHboneClient({ tls: mesh.clientTls(CLIENT_ID), windows: { maxFrameSize: 10 } })).toThrow(/windows.maxFrameSize: expected an integer 16384-16777215, got 10/)
+  })
+
+  it('tunnels over IPv6: [ipv6]:port authority, HBONE peer on ::1', async () => {
+    const echo6 = await startEchoServer('::1')
+    closers.push(() => echo6.close())
+    const h = await harness({}, '::1')
+    expect(h.via).toMatch(/^\[::1\]:\d+$/)
+    const record = h.nextRecord()
+    const tunnel = await h.client.connect(`[::1]:${echo6.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+    tunnel.end('over v6')
+    expect((await readAll(tunnel)).toString()).toBe('over v6')
+    expect(await record).toMatchObject({ destination: { address: '::1', port: echo6.port, family: 6 }, peerAddress: { address: '::1', family: 6 } })
+  })
+
+  it('serves connections accepted by a listener it does not own (server.handle)', async () => {
+    const server = createHboneServer({ tls: await mesh.serverTls(SERVER_ID), decide: () => ({ action: 'serve' }) })
+    const listener = createServer((socket) => server.handle(socket))
+    listener.listen(0, '127.0.0.1')
+    await once(listener, 'listening')
+    closers.push(() => new Promise<void>((resolve) => listener.close(() => resolve())), () => server.close())
+    const client = createHboneClient({ tls: mesh.clientTls(CLIENT_ID) })
+    closers.push(() => client.close())
+    const tunnel = await client.connect(`127.0.0.1:${echo.port}`, {
+      via: `127.0.0.1:${(listener.address() as AddressInfo).port}`,
+      expectedIdentities: [SERVER_ID],
+    })
+    tunnel.end('handled')
+    expect((await readAll(tunnel)).toString()).toBe('handled')
+  })
+
+  it('leaves no session, stream, socket or handle behind after close', async () => {
+    const before = process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap' || r === 'Timeout').length
+    const h = await harness()
+    const tunnels = await Promise.all(
+      Array.from({ length: 3 }, () => h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })),
+    )
+    tunnels[0]!.end('done')
+    await readAll(tunnels[0]!)
+    const reset = tunnels.slice(1).map((tunnel) => closed(tunnel))
+    await h.client.close()
+    await Promise.all(reset)
+    await vi.waitFor(() => expect(h.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 }))
+    await h.server.close()
+    await h.server.close()
+    expect(h.client.stats()).toEqual([])
+    await vi.waitFor(() => expect(echo.sockets.size).toBe(0))
+    await vi.waitFor(() => {
+      const after = process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap' || r === 'Timeout').length
+      expect(after).toBeLessThanOrEqual(before)
+    })
+    await expect(h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })).rejects.toThrow(/closed/)
+  })
+})
+
+async function svidPem(m: TestMesh, id: string): Promise<{ key: string; cert: string }> {
+  const svid = await m.manager.get(id)
+  return { key: svid.privateKeyPem, cert: svid.certificateChainPem }
+}
 
 async function startServer(onSocket: (socket: Socket) => void | Promise<void>): Promise<{ port: number; close(): Promise<void> }> {
   const sockets = new Set<Socket>()

@@ -21,9 +21,9 @@ import {
   type Logger,
   type SocketAddress,
 } from '@ambientkit/core'
+import { IdentityErrorCode, peerSpiffeId } from '@ambientkit/identity'
 import { HBONE_PORT, type HboneWindows } from './constants'
 import { HboneErrorCode } from './errors'
-import { defaultPeerIdentity, type PeerIdentityFn } from './peer'
 import { localSettings, positiveInteger, resolveWindows, sessionMemoryFor } from './settings'
 
 /** Options passed to a {@link SocketFactory}. */
@@ -43,27 +43,34 @@ export interface SocketFactoryOptions {
  */
 export type SocketFactory = (address: SocketAddress, options: SocketFactoryOptions) => Promise<Socket>
 
-/** TLS options for a session of the given source identity (`undefined` when `connect` named none). */
-export type ClientTlsOptionsFn = (
-  identity: string | undefined,
-  options: { readonly signal: AbortSignal },
-) => ConnectionOptions | Promise<ConnectionOptions>
+/** What a {@link ClientTlsOptionsFn} is asked for: one new session. */
+export interface ClientTlsRequest {
+  /** The source identity given to `connect` (`undefined` when it named none). */
+  readonly identity?: string
+  /** The SPIFFE IDs the server may present, sorted. */
+  readonly expectedIdentities: readonly string[]
+  readonly signal: AbortSignal
+}
+
+/**
+ * TLS options for one new session. With `@ambientkit/identity`:
+ * `({ identity, expectedIdentities, signal }) => tlsClientOptions({ manager, id: identity!, expectedPeers: expectedIdentities, signal })`.
+ */
+export type ClientTlsOptionsFn = (request: ClientTlsRequest) => ConnectionOptions | Promise<ConnectionOptions>
 
 /** Options of {@link createHboneClient}. */
 export interface HboneClientOptions {
   /**
-   * TLS options presenting the source workload's SVID and trusting the
-   * mesh's roots (from `@ambientkit/identity`'s `tlsClientOptions()`), or a
-   * function giving them per source identity (called for each new session,
-   * so rotated certificates are picked up). TLS 1.3 and ALPN `h2` are
-   * enforced on top; the server's SPIFFE ID is checked against
-   * `expectedIdentities` after the handshake.
+   * TLS options for a new session: a function of the source identity and
+   * the expected server identities, called for each new session (so
+   * rotated SVIDs are picked up), normally returning `@ambientkit/identity`'s
+   * `tlsClientOptions()` — or one fixed options object. TLS 1.3 and ALPN
+   * `h2` are enforced on top, and the server's verified SPIFFE ID
+   * (identity's `peerSpiffeId`) must be one of `expectedIdentities`.
    */
   readonly tls: ConnectionOptions | ClientTlsOptionsFn
   /** Opens the TCP connection to the HBONE peer. Default: `net.connect`, bound to `sourceAddress` if given. */
   readonly socketFactory?: SocketFactory
-  /** Reads the verified SPIFFE ID of the server. Default: the single `spiffe://` URI SAN of its certificate. */
-  readonly peerIdentity?: PeerIdentityFn
   /** Streams per session before another session is opened (also capped by the server's SETTINGS_MAX_CONCURRENT_STREAMS). Default 100, as ztunnel. */
   readonly maxStreamsPerSession?: number
   /** Milliseconds an unused session stays pooled. Default 300 000 (ztunnel's 5 minutes). */
@@ -128,7 +135,6 @@ export interface HboneClient extends Closable {
 interface ClientConfig {
   readonly tls: ClientTlsOptionsFn
   readonly socketFactory: SocketFactory
-  readonly peerIdentity: PeerIdentityFn
   readonly maxStreams: number
   readonly idleTimeout: number
   readonly keepaliveInterval: number
@@ -163,7 +169,6 @@ export function createHboneClient(options: HboneClientOptions): HboneClient {
   return new HboneClientImpl({
     tls: typeof tls === 'function' ? tls : () => tls,
     socketFactory: options.socketFactory ?? defaultSocketFactory,
-    peerIdentity: options.peerIdentity ?? defaultPeerIdentity,
     maxStreams: positiveInteger(options.maxStreamsPerSession, 'maxStreamsPerSession', 100, 2 ** 31 - 1),
     idleTimeout: positiveInteger(options.idleTimeout, 'idleTimeout', 300_000),
     keepaliveInterval: positiveInteger(options.keepaliveInterval, 'keepaliveInterval', 10_000),
@@ -259,7 +264,7 @@ class HboneClientImpl implements HboneClient {
     }
     let tlsSocket: TLSSocket | undefined
     try {
-      const tlsOptions = await config.tls(options.identity, { signal })
+      const tlsOptions = await config.tls({ identity: options.identity, expectedIdentities: expected, signal })
       tlsSocket = await handshake(tcp, tlsOptions, signal, peer)
       if (tlsSocket.alpnProtocol !== 'h2') {
         throw new AmbientError(HboneErrorCode.Alpn, `HBONE peer ${peer} did not negotiate ALPN h2 (got ${String(tlsSocket.alpnProtocol)})`, {
@@ -268,7 +273,7 @@ class HboneClientImpl implements HboneClient {
       }
       let peerIdentity: string
       try {
-        peerIdentity = config.peerIdentity(tlsSocket)
+        peerIdentity = peerSpiffeId(tlsSocket).toString()
       } catch (err) {
         throw new AmbientError(HboneErrorCode.IdentityMismatch, `HBONE peer ${peer} presented no valid SPIFFE ID`, { cause: err, details: { peer } })
       }
@@ -420,6 +425,7 @@ class PooledSession {
   }
 
   #ping(): void {
+    if (this.#session.destroyed || this.#session.closed) return
     const now = performance.now()
     if (this.#pingSentAt !== undefined) {
       if (now - this.#pingSentAt >= this.#config.keepaliveTimeout) {
@@ -486,6 +492,11 @@ function handshake(tcp: Socket, options: ConnectionOptions, signal: AbortSignal,
       if (err === undefined) resolve(socket)
       else {
         socket.destroy()
+        const code = (err as { code?: unknown }).code
+        if (code === IdentityErrorCode.UnexpectedPeer || code === IdentityErrorCode.SvidRejected) {
+          reject(new AmbientError(HboneErrorCode.IdentityMismatch, `HBONE peer ${peer} was refused: ${err.message}`, { cause: err, details: { peer } }))
+          return
+        }
         reject(new AmbientError(HboneErrorCode.ConnectFailed, `HBONE TLS handshake with ${peer} failed: ${err.message}`, {
           cause: err,
           details: { peer },

@@ -8,7 +8,7 @@ import {
   type ServerHttp2Stream,
 } from 'node:http2'
 import { connect as netConnect, type Socket } from 'node:net'
-import type { SecureContextOptions, TLSSocket, TlsOptions } from 'node:tls'
+import type { TLSSocket } from 'node:tls'
 import {
   AmbientError,
   CoreErrorCode,
@@ -23,8 +23,8 @@ import {
   type Logger,
   type SocketAddress,
 } from '@ambientkit/core'
+import { IdentityErrorCode, attachTlsServer, peerSpiffeId, type SpiffeTlsServerOptions, type TlsServerBinding } from '@ambientkit/identity'
 import type { HboneWindows } from './constants'
-import { defaultPeerIdentity, type PeerIdentityFn } from './peer'
 import { localSettings, positiveInteger, resolveWindows, sessionMemoryFor } from './settings'
 import { resetTunnel, spliceTunnel, type SpliceOutcome } from './splice'
 import { HboneErrorCode } from './errors'
@@ -123,17 +123,18 @@ export interface HboneHandshakeFailure {
 /** Options of {@link createHboneServer}. */
 export interface HboneServerOptions {
   /**
-   * The TLS options presenting this workload's SVID and verifying client
-   * SVIDs (from `@ambientkit/identity`'s `tlsServerOptions()`). The server
-   * enforces on top: TLS 1.3 only, ALPN `h2`, a client certificate required.
+   * The object returned by `@ambientkit/identity`'s `tlsServerOptions()`:
+   * it presents this workload's SVID, and the server attaches it
+   * (`attachTlsServer`) so every client SVID is verified against the bundle
+   * of its own trust domain (local or federated) and rotated SVIDs are
+   * picked up. The server enforces on top: TLS 1.3 only, ALPN `h2`, a client
+   * certificate required.
    */
-  readonly tls: SecureContextOptions & TlsOptions
+  readonly tls: SpiffeTlsServerOptions
   /** Decides each `CONNECT` (serve / not-served / unknown / deny). */
   readonly decide: (request: HboneRequest) => HboneDecision | Promise<HboneDecision>
   /** Opens upstream connections. Default: `net.connect` to the destination, half-open allowed. */
   readonly connect?: UpstreamConnector
-  /** Reads the verified SPIFFE ID of a client. Default: the single `spiffe://` URI SAN of its certificate. */
-  readonly peerIdentity?: PeerIdentityFn
   /** Peers whose `forwarded: for=` header is believed (e.g. a waypoint). Default: none. */
   readonly trustForwarded?: (peerIdentity: string) => boolean
   /** Upstream connect timeout in milliseconds (then 503). Default 10 000. */
@@ -180,7 +181,6 @@ export interface HboneServer extends Closable {
 interface ServerConfig {
   readonly decide: HboneServerOptions['decide']
   readonly connect: UpstreamConnector
-  readonly peerIdentity: PeerIdentityFn
   readonly trustForwarded: (peerIdentity: string) => boolean
   readonly connectTimeout: number
   readonly onTunnel: (record: HboneTunnelRecord) => void
@@ -227,6 +227,7 @@ class HboneServerImpl implements HboneServer {
   readonly #peers = new WeakMap<Http2Session, SessionPeer>()
   readonly #streams = new Set<ServerHttp2Stream>()
   readonly #closing = new AbortController()
+  readonly #binding: TlsServerBinding
   #listening = false
   #closed: Promise<void> | undefined
 
@@ -237,7 +238,6 @@ class HboneServerImpl implements HboneServer {
     this.#config = {
       decide: options.decide,
       connect: options.connect ?? defaultConnector,
-      peerIdentity: options.peerIdentity ?? defaultPeerIdentity,
       trustForwarded: options.trustForwarded ?? (() => false),
       connectTimeout: positiveInteger(options.connectTimeout, 'connectTimeout', 10_000),
       onTunnel: options.onTunnel ?? (() => {}),
@@ -255,9 +255,11 @@ class HboneServerImpl implements HboneServer {
       settings: localSettings(windows, maxConcurrentStreams),
       maxSessionMemory: sessionMemoryFor(windows),
     })
+    // Before any other listener: identity verifies each client SVID ahead of http2's session setup.
+    this.#binding = attachTlsServer(this.#tls, options.tls)
     this.#tls.on('connection', (socket: Socket) => this.#track(socket))
     this.#tls.on('tlsClientError', (error: Error, socket: TLSSocket) => {
-      this.#handshakeFailure(socket, 'tls', error)
+      this.#handshakeFailure(socket, isIdentityError(error) ? 'identity' : 'tls', error)
     })
     this.#tls.on('unknownProtocol', (socket: TLSSocket) => {
       this.#handshakeFailure(socket, 'alpn', new AmbientError(HboneErrorCode.Alpn, 'client did not negotiate ALPN h2'))
@@ -319,6 +321,7 @@ class HboneServerImpl implements HboneServer {
 
   async #close(): Promise<void> {
     this.#closing.abort(new AmbientError(CoreErrorCode.Closed, 'HBONE server is closed'))
+    this.#binding.close()
     const stopped = this.#listening
       ? new Promise<void>((resolve) => this.#tls.close(() => resolve()))
       : Promise.resolve()
@@ -349,7 +352,7 @@ class HboneServerImpl implements HboneServer {
     const socket = session.socket as TLSSocket
     let identity: string
     try {
-      identity = this.#config.peerIdentity(socket)
+      identity = peerSpiffeId(socket).toString()
     } catch (err) {
       this.#handshakeFailure(socket, 'identity', err as Error)
       session.destroy()
@@ -365,7 +368,7 @@ class HboneServerImpl implements HboneServer {
     session.once('close', () => this.#sessions.delete(session))
     // Errors end the session (and its streams); they are reported per tunnel.
     session.on('error', (err) => this.#config.logger.debug({ err, peer: identity }, 'HBONE session error'))
-    session.setLocalWindowSize(windows.connection)
+    if (!session.destroyed) session.setLocalWindowSize(windows.connection)
   }
 
   #onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
@@ -486,6 +489,11 @@ function buildRequest(headers: IncomingHttpHeaders, peer: SessionPeer, destinati
     forwardedFor: original,
     headers: visible,
   }
+}
+
+function isIdentityError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code
+  return code === IdentityErrorCode.SvidRejected || code === IdentityErrorCode.UnexpectedPeer
 }
 
 function remoteOf(socket: Socket): SocketAddress | undefined {

@@ -1,9 +1,18 @@
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { once } from 'node:events'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import {
+  createCertificateAuthority,
+  createIdentityManager,
+  createLocalCaSource,
+  tlsClientOptions,
+  tlsServerOptions,
+  type CertificateAuthority,
+  type IdentityManager,
+  type SpiffeTlsServerOptions,
+} from '@ambientkit/identity'
+import type { ClientTlsOptionsFn } from '@ambientkit/proxy'
 
 /** A TCP echo server on loopback that keeps half-close: it ends its side when the client ends. */
 export async function startEchoServer(host = '127.0.0.1'): Promise<{ server: Server; port: number; sockets: Set<Socket>; close(): Promise<void> }> {
@@ -42,40 +51,39 @@ export function closed(emitter: NodeJS.EventEmitter): Promise<void> {
   return new Promise((resolve) => emitter.once('close', () => resolve()))
 }
 
-/** PEM key and certificate of one workload. */
-export interface TestSvid {
-  readonly id: string
-  readonly key: string
-  readonly cert: string
+/** A CA and an identity manager from @ambientkit/identity, for tests. */
+export interface TestMesh {
+  readonly ca: CertificateAuthority
+  readonly manager: IdentityManager
+  /** PEM of the trust domain's root(s). */
+  readonly rootsPem: string
+  /** HBONE server TLS options presenting `id`. */
+  serverTls(id: string): Promise<SpiffeTlsServerOptions>
+  /** HBONE client TLS options function presenting `id` unless `connect` names another. */
+  clientTls(id: string): ClientTlsOptionsFn
+  close(): Promise<void>
 }
 
-/** A throwaway CA issuing X.509-SVIDs with the openssl CLI. */
-export interface TestPki {
-  readonly ca: string
-  issue(id: string): TestSvid
-  close(): void
-}
-
-export function createTestPki(): TestPki {
-  const dir = mkdtempSync(join(tmpdir(), 'ak-hbone-pki-'))
-  const run = (...args: string[]): void => {
-    execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
-  }
-  run('ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', 'ca.key')
-  run('req', '-x509', '-new', '-key', 'ca.key', '-subj', '/O=ambientkit test', '-days', '1', '-out', 'ca.pem',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign')
-  let n = 0
+export async function createTestMesh(trustDomain = 'cluster.local'): Promise<TestMesh> {
+  const ca = await createCertificateAuthority({ trustDomain })
+  const manager = createIdentityManager({ source: createLocalCaSource(ca), ttlSeconds: 3600 })
   return {
-    ca: readFileSync(join(dir, 'ca.pem'), 'utf8'),
-    issue(id: string): TestSvid {
-      const name = `leaf${n++}`
-      run('ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', `${name}.key`)
-      run('req', '-new', '-key', `${name}.key`, '-subj', '/O=ambientkit test', '-out', `${name}.csr`)
-      writeFileSync(join(dir, `${name}.ext`), `subjectAltName=critical,URI:${id}\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=critical,CA:FALSE\n`)
-      run('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '1',
-        '-extfile', `${name}.ext`, '-out', `${name}.pem`)
-      return { id, key: readFileSync(join(dir, `${name}.key`), 'utf8'), cert: readFileSync(join(dir, `${name}.pem`), 'utf8') }
-    },
-    close: () => rmSync(dir, { recursive: true, force: true }),
+    ca,
+    manager,
+    rootsPem: ca.bundle.x509AuthoritiesPem(),
+    serverTls: (id) => tlsServerOptions({ manager, id }),
+    clientTls: (id) => ({ identity, expectedIdentities, signal }) =>
+      tlsClientOptions({ manager, id: identity ?? id, expectedPeers: expectedIdentities, signal }),
+    close: () => manager.close(),
   }
+}
+
+/** Writes an identity's key, chain and the roots as PEM files for a foreign program. */
+export async function writeSvidFiles(mesh: TestMesh, id: string, dir: string, name: string): Promise<{ key: string; cert: string; ca: string }> {
+  const svid = await mesh.manager.get(id)
+  const files = { key: join(dir, `${name}.key`), cert: join(dir, `${name}.pem`), ca: join(dir, 'roots.pem') }
+  writeFileSync(files.key, svid.privateKeyPem)
+  writeFileSync(files.cert, svid.certificateChainPem)
+  writeFileSync(files.ca, mesh.rootsPem)
+  return files
 }
