@@ -397,7 +397,7 @@ describe('HBONE identity and failures', () => {
     const foreign = await createTestMesh('evil.example')
     closers.push(() => foreign.close())
     const client = createHboneClient({
-      tls: async ({ expectedIdentities }) => ({
+      tls: async (_identity, { expectedIdentities }) => ({
         ...(await tlsClientOptions({ manager: foreign.manager, id: 'spiffe://evil.example/ns/x/sa/y', expectedPeers: expectedIdentities })),
         // Trust the real server so only the server's check of the client can fail.
         ca: [mesh.rootsPem, foreign.rootsPem],

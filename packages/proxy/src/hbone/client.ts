@@ -43,20 +43,22 @@ export interface SocketFactoryOptions {
  */
 export type SocketFactory = (address: SocketAddress, options: SocketFactoryOptions) => Promise<Socket>
 
-/** What a {@link ClientTlsOptionsFn} is asked for: one new session. */
+/** The second argument of a {@link ClientTlsOptionsFn}. */
 export interface ClientTlsRequest {
-  /** The source identity given to `connect` (`undefined` when it named none). */
-  readonly identity?: string
-  /** The SPIFFE IDs the server may present, sorted. */
+  /** The SPIFFE IDs the server may present (sorted), for identity's `expectedPeers`. */
   readonly expectedIdentities: readonly string[]
   readonly signal: AbortSignal
 }
 
 /**
- * TLS options for one new session. With `@ambientkit/identity`:
- * `({ identity, expectedIdentities, signal }) => tlsClientOptions({ manager, id: identity!, expectedPeers: expectedIdentities, signal })`.
+ * TLS options for one new session of source `identity` (`undefined` when
+ * `connect` named none). With `@ambientkit/identity`:
+ * `(identity, { expectedIdentities, signal }) => tlsClientOptions({ manager, id: identity!, expectedPeers: expectedIdentities, signal })`.
  */
-export type ClientTlsOptionsFn = (request: ClientTlsRequest) => ConnectionOptions | Promise<ConnectionOptions>
+export type ClientTlsOptionsFn = (
+  identity: string | undefined,
+  request: ClientTlsRequest,
+) => ConnectionOptions | Promise<ConnectionOptions>
 
 /** Options of {@link createHboneClient}. */
 export interface HboneClientOptions {
@@ -264,7 +266,7 @@ class HboneClientImpl implements HboneClient {
     }
     let tlsSocket: TLSSocket | undefined
     try {
-      const tlsOptions = await config.tls({ identity: options.identity, expectedIdentities: expected, signal })
+      const tlsOptions = await config.tls(options.identity, { expectedIdentities: expected, signal })
       tlsSocket = await handshake(tcp, tlsOptions, signal, peer)
       if (tlsSocket.alpnProtocol !== 'h2') {
         throw new AmbientError(HboneErrorCode.Alpn, `HBONE peer ${peer} did not negotiate ALPN h2 (got ${String(tlsSocket.alpnProtocol)})`, {

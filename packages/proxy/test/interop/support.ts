@@ -72,7 +72,7 @@ export async function createTestMesh(trustDomain = 'cluster.local'): Promise<Tes
     manager,
     rootsPem: ca.bundle.x509AuthoritiesPem(),
     serverTls: (id) => tlsServerOptions({ manager, id }),
-    clientTls: (id) => ({ identity, expectedIdentities, signal }) =>
+    clientTls: (id) => (identity, { expectedIdentities, signal }) =>
       tlsClientOptions({ manager, id: identity ?? id, expectedPeers: expectedIdentities, signal }),
     close: () => manager.close(),
   }
