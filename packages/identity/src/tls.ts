@@ -265,8 +265,10 @@ export function peerSpiffeId(socket: TLSSocket): SpiffeId {
   if (known !== undefined) return known
   // A client socket is authorized only once OpenSSL verified the chain and our checkServerIdentity accepted it.
   const isServerSide = (socket as TLSSocket & { server?: unknown }).server !== undefined
-  const cert = socket.authorized && !isServerSide ? socket.getPeerX509Certificate() : undefined
-  if (cert === undefined) {
+  // getPeerCertificate, not getPeerX509Certificate: on a Node 20 client the latter
+  // removes the leaf from OpenSSL's peer chain, so a second call returns the issuer or nothing.
+  const cert = socket.authorized && !isServerSide ? socket.getPeerCertificate() : undefined
+  if (cert?.raw === undefined) {
     throw new AmbientError(IdentityErrorCode.PeerNotVerified, 'the socket has no peer verified by @ambientkit/identity (use tlsClientOptions, or tlsServerOptions with attachTlsServer)')
   }
   const id = leafSpiffeId(parseCertificate(cert.raw))

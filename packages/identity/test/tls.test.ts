@@ -82,6 +82,8 @@ describe.each<KeyType>(['ecdsa-p256', 'rsa-2048'])('mutual TLS with SPIFFE IDs (
     expect(firstLine).toBe(clientId.toString())
     expect(peerSpiffeId(socket).equals(serverId)).toBe(true)
     expect(socket.getProtocol()).toBe('TLSv1.3')
+    // Regression: a Node 20 client's getPeerX509Certificate() consumes the leaf; peerSpiffeId must not.
+    expect(new X509Certificate(socket.getPeerCertificate().raw).subjectAltName).toBe(`URI:${serverId.toString()}`)
     expect(await line(socket, 'ping')).toBe('ping')
   })
 })
@@ -204,7 +206,8 @@ describe('mutual TLS with SPIFFE IDs', () => {
 })
 
 describe('rotation', () => {
-  const serialOf = (socket: tls.TLSSocket): string => socket.getPeerX509Certificate()!.serialNumber
+  // getPeerCertificate: a Node 20 client's getPeerX509Certificate() consumes the leaf (works once).
+  const serialOf = (socket: tls.TLSSocket): string => socket.getPeerCertificate().serialNumber
 
   it('keeps established connections and presents the new SVID on the next handshake without SNI', async () => {
     const { manager } = await setup()
@@ -230,6 +233,7 @@ describe('rotation', () => {
     const second = await connect(port, await tlsClientOptions({ manager, id: clientId, expectedPeers: [serverId] }))
     expect(second.socket.servername === undefined || second.socket.servername === false || second.socket.servername === null).toBe(true)
     expect(serialOf(second.socket)).toBe(after)
+    expect(serialOf(first.socket)).toBe(before)
     expect(await line(first.socket, 'and still here')).toBe('and still here')
   })
 
@@ -251,7 +255,7 @@ describe('rotation', () => {
       const session = http2.connect(`https://127.0.0.1:${port}`, await tlsClientOptions({ manager, id: clientId, expectedPeers: [serverId], alpnProtocols: ['h2'] }))
       sessions.push(session)
       await once(session, 'connect')
-      return (session.socket as tls.TLSSocket).getPeerX509Certificate()!.serialNumber
+      return (session.socket as tls.TLSSocket).getPeerCertificate().serialNumber
     }
     const before = await open()
     const svid = await manager.rotate(serverId)
