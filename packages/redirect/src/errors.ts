@@ -3,6 +3,10 @@ import { getSystemErrorName } from 'node:util'
 
 /** Error codes owned by `@ambientkit/redirect` (see docs/errors.md). */
 export const RedirectErrorCode = {
+  /** A capture configuration was refused; `details.name` is the option, `details.value` its value. Nothing was changed. */
+  InvalidConfig: 'ERR_AMBIENT_REDIRECT_INVALID_CONFIG',
+  /** Reading or changing ip rules and routes through rtnetlink failed. */
+  Netlink: 'ERR_AMBIENT_REDIRECT_NETLINK',
   /** The native addon could not be loaded (not built, or built for another platform). */
   NativeUnavailable: 'ERR_AMBIENT_REDIRECT_NATIVE_UNAVAILABLE',
   /** A network namespace could not be opened or entered; `details.errno` says why. */

@@ -1,13 +1,15 @@
 /**
- * In-pod traffic capture without eBPF: open a pod's network namespace,
- * create listening and connecting sockets inside it, and recover the
+ * In-pod traffic capture without eBPF: capture rules (iptables or
+ * nftables, IPv4 and IPv6) from one model, applied inside a pod's network
+ * namespace; listening and connecting sockets created inside it; and the
  * original destination of redirected connections.
  *
  * @example
  * ```ts
- * import { openNetns, originalDestination, OUTBOUND_PORT, PROXY_MARK } from '@ambientkit/redirect'
+ * import { applyCapture, openNetns, originalDestination, OUTBOUND_PORT, PROXY_MARK } from '@ambientkit/redirect'
  *
  * const pod = openNetns('pod-a') // /run/netns/pod-a
+ * await applyCapture(pod, { captureDns: false }, { backend: 'auto' })
  * const outbound = await pod.listen({ host: '127.0.0.1', port: OUTBOUND_PORT, mark: PROXY_MARK })
  * outbound.on('connection', async (app) => {
  *   const target = originalDestination(app) // where the app meant to go
@@ -19,6 +21,29 @@
  * @packageDocumentation
  */
 export { RedirectErrorCode } from './errors'
+export { DEFAULT_CAPTURE, resolveCaptureConfig, type CaptureConfig, type ResolvedCaptureConfig } from './config'
+export {
+  captureRules,
+  type CaptureAction,
+  type CaptureFamily,
+  type CaptureHook,
+  type CaptureRoutingSpec,
+  type CaptureRule,
+  type CaptureRuleSet,
+  type CaptureStage,
+} from './rules'
+export { IPTABLES_CHAINS, NFT_TABLE, renderIptables, renderNftables, type RenderIptablesOptions } from './render'
+export {
+  applyCapture,
+  inspectCapture,
+  removeCapture,
+  type ApplyCaptureOptions,
+  type ApplyCaptureResult,
+  type CaptureBackend,
+  type CaptureInspection,
+  type InspectCaptureOptions,
+  type RemoveCaptureOptions,
+} from './capture'
 export {
   CONNMARK,
   DNS_PORT,

@@ -1,0 +1,371 @@
+import { invalidArgument, isAmbientError, throwIfAborted, type AbortOptions } from '@ambientkit/core'
+import type { CaptureConfig } from './config'
+import { RedirectErrorCode } from './errors'
+import type { Netns } from './netns'
+import {
+  IPTABLES_CHAINS,
+  iptablesExpected,
+  iptablesJumpLine,
+  nftChainHeader,
+  nftExpected,
+  NFT_TABLE,
+  renderIptables,
+  renderNftables,
+} from './render'
+import { ensureRouting, readRouting, removeRouting } from './routing'
+import { captureRules, type CaptureFamily, type CaptureHook, type CaptureRuleSet, type CaptureStage } from './rules'
+
+/** The two ways capture rules reach the kernel. */
+export type CaptureBackend = 'nftables' | 'iptables'
+
+/** Options of {@link applyCapture}. */
+export interface ApplyCaptureOptions extends AbortOptions {
+  /** `'auto'` picks nftables when `nft` works in the namespace, else iptables. Default `'auto'`. */
+  backend?: CaptureBackend | 'auto'
+}
+
+/** What {@link applyCapture} did. */
+export interface ApplyCaptureResult {
+  backend: CaptureBackend
+}
+
+/** Options of {@link removeCapture}. */
+export interface RemoveCaptureOptions extends AbortOptions {
+  /**
+   * The configuration capture was applied with: only its routing part
+   * (connmark, mask, table) matters, to find the ip rule and route. Default `{}`.
+   */
+  config?: CaptureConfig
+}
+
+/** Options of {@link inspectCapture}. */
+export interface InspectCaptureOptions extends AbortOptions {
+  /** The configuration capture is expected to follow. Default `{}` (Istio's defaults). */
+  config?: CaptureConfig
+}
+
+/** The state of capture in a namespace, compared with a configuration. */
+export interface CaptureInspection {
+  /** `present`: exactly as configured; `absent`: nothing of ours; `drifted`: something differs (see `differences`). */
+  status: 'present' | 'absent' | 'drifted'
+  /** The backends whose rules were found. */
+  backends: CaptureBackend[]
+  /** Each difference in words, e.g. `iptables ipv4 nat AMBIENTKIT_OUTPUT: missing rule "-A ..."`. Empty unless drifted. */
+  differences: string[]
+}
+
+const IPTABLES: Record<CaptureFamily, { save: string; restore: string }> = {
+  ipv4: { save: 'iptables-save', restore: 'iptables-restore' },
+  ipv6: { save: 'ip6tables-save', restore: 'ip6tables-restore' },
+}
+
+const STAGES: readonly CaptureStage[] = ['raw', 'mangle', 'nat']
+const OUR_CHAINS = new Set(Object.values(IPTABLES_CHAINS))
+const BUILTIN_OF: Record<string, CaptureHook> = { PREROUTING: 'prerouting', OUTPUT: 'output' }
+
+/** One table of `iptables-save` output. */
+interface SavedTable {
+  /** Builtin and user chains with their policy (`-` for user chains). */
+  chains: Map<string, string>
+  /** Rule lines per chain, in order. */
+  rules: Map<string, string[]>
+}
+
+function parseSave(text: string): Map<string, SavedTable> {
+  const tables = new Map<string, SavedTable>()
+  let current: SavedTable | undefined
+  for (const line of text.split('\n')) {
+    if (line.startsWith('*')) {
+      current = { chains: new Map(), rules: new Map() }
+      tables.set(line.slice(1).trim(), current)
+    } else if (current !== undefined && line.startsWith(':')) {
+      const [name = '', policy = ''] = line.slice(1).split(' ')
+      current.chains.set(name, policy)
+    } else if (current !== undefined && line.startsWith('-A ')) {
+      const chain = line.split(' ')[1] ?? ''
+      const list = current.rules.get(chain) ?? []
+      list.push(line)
+      current.rules.set(chain, list)
+    }
+  }
+  return tables
+}
+
+function isMissingProgram(err: unknown): boolean {
+  return isAmbientError(err, RedirectErrorCode.ProgramMissing)
+}
+
+// Whether nft works is a property of the machine (binary and kernel), not of one namespace: probe once.
+let nftWorks: Promise<boolean> | undefined
+
+async function pickBackend(netns: Netns, backend: CaptureBackend | 'auto', signal?: AbortSignal): Promise<CaptureBackend> {
+  if (backend !== 'auto') return backend
+  nftWorks ??= netns.exec('nft', ['list', 'tables'], { signal }).then(
+    () => true,
+    () => false,
+  )
+  return (await nftWorks) ? 'nftables' : 'iptables'
+}
+
+/**
+ * Installs capture in `netns`: the rules of `config` (see `captureRules`)
+ * and the `ip rule` + local route of source-preserving inbound.
+ *
+ * Atomic per backend transaction (one `nft -f`, or one `iptables-restore`
+ * per family) and idempotent: applying again replaces our rules and adds
+ * what is missing, so it also repairs drift. Only our own nftables table /
+ * iptables chains (and the jumps into them) are written; the CNI's and the
+ * user's rules are never named. The configuration is validated before
+ * anything touches the kernel.
+ *
+ * @throws `ERR_AMBIENT_REDIRECT_INVALID_CONFIG` (nothing changed),
+ * `ERR_AMBIENT_REDIRECT_PROGRAM_MISSING` (names the Debian package),
+ * `ERR_AMBIENT_REDIRECT_COMMAND_FAILED`, `ERR_AMBIENT_REDIRECT_NETLINK`.
+ */
+export async function applyCapture(netns: Netns, config: CaptureConfig = {}, options: ApplyCaptureOptions = {}): Promise<ApplyCaptureResult> {
+  const ruleSet = captureRules(config)
+  const requested = options.backend ?? 'auto'
+  if (requested !== 'auto' && requested !== 'nftables' && requested !== 'iptables') {
+    throw invalidArgument('applyCapture backend', requested, '"nftables", "iptables" or "auto"')
+  }
+  const { signal } = options
+  throwIfAborted(signal, 'applyCapture')
+  const backend = await pickBackend(netns, requested, signal)
+  if (backend === 'nftables') {
+    await applyNftables(netns, ruleSet, signal)
+  } else {
+    const results = await Promise.allSettled(ruleSet.families.map((family) => applyIptables(netns, ruleSet, family, signal)))
+    for (const result of results) if (result.status === 'rejected') throw result.reason
+  }
+  // Routing last: when the rules are refused (a missing program, a kernel
+  // without a feature) the namespace is left as it was.
+  await ensureRouting(netns, ruleSet.routing)
+  return { backend }
+}
+
+async function applyNftables(netns: Netns, ruleSet: CaptureRuleSet, signal?: AbortSignal): Promise<void> {
+  await netns.exec('nft', ['-f', '-'], { input: renderNftables(ruleSet), signal })
+}
+
+async function applyIptables(netns: Netns, ruleSet: CaptureRuleSet, family: CaptureFamily, signal?: AbortSignal): Promise<void> {
+  const { save, restore } = IPTABLES[family]
+  const saved = parseSave((await netns.exec(save, [], { signal })).stdout)
+  const missing = new Set<string>()
+  for (const [stage, chains] of iptablesExpected(ruleSet, family)) {
+    for (const hook of chains.keys()) {
+      const jump = iptablesJumpLine(hook)
+      const present = saved.get(stage)?.rules.get(hook === 'prerouting' ? 'PREROUTING' : 'OUTPUT')?.includes(jump) ?? false
+      if (!present) missing.add(`${stage}/${hook}`)
+    }
+  }
+  await netns.exec(restore, ['--noflush'], { input: renderIptables(ruleSet, family, { jumps: missing }), signal })
+}
+
+/**
+ * Removes everything capture added to `netns`, whatever backend or
+ * configuration added it: our nftables table, our iptables chains and the
+ * jumps into them, the ip rule and the local route. Tables that iptables
+ * created for us and that are left empty are deleted too, so the ruleset
+ * reads as before. Idempotent.
+ *
+ * @returns whether anything was removed.
+ */
+export async function removeCapture(netns: Netns, options: RemoveCaptureOptions = {}): Promise<{ removed: boolean }> {
+  const ruleSet = captureRules(options.config ?? {})
+  const { signal } = options
+  throwIfAborted(signal, 'removeCapture')
+  const [nft, v4, v6, routing] = await Promise.all([
+    hasNftTable(netns, signal),
+    savedIptables(netns, 'ipv4', signal),
+    savedIptables(netns, 'ipv6', signal),
+    removeRouting(netns, ruleSet.routing),
+  ])
+  const emptied: string[] = []
+  const restores: Array<Promise<unknown>> = []
+  for (const [family, saved] of [['ipv4', v4], ['ipv6', v6]] as const) {
+    if (saved === undefined) continue
+    const lines: string[] = []
+    for (const [name, table] of saved) {
+      const ours = [...table.chains.keys()].filter((chain) => OUR_CHAINS.has(chain))
+      if (ours.length === 0) continue
+      const jumps = [...table.rules.entries()].flatMap(([chain, rules]) =>
+        chain in BUILTIN_OF ? rules.filter((line) => OUR_CHAINS.has(line.split(' -j ')[1] ?? '')) : [],
+      )
+      // User-defined chains have no policy ("-"); builtin chains have one.
+      const others = [...table.chains.entries()].filter(([chain, policy]) => !OUR_CHAINS.has(chain) && policy === '-')
+      const foreignRules = [...table.rules.entries()].some(([chain, rules]) => !OUR_CHAINS.has(chain) && rules.some((line) => !jumps.includes(line)))
+      const acceptOnly = [...table.chains.entries()].every(([chain, policy]) => OUR_CHAINS.has(chain) || policy === 'ACCEPT')
+      if (nft !== undefined && others.length === 0 && !foreignRules && acceptOnly) {
+        // Nothing but ours in it: iptables made this table for us; delete it so the ruleset reads as before.
+        emptied.push(`delete table ${family === 'ipv4' ? 'ip' : 'ip6'} ${name}`)
+        continue
+      }
+      lines.push(`*${name}`, ...jumps.map((line) => line.replace(/^-A /, '-D ')), ...ours.flatMap((chain) => [`-F ${chain}`, `-X ${chain}`]), 'COMMIT')
+      if (nft !== undefined) {
+        // iptables-nft makes a builtin chain only when a rule needs it: one that held nothing but our jump goes too.
+        for (const [chain, rules] of table.rules) {
+          if (chain in BUILTIN_OF && table.chains.get(chain) === 'ACCEPT' && rules.every((line) => jumps.includes(line))) {
+            emptied.push(`delete chain ${family === 'ipv4' ? 'ip' : 'ip6'} ${name} ${chain}`)
+          }
+        }
+      }
+    }
+    if (lines.length > 0) restores.push(netns.exec(IPTABLES[family].restore, ['--noflush'], { input: `${lines.join('\n')}\n`, signal }))
+  }
+  await Promise.all(restores)
+  // After the restores: a chain can only be deleted once our jump out of it is gone.
+  const script = [...(nft === true ? [`delete table inet ${NFT_TABLE}`] : []), ...emptied]
+  if (script.length > 0) await netns.exec('nft', ['-f', '-'], { input: `${script.join('\n')}\n`, signal })
+  return { removed: routing || script.length > 0 || restores.length > 0 }
+}
+
+/** Whether our nft table exists; `undefined` when nft is not installed. */
+async function hasNftTable(netns: Netns, signal?: AbortSignal): Promise<boolean | undefined> {
+  try {
+    const { stdout } = await netns.exec('nft', ['list', 'tables'], { signal })
+    return stdout.split('\n').some((line) => line.trim() === `table inet ${NFT_TABLE}`)
+  } catch (err) {
+    if (isMissingProgram(err)) return undefined
+    throw err
+  }
+}
+
+/** Parsed `iptables-save` of a family; `undefined` when the program is not installed. */
+async function savedIptables(netns: Netns, family: CaptureFamily, signal?: AbortSignal): Promise<Map<string, SavedTable> | undefined> {
+  try {
+    return parseSave((await netns.exec(IPTABLES[family].save, [], { signal })).stdout)
+  } catch (err) {
+    if (isMissingProgram(err)) return undefined
+    throw err
+  }
+}
+
+/** Chains of `nft list table inet ambientkit`: header and rule lines per chain. */
+function parseNftTable(text: string): Map<string, { header: string; lines: string[] }> {
+  const chains = new Map<string, { header: string; lines: string[] }>()
+  let current: { header: string; lines: string[] } | undefined
+  for (const raw of text.split('\n')) {
+    const line = raw.trim()
+    const open = /^chain (\S+) \{$/.exec(line)
+    if (open !== null) {
+      current = { header: '', lines: [] }
+      chains.set(open[1]!, current)
+    } else if (line === '}') {
+      current = undefined
+    } else if (current !== undefined && line !== '') {
+      if (current.header === '' && line.startsWith('type ')) current.header = line
+      else current.lines.push(line)
+    }
+  }
+  return chains
+}
+
+function compareLines(where: string, expected: readonly string[], found: readonly string[], differences: string[]): void {
+  for (const line of expected) if (!found.includes(line)) differences.push(`${where}: missing rule "${line}"`)
+  for (const line of found) if (!expected.includes(line)) differences.push(`${where}: unexpected rule "${line}"`)
+  if (differences.length === 0 && expected.join('\n') !== found.join('\n')) differences.push(`${where}: rules out of order`)
+}
+
+/**
+ * Compares capture in `netns` with a configuration, for an agent to
+ * reconcile: `present` (exactly as configured, in one backend), `absent`
+ * (nothing of ours) or `drifted` (with every difference in words; a later
+ * `applyCapture` repairs it, `removeCapture` clears it).
+ */
+export async function inspectCapture(netns: Netns, options: InspectCaptureOptions = {}): Promise<CaptureInspection> {
+  const ruleSet = captureRules(options.config ?? {})
+  const { signal } = options
+  throwIfAborted(signal, 'inspectCapture')
+  const [nftText, v4, v6, routing] = await Promise.all([
+    netns.exec('nft', ['list', 'table', 'inet', NFT_TABLE], { signal }).then(
+      (r) => r.stdout,
+      (err: unknown) => {
+        if (isMissingProgram(err) || isAmbientError(err, RedirectErrorCode.CommandFailed)) return undefined
+        throw err
+      },
+    ),
+    savedIptables(netns, 'ipv4', signal),
+    savedIptables(netns, 'ipv6', signal),
+    readRouting(netns, ruleSet.routing),
+  ])
+  const backends: CaptureBackend[] = []
+  if (nftText !== undefined) backends.push('nftables')
+  const iptablesFound = [v4, v6].some((saved) => saved !== undefined && [...saved.values()].some((t) => [...t.chains.keys()].some((c) => OUR_CHAINS.has(c))))
+  if (iptablesFound) backends.push('iptables')
+  const routingFound = Object.values(routing.rules).some((n) => n > 0) || Object.values(routing.routes).some(Boolean)
+  if (backends.length === 0 && !routingFound) return { status: 'absent', backends, differences: [] }
+
+  const differences: string[] = []
+  if (backends.length === 0) differences.push('no capture rules in either backend')
+  if (backends.length === 2) differences.push('capture rules in both nftables and iptables')
+  if (nftText !== undefined) diffNftables(ruleSet, nftText, differences)
+  if (iptablesFound) {
+    for (const [family, saved] of [['ipv4', v4], ['ipv6', v6]] as const) diffIptables(ruleSet, family, saved, differences)
+  }
+  for (const family of ['ipv4', 'ipv6'] as const) {
+    const wanted = ruleSet.families.includes(family)
+    const rules = routing.rules[family]
+    const { mark, mask, table } = ruleSet.routing
+    const rule = `ip rule fwmark 0x${mark.toString(16)}/0x${mask.toString(16)} lookup ${table}`
+    if (wanted && rules === 0) differences.push(`${family}: missing "${rule}"`)
+    if (rules > (wanted ? 1 : 0)) differences.push(`${family}: ${rules} "${rule}" rules, expected ${wanted ? 1 : 0}`)
+    if (wanted && !routing.routes[family]) differences.push(`${family}: missing "local default dev lo table ${table}"`)
+    if (!wanted && routing.routes[family]) differences.push(`${family}: unexpected "local default dev lo table ${table}" (IPv6 capture is off)`)
+  }
+  return { status: differences.length === 0 ? 'present' : 'drifted', backends, differences }
+}
+
+function diffNftables(ruleSet: CaptureRuleSet, text: string, differences: string[]): void {
+  const found = parseNftTable(text)
+  const expected = nftExpected(ruleSet)
+  for (const [name, chain] of expected) {
+    const where = `nftables inet ${NFT_TABLE} chain ${name}`
+    const got = found.get(name)
+    if (got === undefined) {
+      differences.push(`${where}: missing chain`)
+      continue
+    }
+    const header = nftChainHeader(chain.stage, chain.hook)
+    if (got.header !== header) differences.push(`${where}: expected "${header}", found "${got.header}"`)
+    const local: string[] = []
+    compareLines(where, chain.lines, got.lines, local)
+    differences.push(...local)
+  }
+  for (const name of found.keys()) if (!expected.has(name)) differences.push(`nftables inet ${NFT_TABLE}: unexpected chain ${name}`)
+}
+
+function diffIptables(ruleSet: CaptureRuleSet, family: CaptureFamily, saved: Map<string, SavedTable> | undefined, differences: string[]): void {
+  if (!ruleSet.families.includes(family)) {
+    for (const [name, table] of saved ?? []) {
+      for (const chain of table.chains.keys()) if (OUR_CHAINS.has(chain)) differences.push(`iptables ${family} ${name}: unexpected chain ${chain} (IPv6 capture is off)`)
+    }
+    return
+  }
+  const expected = iptablesExpected(ruleSet, family)
+  for (const stage of STAGES) {
+    const table = saved?.get(stage)
+    const chains = expected.get(stage)
+    for (const chain of OUR_CHAINS) {
+      const hook = chain === IPTABLES_CHAINS.prerouting ? 'prerouting' : 'output'
+      const wanted = chains?.get(hook)
+      const where = `iptables ${family} ${stage} ${chain}`
+      const exists = table?.chains.has(chain) ?? false
+      const jumps = table?.rules.get(hook === 'prerouting' ? 'PREROUTING' : 'OUTPUT')?.filter((line) => line === iptablesJumpLine(hook)).length ?? 0
+      if (wanted === undefined) {
+        if (exists) differences.push(`${where}: unexpected chain`)
+        if (jumps > 0) differences.push(`${where}: unexpected jump`)
+        continue
+      }
+      if (!exists) {
+        differences.push(`${where}: missing chain`)
+        continue
+      }
+      if (jumps === 0) differences.push(`${where}: missing jump "${iptablesJumpLine(hook)}"`)
+      if (jumps > 1) differences.push(`${where}: ${jumps} jumps "${iptablesJumpLine(hook)}", expected 1`)
+      const local: string[] = []
+      compareLines(where, wanted, table?.rules.get(chain) ?? [], local)
+      differences.push(...local)
+    }
+  }
+}
+
