@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto'
+import { X509Certificate, createHash } from 'node:crypto'
 import { AmbientError } from '@ambientkit/core'
 import { pemDecode } from './der'
 import { KeyUsageBit, parseCertificate, type ParsedCertificate } from './certificate'
@@ -30,6 +30,58 @@ function bundleFor(bundles: TrustBundleSource, id: SpiffeId): TrustBundle | unde
   if ('get' in bundles && typeof bundles.get === 'function' && 'subscribe' in bundles) return bundles.get(id.trustDomain)
   for (const b of bundles as Iterable<TrustBundle>) if (b.trustDomain.equals(id.trustDomain)) return b
   return undefined
+}
+
+// Bundle authorities are parsed once; bundles are immutable and hold the same objects.
+const authorityCache = new WeakMap<X509Certificate, ParsedCertificate>()
+
+function parsedAuthority(cert: X509Certificate): ParsedCertificate {
+  let parsed = authorityCache.get(cert)
+  if (parsed === undefined) {
+    parsed = parseCertificate(cert.raw)
+    authorityCache.set(cert, parsed)
+  }
+  return parsed
+}
+
+/**
+ * Chains already verified, so a peer that reconnects with the same SVID (the
+ * common case: an SVID lives for hours) costs a hash, not a parse and a
+ * signature check. An entry holds only while the bundle it was verified
+ * against is still the one in force (bundles are immutable, so a replaced
+ * bundle is a different object) and `now` is inside every certificate's validity.
+ */
+interface VerifiedChain {
+  id: SpiffeId
+  bundle: TrustBundle
+  notBefore: number
+  notAfter: number
+}
+const MAX_VERIFIED = 4096
+const verifiedChains = new Map<string, VerifiedChain>()
+
+function chainKey(ders: Buffer[]): string {
+  const hash = createHash('sha256')
+  for (const der of ders) hash.update(der)
+  return hash.digest('base64')
+}
+
+function lookup(ders: Buffer[], bundles: TrustBundleSource, now: Date): SpiffeId | undefined {
+  if (ders.length === 0) return undefined
+  const key = chainKey(ders)
+  const entry = verifiedChains.get(key)
+  if (entry === undefined) return undefined
+  const t = now.getTime()
+  if (t < entry.notBefore || t > entry.notAfter || bundleFor(bundles, entry.id) !== entry.bundle) return undefined
+  // Map order is insertion order: re-inserting makes eviction least-recently-used.
+  verifiedChains.delete(key)
+  verifiedChains.set(key, entry)
+  return entry.id
+}
+
+function remember(ders: Buffer[], entry: VerifiedChain): void {
+  verifiedChains.set(chainKey(ders), entry)
+  if (verifiedChains.size > MAX_VERIFIED) verifiedChains.delete(verifiedChains.keys().next().value!)
 }
 
 function checkTime(cert: ParsedCertificate, now: Date, role: string): void {
@@ -72,9 +124,13 @@ export function leafSpiffeId(leaf: ParsedCertificate): SpiffeId {
  */
 export function verifyX509Svid(chain: CertificateChainInput, bundles: TrustBundleSource, options: VerifyX509SvidOptions = {}): SpiffeId {
   const now = options.now ?? new Date()
+  let ders: Buffer[]
   let certs: ParsedCertificate[]
   try {
-    certs = toDerList(chain).map(parseCertificate)
+    ders = toDerList(chain)
+    const cached = lookup(ders, bundles, now)
+    if (cached !== undefined) return cached
+    certs = ders.map(parseCertificate)
   } catch (cause) {
     throw new AmbientError(IdentityErrorCode.SvidRejected, 'X.509-SVID rejected (malformed): a certificate of the chain cannot be read', {
       cause, details: { reason: SvidRejectionReason.Malformed },
@@ -90,19 +146,26 @@ export function verifyX509Svid(chain: CertificateChainInput, bundles: TrustBundl
   checkTime(leaf, now, 'leaf')
   const authorities = bundle.x509Authorities
   const intermediates = certs.slice(1)
+  const path: ParsedCertificate[] = [leaf]
+  const trusted = (): SpiffeId => {
+    remember(ders, { id, bundle, notBefore: Math.max(...path.map((c) => c.notBefore.getTime())), notAfter: Math.min(...path.map((c) => c.notAfter.getTime())) })
+    return id
+  }
   let current = leaf
   let sawBadSignature = false
   // Each step consumes one intermediate, so the walk ends after at most chain-length steps.
   for (let step = 0; step < certs.length; step++) {
-    if (authorities.some((a) => a.raw.equals(current.der))) return id
+    if (authorities.some((a) => a.raw.equals(current.der))) return trusted()
     for (const authority of authorities) {
       if (!current.x509.checkIssued(authority)) continue
       if (!current.x509.verify(authority.publicKey)) {
         sawBadSignature = true
         continue
       }
-      checkTime(parseCertificate(authority.raw), now, 'trust bundle authority')
-      return id
+      const anchor = parsedAuthority(authority)
+      checkTime(anchor, now, 'trust bundle authority')
+      path.push(anchor)
+      return trusted()
     }
     const issuerIndex = intermediates.findIndex((c) => current.x509.checkIssued(c.x509))
     if (issuerIndex < 0) break
@@ -113,6 +176,7 @@ export function verifyX509Svid(chain: CertificateChainInput, bundles: TrustBundl
     // X509-SVID §4.1: every signing certificate has cA=true.
     if (issuer.cA !== true) throw svidRejected(SvidRejectionReason.IntermediateNotCa, `intermediate ${issuer.x509.subject} is not a CA`, { id: id.toString() })
     checkTime(issuer, now, 'intermediate')
+    path.push(issuer)
     current = issuer
   }
   if (sawBadSignature) throw svidRejected(SvidRejectionReason.BadSignature, `a signature does not verify with the key of an authority of ${id.trustDomain.name}`, { id: id.toString() })

@@ -134,6 +134,20 @@ describe('verifyX509Svid', () => {
     expect(verifyX509Svid(svid.certificateChainPem, bundle).equals(SpiffeId.parse('spiffe://example.org/w'))).toBe(true)
   })
 
+  it('does not let a remembered chain outlive its bundle or its validity', async () => {
+    const svid = await ca.issue('spiffe://example.org/cached', { ttlSeconds: 60 })
+    const set = createTrustBundleSet([ca.bundle])
+    expect(verifyX509Svid(svid.certificateChainPem, set).toString()).toBe('spiffe://example.org/cached')
+    expect(verifyX509Svid(svid.certificateChainPem, set).toString()).toBe('spiffe://example.org/cached')
+    expect(rejection(svid.certificateChainPem, set, new Date(svid.notAfter.getTime() + 1000))).toBe(SvidRejectionReason.Expired)
+    // The trust domain's bundle is replaced by one without this CA: the next check must fail.
+    const rotatedAway = await createCertificateAuthority({ trustDomain: 'example.org' })
+    set.set(rotatedAway.bundle)
+    expect(rejection(svid.certificateChainPem, set)).toBe(SvidRejectionReason.Untrusted)
+    set.delete('example.org')
+    expect(rejection(svid.certificateChainPem, set)).toBe(SvidRejectionReason.NoBundle)
+  })
+
   it('verifies chains of a loaded intermediate', async () => {
     const loaded = loadCertificateAuthority(ca.save())
     const svid = await loaded.issue('spiffe://example.org/w')
