@@ -24,5 +24,5 @@ try {
 // and the official tarballs do): node-gyp would otherwise download them.
 const nodeDir = join(dirname(process.execPath), '..')
 const headers = existsSync(join(nodeDir, 'include', 'node', 'node_api.h')) ? [`--nodedir=${nodeDir}`] : []
-const result = spawnSync(process.execPath, [nodeGyp, 'rebuild', '--silent', ...headers], { cwd: root, stdio: 'inherit' })
+const result = spawnSync(process.execPath, [nodeGyp, 'rebuild', '--silent', ...headers], { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] })
 process.exit(result.status ?? 1)
