@@ -1,4 +1,4 @@
-import { createPrivateKey, createPublicKey, X509Certificate, type KeyObject } from 'node:crypto'
+import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto'
 import forge from 'node-forge'
 import { AmbientError, invalidArgument, throwIfAborted, type AbortOptions } from '@ambientkit/core'
 import { children, decode, oid, pemDecode, pemEncode, seq } from './der'
@@ -230,9 +230,10 @@ class LocalCertificateAuthority implements CertificateAuthority {
     throwIfAborted(options.signal, 'issue')
     const id = this.#checkId(idInput)
     const ttl = checkTtl('ttlSeconds', options.ttlSeconds ?? DEFAULT_SVID_TTL_SECONDS)
-    const key = await generateKey(checkKeyType(options.keyType ?? this.keyType))
+    const keyType = checkKeyType(options.keyType ?? this.keyType)
+    const key = await generateKey(keyType)
     throwIfAborted(options.signal, 'issue')
-    const signed = this.#sign(id, spkiOf(key), ttl)
+    const signed = this.#sign(id, spkiOf(key), keyType, ttl)
     return { ...signed, privateKeyPem: key.export({ type: 'pkcs8', format: 'pem' }) as string }
   }
 
@@ -247,12 +248,13 @@ class LocalCertificateAuthority implements CertificateAuthority {
         details: { requested: id.toString(), uris: csr.uris },
       })
     }
+    let keyType: KeyType
     try {
-      keyTypeOf(csr.publicKey)
+      keyType = keyTypeOf(csr.publicKey)
     } catch (cause) {
       throw new AmbientError(IdentityErrorCode.CsrRejected, 'CSR refused: its key is neither ECDSA P-256 nor RSA', { cause })
     }
-    return this.#sign(id, csr.spki, ttl)
+    return this.#sign(id, csr.spki, keyType, ttl)
   }
 
   save(): CertificateAuthorityPem {
@@ -273,12 +275,11 @@ class LocalCertificateAuthority implements CertificateAuthority {
     return id
   }
 
-  #sign(id: SpiffeId, spki: Buffer, ttlSeconds: number): SignedCertificate {
+  #sign(id: SpiffeId, spki: Buffer, keyType: KeyType, ttlSeconds: number): SignedCertificate {
     const now = Date.now()
     const notBefore = wholeSeconds(now - BACKDATE_SECONDS * 1000)
     // Rounded up so the SVID lives at least ttlSeconds; the CA's own expiry is already whole seconds.
     const notAfter = new Date(Math.min(Math.ceil((now + ttlSeconds * 1000) / 1000) * 1000, this.notAfter.getTime()))
-    const keyType = keyTypeOf(createPublicKey({ key: spki, format: 'der', type: 'spki' }))
     const usage: number[] = [KeyUsageBit.digitalSignature]
     // X509-SVID §4.3: leaves have digitalSignature; RSA key exchange also needs keyEncipherment.
     if (keyType === 'rsa-2048') usage.push(KeyUsageBit.keyEncipherment)

@@ -60,6 +60,7 @@ export function keyIdentifier(spkiDer: Uint8Array): Buffer {
   return createHash('sha1').update(fromBinary((bits!.value as string).slice(1))).digest()
 }
 
+/** The SubjectPublicKeyInfo DER of a key (a private key's public half). */
 export function spkiOf(key: KeyObject): Buffer {
   const pub = key.type === 'private' ? createPublicKey(key) : key
   return pub.export({ type: 'spki', format: 'der' })

@@ -107,11 +107,6 @@ export class TrustDomain {
     return new TrustDomain(text)
   }
 
-  /** @internal Builds from an already validated name. */
-  static trusted(name: string): TrustDomain {
-    return new TrustDomain(name)
-  }
-
   /** The SPIFFE ID of the trust domain itself, `spiffe://<name>` (no path). */
   id(): SpiffeId {
     return SpiffeId.parse(`${SCHEME}${this.name}`)
@@ -173,7 +168,7 @@ export class SpiffeId {
     checkTrustDomainName(text, name)
     const path = text.slice(end)
     checkPath(text, path)
-    return new SpiffeId(TrustDomain.trusted(name), path)
+    return new SpiffeId(TrustDomain.parse(name), path)
   }
 
   /** Like {@link SpiffeId.parse}, but returns `undefined` instead of throwing. */
