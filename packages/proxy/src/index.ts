@@ -50,3 +50,22 @@ export {
   type SocketFactory,
   type SocketFactoryOptions,
 } from './hbone/client'
+export {
+  createWorkloadProxy,
+  DEFAULT_WORKLOAD_PROXY_PORTS,
+  type WorkloadProxy,
+  type WorkloadProxyOptions,
+  type WorkloadProxyPorts,
+} from './workload-proxy'
+export {
+  createNodeProxy,
+  type NodeProxy,
+  type NodeProxyConfigDump,
+  type NodeProxyEnrollment,
+  type NodeProxyOptions,
+  type WorkloadProxyDefaults,
+} from './node-proxy'
+export { createProxyMetrics, type ConnectionLabels, type ProxyMetrics } from './metrics'
+export type { AccessLogEntry, AccessLogPeer, ConnectionOutcome, ProxyListener } from './access-log'
+export { spliceSockets, type SocketSpliceResult } from './splice-sockets'
+export { createNodeAgent, type NodeAgent, type NodeAgentOptions, type ReconcileReport } from './node-agent'

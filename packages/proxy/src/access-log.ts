@@ -1,0 +1,47 @@
+/** Which listener a connection arrived on. */
+export type ProxyListener = 'outbound' | 'inbound-hbone' | 'inbound-plaintext'
+
+/** How a proxied connection ended. */
+export type ConnectionOutcome =
+  /** Both sides closed cleanly. */
+  | 'closed'
+  /** One side was reset or failed after the connection was established. */
+  | 'reset'
+  /** Refused by authorization policy. */
+  | 'denied'
+  /** Refused before connecting upstream (loop, not in the mesh with passthrough off, unknown destination). */
+  | 'refused'
+  /** The upstream or tunnel could not be established. */
+  | 'failed'
+  /** Closed by the proxy: a policy change now denies it, the workload was removed, or a drain ran out of time. */
+  | 'terminated'
+
+/** One end of a logged connection. */
+export interface AccessLogPeer {
+  readonly address: string
+  readonly port?: number
+  readonly workload?: string
+  readonly namespace?: string
+  readonly identity?: string
+}
+
+/** One line of the access log: a connection, once it has ended. */
+export interface AccessLogEntry {
+  readonly listener: ProxyListener
+  /** `HBONE` when the hop between the nodes is an mTLS tunnel, `TCP` when plaintext. */
+  readonly protocol: 'HBONE' | 'TCP'
+  readonly source: AccessLogPeer
+  readonly destination: AccessLogPeer
+  /** The service the destination was chosen from, if the app connected to a VIP. */
+  readonly service?: string
+  /** Bytes from the source towards the destination. */
+  readonly bytesSent: number
+  /** Bytes from the destination back to the source. */
+  readonly bytesReceived: number
+  readonly durationMs: number
+  readonly outcome: ConnectionOutcome
+  /** Why, in a few words (`denied by shop/deny-admin`, `upstream connect failed: ECONNREFUSED`, ...). */
+  readonly reason?: string
+  /** The authorization policy that decided, when one did. */
+  readonly policy?: string
+}

@@ -1,0 +1,308 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import {
+  invalidArgument,
+  silentLogger,
+  workloadIdentity,
+  type Closable,
+  type Logger,
+  type PolicyStore,
+  type SocketAddress,
+  type Workload,
+  type WorkloadRegistry,
+} from '@ambientkit/core'
+import type { IdentityManager } from '@ambientkit/identity'
+import type { Netns } from '@ambientkit/redirect'
+import type { AccessLogEntry } from './access-log'
+import { createProxyMetrics, type ProxyMetrics } from './metrics'
+import { createWorkloadProxy, type WorkloadProxy, type WorkloadProxyOptions } from './workload-proxy'
+
+/** Options every workload proxy of a node shares (see {@link WorkloadProxyOptions}). */
+export type WorkloadProxyDefaults = Pick<
+  WorkloadProxyOptions,
+  'outboundPolicy' | 'inboundPlaintext' | 'preserveSourceAddress' | 'ports' | 'windows' | 'connectTimeout'
+>
+
+/** Options of {@link createNodeProxy}. */
+export interface NodeProxyOptions {
+  /** This node's name (in logs, metrics and `/config_dump`). */
+  readonly nodeName: string
+  /** The mesh's workloads and services. */
+  readonly registry: WorkloadRegistry
+  /** One identity manager for every workload on the node: SVIDs per service account. */
+  readonly identities: IdentityManager
+  /** The authorization policies in force. */
+  readonly policies: PolicyStore
+  /** Settings for every workload proxy. Default: Istio's ports, passthrough, permissive plaintext. */
+  readonly workloadDefaults?: WorkloadProxyDefaults
+  /**
+   * The admin HTTP server (`/healthz/ready`, `/metrics`, `/config_dump`),
+   * on the proxy process's own network namespace. Default `{ host: '127.0.0.1', port: 15021 }`;
+   * `false` for none.
+   */
+  readonly admin?: { readonly host?: string; readonly port?: number } | false
+  /** Called with every connection's access-log entry. Default: one `info` log line per connection. */
+  readonly accessLog?: (entry: AccessLogEntry) => void
+  /** Default: silent. */
+  readonly logger?: Logger
+}
+
+/** One workload enrolled in a node proxy. */
+export interface NodeProxyEnrollment {
+  readonly workload: Workload
+  readonly netns: Netns
+}
+
+/** The proxy of every captured pod on one node. */
+export interface NodeProxy extends Closable {
+  /**
+   * Starts the workload's proxy inside `netns` (listeners 15001, 15006,
+   * 15008). Adding a workload already enrolled in the same netns only
+   * updates nothing; in another netns (the pod was recreated) the old proxy
+   * is closed first.
+   */
+  addWorkload(workload: Workload, netns: Netns): Promise<WorkloadProxy>
+  /** Closes the workload's listeners and connections. False if it was not enrolled. */
+  removeWorkload(uid: string): Promise<boolean>
+  /** Enrolls exactly `enrollments`: adds the missing, removes the others. */
+  replaceAll(enrollments: readonly NodeProxyEnrollment[]): Promise<void>
+  /** The enrolled workloads. */
+  workloads(): Workload[]
+  /** True when every enrolled workload has its listeners up. */
+  ready(): boolean
+  readonly metrics: ProxyMetrics
+  /** Where the admin server listens, once {@link start} resolved. */
+  adminAddress(): SocketAddress | undefined
+  /** What `/config_dump` serves. */
+  configDump(): NodeProxyConfigDump
+  /** Starts the admin server. */
+  start(): Promise<void>
+  /** Stops accepting everywhere, lets connections finish until `deadline` ms (default 5000), then closes. */
+  drain(options?: { deadline?: number }): Promise<void>
+  close(): Promise<void>
+}
+
+/** The node proxy's state, as `/config_dump` serves it. */
+export interface NodeProxyConfigDump {
+  readonly node: string
+  readonly workloads: ReadonlyArray<{
+    uid: string
+    name: string
+    namespace: string
+    identity: string
+    addresses: readonly string[]
+    netns: string
+    state: 'starting' | 'ready' | 'failed'
+    error?: string
+    connections: number
+    hboneSessions: { outbound: number; inbound: number }
+  }>
+  readonly identities: ReadonlyArray<{ id: string; notAfter?: string }>
+  readonly policies: ReadonlyArray<{ namespace: string; name: string; action: string; scope: string }>
+  readonly registry: { workloads: number; services: number }
+}
+
+interface Slot {
+  workload: Workload
+  netns: Netns
+  state: 'starting' | 'ready' | 'failed'
+  error?: Error
+  proxy?: WorkloadProxy
+  /** The last operation on this uid; the next one waits for it. */
+  pending: Promise<unknown>
+}
+
+/** Creates a node proxy. Call {@link NodeProxy.start} to open its admin server. */
+export function createNodeProxy(options: NodeProxyOptions): NodeProxy {
+  if (typeof options.nodeName !== 'string' || options.nodeName === '') throw invalidArgument('nodeName', options.nodeName, 'a non-empty string')
+  return new NodeProxyImpl(options)
+}
+
+class NodeProxyImpl implements NodeProxy {
+  readonly metrics: ProxyMetrics = createProxyMetrics()
+  readonly #options: NodeProxyOptions
+  readonly #log: Logger
+  readonly #slots = new Map<string, Slot>()
+  #admin: Server | undefined
+  #adminAddress: SocketAddress | undefined
+  #closing: Promise<void> | undefined
+
+  constructor(options: NodeProxyOptions) {
+    this.#options = options
+    this.#log = (options.logger ?? silentLogger).child({ node: options.nodeName })
+  }
+
+  async start(): Promise<void> {
+    if (this.#options.admin === false || this.#admin !== undefined) return
+    const host = this.#options.admin?.host ?? '127.0.0.1'
+    const port = this.#options.admin?.port ?? 15021
+    const server = createServer((req, res) => void this.#serveAdmin(req, res))
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(port, host, () => {
+        server.off('error', reject)
+        resolve()
+      })
+    })
+    this.#admin = server
+    const address = server.address()
+    if (address !== null && typeof address === 'object') this.#adminAddress = { address: address.address, port: address.port, family: address.family === 'IPv6' ? 6 : 4 }
+  }
+
+  adminAddress(): SocketAddress | undefined {
+    return this.#adminAddress
+  }
+
+  addWorkload(workload: Workload, netns: Netns): Promise<WorkloadProxy> {
+    const previous = this.#slots.get(workload.uid)
+    const wait = previous?.pending ?? Promise.resolve()
+    const slot: Slot = previous?.netns.id === netns.id && previous.state !== 'failed' ? previous : { workload, netns, state: 'starting', pending: wait }
+    const run = wait
+      .catch(() => {})
+      .then(async () => {
+        if (slot === previous && slot.proxy !== undefined) {
+          slot.workload = workload
+          return slot.proxy
+        }
+        if (previous?.proxy !== undefined) await previous.proxy.close()
+        this.#slots.set(workload.uid, slot)
+        this.#updateGauge()
+        try {
+          slot.proxy = await createWorkloadProxy({
+            ...this.#options.workloadDefaults,
+            workload,
+            netns,
+            registry: this.#options.registry,
+            identities: this.#options.identities,
+            policies: this.#options.policies,
+            metrics: this.metrics,
+            accessLog: this.#options.accessLog ?? ((entry) => this.#log.info({ access: entry }, 'connection')),
+            logger: this.#log,
+          })
+          slot.state = 'ready'
+          delete slot.error
+          this.#log.info({ workload: `${workload.namespace}/${workload.name}`, netns: netns.path }, 'workload enrolled')
+          return slot.proxy
+        } catch (err) {
+          slot.state = 'failed'
+          slot.error = err as Error
+          this.#log.error({ err, workload: `${workload.namespace}/${workload.name}` }, 'workload proxy failed to start')
+          throw err
+        }
+      })
+    slot.pending = run
+    if (slot !== previous) this.#slots.set(workload.uid, slot)
+    return run
+  }
+
+  removeWorkload(uid: string): Promise<boolean> {
+    const slot = this.#slots.get(uid)
+    if (slot === undefined) return Promise.resolve(false)
+    const run = slot.pending
+      .catch(() => {})
+      .then(async () => {
+        if (this.#slots.get(uid) !== slot) return false
+        this.#slots.delete(uid)
+        this.#updateGauge()
+        await slot.proxy?.close()
+        this.#log.info({ workload: `${slot.workload.namespace}/${slot.workload.name}` }, 'workload removed')
+        return true
+      })
+    slot.pending = run
+    return run
+  }
+
+  async replaceAll(enrollments: readonly NodeProxyEnrollment[]): Promise<void> {
+    const wanted = new Set(enrollments.map((e) => e.workload.uid))
+    const removals = [...this.#slots.keys()].filter((uid) => !wanted.has(uid)).map((uid) => this.removeWorkload(uid))
+    const additions = enrollments.map((e) => this.addWorkload(e.workload, e.netns))
+    const results = await Promise.allSettled([...removals, ...additions])
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed.length > 0) throw new AggregateError(failed.map((f) => f.reason), `${failed.length} of ${enrollments.length} workloads failed to start`)
+  }
+
+  workloads(): Workload[] {
+    return [...this.#slots.values()].map((s) => s.workload)
+  }
+
+  ready(): boolean {
+    return [...this.#slots.values()].every((s) => s.state === 'ready')
+  }
+
+  #updateGauge(): void {
+    this.metrics.setWorkloads(this.#slots.size)
+  }
+
+  configDump(): NodeProxyConfigDump {
+    const identities = this.#options.identities
+    return {
+      node: this.#options.nodeName,
+      workloads: [...this.#slots.values()].map((s) => ({
+        uid: s.workload.uid,
+        name: s.workload.name,
+        namespace: s.workload.namespace,
+        identity: workloadIdentity(s.workload),
+        addresses: s.workload.addresses,
+        netns: s.netns.path,
+        state: s.state,
+        ...(s.error ? { error: s.error.message } : {}),
+        connections: s.proxy?.activeConnections() ?? 0,
+        hboneSessions: s.proxy?.hboneSessions() ?? { outbound: 0, inbound: 0 },
+      })),
+      identities: identities.ids().map((id) => {
+        const svid = identities.current(id)
+        return { id: id.toString(), ...(svid ? { notAfter: svid.notAfter.toISOString() } : {}) }
+      }),
+      policies: this.#options.policies.list().map((p) => ({ namespace: p.namespace, name: p.name, action: p.action, scope: p.scope })),
+      registry: (({ workloads, services }) => ({ workloads: workloads.length, services: services.length }))(this.#options.registry.snapshot()),
+    }
+  }
+
+  async #serveAdmin(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0]
+    const send = (status: number, type: string, body: string): void => {
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' })
+      res.end(body)
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'text/plain', 'method not allowed\n')
+    try {
+      switch (path) {
+        case '/healthz/ready': {
+          const notReady = [...this.#slots.values()].filter((s) => s.state !== 'ready')
+          if (notReady.length === 0) return send(200, 'text/plain', 'ready\n')
+          return send(503, 'text/plain', `not ready: ${notReady.map((s) => `${s.workload.namespace}/${s.workload.name} (${s.state})`).join(', ')}\n`)
+        }
+        case '/metrics':
+          return send(200, this.metrics.registry.contentType, await this.metrics.registry.metrics())
+        case '/config_dump':
+          return send(200, 'application/json', `${JSON.stringify(this.configDump(), null, 2)}\n`)
+        default:
+          return send(404, 'text/plain', 'not found: try /healthz/ready, /metrics or /config_dump\n')
+      }
+    } catch (err) {
+      this.#log.error({ err, path }, 'admin request failed')
+      send(500, 'text/plain', 'internal error\n')
+    }
+  }
+
+  async drain(options: { deadline?: number } = {}): Promise<void> {
+    const slots = [...this.#slots.values()]
+    this.#slots.clear()
+    this.#updateGauge()
+    await Promise.all(slots.map((s) => s.pending.catch(() => {}).then(() => s.proxy?.drain(options))))
+    await this.close()
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      const slots = [...this.#slots.values()]
+      this.#slots.clear()
+      await Promise.all(slots.map((s) => s.pending.catch(() => {}).then(() => s.proxy?.close())))
+      const admin = this.#admin
+      if (admin !== undefined) {
+        admin.closeAllConnections()
+        await new Promise<void>((resolve) => admin.close(() => resolve()))
+      }
+    })()
+    return this.#closing
+  }
+}

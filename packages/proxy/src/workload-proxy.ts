@@ -1,0 +1,581 @@
+import type { Server, Socket } from 'node:net'
+import {
+  evaluateAuthorization,
+  formatSocketAddress,
+  invalidArgument,
+  isAmbientError,
+  silentLogger,
+  tryCanonicalIp,
+  workloadIdentity,
+  type AuthorizationConnection,
+  type AuthorizationDecision,
+  type Closable,
+  type Logger,
+  type PolicyStore,
+  type SocketAddress,
+  type Workload,
+  type WorkloadRegistry,
+} from '@ambientkit/core'
+import { tlsClientOptions, tlsServerOptions, type IdentityManager } from '@ambientkit/identity'
+import { originalDestination, PROXY_MARK, type Netns, type NetnsConnectOptions } from '@ambientkit/redirect'
+import type { AccessLogEntry, ConnectionOutcome, ProxyListener } from './access-log'
+import { createHboneClient, type HboneClient } from './hbone/client'
+import { HBONE_PORT, type HboneWindows } from './hbone/constants'
+import { createHboneServer, type HboneDecision, type HboneRequest, type HboneServer, type HboneTunnelRecord } from './hbone/server'
+import { spliceTunnel } from './hbone/splice'
+import type { ConnectionLabels, ProxyMetrics } from './metrics'
+import { spliceSockets } from './splice-sockets'
+
+/** Ports of a workload proxy's listeners inside the pod's network namespace. */
+export interface WorkloadProxyPorts {
+  /** Outbound capture (the REDIRECT target of the pod's nat OUTPUT rules). Default 15001. */
+  readonly outbound: number
+  /** Inbound plaintext (the REDIRECT target of nat PREROUTING). Default 15006. */
+  readonly inboundPlaintext: number
+  /** Inbound HBONE (mTLS, HTTP/2 CONNECT). Default 15008. */
+  readonly inbound: number
+}
+
+/** Istio's ports, which our capture rules redirect to. */
+export const DEFAULT_WORKLOAD_PROXY_PORTS: WorkloadProxyPorts = Object.freeze({ outbound: 15001, inboundPlaintext: 15006, inbound: HBONE_PORT })
+
+/** Options of {@link createWorkloadProxy}. */
+export interface WorkloadProxyOptions {
+  /** The captured workload. Its identity is `workloadIdentity(workload)`. */
+  readonly workload: Workload
+  /** The workload's network namespace: listeners and upstream sockets are created there. */
+  readonly netns: Netns
+  /** Where outbound destinations are looked up. */
+  readonly registry: WorkloadRegistry
+  /**
+   * Holds the workload's SVID (presented on 15008 and on outbound HBONE
+   * sessions, rotated without restarting listeners) and the trust bundles
+   * peers are verified with. One manager serves every workload of a node.
+   */
+  readonly identities: IdentityManager
+  /** The authorization policies in force. Changes re-evaluate established inbound connections. */
+  readonly policies: PolicyStore
+  /** Outbound to a destination outside the mesh: `'passthrough'` (plain TCP, default) or `'refuse'`. */
+  readonly outboundPolicy?: 'passthrough' | 'refuse'
+  /** Inbound plaintext: `'permissive'` (authorize with no identity, default) or `'strict'` (deny all). */
+  readonly inboundPlaintext?: 'permissive' | 'strict'
+  /**
+   * Connect to the app from the client's address (IP_TRANSPARENT), so the
+   * app sees who called. Needs the route table the redirect package installs
+   * with source preservation. Default `false`: the app sees the pod's own address.
+   */
+  readonly preserveSourceAddress?: boolean
+  /** Listener ports. Default {@link DEFAULT_WORKLOAD_PROXY_PORTS}. */
+  readonly ports?: Partial<WorkloadProxyPorts>
+  /** HTTP/2 windows of HBONE sessions, both directions. Default: the HBONE defaults. */
+  readonly windows?: Partial<HboneWindows>
+  /** Upstream connect timeout, milliseconds. Default 10 000. */
+  readonly connectTimeout?: number
+  readonly metrics?: ProxyMetrics
+  /** Called once per connection when it ends. */
+  readonly accessLog?: (entry: AccessLogEntry) => void
+  /** Default: silent. */
+  readonly logger?: Logger
+}
+
+/** A running workload proxy. */
+export interface WorkloadProxy extends Closable {
+  readonly workload: Workload
+  /** The workload's SPIFFE ID. */
+  readonly identity: string
+  /** Where each listener is bound inside the netns. */
+  readonly listeners: Readonly<Record<ProxyListener, readonly SocketAddress[]>>
+  /** Connections being proxied now (all listeners). */
+  activeConnections(): number
+  /** HBONE sessions held now: pooled outbound ones and inbound ones from peers. */
+  hboneSessions(): { outbound: number; inbound: number }
+  /**
+   * Stops accepting, lets connections finish until `deadline` (milliseconds,
+   * default 5000), then closes what remains. Resolves when everything is closed.
+   */
+  drain(options?: { deadline?: number }): Promise<void>
+  /** Closes listeners and every connection at once. Idempotent. */
+  close(): Promise<void>
+}
+
+interface TrackedConnection {
+  readonly listener: ProxyListener
+  /** Inbound connections are re-authorized when policies change. */
+  readonly authorization?: AuthorizationConnection
+  terminate(reason: string): void
+}
+
+const DUAL_STACK = '::'
+
+/**
+ * Starts the proxy of one captured workload: opens, inside the pod's
+ * network namespace, the outbound (15001), inbound plaintext (15006) and
+ * inbound HBONE (15008) listeners. Every socket it creates there carries
+ * mark 0x539, so the pod's capture rules let the proxy's own traffic pass.
+ */
+export async function createWorkloadProxy(options: WorkloadProxyOptions): Promise<WorkloadProxy> {
+  const proxy = new WorkloadProxyImpl(options)
+  try {
+    await proxy.start()
+  } catch (err) {
+    await proxy.close()
+    throw err
+  }
+  return proxy
+}
+
+class WorkloadProxyImpl implements WorkloadProxy {
+  readonly workload: Workload
+  readonly identity: string
+  readonly listeners: Record<ProxyListener, SocketAddress[]> = { outbound: [], 'inbound-hbone': [], 'inbound-plaintext': [] }
+  readonly #options: WorkloadProxyOptions
+  readonly #ports: WorkloadProxyPorts
+  readonly #log: Logger
+  readonly #servers: Server[] = []
+  readonly #connections = new Set<TrackedConnection>()
+  #hboneServer: HboneServer | undefined
+  readonly #hboneClient: HboneClient
+  readonly #unsubscribe: () => void
+  readonly #idleWaiters: Array<() => void> = []
+  #closing: Promise<void> | undefined
+
+  constructor(options: WorkloadProxyOptions) {
+    this.#options = options
+    this.workload = options.workload
+    this.identity = workloadIdentity(options.workload)
+    this.#ports = { ...DEFAULT_WORKLOAD_PROXY_PORTS, ...options.ports }
+    for (const [name, port] of Object.entries(this.#ports)) {
+      if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalidArgument(`ports.${name}`, port, 'a port 1-65535')
+    }
+    if (new Set(Object.values(this.#ports)).size !== 3) throw invalidArgument('ports', this.#ports, 'three different ports')
+    this.#log = (options.logger ?? silentLogger).child({ workload: `${options.workload.namespace}/${options.workload.name}` })
+    const netns = options.netns
+    const connectTimeout = options.connectTimeout ?? 10_000
+    this.#hboneClient = createHboneClient({
+      // A session is keyed by its expected identities, so the handshake itself
+      // can refuse any other server.
+      tls: (identity, { signal, expectedIdentities }) =>
+        tlsClientOptions({ manager: options.identities, id: identity ?? this.identity, expectedPeers: expectedIdentities, alpnProtocols: ['h2'], signal }),
+      socketFactory: (address, { signal }) => dial(netns, { host: address.address, port: address.port, signal }),
+      ...(options.windows ? { windows: options.windows } : {}),
+      sessionTimeout: connectTimeout,
+      logger: this.#log,
+    })
+    this.#unsubscribe = options.policies.subscribe(() => this.#reauthorize())
+  }
+
+  async start(): Promise<void> {
+    const hboneServer = createHboneServer({
+      tls: await tlsServerOptions({ manager: this.#options.identities, id: this.identity, alpnProtocols: ['h2'] }),
+      decide: (request) => this.#decideInbound(request),
+      connect: (destination, { signal, request, context }) => this.#connectTunnelUpstream(destination, signal, request, context as AuthorizationConnection),
+      connectTimeout: this.#options.connectTimeout ?? 10_000,
+      ...(this.#options.windows ? { windows: this.#options.windows } : {}),
+      logger: this.#log,
+      onTunnel: (record) => this.#onTunnelEnd(record),
+      onHandshakeFailure: (failure) => {
+        this.#log.warn({ err: failure.error, reason: failure.reason }, 'inbound HBONE handshake failed')
+        this.#options.metrics?.handshakeFailed({ destination_workload: this.workload.name, reason: failure.reason })
+      },
+    })
+    this.#hboneServer = hboneServer
+    await this.#listen('outbound', this.#ports.outbound, (socket) => this.#onOutbound(socket))
+    await this.#listen('inbound-plaintext', this.#ports.inboundPlaintext, (socket) => this.#onInboundPlaintext(socket))
+    await this.#listen('inbound-hbone', this.#ports.inbound, (socket) => hboneServer.handle(socket))
+  }
+
+  async #listen(listener: ProxyListener, port: number, onConnection: (socket: Socket) => void): Promise<void> {
+    let server: Server
+    try {
+      server = await this.#options.netns.listen({ host: DUAL_STACK, port, mark: PROXY_MARK, ipv6Only: false, server: { allowHalfOpen: true, pauseOnConnect: true, noDelay: true } })
+    } catch (err) {
+      // A pod without IPv6 (disabled by sysctl) still gets IPv4 listeners.
+      this.#log.debug({ err, port }, 'dual-stack listen failed, falling back to IPv4')
+      server = await this.#options.netns.listen({ host: '0.0.0.0', port, mark: PROXY_MARK, server: { allowHalfOpen: true, pauseOnConnect: true, noDelay: true } })
+    }
+    this.#servers.push(server)
+    const address = server.address()
+    if (address !== null && typeof address === 'object') this.listeners[listener].push({ address: address.address, port: address.port, family: address.family === 'IPv6' ? 6 : 4 })
+    server.on('connection', onConnection)
+    server.on('error', (err) => this.#log.error({ err, listener }, 'listener failed'))
+  }
+
+  #track(connection: TrackedConnection): void {
+    this.#connections.add(connection)
+  }
+
+  #untrack(connection: TrackedConnection): void {
+    if (this.#connections.delete(connection) && this.#connections.size === 0) {
+      for (const resolve of this.#idleWaiters.splice(0)) resolve()
+    }
+  }
+
+  activeConnections(): number {
+    return this.#connections.size
+  }
+
+  hboneSessions(): { outbound: number; inbound: number } {
+    return { outbound: this.#hboneClient.stats().length, inbound: this.#hboneServer?.stats().sessions ?? 0 }
+  }
+
+  // ---- outbound -----------------------------------------------------------
+
+  #onOutbound(app: Socket): void {
+    const started = Date.now()
+    const source = this.#peer(app.remoteAddress, app.remotePort)
+    let destination: SocketAddress
+    try {
+      destination = originalDestination(app)
+    } catch (err) {
+      this.#log.warn({ err }, 'outbound connection without an original destination')
+      app.resetAndDestroy()
+      return
+    }
+    const controller = new AbortController()
+    const tracked: TrackedConnection = { listener: 'outbound', terminate: (reason) => controller.abort(new Error(reason)) }
+    this.#track(tracked)
+    const earlyClose = (): void => controller.abort(new Error('application closed before the upstream was ready'))
+    app.once('close', earlyClose)
+    app.on('error', () => {})
+    const finish = (entry: Omit<AccessLogEntry, 'listener' | 'durationMs' | 'source'> & { source?: AccessLogEntry['source'] }): void => {
+      this.#untrack(tracked)
+      this.#record({ listener: 'outbound', source, durationMs: Date.now() - started, ...entry })
+    }
+    void this.#routeOutbound(app, destination, controller.signal, tracked, earlyClose, finish)
+  }
+
+  async #routeOutbound(
+    app: Socket,
+    destination: SocketAddress,
+    signal: AbortSignal,
+    tracked: TrackedConnection,
+    earlyClose: () => void,
+    finish: (entry: Omit<AccessLogEntry, 'listener' | 'durationMs' | 'source'>) => void,
+  ): Promise<void> {
+    const refuse = (reason: string, outcome: ConnectionOutcome = 'refused', extra: Partial<AccessLogEntry> = {}): void => {
+      app.resetAndDestroy()
+      finish({ protocol: 'TCP', destination: { address: destination.address, port: destination.port }, bytesSent: 0, bytesReceived: 0, outcome, reason, ...extra })
+    }
+    if (this.#isOwnListener(destination)) return refuse(`destination ${formatSocketAddress(destination)} is the proxy itself (loop)`)
+    const resolved = this.#options.registry.resolve(destination.address, destination.port)
+    const target = resolved?.workload
+    const service = resolved?.kind === 'service' ? resolved.service.hostname : undefined
+    const peer = {
+      address: resolved?.address ?? destination.address,
+      port: resolved?.port ?? destination.port,
+      ...(target ? { workload: target.name, namespace: target.namespace } : {}),
+    }
+    if (target?.protocol === 'HBONE') {
+      const expected = workloadIdentity(target)
+      const labels = this.#labels('source', { identity: this.identity, workload: this.workload }, { identity: expected, workload: target }, 'mutual_tls')
+      let tunnel
+      try {
+        tunnel = await this.#hboneClient.connect(
+          { address: peer.address, port: peer.port, family: peer.address.includes(':') ? 6 : 4 },
+          { expectedIdentities: [expected], identity: this.identity, ...this.#sourceAddressFor(peer.address), signal },
+        )
+      } catch (err) {
+        const status = isAmbientError(err) ? (err.details.status as number | undefined) : undefined
+        return refuse(`HBONE connect failed: ${(err as Error).message}`, status === 401 ? 'denied' : 'failed', {
+          protocol: 'HBONE',
+          destination: { ...peer, identity: expected },
+          ...(service ? { service } : {}),
+        })
+      }
+      app.off('close', earlyClose)
+      tracked.terminate = (reason) => {
+        this.#log.info({ reason }, 'terminating outbound tunnel')
+        app.resetAndDestroy()
+      }
+      this.#options.metrics?.connectionOpened(labels)
+      const result = await spliceTunnel(app, tunnel)
+      const bytes = { sent: result.socketBytesRead, received: result.socketBytesWritten }
+      this.#options.metrics?.connectionClosed(labels, bytes)
+      return finish({
+        protocol: 'HBONE',
+        destination: { ...peer, identity: expected },
+        ...(service ? { service } : {}),
+        bytesSent: bytes.sent,
+        bytesReceived: bytes.received,
+        outcome: result.outcome === 'closed' ? 'closed' : 'reset',
+        ...(result.error ? { reason: result.error.message } : {}),
+      })
+    }
+    if (this.#options.outboundPolicy === 'refuse') return refuse('destination is not in the mesh and passthrough is off')
+    const labels = this.#labels('source', { identity: this.identity, workload: this.workload }, { workload: target }, 'none')
+    let upstream: Socket
+    try {
+      upstream = await dial(this.#options.netns, { host: peer.address, port: peer.port, signal })
+    } catch (err) {
+      return refuse(`passthrough connect failed: ${(err as Error).message}`, 'failed', { destination: peer })
+    }
+    app.off('close', earlyClose)
+    tracked.terminate = () => app.resetAndDestroy()
+    this.#options.metrics?.connectionOpened(labels)
+    const result = await spliceSockets(app, upstream)
+    this.#options.metrics?.connectionClosed(labels, { sent: result.aToB, received: result.bToA })
+    finish({
+      protocol: 'TCP',
+      destination: peer,
+      ...(service ? { service } : {}),
+      bytesSent: result.aToB,
+      bytesReceived: result.bToA,
+      outcome: result.outcome,
+      ...(result.error ? { reason: result.error.message } : {}),
+    })
+  }
+
+  #isOwnListener(destination: SocketAddress): boolean {
+    const ports = Object.values(this.#ports)
+    if (!ports.includes(destination.port)) return false
+    return destination.address === '127.0.0.1' || destination.address === '::1' || this.workload.addresses.includes(destination.address)
+  }
+
+  #sourceAddressFor(destination: string): { sourceAddress?: string } {
+    const family6 = destination.includes(':')
+    const own = this.workload.addresses.find((a) => a.includes(':') === family6)
+    return own === undefined ? {} : { sourceAddress: own }
+  }
+
+  // ---- inbound ------------------------------------------------------------
+
+  #authorize(connection: AuthorizationConnection): AuthorizationDecision {
+    return evaluateAuthorization(this.#options.policies.list(), connection)
+  }
+
+  #decideInbound(request: HboneRequest): HboneDecision {
+    const destination = request.destination
+    if (this.#isOwnListener(destination)) {
+      return { action: 'not-served', reason: `${formatSocketAddress(destination)} is the proxy itself (loop)` }
+    }
+    if (!this.workload.addresses.includes(destination.address)) {
+      return { action: 'not-served', reason: `${destination.address} is not an address of ${this.workload.namespace}/${this.workload.name}` }
+    }
+    const connection: AuthorizationConnection = {
+      sourceIp: request.peerAddress.address,
+      sourceIdentity: request.peerIdentity,
+      destinationIp: destination.address,
+      destinationPort: destination.port,
+      destination: this.workload,
+    }
+    const decision = this.#authorize(connection)
+    if (!decision.allowed) {
+      const policy = decision.policy ? `${decision.policy.namespace}/${decision.policy.name}` : undefined
+      this.#denied(request.peerIdentity, policy ?? decision.reason, 'inbound-hbone')
+      return { action: 'deny', reason: decision.reason, ...(policy ? { policy } : {}) }
+    }
+    return { action: 'serve', context: connection }
+  }
+
+  /** The upstream of an authorized HBONE tunnel; tracked so a policy change can close it. */
+  async #connectTunnelUpstream(destination: SocketAddress, signal: AbortSignal, request: HboneRequest, authorization: AuthorizationConnection): Promise<Socket> {
+    const app = await this.#connectApp(destination, signal, request.forwardedFor ?? request.peerAddress.address)
+    // Resetting the upstream resets the tunnel's stream too (see spliceTunnel).
+    const tracked: TrackedConnection = { listener: 'inbound-hbone', authorization, terminate: () => app.resetAndDestroy() }
+    this.#track(tracked)
+    app.once('close', () => this.#untrack(tracked))
+    this.#options.metrics?.connectionOpened(this.#inboundHboneLabels(request.peerIdentity, request.peerAddress.address))
+    return app
+  }
+
+  #inboundHboneLabels(peerIdentity: string, peerAddress: string): ConnectionLabels {
+    return this.#labels('destination', { identity: peerIdentity, workload: this.#options.registry.workloadByAddress(peerAddress) }, { identity: this.identity, workload: this.workload }, 'mutual_tls')
+  }
+
+  #onTunnelEnd(record: HboneTunnelRecord): void {
+    if (record.status === 200) {
+      this.#options.metrics?.connectionClosed(this.#inboundHboneLabels(record.peerIdentity, record.peerAddress.address), { sent: record.bytesReceived, received: record.bytesSent })
+    }
+    const outcome: ConnectionOutcome =
+      record.status === 401 ? 'denied'
+      : record.status === 400 || record.status === 503 && record.reason !== 'upstream-connect-failed' ? 'refused'
+      : record.status !== 200 ? 'failed'
+      : record.outcome === 'closed' ? 'closed' : 'reset'
+    this.#record({
+      listener: 'inbound-hbone',
+      protocol: 'HBONE',
+      source: { ...this.#peer(record.peerAddress.address, record.peerAddress.port), identity: record.peerIdentity },
+      destination: {
+        address: record.destination?.address ?? record.authority ?? 'unknown',
+        ...(record.destination ? { port: record.destination.port } : {}),
+        workload: this.workload.name,
+        namespace: this.workload.namespace,
+        identity: this.identity,
+      },
+      bytesSent: record.bytesReceived,
+      bytesReceived: record.bytesSent,
+      durationMs: record.durationMs,
+      outcome,
+      ...(record.reason ? { reason: record.reason } : {}),
+      ...(record.policy ? { policy: record.policy } : {}),
+    })
+  }
+
+  /** Connects to the app inside the pod, as the proxy (mark 0x539) and optionally as the client. */
+  async #connectApp(destination: SocketAddress, signal: AbortSignal, clientAddress: string | undefined): Promise<Socket> {
+    const preserve = this.#options.preserveSourceAddress === true && clientAddress !== undefined
+    return dial(this.#options.netns, {
+      host: destination.address,
+      port: destination.port,
+      signal,
+      ...(preserve ? { localAddress: clientAddress, transparent: true } : {}),
+    })
+  }
+
+  #onInboundPlaintext(client: Socket): void {
+    const started = Date.now()
+    const source = this.#peer(client.remoteAddress, client.remotePort)
+    client.on('error', () => {})
+    let destination: SocketAddress
+    try {
+      destination = originalDestination(client)
+    } catch (err) {
+      this.#log.warn({ err }, 'inbound connection without an original destination')
+      client.resetAndDestroy()
+      return
+    }
+    const destinationPeer = { address: destination.address, port: destination.port, workload: this.workload.name, namespace: this.workload.namespace }
+    const connection: AuthorizationConnection = {
+      sourceIp: source.address,
+      destinationIp: destination.address,
+      destinationPort: destination.port,
+      destination: this.workload,
+    }
+    const record = (entry: Pick<AccessLogEntry, 'bytesSent' | 'bytesReceived' | 'outcome'> & Partial<AccessLogEntry>): void =>
+      this.#record({ listener: 'inbound-plaintext', protocol: 'TCP', source, destination: destinationPeer, durationMs: Date.now() - started, ...entry })
+    if (this.#isOwnListener(destination)) {
+      // Only the pod itself reaches these ports unredirected: passing it on would loop.
+      client.resetAndDestroy()
+      record({ bytesSent: 0, bytesReceived: 0, outcome: 'refused', reason: `destination ${formatSocketAddress(destination)} is the proxy itself (loop)` })
+      return
+    }
+    const decision: AuthorizationDecision =
+      this.#options.inboundPlaintext === 'strict' ? { allowed: false, reason: 'no-allow-policy-matched' } : this.#authorize(connection)
+    if (!decision.allowed) {
+      const policy = decision.policy ? `${decision.policy.namespace}/${decision.policy.name}` : undefined
+      this.#denied('', policy ?? (this.#options.inboundPlaintext === 'strict' ? 'strict' : decision.reason), 'inbound-plaintext')
+      client.resetAndDestroy()
+      record({ bytesSent: 0, bytesReceived: 0, outcome: 'denied', reason: this.#options.inboundPlaintext === 'strict' ? 'plaintext refused (strict mode)' : decision.reason, ...(policy ? { policy } : {}) })
+      return
+    }
+    const controller = new AbortController()
+    const tracked: TrackedConnection = { listener: 'inbound-plaintext', authorization: connection, terminate: (reason) => controller.abort(new Error(reason)) }
+    this.#track(tracked)
+    const earlyClose = (): void => controller.abort(new Error('client closed before the app answered'))
+    client.once('close', earlyClose)
+    const labels = this.#labels('destination', { workload: undefined }, { identity: this.identity, workload: this.workload }, 'none')
+    void this.#connectApp(destination, controller.signal, this.#options.preserveSourceAddress ? source.address : undefined).then(
+      async (app) => {
+        client.off('close', earlyClose)
+        tracked.terminate = () => client.resetAndDestroy()
+        this.#options.metrics?.connectionOpened(labels)
+        const result = await spliceSockets(client, app)
+        this.#options.metrics?.connectionClosed(labels, { sent: result.aToB, received: result.bToA })
+        this.#untrack(tracked)
+        record({ bytesSent: result.aToB, bytesReceived: result.bToA, outcome: terminatedOr(tracked, result.outcome) })
+      },
+      (err: Error) => {
+        this.#untrack(tracked)
+        client.resetAndDestroy()
+        record({ bytesSent: 0, bytesReceived: 0, outcome: 'failed', reason: `connect to the app failed: ${err.message}` })
+      },
+    )
+  }
+
+  /** Policies changed: close established inbound connections they now deny. */
+  #reauthorize(): void {
+    for (const connection of this.#connections) {
+      if (connection.authorization === undefined) continue
+      const decision = this.#authorize(connection.authorization)
+      if (!decision.allowed) {
+        const by = decision.policy ? `${decision.policy.namespace}/${decision.policy.name}` : decision.reason
+        this.#log.info({ by }, 'policy change denies an established connection: closing it')
+        ;(connection as { terminatedBy?: string }).terminatedBy = by
+        connection.terminate(`denied after a policy change (${by})`)
+      }
+    }
+  }
+
+  // ---- bookkeeping --------------------------------------------------------
+
+  #peer(address: string | undefined, port: number | undefined): AccessLogEntry['source'] {
+    const ip = (address && tryCanonicalIp(address)) || address || 'unknown'
+    const workload = this.#options.registry.workloadByAddress(ip)
+    return { address: ip, ...(port ? { port } : {}), ...(workload ? { workload: workload.name, namespace: workload.namespace } : {}) }
+  }
+
+  #labels(
+    reporter: 'source' | 'destination',
+    source: { identity?: string; workload: Workload | undefined },
+    destination: { identity?: string; workload: Workload | undefined },
+    security: 'mutual_tls' | 'none',
+  ): ConnectionLabels {
+    return {
+      reporter,
+      source_workload: source.workload?.name ?? 'unknown',
+      source_workload_namespace: source.workload?.namespace ?? 'unknown',
+      source_principal: source.identity ?? 'unknown',
+      destination_workload: destination.workload?.name ?? 'unknown',
+      destination_workload_namespace: destination.workload?.namespace ?? 'unknown',
+      destination_principal: destination.identity ?? 'unknown',
+      connection_security_policy: security,
+    }
+  }
+
+  #denied(principal: string, policy: string, listener: ProxyListener): void {
+    this.#options.metrics?.authorizationDenied({
+      destination_workload: this.workload.name,
+      destination_workload_namespace: this.workload.namespace,
+      source_principal: principal || 'unknown',
+      policy,
+      listener,
+    })
+  }
+
+  #record(entry: AccessLogEntry): void {
+    this.#log.info({ access: entry }, 'connection')
+    this.#options.accessLog?.(entry)
+  }
+
+  async drain(options: { deadline?: number } = {}): Promise<void> {
+    await this.#stopListening()
+    if (this.#connections.size > 0) {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        new Promise<void>((resolve) => this.#idleWaiters.push(resolve)),
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, options.deadline ?? 5000))),
+      ])
+      clearTimeout(timer)
+    }
+    await this.close()
+  }
+
+  async #stopListening(): Promise<void> {
+    await Promise.all(this.#servers.splice(0).map((server) => new Promise<void>((resolve) => server.close(() => resolve()))))
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#unsubscribe()
+      const listening = this.#stopListening()
+      for (const connection of this.#connections) connection.terminate('workload proxy closed')
+      await Promise.all([listening, this.#hboneServer?.close(), this.#hboneClient.close()])
+    })()
+    return this.#closing
+  }
+}
+
+/**
+ * A proxy connection from inside the pod: marked 0x539 so capture lets it
+ * pass, half-open allowed (FIN is forwarded, not answered), and without
+ * Nagle, since a proxy must not hold back small writes its peers already sent.
+ */
+async function dial(netns: Netns, options: Omit<NetnsConnectOptions, 'mark' | 'allowHalfOpen'>): Promise<Socket> {
+  const socket = await netns.connect({ ...options, mark: PROXY_MARK, allowHalfOpen: true })
+  socket.setNoDelay(true)
+  return socket
+}
+
+function terminatedOr(connection: TrackedConnection, outcome: 'closed' | 'reset'): ConnectionOutcome {
+  return (connection as { terminatedBy?: string }).terminatedBy !== undefined ? 'terminated' : outcome
+}

@@ -1,0 +1,64 @@
+import { createPolicyStore, createWorkloadRegistry, type PolicyStore, type Workload, type WorkloadRegistry } from '@ambientkit/core'
+import { createCertificateAuthority, createIdentityManager, createLocalCaSource, type CertificateAuthority, type IdentityManager } from '@ambientkit/identity'
+import { createNodeProxy, type AccessLogEntry, type NodeProxy, type WorkloadProxyDefaults } from '@ambientkit/proxy'
+import { openNetns, type Netns } from '@ambientkit/redirect'
+import type { TestPod } from '../../../../test/support/netns'
+
+/** A pod of the test mesh: its namespace, its workload and an open handle on its netns. */
+export interface MeshPod {
+  readonly pod: TestPod
+  readonly workload: Workload
+  readonly netns: Netns
+}
+
+/** The shared control-plane state of a test mesh. */
+export interface TestControlPlane {
+  readonly ca: CertificateAuthority
+  readonly registry: WorkloadRegistry
+  readonly policies: PolicyStore
+  readonly accessLog: AccessLogEntry[]
+  /** A node proxy with its own identity manager (as on a real node). */
+  nodeProxy(nodeName: string, defaults?: WorkloadProxyDefaults): { proxy: NodeProxy; identities: IdentityManager }
+  close(): Promise<void>
+}
+
+export async function createTestControlPlane(): Promise<TestControlPlane> {
+  const ca = await createCertificateAuthority({ trustDomain: 'cluster.local' })
+  const registry = createWorkloadRegistry()
+  const policies = createPolicyStore()
+  const accessLog: AccessLogEntry[] = []
+  const closers: Array<() => Promise<void>> = []
+  return {
+    ca,
+    registry,
+    policies,
+    accessLog,
+    nodeProxy(nodeName, defaults) {
+      const identities = createIdentityManager({ source: createLocalCaSource(ca), ttlSeconds: 3600 })
+      const proxy = createNodeProxy({ nodeName, registry, identities, policies, admin: false, accessLog: (e) => accessLog.push(e), ...(defaults ? { workloadDefaults: defaults } : {}) })
+      closers.push(async () => {
+        await proxy.close()
+        await identities.close()
+      })
+      return { proxy, identities }
+    },
+    async close() {
+      await Promise.all(closers.splice(0).map((close) => close()))
+    },
+  }
+}
+
+export function meshWorkload(pod: TestPod, fields: Pick<Workload, 'name' | 'namespace' | 'serviceAccount'> & Partial<Workload>): Workload {
+  return {
+    uid: `uid-${pod.name}`,
+    node: `node-${pod.node.index}`,
+    addresses: [pod.ipv4, pod.ipv6],
+    protocol: 'HBONE',
+    labels: { app: fields.name },
+    ...fields,
+  }
+}
+
+export function meshPod(pod: TestPod, workload: Workload): MeshPod {
+  return { pod, workload, netns: openNetns(pod.path) }
+}
