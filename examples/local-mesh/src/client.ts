@@ -1,0 +1,195 @@
+import { generateKeyPairSync } from 'node:crypto'
+import { request, type IncomingMessage } from 'node:http'
+import { createInterface } from 'node:readline'
+import {
+  AmbientError,
+  throwIfAborted,
+  type AbortOptions,
+  type PodEnrollment,
+  type PodSource,
+  type PodSourceEvent,
+  type WorkloadRegistry,
+  type PolicyStore,
+} from '@ambientkit/core'
+import type { SpiffeId} from '@ambientkit/identity';
+import { createCsr, createTrustBundleSet, TrustBundle, type IdentitySource, type X509Svid } from '@ambientkit/identity'
+import type { MeshState } from './control-plane'
+
+/** Error code of a failed call to the local control plane. */
+export const CONTROL_PLANE_ERROR = 'ERR_AMBIENT_LOCAL_CONTROL_PLANE'
+
+/** Calls the local API on its unix socket; resolves with the parsed JSON body, rejects on a non-2xx status. */
+export function callControlPlane(socketPath: string, method: string, path: string, body?: unknown, options: AbortOptions = {}): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body)
+    const req = request(
+      { socketPath, method, path, headers: payload ? { 'content-type': 'application/json' } : {}, ...(options.signal ? { signal: options.signal } : {}) },
+      (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('error', reject)
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8')
+          let parsed: unknown
+          try {
+            parsed = text === '' ? undefined : JSON.parse(text)
+          } catch {
+            parsed = text
+          }
+          if ((res.statusCode ?? 500) >= 300) {
+            const message = (parsed as { error?: { message?: string } })?.error?.message ?? text
+            reject(new AmbientError(CONTROL_PLANE_ERROR, `control plane ${method} ${path}: ${res.statusCode}: ${message}`, { details: { status: res.statusCode } }))
+          } else {
+            resolve(parsed)
+          }
+        })
+      },
+    )
+    req.on('error', (err) =>
+      reject(new AmbientError(CONTROL_PLANE_ERROR, `control plane at ${socketPath} unreachable: ${err.message}`, { cause: err })),
+    )
+    req.end(payload)
+  })
+}
+
+/**
+ * Follows `GET /v1/watch`: calls `onState` with every state line. Reconnects
+ * (every second) when the control plane goes away, so a node keeps its last
+ * state meanwhile. Returns the function that stops following.
+ */
+export function watchControlPlane(socketPath: string, onState: (state: MeshState) => void, onError: (err: Error) => void): () => void {
+  let stopped = false
+  let current: IncomingMessage | undefined
+  let timer: NodeJS.Timeout | undefined
+  const connect = (): void => {
+    if (stopped) return
+    const req = request({ socketPath, method: 'GET', path: '/v1/watch' }, (res) => {
+      current = res
+      const lines = createInterface({ input: res })
+      lines.on('line', (line) => {
+        try {
+          onState(JSON.parse(line) as MeshState)
+        } catch (err) {
+          onError(err as Error)
+        }
+      })
+      res.on('close', retry)
+    })
+    req.on('error', (err) => {
+      onError(err)
+      retry()
+    })
+    req.end()
+  }
+  const retry = (): void => {
+    if (stopped || timer !== undefined) return
+    timer = setTimeout(() => {
+      timer = undefined
+      connect()
+    }, 1000)
+  }
+  connect()
+  return () => {
+    stopped = true
+    clearTimeout(timer)
+    current?.destroy()
+  }
+}
+
+/**
+ * An IdentitySource backed by the control plane's CA: the key is generated
+ * here and never leaves the node; only a CSR goes over the socket.
+ */
+export async function createRemoteCaSource(socketPath: string, nodeName: string, options: AbortOptions = {}): Promise<IdentitySource> {
+  const state = (await callControlPlane(socketPath, 'GET', '/v1/snapshot', undefined, options)) as MeshState
+  const jwks = await callControlPlane(socketPath, 'GET', '/v1/bundle', undefined, options)
+  const bundles = createTrustBundleSet([TrustBundle.parse(state.trustDomain, jwks as object)])
+  return {
+    bundles,
+    async fetch(id: SpiffeId, fetchOptions): Promise<X509Svid> {
+      throwIfAborted(fetchOptions.signal, 'fetch SVID')
+      const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+      const csr = createCsr({ id, privateKey })
+      const signed = (await callControlPlane(
+        socketPath,
+        'POST',
+        '/v1/svid',
+        { id: id.toString(), csr, node: nodeName, ttlSeconds: fetchOptions.ttlSeconds },
+        { signal: fetchOptions.signal },
+      )) as { certificateChainPem: string; notBefore: string; notAfter: string }
+      return {
+        id,
+        certificateChainPem: signed.certificateChainPem,
+        privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
+        notBefore: new Date(signed.notBefore),
+        notAfter: new Date(signed.notAfter),
+      }
+    },
+  }
+}
+
+/** Keeps a node's registry, policies and pod source in step with the control plane. */
+export interface StateFollower {
+  /** The pods of this node the mesh wants captured, as a PodSource. */
+  readonly podSource: PodSource
+  /** Resolves once the first state has been applied. */
+  readonly synced: Promise<void>
+  /** The last state applied. */
+  state(): MeshState | undefined
+  close(): Promise<void>
+}
+
+/**
+ * Follows the control plane's watch stream and applies each state to the
+ * node's `registry` and `policies`, and turns the set of this node's mesh
+ * pods into PodSource events (upsert for new or changed, remove for gone).
+ */
+export function followControlPlane(socketPath: string, nodeName: string, registry: WorkloadRegistry, policies: PolicyStore, onError: (err: Error) => void): StateFollower {
+  let pods = new Map<string, PodEnrollment>()
+  let last: MeshState | undefined
+  const listeners = new Set<(event: PodSourceEvent) => void>()
+  let resolveSynced!: () => void
+  const synced = new Promise<void>((resolve) => (resolveSynced = resolve))
+  const apply = (state: MeshState): void => {
+    last = state
+    registry.replaceAll({ workloads: state.workloads, services: state.services })
+    policies.replaceAll(state.policies)
+    const paths = new Map(state.pods.map((p) => [p.uid, p.netnsPath]))
+    const next = new Map<string, PodEnrollment>()
+    for (const workload of state.workloads) {
+      const path = paths.get(workload.uid)
+      if (workload.node === nodeName && workload.protocol === 'HBONE' && path !== undefined) next.set(workload.uid, { workload, netnsPath: path })
+    }
+    const events: PodSourceEvent[] = []
+    for (const uid of pods.keys()) if (!next.has(uid)) events.push({ type: 'remove', uid })
+    for (const [uid, pod] of next) {
+      const before = pods.get(uid)
+      if (before === undefined || JSON.stringify(before) !== JSON.stringify(pod)) events.push({ type: 'upsert', pod })
+    }
+    pods = next
+    for (const event of events) for (const listener of listeners) listener(event)
+    resolveSynced()
+  }
+  const stop = watchControlPlane(socketPath, apply, onError)
+  return {
+    synced,
+    state: () => last,
+    podSource: {
+      list: async () => {
+        await synced
+        return [...pods.values()]
+      },
+      watch(listener) {
+        listeners.add(listener)
+        return () => listeners.delete(listener)
+      },
+      close: async () => {
+        listeners.clear()
+      },
+    },
+    async close() {
+      stop()
+      listeners.clear()
+    },
+  }
+}

@@ -1,0 +1,493 @@
+// The local mesh demo: builds a cluster of network namespaces, runs the
+// control plane and one node agent per node, sends traffic, proves it is
+// encrypted, and reports. Started by bin/demo.mjs (which checks root and tools).
+import { spawn } from 'node:child_process'
+import { existsSync, mkdirSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { workloadIdentity, type Workload } from '@ambientkit/core'
+import { openNetns, type Netns } from '@ambientkit/redirect'
+import { callControlPlane } from './client'
+import { loadMeshConfig, podUid, podWorkload, type MeshConfig, type NodeConfig, type PodConfig } from './config'
+import type { MeshState } from './control-plane'
+import { ADMIN_PORT, DEFAULT_CONFIG, EXAMPLE_DIR, PREFIX, STATE_DIR, netnsName, netnsPath, state } from './paths'
+import { analyseCapture } from './pcap'
+import { forgetProcess, startProcess, stopPid, stopRecordedProcesses, tsEntry, type DemoProcess } from './processes'
+import { correlate, formatReport, readAccessLog, type DemoReport, type SentRequest } from './report'
+import { createNode, createPod, deleteNamespace, demoNamespaces, linkInterface, linkNodes, namespacePids } from './topology'
+import { requestFromPod } from './traffic'
+
+const { values: flags } = parseArgs({
+  options: {
+    keep: { type: 'boolean', default: false },
+    down: { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+    apply: { type: 'boolean', default: false },
+    config: { type: 'string', default: DEFAULT_CONFIG },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+  strict: true,
+})
+
+const USAGE = `usage: sudo npm run demo -- [--keep | --down | --apply] [--json] [--config mesh.yaml]
+  (no flag)  build the mesh, send traffic, print the report, tear everything down
+  --keep     leave the mesh running afterwards and print a cheat sheet
+  --down     remove everything a demo created (namespaces ${PREFIX}-*, processes, ${STATE_DIR})
+  --apply    send the policies of mesh.yaml to the running mesh (after --keep)
+  --json     print the report as JSON on stdout (progress stays on stderr)
+  --config   the mesh file (default examples/local-mesh/mesh.yaml)`
+
+const started = Date.now()
+function progress(message: string): void {
+  process.stderr.write(`[demo ${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s] ${message}\n`)
+}
+
+// ---- teardown ---------------------------------------------------------------
+
+/** Removes every process, namespace and file of a demo, found by pid files and by prefix. */
+async function teardown(): Promise<{ processes: string[]; namespaces: string[] }> {
+  const processes = await stopRecordedProcesses()
+  const namespaces = await demoNamespaces()
+  // Whatever still runs inside our namespaces (an app, tcpdump, an agent
+  // whose pid file was lost) is ours too.
+  for (const ns of namespaces) {
+    for (const pid of await namespacePids(ns)) {
+      await stopPid(pid, undefined, 2000)
+      processes.push(`pid ${pid} in ${ns}`)
+    }
+  }
+  for (const ns of namespaces) await deleteNamespace(ns)
+  rmSync(STATE_DIR, { recursive: true, force: true })
+  return { processes, namespaces }
+}
+
+async function leftovers(): Promise<string[]> {
+  const found = (await demoNamespaces()).map((ns) => `namespace ${ns}`)
+  if (existsSync(state.socket())) found.push(`control plane socket ${state.socket()}`)
+  return found
+}
+
+// ---- the mesh ---------------------------------------------------------------
+
+interface Mesh {
+  config: MeshConfig
+  controlPlane: DemoProcess
+  agents: Map<string, DemoProcess>
+  apps: Map<string, DemoProcess>
+  netns: Map<string, Netns>
+  closeHandles(): Promise<void>
+}
+
+function startApp(pod: PodConfig): Promise<DemoProcess> {
+  const label = `${pod.namespace}/${pod.name}`
+  return startProcess({
+    name: `app-${podUid(pod)}`,
+    command: process.execPath,
+    args: [join(EXAMPLE_DIR, 'app', 'echo.mjs'), '--name', label, '--port', String(pod.port)],
+    netns: netnsName.pod(pod),
+    identify: `echo.mjs --name ${label}`,
+  })
+}
+
+function startAgent(node: NodeConfig): Promise<DemoProcess> {
+  const entry = tsEntry('node-agent-main.ts', ['--node', node.name, '--admin-port', String(ADMIN_PORT)])
+  return startProcess({ name: `agent-${node.name}`, ...entry, netns: netnsName.node(node.name), identify: `node-agent-main.ts --node ${node.name}`, timeoutMs: 60_000 })
+}
+
+async function startMesh(config: MeshConfig, configFile: string): Promise<Mesh> {
+  mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 })
+  const nodeByName = new Map(config.nodes.map((n) => [n.name, n]))
+  progress(`creating ${config.nodes.length} nodes and ${config.pods.length} pods (network namespaces ${PREFIX}-n-*, ${PREFIX}-p-*)`)
+  for (const node of config.nodes) await createNode(node)
+  for (const [i, a] of config.nodes.entries()) for (const b of config.nodes.slice(i + 1)) await linkNodes(a, b)
+  for (const pod of config.pods) await createPod(pod, nodeByName.get(pod.node)!)
+  progress('starting an echo app in every pod')
+  const apps = new Map<string, DemoProcess>()
+  await Promise.all(config.pods.map(async (pod) => apps.set(podUid(pod), await startApp(pod))))
+  progress(`starting the control plane (CA in ${state.caDir()}, API on ${state.socket()})`)
+  const controlPlane = await startProcess({ name: 'control-plane', ...tsEntry('control-plane-main.ts', ['--config', configFile]), identify: 'control-plane-main.ts', timeoutMs: 60_000 })
+  progress(`starting ${config.nodes.length} node agents (enrollment + node proxy), one per node namespace`)
+  const agents = new Map<string, DemoProcess>()
+  await Promise.all(config.nodes.map(async (node) => agents.set(node.name, await startAgent(node))))
+  for (const [node, agent] of agents) progress(`  ${node}: ${(agent.ready.enrolled as string[]).length} pods enrolled`)
+  const netns = new Map<string, Netns>()
+  return {
+    config,
+    controlPlane,
+    agents,
+    apps,
+    netns,
+    async closeHandles() {
+      await Promise.all([...netns.values()].map((n) => n.close()))
+      netns.clear()
+    },
+  }
+}
+
+function handle(mesh: Mesh, name: string): Netns {
+  let h = mesh.netns.get(name)
+  if (h === undefined) {
+    h = openNetns(netnsPath(name))
+    mesh.netns.set(name, h)
+  }
+  return h
+}
+
+/** GET on a node proxy's admin server, from inside the node's namespace. */
+async function adminGet(mesh: Mesh, node: string, path: string): Promise<string> {
+  const socket = await handle(mesh, netnsName.node(node)).connect({ host: '127.0.0.1', port: ADMIN_PORT, signal: AbortSignal.timeout(5000) })
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    socket.on('data', (c: Buffer) => chunks.push(c))
+    socket.on('error', reject)
+    socket.on('end', () => resolve(Buffer.concat(chunks).toString('utf8').split('\r\n\r\n').slice(1).join('\r\n\r\n')))
+    socket.end(`GET ${path} HTTP/1.0\r\n\r\n`)
+  })
+}
+
+/** Waits until a node proxy reports `uid` ready (or gone, with `present: false`). The enrollment is another process's: polling is the only view. */
+async function waitForEnrollment(mesh: Mesh, node: string, uid: string, present: boolean, limitMs = 15_000): Promise<number> {
+  const t0 = Date.now()
+  while (Date.now() - t0 < limitMs) {
+    const dump = JSON.parse(await adminGet(mesh, node, '/config_dump')) as { workloads: Array<{ uid: string; state: string }> }
+    const w = dump.workloads.find((x) => x.uid === uid)
+    if (present ? w?.state === 'ready' : w === undefined) return Date.now() - t0
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  throw new Error(`${uid} was not ${present ? 'enrolled' : 'released'} on ${node} within ${limitMs} ms`)
+}
+
+// ---- traffic ----------------------------------------------------------------
+
+let markerCount = 0
+const marker = (): string => `AKM-PLAINTEXT-MARKER-${process.pid}-${(markerCount += 1).toString().padStart(3, '0')}`
+
+async function send(
+  mesh: Mesh,
+  phase: SentRequest['phase'],
+  from: PodConfig,
+  to: { name: string; address: string; port: number; target?: PodConfig; mesh: boolean },
+  { attempts = 1, timeoutMs = 5000 }: { attempts?: number; timeoutMs?: number } = {},
+): Promise<SentRequest> {
+  const m = marker()
+  const fromNode = from.node
+  const crossesLink = to.target === undefined || to.target.node !== fromNode
+  let startedAt = Date.now()
+  let result = await requestFromPod(handle(mesh, netnsName.pod(from)), to.address, to.port, m, timeoutMs)
+  let tries = 1
+  for (; !result.ok && tries < attempts; tries += 1) {
+    startedAt = Date.now()
+    result = await requestFromPod(handle(mesh, netnsName.pod(from)), to.address, to.port, m, timeoutMs)
+  }
+  const endedAt = Date.now()
+  return {
+    phase,
+    from: podWorkload(from, mesh.config.trustDomain),
+    to: to.name,
+    ...(to.target ? { target: podWorkload(to.target, mesh.config.trustDomain) } : {}),
+    address: to.address,
+    port: to.port,
+    marker: m,
+    plaintextExpected: crossesLink && (!from.mesh || !to.mesh),
+    sent: result,
+    attempts: tries,
+    startedAt,
+    endedAt,
+  }
+}
+
+const podTarget = (pod: PodConfig): { name: string; address: string; port: number; target: PodConfig; mesh: boolean } => ({
+  name: `${pod.namespace}/${pod.name}`,
+  address: pod.ip,
+  port: pod.port,
+  target: pod,
+  mesh: pod.mesh,
+})
+
+// ---- capture ----------------------------------------------------------------
+
+interface Capture {
+  link: string
+  stop(): Promise<void>
+}
+
+async function startCapture(config: MeshConfig): Promise<Capture> {
+  const [a, b] = config.nodes
+  if (a === undefined || b === undefined) throw new Error('the capture needs two nodes in mesh.yaml')
+  const file = state.capture()
+  const iface = linkInterface(b)
+  const child = spawn('ip', ['netns', 'exec', netnsName.node(a.name), 'tcpdump', '-i', iface, '-n', '-s', '0', '-U', '-Z', 'root', '-w', file, 'tcp'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  // tcpdump says "listening on <if>" once its socket is bound: from then on nothing is missed.
+  await new Promise<void>((resolve, reject) => {
+    let text = ''
+    const timer = setTimeout(() => reject(new Error(`tcpdump did not start: ${text}`)), 10_000)
+    child.stderr.on('data', (chunk: Buffer) => {
+      text += chunk.toString()
+      if (text.includes('listening on')) {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      reject(new Error(`tcpdump exited (${code}): ${text}`))
+    })
+  })
+  child.stderr.resume()
+  return {
+    link: `${a.name} ${iface} ⇄ ${b.name} ${linkInterface(a)}`,
+    stop: () => stopPid(child.pid!, exited, 5000, 'SIGINT'),
+  }
+}
+
+// ---- the scenario -----------------------------------------------------------
+
+async function runScenario(mesh: Mesh): Promise<DemoReport> {
+  const { config } = mesh
+  const sent: SentRequest[] = []
+  progress('capturing packets on the link between the nodes (tcpdump)')
+  const capture = await startCapture(config)
+  let captureStopped = false
+  try {
+    progress(`sending a request from every pod to every other pod and service (${config.pods.length * (config.pods.length - 1)} + services)`)
+    for (const from of config.pods) {
+      for (const to of config.pods) if (to !== from) sent.push(await send(mesh, 'matrix', from, podTarget(to)))
+      if (!from.mesh) continue
+      for (const service of config.services) {
+        const [port] = Object.keys(service.ports).map(Number)
+        sent.push(await send(mesh, 'matrix', from, { name: `${service.name}.${service.namespace} (VIP)`, address: service.vip, port: port!, mesh: true }))
+      }
+    }
+
+    const addRemove = await addAndRemove(mesh, sent)
+    const restart = await restartAgent(mesh, sent)
+
+    await capture.stop()
+    captureStopped = true
+    progress('reading the access logs and the capture')
+    const snapshot = (await callControlPlane(state.socket(), 'GET', '/v1/snapshot')) as MeshState
+    const logs = config.nodes.flatMap((n) => readAccessLog(state.accessLog(n.name)))
+    const allWorkloads = [...snapshot.workloads, ...sent.flatMap((s) => (s.target ? [s.target] : []))]
+    const flows = correlate(sent, logs, allWorkloads, snapshot.policies)
+    const meshMarkers = flows.filter((f) => !f.plaintextExpected).map((f) => f.marker)
+    const plainMarkers = flows.filter((f) => f.plaintextExpected && f.result === 'reached').map((f) => f.marker)
+    const analysis = analyseCapture(state.capture(), [...meshMarkers, ...plainMarkers])
+    const seen = new Set(analysis.markersFound)
+    const captureReport = {
+      ...analysis,
+      link: capture.link,
+      meshMarkers: meshMarkers.length,
+      meshMarkersSeen: meshMarkers.filter((m) => seen.has(m)),
+      plaintextMarkers: plainMarkers.length,
+      plaintextMarkersSeen: plainMarkers.filter((m) => seen.has(m)).length,
+    }
+    const matrix = flows.filter((f) => f.phase === 'matrix')
+    const down = flows.filter((f) => f.phase === 'agent-down')
+    const back = flows.filter((f) => f.phase === 'agent-restarted')
+    const checks = [
+      { check: 'traffic between mesh pods went through HBONE', ok: matrix.filter((f) => f.result === 'reached' && f.fromMesh && f.toMesh).every((f) => f.protocol === 'HBONE'), detail: 'every reached mesh-to-mesh request has an HBONE access-log entry' },
+      { check: 'denied requests name the policy', ok: matrix.filter((f) => f.result === 'denied').every((f) => f.policy !== undefined || f.decision !== undefined), detail: `${matrix.filter((f) => f.result === 'denied').length} denied` },
+      { check: 'no request failed for another reason', ok: matrix.every((f) => f.result !== 'failed'), detail: matrix.filter((f) => f.result === 'failed').map((f) => `${f.from} → ${f.to}: ${f.error}`).join('; ') || 'none failed' },
+      { check: 'no mesh plaintext on the wire', ok: captureReport.meshMarkersSeen.length === 0 && analysis.nonTlsBytesOn15008 === 0 && analysis.tlsRecords.applicationData > 0, detail: `${captureReport.meshMarkersSeen.length} of ${meshMarkers.length} markers seen; ${analysis.tlsRecords.applicationData} TLS application-data records on 15008` },
+      { check: 'the capture sees plaintext when there is some', ok: plainMarkers.length === 0 || captureReport.plaintextMarkersSeen > 0, detail: `${captureReport.plaintextMarkersSeen} of ${plainMarkers.length} non-mesh markers seen` },
+      ...(addRemove ? [{ check: 'a pod added and removed while traffic ran', ok: addRemove.background.reached === addRemove.background.sent && flows.some((f) => f.phase === 'add-remove' && f.result === 'reached' && f.protocol === 'HBONE'), detail: `${addRemove.background.reached}/${addRemove.background.sent} background requests reached` }] : []),
+      ...(restart ? [
+        { check: 'agent down: captured pods fail closed', ok: down.length > 0 && down.every((f) => f.result !== 'reached'), detail: down.map((f) => `${f.from} → ${f.to}: ${f.error ?? f.result}`).join('; ') },
+        { check: 'agent restarted: traffic recovers', ok: back.length > 0 && back.every((f) => f.result === 'reached' && f.protocol === 'HBONE'), detail: back.map((f) => `${f.from} → ${f.to}: ${f.result}`).join('; ') },
+      ] : []),
+    ]
+    return {
+      mesh: {
+        trustDomain: config.trustDomain,
+        nodes: config.nodes.map((n) => ({ name: n.name, podCidr: n.podCidr, admin: `127.0.0.1:${ADMIN_PORT} in ${netnsName.node(n.name)}` })),
+        pods: config.pods.map((p) => ({ pod: `${p.namespace}/${p.name}`, node: p.node, ip: p.ip, mesh: p.mesh, identity: workloadIdentity({ ...p, trustDomain: config.trustDomain }) })),
+        services: snapshot.services.map((s) => ({ host: s.hostname, vip: s.vips.join(', '), endpoints: [...s.endpoints] })),
+        policies: snapshot.policies.map((p) => `${p.namespace}/${p.name} (${p.action})`),
+      },
+      flows,
+      ...(addRemove ? { addRemove } : {}),
+      ...(restart ? { restart } : {}),
+      capture: captureReport,
+      checks,
+      ok: checks.every((c) => c.ok),
+    }
+  } finally {
+    if (!captureStopped) await capture.stop()
+  }
+}
+
+/** Adds a pod to the mesh at run time, sends to it, removes it, while a background client keeps sending. */
+async function addAndRemove(mesh: Mesh, sent: SentRequest[]): Promise<DemoReport['addRemove']> {
+  const { config } = mesh
+  const last = config.nodes[config.nodes.length - 1]!
+  const template = config.pods.find((p) => p.node === last.name && p.mesh)
+  const client = config.pods.find((p) => p.mesh && p.node !== last.name)
+  if (template === undefined || client === undefined) return undefined
+  const reachable = sent.find((s) => s.phase === 'matrix' && s.from.uid === podUid(client) && s.target?.uid === podUid(template))?.sent.ok === true
+  if (!reachable) return undefined
+  const used = new Set(config.pods.map((p) => p.ip))
+  const base = last.podCidr.split('/')[0]!.split('.').slice(0, 3).join('.')
+  const ip = [...Array(50).keys()].map((i) => `${base}.${200 + i}`).find((a) => !used.has(a))!
+  const late: PodConfig = { ...template, name: `${template.name}-late`, ip, labels: { ...template.labels } }
+  const uid = podUid(late)
+  progress(`adding pod ${late.namespace}/${late.name} (${ip}) to the mesh while ${client.namespace}/${client.name} → ${template.namespace}/${template.name} traffic runs`)
+
+  let stop = false
+  const background = { from: `${client.namespace}/${client.name}`, to: `${template.namespace}/${template.name}`, sent: 0, reached: 0 }
+  const loop = (async () => {
+    const ns = handle(mesh, netnsName.pod(client))
+    while (!stop) {
+      const r = await requestFromPod(ns, template.ip, template.port, 'background')
+      background.sent += 1
+      if (r.ok) background.reached += 1
+    }
+  })()
+  try {
+    await createPod(late, last)
+    mesh.apps.set(uid, await startApp(late))
+    const t0 = Date.now()
+    await callControlPlane(state.socket(), 'PUT', `/v1/pods/${uid}`, { ...late, netns: netnsPath(netnsName.pod(late)) })
+    await waitForEnrollment(mesh, last.name, uid, true)
+    const enrolledInMs = Date.now() - t0
+    progress(`  enrolled in ${enrolledInMs} ms; sending to it`)
+    sent.push(await send(mesh, 'add-remove', client, podTarget(late)))
+    const t1 = Date.now()
+    await callControlPlane(state.socket(), 'DELETE', `/v1/pods/${uid}`)
+    await waitForEnrollment(mesh, last.name, uid, false)
+    const releasedInMs = Date.now() - t1
+    progress(`  removed from the mesh in ${releasedInMs} ms; deleting the pod`)
+    const app = mesh.apps.get(uid)!
+    await stopPid(app.pid, app.exited)
+    forgetProcess(app.name)
+    mesh.apps.delete(uid)
+    await mesh.netns.get(netnsName.pod(late))?.close()
+    mesh.netns.delete(netnsName.pod(late))
+    await deleteNamespace(netnsName.pod(late))
+    return { pod: `${late.namespace}/${late.name}`, enrolledInMs, releasedInMs, background }
+  } finally {
+    stop = true
+    await loop
+  }
+}
+
+/** Kills a node agent, shows its captured pods fail closed, restarts it, shows recovery. */
+async function restartAgent(mesh: Mesh, sent: SentRequest[]): Promise<DemoReport['restart']> {
+  const { config } = mesh
+  const node = config.nodes[config.nodes.length - 1]!
+  const inbound = sent.find((s) => s.phase === 'matrix' && s.sent.ok && s.target?.node === node.name && s.target.protocol === 'HBONE' && s.from.node !== node.name && s.from.protocol === 'HBONE')
+  const outbound = sent.find((s) => s.phase === 'matrix' && s.sent.ok && s.from.node === node.name && s.from.protocol === 'HBONE' && s.target?.protocol === 'HBONE')
+  const probes = [inbound, outbound].filter((s): s is SentRequest => s !== undefined)
+  if (probes.length === 0) return undefined
+  const pod = (w: Workload): PodConfig => config.pods.find((p) => podUid(p) === w.uid)!
+  const agent = mesh.agents.get(node.name)!
+  progress(`killing the node agent of ${node.name} (SIGKILL): its pods stay captured`)
+  const t0 = Date.now()
+  await stopPid(agent.pid, agent.exited, 5000, 'SIGKILL')
+  forgetProcess(agent.name)
+  for (const p of probes) sent.push(await send(mesh, 'agent-down', pod(p.from), podTarget(pod(p.target!)), { timeoutMs: 3000 }))
+  progress(`restarting it: it reconciles from ${state.agentState(node.name)} and the control plane`)
+  const restarted = await startAgent(node)
+  mesh.agents.set(node.name, restarted)
+  const downFor = `${((Date.now() - t0) / 1000).toFixed(1)} s`
+  // A peer node may still hold an HBONE session to the killed proxy that it
+  // has not noticed is dead (it drops it after its keepalive timeout, 30 s
+  // at most): requests on it hang. Retried for up to 40 s; the report says
+  // how many tries it took.
+  for (const p of probes) sent.push(await send(mesh, 'agent-restarted', pod(p.from), podTarget(pod(p.target!)), { attempts: 20, timeoutMs: 2000 }))
+  const count = (k: string): number => ((restarted.ready[k] as unknown[] | undefined) ?? []).length
+  return { node: node.name, downFor, reconciled: { enrolled: count('enrolled'), removed: count('removed'), failed: count('failed') } }
+}
+
+// ---- cheat sheet --------------------------------------------------------------
+
+function cheatSheet(config: MeshConfig): string {
+  const pod = config.pods[0]!
+  const other = config.pods.find((p) => p.node !== pod.node && p.mesh) ?? config.pods[1]!
+  const node = config.nodes[0]!
+  return `
+The mesh is still running (--keep). Cheat sheet:
+
+  run a command in a pod        sudo ip netns exec ${netnsName.pod(pod)} curl -s http://${other.ip}:${other.port}/
+                                (pods: ${config.pods.map((p) => netnsName.pod(p)).join(', ')})
+  see a pod's capture rules     sudo ip netns exec ${netnsName.pod(pod)} nft list ruleset
+  a node's proxy admin          sudo ip netns exec ${netnsName.node(node.name)} curl -s localhost:${ADMIN_PORT}/config_dump
+                                (also /metrics and /healthz/ready; nodes: ${config.nodes.map((n) => netnsName.node(n.name)).join(', ')})
+  access logs (JSON lines)      ${state.accessLog('<node>')}
+  process logs                  ${state.logs()}/
+  the control plane API         sudo curl -s --unix-socket ${state.socket()} http://cp/v1/snapshot
+  change policies               edit ${flags.config}, then: sudo npm run demo -- --apply
+  tear everything down          sudo npm run demo -- --down
+`
+}
+
+// ---- main ---------------------------------------------------------------------
+
+async function main(): Promise<number> {
+  if (flags.help) {
+    console.log(USAGE)
+    return 0
+  }
+  if (flags.down) {
+    const { processes, namespaces } = await teardown()
+    console.log(`removed ${namespaces.length} namespaces and stopped ${processes.length} processes; ${STATE_DIR} deleted`)
+    return 0
+  }
+  if (flags.apply) {
+    const config = loadMeshConfig(flags.config!)
+    const result = (await callControlPlane(state.socket(), 'PUT', '/v1/policies', config.policies)) as { policies: number; revision: number }
+    console.log(`applied ${result.policies} policies from ${flags.config} (revision ${result.revision}); node proxies re-evaluate open connections`)
+    return 0
+  }
+  const config = loadMeshConfig(flags.config!)
+  const stale = await leftovers()
+  if (stale.length > 0) {
+    console.error(`A mesh from an earlier run is still there (${stale.slice(0, 3).join(', ')}${stale.length > 3 ? ', ...' : ''}).`)
+    console.error('Remove it first: sudo npm run demo -- --down')
+    return 1
+  }
+  let mesh: Mesh | undefined
+  let keep = false
+  let interrupted = false
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupted) return
+    interrupted = true
+    progress(`${signal}: tearing down`)
+    void (async () => {
+      await mesh?.closeHandles()
+      await teardown()
+      process.exit(130)
+    })()
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  try {
+    mesh = await startMesh(config, flags.config!)
+    const report = await runScenario(mesh)
+    if (flags.json) console.log(JSON.stringify(report, null, 2))
+    else console.log(`\n${formatReport(report)}`)
+    keep = flags.keep === true
+    if (keep) console.error(cheatSheet(config))
+    return report.ok ? 0 : 1
+  } catch (err) {
+    console.error(`demo failed: ${(err as Error).message}`)
+    return 1
+  } finally {
+    await mesh?.closeHandles()
+    if (!keep && !interrupted) {
+      progress('tearing down (processes, namespaces, state)')
+      await teardown()
+    }
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    console.error(`demo failed: ${(err as Error).message}`)
+    process.exit(1)
+  },
+)
+

@@ -1,0 +1,56 @@
+// One node of the local mesh: node agent (enrollment) + node proxy, fed by the control plane.
+// Run inside the node's network namespace: ip netns exec akm-n-node-1 node --import tsx src/node-agent-main.ts --node node-1
+import { appendFileSync } from 'node:fs'
+import { createJsonLogger, createPolicyStore, createWorkloadRegistry } from '@ambientkit/core'
+import { createIdentityManager } from '@ambientkit/identity'
+import { createNodeAgent, createNodeProxy } from '@ambientkit/proxy'
+import { createRemoteCaSource, followControlPlane } from './client'
+import { ADMIN_PORT, STATE_DIR, state } from './paths'
+import { onShutdown, options, signalParent } from './process-util'
+
+const args = options(['node', 'state-dir', 'admin-port'])
+const dir = args['state-dir'] ?? STATE_DIR
+const nodeName = args.node
+if (nodeName === undefined) {
+  console.error('usage: node-agent-main.ts --node <name> [--state-dir dir] [--admin-port 15021]')
+  process.exit(2)
+}
+const logger = createJsonLogger({ write: (line) => process.stdout.write(line), bindings: { node: nodeName } })
+const socketPath = state.socket(dir)
+const accessLogFile = state.accessLog(nodeName, dir)
+
+try {
+  const registry = createWorkloadRegistry()
+  const policies = createPolicyStore()
+  const follower = followControlPlane(socketPath, nodeName, registry, policies, (err) => logger.warn({ err }, 'control plane watch'))
+  await follower.synced
+  const identities = createIdentityManager({ source: await createRemoteCaSource(socketPath, nodeName), logger })
+  const nodeProxy = createNodeProxy({
+    nodeName,
+    registry,
+    identities,
+    policies,
+    // Read once at start: a change of these settings in mesh.yaml needs an agent restart.
+    workloadDefaults: follower.state()!.proxy,
+    admin: { host: '127.0.0.1', port: Number(args['admin-port'] ?? ADMIN_PORT) },
+    // One JSON line per connection: what the demo's report is built from.
+    accessLog: (entry) => appendFileSync(accessLogFile, `${JSON.stringify({ time: new Date().toISOString(), node: nodeName, ...entry })}\n`),
+    logger,
+  })
+  await nodeProxy.start()
+  const agent = createNodeAgent({ nodeProxy, podSource: follower.podSource, stateFile: state.agentState(nodeName, dir), logger })
+  const report = await agent.start()
+  onShutdown(async () => {
+    // Fail closed: listeners go, capture rules stay, so captured pods cannot
+    // bypass the mesh until an agent is back and reconciles.
+    await follower.close()
+    await nodeProxy.close()
+    await agent.close()
+    await identities.close()
+  })
+  signalParent({ ready: report.failed.length === 0, node: nodeName, admin: nodeProxy.adminAddress(), ...report })
+} catch (err) {
+  logger.fatal({ err }, 'node agent failed to start')
+  signalParent({ ready: false, error: (err as Error).message })
+  process.exit(1)
+}

@@ -1,0 +1,40 @@
+import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
+
+/** Every namespace the demo creates starts with this, so `--down` finds them after a crash. */
+export const PREFIX = 'akm'
+
+/** Where the demo keeps its CA, sockets, pid files and logs. Override with AMBIENTKIT_LOCAL_STATE_DIR. */
+export const STATE_DIR = process.env.AMBIENTKIT_LOCAL_STATE_DIR ?? '/run/ambientkit-local'
+
+/** The example's folder (examples/local-mesh). */
+export const EXAMPLE_DIR = fileURLToPath(new URL('..', import.meta.url))
+
+/** The repository root: its tsconfig maps @ambientkit/* to the package sources. */
+export const ROOT_DIR = join(EXAMPLE_DIR, '..', '..')
+
+/** The default mesh.yaml. */
+export const DEFAULT_CONFIG = join(EXAMPLE_DIR, 'mesh.yaml')
+
+/** Files under the state directory. */
+export const state = {
+  socket: (dir = STATE_DIR) => join(dir, 'control-plane.sock'),
+  caDir: (dir = STATE_DIR) => join(dir, 'ca'),
+  pids: (dir = STATE_DIR) => join(dir, 'pids'),
+  logs: (dir = STATE_DIR) => join(dir, 'logs'),
+  accessLog: (node: string, dir = STATE_DIR) => join(dir, 'logs', `${node}.access.jsonl`),
+  agentState: (node: string, dir = STATE_DIR) => join(dir, `${node}.enrolled.json`),
+  capture: (dir = STATE_DIR) => join(dir, 'node-link.pcap'),
+}
+
+/** Network namespace names (as `ip netns` knows them). */
+export const netnsName = {
+  node: (node: string) => `${PREFIX}-n-${node}`,
+  pod: (pod: { namespace: string; name: string }) => `${PREFIX}-p-${pod.namespace}-${pod.name}`,
+}
+
+/** `/run/netns/<name>`: what `openNetns` and the node agent take. */
+export const netnsPath = (name: string): string => `/run/netns/${name}`
+
+/** Port of each node proxy's admin server, on 127.0.0.1 inside the node's namespace. */
+export const ADMIN_PORT = 15021
