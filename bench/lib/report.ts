@@ -1,0 +1,204 @@
+import { MESH_SCENARIOS, SCENARIOS, type BenchResult, type ScenarioKey, type ScenarioResult, type TargetResult } from './results'
+import { formatSummary, type Summary } from './stats'
+import { formatTable } from './table'
+
+/** Turns a run's figures into tables and a verdict on each target of issue 7. */
+
+const fmt = (summary: Summary | null | undefined, digits = 1): string => (summary === null || summary === undefined ? '—' : formatSummary(summary, digits))
+const ratio = (value: number | null): string => (value === null ? '—' : `${value.toFixed(2)}×`)
+const mib = (kib: number): string => (kib / 1024).toFixed(1)
+const mibSummary = (s: Summary | undefined): string =>
+  s === undefined ? '—' : formatSummary({ ...s, median: s.median / 1024, min: s.min / 1024, max: s.max / 1024, p90: s.p90 / 1024, p99: s.p99 / 1024 }, 1)
+
+/** Label of a mesh scenario in target rows. */
+const shortLabel: Record<ScenarioKey, string> = { direct: 'direct', stunnel: 'stunnel', meshSameNode: 'same node', meshCrossNode: 'cross node' }
+
+/**
+ * What limits a mesh figure, with this run's evidence. Written from the
+ * profiles in docs/performance.md ("What limits each figure"): the node proxy
+ * is one Node.js thread per node, so TLS, HTTP/2 framing and the socket
+ * copies of both directions share one core.
+ */
+function why(target: string, key: ScenarioKey, r: BenchResult): string {
+  const s = r.scenarios[key]
+  const cores = s.proxyCores?.median
+  const oneProcess = key === 'meshSameNode'
+  const cpu = cores === undefined ? '' : ` The proxies used ${cores.toFixed(2)} cores during the single-stream runs${oneProcess ? ' (one process for both ends)' : ''}.`
+  switch (target) {
+    case 'throughput':
+      return (
+        `Each byte is copied through user space twice per proxy (socket → TLS → HTTP/2 DATA frame and back), in one Node.js thread per node; ` +
+        `stunnel runs the same AES-GCM in C with a thread per connection and no HTTP/2 framing, and 8 HBONE streams share one TLS session (one core).${cpu}`
+      )
+    case 'latency-p50':
+      return (
+        `A round trip crosses four extra sockets (app→proxy→proxy→app and back), two TLS records and HTTP/2 frames per direction, ` +
+        `and each proxy's event loop wakes once per direction (≈10–20 µs each in Node).`
+      )
+    case 'latency-p99':
+      return `Tail latency follows the proxies' garbage collection and event-loop scheduling on a 2-core machine shared with the client, the server and the other proxy.`
+    case 'connections':
+      return (
+        `A new connection costs the node proxy an accept in the pod's netns, SO_ORIGINAL_DST, a registry lookup, an HTTP/2 stream and CONNECT/200 round trip, ` +
+        `and an upstream connect on the server side; the HBONE session is pooled, so no handshake is involved, but this is per-connection JavaScript work on one thread each side.`
+      )
+    case 'idle-memory':
+      return `Per idle connection the proxies hold two sockets (libuv handle and stream state), an HTTP/2 stream on each side with its flow-control buffers, and the access-log/metrics state of the connection.`
+    case 'capture':
+      return `Capture is applied by running nft / iptables-restore (and ip rule/route) as processes inside the pod's netns: process start-up dominates.`
+    default:
+      return ''
+  }
+}
+
+/** Judges every target of issue 7 on this run. */
+export function judgeTargets(r: BenchResult): TargetResult[] {
+  const out: TargetResult[] = []
+  const push = (target: string, scenario: string, value: string, limit: string, met: boolean, because: () => string): void => {
+    out.push({ target, scenario, value, limit, met, ...(met ? {} : { why: because() }) })
+  }
+  const direct = r.scenarios.direct
+  const stunnel = r.scenarios.stunnel
+  for (const key of MESH_SCENARIOS) {
+    const s = r.scenarios[key]
+    const label = shortLabel[key]
+    for (const [name, figure] of [
+      ['throughput, 1 stream', 'throughput1Gbps'],
+      ['throughput, 8 streams', 'throughput8Gbps'],
+    ] as const) {
+      const value = s[figure].median
+      const limit = stunnel[figure].median
+      push(`${name} ≥ stunnel`, label, `${value.toFixed(2)} Gbit/s`, `≥ ${limit.toFixed(2)} Gbit/s`, value >= limit, () => why('throughput', key, r))
+    }
+    const added = s.latencyUs.p50.median - direct.latencyUs.p50.median
+    push('p50 latency added ≤ 25 µs', label, `+${added.toFixed(1)} µs`, '≤ +25 µs', added <= 25, () => why('latency-p50', key, r))
+    const p99 = s.latencyUs.p99.median
+    const p99Limit = 2 * direct.latencyUs.p99.median
+    push('p99 latency ≤ 2× direct', label, `${p99.toFixed(1)} µs`, `≤ ${p99Limit.toFixed(1)} µs`, p99 <= p99Limit, () => why('latency-p99', key, r))
+    const rate = s.connectionsPerSecond.median
+    const rateLimit = 10 * stunnel.connectionsPerSecond.median
+    push('connections/s ≥ 10× stunnel', label, `${rate.toFixed(0)}/s`, `≥ ${rateLimit.toFixed(0)}/s`, rate >= rateLimit, () => why('connections', key, r))
+    const kib = s.kibPerIdleConnection?.median ?? Number.NaN
+    push('≤ 32 KiB per idle proxied connection', label, `${kib.toFixed(1)} KiB`, '≤ 32 KiB', kib <= 32, () => why('idle-memory', key, r))
+  }
+  const nft = r.capture.nftables
+  const ipt = r.capture.iptables
+  for (const [backend, figures] of [
+    ['nftables', nft],
+    ['iptables', ipt],
+  ] as const) {
+    if ('error' in figures) {
+      push('capture apply ≤ 8 ms median', backend, 'failed', '≤ 8 ms', false, () => figures.error)
+    } else {
+      const value = figures.applyMs.median
+      push('capture apply ≤ 8 ms median', backend, `${value.toFixed(1)} ms`, '≤ 8 ms', value <= 8, () => why('capture', 'direct', r))
+    }
+  }
+  return out
+}
+
+function scenarioTable(r: BenchResult): string {
+  const header = ['figure (median ±spread)', ...SCENARIOS.map((s) => s.label)]
+  const row = (name: string, pick: (s: ScenarioResult) => Summary, digits = 1): string[] => [name, ...SCENARIOS.map(({ key }) => fmt(pick(r.scenarios[key]), digits))]
+  return formatTable([
+    header,
+    row('throughput, 1 stream (Gbit/s)', (s) => s.throughput1Gbps, 2),
+    row('throughput, 8 streams (Gbit/s)', (s) => s.throughput8Gbps, 2),
+    row('latency p50, 64 B (µs)', (s) => s.latencyUs.p50),
+    row('latency p90 (µs)', (s) => s.latencyUs.p90),
+    row('latency p99 (µs)', (s) => s.latencyUs.p99),
+    row('new connections/s', (s) => s.connectionsPerSecond, 0),
+  ])
+}
+
+function ratioTable(r: BenchResult): string {
+  const names: Array<[string, string]> = [
+    ['throughput1', 'throughput, 1 stream'],
+    ['throughput8', 'throughput, 8 streams'],
+    ['latencyP50', 'latency p50'],
+    ['latencyP99', 'latency p99'],
+    ['connectionsPerSecond', 'new connections/s'],
+  ]
+  return formatTable([
+    ['mesh ÷ baseline (same run)', 'same node ÷ direct', 'same node ÷ stunnel', 'cross node ÷ direct', 'cross node ÷ stunnel'],
+    ...names.map(([key, label]) => {
+      const same = r.ratios.meshSameNode?.[key]
+      const cross = r.ratios.meshCrossNode?.[key]
+      return [label, ratio(same?.vsDirect ?? null), ratio(same?.vsStunnel ?? null), ratio(cross?.vsDirect ?? null), ratio(cross?.vsStunnel ?? null)]
+    }),
+  ])
+}
+
+function resourceTable(r: BenchResult): string {
+  const keys: ScenarioKey[] = ['stunnel', 'meshSameNode', 'meshCrossNode']
+  const cell = (key: ScenarioKey, pick: (s: ScenarioResult) => string): string => pick(r.scenarios[key])
+  const row = (name: string, pick: (s: ScenarioResult) => string): string[] => [name, ...keys.map((key) => cell(key, pick))]
+  const idle = Number(r.settings.idleConnections)
+  return formatTable([
+    ['proxy processes', ...keys.map((key) => r.scenarios[key].label)],
+    row('CPU s per GB, client side', (s) => fmt(s.cpuSecondsPerGB?.client, 2)),
+    row('CPU s per GB, server side', (s) => fmt(s.cpuSecondsPerGB?.server, 2)),
+    row('CPU s per GB, total', (s) => fmt(s.cpuSecondsPerGB?.total, 2)),
+    row('cores busy, 1 stream', (s) => fmt(s.proxyCores, 2)),
+    row('RSS idle (MiB)', (s) => (s.rssKiB === null ? '—' : mib(s.rssKiB.idle))),
+    row(`RSS with ${idle} idle conns (MiB)`, (s) => mibSummary(s.rssKiB?.withIdleConnections)),
+    row('KiB per idle connection', (s) => fmt(s.kibPerIdleConnection, 1)),
+    row('RSS peak, 8 streams (MiB)', (s) => mibSummary(s.rssKiB?.underLoad)),
+  ])
+}
+
+function controlTable(r: BenchResult): string {
+  const rows: string[][] = [['control plane', 'median ±spread']]
+  for (const backend of ['nftables', 'iptables'] as const) {
+    const figures = r.capture[backend]
+    if ('error' in figures) rows.push([`capture (${backend})`, `failed: ${figures.error.slice(0, 60)}`])
+    else rows.push([`capture apply, ${backend} (ms)`, fmt(figures.applyMs, 2)], [`capture remove, ${backend} (ms)`, fmt(figures.removeMs, 2)])
+  }
+  rows.push(['mTLS handshakes/s (SVIDs, sequential)', fmt(r.handshakesPerSecond, 0)])
+  return formatTable(rows)
+}
+
+/** The targets table: every target with met/missed, and why when missed. */
+export function targetTable(targets: readonly TargetResult[]): string {
+  return formatTable([['target', 'path', 'measured', 'target', 'verdict'], ...targets.map((t) => [t.target, t.scenario, t.value, t.limit, t.met ? 'met' : 'MISSED'])])
+}
+
+/** Why each missed target was missed, one paragraph per target and path. */
+export function missedReasons(targets: readonly TargetResult[]): string[] {
+  return targets.filter((t) => !t.met).map((t) => `- ${t.target} (${t.scenario}): ${t.why}`)
+}
+
+/** The machine line. */
+export function machineLine(r: BenchResult): string {
+  const m = r.machine
+  return `${m.cores} × ${m.cpuModel}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}, ${m.stunnel}, ${m.iperf3}; load average ${m.loadAverage} when the run started`
+}
+
+/** The sections every report shows (text and docs). */
+export function reportSections(r: BenchResult): Array<{ title: string; body: string }> {
+  return [
+    { title: 'Throughput, latency and connection rate', body: scenarioTable(r) },
+    { title: 'Mesh relative to the baselines', body: ratioTable(r) },
+    { title: 'Proxy CPU and memory', body: resourceTable(r) },
+    { title: 'Capture and identity', body: controlTable(r) },
+    { title: 'Targets', body: targetTable(r.targets) },
+  ]
+}
+
+/** The whole plain-text report. */
+export function printReport(r: BenchResult): string {
+  const parts = [
+    `ambientkit bench${r.quick ? ' (--quick: short runs, figures are rough)' : ''} — ${r.startedAt}, ${r.durationSeconds} s`,
+    machineLine(r),
+    `settings: ${Object.entries(r.settings)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ')}`,
+  ]
+  for (const section of reportSections(r)) parts.push('', `## ${section.title}`, section.body)
+  const missed = missedReasons(r.targets)
+  if (missed.length > 0) parts.push('', 'Why missed targets were missed:', ...missed)
+  for (const extra of r.extras) {
+    parts.push('', `## bench/${extra.file}`, extra.ok ? (extra.text ?? JSON.stringify(extra.json, null, 2)) : `(${extra.error})`)
+  }
+  return parts.join('\n')
+}

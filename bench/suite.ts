@@ -1,0 +1,558 @@
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls'
+import type { AddressInfo } from 'node:net'
+import type { Workload } from '@ambientkit/core'
+import {
+  attachTlsServer,
+  createCertificateAuthority,
+  createIdentityManager,
+  createLocalCaSource,
+  tlsClientOptions,
+  tlsServerOptions,
+  type CertificateAuthority,
+} from '@ambientkit/identity'
+import { applyCapture, openNetns, removeCapture } from '@ambientkit/redirect'
+import type { NodeRunnerConfig } from './lib/node-runner'
+import { cpuSeconds, machineInfo, rssKiB, sampleRss } from './lib/proc'
+import { runIn, spawnIn, startAgent, stopAll, tsArgs, type Agent } from './lib/processes'
+import { MESH_SCENARIOS, SCENARIOS, type BenchResult, type ExtraResult, type ScenarioKey, type ScenarioResult } from './lib/results'
+import { judgeTargets, printReport } from './lib/report'
+import { summarize, type Summary } from './lib/stats'
+import { startStunnelPair } from './lib/stunnel'
+import { createBenchTopology, sweepStaleNamespaces, type BenchTopology } from './lib/topology'
+import { writeDocs } from './lib/docs'
+
+/**
+ * `npm run bench`: builds two nodes and their pods as network namespaces,
+ * then measures, side by side and interleaved round by round, plain TCP,
+ * stunnel mutual TLS and ambientkit's HBONE mesh (pods on one node and on
+ * two nodes). Flags: `--quick` (a short smoke run), `--json` (the full
+ * result as JSON on stdout), `--docs` (rewrite docs/performance.md's results
+ * and docs/performance-chart.svg), `--skip-extras` (do not run the other
+ * bench files).
+ */
+
+const argv = process.argv.slice(2)
+const quick = argv.includes('--quick')
+const json = argv.includes('--json')
+const docs = argv.includes('--docs')
+const skipExtras = argv.includes('--skip-extras')
+
+const SETTINGS = quick
+  ? { rounds: 1, latencyRounds: 1, iperfSeconds: 1, pingWarmup: 200, pingCount: 1000, connMs: 500, connConcurrency: 8, idleConnections: 100, idleRounds: 1, captureRounds: 3, handshakeMs: 300 }
+  : { rounds: 3, latencyRounds: 5, iperfSeconds: 3, pingWarmup: 1000, pingCount: 10_000, connMs: 2000, connConcurrency: 8, idleConnections: 1000, idleRounds: 2, captureRounds: 15, handshakeMs: 1500 }
+
+const ECHO_PORT = 7000
+const IPERF_PORT = 5201
+const STUNNEL = { echo: { local: 17000, tunnel: 27000 }, iperf: { local: 15201, tunnel: 25201 } }
+
+const log = (message: string): void => {
+  process.stderr.write(`bench: ${message}\n`)
+}
+
+interface Scenario {
+  key: ScenarioKey
+  client: Agent
+  clientNs: string
+  host: string
+  echoPort: number
+  iperfPort: number
+  /** Proxy processes on the client side and on the server side (the same process for one node). */
+  clientProxies: number[]
+  serverProxies: number[]
+}
+
+interface Samples {
+  tput1: number[]
+  tput8: number[]
+  p50: number[]
+  p90: number[]
+  p99: number[]
+  conn: number[]
+  cpuClient: number[]
+  cpuServer: number[]
+  cpuTotal: number[]
+  cores: number[]
+  rssLoad: number[]
+  rssIdleConns: number[]
+  kibPerConn: number[]
+  rssIdle: number
+}
+
+const unique = (pids: readonly number[]): number[] => [...new Set(pids)]
+const proxiesOf = (s: Scenario): number[] => unique([...s.clientProxies, ...s.serverProxies])
+const sum = (values: readonly number[]): number => values.reduce((a, b) => a + b, 0)
+const sumCpu = (pids: readonly number[]): number => sum(pids.map(cpuSeconds))
+const sumRss = (pids: readonly number[]): number => sum(pids.map(rssKiB))
+
+interface Iperf {
+  end: { sum_received: { bytes: number; bits_per_second: number; seconds: number } }
+}
+
+async function iperf(s: Scenario, streams: number): Promise<{ gbps: number; bytes: number }> {
+  const out = await runIn(
+    s.clientNs,
+    'iperf3',
+    ['-c', s.host, '-p', String(s.iperfPort), '-t', String(SETTINGS.iperfSeconds), '-P', String(streams), '-J', '--connect-timeout', '5000'],
+    (SETTINGS.iperfSeconds + 30) * 1000,
+  )
+  const result = JSON.parse(out) as Iperf
+  return { gbps: result.end.sum_received.bits_per_second / 1e9, bytes: result.end.sum_received.bytes }
+}
+
+async function gc(runners: readonly Agent[]): Promise<void> {
+  await Promise.all(runners.map((runner) => runner.request({ op: 'gc' })))
+}
+
+async function measureThroughput(s: Scenario, samples: Samples): Promise<void> {
+  const proxies = proxiesOf(s)
+  const disjoint = s.clientProxies.every((pid) => !s.serverProxies.includes(pid))
+  const before = { client: sumCpu(s.clientProxies), server: sumCpu(s.serverProxies), total: sumCpu(proxies), at: performance.now() }
+  const single = await iperf(s, 1)
+  if (proxies.length > 0) {
+    const gb = single.bytes / 1e9
+    const total = sumCpu(proxies) - before.total
+    samples.cpuTotal.push(total / gb)
+    samples.cores.push(total / ((performance.now() - before.at) / 1000))
+    if (disjoint) {
+      samples.cpuClient.push((sumCpu(s.clientProxies) - before.client) / gb)
+      samples.cpuServer.push((sumCpu(s.serverProxies) - before.server) / gb)
+    }
+  }
+  samples.tput1.push(single.gbps)
+  const sampler = proxies.length > 0 ? sampleRss(proxies) : undefined
+  const eight = await iperf(s, 8)
+  if (sampler !== undefined) samples.rssLoad.push(sum(sampler.stop()))
+  samples.tput8.push(eight.gbps)
+}
+
+async function measureLatency(s: Scenario, samples: Samples): Promise<void> {
+  const result = await s.client.request<{ p50: number; p90: number; p99: number }>({
+    op: 'pingpong',
+    host: s.host,
+    port: s.echoPort,
+    size: 64,
+    warmup: SETTINGS.pingWarmup,
+    count: SETTINGS.pingCount,
+  })
+  samples.p50.push(result.p50)
+  samples.p90.push(result.p90)
+  samples.p99.push(result.p99)
+}
+
+async function measureConnections(s: Scenario, samples: Samples): Promise<void> {
+  const result = await s.client.request<{ perSecond: number; errors: number; firstError?: string }>({
+    op: 'connrate',
+    host: s.host,
+    port: s.echoPort,
+    size: 64,
+    concurrency: SETTINGS.connConcurrency,
+    durationMs: SETTINGS.connMs,
+  })
+  if (result.errors > 0) log(`${s.key}: ${result.errors} connection errors (first: ${result.firstError})`)
+  samples.conn.push(result.perSecond)
+}
+
+async function measureIdle(s: Scenario, samples: Samples, runners: readonly Agent[]): Promise<void> {
+  const proxies = proxiesOf(s)
+  await gc(runners)
+  const before = sumRss(proxies)
+  await s.client.request({ op: 'open-idle', host: s.host, port: s.echoPort, count: SETTINGS.idleConnections, parallel: 32 })
+  await gc(runners)
+  const after = sumRss(proxies)
+  samples.rssIdleConns.push(after)
+  samples.kibPerConn.push((after - before) / SETTINGS.idleConnections)
+  await s.client.request({ op: 'close-idle' })
+}
+
+/** Apply/remove capture on a fresh pod, `rounds` times, with one backend. */
+async function measureCapture(path: string, backend: 'nftables' | 'iptables'): Promise<{ applyMs: Summary; removeMs: Summary } | { error: string }> {
+  const netns = openNetns(path)
+  const apply: number[] = []
+  const remove: number[] = []
+  try {
+    for (let i = 0; i < SETTINGS.captureRounds; i++) {
+      const t0 = performance.now()
+      await applyCapture(netns, {}, { backend })
+      const t1 = performance.now()
+      await removeCapture(netns)
+      apply.push(t1 - t0)
+      remove.push(performance.now() - t1)
+    }
+    return { applyMs: summarize(apply), removeMs: summarize(remove) }
+  } catch (err) {
+    return { error: (err as Error).message }
+  } finally {
+    await netns.close()
+  }
+}
+
+/** Full mutual-TLS 1.3 handshakes with SVIDs, one after the other, both ends in this process (loopback). */
+async function measureHandshakes(ca: CertificateAuthority): Promise<Summary> {
+  const manager = createIdentityManager({ source: createLocalCaSource(ca), ttlSeconds: 3600 })
+  const serverId = `spiffe://${ca.trustDomain.name}/ns/bench/sa/server`
+  const clientId = `spiffe://${ca.trustDomain.name}/ns/bench/sa/client`
+  const serverOptions = await tlsServerOptions({ manager, id: serverId })
+  const server = createTlsServer(serverOptions, (socket) => socket.end())
+  const binding = attachTlsServer(server, serverOptions)
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as AddressInfo).port
+  const rates: number[] = []
+  try {
+    for (let round = 0; round < Math.max(3, SETTINGS.rounds); round++) {
+      const started = performance.now()
+      let count = 0
+      while (performance.now() - started < SETTINGS.handshakeMs) {
+        const options = await tlsClientOptions({ manager, id: clientId, expectedPeers: [serverId] })
+        await new Promise<void>((resolve, reject) => {
+          const socket = tlsConnect({ ...options, host: '127.0.0.1', port }, () => {
+            socket.destroy()
+            resolve()
+          })
+          socket.once('error', reject)
+        })
+        count += 1
+      }
+      rates.push(count / ((performance.now() - started) / 1000))
+    }
+  } finally {
+    binding.close()
+    await new Promise((resolve) => server.close(resolve))
+    await manager.close()
+  }
+  return summarize(rates)
+}
+
+/** Runs another bench file (owned by another package's author) and keeps what it printed. */
+async function runExtra(file: string): Promise<ExtraResult> {
+  const path = join('bench', file)
+  if (!existsSync(path)) return { file, ok: false, error: 'not present' }
+  const flags = [...(json ? ['--json'] : []), ...(quick ? ['--quick'] : [])]
+  try {
+    const out = await runIn(undefined, process.execPath, [...tsArgs(path), ...flags], quick ? 90_000 : 300_000)
+    if (json) {
+      try {
+        return { file, ok: true, json: JSON.parse(out) }
+      } catch {
+        return { file, ok: true, text: out.trim() }
+      }
+    }
+    return { file, ok: true, text: out.trim() }
+  } catch (err) {
+    return { file, ok: false, error: (err as Error).message.slice(0, 2000) }
+  }
+}
+
+function workloadOf(pod: { name: string; ipv4: string; ipv6: string; node: { index: number } }, name: string): Workload {
+  return {
+    uid: `uid-${pod.name}`,
+    name,
+    namespace: 'bench',
+    serviceAccount: name,
+    node: `node-${pod.node.index}`,
+    addresses: [pod.ipv4, pod.ipv6],
+    protocol: 'HBONE',
+    labels: { app: name },
+  }
+}
+
+// Under node_modules (ignored by git and eslint) so the bundle's external npm imports resolve from the repo's node_modules.
+const RUNNER_BUNDLE = 'node_modules/.cache/ambientkit-bench/node-runner.mjs'
+
+/**
+ * Bundles the node runner and the packages' sources into one plain JS file
+ * (esbuild, the compiler tsup and tsx use): the proxy process then runs as a
+ * built deployment would, without tsx's loader thread and transform caches
+ * (≈35 MiB of RSS and some CPU that no user's proxy would carry). npm
+ * dependencies stay external. The native addon is found relative to
+ * import.meta.url, so that is pinned to redirect's source file.
+ */
+async function bundleNodeRunner(): Promise<void> {
+  const nativeUrl = pathToFileURL(join(process.cwd(), 'packages/redirect/src/native.ts')).href
+  await runIn(undefined, 'node_modules/.bin/esbuild', [
+    'bench/lib/node-runner.ts',
+    '--bundle',
+    '--platform=node',
+    '--format=esm',
+    '--target=node20',
+    '--tsconfig=tsconfig.json',
+    ...['node-forge', 'netlink', 'ip-num', 'prom-client'].map((dep) => `--external:${dep}`),
+    `--define:import.meta.url=${JSON.stringify(nativeUrl)}`,
+    `--outfile=${RUNNER_BUNDLE}`,
+    '--log-level=warning',
+  ])
+}
+
+async function startNodeRunner(dir: string, config: NodeRunnerConfig): Promise<Agent> {
+  const file = join(dir, `${config.nodeName}.json`)
+  writeFileSync(file, JSON.stringify(config), { mode: 0o600 })
+  const flags = ['--expose-gc']
+  if (process.env.BENCH_PROXY_PROF !== undefined) flags.push('--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROXY_PROF}`)
+  const { agent } = await startAgent(undefined, process.execPath, [...flags, RUNNER_BUNDLE, file], 60_000)
+  return agent
+}
+
+async function startPodAgent(ns: string, serve: boolean): Promise<Agent> {
+  const { agent } = await startAgent(ns, process.execPath, tsArgs('bench/lib/pod-agent.ts'))
+  if (serve) await agent.request({ op: 'serve', port: ECHO_PORT })
+  return agent
+}
+
+/** iperf3 servers stay up for the whole run; they answer one test at a time, which is how the runs are sequenced. */
+async function startIperfServer(ns: string): Promise<void> {
+  const child = spawnIn(ns, 'iperf3', ['-s', '-p', String(IPERF_PORT), '--forceflush'])
+  child.stdin?.end()
+  await new Promise<void>((resolve, reject) => {
+    let out = ''
+    const timer = setTimeout(() => reject(new Error(`iperf3 -s in ${ns} did not start`)), 10_000)
+    child.stdout?.setEncoding('utf8').on('data', (text: string) => {
+      out += text
+      if (out.includes('Server listening')) {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      reject(new Error(`iperf3 -s in ${ns} exited (${code})`))
+    })
+  })
+}
+
+const emptySamples = (): Samples => ({
+  tput1: [],
+  tput8: [],
+  p50: [],
+  p90: [],
+  p99: [],
+  conn: [],
+  cpuClient: [],
+  cpuServer: [],
+  cpuTotal: [],
+  cores: [],
+  rssLoad: [],
+  rssIdleConns: [],
+  kibPerConn: [],
+  rssIdle: 0,
+})
+
+function resultOf(label: string, samples: Samples, hasProxies: boolean): ScenarioResult {
+  const maybe = (values: number[]): Summary | null => (values.length > 0 ? summarize(values) : null)
+  return {
+    label,
+    throughput1Gbps: summarize(samples.tput1),
+    throughput8Gbps: summarize(samples.tput8),
+    latencyUs: { p50: summarize(samples.p50), p90: summarize(samples.p90), p99: summarize(samples.p99) },
+    connectionsPerSecond: summarize(samples.conn),
+    cpuSecondsPerGB: hasProxies ? { client: maybe(samples.cpuClient), server: maybe(samples.cpuServer), total: summarize(samples.cpuTotal) } : null,
+    proxyCores: hasProxies ? summarize(samples.cores) : null,
+    rssKiB: hasProxies ? { idle: samples.rssIdle, withIdleConnections: summarize(samples.rssIdleConns), underLoad: summarize(samples.rssLoad) } : null,
+    kibPerIdleConnection: hasProxies ? summarize(samples.kibPerConn) : null,
+  }
+}
+
+function ratios(scenarios: Record<ScenarioKey, ScenarioResult>): BenchResult['ratios'] {
+  const figures: Record<string, (r: ScenarioResult) => number> = {
+    throughput1: (r) => r.throughput1Gbps.median,
+    throughput8: (r) => r.throughput8Gbps.median,
+    latencyP50: (r) => r.latencyUs.p50.median,
+    latencyP99: (r) => r.latencyUs.p99.median,
+    connectionsPerSecond: (r) => r.connectionsPerSecond.median,
+  }
+  const out: BenchResult['ratios'] = {}
+  for (const key of MESH_SCENARIOS) {
+    out[key] = {}
+    for (const [name, pick] of Object.entries(figures)) {
+      const ratio = (base: ScenarioResult): number | null => (pick(base) > 0 ? pick(scenarios[key]) / pick(base) : null)
+      out[key][name] = { vsDirect: ratio(scenarios.direct), vsStunnel: ratio(scenarios.stunnel) }
+    }
+  }
+  return out
+}
+
+async function main(): Promise<void> {
+  const startedAt = new Date()
+  const machine = machineInfo()
+  if (process.getuid?.() !== 0) throw new Error('the bench creates network namespaces: run it as root')
+  const stale = sweepStaleNamespaces()
+  if (stale.length > 0) log(`removed ${stale.length} namespaces left by an earlier run`)
+
+  const dir = mkdtempSync(join(tmpdir(), 'akb-'))
+  let topology: BenchTopology | undefined
+  const agents: Agent[] = []
+  let cleaning: Promise<void> | undefined
+  const cleanup = (): Promise<void> =>
+    (cleaning ??= (async () => {
+      await Promise.allSettled(agents.map((agent) => agent.close()))
+      await stopAll()
+      await topology?.network.cleanup()
+      rmSync(dir, { recursive: true, force: true })
+    })())
+  const interrupted = (signal: NodeJS.Signals): void => {
+    log(`${signal}: cleaning up`)
+    void cleanup().finally(() => process.exit(130))
+  }
+  process.once('SIGINT', interrupted)
+  process.once('SIGTERM', interrupted)
+
+  try {
+    await bundleNodeRunner()
+    log('building namespaces')
+    topology = await createBenchTopology()
+    const t = topology
+    const ca = await createCertificateAuthority({ trustDomain: 'cluster.local', keyType: 'ecdsa-p256' })
+
+    log('measuring capture apply/remove')
+    const capture = {
+      nftables: await measureCapture(t.capturePod.path, 'nftables'),
+      iptables: await measureCapture(t.capturePod.path, 'iptables'),
+    }
+
+    log('starting apps, iperf3 servers, stunnel and the node proxies')
+    const plainClient = await startPodAgent(t.plainClient.name, false)
+    const meshClient = await startPodAgent(t.meshClient.name, false)
+    agents.push(plainClient, meshClient)
+    for (const pod of [t.plainServer, t.meshServerSame, t.meshServerCross]) {
+      agents.push(await startPodAgent(pod.name, true))
+      await startIperfServer(pod.name)
+    }
+    const stunnel = await startStunnelPair({
+      ca,
+      dir,
+      clientNs: t.plainClient.name,
+      serverNs: t.plainServer.name,
+      serverIp: t.plainServer.ipv4,
+      services: [
+        { name: 'echo', local: STUNNEL.echo.local, tunnel: STUNNEL.echo.tunnel, target: ECHO_PORT },
+        { name: 'iperf', local: STUNNEL.iperf.local, tunnel: STUNNEL.iperf.tunnel, target: IPERF_PORT },
+      ],
+    })
+
+    const workloads = {
+      client: workloadOf(t.meshClient, 'client'),
+      same: workloadOf(t.meshServerSame, 'server-same'),
+      cross: workloadOf(t.meshServerCross, 'server-cross'),
+    }
+    for (const pod of [t.meshClient, t.meshServerSame, t.meshServerCross]) {
+      const netns = openNetns(pod.path)
+      try {
+        await applyCapture(netns)
+      } finally {
+        await netns.close()
+      }
+    }
+    const all = Object.values(workloads)
+    const caPem = ca.save()
+    const node1 = await startNodeRunner(dir, {
+      nodeName: 'node-1',
+      ca: caPem,
+      workloads: all,
+      enroll: [
+        { uid: workloads.client.uid, netnsPath: t.meshClient.path },
+        { uid: workloads.same.uid, netnsPath: t.meshServerSame.path },
+      ],
+    })
+    const node2 = await startNodeRunner(dir, { nodeName: 'node-2', ca: caPem, workloads: all, enroll: [{ uid: workloads.cross.uid, netnsPath: t.meshServerCross.path }] })
+    agents.push(node1, node2)
+    const runners = [node1, node2]
+
+    const scenarios: Scenario[] = [
+      { key: 'direct', client: plainClient, clientNs: t.plainClient.name, host: t.plainServer.ipv4, echoPort: ECHO_PORT, iperfPort: IPERF_PORT, clientProxies: [], serverProxies: [] },
+      {
+        key: 'stunnel',
+        client: plainClient,
+        clientNs: t.plainClient.name,
+        host: '127.0.0.1',
+        echoPort: STUNNEL.echo.local,
+        iperfPort: STUNNEL.iperf.local,
+        clientProxies: [stunnel.client.pid],
+        serverProxies: [stunnel.server.pid],
+      },
+      { key: 'meshSameNode', client: meshClient, clientNs: t.meshClient.name, host: t.meshServerSame.ipv4, echoPort: ECHO_PORT, iperfPort: IPERF_PORT, clientProxies: [node1.pid], serverProxies: [node1.pid] },
+      {
+        key: 'meshCrossNode',
+        client: meshClient,
+        clientNs: t.meshClient.name,
+        host: t.meshServerCross.ipv4,
+        echoPort: ECHO_PORT,
+        iperfPort: IPERF_PORT,
+        clientProxies: [node1.pid],
+        serverProxies: [node2.pid],
+      },
+    ]
+    const samples = Object.fromEntries(scenarios.map((s) => [s.key, emptySamples()])) as Record<ScenarioKey, Samples>
+
+    await gc(runners)
+    for (const s of scenarios) samples[s.key].rssIdle = sumRss(proxiesOf(s))
+
+    // Every measurement goes round the scenarios in turn, so a noisy
+    // neighbour on a shared machine spreads over all of them alike.
+    const withProxies = scenarios.filter((s) => proxiesOf(s).length > 0)
+    for (let round = 0; round < SETTINGS.idleRounds; round++) {
+      log(`idle connections, round ${round + 1}/${SETTINGS.idleRounds}`)
+      for (const s of withProxies) await measureIdle(s, samples[s.key], runners)
+    }
+    for (let round = 0; round < SETTINGS.latencyRounds; round++) {
+      log(`latency, round ${round + 1}/${SETTINGS.latencyRounds}`)
+      for (const s of scenarios) await measureLatency(s, samples[s.key])
+    }
+    for (let round = 0; round < SETTINGS.rounds; round++) {
+      log(`connection rate, round ${round + 1}/${SETTINGS.rounds}`)
+      for (const s of scenarios) await measureConnections(s, samples[s.key])
+    }
+    for (let round = 0; round < SETTINGS.rounds; round++) {
+      log(`throughput, round ${round + 1}/${SETTINGS.rounds}`)
+      for (const s of scenarios) await measureThroughput(s, samples[s.key])
+    }
+
+    log('measuring identity handshakes')
+    const handshakesPerSecond = await measureHandshakes(ca)
+    await cleanup()
+
+    const extras: ExtraResult[] = []
+    if (!skipExtras) {
+      for (const file of ['identity.ts', 'capture.ts', 'hbone.ts']) {
+        log(`running bench/${file}`)
+        extras.push(await runExtra(file))
+      }
+    }
+
+    const results = Object.fromEntries(
+      SCENARIOS.map(({ key, label }) => [key, resultOf(label, samples[key], proxiesOf(scenarios.find((s) => s.key === key)!).length > 0)]),
+    ) as Record<ScenarioKey, ScenarioResult>
+    const result: BenchResult = {
+      version: 1,
+      startedAt: startedAt.toISOString(),
+      durationSeconds: Math.round((Date.now() - startedAt.getTime()) / 1000),
+      quick,
+      machine,
+      settings: SETTINGS,
+      scenarios: results,
+      ratios: ratios(results),
+      capture,
+      handshakesPerSecond,
+      targets: [],
+      extras,
+    }
+    result.targets = judgeTargets(result)
+    if (json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
+    else process.stdout.write(`${printReport(result)}\n`)
+    if (docs) {
+      const written = writeDocs(result)
+      log(`wrote ${written.join(', ')}`)
+    }
+  } finally {
+    await cleanup()
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    log(`failed: ${(err as Error).stack ?? String(err)}`)
+    process.exit(1)
+  },
+)
