@@ -35,7 +35,7 @@ export async function createTestControlPlane(): Promise<TestControlPlane> {
     accessLog,
     nodeProxy(nodeName, defaults) {
       const identities = createIdentityManager({ source: createLocalCaSource(ca), ttlSeconds: 3600 })
-      const proxy = createNodeProxy({ nodeName, registry, identities, policies, admin: false, accessLog: (e) => accessLog.push(e), ...(defaults ? { workloadDefaults: defaults } : {}) })
+      const proxy = createNodeProxy({ nodeName, registry, identities, policies, admin: { host: '127.0.0.1', port: 0 }, accessLog: (e) => accessLog.push(e), ...(defaults ? { workloadDefaults: defaults } : {}) })
       closers.push(async () => {
         await proxy.close()
         await identities.close()

@@ -1,0 +1,163 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { get } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, expect, it } from 'vitest'
+import type { PodEnrollment, PodSource, PodSourceEvent } from '@ambientkit/core'
+import { createNodeAgent, type NodeAgent } from '@ambientkit/proxy'
+import { inspectCapture, openNetns } from '@ambientkit/redirect'
+import { createTestNetwork, type TestNetwork, type TestPod } from '../../../test/support/netns'
+import { describePrivileged } from '../../../test/support/privileged'
+import { exchange, startEchoApp, tryExchange } from './support/apps'
+import { createTestControlPlane, meshWorkload, type TestControlPlane } from './support/mesh'
+
+/** A pod source whose list the test sets, emitting events like a real watcher. */
+function createListPodSource(initial: PodEnrollment[]): PodSource & { set(pods: PodEnrollment[]): void } {
+  let pods = new Map(initial.map((p) => [p.workload.uid, p]))
+  const listeners = new Set<(event: PodSourceEvent) => void>()
+  return {
+    list: async () => [...pods.values()],
+    watch(listener) {
+      listeners.add(listener)
+      return () => listeners.delete(listener)
+    },
+    set(next) {
+      const nextMap = new Map(next.map((p) => [p.workload.uid, p]))
+      for (const uid of pods.keys()) if (!nextMap.has(uid)) for (const l of listeners) l({ type: 'remove', uid })
+      for (const pod of next) if (pods.get(pod.workload.uid) !== pod) for (const l of listeners) l({ type: 'upsert', pod })
+      pods = nextMap
+    },
+    close: async () => {
+      listeners.clear()
+    },
+  }
+}
+
+function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    get({ host: '127.0.0.1', port, path }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }))
+    }).on('error', reject)
+  })
+}
+
+describePrivileged('node agent: enrollment lifecycle on real namespaces', ['ip', 'nft'], () => {
+  let network: TestNetwork
+  let cp: TestControlPlane
+  let pods: TestPod[]
+  let enrollments: PodEnrollment[]
+  let stateDir: string
+
+  beforeAll(async () => {
+    network = createTestNetwork('ak-agent')
+    cp = await createTestControlPlane()
+    stateDir = mkdtempSync(join(tmpdir(), 'ak-agent-'))
+    const node = await network.addNode()
+    pods = [await network.addPod(node), await network.addPod(node), await network.addPod(node)]
+    enrollments = pods.map((pod, i) => ({ workload: meshWorkload(pod, { name: `app-${i}`, namespace: 'shop', serviceAccount: `sa-${i}` }), netnsPath: pod.path }))
+    for (const e of enrollments) cp.registry.upsertWorkload(e.workload)
+  })
+  afterAll(async () => {
+    await cp?.close()
+    await network?.cleanup()
+    rmSync(stateDir, { recursive: true, force: true })
+  })
+
+  const captureStatus = async (pod: TestPod): Promise<string> => {
+    const netns = openNetns(pod.path)
+    try {
+      return (await inspectCapture(netns)).status
+    } finally {
+      await netns.close()
+    }
+  }
+
+  it('enrolls listed pods, follows events, and reconciles after a restart', async () => {
+    const stateFile = join(stateDir, 'agent.json')
+    const source = createListPodSource([enrollments[0]!, enrollments[1]!])
+    const { proxy } = cp.nodeProxy('node-1')
+    await proxy.start()
+    const admin = proxy.adminAddress()!.port
+    let agent: NodeAgent = createNodeAgent({ nodeProxy: proxy, podSource: source, stateFile, backend: 'nftables' })
+    const report = await agent.start()
+    expect(report.failed).toEqual([])
+    expect([...report.enrolled].sort()).toEqual([enrollments[0]!.workload.uid, enrollments[1]!.workload.uid].sort())
+    expect(await captureStatus(pods[0]!)).toBe('present')
+    expect(await captureStatus(pods[2]!)).toBe('absent')
+    expect(await httpGet(admin, '/healthz/ready')).toEqual({ status: 200, body: 'ready\n' })
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).pods).toEqual({ [enrollments[0]!.workload.uid]: pods[0]!.path, [enrollments[1]!.workload.uid]: pods[1]!.path })
+
+    // Traffic between two enrolled pods goes through the mesh.
+    const appNetns = openNetns(pods[1]!.path)
+    const app = await startEchoApp(appNetns, 8080)
+    const client = openNetns(pods[0]!.path)
+    try {
+      expect(await exchange(await client.connect({ host: pods[1]!.ipv4, port: 8080 }), 'enrolled')).toEqual({ response: 'enrolled', ended: true })
+      const metrics = await httpGet(admin, '/metrics')
+      expect(metrics.body).toMatch(/istio_tcp_connections_opened_total\{reporter="source",source_workload="app-0".*destination_workload="app-1".*connection_security_policy="mutual_tls"\} 1/)
+      const dump = JSON.parse((await httpGet(admin, '/config_dump')).body)
+      expect(dump.workloads.map((w: { name: string; state: string }) => `${w.name}:${w.state}`).sort()).toEqual(['app-0:ready', 'app-1:ready'])
+
+      // Events: pod 2 joins, pod 1 leaves (and the registry says so, as a control plane would).
+      cp.registry.upsertWorkload({ ...enrollments[1]!.workload, protocol: 'TCP' })
+      source.set([enrollments[0]!, enrollments[2]!])
+      await waitForEnrolled(agent, [enrollments[0]!, enrollments[2]!])
+      expect(await captureStatus(pods[1]!)).toBe('absent')
+      expect(await captureStatus(pods[2]!)).toBe('present')
+      // pod 1 left the mesh: pod 0's proxy passes traffic to it through as plain TCP.
+      expect(await exchange(await client.connect({ host: pods[1]!.ipv4, port: 8080 }), 'direct')).toEqual({ response: 'direct', ended: true })
+
+      // The agent goes away (pods stay captured: fail closed) and pod 2 leaves meanwhile.
+      await proxy.close()
+      await agent.close()
+      expect(await captureStatus(pods[2]!)).toBe('present')
+      // pod 0 is still captured and its proxy is gone: its traffic fails, it never bypasses.
+      expect((await tryExchange(client.connect({ host: pods[1]!.ipv4, port: 8080 }), 'down')).response).toBe('')
+      source.set([enrollments[0]!])
+      const restarted = cp.nodeProxy('node-1-restarted')
+      agent = createNodeAgent({ nodeProxy: restarted.proxy, podSource: source, stateFile, backend: 'nftables' })
+      const again = await agent.start()
+      expect(again.enrolled).toEqual([enrollments[0]!.workload.uid])
+      expect(again.removed).toEqual([enrollments[2]!.workload.uid])
+      expect(await captureStatus(pods[2]!)).toBe('absent')
+      expect(await exchange(await client.connect({ host: pods[1]!.ipv4, port: 8080 }), 'back')).toEqual({ response: 'back', ended: true })
+
+      await agent.release()
+      expect(await captureStatus(pods[0]!)).toBe('absent')
+      expect(JSON.parse(readFileSync(stateFile, 'utf8')).pods).toEqual({})
+    } finally {
+      app.close()
+      await appNetns.close()
+      await client.close()
+    }
+  })
+
+  it('reports a workload whose listeners cannot open as not ready', async () => {
+    const { proxy } = cp.nodeProxy('node-busy')
+    await proxy.start()
+    const netns = openNetns(pods[2]!.path)
+    // Something else already holds 15001 in the pod.
+    const squatter = await netns.listen({ host: '::', port: 15001, ipv6Only: false })
+    try {
+      await expect(proxy.addWorkload(enrollments[2]!.workload, netns)).rejects.toMatchObject({ code: 'ERR_AMBIENT_REDIRECT_SOCKET' })
+      const ready = await httpGet(proxy.adminAddress()!.port, '/healthz/ready')
+      expect(ready.status).toBe(503)
+      expect(ready.body).toMatch(/not ready: shop\/app-2 \(failed\)/)
+    } finally {
+      squatter.close()
+      await proxy.close()
+      await netns.close()
+    }
+  })
+})
+
+async function waitForEnrolled(agent: NodeAgent, wanted: PodEnrollment[]): Promise<void> {
+  const expected = wanted.map((p) => p.workload.uid).sort().join(',')
+  const deadline = Date.now() + 10_000
+  while (agent.enrolled().sort().join(',') !== expected) {
+    if (Date.now() > deadline) throw new Error(`agent enrolled ${agent.enrolled().join(',')}, expected ${expected}`)
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+}
