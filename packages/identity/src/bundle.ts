@@ -4,7 +4,7 @@ import { pemDecode, pemEncode } from './der'
 import { IdentityErrorCode, invalidCertificate } from './errors'
 import { TrustDomain } from './spiffe-id'
 
-/** A JWT-SVID signing key of a bundle (SPIFFE Trust Domain and Bundle §4.2.2). */
+/** A JWT-SVID signing key of a bundle (JWT-SVID §6.1, SPIFFE Trust Domain and Bundle §4.2). */
 export interface JwtAuthority {
   /** The key ID (`kid`), required by the spec. */
   keyId: string
@@ -43,6 +43,9 @@ function toX509(value: X509Certificate | Buffer | string): X509Certificate[] {
     throw invalidCertificate('could not read an X.509 authority (expected DER, PEM or X509Certificate)', cause)
   }
 }
+
+// RFC 7518 §6.1 key types Node's crypto reads, plus OKP (RFC 8037).
+const KNOWN_KEY_TYPES = new Set(['EC', 'RSA', 'OKP'])
 
 const isNonNegativeInteger = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0
 
@@ -85,7 +88,9 @@ export class TrustBundle {
 
   /**
    * Reads the SPIFFE bundle format (SPIFFE Trust Domain and Bundle §4), a
-   * JWKS. Keys with an unknown `use` are ignored (§4.2); malformed entries are
+   * JWKS. Keys with an unknown `kty` or `use` are ignored (§4.2.1, §4.2.2);
+   * malformed entries, including `x509-svid` keys without exactly one `x5c`
+   * certificate (X509-SVID §6.1), are
    * rejected with `ERR_AMBIENT_INVALID_BUNDLE` naming the entry and the rule.
    */
   static parse(trustDomain: TrustDomain | string, json: string | object): TrustBundle {
@@ -99,21 +104,22 @@ export class TrustBundle {
     }
     if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw invalidBundle('expected a JSON object (a JWK Set)')
     const record = doc as Record<string, unknown>
-    // §4.1: `keys` is REQUIRED.
-    if (!Array.isArray(record.keys)) throw invalidBundle('"keys" must be an array (SPIFFE bundle §4.1)')
+    // §4.1.3: `keys` MUST be present.
+    if (!Array.isArray(record.keys)) throw invalidBundle('"keys" must be an array (SPIFFE bundle §4.1.3)')
     const sequence = record.spiffe_sequence
     const refresh = record.spiffe_refresh_hint
-    if (sequence !== undefined && !isNonNegativeInteger(sequence)) throw invalidBundle(`"spiffe_sequence" must be a non-negative integer, got ${describeValue(sequence)} (SPIFFE bundle §4.1.2)`)
-    if (refresh !== undefined && !isNonNegativeInteger(refresh)) throw invalidBundle(`"spiffe_refresh_hint" must be a non-negative integer, got ${describeValue(refresh)} (SPIFFE bundle §4.1.1)`)
+    if (sequence !== undefined && !isNonNegativeInteger(sequence)) throw invalidBundle(`"spiffe_sequence" must be a non-negative integer, got ${describeValue(sequence)} (SPIFFE bundle §4.1.1)`)
+    if (refresh !== undefined && !isNonNegativeInteger(refresh)) throw invalidBundle(`"spiffe_refresh_hint" must be a non-negative integer, got ${describeValue(refresh)} (SPIFFE bundle §4.1.2)`)
     const x509: X509Certificate[] = []
     const jwt: JwtAuthority[] = []
     record.keys.forEach((entry: unknown, index: number) => {
       const where = `keys[${index}]`
       if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw invalidBundle(`${where} must be a JSON object`, { index })
       const key = entry as Record<string, unknown>
-      if (typeof key.kty !== 'string') throw invalidBundle(`${where} has no "kty" (RFC 7517 §4.1)`, { index })
-      // §4.2.3: `use` is REQUIRED; values the reader does not know are ignored.
-      if (typeof key.use !== 'string') throw invalidBundle(`${where} has no "use" (SPIFFE bundle §4.2.3)`, { index })
+      // §4.2.1, §4.2.2: `kty` and `use` MUST be set; a key type or use the reader does not know is ignored.
+      if (typeof key.kty !== 'string') throw invalidBundle(`${where} has no "kty" (SPIFFE bundle §4.2.1)`, { index })
+      if (typeof key.use !== 'string') throw invalidBundle(`${where} has no "use" (SPIFFE bundle §4.2.2)`, { index })
+      if (!KNOWN_KEY_TYPES.has(key.kty)) return
       if (key.use === 'x509-svid') x509.push(readX509Key(key, where, index))
       else if (key.use === 'jwt-svid') jwt.push(readJwtKey(key, where, index))
     })
@@ -146,10 +152,12 @@ export class TrustBundle {
 }
 
 function readX509Key(key: Record<string, unknown>, where: string, index: number): X509Certificate {
-  // §4.2.1: an x509-svid key carries its CA certificate as exactly one x5c entry.
+  // X509-SVID §6.1: an x509-svid key carries its CA certificate as exactly one x5c entry and no kid.
+  // §6.2 lets a reader skip such entries; a bundle is a trust root, so a broken one is an error here.
   if (!Array.isArray(key.x5c) || key.x5c.length !== 1 || typeof key.x5c[0] !== 'string') {
-    throw invalidBundle(`${where} ("use": "x509-svid") must have "x5c" with exactly one certificate (SPIFFE bundle §4.2.1)`, { index })
+    throw invalidBundle(`${where} ("use": "x509-svid") must have "x5c" with exactly one certificate (X509-SVID §6.1)`, { index })
   }
+  if (key.kid !== undefined) throw invalidBundle(`${where} ("use": "x509-svid") must not have a "kid" (X509-SVID §6.1)`, { index })
   let cert: X509Certificate
   try {
     // RFC 7517 §4.7: standard base64, not base64url.
@@ -169,8 +177,8 @@ function readX509Key(key: Record<string, unknown>, where: string, index: number)
 }
 
 function readJwtKey(key: Record<string, unknown>, where: string, index: number): JwtAuthority {
-  // §4.2.2: a jwt-svid key MUST have a key ID.
-  if (typeof key.kid !== 'string' || key.kid === '') throw invalidBundle(`${where} ("use": "jwt-svid") must have a non-empty "kid" (SPIFFE bundle §4.2.2)`, { index })
+  // JWT-SVID §6.1: a jwt-svid key MUST have a key ID.
+  if (typeof key.kid !== 'string' || key.kid === '') throw invalidBundle(`${where} ("use": "jwt-svid") must have a non-empty "kid" (JWT-SVID §6)`, { index })
   const jwk = { ...key }
   delete jwk.use
   delete jwk.kid

@@ -135,7 +135,8 @@ export async function createCertificateAuthority(options: CreateCertificateAutho
     notBefore: wholeSeconds(now - BACKDATE_SECONDS * 1000),
     notAfter: wholeSeconds(now + ttl * 1000),
     subjectPublicKey: spki,
-    // X509-SVID §4.1, §4.3: a signing certificate has cA=true and keyCertSign; cRLSign is allowed.
+    // X509-SVID §3.2, §4.1, §4.3: a signing certificate has cA=true, keyCertSign (cRLSign allowed)
+    // and, as an SVID itself, the path-less ID of its trust domain.
     extensions: [
       extension(OID.basicConstraints, true, seq([forge.asn1.create(forge.asn1.Class.UNIVERSAL, forge.asn1.Type.BOOLEAN, false, '\xff')])),
       extension(OID.keyUsage, true, keyUsageValue([KeyUsageBit.keyCertSign, KeyUsageBit.cRLSign])),
@@ -270,7 +271,7 @@ class LocalCertificateAuthority implements CertificateAuthority {
     if (!id.memberOf(this.trustDomain)) {
       throw invalidArgument('id', id.toString(), `an ID in the CA's trust domain ${this.trustDomain.name}`)
     }
-    // X509-SVID §2: a leaf SVID's ID has a path; the bare trust domain ID names signing certificates.
+    // X509-SVID §3.1: a leaf SVID's ID has a non-root path; the bare trust domain ID names signing certificates (§3.2).
     if (id.path === '') throw invalidArgument('id', id.toString(), 'an ID with a path (the trust domain ID is reserved for CAs)')
     return id
   }
@@ -286,7 +287,7 @@ class LocalCertificateAuthority implements CertificateAuthority {
     const der = buildCertificate({
       serial: serialNumber(),
       issuer: this.#subject,
-      // X509-SVID §2: the subject may be empty; the SAN then must be critical (RFC 5280 §4.2.1.6).
+      // X509-SVID §3.1: the subject may be empty; the SAN then must be critical (RFC 5280 §4.1.2.6).
       subject: seq([]),
       notBefore,
       notAfter,

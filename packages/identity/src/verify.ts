@@ -89,7 +89,7 @@ function checkTime(cert: ParsedCertificate, now: Date, role: string): void {
   if (now > cert.notAfter) throw svidRejected(SvidRejectionReason.Expired, `the ${role} expired at ${cert.notAfter.toISOString()}`, { role })
 }
 
-/** Reads and checks the leaf's SPIFFE ID and key usage (X509-SVID §2, §4). */
+/** Reads and checks the leaf's SPIFFE ID and key usage (X509-SVID §2, §3.1, §4, §5.2). */
 export function leafSpiffeId(leaf: ParsedCertificate): SpiffeId {
   // X509-SVID §2: exactly one URI SAN. Counted from the DER extension: Node's
   // subjectAltName string can be ambiguous when a URI contains ", ".
@@ -103,11 +103,11 @@ export function leafSpiffeId(leaf: ParsedCertificate): SpiffeId {
     const err = svidRejected(SvidRejectionReason.NotSpiffeUri, `the leaf's URI SAN ${JSON.stringify(uri)} is not a SPIFFE ID: ${(cause as Error).message}`, { uri })
     throw new AmbientError(err.code, err.message, { cause, details: err.details })
   }
-  // X509-SVID §2: a leaf's ID has a path; the bare trust domain ID is for signing certificates.
-  if (id.path === '') throw svidRejected(SvidRejectionReason.RootPath, `the leaf's SPIFFE ID ${uri} has no path (X509-SVID §2)`, { id: uri })
-  // X509-SVID §4.1: leaf basicConstraints cA MUST be false.
+  // X509-SVID §3.1, §5.2: a leaf's ID has a non-root path; the bare trust domain ID is for signing certificates.
+  if (id.path === '') throw svidRejected(SvidRejectionReason.RootPath, `the leaf's SPIFFE ID ${uri} has no path (X509-SVID §3.1)`, { id: uri })
+  // X509-SVID §4.1, §5.2: leaf basicConstraints cA MUST be false.
   if (leaf.cA === true) throw svidRejected(SvidRejectionReason.LeafIsCa, 'the leaf has cA=true (X509-SVID §4.1)', { id: uri })
-  // X509-SVID §4.3: leaf keyUsage MUST have digitalSignature and MUST NOT have keyCertSign or cRLSign.
+  // X509-SVID §4.3, §5.2: leaf keyUsage MUST have digitalSignature and MUST NOT have keyCertSign or cRLSign.
   if (leaf.keyUsage?.has(KeyUsageBit.keyCertSign) === true) throw svidRejected(SvidRejectionReason.LeafKeyCertSign, 'the leaf has keyUsage keyCertSign (X509-SVID §4.3)', { id: uri })
   if (leaf.keyUsage?.has(KeyUsageBit.cRLSign) === true) throw svidRejected(SvidRejectionReason.LeafCrlSign, 'the leaf has keyUsage cRLSign (X509-SVID §4.3)', { id: uri })
   if (leaf.keyUsage?.has(KeyUsageBit.digitalSignature) !== true) throw svidRejected(SvidRejectionReason.LeafNoDigitalSignature, 'the leaf lacks keyUsage digitalSignature (X509-SVID §4.3)', { id: uri })
@@ -118,7 +118,7 @@ export function leafSpiffeId(leaf: ParsedCertificate): SpiffeId {
  * Verifies an X.509-SVID chain (leaf first) per the X509-SVID spec and
  * returns the leaf's SPIFFE ID. The chain must lead, through CA
  * intermediates it carries, to an X.509 authority of the bundle of the
- * leaf's **own** trust domain (X509-SVID §5.2); other domains' roots are
+ * leaf's **own** trust domain (X509-SVID §5.1; Trust Domain and Bundle §6.4); other domains' roots are
  * never tried. Rejections throw `ERR_AMBIENT_SVID_REJECTED` with
  * `details.reason` one of {@link SvidRejectionReason}.
  */

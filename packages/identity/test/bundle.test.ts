@@ -44,8 +44,8 @@ describe('TrustBundle (SPIFFE bundle format)', () => {
     expect(doc.keys[2]).toMatchObject({ use: 'jwt-svid', kid: 'key-1' })
   })
 
-  it('ignores keys with an unknown use', () => {
-    const bundle = TrustBundle.parse('example.org', { keys: [x509Key(ca), { kty: 'EC', use: 'future-svid' }] })
+  it('ignores keys with an unknown use or key type', () => {
+    const bundle = TrustBundle.parse('example.org', { keys: [x509Key(ca), { kty: 'EC', use: 'future-svid' }, { kty: 'PQC', use: 'x509-svid' }] })
     expect(bundle.x509Authorities).toHaveLength(1)
   })
 
@@ -67,6 +67,7 @@ describe('TrustBundle (SPIFFE bundle format)', () => {
     ['x509-svid with base64url x5c', 'url-x5c', /not a base64 DER certificate/],
     ['x509-svid whose key does not match its certificate', 'mismatch', /does not match the public key/],
     ['jwt-svid without kid', 'no-kid', /non-empty "kid"/],
+    ['x509-svid with a kid', 'x509-kid', /must not have a "kid"/],
     ['jwt-svid with a bad key', { keys: [{ kty: 'EC', use: 'jwt-svid', kid: 'k', crv: 'P-256', x: 'AA', y: 'AA' }] }, /not a valid public JWK/],
     ['negative sequence', { keys: [], spiffe_sequence: -1 }, /spiffe_sequence/],
     ['fractional refresh hint', { keys: [], spiffe_refresh_hint: 1.5 }, /spiffe_refresh_hint/],
@@ -75,6 +76,7 @@ describe('TrustBundle (SPIFFE bundle format)', () => {
     if (input === 'two-x5c') json = { keys: [{ ...x509Key(ca), x5c: [...(x509Key(ca).x5c as string[]), ...(x509Key(rsa).x5c as string[])] }] }
     if (input === 'url-x5c') json = { keys: [{ ...x509Key(ca), x5c: [(x509Key(ca).x5c as string[])[0]!.replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '') + '-_'] }] }
     if (input === 'mismatch') json = { keys: [{ ...x509Key(ca), x: x509Key(rsa).n }] }
+    if (input === 'x509-kid') json = { keys: [{ ...x509Key(ca), kid: 'k' }] }
     if (input === 'no-kid') json = { keys: [{ ...jwtKey(), kid: undefined }] }
     expect(invalidBundle(json)).toMatch(message)
   })
