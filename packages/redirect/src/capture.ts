@@ -98,9 +98,10 @@ function isMissingProgram(err: unknown): boolean {
 // Whether nft works is a property of the machine (binary and kernel), not of one namespace: probe once.
 let nftWorks: Promise<boolean> | undefined
 
-async function pickBackend(netns: Netns, backend: CaptureBackend | 'auto', signal?: AbortSignal): Promise<CaptureBackend> {
+async function pickBackend(netns: Netns, backend: CaptureBackend | 'auto'): Promise<CaptureBackend> {
   if (backend !== 'auto') return backend
-  nftWorks ??= netns.exec('nft', ['list', 'tables'], { signal }).then(
+  // No signal: an aborted probe must not be remembered as "nft does not work".
+  nftWorks ??= netns.exec('nft', ['list', 'tables']).then(
     () => true,
     () => false,
   )
@@ -130,7 +131,8 @@ export async function applyCapture(netns: Netns, config: CaptureConfig = {}, opt
   }
   const { signal } = options
   throwIfAborted(signal, 'applyCapture')
-  const backend = await pickBackend(netns, requested, signal)
+  const backend = await pickBackend(netns, requested)
+  throwIfAborted(signal, 'applyCapture')
   if (backend === 'nftables') {
     await applyNftables(netns, ruleSet, signal)
   } else {

@@ -203,6 +203,20 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
           outboundSeen.stop()
           expect([inboundSeen.count(), outboundSeen.count()]).toEqual([0, 0])
         })
+        it(`source-preserving inbound: the proxy reaches the app as the original client and gets the replies (${family})`, async () => {
+          const [appHost, clientHost] = family === 'ipv4' ? [server.ipv4, outside.ipv4] : [server.ipv6, outside.ipv6]
+          const accepted = nextConnection(app)
+          // What the proxy does for an inbound connection: a marked, transparent socket bound to the client's address.
+          const upstream = await nsServer.connect({ host: appHost, port: 8080, mark: PROXY_MARK, transparent: true, localAddress: clientHost })
+          const appSide = await accepted
+          expect(peerOf(appSide)).toBe(clientHost)
+          // The app's reply is addressed to the outside pod; the ip rule and table 100 bring it back to the proxy.
+          appSide.write('reply')
+          const [data] = (await once(upstream, 'data')) as [Buffer]
+          expect(data.toString()).toBe('reply')
+          upstream.destroy()
+          appSide.destroy()
+        })
       }
 
       it('applying twice equals applying once', async () => {
