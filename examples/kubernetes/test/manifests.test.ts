@@ -1,0 +1,123 @@
+import { readdirSync, readFileSync } from 'node:fs'
+import { describe, expect, it } from 'vitest'
+import { parseAllDocuments } from 'yaml'
+import { ConfigMap, Namespace, ServiceAccount } from 'kubernetes-models/v1'
+import { DaemonSet, type IDaemonSet } from 'kubernetes-models/apps/v1'
+import { ClusterRole, ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1'
+import { loadAuthorizationPolicy } from '@ambientkit/core'
+import { DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE } from '../src/index'
+
+// Validators generated from the Kubernetes OpenAPI schemas, one per kind we ship.
+const models: Record<string, { validate(object: unknown): void }> = {
+  'v1/Namespace': { validate: (o) => new Namespace(o as never).validate() },
+  'v1/ServiceAccount': { validate: (o) => new ServiceAccount(o as never).validate() },
+  'v1/ConfigMap': { validate: (o) => new ConfigMap(o as never).validate() },
+  'apps/v1/DaemonSet': { validate: (o) => new DaemonSet(o as never).validate() },
+  'rbac.authorization.k8s.io/v1/ClusterRole': { validate: (o) => new ClusterRole(o as never).validate() },
+  'rbac.authorization.k8s.io/v1/ClusterRoleBinding': { validate: (o) => new ClusterRoleBinding(o as never).validate() },
+}
+
+interface Manifest {
+  apiVersion: string
+  kind: string
+  metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> }
+  [field: string]: unknown
+}
+
+const dir = new URL('../manifests/', import.meta.url)
+const files = readdirSync(dir).filter((f) => f.endsWith('.yaml')).sort()
+
+function parse(text: string, file: string): Manifest[] {
+  return parseAllDocuments(text).map((doc, i) => {
+    if (doc.errors.length > 0) throw new Error(`${file} document ${i}: ${doc.errors.map((e) => e.message).join('; ')}`)
+    return doc.toJS() as Manifest
+  })
+}
+
+const manifests = files.flatMap((file) => parse(readFileSync(new URL(file, dir), 'utf8'), file).map((m) => ({ file, m })))
+
+function validate(m: Manifest): void {
+  const model = models[`${m.apiVersion}/${m.kind}`]
+  if (model === undefined) throw new Error(`no schema for ${m.apiVersion} ${m.kind}`)
+  model.validate(m)
+}
+
+const find = <T = Manifest>(kind: string): T => manifests.find(({ m }) => m.kind === kind)!.m as T
+
+describe('manifests', () => {
+  it('cover every kind the guide applies', () => {
+    expect(manifests.map(({ m }) => m.kind).sort()).toEqual(['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'DaemonSet', 'Namespace', 'ServiceAccount'])
+  })
+
+  it.each(manifests.map(({ file, m }) => [`${file}: ${m.kind} ${m.metadata.name}`, m] as const))('%s is valid against its OpenAPI schema', (_name, m) => {
+    expect(() => validate(m)).not.toThrow()
+  })
+
+  it('fails validation for a broken manifest, so the check above can fail', () => {
+    const daemonSet = structuredClone(find('DaemonSet')) as unknown as { spec: { template: { spec: { containers: { ports: { containerPort: unknown }[]; readinessProbe: { periodSeconds: unknown } }[] } } } }
+    daemonSet.spec.template.spec.containers[0]!.ports[0]!.containerPort = '15021'
+    expect(() => validate(daemonSet as unknown as Manifest)).toThrow(/containerPort must be integer/)
+
+    const noContainers = structuredClone(find('DaemonSet')) as unknown as { spec: { template: { spec: Record<string, unknown> } } }
+    delete noContainers.spec.template.spec.containers
+    expect(() => validate(noContainers as unknown as Manifest)).toThrow(/containers/)
+
+    const binding = structuredClone(find('ClusterRoleBinding')) as unknown as { roleRef: Record<string, unknown> }
+    delete binding.roleRef.name
+    expect(() => validate(binding as unknown as Manifest)).toThrow(/name/)
+
+    const data = structuredClone(find('ConfigMap')) as unknown as { data: Record<string, unknown> }
+    data.data['mesh.yaml'] = { trustDomain: 'cluster.local' }
+    expect(() => validate(data as unknown as Manifest)).toThrow(/must be string/)
+  })
+
+  it('grant only get, list and watch on pods, namespaces, services and endpointslices', () => {
+    const role = find<{ rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[] }>('ClusterRole')
+    const granted = role.rules.flatMap((rule) => rule.apiGroups.flatMap((group) => rule.resources.map((resource) => `${group}/${resource}:${[...rule.verbs].sort().join(',')}`)))
+    expect(granted.sort()).toEqual(['/namespaces:get,list,watch', '/pods:get,list,watch', '/services:get,list,watch', 'discovery.k8s.io/endpointslices:get,list,watch'])
+    const binding = find<{ roleRef: { name: string }; subjects: { kind: string; name: string; namespace: string }[] }>('ClusterRoleBinding')
+    const account = find('ServiceAccount')
+    expect(binding.roleRef.name).toBe(find('ClusterRole').metadata.name)
+    expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: account.metadata.name, namespace: account.metadata.namespace }])
+  })
+
+  it('run the node agent with host PID, its service account, capabilities, probe, scrape annotations, and never capture it', () => {
+    const ds = find<IDaemonSet>('DaemonSet')
+    const pod = ds.spec!.template.spec!
+    expect(pod.hostPID).toBe(true)
+    expect(pod.hostNetwork).toBeUndefined()
+    expect(pod.serviceAccountName).toBe(find('ServiceAccount').metadata.name)
+    expect(pod.tolerations).toContainEqual({ operator: 'Exists' })
+    const container = pod.containers[0]!
+    expect(container.readinessProbe?.httpGet).toEqual({ path: '/healthz/ready', port: 15021 })
+    expect(container.securityContext?.capabilities?.add).toEqual(expect.arrayContaining(['NET_ADMIN', 'SYS_ADMIN', 'NET_RAW']))
+    expect(container.env).toContainEqual({ name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } })
+    expect(ds.spec!.template.metadata?.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': '15020', 'prometheus.io/path': '/metrics' })
+    expect(ds.spec!.template.metadata?.labels?.[DATAPLANE_MODE_LABEL]).toBe(DATAPLANE_MODE_NONE)
+    const mounts = Object.fromEntries((container.volumeMounts ?? []).map((v) => [v.name, v.mountPath]))
+    expect(mounts).toMatchObject({ config: '/etc/ambientkit', netns: '/var/run/netns' })
+    const volumes = new Set((pod.volumes ?? []).map((v) => v.name))
+    for (const name of Object.keys(mounts)) expect(volumes.has(name)).toBe(true)
+    expect(pod.volumes?.find((v) => v.name === 'config')?.configMap?.name).toBe(find('ConfigMap').metadata.name)
+    for (const m of manifests.map(({ m }) => m).filter((m) => m.kind !== 'Namespace' && m.kind !== 'ClusterRole' && m.kind !== 'ClusterRoleBinding')) {
+      expect(m.metadata.namespace).toBe(find('Namespace').metadata.name)
+    }
+  })
+
+  it('ship a mesh config whose policies core accepts', () => {
+    const config = find<{ data: Record<string, string> }>('ConfigMap')
+    const mesh = parse(config.data['mesh.yaml']!, 'mesh.yaml')[0] as unknown as { trustDomain: string; policiesFile: string }
+    expect(mesh.trustDomain).toBe('cluster.local')
+    expect(mesh.policiesFile).toBe('/etc/ambientkit/policies.yaml')
+    const policies = parse(config.data['policies.yaml']!, 'policies.yaml')[0] as unknown as unknown[]
+    expect(policies.map((p) => loadAuthorizationPolicy(p).name)).toEqual(['api-allow-frontend', 'deny-plaintext'])
+  })
+
+  it('ship a Dockerfile on Node 20 slim with iptables, nftables and iproute2', () => {
+    const dockerfile = readFileSync(new URL('../Dockerfile', import.meta.url), 'utf8')
+    const stages = [...dockerfile.matchAll(/^FROM (\S+)/gm)].map((m) => m[1])
+    expect(stages.at(-1)).toBe('node:20-bookworm-slim')
+    const installs = dockerfile.match(/apt-get install[^\n]*\n?[^\n]*/g)!.at(-1)!
+    for (const tool of ['iptables', 'nftables', 'iproute2']) expect(installs).toContain(tool)
+  })
+})
