@@ -38,6 +38,12 @@ export interface RemoveCaptureOptions extends AbortOptions {
   config?: CaptureConfig
 }
 
+/** What {@link removeCapture} did. */
+export interface RemoveCaptureResult {
+  /** Whether anything of ours was there to remove. */
+  removed: boolean
+}
+
 /** Options of {@link inspectCapture}. */
 export interface InspectCaptureOptions extends AbortOptions {
   /** The configuration capture is expected to follow. Default `{}` (Istio's defaults). */
@@ -172,7 +178,7 @@ async function applyIptables(netns: Netns, ruleSet: CaptureRuleSet, family: Capt
  *
  * @returns whether anything was removed.
  */
-export async function removeCapture(netns: Netns, options: RemoveCaptureOptions = {}): Promise<{ removed: boolean }> {
+export async function removeCapture(netns: Netns, options: RemoveCaptureOptions = {}): Promise<RemoveCaptureResult> {
   const ruleSet = captureRules(options.config ?? {})
   const { signal } = options
   throwIfAborted(signal, 'removeCapture')

@@ -43,6 +43,7 @@ export {
   type CaptureInspection,
   type InspectCaptureOptions,
   type RemoveCaptureOptions,
+  type RemoveCaptureResult,
 } from './capture'
 export {
   CONNMARK,
