@@ -33,6 +33,13 @@ export {
   type PodSkipReason,
   type PodToWorkloadOptions,
 } from './pod'
+export {
+  SERVICE_NAME_LABEL,
+  serviceFromKubernetes,
+  type ServiceDecision,
+  type ServiceFromKubernetesOptions,
+  type ServiceSkipReason,
+} from './service'
 export { createProcNetnsResolver, podUidFromCgroup, type NetnsResolver, type ProcNetnsResolverOptions } from './netns'
 export {
   createKubernetesPodSource,
