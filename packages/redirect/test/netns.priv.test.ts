@@ -133,6 +133,17 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
     await closeServer(server)
   })
 
+  it('reusePort lets two listeners share a port, which is refused without it', async () => {
+    const first = await nsB.listen({ host: '127.0.0.1', port: 0, reusePort: true })
+    const { port } = first.address() as AddressInfo
+    const second = await nsB.listen({ host: '127.0.0.1', port, reusePort: true })
+    expect((second.address() as AddressInfo).port).toBe(port)
+    const refused = await expectCode(nsB.listen({ host: '127.0.0.1', port }), RedirectErrorCode.Socket)
+    expect(refused.errnoName).toBe('EADDRINUSE')
+    await closeServer(first)
+    await closeServer(second)
+  })
+
   it('listen with transparent and freebind binds an address the namespace does not have', async () => {
     const refused = await expectCode(nsB.listen({ host: '10.9.9.9', port: 0 }), RedirectErrorCode.Socket)
     expect(refused.errnoName).toBe('EADDRNOTAVAIL')
