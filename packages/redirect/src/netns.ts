@@ -93,7 +93,9 @@ export interface Netns extends Closable {
    * A TCP connection created in this namespace, options applied before
    * `connect()`, resolved once connected. Rejects with
    * `ERR_AMBIENT_REDIRECT_CONNECT` (errno in `details`) or
-   * `ERR_AMBIENT_ABORTED`; no descriptor is left open on failure.
+   * `ERR_AMBIENT_ABORTED`; no descriptor is left open on failure. The
+   * socket is already connected when the promise resolves: it emits no
+   * `'connect'` event.
    */
   connect(options: NetnsConnectOptions): Promise<Socket>
   /**
