@@ -2,7 +2,7 @@ import { createSecureContext, type ConnectionOptions, type PeerCertificate, type
 import { AmbientError, invalidArgument, throwIfAborted, type AbortOptions } from '@ambientkit/core'
 import type { X509Svid } from './ca'
 import { parseCertificate } from './certificate'
-import { IdentityErrorCode } from './errors'
+import { IdentityErrorCode, SvidRejectionReason } from './errors'
 import type { IdentityManager } from './manager'
 import { SpiffeId } from './spiffe-id'
 import { leafSpiffeId, verifyX509Svid } from './verify'
@@ -121,6 +121,23 @@ function peerChain(cert: PeerCertificate): Buffer[] {
   return chain
 }
 
+/**
+ * The client's SVID, verified. Node's detailed peer chain costs several times
+ * the leaf alone (it looks issuers up in the trust store), so the leaf is tried
+ * first: enough when the leaf is signed by a bundle root or was seen before.
+ */
+function verifyServerPeer(socket: TLSSocket, manager: IdentityManager): SpiffeId {
+  const leaf = socket.getPeerCertificate(false)
+  if (leaf?.raw !== undefined) {
+    try {
+      return verifyX509Svid([leaf.raw], manager.bundles)
+    } catch (err) {
+      if ((err as AmbientError).details?.reason !== SvidRejectionReason.Untrusted) throw err
+    }
+  }
+  return verifyX509Svid(peerChain(socket.getPeerCertificate(true)), manager.bundles)
+}
+
 function checkInit(init: SpiffeTlsOptions): SpiffeId {
   if (init === null || typeof init !== 'object' || init.manager === undefined) throw invalidArgument('manager', init?.manager, 'an IdentityManager')
   if (init.alpnProtocols !== undefined && (!Array.isArray(init.alpnProtocols) || init.alpnProtocols.some((p) => typeof p !== 'string' || p === ''))) {
@@ -175,7 +192,7 @@ export function attachTlsServer(server: Server, options: SpiffeTlsServerOptions)
   const original = server.listeners('secureConnection') as Array<(socket: TLSSocket) => void>
   const guard = (socket: TLSSocket): void => {
     try {
-      const peer = verifyX509Svid(peerChain(socket.getPeerCertificate(true)), manager.bundles)
+      const peer = verifyServerPeer(socket, manager)
       if (config.accept !== undefined && !config.accept(peer)) {
         throw new AmbientError(IdentityErrorCode.UnexpectedPeer, `client ${peer.toString()} is not an accepted peer`, { details: { peer: peer.toString() } })
       }

@@ -45,7 +45,7 @@ function parsedAuthority(cert: X509Certificate): ParsedCertificate {
 }
 
 /**
- * Chains already verified, so a peer that reconnects with the same SVID (the
+ * Leaves already verified, so a peer that reconnects with the same SVID (the
  * common case: an SVID lives for hours) costs a hash, not a parse and a
  * signature check. An entry holds only while the bundle it was verified
  * against is still the one in force (bundles are immutable, so a replaced
@@ -60,15 +60,15 @@ interface VerifiedChain {
 const MAX_VERIFIED = 4096
 const verifiedChains = new Map<string, VerifiedChain>()
 
-function chainKey(ders: Buffer[]): string {
-  const hash = createHash('sha256')
-  for (const der of ders) hash.update(der)
-  return hash.digest('base64')
+// Keyed by the leaf alone: once a leaf is known to chain to a bundle, the
+// certificates sent along with it later cannot change that.
+function leafKey(leafDer: Buffer): string {
+  return createHash('sha256').update(leafDer).digest('base64')
 }
 
 function lookup(ders: Buffer[], bundles: TrustBundleSource, now: Date): SpiffeId | undefined {
   if (ders.length === 0) return undefined
-  const key = chainKey(ders)
+  const key = leafKey(ders[0]!)
   const entry = verifiedChains.get(key)
   if (entry === undefined) return undefined
   const t = now.getTime()
@@ -80,7 +80,7 @@ function lookup(ders: Buffer[], bundles: TrustBundleSource, now: Date): SpiffeId
 }
 
 function remember(ders: Buffer[], entry: VerifiedChain): void {
-  verifiedChains.set(chainKey(ders), entry)
+  verifiedChains.set(leafKey(ders[0]!), entry)
   if (verifiedChains.size > MAX_VERIFIED) verifiedChains.delete(verifiedChains.keys().next().value!)
 }
 

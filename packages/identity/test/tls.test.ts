@@ -8,10 +8,11 @@ import { fileURLToPath } from 'node:url'
 import { X509Certificate } from 'node:crypto'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
-  IdentityErrorCode, SpiffeId, attachTlsServer, createCertificateAuthority, createIdentityManager, createLocalCaSource,
+  IdentityErrorCode, SpiffeId, attachTlsServer, createCertificateAuthority, createIdentityManager, createLocalCaSource, loadCertificateAuthority,
   peerSpiffeId, tlsClientOptions, tlsServerOptions, type CertificateAuthority, type IdentityManager, type KeyType,
 } from '@ambientkit/identity'
 import { craft } from './craft'
+import { KeyUsageBit } from '../src/certificate'
 
 const serverId = SpiffeId.fromServiceAccount('example.org', 'shop', 'api')
 const clientId = SpiffeId.fromServiceAccount('example.org', 'shop', 'web')
@@ -117,6 +118,22 @@ describe('mutual TLS with SPIFFE IDs', () => {
     expect(firstLine).toBe(clientId.toString())
     expect(peerSpiffeId(socket).toString()).toBe(serverId.toString())
     expect(await line(socket, 'across processes')).toBe('across processes')
+  })
+
+  it('verifies chains through an intermediate CA on both sides', async () => {
+    const root = await createCertificateAuthority({ trustDomain: 'example.org' })
+    const intermediate = await craft(root, { cA: true, keyUsage: [KeyUsageBit.keyCertSign, KeyUsageBit.cRLSign], uris: ['spiffe://example.org'], subjectCn: 'intermediate' })
+    const ca = loadCertificateAuthority({
+      certificateChainPem: intermediate.pem + root.save().certificateChainPem,
+      privateKeyPem: intermediate.key.export({ type: 'pkcs8', format: 'pem' }) as string,
+    })
+    const manager = createIdentityManager({ source: createLocalCaSource(ca), ttlSeconds: 600 })
+    cleanups.push(() => manager.close())
+    expect(manager.bundles.get('example.org')!.x509Authorities[0]!.raw.equals(root.certificate.raw)).toBe(true)
+    const { port } = await echoServer(manager)
+    const { socket, firstLine } = await connect(port, await tlsClientOptions({ manager, id: clientId, expectedPeers: [serverId] }))
+    expect(firstLine).toBe(clientId.toString())
+    expect(peerSpiffeId(socket).equals(serverId)).toBe(true)
   })
 
   it('fails the handshake when the server is not an expected peer', async () => {
