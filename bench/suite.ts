@@ -1,10 +1,9 @@
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { pathToFileURL } from 'node:url'
 import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls'
+import type { ChildProcess } from 'node:child_process'
 import type { AddressInfo } from 'node:net'
-import type { Workload } from '@ambientkit/core'
 import {
   attachTlsServer,
   createCertificateAuthority,
@@ -15,9 +14,9 @@ import {
   type CertificateAuthority,
 } from '@ambientkit/identity'
 import { applyCapture, openNetns, removeCapture } from '@ambientkit/redirect'
-import type { NodeRunnerConfig } from './lib/node-runner'
 import { cpuSeconds, machineInfo, rssKiB, sampleRss } from './lib/proc'
-import { runIn, spawnIn, startAgent, stopAll, tsArgs, type Agent } from './lib/processes'
+import { bundleNodeRunner, ECHO_PORT, IPERF_PORT, startIperfServer, startNodeRunner, startPodAgent, workloadOf } from './lib/mesh'
+import { runIn, stop, stopAll, tsArgs, type Agent } from './lib/processes'
 import { MESH_SCENARIOS, SCENARIOS, type BenchResult, type ExtraResult, type ScenarioKey, type ScenarioResult } from './lib/results'
 import { judgeTargets, printReport } from './lib/report'
 import { summarize, type Summary } from './lib/stats'
@@ -45,8 +44,6 @@ const SETTINGS = quick
   ? { rounds: 1, latencyRounds: 1, iperfSeconds: 1, pingWarmup: 200, pingCount: 1000, connMs: 500, connConcurrency: 8, idleConnections: 100, idleRounds: 1, captureRounds: 3, handshakeMs: 300 }
   : { rounds: 3, latencyRounds: 5, iperfSeconds: 3, pingWarmup: 1000, pingCount: 10_000, connMs: 2000, connConcurrency: 8, idleConnections: 1000, idleRounds: 2, captureRounds: 15, handshakeMs: 1500 }
 
-const ECHO_PORT = 7000
-const IPERF_PORT = 5201
 const STUNNEL = { echo: { local: 17000, tunnel: 27000 }, iperf: { local: 15201, tunnel: 25201 } }
 
 const log = (message: string): void => {
@@ -60,9 +57,19 @@ interface Scenario {
   host: string
   echoPort: number
   iperfPort: number
-  /** Proxy processes on the client side and on the server side (the same process for one node). */
-  clientProxies: number[]
-  serverProxies: number[]
+  /** Proxy processes on the client side and on the server side (the same process for one node), as of now: proxies are restarted. */
+  clientProxies: () => number[]
+  serverProxies: () => number[]
+}
+
+/** The running proxies: pids, and the handles to stop them. */
+interface ProxySet {
+  stunnelClient: number
+  stunnelServer: number
+  node1: number
+  node2: number
+  runners: Agent[]
+  stunnel: ChildProcess[]
 }
 
 interface Samples {
@@ -79,11 +86,11 @@ interface Samples {
   rssLoad: number[]
   rssIdleConns: number[]
   kibPerConn: number[]
-  rssIdle: number
+  rssIdle: number[]
 }
 
 const unique = (pids: readonly number[]): number[] => [...new Set(pids)]
-const proxiesOf = (s: Scenario): number[] => unique([...s.clientProxies, ...s.serverProxies])
+const proxiesOf = (s: Scenario): number[] => unique([...s.clientProxies(), ...s.serverProxies()])
 const sum = (values: readonly number[]): number => values.reduce((a, b) => a + b, 0)
 const sumCpu = (pids: readonly number[]): number => sum(pids.map(cpuSeconds))
 const sumRss = (pids: readonly number[]): number => sum(pids.map(rssKiB))
@@ -109,8 +116,9 @@ async function gc(runners: readonly Agent[]): Promise<void> {
 
 async function measureThroughput(s: Scenario, samples: Samples): Promise<void> {
   const proxies = proxiesOf(s)
-  const disjoint = s.clientProxies.every((pid) => !s.serverProxies.includes(pid))
-  const before = { client: sumCpu(s.clientProxies), server: sumCpu(s.serverProxies), total: sumCpu(proxies), at: performance.now() }
+  const [clientSide, serverSide] = [s.clientProxies(), s.serverProxies()]
+  const disjoint = clientSide.every((pid) => !serverSide.includes(pid))
+  const before = { client: sumCpu(clientSide), server: sumCpu(serverSide), total: sumCpu(proxies), at: performance.now() }
   const single = await iperf(s, 1)
   if (proxies.length > 0) {
     const gb = single.bytes / 1e9
@@ -118,8 +126,8 @@ async function measureThroughput(s: Scenario, samples: Samples): Promise<void> {
     samples.cpuTotal.push(total / gb)
     samples.cores.push(total / ((performance.now() - before.at) / 1000))
     if (disjoint) {
-      samples.cpuClient.push((sumCpu(s.clientProxies) - before.client) / gb)
-      samples.cpuServer.push((sumCpu(s.serverProxies) - before.server) / gb)
+      samples.cpuClient.push((sumCpu(clientSide) - before.client) / gb)
+      samples.cpuServer.push((sumCpu(serverSide) - before.server) / gb)
     }
   }
   samples.tput1.push(single.gbps)
@@ -160,6 +168,7 @@ async function measureIdle(s: Scenario, samples: Samples, runners: readonly Agen
   const proxies = proxiesOf(s)
   await gc(runners)
   const before = sumRss(proxies)
+  samples.rssIdle.push(before)
   await s.client.request({ op: 'open-idle', host: s.host, port: s.echoPort, count: SETTINGS.idleConnections, parallel: 32 })
   await gc(runners)
   const after = sumRss(proxies)
@@ -246,82 +255,6 @@ async function runExtra(file: string): Promise<ExtraResult> {
   }
 }
 
-function workloadOf(pod: { name: string; ipv4: string; ipv6: string; node: { index: number } }, name: string): Workload {
-  return {
-    uid: `uid-${pod.name}`,
-    name,
-    namespace: 'bench',
-    serviceAccount: name,
-    node: `node-${pod.node.index}`,
-    addresses: [pod.ipv4, pod.ipv6],
-    protocol: 'HBONE',
-    labels: { app: name },
-  }
-}
-
-// Under node_modules (ignored by git and eslint) so the bundle's external npm imports resolve from the repo's node_modules.
-const RUNNER_BUNDLE = 'node_modules/.cache/ambientkit-bench/node-runner.mjs'
-
-/**
- * Bundles the node runner and the packages' sources into one plain JS file
- * (esbuild, the compiler tsup and tsx use): the proxy process then runs as a
- * built deployment would, without tsx's loader thread and transform caches
- * (≈35 MiB of RSS and some CPU that no user's proxy would carry). npm
- * dependencies stay external. The native addon is found relative to
- * import.meta.url, so that is pinned to redirect's source file.
- */
-async function bundleNodeRunner(): Promise<void> {
-  const nativeUrl = pathToFileURL(join(process.cwd(), 'packages/redirect/src/native.ts')).href
-  await runIn(undefined, 'node_modules/.bin/esbuild', [
-    'bench/lib/node-runner.ts',
-    '--bundle',
-    '--platform=node',
-    '--format=esm',
-    '--target=node20',
-    '--tsconfig=tsconfig.json',
-    ...['node-forge', 'netlink', 'ip-num', 'prom-client'].map((dep) => `--external:${dep}`),
-    `--define:import.meta.url=${JSON.stringify(nativeUrl)}`,
-    `--outfile=${RUNNER_BUNDLE}`,
-    '--log-level=warning',
-  ])
-}
-
-async function startNodeRunner(dir: string, config: NodeRunnerConfig): Promise<Agent> {
-  const file = join(dir, `${config.nodeName}.json`)
-  writeFileSync(file, JSON.stringify(config), { mode: 0o600 })
-  const flags = ['--expose-gc']
-  if (process.env.BENCH_PROXY_PROF !== undefined) flags.push('--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROXY_PROF}`)
-  const { agent } = await startAgent(undefined, process.execPath, [...flags, RUNNER_BUNDLE, file], 60_000)
-  return agent
-}
-
-async function startPodAgent(ns: string, serve: boolean): Promise<Agent> {
-  const { agent } = await startAgent(ns, process.execPath, tsArgs('bench/lib/pod-agent.ts'))
-  if (serve) await agent.request({ op: 'serve', port: ECHO_PORT })
-  return agent
-}
-
-/** iperf3 servers stay up for the whole run; they answer one test at a time, which is how the runs are sequenced. */
-async function startIperfServer(ns: string): Promise<void> {
-  const child = spawnIn(ns, 'iperf3', ['-s', '-p', String(IPERF_PORT), '--forceflush'])
-  child.stdin?.end()
-  await new Promise<void>((resolve, reject) => {
-    let out = ''
-    const timer = setTimeout(() => reject(new Error(`iperf3 -s in ${ns} did not start`)), 10_000)
-    child.stdout?.setEncoding('utf8').on('data', (text: string) => {
-      out += text
-      if (out.includes('Server listening')) {
-        clearTimeout(timer)
-        resolve()
-      }
-    })
-    child.once('exit', (code) => {
-      clearTimeout(timer)
-      reject(new Error(`iperf3 -s in ${ns} exited (${code})`))
-    })
-  })
-}
-
 const emptySamples = (): Samples => ({
   tput1: [],
   tput8: [],
@@ -336,7 +269,7 @@ const emptySamples = (): Samples => ({
   rssLoad: [],
   rssIdleConns: [],
   kibPerConn: [],
-  rssIdle: 0,
+  rssIdle: [],
 })
 
 function resultOf(label: string, samples: Samples, hasProxies: boolean): ScenarioResult {
@@ -349,7 +282,7 @@ function resultOf(label: string, samples: Samples, hasProxies: boolean): Scenari
     connectionsPerSecond: summarize(samples.conn),
     cpuSecondsPerGB: hasProxies ? { client: maybe(samples.cpuClient), server: maybe(samples.cpuServer), total: summarize(samples.cpuTotal) } : null,
     proxyCores: hasProxies ? summarize(samples.cores) : null,
-    rssKiB: hasProxies ? { idle: samples.rssIdle, withIdleConnections: summarize(samples.rssIdleConns), underLoad: summarize(samples.rssLoad) } : null,
+    rssKiB: hasProxies ? { idle: summarize(samples.rssIdle), withIdleConnections: summarize(samples.rssIdleConns), underLoad: summarize(samples.rssLoad) } : null,
     kibPerIdleConnection: hasProxies ? summarize(samples.kibPerConn) : null,
   }
 }
@@ -419,18 +352,6 @@ async function main(): Promise<void> {
       agents.push(await startPodAgent(pod.name, true))
       await startIperfServer(pod.name)
     }
-    const stunnel = await startStunnelPair({
-      ca,
-      dir,
-      clientNs: t.plainClient.name,
-      serverNs: t.plainServer.name,
-      serverIp: t.plainServer.ipv4,
-      services: [
-        { name: 'echo', local: STUNNEL.echo.local, tunnel: STUNNEL.echo.tunnel, target: ECHO_PORT },
-        { name: 'iperf', local: STUNNEL.iperf.local, tunnel: STUNNEL.iperf.tunnel, target: IPERF_PORT },
-      ],
-    })
-
     const workloads = {
       client: workloadOf(t.meshClient, 'client'),
       same: workloadOf(t.meshServerSame, 'server-same'),
@@ -446,21 +367,48 @@ async function main(): Promise<void> {
     }
     const all = Object.values(workloads)
     const caPem = ca.save()
-    const node1 = await startNodeRunner(dir, {
-      nodeName: 'node-1',
-      ca: caPem,
-      workloads: all,
-      enroll: [
-        { uid: workloads.client.uid, netnsPath: t.meshClient.path },
-        { uid: workloads.same.uid, netnsPath: t.meshServerSame.path },
-      ],
-    })
-    const node2 = await startNodeRunner(dir, { nodeName: 'node-2', ca: caPem, workloads: all, enroll: [{ uid: workloads.cross.uid, netnsPath: t.meshServerCross.path }] })
-    agents.push(node1, node2)
-    const runners = [node1, node2]
+
+    // The proxies: started again before each idle-memory measurement, because
+    // memory a process once used is not given back (V8 and glibc keep it),
+    // so only a fresh process shows what connections cost.
+    let proxies: ProxySet | undefined
+    const startProxies = async (): Promise<ProxySet> => {
+      const stunnel = await startStunnelPair({
+        ca,
+        dir,
+        clientNs: t.plainClient.name,
+        serverNs: t.plainServer.name,
+        serverIp: t.plainServer.ipv4,
+        services: [
+          { name: 'echo', local: STUNNEL.echo.local, tunnel: STUNNEL.echo.tunnel, target: ECHO_PORT },
+          { name: 'iperf', local: STUNNEL.iperf.local, tunnel: STUNNEL.iperf.tunnel, target: IPERF_PORT },
+        ],
+      })
+      const node1 = await startNodeRunner(dir, {
+        nodeName: 'node-1',
+        ca: caPem,
+        workloads: all,
+        enroll: [
+          { uid: workloads.client.uid, netnsPath: t.meshClient.path },
+          { uid: workloads.same.uid, netnsPath: t.meshServerSame.path },
+        ],
+      })
+      const node2 = await startNodeRunner(dir, { nodeName: 'node-2', ca: caPem, workloads: all, enroll: [{ uid: workloads.cross.uid, netnsPath: t.meshServerCross.path }] })
+      agents.push(node1, node2)
+      return { stunnelClient: stunnel.client.pid, stunnelServer: stunnel.server.pid, node1: node1.pid, node2: node2.pid, runners: [node1, node2], stunnel: [stunnel.client.child, stunnel.server.child] }
+    }
+    const restartProxies = async (): Promise<ProxySet> => {
+      if (proxies !== undefined) {
+        await Promise.all(proxies.runners.map((runner) => runner.close()))
+        await Promise.all(proxies.stunnel.map((child) => stop(child)))
+      }
+      proxies = await startProxies()
+      return proxies
+    }
+    const pids = (...names: Array<'stunnelClient' | 'stunnelServer' | 'node1' | 'node2'>) => (): number[] => names.map((name) => proxies![name])
 
     const scenarios: Scenario[] = [
-      { key: 'direct', client: plainClient, clientNs: t.plainClient.name, host: t.plainServer.ipv4, echoPort: ECHO_PORT, iperfPort: IPERF_PORT, clientProxies: [], serverProxies: [] },
+      { key: 'direct', client: plainClient, clientNs: t.plainClient.name, host: t.plainServer.ipv4, echoPort: ECHO_PORT, iperfPort: IPERF_PORT, clientProxies: () => [], serverProxies: () => [] },
       {
         key: 'stunnel',
         client: plainClient,
@@ -468,10 +416,19 @@ async function main(): Promise<void> {
         host: '127.0.0.1',
         echoPort: STUNNEL.echo.local,
         iperfPort: STUNNEL.iperf.local,
-        clientProxies: [stunnel.client.pid],
-        serverProxies: [stunnel.server.pid],
+        clientProxies: pids('stunnelClient'),
+        serverProxies: pids('stunnelServer'),
       },
-      { key: 'meshSameNode', client: meshClient, clientNs: t.meshClient.name, host: t.meshServerSame.ipv4, echoPort: ECHO_PORT, iperfPort: IPERF_PORT, clientProxies: [node1.pid], serverProxies: [node1.pid] },
+      {
+        key: 'meshSameNode',
+        client: meshClient,
+        clientNs: t.meshClient.name,
+        host: t.meshServerSame.ipv4,
+        echoPort: ECHO_PORT,
+        iperfPort: IPERF_PORT,
+        clientProxies: pids('node1'),
+        serverProxies: pids('node1'),
+      },
       {
         key: 'meshCrossNode',
         client: meshClient,
@@ -479,22 +436,23 @@ async function main(): Promise<void> {
         host: t.meshServerCross.ipv4,
         echoPort: ECHO_PORT,
         iperfPort: IPERF_PORT,
-        clientProxies: [node1.pid],
-        serverProxies: [node2.pid],
+        clientProxies: pids('node1'),
+        serverProxies: pids('node2'),
       },
     ]
     const samples = Object.fromEntries(scenarios.map((s) => [s.key, emptySamples()])) as Record<ScenarioKey, Samples>
 
-    await gc(runners)
-    for (const s of scenarios) samples[s.key].rssIdle = sumRss(proxiesOf(s))
-
     // Every measurement goes round the scenarios in turn, so a noisy
     // neighbour on a shared machine spreads over all of them alike.
-    const withProxies = scenarios.filter((s) => proxiesOf(s).length > 0)
+    const withProxies = scenarios.filter((s) => s.key !== 'direct')
     for (let round = 0; round < SETTINGS.idleRounds; round++) {
       log(`idle connections, round ${round + 1}/${SETTINGS.idleRounds}`)
-      for (const s of withProxies) await measureIdle(s, samples[s.key], runners)
+      for (const s of withProxies) {
+        const fresh = await restartProxies()
+        await measureIdle(s, samples[s.key], fresh.runners)
+      }
     }
+    await restartProxies()
     for (let round = 0; round < SETTINGS.latencyRounds; round++) {
       log(`latency, round ${round + 1}/${SETTINGS.latencyRounds}`)
       for (const s of scenarios) await measureLatency(s, samples[s.key])

@@ -6,7 +6,6 @@ import { formatTable } from './table'
 
 const fmt = (summary: Summary | null | undefined, digits = 1): string => (summary === null || summary === undefined ? '—' : formatSummary(summary, digits))
 const ratio = (value: number | null): string => (value === null ? '—' : `${value.toFixed(2)}×`)
-const mib = (kib: number): string => (kib / 1024).toFixed(1)
 const mibSummary = (s: Summary | undefined): string =>
   s === undefined ? '—' : formatSummary({ ...s, median: s.median / 1024, min: s.min / 1024, max: s.max / 1024, p90: s.p90 / 1024, p99: s.p99 / 1024 }, 1)
 
@@ -140,7 +139,7 @@ function resourceTable(r: BenchResult): string {
     row('CPU s per GB, server side', (s) => fmt(s.cpuSecondsPerGB?.server, 2)),
     row('CPU s per GB, total', (s) => fmt(s.cpuSecondsPerGB?.total, 2)),
     row('cores busy, 1 stream', (s) => fmt(s.proxyCores, 2)),
-    row('RSS idle (MiB)', (s) => (s.rssKiB === null ? '—' : mib(s.rssKiB.idle))),
+    row('RSS idle, fresh process (MiB)', (s) => mibSummary(s.rssKiB?.idle)),
     row(`RSS with ${idle} idle conns (MiB)`, (s) => mibSummary(s.rssKiB?.withIdleConnections)),
     row('KiB per idle connection', (s) => fmt(s.kibPerIdleConnection, 1)),
     row('RSS peak, 8 streams (MiB)', (s) => mibSummary(s.rssKiB?.underLoad)),

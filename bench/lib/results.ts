@@ -28,7 +28,7 @@ export interface ScenarioResult {
   /** Proxy CPU use during the single-stream runs, in cores (1.0 = one core busy). */
   proxyCores: Summary | null
   /** Resident memory of the proxy processes of this path, summed, KiB. */
-  rssKiB: { idle: number; withIdleConnections: Summary; underLoad: Summary } | null
+  rssKiB: { idle: Summary; withIdleConnections: Summary; underLoad: Summary } | null
   /** RSS growth per idle proxied connection, KiB, both proxy sides together. */
   kibPerIdleConnection: Summary | null
 }

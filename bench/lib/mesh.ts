@@ -1,0 +1,89 @@
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import type { Workload } from '@ambientkit/core'
+import type { NodeRunnerConfig } from './node-runner'
+import { runIn, spawnIn, startAgent, tsArgs, type Agent } from './processes'
+
+/** Starting the bench's parts: the node proxy runners, the pod agents and the iperf3 servers. */
+
+export const ECHO_PORT = 7000
+export const IPERF_PORT = 5201
+
+/** The mesh workload of a bench pod. */
+export function workloadOf(pod: { name: string; ipv4: string; ipv6: string; node: { index: number } }, name: string): Workload {
+  return {
+    uid: `uid-${pod.name}`,
+    name,
+    namespace: 'bench',
+    serviceAccount: name,
+    node: `node-${pod.node.index}`,
+    addresses: [pod.ipv4, pod.ipv6],
+    protocol: 'HBONE',
+    labels: { app: name },
+  }
+}
+
+// Under node_modules (ignored by git and eslint) so the bundle's external npm imports resolve from the repo's node_modules.
+export const RUNNER_BUNDLE = 'node_modules/.cache/ambientkit-bench/node-runner.mjs'
+
+/**
+ * Bundles the node runner and the packages' sources into one plain JS file
+ * (esbuild, the compiler tsup and tsx use): the proxy process then runs as a
+ * built deployment would, without tsx's loader thread and transform caches
+ * (≈35 MiB of RSS and some CPU that no user's proxy would carry). npm
+ * dependencies stay external. The native addon is found relative to
+ * import.meta.url, so that is pinned to redirect's source file.
+ */
+export async function bundleNodeRunner(): Promise<void> {
+  const nativeUrl = pathToFileURL(join(process.cwd(), 'packages/redirect/src/native.ts')).href
+  await runIn(undefined, 'node_modules/.bin/esbuild', [
+    'bench/lib/node-runner.ts',
+    '--bundle',
+    '--platform=node',
+    '--format=esm',
+    '--target=node20',
+    '--tsconfig=tsconfig.json',
+    ...['node-forge', 'netlink', 'ip-num', 'prom-client'].map((dep) => `--external:${dep}`),
+    `--define:import.meta.url=${JSON.stringify(nativeUrl)}`,
+    `--outfile=${RUNNER_BUNDLE}`,
+    '--log-level=warning',
+  ])
+}
+
+export async function startNodeRunner(dir: string, config: NodeRunnerConfig): Promise<Agent> {
+  const file = join(dir, `${config.nodeName}.json`)
+  writeFileSync(file, JSON.stringify(config), { mode: 0o600 })
+  const flags = ['--expose-gc']
+  if (process.env.BENCH_PROXY_PROF !== undefined) flags.push('--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROXY_PROF}`)
+  const { agent } = await startAgent(undefined, process.execPath, [...flags, RUNNER_BUNDLE, file], 60_000)
+  return agent
+}
+
+export async function startPodAgent(ns: string, serve: boolean): Promise<Agent> {
+  const { agent } = await startAgent(ns, process.execPath, tsArgs('bench/lib/pod-agent.ts'))
+  if (serve) await agent.request({ op: 'serve', port: ECHO_PORT })
+  return agent
+}
+
+/** iperf3 servers stay up for the whole run; they answer one test at a time, which is how the runs are sequenced. */
+export async function startIperfServer(ns: string): Promise<void> {
+  const child = spawnIn(ns, 'iperf3', ['-s', '-p', String(IPERF_PORT), '--forceflush'])
+  child.stdin?.end()
+  await new Promise<void>((resolve, reject) => {
+    let out = ''
+    const timer = setTimeout(() => reject(new Error(`iperf3 -s in ${ns} did not start`)), 10_000)
+    child.stdout?.setEncoding('utf8').on('data', (text: string) => {
+      out += text
+      if (out.includes('Server listening')) {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      reject(new Error(`iperf3 -s in ${ns} exited (${code})`))
+    })
+  })
+}
+
