@@ -4,6 +4,7 @@
 // (tsx with the repository's tsconfig), so the demo never runs stale builds.
 import { spawn, spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
+import { constants } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -44,6 +45,8 @@ const child = spawn(process.execPath, ['--import', 'tsx', join(example, 'src', '
   stdio: 'inherit',
   env: { ...process.env, TSX_TSCONFIG_PATH: join(root, 'tsconfig.json') },
 })
-// The demo handles Ctrl-C itself (it tears down); this wrapper only waits for it.
-for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => child.kill(signal))
-child.on('exit', (code, signal) => process.exit(code ?? (signal ? 128 + 1 : 1)))
+// Ctrl-C reaches the demo directly (same process group) and it tears down;
+// this wrapper only waits for it, and passes on a SIGTERM sent to it alone.
+process.on('SIGINT', () => {})
+process.on('SIGTERM', () => child.kill('SIGTERM'))
+child.on('exit', (code, signal) => process.exit(code ?? 128 + (constants.signals[signal] ?? 0)))

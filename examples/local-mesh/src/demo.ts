@@ -12,7 +12,7 @@ import { loadMeshConfig, podUid, podWorkload, type MeshConfig, type NodeConfig, 
 import type { MeshState } from './control-plane'
 import { ADMIN_PORT, DEFAULT_CONFIG, EXAMPLE_DIR, PREFIX, STATE_DIR, netnsName, netnsPath, state } from './paths'
 import { analyseCapture } from './pcap'
-import { forgetProcess, startProcess, stopPid, stopRecordedProcesses, tsEntry, type DemoProcess } from './processes'
+import { forgetProcess, startProcess, stopPid, stopRecordedProcesses, strayProcesses, tsEntry, type DemoProcess } from './processes'
 import { correlate, formatReport, readAccessLog, type DemoReport, type SentRequest } from './report'
 import { createNode, createPod, deleteNamespace, demoNamespaces, linkInterface, linkNodes, namespacePids } from './topology'
 import { requestFromPod } from './traffic'
@@ -37,6 +37,10 @@ const USAGE = `usage: sudo npm run demo -- [--keep | --down | --apply] [--json] 
   --json     print the report as JSON on stdout (progress stays on stderr)
   --config   the mesh file (default examples/local-mesh/mesh.yaml)`
 
+/** Aborted by Ctrl-C or SIGTERM: every step checks it before it starts. */
+const interrupted = new AbortController()
+const step = (): void => interrupted.signal.throwIfAborted()
+
 const started = Date.now()
 function progress(message: string): void {
   process.stderr.write(`[demo ${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s] ${message}\n`)
@@ -57,6 +61,10 @@ async function teardown(): Promise<{ processes: string[]; namespaces: string[] }
     }
   }
   for (const ns of namespaces) await deleteNamespace(ns)
+  for (const pid of strayProcesses()) {
+    await stopPid(pid, undefined, 2000)
+    processes.push(`pid ${pid}`)
+  }
   rmSync(STATE_DIR, { recursive: true, force: true })
   return { processes, namespaces }
 }
@@ -86,26 +94,35 @@ function startApp(pod: PodConfig): Promise<DemoProcess> {
     args: [join(EXAMPLE_DIR, 'app', 'echo.mjs'), '--name', label, '--port', String(pod.port)],
     netns: netnsName.pod(pod),
     identify: `echo.mjs --name ${label}`,
+    signal: interrupted.signal,
   })
 }
 
 function startAgent(node: NodeConfig): Promise<DemoProcess> {
   const entry = tsEntry('node-agent-main.ts', ['--node', node.name, '--admin-port', String(ADMIN_PORT)])
-  return startProcess({ name: `agent-${node.name}`, ...entry, netns: netnsName.node(node.name), identify: `node-agent-main.ts --node ${node.name}`, timeoutMs: 60_000 })
+  return startProcess({ name: `agent-${node.name}`, ...entry, netns: netnsName.node(node.name), identify: `node-agent-main.ts --node ${node.name}`, timeoutMs: 60_000, signal: interrupted.signal })
 }
 
 async function startMesh(config: MeshConfig, configFile: string): Promise<Mesh> {
   mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 })
   const nodeByName = new Map(config.nodes.map((n) => [n.name, n]))
   progress(`creating ${config.nodes.length} nodes and ${config.pods.length} pods (network namespaces ${PREFIX}-n-*, ${PREFIX}-p-*)`)
-  for (const node of config.nodes) await createNode(node)
+  for (const node of config.nodes) {
+    step()
+    await createNode(node)
+  }
   for (const [i, a] of config.nodes.entries()) for (const b of config.nodes.slice(i + 1)) await linkNodes(a, b)
-  for (const pod of config.pods) await createPod(pod, nodeByName.get(pod.node)!)
+  for (const pod of config.pods) {
+    step()
+    await createPod(pod, nodeByName.get(pod.node)!)
+  }
+  step()
   progress('starting an echo app in every pod')
   const apps = new Map<string, DemoProcess>()
   await Promise.all(config.pods.map(async (pod) => apps.set(podUid(pod), await startApp(pod))))
+  step()
   progress(`starting the control plane (CA in ${state.caDir()}, API on ${state.socket()})`)
-  const controlPlane = await startProcess({ name: 'control-plane', ...tsEntry('control-plane-main.ts', ['--config', configFile]), identify: 'control-plane-main.ts', timeoutMs: 60_000 })
+  const controlPlane = await startProcess({ name: 'control-plane', ...tsEntry('control-plane-main.ts', ['--config', configFile]), identify: 'control-plane-main.ts', timeoutMs: 60_000, signal: interrupted.signal })
   progress(`starting ${config.nodes.length} node agents (enrollment + node proxy), one per node namespace`)
   const agents = new Map<string, DemoProcess>()
   await Promise.all(config.nodes.map(async (node) => agents.set(node.name, await startAgent(node))))
@@ -169,6 +186,7 @@ async function send(
   to: { name: string; address: string; port: number; target?: PodConfig; mesh: boolean },
   { attempts = 1, timeoutMs = 5000 }: { attempts?: number; timeoutMs?: number } = {},
 ): Promise<SentRequest> {
+  step()
   const m = marker()
   const fromNode = from.node
   const crossesLink = to.target === undefined || to.target.node !== fromNode
@@ -269,9 +287,15 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
     captureStopped = true
     progress('reading the access logs and the capture')
     const snapshot = (await callControlPlane(state.socket(), 'GET', '/v1/snapshot')) as MeshState
-    const logs = config.nodes.flatMap((n) => readAccessLog(state.accessLog(n.name)))
     const allWorkloads = [...snapshot.workloads, ...sent.flatMap((s) => (s.target ? [s.target] : []))]
-    const flows = correlate(sent, logs, allWorkloads, snapshot.policies)
+    // A proxy writes a connection's entry once both of its sides are closed,
+    // which can be a moment after the client saw the answer: read again
+    // until every answered request has its entries (3 s at most).
+    let flows = correlate(sent, config.nodes.flatMap((n) => readAccessLog(state.accessLog(n.name))), allWorkloads, snapshot.policies)
+    for (let waited = 0; waited < 3000 && flows.some((f) => f.result === 'reached' && f.protocol === undefined); waited += 100) {
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      flows = correlate(sent, config.nodes.flatMap((n) => readAccessLog(state.accessLog(n.name))), allWorkloads, snapshot.policies)
+    }
     const meshMarkers = flows.filter((f) => !f.plaintextExpected).map((f) => f.marker)
     const plainMarkers = flows.filter((f) => f.plaintextExpected && f.result === 'reached').map((f) => f.marker)
     const analysis = analyseCapture(state.capture(), [...meshMarkers, ...plainMarkers])
@@ -346,6 +370,7 @@ async function addAndRemove(mesh: Mesh, sent: SentRequest[]): Promise<DemoReport
     }
   })()
   try {
+    step()
     await createPod(late, last)
     mesh.apps.set(uid, await startApp(late))
     const t0 = Date.now()
@@ -450,16 +475,12 @@ async function main(): Promise<number> {
   }
   let mesh: Mesh | undefined
   let keep = false
-  let interrupted = false
+  // Ctrl-C stops the run at its next step; the teardown below then runs once,
+  // never concurrently with a step still creating things.
   const onSignal = (signal: NodeJS.Signals): void => {
-    if (interrupted) return
-    interrupted = true
-    progress(`${signal}: tearing down`)
-    void (async () => {
-      await mesh?.closeHandles()
-      await teardown()
-      process.exit(130)
-    })()
+    if (interrupted.signal.aborted) return progress(`${signal}: still tearing down, please wait`)
+    progress(`${signal}: stopping, then tearing down`)
+    interrupted.abort(new Error(`interrupted by ${signal}`))
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
@@ -472,11 +493,11 @@ async function main(): Promise<number> {
     if (keep) console.error(cheatSheet(config))
     return report.ok ? 0 : 1
   } catch (err) {
-    console.error(`demo failed: ${(err as Error).message}`)
-    return 1
+    if (!interrupted.signal.aborted) console.error(`demo failed: ${(err as Error).message}`)
+    return interrupted.signal.aborted ? 130 : 1
   } finally {
     await mesh?.closeHandles()
-    if (!keep && !interrupted) {
+    if (!keep) {
       progress('tearing down (processes, namespaces, state)')
       await teardown()
     }

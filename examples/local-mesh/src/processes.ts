@@ -28,6 +28,8 @@ export interface StartProcessOptions {
   readonly identify: string
   /** How long to wait for the readiness line. Default 30 000 ms. */
   readonly timeoutMs?: number
+  /** Stops waiting (and stops the process) when aborted. */
+  readonly signal?: AbortSignal
 }
 
 /** Arguments to run one of this example's TypeScript entry points with the package sources. */
@@ -74,8 +76,12 @@ export async function startProcess(options: StartProcessOptions, dir = STATE_DIR
     const lines = createInterface({ input: readyFd })
     const timer = setTimeout(() => done(new Error(`${options.name} not ready after ${timeoutMs} ms; last log lines:\n${tail(logFile)}`)), timeoutMs)
     const onExit = (code: number | null): void => done(new Error(`${options.name} exited (${code}) before it was ready; last log lines:\n${tail(logFile)}`))
+    const onAbort = (): void => done(new Error(`interrupted while starting ${options.name}`))
+    options.signal?.addEventListener('abort', onAbort)
+    if (options.signal?.aborted === true) onAbort()
     const done = (err: Error | undefined, message?: Record<string, unknown>): void => {
       clearTimeout(timer)
+      options.signal?.removeEventListener('abort', onAbort)
       child.off('exit', onExit)
       lines.close()
       readyFd.destroy()
@@ -152,4 +158,24 @@ export async function stopRecordedProcesses(dir = STATE_DIR): Promise<string[]> 
 /** Forgets a process's pid file (it was stopped on purpose). */
 export function forgetProcess(name: string, dir = STATE_DIR): void {
   rmSync(join(state.pids(dir), `${name}.pid`), { force: true })
+}
+
+/**
+ * Processes running one of this example's programs (echo app, node agent,
+ * control plane) found by command line: the last resort of `--down` for a
+ * crashed run whose pid files and namespaces are already gone.
+ */
+export function strayProcesses(): number[] {
+  const programs = [join(EXAMPLE_DIR, 'app', 'echo.mjs'), join(EXAMPLE_DIR, 'src', 'node-agent-main.ts'), join(EXAMPLE_DIR, 'src', 'control-plane-main.ts')]
+  const found: number[] = []
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue
+    try {
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0')
+      if (cmdline.some((arg) => programs.includes(arg))) found.push(Number(entry))
+    } catch {
+      // It ended while we looked.
+    }
+  }
+  return found
 }

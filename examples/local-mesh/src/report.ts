@@ -122,7 +122,7 @@ export function correlate(
     // window (plus a little for the proxy to finish after the client).
     const inWindow = (e: LoggedEntry): boolean => {
       const t = Date.parse(e.time)
-      return t >= s.startedAt - 5 && t <= s.endedAt + 1000
+      return t >= s.startedAt - 5 && t <= s.endedAt + 3000
     }
     const take = (match: (e: LoggedEntry) => boolean): LoggedEntry | undefined => {
       const entry = logs.find((e) => !used.has(e) && inWindow(e) && match(e))
