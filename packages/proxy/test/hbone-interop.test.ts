@@ -1,5 +1,7 @@
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { createServer, type AddressInfo, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -75,6 +77,8 @@ describeGo('HBONE interop with Go net/http', () => {
     const requests: HboneRequest[] = []
     const records: HboneTunnelRecord[] = []
     let deny = false
+    let onRecord: ((record: HboneTunnelRecord) => void) | undefined
+    let resetTarget: Server | undefined
 
     beforeAll(async () => {
       server = createHboneServer({
@@ -83,7 +87,10 @@ describeGo('HBONE interop with Go net/http', () => {
           requests.push(request)
           return deny ? { action: 'deny', reason: 'denied', policy: 'go/deny' } : { action: 'serve' }
         },
-        onTunnel: (record) => records.push(record),
+        onTunnel: (record) => {
+          records.push(record)
+          onRecord?.(record)
+        },
       })
       const bound = await server.listen(0, '127.0.0.1')
       addr = `127.0.0.1:${bound.port}`
@@ -126,6 +133,41 @@ describeGo('HBONE interop with Go net/http', () => {
         deny = false
       }
       expect((await runClient(`localhost:${echo.port}`)).stdout).toBe('status 400\n')
+    })
+
+    it("resets the upstream connection when the Go client resets its stream", async () => {
+      let received!: () => void
+      const upstreamReceived = new Promise<void>((resolve) => (received = resolve))
+      const upstreamClosed = new Promise<string | undefined>((resolve) => {
+        resetTarget = createServer((socket) => {
+          let code: string | undefined
+          socket.on('error', (err: NodeJS.ErrnoException) => (code = err.code))
+          socket.on('close', () => resolve(code))
+          // Reading is how a socket notices the peer's RST; with nothing left unread, it is seen as ECONNRESET.
+          socket.on('data', () => received())
+        })
+      })
+      resetTarget!.listen(0, '127.0.0.1')
+      await once(resetTarget!, 'listening')
+      const record = new Promise<HboneTunnelRecord>((resolve) => (onRecord = resolve))
+      const child = spawn(
+        binary,
+        ['client-reset', addr, `127.0.0.1:${(resetTarget!.address() as AddressInfo).port}`, SERVER_ID, goFiles.client.cert, goFiles.client.key, goFiles.client.ca],
+        { stdio: ['pipe', 'pipe', 'inherit'] },
+      )
+      const exited = once(child, 'exit')
+      try {
+        const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string]
+        expect(line).toBe('status 200')
+        await upstreamReceived
+        child.stdin!.write('reset now\n')
+        expect(await upstreamClosed).toBe('ECONNRESET')
+        expect((await record).outcome).toBe('stream-reset')
+      } finally {
+        child.stdin!.end()
+        await exited
+        await new Promise<void>((resolve) => resetTarget!.close(() => resolve()))
+      }
     })
 
     it('refuses our server when it expects another identity', async () => {

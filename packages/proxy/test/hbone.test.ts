@@ -1,6 +1,7 @@
 import { once } from 'node:events'
 import http2, { constants } from 'node:http2'
 import { connect as netConnect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { connect as tlsConnect } from 'node:tls'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
 import { isAmbientError } from '@ambientkit/core'
 import { attachTlsServer, tlsClientOptions } from '@ambientkit/identity'
@@ -178,6 +179,56 @@ describe('HBONE client and server', () => {
     expect((await readAll(socket)).toString()).toBe('round trip')
     const result = await splices.promise
     expect(result).toMatchObject({ outcome: 'closed', socketBytesRead: 10, socketBytesWritten: 10 })
+  })
+})
+
+describe('HBONE resets end to end', () => {
+  it("an application socket's RST reaches the destination as a RST (client splice → server splice)", async () => {
+    const h = await harness()
+    const upstreamClosed = deferred<string | undefined>()
+    const upstreamGotData = deferred<void>()
+    const upstream = await startServer((socket) => {
+      let code: string | undefined
+      socket.on('error', (err: NodeJS.ErrnoException) => (code = err.code))
+      socket.on('close', () => upstreamClosed.resolve(code))
+      socket.on('data', () => upstreamGotData.resolve())
+    })
+    const splices = deferred<Awaited<ReturnType<typeof spliceTunnel>>>()
+    const app = await startServer(async (socket) => {
+      const tunnel = await h.client.connect(`127.0.0.1:${upstream.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+      splices.resolve(await spliceTunnel(socket, tunnel))
+    })
+    const socket = netConnect({ host: '127.0.0.1', port: app.port })
+    socket.on('error', () => {})
+    socket.write('x')
+    await upstreamGotData.promise
+    socket.resetAndDestroy()
+    expect(await upstreamClosed.promise).toBe('ECONNRESET')
+    expect((await splices.promise).outcome).toBe('socket-reset')
+  })
+
+  it('closing the server resets open tunnels and the client drops the session', async () => {
+    const h = await harness()
+    const tunnel = await h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+    tunnel.on('error', () => {})
+    const gone = closed(tunnel)
+    await h.server.close()
+    await gone
+    expect(tunnel.rstCode).not.toBe(constants.NGHTTP2_NO_ERROR)
+    await vi.waitFor(() => expect(h.client.stats()).toEqual([]))
+    expect(h.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 })
+  })
+
+  it('reports a client that does not negotiate h2 as a handshake failure', async () => {
+    const failures = deferred<string>()
+    const h = await harness({ onHandshakeFailure: (failure) => failures.resolve(failure.reason) })
+    const options = await tlsClientOptions({ manager: mesh.manager, id: CLIENT_ID, expectedPeers: [SERVER_ID] })
+    const [host, port] = [h.via.slice(0, h.via.lastIndexOf(':')), Number(h.via.slice(h.via.lastIndexOf(':') + 1))]
+    const socket = tlsConnect({ ...options, host, port })
+    socket.on('error', () => {})
+    expect(await failures.promise).toBe('alpn')
+    await closed(socket)
+    expect(h.records).toEqual([])
   })
 })
 

@@ -264,9 +264,13 @@ class HboneClientImpl implements HboneClient {
     } catch (err) {
       throw connectFailed(peer, err, signal)
     }
+    // The TCP socket waits for the TLS options unguarded otherwise: an error then would be uncaught.
+    let early: Error | undefined
+    tcp.on('error', (err) => (early ??= err))
     let tlsSocket: TLSSocket | undefined
     try {
       const tlsOptions = await config.tls(options.identity, { expectedIdentities: expected, signal })
+      if (early !== undefined || tcp.destroyed) throw early ?? new Error('connection closed before the TLS handshake')
       tlsSocket = await handshake(tcp, tlsOptions, signal, peer)
       if (tlsSocket.alpnProtocol !== 'h2') {
         throw new AmbientError(HboneErrorCode.Alpn, `HBONE peer ${peer} did not negotiate ALPN h2 (got ${String(tlsSocket.alpnProtocol)})`, {

@@ -379,7 +379,10 @@ class HboneServerImpl implements HboneServer {
     }
     this.#streams.add(stream)
     stream.once('close', () => this.#streams.delete(stream))
-    void this.#serve(stream, headers, peer)
+    this.#serve(stream, headers, peer).catch((err: unknown) => {
+      this.#config.logger.error({ err, peer: peer.identity }, 'HBONE stream handling failed')
+      resetTunnel(stream, h2.NGHTTP2_INTERNAL_ERROR)
+    })
   }
 
   async #serve(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, peer: SessionPeer): Promise<void> {
@@ -400,12 +403,13 @@ class HboneServerImpl implements HboneServer {
       report(config.logger, () => config.onTunnel(record))
     }
     const reject = (status: number, reason: string, extra: Partial<HboneTunnelRecord> = {}): void => {
-      if (!stream.destroyed) {
+      const open = isOpen(stream)
+      if (open) {
         stream.respond({ ':status': status }, { endStream: true })
         // Drain whatever the client still sends so the stream can close.
         stream.resume()
       }
-      finish({ status: stream.destroyed ? 0 : status, outcome: 'rejected', reason, authority, ...extra })
+      finish({ status: open ? status : 0, outcome: open ? 'rejected' : 'cancelled', reason, authority, ...extra })
     }
 
     if (headers[':method'] !== 'CONNECT') return reject(400, 'not-connect')
@@ -439,7 +443,7 @@ class HboneServerImpl implements HboneServer {
         return reject(500, 'decide-failed', { destination })
     }
 
-    if (stream.destroyed) return finish({ status: 0, outcome: 'cancelled', destination })
+    if (!isOpen(stream)) return finish({ status: 0, outcome: 'cancelled', destination })
     const gone = new AbortController()
     const onStreamGone = (): void => gone.abort(new AmbientError(CoreErrorCode.Aborted, 'HBONE stream closed before upstream connected'))
     stream.once('close', onStreamGone)
@@ -449,12 +453,12 @@ class HboneServerImpl implements HboneServer {
       upstream = await config.connect(destination, { signal, request, context: decision.context })
     } catch (err) {
       stream.off('close', onStreamGone)
-      if (stream.destroyed) return finish({ status: 0, outcome: 'cancelled', destination, error: err as Error })
+      if (!isOpen(stream)) return finish({ status: 0, outcome: 'cancelled', destination, error: err as Error })
       config.logger.debug({ err, destination: authority }, 'HBONE upstream connect failed')
       return reject(503, 'upstream-connect-failed', { destination, error: err as Error })
     }
     stream.off('close', onStreamGone)
-    if (stream.destroyed) {
+    if (!isOpen(stream)) {
       upstream.resetAndDestroy()
       return finish({ status: 0, outcome: 'cancelled', destination })
     }
@@ -489,6 +493,11 @@ function buildRequest(headers: IncomingHttpHeaders, peer: SessionPeer, destinati
     forwardedFor: original,
     headers: visible,
   }
+}
+
+/** True while a response can still be sent on the stream. */
+function isOpen(stream: ServerHttp2Stream): boolean {
+  return !stream.destroyed && !stream.closed && !stream.headersSent
 }
 
 function isIdentityError(err: unknown): boolean {

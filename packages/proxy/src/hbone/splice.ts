@@ -79,8 +79,14 @@ export function spliceTunnel(socket: Socket, tunnel: Duplex): Promise<SpliceResu
       }
       settle()
     })
+    // A reset stream still ends its readable side; that must not become a FIN.
+    stream.on('aborted', () => resetSocket(socket))
+    stream.on('end', () => {
+      if (stream.rstCode === h2.NGHTTP2_NO_ERROR) socket.end()
+      else resetSocket(socket)
+    })
     socket.pipe(stream)
-    stream.pipe(socket)
+    stream.pipe(socket, { end: false })
   })
 }
 

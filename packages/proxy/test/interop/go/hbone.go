@@ -5,12 +5,19 @@
 //	    CONNECTs to <authority> through the HBONE server at <addr>, sends
 //	    "hello from go", half-closes (END_STREAM), prints
 //	    "status <code>" then "body <echoed bytes>".
+//	hbone client-reset <addr> <authority> <expected-server-id> <cert> <key> <roots>
+//	    like client, but after the 200 sends "x", waits for a line on stdin,
+//	    then aborts the request (RST_STREAM CANCEL), prints "cancelled", and
+//	    exits when stdin closes (so the connection stays up while the test
+//	    watches the upstream).
 //	hbone server <listen-addr> <cert> <key> <roots>
 //	    serves HBONE: prints "listening <addr>", then one line
 //	    "connect <client-spiffe-id> <authority>" per tunnel.
 package main
 
 import (
+	"bufio"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -30,7 +37,9 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "client":
-		err = client(os.Args[2], os.Args[3], os.Args[4], os.Args[5], os.Args[6], os.Args[7])
+		err = client(os.Args[2], os.Args[3], os.Args[4], os.Args[5], os.Args[6], os.Args[7], false)
+	case "client-reset":
+		err = client(os.Args[2], os.Args[3], os.Args[4], os.Args[5], os.Args[6], os.Args[7], true)
 	case "server":
 		err = server(os.Args[2], os.Args[3], os.Args[4], os.Args[5])
 	default:
@@ -86,7 +95,7 @@ func spiffeID(raw [][]byte, roots *x509.CertPool) (string, error) {
 	return certs[0].URIs[0].String(), nil
 }
 
-func client(addr, authority, expected, certFile, keyFile, rootsFile string) error {
+func client(addr, authority, expected, certFile, keyFile, rootsFile string, reset bool) error {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return err
@@ -116,7 +125,9 @@ func client(addr, authority, expected, certFile, keyFile, rootsFile string) erro
 	}
 	defer transport.CloseIdleConnections()
 	body, writer := io.Pipe()
-	req, err := http.NewRequest(http.MethodConnect, "https://"+addr, body)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodConnect, "https://"+addr, body)
 	if err != nil {
 		return err
 	}
@@ -132,6 +143,22 @@ func client(addr, authority, expected, certFile, keyFile, rootsFile string) erro
 	fmt.Printf("status %d\n", res.StatusCode)
 	if res.StatusCode != http.StatusOK {
 		writer.Close()
+		return nil
+	}
+	if reset {
+		if _, err := writer.Write([]byte("x")); err != nil {
+			return err
+		}
+		stdin := bufio.NewReader(os.Stdin)
+		if _, err := stdin.ReadString('\n'); err != nil {
+			return err
+		}
+		// A body that fails makes the transport abort the stream with RST_STREAM.
+		writer.CloseWithError(errors.New("reset by test"))
+		cancel()
+		io.Copy(io.Discard, res.Body)
+		fmt.Println("cancelled")
+		io.Copy(io.Discard, stdin)
 		return nil
 	}
 	if _, err := writer.Write([]byte("hello from go")); err != nil {
