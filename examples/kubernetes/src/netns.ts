@@ -1,6 +1,6 @@
 import { readdir, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import { throwIfAborted, type AbortOptions } from '@ambientkit/core'
+import { AmbientError, CoreErrorCode, throwIfAborted, type AbortOptions } from '@ambientkit/core'
 
 /** Finds the network namespaces of pods on this node. */
 export interface NetnsResolver {
@@ -22,7 +22,8 @@ export interface ProcNetnsResolverOptions {
   /**
    * The node's own network namespace, which is never returned for a pod
    * (host-network pods live there). Default `<procRoot>/1/ns/net`: PID 1 is
-   * the node's init under `hostPID`.
+   * the node's init under `hostPID`. A lookup rejects with
+   * `ERR_AMBIENT_INVALID_ARGUMENT` when it cannot be read.
    */
   hostNetnsPath?: string
   /** How many processes are inspected at once. Default 64. */
@@ -98,7 +99,15 @@ export function createProcNetnsResolver(options: ProcNetnsResolverOptions = {}):
       const found = new Map<string, string>()
       if (wanted.size === 0) return found
       throwIfAborted(signal, 'netns lookup')
-      const host = await stat(hostNetnsPath).catch(() => undefined)
+      const host = await stat(hostNetnsPath).catch((err: unknown) => {
+        // Without the node's namespace to compare with, a host-network
+        // process could be taken for a pod: refuse rather than guess.
+        throw new AmbientError(
+          CoreErrorCode.InvalidArgument,
+          `hostNetnsPath: expected the node's network namespace, readable (hostPID: true, CAP_SYS_PTRACE), got ${JSON.stringify(hostNetnsPath)}: ${(err as Error).message}`,
+          { cause: err, details: { name: 'hostNetnsPath', value: hostNetnsPath } },
+        )
+      })
       const pids = (await readdir(procRoot)).filter((name) => /^\d+$/.test(name))
       const oldest = new Map<string, { pid: string; start: bigint }>()
       const inspect = async (pid: string): Promise<void> => {
@@ -107,7 +116,7 @@ export function createProcNetnsResolver(options: ProcNetnsResolverOptions = {}):
         if (uid === undefined || !wanted.has(uid)) return
         const netns = await stat(join(procRoot, pid, 'ns', 'net')).catch(() => undefined)
         if (netns === undefined) return
-        if (host !== undefined && netns.dev === host.dev && netns.ino === host.ino) return
+        if (netns.dev === host.dev && netns.ino === host.ino) return
         const statLine = await readIfPresent(join(procRoot, pid, 'stat'))
         const start = statLine === undefined ? undefined : startTime(statLine)
         if (start === undefined) return

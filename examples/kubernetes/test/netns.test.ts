@@ -130,6 +130,13 @@ describe('createProcNetnsResolver on a fixture /proc', () => {
     expect([...found.keys()]).toEqual([BATCH])
   })
 
+  it('refuses to guess when the node namespace cannot be read, naming the option', async () => {
+    const resolver = createProcNetnsResolver({ procRoot: proc, hostNetnsPath: join(root, 'nsfs', 'missing') })
+    const error = await resolver.resolve([API]).catch((err: unknown) => err)
+    expect(isAmbientError(error, 'ERR_AMBIENT_INVALID_ARGUMENT')).toBe(true)
+    expect((error as Error).message).toMatch(/^hostNetnsPath: expected the node's network namespace.*missing.*ENOENT/)
+  })
+
   it('rejects with ERR_AMBIENT_ABORTED when aborted', async () => {
     const controller = new AbortController()
     controller.abort(new Error('shutting down'))
@@ -140,7 +147,8 @@ describe('createProcNetnsResolver on a fixture /proc', () => {
 
 describe('createProcNetnsResolver on this machine', () => {
   it('scans the real /proc without error and finds no pod here', async () => {
-    const found = await createProcNetnsResolver().resolve(['3f6c2b1a-8e4d-4c7b-9a15-0d2e6f8b1c47'])
+    // PID 1 may belong to a sandbox we cannot inspect; our own namespace stands in for the node's.
+    const found = await createProcNetnsResolver({ hostNetnsPath: '/proc/self/ns/net' }).resolve(['3f6c2b1a-8e4d-4c7b-9a15-0d2e6f8b1c47'])
     expect(found.size).toBe(0)
   })
 })
