@@ -119,9 +119,8 @@ export async function createCertificateAuthority(options: CreateCertificateAutho
   const trustDomain = typeof options.trustDomain === 'string' ? TrustDomain.parse(options.trustDomain) : options.trustDomain
   const keyType = checkKeyType(options.keyType ?? 'ecdsa-p256')
   const ttl = checkTtl('ttlSeconds', options.ttlSeconds ?? DEFAULT_CA_TTL_SECONDS)
-  const key = await generateKey(keyType)
+  const { privateKey: key, spki } = await generateKey(keyType)
   throwIfAborted(options.signal, 'createCertificateAuthority')
-  const spki = spkiOf(key)
   const keyId = keyIdentifier(spki)
   const subject = name([
     { oid: OID.organization, value: options.organization ?? 'ambientkit' },
@@ -232,9 +231,9 @@ class LocalCertificateAuthority implements CertificateAuthority {
     const id = this.#checkId(idInput)
     const ttl = checkTtl('ttlSeconds', options.ttlSeconds ?? DEFAULT_SVID_TTL_SECONDS)
     const keyType = checkKeyType(options.keyType ?? this.keyType)
-    const key = await generateKey(keyType)
+    const { privateKey: key, spki } = await generateKey(keyType)
     throwIfAborted(options.signal, 'issue')
-    const signed = this.#sign(id, spkiOf(key), keyType, ttl)
+    const signed = this.#sign(id, spki, keyType, ttl)
     return { ...signed, privateKeyPem: key.export({ type: 'pkcs8', format: 'pem' }) as string }
   }
 

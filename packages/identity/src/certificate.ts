@@ -28,9 +28,16 @@ export const OID = {
 /** RFC 5280 §4.2.1.3 keyUsage bits, numbered from the most significant bit of the first byte. */
 export const KeyUsageBit = { digitalSignature: 0, keyEncipherment: 2, keyCertSign: 5, cRLSign: 6 } as const
 
-export async function generateKey(keyType: KeyType): Promise<KeyObject> {
+export interface KeyPair {
+  privateKey: KeyObject
+  /** SubjectPublicKeyInfo DER, taken from the generated public key: deriving it from the private key costs more than generating the pair. */
+  spki: Buffer
+}
+
+export async function generateKey(keyType: KeyType): Promise<KeyPair> {
   return new Promise((resolve, reject) => {
-    const done = (err: Error | null, _pub: KeyObject, priv: KeyObject): void => (err ? reject(err) : resolve(priv))
+    const done = (err: Error | null, pub: KeyObject, priv: KeyObject): void =>
+      err ? reject(err) : resolve({ privateKey: priv, spki: pub.export({ type: 'spki', format: 'der' }) })
     if (keyType === 'rsa-2048') generateKeyPair('rsa', { modulusLength: 2048 }, done)
     else generateKeyPair('ec', { namedCurve: 'prime256v1' }, done)
   })
