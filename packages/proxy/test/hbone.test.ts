@@ -207,14 +207,24 @@ describe('HBONE resets end to end', () => {
     expect((await splices.promise).outcome).toBe('socket-reset')
   })
 
-  it('closing the server resets open tunnels and the client drops the session', async () => {
+  it('closing the server resets open tunnels, their application sockets, and the client drops the session', async () => {
     const h = await harness()
-    const tunnel = await h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
-    tunnel.on('error', () => {})
-    const gone = closed(tunnel)
+    const splices = deferred<Awaited<ReturnType<typeof spliceTunnel>>>()
+    const app = await startServer(async (socket) => {
+      const tunnel = await h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+      splices.resolve(await spliceTunnel(socket, tunnel))
+    })
+    const socket = netConnect({ host: '127.0.0.1', port: app.port })
+    const appError = new Promise<string | undefined>((resolve) => {
+      let code: string | undefined
+      socket.on('error', (err: NodeJS.ErrnoException) => (code = err.code))
+      socket.on('close', () => resolve(code))
+    })
+    socket.write('open')
+    await once(socket, 'data')
     await h.server.close()
-    await gone
-    expect(tunnel.rstCode).not.toBe(constants.NGHTTP2_NO_ERROR)
+    expect((await splices.promise).outcome).toBe('stream-reset')
+    expect(await appError).toBe('ECONNRESET')
     await vi.waitFor(() => expect(h.client.stats()).toEqual([]))
     expect(h.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 })
   })
