@@ -82,7 +82,8 @@ async function harness(overrides: Partial<HboneServerOptions> = {}, host = '127.
 
 describe('HBONE client and server', () => {
   it('tunnels bytes to the destination and back, reporting the peer identity', async () => {
-    const h = await harness()
+    const opened: HboneRequest[] = []
+    const h = await harness({ onTunnelOpen: (request) => opened.push(request) })
     const record = h.nextRecord()
     const tunnel = await h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
     tunnel.end('hello through HBONE')
@@ -97,6 +98,7 @@ describe('HBONE client and server', () => {
       bytesSent: 19,
     })
     expect(h.requests[0]!.peerAddress.address).toBe('127.0.0.1')
+    expect(opened).toEqual([h.requests[0]])
   })
 
   it('keeps half-close both ways: client FIN reaches upstream, which can still answer', async () => {

@@ -143,6 +143,8 @@ export interface HboneServerOptions {
   readonly maxConcurrentStreams?: number
   /** Flow-control windows and frame size. Default {@link DEFAULT_HBONE_WINDOWS}. */
   readonly windows?: Partial<HboneWindows>
+  /** Called when a tunnel is established (the upstream connected and 200 was sent), for open-tunnel gauges. */
+  readonly onTunnelOpen?: (request: HboneRequest) => void
   /** Called once per `CONNECT`, when it is rejected or its tunnel has closed. */
   readonly onTunnel?: (record: HboneTunnelRecord) => void
   /** Called when a connection fails before it can carry a tunnel. */
@@ -183,6 +185,7 @@ interface ServerConfig {
   readonly connect: UpstreamConnector
   readonly trustForwarded: (peerIdentity: string) => boolean
   readonly connectTimeout: number
+  readonly onTunnelOpen: (request: HboneRequest) => void
   readonly onTunnel: (record: HboneTunnelRecord) => void
   readonly onHandshakeFailure: (failure: HboneHandshakeFailure) => void
   readonly logger: Logger
@@ -240,6 +243,7 @@ class HboneServerImpl implements HboneServer {
       connect: options.connect ?? defaultConnector,
       trustForwarded: options.trustForwarded ?? (() => false),
       connectTimeout: positiveInteger(options.connectTimeout, 'connectTimeout', 10_000),
+      onTunnelOpen: options.onTunnelOpen ?? (() => {}),
       onTunnel: options.onTunnel ?? (() => {}),
       onHandshakeFailure: options.onHandshakeFailure ?? (() => {}),
       logger,
@@ -463,6 +467,7 @@ class HboneServerImpl implements HboneServer {
       return finish({ status: 0, outcome: 'cancelled', destination })
     }
     stream.respond({ ':status': 200 })
+    report(config.logger, () => config.onTunnelOpen(request))
     const result = await spliceTunnel(upstream, stream)
     finish({
       status: 200,
