@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url'
 import { X509Certificate } from 'node:crypto'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
-  IdentityErrorCode, SpiffeId, attachTlsServer, createCertificateAuthority, createIdentityManager, createLocalCaSource, loadCertificateAuthority,
+  IdentityErrorCode, SpiffeId, attachTlsServer, createCertificateAuthority, createIdentityManager, createLocalCaSource, loadCertificateAuthority, createTrustBundleSet,
   peerSpiffeId, tlsClientOptions, tlsServerOptions, type CertificateAuthority, type IdentityManager, type KeyType,
 } from '@ambientkit/identity'
 import { craft } from './craft'
@@ -134,6 +134,28 @@ describe('mutual TLS with SPIFFE IDs', () => {
     const { socket, firstLine } = await connect(port, await tlsClientOptions({ manager, id: clientId, expectedPeers: [serverId] }))
     expect(firstLine).toBe(clientId.toString())
     expect(peerSpiffeId(socket).equals(serverId)).toBe(true)
+  })
+
+  it('connects across federated trust domains', async () => {
+    const a = await createCertificateAuthority({ trustDomain: 'a.example' })
+    const b = await createCertificateAuthority({ keyType: 'rsa-2048', trustDomain: 'b.example' })
+    const managerA = createIdentityManager({ source: createLocalCaSource(a, { federatedBundles: createTrustBundleSet([b.bundle]) }), ttlSeconds: 600 })
+    const managerB = createIdentityManager({ source: createLocalCaSource(b, { federatedBundles: createTrustBundleSet([a.bundle]) }), ttlSeconds: 600 })
+    cleanups.push(() => managerA.close(), () => managerB.close())
+    const server = SpiffeId.fromServiceAccount('b.example', 'shop', 'api')
+    const client = SpiffeId.fromServiceAccount('a.example', 'shop', 'web')
+    const options = await tlsServerOptions({ manager: managerB, id: server })
+    const tlsServer = tls.createServer(options, (socket) => socket.end(`${peerSpiffeId(socket).toString()}\n`))
+    const binding = attachTlsServer(tlsServer, options)
+    tlsServer.listen(0, '127.0.0.1')
+    await once(tlsServer, 'listening')
+    cleanups.push(async () => {
+      binding.close()
+      await closeServer(tlsServer)
+    })
+    const { socket, firstLine } = await connect((tlsServer.address() as AddressInfo).port, await tlsClientOptions({ manager: managerA, id: client, expectedPeers: [server] }))
+    expect(firstLine).toBe(client.toString())
+    expect(peerSpiffeId(socket).equals(server)).toBe(true)
   })
 
   it('fails the handshake when the server is not an expected peer', async () => {
