@@ -40,6 +40,7 @@ export {
   type ServiceFromKubernetesOptions,
   type ServiceSkipReason,
 } from './service'
+export { createKubernetesRegistrySync, type KubernetesRegistrySync, type KubernetesRegistrySyncOptions } from './registry-sync'
 export { createProcNetnsResolver, podUidFromCgroup, type NetnsResolver, type ProcNetnsResolverOptions } from './netns'
 export {
   createKubernetesPodSource,

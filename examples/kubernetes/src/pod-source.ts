@@ -12,6 +12,7 @@ import {
   type PodSource,
   type PodSourceEvent,
 } from '@ambientkit/core'
+import { backoff, runInformer, type InformerLoop } from './informer'
 import { createProcNetnsResolver, type NetnsResolver } from './netns'
 import { DATAPLANE_MODE_LABEL, evaluatePod, podAddresses, type PodSkipReason } from './pod'
 
@@ -136,7 +137,7 @@ class KubePodSource implements KubernetesPodSource {
   readonly #uidByKey = new Map<string, string>()
   readonly #namespaceObjects = new Map<string, V1Namespace>()
   readonly #listeners = new Set<(event: PodSourceEvent) => void>()
-  readonly #restartTimers = new Set<NodeJS.Timeout>()
+  readonly #loops: InformerLoop[] = []
   readonly #resolveQueue = new Set<string>()
   readonly #waiters = new Set<{ resolve: () => void; reject: (err: unknown) => void }>()
   readonly #signal: AbortSignal | undefined
@@ -157,10 +158,7 @@ class KubePodSource implements KubernetesPodSource {
       maxDelayMs: positive('netnsRetry.maxDelayMs', options.netnsRetry?.maxDelayMs, 10_000),
       maxAttempts: positive('netnsRetry.maxAttempts', options.netnsRetry?.maxAttempts, 20),
     }
-    this.#restart = {
-      initialDelayMs: positive('watchRestart.initialDelayMs', options.watchRestart?.initialDelayMs, 500),
-      maxDelayMs: positive('watchRestart.maxDelayMs', options.watchRestart?.maxDelayMs, 30_000),
-    }
+    this.#restart = backoff('watchRestart', options.watchRestart, { initialDelayMs: 500, maxDelayMs: 30_000 })
     let kubeConfig = options.kubeConfig
     if (kubeConfig === undefined) {
       kubeConfig = new KubeConfig()
@@ -203,8 +201,9 @@ class KubePodSource implements KubernetesPodSource {
       return
     }
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true })
-    this.#run('pods', this.#pods)
-    this.#run('namespaces', this.#namespaces)
+    const synced = (): void => this.#maybeSynced()
+    this.#loops.push(runInformer('pods', this.#pods, this.#restart, this.#log, synced))
+    this.#loops.push(runInformer('namespaces', this.#namespaces, this.#restart, this.#log, synced))
   }
 
   async list({ signal }: AbortOptions = {}): Promise<PodEnrollment[]> {
@@ -255,9 +254,7 @@ class KubePodSource implements KubernetesPodSource {
     if (this.#closed) return
     this.#closed = true
     this.#signal?.removeEventListener('abort', this.#onAbort)
-    await Promise.all([this.#pods.stop(), this.#namespaces.stop()])
-    for (const timer of this.#restartTimers) clearTimeout(timer)
-    this.#restartTimers.clear()
+    await Promise.all(this.#loops.map((loop) => loop.stop()))
     for (const entry of this.#entries.values()) clearTimeout(entry.timer)
     this.#listeners.clear()
     for (const waiter of this.#waiters) waiter.reject(closedError())
@@ -269,40 +266,6 @@ class KubePodSource implements KubernetesPodSource {
     const out: PodEnrollment[] = []
     for (const entry of this.#entries.values()) if (entry.enrolled !== undefined) out.push(entry.enrolled)
     return out
-  }
-
-  // ListWatch reports a failed list or watch once and stops; the informer
-  // loop (restart with backoff) is ours to run. It relists by itself after
-  // `410 Gone`.
-  #run(what: string, informer: ListWatch<KubernetesObject>): void {
-    let delay = this.#restart.initialDelayMs
-    let generation = 0
-    let failedGeneration = -1
-    const start = (): void => {
-      const current = ++generation
-      informer.start().then(
-        () => {
-          if (this.#closed) return
-          // A healthy start earns the next failure a short delay again.
-          if (failedGeneration !== current) delay = this.#restart.initialDelayMs
-          this.#maybeSynced()
-        },
-        (err: unknown) => onError(err),
-      )
-    }
-    const onError = (err: unknown): void => {
-      if (this.#closed) return
-      failedGeneration = generation
-      this.#log.warn({ err, resource: what, retryInMs: delay }, `watching ${what} failed; restarting`)
-      const timer = setTimeout(() => {
-        this.#restartTimers.delete(timer)
-        if (!this.#closed) start()
-      }, delay)
-      this.#restartTimers.add(timer)
-      delay = Math.min(delay * 2, this.#restart.maxDelayMs)
-    }
-    informer.on('error', onError)
-    start()
   }
 
   #maybeSynced(): void {

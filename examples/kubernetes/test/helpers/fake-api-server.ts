@@ -192,12 +192,14 @@ function gone(res: ServerResponse): void {
   )
 }
 
-/** Starts a {@link FakeApiServer} serving pods and namespaces. */
+/** Starts a {@link FakeApiServer} serving pods, namespaces, services and endpoint slices. */
 export async function startFakeApiServer(): Promise<FakeApiServer> {
   const clock = { rv: 1000 }
   const resources = new Map<string, Resource>([
     ['/api/v1/pods', new Resource('Pod', clock)],
     ['/api/v1/namespaces', new Resource('Namespace', clock)],
+    ['/api/v1/services', new Resource('Service', clock)],
+    ['/apis/discovery.k8s.io/v1/endpointslices', new Resource('EndpointSlice', clock)],
   ])
   const requests: FakeApiServer['requests'] = []
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {

@@ -1,0 +1,73 @@
+import type { KubernetesObject, ListWatch } from '@kubernetes/client-node'
+import { invalidArgument, type Logger } from '@ambientkit/core'
+import type { BackoffOptions } from './pod-source'
+
+/** A running list/watch loop; `stop()` ends it and its restart timer. */
+export interface InformerLoop {
+  stop(): Promise<void>
+}
+
+/** Resolves backoff options against defaults, rejecting non-positive values by name. */
+export function backoff(name: string, options: BackoffOptions | undefined, defaults: Required<BackoffOptions>): Required<BackoffOptions> {
+  const positive = (field: keyof BackoffOptions): number => {
+    const value = options?.[field]
+    if (value === undefined) return defaults[field]
+    if (!Number.isFinite(value) || value <= 0) throw invalidArgument(`${name}.${field}`, value, 'a positive number')
+    return value
+  }
+  return { initialDelayMs: positive('initialDelayMs'), maxDelayMs: positive('maxDelayMs') }
+}
+
+/**
+ * Runs a ListWatch until stopped. ListWatch reports a failed list or watch
+ * once and stops; restarting it, with backoff, is ours to do. It relists by
+ * itself after `410 Gone` and re-watches after a watch the server ended.
+ *
+ * @param onStarted - Called after each start that listed (or resumed) and
+ *   opened its watch without error: the informer's cache is in sync.
+ */
+export function runInformer(
+  what: string,
+  informer: ListWatch<KubernetesObject>,
+  restart: Required<BackoffOptions>,
+  log: Logger,
+  onStarted: () => void,
+): InformerLoop {
+  let delay = restart.initialDelayMs
+  let generation = 0
+  let failedGeneration = -1
+  let stopped = false
+  let timer: NodeJS.Timeout | undefined
+  const start = (): void => {
+    const current = ++generation
+    informer.start().then(
+      () => {
+        if (stopped || failedGeneration === current) return
+        // A healthy start earns the next failure a short delay again.
+        delay = restart.initialDelayMs
+        onStarted()
+      },
+      (err: unknown) => onError(err),
+    )
+  }
+  const onError = (err: unknown): void => {
+    if (stopped) return
+    failedGeneration = generation
+    log.warn({ err, resource: what, retryInMs: delay }, `watching ${what} failed; restarting`)
+    clearTimeout(timer)
+    timer = setTimeout(() => {
+      timer = undefined
+      if (!stopped) start()
+    }, delay)
+    delay = Math.min(delay * 2, restart.maxDelayMs)
+  }
+  informer.on('error', onError)
+  start()
+  return {
+    async stop() {
+      stopped = true
+      clearTimeout(timer)
+      await informer.stop()
+    },
+  }
+}
