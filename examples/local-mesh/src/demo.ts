@@ -292,7 +292,7 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
     // which can be a moment after the client saw the answer: read again
     // until every answered request has its entries (3 s at most).
     let flows = correlate(sent, config.nodes.flatMap((n) => readAccessLog(state.accessLog(n.name))), allWorkloads, snapshot.policies)
-    for (let waited = 0; waited < 3000 && flows.some((f) => f.result === 'reached' && f.protocol === undefined); waited += 100) {
+    for (let waited = 0; waited < 3000 && flows.some((f) => f.result === 'reached' && f.toMesh && !f.seenBy.includes('destination')); waited += 100) {
       await new Promise((resolve) => setTimeout(resolve, 100))
       flows = correlate(sent, config.nodes.flatMap((n) => readAccessLog(state.accessLog(n.name))), allWorkloads, snapshot.policies)
     }

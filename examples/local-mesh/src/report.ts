@@ -34,6 +34,8 @@ export interface Flow {
   /** `allowed by <ns/name>`, `denied by <ns/name>`, `allowed: no policy applies`, ... */
   readonly decision?: string
   readonly policy?: string
+  /** Which node proxies logged it: the client's (`source`), the server's (`destination`). */
+  readonly seenBy: ReadonlyArray<'source' | 'destination'>
   /** Access-log outcome on the destination's node (or the source's, if the destination never saw it). */
   readonly outcome?: string
 }
@@ -133,11 +135,18 @@ export function correlate(
       s.sent.localPort === undefined ? undefined : take((e) => e.listener === 'outbound' && e.source.address === clientIp && e.source.port === s.sent.localPort)
     const destAddress = outbound?.destination.address ?? s.address
     const destPort = outbound?.destination.port ?? s.port
+    // A mesh client's request reaches the destination's HBONE listener only
+    // if its node proxy got that far (its outbound entry says so); a
+    // non-mesh client's lands on the plaintext listener, same source port.
+    const tunnelled = outbound?.protocol === 'HBONE' && (outbound.outcome === 'closed' || outbound.outcome === 'reset' || outbound.outcome === 'denied')
     const inbound =
-      take((e) => e.listener === 'inbound-hbone' && e.source.address === clientIp && e.destination.address === destAddress && e.destination.port === destPort) ??
-      (s.sent.localPort === undefined
-        ? take((e) => e.listener === 'inbound-plaintext' && e.source.address === clientIp && e.destination.address === destAddress && e.destination.port === destPort)
-        : take((e) => e.listener === 'inbound-plaintext' && e.source.address === clientIp && e.source.port === s.sent.localPort))
+      s.from.protocol === 'HBONE'
+        ? tunnelled
+          ? take((e) => e.listener === 'inbound-hbone' && e.source.address === clientIp && e.destination.address === destAddress && e.destination.port === destPort)
+          : undefined
+        : s.sent.localPort === undefined
+          ? take((e) => e.listener === 'inbound-plaintext' && e.source.address === clientIp && e.destination.address === destAddress && e.destination.port === destPort)
+          : take((e) => e.listener === 'inbound-plaintext' && e.source.address === clientIp && e.source.port === s.sent.localPort)
     const target = s.target ?? byAddress(destAddress)
     const result: Flow['result'] = s.sent.ok ? 'reached' : inbound?.outcome === 'denied' || outbound?.outcome === 'denied' ? 'denied' : 'failed'
     const protocol = inbound?.protocol ?? outbound?.protocol
@@ -174,6 +183,7 @@ export function correlate(
       toMesh: s.target === undefined ? target?.protocol !== 'TCP' : s.target.protocol === 'HBONE',
       result,
       attempts: s.attempts,
+      seenBy: [...(outbound ? ['source' as const] : []), ...(inbound ? ['destination' as const] : [])],
       ...(s.sent.answer ? { answeredBy: s.sent.answer.app, peerSeen: s.sent.answer.peer } : {}),
       ...(s.sent.error ? { error: s.sent.error } : {}),
       ...(protocol ? { protocol } : {}),

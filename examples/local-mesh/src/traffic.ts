@@ -19,13 +19,19 @@ export interface RequestResult {
  */
 export async function requestFromPod(netns: Netns, host: string, port: number, marker: string, timeoutMs = 5000): Promise<RequestResult> {
   const signal = AbortSignal.timeout(timeoutMs)
-  let socket: Socket
-  try {
-    socket = await netns.connect({ host, port, signal })
-  } catch (err) {
-    return { ok: false, error: errorText(err) }
+  let socket: Socket | undefined
+  // The client port is chosen here so the access logs can be matched even
+  // when the proxy resets the connection before connect() returns.
+  let localPort = 0
+  for (let tries = 0; socket === undefined; tries += 1) {
+    localPort = 20_000 + Math.floor(Math.random() * 30_000)
+    try {
+      socket = await netns.connect({ host, port, localPort, signal })
+    } catch (err) {
+      const inUse = /EADDRINUSE/.test(errorText(err))
+      if (!inUse || tries >= 5) return { ok: false, localPort, error: errorText(err) }
+    }
   }
-  const localPort = socket.localPort
   return new Promise<RequestResult>((resolve) => {
     const chunks: Buffer[] = []
     const timer = setTimeout(() => finish(`no answer within ${timeoutMs} ms`), timeoutMs)
