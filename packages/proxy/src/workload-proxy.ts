@@ -132,6 +132,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
   readonly #ports: WorkloadProxyPorts
   readonly #log: Logger
   readonly #servers: Server[] = []
+  /** Every socket the listeners accepted and that is still open. */
+  readonly #accepted = new Set<Socket>()
   readonly #connections = new Set<TrackedConnection>()
   #hboneServer: HboneServer | undefined
   readonly #hboneClient: HboneClient
@@ -156,7 +158,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
       // can refuse any other server.
       tls: (identity, { signal, expectedIdentities }) =>
         tlsClientOptions({ manager: options.identities, id: identity ?? this.identity, expectedPeers: expectedIdentities, alpnProtocols: ['h2'], signal }),
-      socketFactory: (address, { signal }) => dial(netns, { host: address.address, port: address.port, signal }),
+      // The session's own TCP connection: a FIN from the server ends it (no half-open).
+      socketFactory: (address, { signal }) => dial(netns, { host: address.address, port: address.port, signal }, false),
       ...(options.windows ? { windows: options.windows } : {}),
       sessionTimeout: connectTimeout,
       logger: this.#log,
@@ -196,7 +199,11 @@ class WorkloadProxyImpl implements WorkloadProxy {
     this.#servers.push(server)
     const address = server.address()
     if (address !== null && typeof address === 'object') this.listeners[listener].push({ address: address.address, port: address.port, family: address.family === 'IPv6' ? 6 : 4 })
-    server.on('connection', onConnection)
+    server.on('connection', (socket: Socket) => {
+      this.#accepted.add(socket)
+      socket.once('close', () => this.#accepted.delete(socket))
+      onConnection(socket)
+    })
     server.on('error', (err) => this.#log.error({ err, listener }, 'listener failed'))
   }
 
@@ -538,7 +545,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
   }
 
   async drain(options: { deadline?: number } = {}): Promise<void> {
-    await this.#stopListening()
+    this.#stopListening()
     if (this.#connections.size > 0) {
       let timer: NodeJS.Timeout | undefined
       await Promise.race([
@@ -550,16 +557,22 @@ class WorkloadProxyImpl implements WorkloadProxy {
     await this.close()
   }
 
-  async #stopListening(): Promise<void> {
-    await Promise.all(this.#servers.splice(0).map((server) => new Promise<void>((resolve) => server.close(() => resolve()))))
+  /**
+   * Stops accepting. Does not wait for `net.Server`'s close callback: that
+   * waits for every accepted connection, which drain and close handle themselves.
+   */
+  #stopListening(): void {
+    for (const server of this.#servers.splice(0)) server.close()
   }
 
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#unsubscribe()
-      const listening = this.#stopListening()
+      this.#stopListening()
       for (const connection of this.#connections) connection.terminate('workload proxy closed')
-      await Promise.all([listening, this.#hboneServer?.close(), this.#hboneClient.close()])
+      await Promise.all([this.#hboneServer?.close(), this.#hboneClient.close()])
+      // Whatever is left (a connection still waiting for its upstream) is reset.
+      for (const socket of this.#accepted) socket.resetAndDestroy()
     })()
     return this.#closing
   }
@@ -567,11 +580,11 @@ class WorkloadProxyImpl implements WorkloadProxy {
 
 /**
  * A proxy connection from inside the pod: marked 0x539 so capture lets it
- * pass, half-open allowed (FIN is forwarded, not answered), and without
+ * pass, half-open allowed by default (a spliced FIN is forwarded, not answered), and without
  * Nagle, since a proxy must not hold back small writes its peers already sent.
  */
-async function dial(netns: Netns, options: Omit<NetnsConnectOptions, 'mark' | 'allowHalfOpen'>): Promise<Socket> {
-  const socket = await netns.connect({ ...options, mark: PROXY_MARK, allowHalfOpen: true })
+async function dial(netns: Netns, options: Omit<NetnsConnectOptions, 'mark' | 'allowHalfOpen'>, allowHalfOpen = true): Promise<Socket> {
+  const socket = await netns.connect({ ...options, mark: PROXY_MARK, allowHalfOpen })
   socket.setNoDelay(true)
   return socket
 }

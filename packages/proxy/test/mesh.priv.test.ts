@@ -285,4 +285,73 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
     expect(cp.accessLog.findLast((e) => e.listener === 'inbound-hbone' && e.destination.address === c.pod.ipv4)).toMatchObject({ outcome: 'closed' })
   })
 
+
+  it('preserves the client address towards the app when asked (IP_TRANSPARENT and route table 100)', async () => {
+    const seenBy = async (): Promise<string> => (await exchange(await connectFrom(a, c.pod.ipv4, 8081), 'who')).response.split(' ')[0]!
+    expect(await seenBy()).toMatch(new RegExp(`${c.pod.ipv4.replace(/\./g, '\\.')}$`))
+    await node2.proxy.removeWorkload(c.workload.uid)
+    const preserving = cp.nodeProxy('node-2-preserving', { preserveSourceAddress: true })
+    try {
+      await preserving.proxy.addWorkload(c.workload, c.netns)
+      expect(await seenBy()).toMatch(new RegExp(`${a.pod.ipv4.replace(/\./g, '\\.')}$`))
+      // Plaintext inbound too: the app sees d, not the pod itself.
+      const plain = await exchange(await d.netns.connect({ host: c.pod.ipv4, port: 8081 }), 'who')
+      expect(plain.response.split(' ')[0]).toMatch(new RegExp(`${d.pod.ipv4.replace(/\./g, '\\.')}$`))
+    } finally {
+      await preserving.proxy.removeWorkload(c.workload.uid)
+      await node2.proxy.addWorkload(c.workload, c.netns)
+    }
+  })
+
+  it('removing a workload closes its established connections', async () => {
+    const socket = await connectFrom(a, c.pod.ipv4, 8080)
+    await new Promise((resolve) => {
+      socket.once('data', resolve)
+      socket.write('open')
+    })
+    const closed = new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+      let error: NodeJS.ErrnoException | undefined
+      socket.on('error', (err) => (error = err))
+      socket.once('close', () => resolve(error))
+    })
+    await node2.proxy.removeWorkload(c.workload.uid)
+    console.log('REMOVED', Date.now() % 100000)
+    await new Promise((r) => setTimeout(r, 500))
+    console.log((await a.pod.exec('ss', ['-tan'])).stdout)
+    try {
+      expect((await closed)?.code).toBe('ECONNRESET')
+    } finally {
+      await node2.proxy.addWorkload(c.workload, c.netns)
+    }
+  })
+
+  it('drains: stops accepting at once, lets open connections finish, closes the rest at the deadline', async () => {
+    const drainer = cp.nodeProxy('node-2-drain')
+    await node2.proxy.removeWorkload(c.workload.uid)
+    try {
+      const proxy = await drainer.proxy.addWorkload(c.workload, c.netns)
+      const finishing = await connectFrom(a, c.pod.ipv4, 8080)
+      const lingering = await connectFrom(a, c.pod.ipv4, 8080)
+      for (const socket of [finishing, lingering]) {
+        socket.on('error', () => {})
+        await new Promise((resolve) => {
+          socket.once('data', resolve)
+          socket.write('open')
+        })
+      }
+      const lingeringClosed = new Promise<void>((resolve) => lingering.once('close', () => resolve()))
+      const drained = proxy.drain({ deadline: 1000 })
+      // New plaintext connections are refused at once (the listeners are closed)
+      // while the open ones are still served.
+      expect((await tryExchange(d.netns.connect({ host: c.pod.ipv4, port: 8080 }), 'new')).response).toBe('')
+      expect(await exchange(finishing, 'still served')).toEqual({ response: 'still served', ended: true })
+      await drained
+      await lingeringClosed
+      expect(proxy.activeConnections()).toBe(0)
+    } finally {
+      await drainer.proxy.close()
+      await node2.proxy.addWorkload(c.workload, c.netns)
+    }
+  })
+
 })
