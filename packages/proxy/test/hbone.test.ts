@@ -532,6 +532,28 @@ describe('HBONE identity and failures', () => {
     expect((await readAll(tunnel)).toString()).toBe('handled')
   })
 
+  it('closing the client while a session is being opened leaves nothing open', async () => {
+    const h = await harness()
+    const asked = deferred<void>()
+    const release = deferred<void>()
+    const tls = mesh.clientTls(CLIENT_ID)
+    const client = createHboneClient({
+      tls: async (identity, request) => {
+        asked.resolve()
+        await release.promise
+        return tls(identity, request)
+      },
+    })
+    const pending = client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] }).catch((e: unknown) => e)
+    await asked.promise
+    const closing = client.close()
+    release.resolve()
+    await closing
+    expect(isAmbientError(await pending)).toBe(true)
+    expect(client.stats()).toEqual([])
+    await vi.waitFor(() => expect(h.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 }))
+  })
+
   it('leaves no session, stream, socket or handle behind after close', async () => {
     const before = process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap' || r === 'Timeout').length
     const h = await harness()

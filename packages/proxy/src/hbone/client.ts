@@ -291,6 +291,10 @@ class HboneClientImpl implements HboneClient {
         )
       }
       const session = await startSession(tlsSocket, peer, config, signal)
+      if (this.#closed !== undefined) {
+        session.destroy()
+        throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
+      }
       const pooled = new PooledSession(session, peerIdentity, config, () => this.#remove(key, pooled))
       const entry = this.#pools.get(key) ?? { sessions: [] }
       this.#pools.set(key, entry)
@@ -513,7 +517,8 @@ function handshake(tcp: Socket, options: ConnectionOptions, signal: AbortSignal,
     const onAbort = (): void => done(signal.reason as Error)
     socket.once('secureConnect', onSecure)
     socket.once('error', done)
-    signal.addEventListener('abort', onAbort, { once: true })
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, { once: true })
   })
 }
 
@@ -544,7 +549,8 @@ function startSession(socket: TLSSocket, peer: string, config: ClientConfig, sig
     session.once('remoteSettings', onSettings)
     session.once('error', done)
     session.once('close', onClose)
-    signal.addEventListener('abort', onAbort, { once: true })
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, { once: true })
   })
 }
 
