@@ -10,6 +10,7 @@ import {
   type Service,
   type Workload,
 } from '@ambientkit/core'
+import { resolveCaptureConfig, type CaptureConfig } from '@ambientkit/redirect'
 import { parseDocument } from 'yaml'
 
 /** Error code of a mesh.yaml that does not validate. */
@@ -60,6 +61,8 @@ export interface MeshConfig {
   readonly pods: readonly PodConfig[]
   readonly services: readonly ServiceConfig[]
   readonly policies: readonly AuthorizationPolicy[]
+  /** How every mesh pod's traffic is captured (`@ambientkit/redirect`'s options); default Istio's. */
+  readonly capture: CaptureConfig
   /** Settings every node proxy shares. */
   readonly proxy: {
     readonly outboundPolicy: 'passthrough' | 'refuse'
@@ -127,7 +130,7 @@ const RESERVED_THIRD_OCTETS = new Set([100, 255])
  */
 export function validateMeshConfig(input: unknown): MeshConfig {
   const root = object('(top level)', input)
-  only('', root, ['trustDomain', 'svidTtlSeconds', 'nodes', 'pods', 'services', 'policies', 'proxy'])
+  only('', root, ['trustDomain', 'svidTtlSeconds', 'nodes', 'pods', 'services', 'policies', 'proxy', 'capture'])
   const trustDomain = root.trustDomain ?? DEFAULT_TRUST_DOMAIN
   if (typeof trustDomain !== 'string' || !/^[a-z0-9._-]+$/.test(trustDomain)) fail('trustDomain', trustDomain, 'a trust domain of [a-z0-9._-]')
   const svidTtlSeconds = root.svidTtlSeconds ?? 3600
@@ -186,7 +189,14 @@ export function validateMeshConfig(input: unknown): MeshConfig {
   const inboundPlaintext = proxyInput.inboundPlaintext ?? 'permissive'
   if (inboundPlaintext !== 'permissive' && inboundPlaintext !== 'strict') fail('proxy.inboundPlaintext', inboundPlaintext, '"permissive" or "strict"')
 
-  return { trustDomain, svidTtlSeconds, nodes, pods, services, policies, proxy: { outboundPolicy, inboundPlaintext } }
+  const capture = object('capture', root.capture ?? {}) as CaptureConfig
+  try {
+    resolveCaptureConfig(capture)
+  } catch (err) {
+    throw new AmbientError(INVALID_MESH_CONFIG, `mesh config capture: ${(err as Error).message}`, { cause: err })
+  }
+
+  return { trustDomain, svidTtlSeconds, nodes, pods, services, policies, capture, proxy: { outboundPolicy, inboundPlaintext } }
 }
 
 function unique(path: string, values: readonly string[], what: string): void {

@@ -33,6 +33,7 @@ export interface MeshState {
   /** Where each pod's network namespace is (mesh and non-mesh pods). */
   readonly pods: ReadonlyArray<{ readonly uid: string; readonly netnsPath: string }>
   readonly proxy: MeshConfig['proxy']
+  readonly capture: MeshConfig['capture']
 }
 
 /** Options of {@link createControlPlane}. */
@@ -133,6 +134,7 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
       policies: policies.list(),
       pods: [...pods].map(([uid, e]) => ({ uid, netnsPath: e.netnsPath })),
       proxy: config.proxy,
+      capture: config.capture,
     }
     const line = `${JSON.stringify(current)}\n`
     for (const res of watchers) res.write(line)

@@ -38,7 +38,7 @@ try {
     logger,
   })
   await nodeProxy.start()
-  const agent = createNodeAgent({ nodeProxy, podSource: follower.podSource, stateFile: state.agentState(nodeName, dir), logger })
+  const agent = createNodeAgent({ nodeProxy, podSource: follower.podSource, capture: follower.state()!.capture, stateFile: state.agentState(nodeName, dir), logger })
   const report = await agent.start()
   onShutdown(async () => {
     // Fail closed: listeners go, capture rules stay, so captured pods cannot
