@@ -255,7 +255,24 @@ class HboneClientImpl implements HboneClient {
 
   async #open(key: string, via: SocketAddress, expected: readonly string[], options: HboneConnectOptions): Promise<PooledSession> {
     const config = this.#config
-    const signal = AbortSignal.any([this.#closing.signal, AbortSignal.timeout(config.sessionTimeout)])
+    const attempt = new AbortController()
+    const timer = setTimeout(
+      () => attempt.abort(new AmbientError(CoreErrorCode.Aborted, `HBONE session not established within ${config.sessionTimeout} ms`)),
+      config.sessionTimeout,
+    )
+    const onClosing = (): void => attempt.abort(this.#closing.signal.reason)
+    this.#closing.signal.addEventListener('abort', onClosing, { once: true })
+    if (this.#closing.signal.aborted) onClosing()
+    try {
+      return await this.#establish(key, via, expected, options, attempt.signal)
+    } finally {
+      clearTimeout(timer)
+      this.#closing.signal.removeEventListener('abort', onClosing)
+    }
+  }
+
+  async #establish(key: string, via: SocketAddress, expected: readonly string[], options: HboneConnectOptions, signal: AbortSignal): Promise<PooledSession> {
+    const config = this.#config
     const source = { identity: options.identity, sourceAddress: options.sourceAddress }
     const peer = formatSocketAddress(via)
     let tcp: Socket

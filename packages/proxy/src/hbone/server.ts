@@ -448,20 +448,26 @@ class HboneServerImpl implements HboneServer {
     }
 
     if (!isOpen(stream)) return finish({ status: 0, outcome: 'cancelled', destination })
-    const gone = new AbortController()
-    const onStreamGone = (): void => gone.abort(new AmbientError(CoreErrorCode.Aborted, 'HBONE stream closed before upstream connected'))
+    const attempt = new AbortController()
+    const abort = (message: string) => (): void => attempt.abort(new AmbientError(CoreErrorCode.Aborted, message))
+    const onStreamGone = abort('HBONE stream closed before upstream connected')
+    const onClosing = abort('HBONE server closed before upstream connected')
+    const timer = setTimeout(abort(`upstream connect timed out after ${config.connectTimeout} ms`), config.connectTimeout)
     stream.once('close', onStreamGone)
-    const signal = AbortSignal.any([gone.signal, this.#closing.signal, AbortSignal.timeout(config.connectTimeout)])
+    this.#closing.signal.addEventListener('abort', onClosing, { once: true })
+    if (this.#closing.signal.aborted) onClosing()
     let upstream: Socket
     try {
-      upstream = await config.connect(destination, { signal, request, context: decision.context })
+      upstream = await config.connect(destination, { signal: attempt.signal, request, context: decision.context })
     } catch (err) {
-      stream.off('close', onStreamGone)
       if (!isOpen(stream)) return finish({ status: 0, outcome: 'cancelled', destination, error: err as Error })
       config.logger.debug({ err, destination: authority }, 'HBONE upstream connect failed')
       return reject(503, 'upstream-connect-failed', { destination, error: err as Error })
+    } finally {
+      clearTimeout(timer)
+      stream.off('close', onStreamGone)
+      this.#closing.signal.removeEventListener('abort', onClosing)
     }
-    stream.off('close', onStreamGone)
     if (!isOpen(stream)) {
       upstream.resetAndDestroy()
       return finish({ status: 0, outcome: 'cancelled', destination })
