@@ -14,7 +14,7 @@ import {
   type CertificateAuthority,
 } from '@ambientkit/identity'
 import { applyCapture, openNetns, removeCapture } from '@ambientkit/redirect'
-import { cpuSeconds, machineInfo, rssKiB, sampleRss } from './lib/proc'
+import { cpuSeconds, machineInfo, rssKiB, runQueueWaitSeconds, sampleRss } from './lib/proc'
 import { bundleNodeRunner, ECHO_PORT, IPERF_PORT, startIperfServer, startNodeRunner, startPodAgent, workloadOf } from './lib/mesh'
 import { runIn, stop, stopAll, tsArgs, type Agent } from './lib/processes'
 import { MESH_SCENARIOS, SCENARIOS, type BenchResult, type ExtraResult, type ScenarioKey, type ScenarioResult } from './lib/results'
@@ -83,6 +83,8 @@ interface Samples {
   cpuServer: number[]
   cpuTotal: number[]
   cores: number[]
+  cpuPerConn: number[]
+  waiting: number[]
   rssLoad: number[]
   rssIdleConns: number[]
   kibPerConn: number[]
@@ -118,13 +120,17 @@ async function measureThroughput(s: Scenario, samples: Samples): Promise<void> {
   const proxies = proxiesOf(s)
   const [clientSide, serverSide] = [s.clientProxies(), s.serverProxies()]
   const disjoint = clientSide.every((pid) => !serverSide.includes(pid))
-  const before = { client: sumCpu(clientSide), server: sumCpu(serverSide), total: sumCpu(proxies), at: performance.now() }
+  const waits = (): number[] => proxies.map(runQueueWaitSeconds)
+  const before = { client: sumCpu(clientSide), server: sumCpu(serverSide), total: sumCpu(proxies), waits: waits(), at: performance.now() }
   const single = await iperf(s, 1)
   if (proxies.length > 0) {
     const gb = single.bytes / 1e9
     const total = sumCpu(proxies) - before.total
+    const wall = (performance.now() - before.at) / 1000
     samples.cpuTotal.push(total / gb)
-    samples.cores.push(total / ((performance.now() - before.at) / 1000))
+    samples.cores.push(total / wall)
+    const after = waits()
+    samples.waiting.push(Math.max(...after.map((w, i) => (w - before.waits[i]!) / wall)))
     if (disjoint) {
       samples.cpuClient.push((sumCpu(clientSide) - before.client) / gb)
       samples.cpuServer.push((sumCpu(serverSide) - before.server) / gb)
@@ -152,7 +158,9 @@ async function measureLatency(s: Scenario, samples: Samples): Promise<void> {
 }
 
 async function measureConnections(s: Scenario, samples: Samples): Promise<void> {
-  const result = await s.client.request<{ perSecond: number; errors: number; firstError?: string }>({
+  const proxies = proxiesOf(s)
+  const before = sumCpu(proxies)
+  const result = await s.client.request<{ connections: number; perSecond: number; errors: number; firstError?: string }>({
     op: 'connrate',
     host: s.host,
     port: s.echoPort,
@@ -162,6 +170,7 @@ async function measureConnections(s: Scenario, samples: Samples): Promise<void> 
   })
   if (result.errors > 0) log(`${s.key}: ${result.errors} connection errors (first: ${result.firstError})`)
   samples.conn.push(result.perSecond)
+  if (proxies.length > 0 && result.connections > 0) samples.cpuPerConn.push(((sumCpu(proxies) - before) * 1000) / result.connections)
 }
 
 async function measureIdle(s: Scenario, samples: Samples, runners: readonly Agent[]): Promise<void> {
@@ -266,6 +275,8 @@ const emptySamples = (): Samples => ({
   cpuServer: [],
   cpuTotal: [],
   cores: [],
+  cpuPerConn: [],
+  waiting: [],
   rssLoad: [],
   rssIdleConns: [],
   kibPerConn: [],
@@ -282,6 +293,8 @@ function resultOf(label: string, samples: Samples, hasProxies: boolean): Scenari
     connectionsPerSecond: summarize(samples.conn),
     cpuSecondsPerGB: hasProxies ? { client: maybe(samples.cpuClient), server: maybe(samples.cpuServer), total: summarize(samples.cpuTotal) } : null,
     proxyCores: hasProxies ? summarize(samples.cores) : null,
+    proxyRunQueueWait: hasProxies ? summarize(samples.waiting) : null,
+    cpuMsPerConnection: hasProxies ? summarize(samples.cpuPerConn) : null,
     rssKiB: hasProxies ? { idle: summarize(samples.rssIdle), withIdleConnections: summarize(samples.rssIdleConns), underLoad: summarize(samples.rssLoad) } : null,
     kibPerIdleConnection: hasProxies ? summarize(samples.kibPerConn) : null,
   }

@@ -34,6 +34,16 @@ export function rssKiB(pid: number): number {
   return Number(match[1])
 }
 
+/**
+ * Seconds the main thread of `pid` has spent runnable but waiting for a CPU
+ * (second field of /proc/<pid>/schedstat, nanoseconds): on a busy machine
+ * this, not the proxy's own work, can be what limits a figure.
+ */
+export function runQueueWaitSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/schedstat`, 'utf8').trim().split(' ')
+  return Number(fields[1]) / 1e9
+}
+
 /** Total CPU seconds of several processes. */
 export function totalCpuSeconds(pids: readonly number[]): number {
   return pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0)

@@ -16,35 +16,48 @@ const shortLabel: Record<ScenarioKey, string> = { direct: 'direct', stunnel: 'st
  * What limits a mesh figure, with this run's evidence. Written from the
  * profiles in docs/performance.md ("What limits each figure"): the node proxy
  * is one Node.js thread per node, so TLS, HTTP/2 framing and the socket
- * copies of both directions share one core.
+ * copies of both directions share one core; the numbers come from this run.
  */
 function why(target: string, key: ScenarioKey, r: BenchResult): string {
   const s = r.scenarios[key]
   const cores = s.proxyCores?.median
   const oneProcess = key === 'meshSameNode'
-  const cpu = cores === undefined ? '' : ` The proxies used ${cores.toFixed(2)} cores during the single-stream runs${oneProcess ? ' (one process for both ends)' : ''}.`
+  const wait = s.proxyRunQueueWait?.median
+  const cpu =
+    cores === undefined
+      ? ''
+      : ` The proxies used ${cores.toFixed(2)} cores during the single-stream runs${oneProcess ? ' (one process for both ends)' : ''}` +
+        (wait === undefined ? '.' : `, and the busiest proxy thread waited for a CPU ${(wait * 100).toFixed(0)}% of the time${wait > 0.2 ? ' (the machine was oversubscribed: other work set the pace)' : ''}.`)
+  const stunnelCpu = r.scenarios.stunnel.cpuSecondsPerGB?.total.median
+  const meshCpu = s.cpuSecondsPerGB?.total.median
+  const perGb = meshCpu === undefined || stunnelCpu === undefined ? '' : ` Per GB the proxies spent ${meshCpu.toFixed(1)} CPU-s (stunnel ${stunnelCpu.toFixed(1)}).`
+  const perConn = s.cpuMsPerConnection?.median
+  const stunnelConn = r.scenarios.stunnel.cpuMsPerConnection?.median
   switch (target) {
     case 'throughput':
       return (
-        `Each byte is copied through user space twice per proxy (socket → TLS → HTTP/2 DATA frame and back), in one Node.js thread per node; ` +
-        `stunnel runs the same AES-GCM in C with a thread per connection and no HTTP/2 framing, and 8 HBONE streams share one TLS session (one core).${cpu}`
+        `Per byte each proxy runs AES-GCM in OpenSSL, nghttp2's DATA framing (16 KiB frames), two kernel socket copies, and allocates a Buffer per read and per frame; ` +
+        `perf shows V8's major GC (triggered by that external memory) at 15–20% of proxy CPU, and the 8 streams share one HBONE session, i.e. one TLS connection on one thread, ` +
+        `where stunnel has a thread per connection.${perGb}${cpu}`
       )
     case 'latency-p50':
       return (
-        `A round trip crosses four extra sockets (app→proxy→proxy→app and back), two TLS records and HTTP/2 frames per direction, ` +
-        `and each proxy's event loop wakes once per direction (≈10–20 µs each in Node).`
+        `A round trip crosses four extra sockets (app→proxy→proxy→app and back), a TLS record and an HTTP/2 DATA frame per direction per hop, ` +
+        `and wakes each proxy's event loop once per direction; on a 2-core machine shared by client, server and proxies every wake-up can wait for a CPU.${cpu}`
       )
     case 'latency-p99':
-      return `Tail latency follows the proxies' garbage collection and event-loop scheduling on a 2-core machine shared with the client, the server and the other proxy.`
+      return `Tail latency follows the proxies' garbage-collection pauses and scheduling: client, server and proxies share 2 cores.${cpu}`
     case 'connections':
       return (
-        `A new connection costs the node proxy an accept in the pod's netns, SO_ORIGINAL_DST, a registry lookup, an HTTP/2 stream and CONNECT/200 round trip, ` +
-        `and an upstream connect on the server side; the HBONE session is pooled, so no handshake is involved, but this is per-connection JavaScript work on one thread each side.`
+        `The HBONE session is pooled, so no TLS handshake is involved: the cost is per-connection work on one thread per node` +
+        (perConn === undefined ? '' : ` (${perConn.toFixed(2)} ms of proxy CPU per connection${stunnelConn === undefined ? '' : `, stunnel ${stunnelConn.toFixed(2)} ms with a resumed TLS session`})`) +
+        `: accept and SO_ORIGINAL_DST, an HTTP/2 stream with CONNECT and 200, authorization (which parses both IPs with ip-num even with no policy), ` +
+        `and on the server side an upstream connect through the netns addon (two setns calls, a uv_poll and a socket wrap per connection, ≈20% of the server proxy's CPU in the profile).${cpu}`
       )
     case 'idle-memory':
-      return `Per idle connection the proxies hold two sockets (libuv handle and stream state), an HTTP/2 stream on each side with its flow-control buffers, and the access-log/metrics state of the connection.`
+      return `Per idle connection the proxies hold two sockets (libuv handle, stream state and read buffers), an HTTP/2 stream on each side with its Node stream objects, the tracked-connection and access-log state, and an AbortSignal per connection.`
     case 'capture':
-      return `Capture is applied by running nft / iptables-restore (and ip rule/route) as processes inside the pod's netns: process start-up dominates.`
+      return `Capture runs nft or iptables-restore (and ip rule/route) as child processes inside the pod's netns, several per apply: process start-up, not the rules, dominates (the floor measured by hand was ≈3–4 ms for one process on an idle machine).`
     default:
       return ''
   }
@@ -139,6 +152,8 @@ function resourceTable(r: BenchResult): string {
     row('CPU s per GB, server side', (s) => fmt(s.cpuSecondsPerGB?.server, 2)),
     row('CPU s per GB, total', (s) => fmt(s.cpuSecondsPerGB?.total, 2)),
     row('cores busy, 1 stream', (s) => fmt(s.proxyCores, 2)),
+    row('waiting for a CPU, 1 stream', (s) => (s.proxyRunQueueWait === null ? '—' : `${(s.proxyRunQueueWait.median * 100).toFixed(0)}%`)),
+    row('CPU ms per new connection', (s) => fmt(s.cpuMsPerConnection, 2)),
     row('RSS idle, fresh process (MiB)', (s) => mibSummary(s.rssKiB?.idle)),
     row(`RSS with ${idle} idle conns (MiB)`, (s) => mibSummary(s.rssKiB?.withIdleConnections)),
     row('KiB per idle connection', (s) => fmt(s.kibPerIdleConnection, 1)),

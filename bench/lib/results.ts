@@ -27,6 +27,14 @@ export interface ScenarioResult {
   cpuSecondsPerGB: { client: Summary | null; server: Summary | null; total: Summary } | null
   /** Proxy CPU use during the single-stream runs, in cores (1.0 = one core busy). */
   proxyCores: Summary | null
+  /**
+   * Share of the single-stream runs' wall time that the busiest proxy's main
+   * thread spent runnable but waiting for a CPU (0..1): high values mean the
+   * machine, not the proxy, set the pace.
+   */
+  proxyRunQueueWait: Summary | null
+  /** Proxy CPU milliseconds per new connection (both sides), from the connection-rate runs. */
+  cpuMsPerConnection: Summary | null
   /** Resident memory of the proxy processes of this path, summed, KiB. */
   rssKiB: { idle: Summary; withIdleConnections: Summary; underLoad: Summary } | null
   /** RSS growth per idle proxied connection, KiB, both proxy sides together. */

@@ -49,6 +49,8 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptable
       } else {
         expect(s.cpuSecondsPerGB?.total, key).toMatchObject(summaryShape)
         expect(s.proxyCores, key).toMatchObject(summaryShape)
+        expect(s.proxyRunQueueWait, key).toMatchObject(summaryShape)
+        expect(s.cpuMsPerConnection, key).toMatchObject(summaryShape)
         expect(s.rssKiB?.idle, key).toMatchObject(summaryShape)
         expect(s.rssKiB?.withIdleConnections, key).toMatchObject(summaryShape)
         expect(s.rssKiB?.underLoad, key).toMatchObject(summaryShape)
