@@ -5,6 +5,7 @@ import {
   type ClientHttp2Stream,
   type OutgoingHttpHeaders,
 } from 'node:http2'
+import { setMaxListeners } from 'node:events'
 import { connect as netConnect, type Socket } from 'node:net'
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls'
 import {
@@ -194,6 +195,8 @@ class HboneClientImpl implements HboneClient {
   #closed: Promise<void> | undefined
 
   constructor(config: ClientConfig) {
+    // Every session being opened listens on it: there is no meaningful limit.
+    setMaxListeners(0, this.#closing.signal)
     this.#config = config
   }
 
@@ -281,6 +284,8 @@ class HboneClientImpl implements HboneClient {
     } catch (err) {
       throw connectFailed(peer, err, signal)
     }
+    // Many tunnels share a session: Nagle would hold one tunnel's small frame back until another's ACK.
+    tcp.setNoDelay(true)
     // The TCP socket waits for the TLS options unguarded otherwise: an error then would be uncaught.
     let early: Error | undefined
     tcp.on('error', (err) => (early ??= err))

@@ -7,6 +7,7 @@ import {
   type ServerHttp2Session,
   type ServerHttp2Stream,
 } from 'node:http2'
+import { setMaxListeners } from 'node:events'
 import { connect as netConnect, type Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import {
@@ -229,7 +230,7 @@ class HboneServerImpl implements HboneServer {
   readonly #sessions = new Set<ServerHttp2Session>()
   readonly #peers = new WeakMap<Http2Session, SessionPeer>()
   readonly #streams = new Set<ServerHttp2Stream>()
-  readonly #closing = new AbortController()
+  readonly #closing = withoutListenerLimit(new AbortController())
   readonly #binding: TlsServerBinding
   #listening = false
   #closed: Promise<void> | undefined
@@ -344,6 +345,8 @@ class HboneServerImpl implements HboneServer {
     }
     this.#sockets.add(socket)
     socket.once('close', () => this.#sockets.delete(socket))
+    // Many tunnels share a session: Nagle would hold one tunnel's small frame back until another's ACK.
+    socket.setNoDelay(true)
   }
 
   #handshakeFailure(socket: Socket, reason: HboneHandshakeFailure['reason'], error: Error): void {
@@ -504,6 +507,12 @@ function buildRequest(headers: IncomingHttpHeaders, peer: SessionPeer, destinati
     forwardedFor: original,
     headers: visible,
   }
+}
+
+/** Every pending upstream connect listens on the server's closing signal: there is no meaningful limit. */
+function withoutListenerLimit(controller: AbortController): AbortController {
+  setMaxListeners(0, controller.signal)
+  return controller
 }
 
 /** True while a response can still be sent on the stream. */
