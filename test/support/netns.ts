@@ -40,7 +40,7 @@ export interface TestNamespace {
   readonly name: string
   /** `/run/netns/<name>`: give it to `openNetns`. */
   readonly path: string
-  /** Runs a program inside the namespace (`ip netns exec`); rejects on a non-zero exit with its stderr. */
+  /** Runs a program inside the namespace (`nsenter --net`); rejects on a non-zero exit with its stderr. */
   exec(command: string, args?: readonly string[], options?: { input?: string }): Promise<ExecOutput>
 }
 
@@ -118,8 +118,10 @@ export function createTestNetwork(prefix: string): TestNetwork {
     const name = `${base}-${label}${count}`
     await run('ip', ['netns', 'add', name])
     created.push(name)
+    // nsenter enters only the network namespace: unlike `ip netns exec` it
+    // remounts nothing, which keeps many parallel test files from racing on mounts.
     const exec = (command: string, args: readonly string[] = [], options: { input?: string } = {}): Promise<ExecOutput> =>
-      run('ip', ['netns', 'exec', name, command, ...args], options.input)
+      run('nsenter', [`--net=/run/netns/${name}`, command, ...args], options.input)
     await exec('sysctl', ['-qw', 'net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0'])
     await ipBatch(name, ['link set lo up'])
     return { name, path: `/run/netns/${name}`, exec }
