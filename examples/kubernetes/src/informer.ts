@@ -38,9 +38,11 @@ export function runInformer(
   let failedGeneration = -1
   let stopped = false
   let timer: NodeJS.Timeout | undefined
+  let starting: Promise<void> | undefined
   const start = (): void => {
     const current = ++generation
-    informer.start().then(
+    starting = informer.start()
+    starting.then(
       () => {
         if (stopped || failedGeneration === current) return
         // A healthy start earns the next failure a short delay again.
@@ -67,6 +69,10 @@ export function runInformer(
     async stop() {
       stopped = true
       clearTimeout(timer)
+      await informer.stop()
+      // ListWatch only aborts a watch whose request is established: one still
+      // connecting when stop() came would stay open, so stop it once it is.
+      await starting?.catch(() => {})
       await informer.stop()
     },
   }

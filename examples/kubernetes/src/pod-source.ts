@@ -138,13 +138,12 @@ class KubePodSource implements KubernetesPodSource {
   readonly #namespaceObjects = new Map<string, V1Namespace>()
   readonly #listeners = new Set<(event: PodSourceEvent) => void>()
   readonly #loops: InformerLoop[] = []
+  readonly #started = new Set<string>()
   readonly #resolveQueue = new Set<string>()
   readonly #waiters = new Set<{ resolve: () => void; reject: (err: unknown) => void }>()
   readonly #signal: AbortSignal | undefined
   readonly #onAbort = (): void => void this.close()
   #resolving: Promise<void> | undefined
-  #podsListed = false
-  #namespacesListed = false
   #synced = false
   #closed = false
 
@@ -170,11 +169,7 @@ class KubePodSource implements KubernetesPodSource {
     this.#pods = new ListWatch<V1Pod>(
       '/api/v1/pods',
       watch,
-      async () => {
-        const list = await api.listPodForAllNamespaces({ fieldSelector })
-        this.#podsListed = true
-        return list
-      },
+      () => api.listPodForAllNamespaces({ fieldSelector }),
       false,
       undefined,
       fieldSelector,
@@ -182,11 +177,7 @@ class KubePodSource implements KubernetesPodSource {
     this.#namespaces = new ListWatch<V1Namespace>(
       '/api/v1/namespaces',
       watch,
-      async () => {
-        const list = await api.listNamespace()
-        this.#namespacesListed = true
-        return list
-      },
+      () => api.listNamespace(),
       false,
     )
     this.#pods.on('add', (pod) => this.#onPod(pod))
@@ -201,9 +192,8 @@ class KubePodSource implements KubernetesPodSource {
       return
     }
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true })
-    const synced = (): void => this.#maybeSynced()
-    this.#loops.push(runInformer('pods', this.#pods, this.#restart, this.#log, synced))
-    this.#loops.push(runInformer('namespaces', this.#namespaces, this.#restart, this.#log, synced))
+    this.#loops.push(runInformer('pods', this.#pods, this.#restart, this.#log, () => this.#maybeSynced('pods')))
+    this.#loops.push(runInformer('namespaces', this.#namespaces, this.#restart, this.#log, () => this.#maybeSynced('namespaces')))
   }
 
   async list({ signal }: AbortOptions = {}): Promise<PodEnrollment[]> {
@@ -268,8 +258,9 @@ class KubePodSource implements KubernetesPodSource {
     return out
   }
 
-  #maybeSynced(): void {
-    if (this.#synced || !this.#podsListed || !this.#namespacesListed) return
+  #maybeSynced(informer: 'pods' | 'namespaces'): void {
+    this.#started.add(informer)
+    if (this.#synced || this.#started.size < 2) return
     // Find the namespaces of everything listed before declaring the first
     // sync, so that list() returns the pods of this node rather than none.
     void this.#resolvePending().then(() => {

@@ -355,6 +355,32 @@ describe('createKubernetesPodSource against a Kubernetes API speaking list/watch
     expect(() => s.watch(() => {})).toThrow(expect.objectContaining({ code: 'ERR_AMBIENT_CLOSED' }))
   })
 
+  it('leaves no timer and no watch behind after close, even with a netns retry armed', async () => {
+    resolver.table.clear()
+    const timers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length
+    const baseline = timers()
+    const s = start({ netnsRetry: { initialDelayMs: 60_000, maxDelayMs: 60_000 } })
+    await s.list()
+    expect(s.state().pending).toHaveLength(2)
+    expect(timers()).toBeGreaterThan(baseline)
+    await s.close()
+    await pods.whenNoWatches()
+    await nsResource.whenNoWatches()
+    expect(timers()).toBeLessThanOrEqual(baseline)
+  })
+
+  it('closes a watch that was still connecting when close() came (ListWatch.stop misses it)', async () => {
+    const release = nsResource.holdWatches()
+    const watchRequested = nsResource.nextWatch()
+    const s = start()
+    await watchRequested
+    const closing = s.close()
+    release()
+    await closing
+    await nsResource.whenNoWatches()
+    expect(nsResource.openWatches).toBe(0)
+  })
+
   it('closes when its signal aborts, and list({ signal }) rejects when aborted', async () => {
     const controller = new AbortController()
     nsResource.failNext(500, 1000)

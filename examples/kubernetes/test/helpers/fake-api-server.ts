@@ -27,6 +27,8 @@ export interface FakeResource {
   endWatches(): void
   /** The next `count` requests (list or watch) get `status`. */
   failNext(status: number, count?: number): void
+  /** Holds the headers of watch requests from now on until the returned function is called. */
+  holdWatches(): () => void
   /** Resolves with the query of the next watch request. */
   nextWatch(): Promise<URLSearchParams>
   /** Resolves with the query of the next list request. */
@@ -75,6 +77,7 @@ class Resource implements FakeResource {
   readonly listWaiters: ((q: URLSearchParams) => void)[] = []
   expiredBefore = 0
   failures: number[] = []
+  held: (() => void)[] | undefined
 
   constructor(
     readonly kind: string,
@@ -132,6 +135,15 @@ class Resource implements FakeResource {
     for (let i = 0; i < count; i++) this.failures.push(status)
   }
 
+  holdWatches(): () => void {
+    this.held = []
+    return () => {
+      const held = this.held ?? []
+      this.held = undefined
+      for (const go of held) go()
+    }
+  }
+
   nextWatch(): Promise<URLSearchParams> {
     return new Promise((resolve) => this.watchWaiters.push(resolve))
   }
@@ -157,7 +169,17 @@ class Resource implements FakeResource {
       res.end(JSON.stringify({ kind: `${this.kind}List`, apiVersion: 'v1', metadata: { resourceVersion: String(this.clock.rv) }, items }))
       return 200
     }
-    // A watch: 200 and one JSON object per line, chunked, for as long as it lasts.
+    if (this.held !== undefined) {
+      this.held.push(() => this.#watch(query, res, matches))
+      return 200
+    }
+    this.#watch(query, res, matches)
+    return 200
+  }
+
+  // A watch: 200 and one JSON object per line, chunked, for as long as it lasts.
+  #watch(query: URLSearchParams, res: ServerResponse, matches: (object: KubernetesObject) => boolean): void {
+    if (res.destroyed) return
     res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' })
     // As the API server does: the client's request resolves on the headers, before any event.
     res.flushHeaders()
@@ -165,7 +187,7 @@ class Resource implements FakeResource {
     if (from < this.expiredBefore - 1) {
       gone(res)
       res.end()
-      return 200
+      return
     }
     for (const recorded of this.history) if (recorded.rv > from && matches(recorded.object)) send(res, recorded)
     const watch = { res, matches }
@@ -174,7 +196,6 @@ class Resource implements FakeResource {
       this.watches.delete(watch)
       if (this.watches.size === 0) for (const waiter of this.idleWaiters.splice(0)) waiter()
     })
-    return 200
   }
 }
 
