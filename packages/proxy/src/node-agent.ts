@@ -89,6 +89,8 @@ class NodeAgentImpl implements NodeAgent {
   readonly #queues = new Map<string, Promise<unknown>>()
   #unwatch: (() => void) | undefined
   #closed = false
+  /** State writes run one after another, each writing the state as it is when it runs. */
+  #stateWrites: Promise<void> = Promise.resolve()
 
   constructor(options: NodeAgentOptions) {
     this.#options = options
@@ -211,13 +213,17 @@ class NodeAgentImpl implements NodeAgent {
     }
   }
 
-  async #writeState(): Promise<void> {
+  #writeState(): Promise<void> {
     const file = this.#options.stateFile
-    if (file === undefined) return
-    const pods = Object.fromEntries([...this.#enrolled].map(([uid, e]) => [uid, e.netnsPath]))
-    // Write then rename: a crash never leaves a half-written state file.
-    await writeFile(`${file}.tmp`, `${JSON.stringify({ pods }, null, 2)}\n`)
-    await rename(`${file}.tmp`, file)
+    if (file === undefined) return Promise.resolve()
+    const write = async (): Promise<void> => {
+      const pods = Object.fromEntries([...this.#enrolled].map(([uid, e]) => [uid, e.netnsPath]))
+      // Write then rename: a crash never leaves a half-written state file.
+      await writeFile(`${file}.tmp`, `${JSON.stringify({ pods }, null, 2)}\n`)
+      await rename(`${file}.tmp`, file)
+    }
+    this.#stateWrites = this.#stateWrites.catch(() => {}).then(write)
+    return this.#stateWrites
   }
 
   async close(): Promise<void> {
@@ -225,6 +231,7 @@ class NodeAgentImpl implements NodeAgent {
     this.#closed = true
     this.#unwatch?.()
     await Promise.allSettled([...this.#queues.values()])
+    await this.#stateWrites.catch(() => {})
     await Promise.all([...this.#enrolled.values()].map((e) => e.netns.close()))
   }
 
