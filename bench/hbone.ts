@@ -6,7 +6,9 @@
  * The server side (sink, relays, HBONE servers) runs in a child process so
  * each end has a core, as two proxies on two nodes would. Every variant has
  * the same shape — client → relay → sink — and the variants are interleaved
- * round by round so machine noise spreads over all of them.
+ * round by round so machine noise spreads over all of them. Besides the
+ * rate, each run reports the CPU seconds both processes spent per GiB: on a
+ * shared machine that cost is steadier than the wall-clock rate.
  *
  * Run: `npx tsx --tsconfig tsconfig.json bench/hbone.ts [--quick] [--json]`.
  */
@@ -110,8 +112,11 @@ async function child(): Promise<void> {
   }
   const ports: ChildPorts = { sink: sinkPort, tcpRelay: (tcpRelay.address() as AddressInfo).port, tlsRelay: (tlsRelay.address() as AddressInfo).port, hbone }
   process.stdout.write(`${JSON.stringify(ports)}\n`)
-  // The parent closes stdin when it is done (or dies): then exit.
-  process.stdin.resume()
+  // Each line on stdin asks for this process's CPU time so far; the parent closes stdin when it is done (or dies).
+  createInterface({ input: process.stdin }).on('line', () => {
+    const { user, system } = process.cpuUsage()
+    process.stdout.write(`${(user + system) / 1e6}\n`)
+  })
   process.stdin.on('end', () => process.exit(0))
 }
 
@@ -153,8 +158,16 @@ async function main(): Promise<void> {
   })
   const clients: HboneClient[] = []
   try {
-    const [line] = (await once(createInterface({ input: server.stdout! }), 'line')) as [string]
+    const lines = createInterface({ input: server.stdout! })
+    const [line] = (await once(lines, 'line')) as [string]
     const ports = JSON.parse(line) as ChildPorts
+    /** CPU seconds used so far by both processes: the cost of a run, which other load on the machine barely changes. */
+    const cpuSeconds = async (): Promise<number> => {
+      const reply = once(lines, 'line') as Promise<[string]>
+      server.stdin!.write('cpu\n')
+      const { user, system } = process.cpuUsage()
+      return Number((await reply)[0]) + (user + system) / 1e6
+    }
     const tls = (identity: string | undefined, { expectedIdentities, signal }: { expectedIdentities: readonly string[]; signal: AbortSignal }) =>
       tlsClientOptions({ manager, id: identity ?? CLIENT_ID, expectedPeers: expectedIdentities, signal })
     const hboneClients = Object.fromEntries(
@@ -183,14 +196,24 @@ async function main(): Promise<void> {
       })),
     ]
 
-    const samples = new Map<string, number[]>(throughputVariants.map((v) => [v.key, []]))
+    const samples = new Map<string, { gbps: number[]; cpu: number[] }>(throughputVariants.map((v) => [v.key, { gbps: [], cpu: [] }]))
     for (let round = 0; round < SETTINGS.rounds; round++) {
       for (const variant of throughputVariants) {
         log(`round ${round + 1}/${SETTINGS.rounds}: ${variant.label}`)
-        samples.get(variant.key)!.push(await pushThrough(await variant.open(), SETTINGS.bytes))
+        const stream = await variant.open()
+        const cpuBefore = await cpuSeconds()
+        const gbps = await pushThrough(stream, SETTINGS.bytes)
+        const cpu = (await cpuSeconds()) - cpuBefore
+        samples.get(variant.key)!.gbps.push(gbps)
+        samples.get(variant.key)!.cpu.push(cpu / (SETTINGS.bytes / (1024 * MiB)))
       }
     }
-    const throughput = throughputVariants.map((v) => ({ key: v.key, label: v.label, gbitPerSecond: summarize(samples.get(v.key)!) }))
+    const throughput = throughputVariants.map((v) => ({
+      key: v.key,
+      label: v.label,
+      gbitPerSecond: summarize(samples.get(v.key)!.gbps),
+      cpuSecondsPerGiB: summarize(samples.get(v.key)!.cpu),
+    }))
 
     log('tunnels per second')
     const pooled = hboneClients.hbone!
@@ -238,7 +261,12 @@ async function main(): Promise<void> {
       return
     }
     console.log(`HBONE on loopback, single stream, ${SETTINGS.bytes / MiB} MiB upload per run, ${SETTINGS.rounds} runs (median ±half-range)`)
-    console.log(formatTable([['path', 'Gbit/s'], ...throughput.map((t) => [t.label, formatSummary(t.gbitPerSecond, 2)])]))
+    console.log(
+      formatTable([
+        ['path', 'Gbit/s', 'CPU s/GiB (both ends)'],
+        ...throughput.map((t) => [t.label, formatSummary(t.gbitPerSecond, 2), formatSummary(t.cpuSecondsPerGiB, 2)]),
+      ]),
+    )
     console.log('')
     console.log(formatTable([['tunnels (open, half-close, close)', 'per second'], ...tunnelRates.map((t) => [t.label, formatSummary(t.perSecond, 0)])]))
   } finally {
