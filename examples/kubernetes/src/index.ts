@@ -1,9 +1,10 @@
 /**
- * ambientkit on Kubernetes: a {@link PodSource} that tells a node agent which
+ * ambientkit on Kubernetes: a `PodSource` that tells a node agent which
  * pods of its node to capture (pods or namespaces labelled
- * `istio.io/dataplane-mode=ambient`), the pure mapping from Kubernetes
- * objects to core's workload and service model, and a resolver that finds a
- * pod's network namespace from a host-PID DaemonSet.
+ * `istio.io/dataplane-mode=ambient`), a sync that keeps a workload registry
+ * in step with the cluster's pods and services, the pure mapping from
+ * Kubernetes objects to core's workload and service model, and a resolver
+ * that finds a pod's network namespace from a host-PID DaemonSet.
  *
  * @example
  * ```ts
