@@ -102,6 +102,8 @@ interface TrackedConnection {
   readonly listener: ProxyListener
   /** Inbound connections are re-authorized when policies change. */
   readonly authorization?: AuthorizationConnection
+  /** Set when a policy change closed the connection: its log entry says `terminated`. */
+  terminatedBy?: string
   terminate(reason: string): void
 }
 
@@ -497,7 +499,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
       if (!decision.allowed) {
         const by = decision.policy ? `${decision.policy.namespace}/${decision.policy.name}` : decision.reason
         this.#log.info({ by }, 'policy change denies an established connection: closing it')
-        ;(connection as { terminatedBy?: string }).terminatedBy = by
+        connection.terminatedBy = by
         connection.terminate(`denied after a policy change (${by})`)
       }
     }
@@ -590,5 +592,5 @@ async function dial(netns: Netns, options: Omit<NetnsConnectOptions, 'mark' | 'a
 }
 
 function terminatedOr(connection: TrackedConnection, outcome: 'closed' | 'reset'): ConnectionOutcome {
-  return (connection as { terminatedBy?: string }).terminatedBy !== undefined ? 'terminated' : outcome
+  return connection.terminatedBy !== undefined ? 'terminated' : outcome
 }
