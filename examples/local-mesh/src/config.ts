@@ -67,6 +67,7 @@ export interface MeshConfig {
   readonly proxy: {
     readonly outboundPolicy: 'passthrough' | 'refuse'
     readonly inboundPlaintext: 'permissive' | 'strict'
+    readonly preserveSourceAddress: boolean
   }
 }
 
@@ -183,11 +184,13 @@ export function validateMeshConfig(input: unknown): MeshConfig {
   unique('policies', policies.map((p) => `${p.namespace}/${p.name}`), 'namespace/name')
 
   const proxyInput = object('proxy', root.proxy ?? {})
-  only('proxy', proxyInput, ['outboundPolicy', 'inboundPlaintext'])
+  only('proxy', proxyInput, ['outboundPolicy', 'inboundPlaintext', 'preserveSourceAddress'])
   const outboundPolicy = proxyInput.outboundPolicy ?? 'passthrough'
   if (outboundPolicy !== 'passthrough' && outboundPolicy !== 'refuse') fail('proxy.outboundPolicy', outboundPolicy, '"passthrough" or "refuse"')
   const inboundPlaintext = proxyInput.inboundPlaintext ?? 'permissive'
   if (inboundPlaintext !== 'permissive' && inboundPlaintext !== 'strict') fail('proxy.inboundPlaintext', inboundPlaintext, '"permissive" or "strict"')
+  const preserveSourceAddress = proxyInput.preserveSourceAddress ?? false
+  if (typeof preserveSourceAddress !== 'boolean') fail('proxy.preserveSourceAddress', preserveSourceAddress, 'true or false')
 
   const capture = object('capture', root.capture ?? {}) as CaptureConfig
   try {
@@ -196,7 +199,7 @@ export function validateMeshConfig(input: unknown): MeshConfig {
     throw new AmbientError(INVALID_MESH_CONFIG, `mesh config capture: ${(err as Error).message}`, { cause: err })
   }
 
-  return { trustDomain, svidTtlSeconds, nodes, pods, services, policies, capture, proxy: { outboundPolicy, inboundPlaintext } }
+  return { trustDomain, svidTtlSeconds, nodes, pods, services, policies, capture, proxy: { outboundPolicy, inboundPlaintext, preserveSourceAddress } }
 }
 
 function unique(path: string, values: readonly string[], what: string): void {

@@ -221,7 +221,7 @@ export function formatReport(report: DemoReport): string {
     out.push(title)
     const rows = flows.map((f) => [
       `${mark[f.result]} ${f.from} → ${f.to}`,
-      f.answeredBy && f.to !== f.answeredBy ? `(${f.answeredBy})` : '',
+      f.answeredBy === undefined ? '' : `${f.to.startsWith(f.answeredBy) ? '' : `${f.answeredBy} `}saw ${f.peerSeen ?? '?'}`,
       f.protocol ?? '-',
       f.protocol === 'HBONE' ? `${short(f.sourceIdentity)} → ${short(f.destinationIdentity)}` : '',
       `${f.decision ?? (f.error ? `failed: ${f.error}` : '')}${f.attempts > 1 ? ` (try ${f.attempts})` : ''}`,
@@ -229,7 +229,7 @@ export function formatReport(report: DemoReport): string {
     out.push(...pad(rows).map((l) => `  ${l}`))
     out.push('')
   }
-  section('Who reached whom (✓ reached, ✗ denied by policy, ! failed) — identities and decisions from the node proxies\' access logs:', report.flows.filter((f) => f.phase === 'matrix'))
+  section('Who reached whom (✓ reached, ✗ denied by policy, ! failed; "saw" is the client address the app saw) — identities and decisions from the node proxies\' access logs:', report.flows.filter((f) => f.phase === 'matrix'))
   if (report.addRemove) {
     const a = report.addRemove
     out.push(

@@ -71,6 +71,8 @@ describePrivileged('local mesh demo (end to end)', ['ip', 'iptables', 'nft', 'tc
     expect(direct).toMatchObject({
       result: 'reached',
       answeredBy: 'shop/api',
+      // Source preservation: the app sees the client pod's address, not its node proxy's.
+      peerSeen: '10.44.1.2',
       protocol: 'HBONE',
       sourceIdentity: 'spiffe://cluster.local/ns/shop/sa/frontend',
       destinationIdentity: 'spiffe://cluster.local/ns/shop/sa/api',
