@@ -516,6 +516,30 @@ describe('HBONE identity and failures', () => {
     expect(await record).toMatchObject({ destination: { address: '::1', port: echo6.port, family: 6 }, peerAddress: { address: '::1', family: 6 } })
   })
 
+  it('connects to <destination ip>:15008 by default, from the given source address', async () => {
+    // A loopback address of its own, so port 15008 is free whatever else runs.
+    const ip = `127.${(process.pid >> 8) & 0xff}.${process.pid & 0xff}.${Math.floor(Math.random() * 200) + 20}`
+    const echoHere = await startEchoServer(ip)
+    closers.push(() => echoHere.close())
+    const requests: HboneRequest[] = []
+    const server = createHboneServer({
+      tls: await mesh.serverTls(SERVER_ID),
+      decide: (request) => {
+        requests.push(request)
+        return { action: 'serve' }
+      },
+    })
+    closers.push(() => server.close())
+    expect(await server.listen(15008, ip)).toEqual({ address: ip, port: 15008, family: 4 })
+    const client = createHboneClient({ tls: mesh.clientTls(CLIENT_ID) })
+    closers.push(() => client.close())
+    const tunnel = await client.connect(`${ip}:${echoHere.port}`, { expectedIdentities: [SERVER_ID], sourceAddress: '127.0.0.9' })
+    tunnel.end('default port')
+    expect((await readAll(tunnel)).toString()).toBe('default port')
+    expect(requests[0]!.peerAddress.address).toBe('127.0.0.9')
+    expect(client.stats()[0]!.key).toBe(`|${SERVER_ID}|${ip}:15008|127.0.0.9`)
+  })
+
   it('serves connections accepted by a listener it does not own (server.handle)', async () => {
     const server = createHboneServer({ tls: await mesh.serverTls(SERVER_ID), decide: () => ({ action: 'serve' }) })
     const listener = createServer((socket) => server.handle(socket))
