@@ -26,6 +26,7 @@ import { IdentityErrorCode, peerSpiffeId } from '@ambientkit/identity'
 import { HBONE_PORT, type HboneWindows } from './constants'
 import { HboneErrorCode } from './errors'
 import { localSettings, positiveInteger, resolveWindows, sessionMemoryFor } from './settings'
+import { resetTunnel } from './splice'
 
 /** Options passed to a {@link SocketFactory}. */
 export interface SocketFactoryOptions {
@@ -403,7 +404,7 @@ class PooledSession {
           resolve(stream)
           return
         }
-        if (!stream.destroyed) stream.close(h2.NGHTTP2_CANCEL)
+        resetTunnel(stream, h2.NGHTTP2_CANCEL)
         reject(err)
       }
       const onResponse = (response: { ':status'?: number }): void => {
