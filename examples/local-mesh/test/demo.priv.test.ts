@@ -46,7 +46,13 @@ describePrivileged('local mesh demo (end to end)', ['ip', 'iptables', 'nft', 'tc
     return found
   }
 
+  let ran = false
   beforeAll(async () => {
+    // The demo's names are fixed (akm-*): a mesh someone keeps running must
+    // not be torn down by this test, so refuse rather than clean it up.
+    const running = demoNamespaces()
+    if (running.length > 0) throw new Error(`a local mesh is running (${running.join(', ')}); stop it first: sudo npm run demo -- --down`)
+    ran = true
     result = await runDemo(['--json'])
     try {
       report = JSON.parse(result.stdout) as DemoReport
@@ -57,7 +63,7 @@ describePrivileged('local mesh demo (end to end)', ['ip', 'iptables', 'nft', 'tc
 
   afterAll(async () => {
     // Safety net only: the assertions below check the demo cleaned up by itself.
-    await runDemo(['--down'])
+    if (ran) await runDemo(['--down'])
   }, 60_000)
 
   it('exits 0 with every check of its report passing', () => {
