@@ -269,6 +269,8 @@ class KubePodSource implements KubernetesPodSource {
       this.#log.info({ enrolled: this.#enrolled().length }, 'pods synced')
       for (const waiter of this.#waiters) waiter.resolve()
       this.#waiters.clear()
+      // Pods that became ready for a lookup while the first one ran.
+      void this.#resolvePending()
     })
   }
 
@@ -359,6 +361,7 @@ class KubePodSource implements KubernetesPodSource {
       if (!entry.pending) {
         entry.pending = true
         entry.attempts = 0
+        this.#log.debug({ uid, pod: key(pod) }, `pod ${key(pod)} qualifies; looking for its network namespace`)
         this.#requestLookup(uid)
       }
       return

@@ -311,6 +311,46 @@ describe('createKubernetesPodSource against a Kubernetes API speaking list/watch
     expect(await events.next()).toEqual({ type: 'upsert', pod: expect.objectContaining({ netnsPath: '/proc/4243/ns/net' }) })
   })
 
+  it('looks up a pod that arrived while the first lookup ran', async () => {
+    let releaseFirst!: () => void
+    const firstHeld = new Promise<void>((resolve) => (releaseFirst = resolve))
+    let firstStarted!: () => void
+    const firstAsked = new Promise<void>((resolve) => (firstStarted = resolve))
+    let calls = 0
+    const slow: NetnsResolver = {
+      async resolve(uids) {
+        if (++calls === 1) {
+          firstStarted()
+          await firstHeld
+        }
+        return resolver.resolve(uids)
+      },
+    }
+    const qualified = new EventQueue<string>()
+    const noop = (): void => {}
+    const logger = {
+      trace: noop,
+      debug: (fields: Record<string, unknown> | string, msg?: string) => qualified.push(typeof fields === 'string' ? fields : (msg ?? '')),
+      info: noop,
+      warn: noop,
+      error: noop,
+      fatal: noop,
+      child: () => logger,
+    }
+    const s = start({ netnsResolver: slow, logger })
+    await firstAsked
+    const late = pod('cron')
+    late.metadata!.labels!['istio.io/dataplane-mode'] = 'ambient'
+    pods.emit('MODIFIED', late)
+    const listing = s.list()
+    // Handled while the first lookup is still held.
+    while ((await qualified.next()) !== 'pod legacy/cleanup-5f9c8d7b6-r4x8n qualifies; looking for its network namespace');
+    expect(s.state().synced).toBe(false)
+    releaseFirst()
+    expect((await listing).map((p) => p.workload.name).sort()).toEqual(['api-7c9f8d5b6-x2k4q', 'batch-worker-0'])
+    expect(describeEvent(await events.next())).toBe('upsert legacy/cleanup-5f9c8d7b6-r4x8n')
+  })
+
   it('survives a resolver that throws, and a listener that throws', async () => {
     let fail = true
     const flaky: NetnsResolver = {
