@@ -12,9 +12,10 @@ interface Series {
   pick: (s: ScenarioResult) => Summary
 }
 
-const WIDTH = 920
+const WIDTH = 980
 const HEIGHT = 380
 const PANEL = { top: 56, bottom: 300, width: 400 }
+const SHORT: Record<string, string> = { direct: 'direct TCP', stunnel: 'stunnel', meshSameNode: 'mesh, 1 node', meshCrossNode: 'mesh, 2 nodes' }
 const escape = (text: string): string => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
 
 /** A "nice" axis maximum: 1, 2 or 5 times a power of ten, above `value`. */
@@ -25,16 +26,28 @@ function niceMax(value: number): number {
   return 10 * power
 }
 
-function panel(r: BenchResult, x0: number, title: string, unit: string, series: readonly Series[]): string[] {
-  const scenarios = SCENARIOS.map(({ key, label }) => ({ label, result: r.scenarios[key] }))
-  const max = niceMax(Math.max(...scenarios.flatMap(({ result }) => series.map((s) => s.pick(result).max))))
+/**
+ * One panel of bars. `log` draws a log10 axis: latency percentiles differ by
+ * orders of magnitude between paths (p50 in tens of µs, a loaded p99 in ms).
+ */
+function panel(r: BenchResult, x0: number, title: string, unit: string, series: readonly Series[], log = false): string[] {
+  const scenarios = SCENARIOS.map(({ key }) => ({ label: SHORT[key] ?? key, result: r.scenarios[key] }))
+  const top = Math.max(...scenarios.flatMap(({ result }) => series.map((s) => s.pick(result).max)))
+  const max = log ? 10 ** Math.ceil(Math.log10(Math.max(top, 10))) : niceMax(top)
+  const min = log ? 10 ** Math.floor(Math.log10(Math.max(1, Math.min(...scenarios.flatMap(({ result }) => series.map((s) => s.pick(result).min)))))) : 0
   const height = PANEL.bottom - PANEL.top
-  const y = (value: number): number => PANEL.bottom - (Math.min(value, max) / max) * height
+  const y = (value: number): number => {
+    const clamped = Math.min(Math.max(value, min), max)
+    const share = log ? (Math.log10(clamped) - Math.log10(min)) / (Math.log10(max) - Math.log10(min)) : clamped / max
+    return PANEL.bottom - share * height
+  }
+  const ticks = log
+    ? Array.from({ length: Math.round(Math.log10(max / min)) + 1 }, (_, i) => min * 10 ** i)
+    : Array.from({ length: 5 }, (_, i) => (max / 4) * i)
   const group = PANEL.width / scenarios.length
   const bar = Math.min(28, (group - 16) / series.length)
   const out: string[] = [`<text x="${x0 + PANEL.width / 2}" y="30" class="title">${escape(title)}</text>`]
-  for (let i = 0; i <= 4; i++) {
-    const value = (max / 4) * i
+  for (const value of ticks) {
     const gy = y(value)
     out.push(
       `<line x1="${x0}" y1="${gy}" x2="${x0 + PANEL.width}" y2="${gy}" class="grid"/>`,
@@ -47,11 +60,11 @@ function panel(r: BenchResult, x0: number, title: string, unit: string, series: 
     series.forEach((s, si) => {
       const summary = s.pick(result)
       const bx = gx + si * bar
-      const top = y(summary.median)
+      const barTop = y(summary.median)
       out.push(
-        `<rect x="${bx.toFixed(1)}" y="${top.toFixed(1)}" width="${(bar - 2).toFixed(1)}" height="${(PANEL.bottom - top).toFixed(1)}" fill="${s.color}"><title>${escape(`${label}, ${s.name}: ${summary.median.toPrecision(3)} ${unit}`)}</title></rect>`,
+        `<rect x="${bx.toFixed(1)}" y="${barTop.toFixed(1)}" width="${(bar - 2).toFixed(1)}" height="${(PANEL.bottom - barTop).toFixed(1)}" fill="${s.color}"><title>${escape(`${label}, ${s.name}: ${summary.median.toPrecision(3)} ${unit}`)}</title></rect>`,
         `<line x1="${(bx + bar / 2 - 1).toFixed(1)}" y1="${y(summary.min).toFixed(1)}" x2="${(bx + bar / 2 - 1).toFixed(1)}" y2="${y(summary.max).toFixed(1)}" class="whisker"/>`,
-        `<text x="${(bx + bar / 2 - 1).toFixed(1)}" y="${(top - 4).toFixed(1)}" class="value">${Number(summary.median.toPrecision(3))}</text>`,
+        `<text x="${(bx + bar / 2 - 1).toFixed(1)}" y="${(Math.min(barTop, y(summary.max)) - 4).toFixed(1)}" class="value">${Number(summary.median.toPrecision(3))}</text>`,
       )
     })
     out.push(`<text x="${(x0 + gi * group + group / 2).toFixed(1)}" y="${PANEL.bottom + 18}" class="label">${escape(label)}</text>`)
@@ -71,10 +84,17 @@ export function renderChart(r: BenchResult): string {
       { name: '1 stream', color: '#3b6ea8', pick: (s) => s.throughput1Gbps },
       { name: '8 streams', color: '#8fb3dd', pick: (s) => s.throughput8Gbps },
     ]),
-    ...panel(r, 70 + PANEL.width + 60, 'Latency, 64 B request/response (lower is better)', 'µs', [
-      { name: 'p50', color: '#c0632b', pick: (s) => s.latencyUs.p50 },
-      { name: 'p99', color: '#eab38f', pick: (s) => s.latencyUs.p99 },
-    ]),
+    ...panel(
+      r,
+      70 + PANEL.width + 90,
+      'Latency, 64 B round trip (lower is better)',
+      'µs (log scale)',
+      [
+        { name: 'p50', color: '#c0632b', pick: (s) => s.latencyUs.p50 },
+        { name: 'p99', color: '#eab38f', pick: (s) => s.latencyUs.p99 },
+      ],
+      true,
+    ),
   ]
   const note = `${r.machine.cores} × ${r.machine.cpuModel}, Linux ${r.machine.kernel}, Node ${r.machine.node} — ${r.startedAt.slice(0, 10)}; bars: median, whiskers: min–max over runs`
   return [

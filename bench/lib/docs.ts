@@ -1,16 +1,18 @@
-import { readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { renderChart } from './chart'
 import { machineLine, missedReasons, reportSections } from './report'
 import type { BenchResult } from './results'
 
 /**
  * `--docs`: writes this run's tables into docs/performance.md between the
- * `bench:results` markers (the prose around them is written by hand) and
- * redraws docs/performance-chart.svg.
+ * `bench:results` markers (the prose around them is written by hand),
+ * redraws docs/performance-chart.svg and keeps the run's JSON in
+ * bench/results/latest.json (what the doc shows, for machines).
  */
 
 export const DOC = 'docs/performance.md'
 export const CHART = 'docs/performance-chart.svg'
+export const LATEST = 'bench/results/latest.json'
 const BEGIN = '<!-- bench:results:begin (written by `npm run bench -- --docs`; edit the text outside the markers) -->'
 const END = '<!-- bench:results:end -->'
 
@@ -41,5 +43,7 @@ export function writeDocs(r: BenchResult): string[] {
   if (begin < 0 || end < begin) throw new Error(`${DOC} has no results markers: expected a line "${BEGIN}" followed by "${END}"`)
   writeFileSync(DOC, `${doc.slice(0, begin + BEGIN.length)}\n${resultsMarkdown(r)}\n${doc.slice(end)}`)
   writeFileSync(CHART, renderChart(r))
-  return [DOC, CHART]
+  mkdirSync('bench/results', { recursive: true })
+  writeFileSync(LATEST, `${JSON.stringify(r, null, 2)}\n`)
+  return [DOC, CHART, LATEST]
 }

@@ -46,7 +46,10 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
         `and wakes each proxy's event loop once per direction; on a 2-core machine shared by client, server and proxies every wake-up can wait for a CPU.${cpu}`
       )
     case 'latency-p99':
-      return `Tail latency follows the proxies' garbage-collection pauses and scheduling: client, server and proxies share 2 cores.${cpu}`
+      return (
+        `Tail latency follows scheduling and GC: a proxy thread that becomes runnable while another process holds the CPU waits up to a scheduler slice (a few ms), ` +
+        `and the mesh path has two more busy processes than the direct one on 2 cores; V8 GC pauses add to it.${cpu}`
+      )
     case 'connections':
       return (
         `The HBONE session is pooled, so no TLS handshake is involved: the cost is per-connection work on one thread per node` +
