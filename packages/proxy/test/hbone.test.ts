@@ -231,6 +231,43 @@ describe('HBONE resets end to end', () => {
     expect(h.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 })
   })
 
+  it.each(['server', 'client'] as const)(
+    "ends sessions on the %s's FIN even when the socket factory and the listener allow half-open sockets",
+    async (side) => {
+      const server = createHboneServer({ tls: await mesh.serverTls(SERVER_ID), decide: () => ({ action: 'serve' }) })
+      const accepted: Socket[] = []
+      const dialed: Socket[] = []
+      const listener = createServer({ allowHalfOpen: true }, (socket) => {
+        accepted.push(socket)
+        server.handle(socket)
+      })
+      listener.listen(0, '127.0.0.1')
+      await once(listener, 'listening')
+      closers.push(() => new Promise<void>((resolve) => listener.close(() => resolve())), () => server.close())
+      const client = createHboneClient({
+        tls: mesh.clientTls(CLIENT_ID),
+        socketFactory: async (address) => {
+          const socket = netConnect({ host: address.address, port: address.port, allowHalfOpen: true })
+          dialed.push(socket)
+          await once(socket, 'connect')
+          return socket
+        },
+      })
+      closers.push(() => client.close())
+      const tunnel = await client.connect(`127.0.0.1:${echo.port}`, {
+        via: `127.0.0.1:${(listener.address() as AddressInfo).port}`,
+        expectedIdentities: [SERVER_ID],
+      })
+      tunnel.on('error', () => {})
+      const gone = closed(tunnel)
+      // One side's TCP connection half-closes, as a peer going away gracefully does.
+      ;(side === 'server' ? accepted : dialed)[0]!.end()
+      await gone
+      await vi.waitFor(() => expect(client.stats()).toEqual([]))
+      await vi.waitFor(() => expect(server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 }))
+    },
+  )
+
   it('reports a client that does not negotiate h2 as a handshake failure', async () => {
     const failures = deferred<string>()
     const h = await harness({ onHandshakeFailure: (failure) => failures.resolve(failure.reason) })

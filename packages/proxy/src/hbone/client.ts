@@ -287,6 +287,8 @@ class HboneClientImpl implements HboneClient {
     }
     // Many tunnels share a session: Nagle would hold one tunnel's small frame back until another's ACK.
     tcp.setNoDelay(true)
+    // A session ends with its connection: the server's FIN must not leave it (and its tunnels) half-open.
+    tcp.allowHalfOpen = false
     // The TCP socket waits for the TLS options unguarded otherwise: an error then would be uncaught.
     let early: Error | undefined
     tcp.on('error', (err) => (early ??= err))

@@ -279,6 +279,9 @@ class HboneServerImpl implements HboneServer {
       socket.destroy()
       return
     }
+    // A session ends with its connection: the client's FIN must not leave it (and its tunnels)
+    // half-open. Set before the TLS socket wrapping it is created, which copies the flag.
+    socket.allowHalfOpen = false
     // The documented way to feed an externally accepted socket to a TLS server.
     this.#tls.emit('connection', socket)
   }
