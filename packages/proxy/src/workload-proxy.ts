@@ -186,17 +186,20 @@ class WorkloadProxyImpl implements WorkloadProxy {
     this.#hboneServer = hboneServer
     await this.#listen('outbound', this.#ports.outbound, (socket) => this.#onOutbound(socket))
     await this.#listen('inbound-plaintext', this.#ports.inboundPlaintext, (socket) => this.#onInboundPlaintext(socket))
-    await this.#listen('inbound-hbone', this.#ports.inbound, (socket) => hboneServer.handle(socket))
+    // HBONE carries half-close inside the tunnel; its own TCP connection ends on FIN.
+    await this.#listen('inbound-hbone', this.#ports.inbound, (socket) => hboneServer.handle(socket), false)
   }
 
-  async #listen(listener: ProxyListener, port: number, onConnection: (socket: Socket) => void): Promise<void> {
+  async #listen(listener: ProxyListener, port: number, onConnection: (socket: Socket) => void, splice = true): Promise<void> {
+    // Spliced sockets keep half-close and wait, paused, for their upstream.
+    const serverOptions = { allowHalfOpen: splice, pauseOnConnect: splice, noDelay: true }
     let server: Server
     try {
-      server = await this.#options.netns.listen({ host: DUAL_STACK, port, mark: PROXY_MARK, ipv6Only: false, server: { allowHalfOpen: true, pauseOnConnect: true, noDelay: true } })
+      server = await this.#options.netns.listen({ host: DUAL_STACK, port, mark: PROXY_MARK, ipv6Only: false, server: serverOptions })
     } catch (err) {
       // A pod without IPv6 (disabled by sysctl) still gets IPv4 listeners.
       this.#log.debug({ err, port }, 'dual-stack listen failed, falling back to IPv4')
-      server = await this.#options.netns.listen({ host: '0.0.0.0', port, mark: PROXY_MARK, server: { allowHalfOpen: true, pauseOnConnect: true, noDelay: true } })
+      server = await this.#options.netns.listen({ host: '0.0.0.0', port, mark: PROXY_MARK, server: serverOptions })
     }
     this.#servers.push(server)
     const address = server.address()
@@ -481,7 +484,12 @@ class WorkloadProxyImpl implements WorkloadProxy {
         const result = await spliceSockets(client, app)
         this.#options.metrics?.connectionClosed(labels, { sent: result.aToB, received: result.bToA })
         this.#untrack(tracked)
-        record({ bytesSent: result.aToB, bytesReceived: result.bToA, outcome: terminatedOr(tracked, result.outcome) })
+        record({
+          bytesSent: result.aToB,
+          bytesReceived: result.bToA,
+          outcome: terminatedOr(tracked, result.outcome),
+          ...(decision.policy ? { policy: `${decision.policy.namespace}/${decision.policy.name}` } : {}),
+        })
       },
       (err: Error) => {
         this.#untrack(tracked)

@@ -354,4 +354,19 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
     }
   })
 
+
+  it('an HBONE session ends on both nodes when the client side goes away', async () => {
+    const inbound = (): number => node2.proxy.configDump().workloads.find((w) => w.uid === b.workload.uid)!.hboneSessions.inbound
+    expect(await exchange(await connectFrom(a, b.pod.ipv4, 8080), 'pooled')).toEqual({ response: 'pooled', ended: true })
+    expect(inbound()).toBeGreaterThan(0)
+    await node1.proxy.removeWorkload(a.workload.uid)
+    try {
+      // a's FIN reaches b's server side, which closes its session rather than lingering half-open.
+      await waitFor(() => inbound() === 0)
+    } finally {
+      await node1.proxy.addWorkload(a.workload, a.netns)
+    }
+    expect(await exchange(await connectFrom(a, b.pod.ipv4, 8080), 'fresh')).toEqual({ response: 'fresh', ended: true })
+  })
+
 })
