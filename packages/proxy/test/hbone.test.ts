@@ -268,6 +268,25 @@ describe('HBONE resets end to end', () => {
     },
   )
 
+  it('drain sends GOAWAY, lets open tunnels finish, then closes', async () => {
+    const h = await harness()
+    const tunnel = await h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+    let drained = false
+    const draining = h.server.drain().then(() => (drained = true))
+    // The client retires the session on GOAWAY, so new tunnels cannot land on it.
+    await vi.waitFor(() => expect(h.client.stats()).toEqual([]))
+    const refused = await h.client.connect(`127.0.0.1:${echo.port}`, { via: h.via, expectedIdentities: [SERVER_ID] }).catch((e: unknown) => e)
+    expect(isAmbientError(refused, 'ERR_AMBIENT_HBONE_CONNECT_FAILED')).toBe(true)
+    // The open tunnel still carries bytes both ways.
+    tunnel.write('still ')
+    await once(tunnel, 'data')
+    expect(drained).toBe(false)
+    tunnel.end('open')
+    expect((await readAll(tunnel)).toString()).toBe('open')
+    await draining
+    expect(h.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 })
+  })
+
   it('reports a client that does not negotiate h2 as a handshake failure', async () => {
     const failures = deferred<string>()
     const h = await harness({ onHandshakeFailure: (failure) => failures.resolve(failure.reason) })

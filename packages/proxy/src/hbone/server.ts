@@ -176,6 +176,13 @@ export interface HboneServer extends Closable {
   /** The address {@link listen} bound, if listening. */
   address(): SocketAddress | undefined
   stats(): HboneServerStats
+  /**
+   * Graceful shutdown: stops listening, refuses new connections, sends
+   * GOAWAY on every session (clients open new tunnels elsewhere) and
+   * resolves once the open tunnels have finished and their sessions closed.
+   * Race it with a deadline and call {@link close} for what is left.
+   */
+  drain(): Promise<void>
   /** Stops listening, resets every tunnel and closes every session and connection. Idempotent. */
   close(): Promise<void>
 }
@@ -233,6 +240,7 @@ class HboneServerImpl implements HboneServer {
   readonly #closing = withoutListenerLimit(new AbortController())
   readonly #binding: TlsServerBinding
   #listening = false
+  #draining: Promise<void> | undefined
   #closed: Promise<void> | undefined
 
   constructor(options: HboneServerOptions) {
@@ -275,7 +283,7 @@ class HboneServerImpl implements HboneServer {
   }
 
   handle(socket: Socket): void {
-    if (this.#closed !== undefined) {
+    if (this.#closed !== undefined || this.#draining !== undefined) {
       socket.destroy()
       return
     }
@@ -322,18 +330,34 @@ class HboneServerImpl implements HboneServer {
     return { connections: this.#sockets.size, sessions: this.#sessions.size, tunnels: this.#streams.size }
   }
 
+  drain(): Promise<void> {
+    this.#draining ??= this.#drain()
+    return this.#draining
+  }
+
+  async #drain(): Promise<void> {
+    const stopped = this.#stopListening()
+    const closing = [...this.#sessions].map((session) => new Promise<void>((resolve) => session.once('close', () => resolve())))
+    // Node's close() sends GOAWAY, lets the open streams finish, then closes the session.
+    for (const session of this.#sessions) session.close()
+    await Promise.all([stopped, ...closing])
+  }
+
   close(): Promise<void> {
     this.#closed ??= this.#close()
     return this.#closed
   }
 
+  #stopListening(): Promise<void> {
+    if (!this.#listening) return Promise.resolve()
+    this.#listening = false
+    return new Promise<void>((resolve) => this.#tls.close(() => resolve()))
+  }
+
   async #close(): Promise<void> {
     this.#closing.abort(new AmbientError(CoreErrorCode.Closed, 'HBONE server is closed'))
     this.#binding.close()
-    const stopped = this.#listening
-      ? new Promise<void>((resolve) => this.#tls.close(() => resolve()))
-      : Promise.resolve()
-    this.#listening = false
+    const stopped = this.#stopListening()
     for (const stream of this.#streams) resetTunnel(stream, h2.NGHTTP2_CANCEL)
     const closing = [...this.#sockets].map((socket) => new Promise<void>((resolve) => socket.once('close', () => resolve())))
     for (const session of this.#sessions) session.destroy()
@@ -342,7 +366,7 @@ class HboneServerImpl implements HboneServer {
   }
 
   #track(socket: Socket): void {
-    if (this.#closed !== undefined) {
+    if (this.#closed !== undefined || this.#draining !== undefined) {
       socket.destroy()
       return
     }
