@@ -51,22 +51,30 @@ export async function bundleNodeRunner(): Promise<void> {
   ])
 }
 
+/**
+ * Starts one node's proxy process from `config` (written to `dir`) and waits
+ * until its workloads are enrolled. Node flags: `--expose-gc`, plus
+ * `--cpu-prof` into `$BENCH_PROXY_PROF` when set, plus `$BENCH_PROXY_NODE_FLAGS`.
+ */
 export async function startNodeRunner(dir: string, config: NodeRunnerConfig): Promise<Agent> {
   const file = join(dir, `${config.nodeName}.json`)
   writeFileSync(file, JSON.stringify(config), { mode: 0o600 })
   const flags = ['--expose-gc']
   if (process.env.BENCH_PROXY_PROF !== undefined) flags.push('--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROXY_PROF}`)
+  // For tuning experiments on the proxy process alone, e.g. BENCH_PROXY_NODE_FLAGS="--max-semi-space-size=32".
+  flags.push(...(process.env.BENCH_PROXY_NODE_FLAGS ?? '').split(' ').filter((flag) => flag !== ''))
   const { agent } = await startAgent(undefined, process.execPath, [...flags, RUNNER_BUNDLE, file], 60_000)
   return agent
 }
 
+/** Starts the bench app inside pod namespace `ns`; with `serve`, it also runs the echo server on {@link ECHO_PORT}. */
 export async function startPodAgent(ns: string, serve: boolean): Promise<Agent> {
   const { agent } = await startAgent(ns, process.execPath, tsArgs('bench/lib/pod-agent.ts'))
   if (serve) await agent.request({ op: 'serve', port: ECHO_PORT })
   return agent
 }
 
-/** iperf3 servers stay up for the whole run; they answer one test at a time, which is how the runs are sequenced. */
+/** Starts `iperf3 -s` in `ns` and resolves once it listens. It stays up for the whole run and answers one test at a time, which is how the runs are sequenced. */
 export async function startIperfServer(ns: string): Promise<void> {
   const child = spawnIn(ns, 'iperf3', ['-s', '-p', String(IPERF_PORT), '--forceflush'])
   child.stdin?.end()
