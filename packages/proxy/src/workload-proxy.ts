@@ -376,7 +376,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
       this.#denied(request.peerIdentity, policy ?? decision.reason, 'inbound-hbone')
       return { action: 'deny', reason: decision.reason, ...(policy ? { policy } : {}) }
     }
-    return { action: 'serve', context: connection }
+    return { action: 'serve', context: connection, ...(decision.policy ? { policy: `${decision.policy.namespace}/${decision.policy.name}` } : {}) }
   }
 
   /** The upstream of an authorized HBONE tunnel; tracked so a policy change can close it. */
@@ -556,6 +556,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
 
   async drain(options: { deadline?: number } = {}): Promise<void> {
     this.#stopListening()
+    // GOAWAY on inbound sessions: peers open new tunnels elsewhere, open ones finish.
+    void this.#hboneServer?.drain()
     if (this.#connections.size > 0) {
       let timer: NodeJS.Timeout | undefined
       await Promise.race([

@@ -106,6 +106,7 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
     try {
       // principal: a (web/frontend) → b allowed; a → c (only namespace shop) denied
       expect(await exchange(await connectFrom(a, b.pod.ipv4, 8080), 'ok')).toEqual({ response: 'ok', ended: true })
+      expect(cp.accessLog.findLast((e) => e.listener === 'inbound-hbone' && e.destination.address === b.pod.ipv4)).toMatchObject({ outcome: 'closed', policy: 'shop/allow-web-to-api' })
       const toAdmin = await exchange(await connectFrom(a, c.pod.ipv4, 8080), 'nope')
       expect(toAdmin.response).toBe('')
       // namespace: b (shop/api) → c allowed (same node, still HBONE)
@@ -344,6 +345,8 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
       // New plaintext connections are refused at once (the listeners are closed)
       // while the open ones are still served.
       expect((await tryExchange(d.netns.connect({ host: c.pod.ipv4, port: 8080 }), 'new')).response).toBe('')
+      // ...and so are new tunnels: the sessions got GOAWAY and the 15008 listener is closed.
+      expect((await tryExchange(connectFrom(a, c.pod.ipv4, 8080), 'new tunnel')).response).toBe('')
       expect(await exchange(finishing, 'still served')).toEqual({ response: 'still served', ended: true })
       await drained
       await lingeringClosed

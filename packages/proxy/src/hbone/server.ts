@@ -56,7 +56,7 @@ export interface HboneRequest {
 /** The answer of {@link HboneServerOptions.decide}. */
 export type HboneDecision =
   /** Connect upstream and answer 200 once connected. `context` is handed to the connector. */
-  | { readonly action: 'serve'; readonly context?: unknown }
+  | { readonly action: 'serve'; readonly context?: unknown; readonly policy?: string }
   /** The destination is not served by this listener: 400. */
   | { readonly action: 'not-served'; readonly reason: string }
   /** The destination is unknown: 503. */
@@ -102,7 +102,7 @@ export interface HboneTunnelRecord {
   readonly outcome: HboneTunnelOutcome
   /** A short reason (`not-connect`, `bad-authority`, `not-served`, `unknown-destination`, `denied`, `upstream-connect-failed`, ...). */
   readonly reason?: string
-  /** The deciding policy when denied. */
+  /** The deciding policy: the one that denied, or the one that allowed when the decision named it. */
   readonly policy?: string
   /** Bytes the peer sent through the tunnel (written upstream). */
   readonly bytesReceived: number
@@ -509,6 +509,7 @@ class HboneServerImpl implements HboneServer {
       status: 200,
       outcome: result.outcome,
       destination,
+      ...(decision.policy === undefined ? {} : { policy: decision.policy }),
       bytesReceived: result.socketBytesWritten,
       bytesSent: result.socketBytesRead,
       error: result.error,
