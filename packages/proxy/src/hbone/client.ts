@@ -1,3 +1,4 @@
+import { connectTcp } from './connect'
 import {
   connect as h2connect,
   constants as h2,
@@ -6,7 +7,7 @@ import {
   type OutgoingHttpHeaders,
 } from 'node:http2'
 import { setMaxListeners } from 'node:events'
-import { connect as netConnect, type Socket } from 'node:net'
+import type { Socket } from 'node:net'
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls'
 import {
   AmbientError,
@@ -600,31 +601,8 @@ function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined, wha
 
 /** `net.connect` to the HBONE peer (bound to `sourceAddress` if given), resolving once connected. */
 export const defaultSocketFactory: SocketFactory = (address, { signal, sourceAddress }) =>
-  new Promise((resolve, reject) => {
-    if (signal.aborted) {
-      reject(abortError(signal, 'HBONE TCP connect'))
-      return
-    }
-    const socket = netConnect({
-      host: address.address,
-      port: address.port,
-      noDelay: true,
-      ...(sourceAddress === undefined ? {} : { localAddress: sourceAddress }),
-    })
-    const done = (err?: Error): void => {
-      signal.removeEventListener('abort', onAbort)
-      socket.off('error', done)
-      socket.off('connect', onConnect)
-      if (err === undefined) return
-      socket.destroy()
-      reject(err)
-    }
-    const onConnect = (): void => {
-      done()
-      resolve(socket)
-    }
-    const onAbort = (): void => done(abortError(signal, 'HBONE TCP connect'))
-    signal.addEventListener('abort', onAbort, { once: true })
-    socket.once('error', done)
-    socket.once('connect', onConnect)
-  })
+  connectTcp(
+    { host: address.address, port: address.port, ...(sourceAddress === undefined ? {} : { localAddress: sourceAddress }) },
+    signal,
+    'HBONE TCP connect',
+  )

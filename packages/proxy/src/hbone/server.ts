@@ -1,3 +1,4 @@
+import { connectTcp } from './connect'
 import {
   constants as h2,
   createSecureServer,
@@ -8,7 +9,7 @@ import {
   type ServerHttp2Stream,
 } from 'node:http2'
 import { setMaxListeners } from 'node:events'
-import { connect as netConnect, type Socket } from 'node:net'
+import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import {
   AmbientError,
@@ -570,26 +571,4 @@ function report(logger: Logger, hook: () => void): void {
 
 /** `net.connect` to the destination, resolving once connected and honouring the signal. */
 export const defaultConnector: UpstreamConnector = (destination, { signal }) =>
-  new Promise((resolve, reject) => {
-    if (signal.aborted) {
-      reject(abortError(signal, 'upstream connect'))
-      return
-    }
-    const socket = netConnect({ host: destination.address, port: destination.port, allowHalfOpen: true, noDelay: true })
-    const done = (err?: Error): void => {
-      signal.removeEventListener('abort', onAbort)
-      socket.off('error', done)
-      socket.off('connect', onConnect)
-      if (err === undefined) return
-      socket.destroy()
-      reject(err)
-    }
-    const onConnect = (): void => {
-      done()
-      resolve(socket)
-    }
-    const onAbort = (): void => done(abortError(signal, 'upstream connect'))
-    signal.addEventListener('abort', onAbort, { once: true })
-    socket.once('error', done)
-    socket.once('connect', onConnect)
-  })
+  connectTcp({ host: destination.address, port: destination.port, allowHalfOpen: true }, signal, 'upstream connect')
