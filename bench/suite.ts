@@ -84,6 +84,7 @@ interface Samples {
   cpuTotal: number[]
   cores: number[]
   cpuPerConn: number[]
+  cpuPerRtt: number[]
   waiting: number[]
   rssLoad: number[]
   rssIdleConns: number[]
@@ -144,6 +145,8 @@ async function measureThroughput(s: Scenario, samples: Samples): Promise<void> {
 }
 
 async function measureLatency(s: Scenario, samples: Samples): Promise<void> {
+  const proxies = proxiesOf(s)
+  const before = sumCpu(proxies)
   const result = await s.client.request<{ p50: number; p90: number; p99: number }>({
     op: 'pingpong',
     host: s.host,
@@ -155,6 +158,7 @@ async function measureLatency(s: Scenario, samples: Samples): Promise<void> {
   samples.p50.push(result.p50)
   samples.p90.push(result.p90)
   samples.p99.push(result.p99)
+  if (proxies.length > 0) samples.cpuPerRtt.push(((sumCpu(proxies) - before) * 1e6) / (SETTINGS.pingWarmup + SETTINGS.pingCount))
 }
 
 async function measureConnections(s: Scenario, samples: Samples): Promise<void> {
@@ -276,6 +280,7 @@ const emptySamples = (): Samples => ({
   cpuTotal: [],
   cores: [],
   cpuPerConn: [],
+  cpuPerRtt: [],
   waiting: [],
   rssLoad: [],
   rssIdleConns: [],
@@ -295,6 +300,7 @@ function resultOf(label: string, samples: Samples, hasProxies: boolean): Scenari
     proxyCores: hasProxies ? summarize(samples.cores) : null,
     proxyRunQueueWait: hasProxies ? summarize(samples.waiting) : null,
     cpuMsPerConnection: hasProxies ? summarize(samples.cpuPerConn) : null,
+    cpuUsPerRoundTrip: hasProxies ? summarize(samples.cpuPerRtt) : null,
     rssKiB: hasProxies ? { idle: summarize(samples.rssIdle), withIdleConnections: summarize(samples.rssIdleConns), underLoad: summarize(samples.rssLoad) } : null,
     kibPerIdleConnection: hasProxies ? summarize(samples.kibPerConn) : null,
   }

@@ -43,7 +43,9 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
     case 'latency-p50':
       return (
         `A round trip crosses four extra sockets (app→proxy→proxy→app and back), a TLS record and an HTTP/2 DATA frame per direction per hop, ` +
-        `and wakes each proxy's event loop once per direction; on a 2-core machine shared by client, server and proxies every wake-up can wait for a CPU.${cpu}`
+        `and wakes each proxy's event loop once per direction; on a 2-core machine shared by client, server and proxies every wake-up can wait for a CPU.` +
+        (s.cpuUsPerRoundTrip === null ? '' : ` The proxies spent ${s.cpuUsPerRoundTrip.median.toFixed(0)} µs of CPU per round trip, a floor for the added latency even on an idle machine.`) +
+        cpu
       )
     case 'latency-p99':
       return (
@@ -156,6 +158,7 @@ function resourceTable(r: BenchResult): string {
     row('CPU s per GB, total', (s) => fmt(s.cpuSecondsPerGB?.total, 2)),
     row('cores busy, 1 stream', (s) => fmt(s.proxyCores, 2)),
     row('waiting for a CPU, 1 stream', (s) => (s.proxyRunQueueWait === null ? '—' : `${(s.proxyRunQueueWait.median * 100).toFixed(0)}%`)),
+    row('CPU µs per 64 B round trip', (s) => fmt(s.cpuUsPerRoundTrip, 0)),
     row('CPU ms per new connection', (s) => fmt(s.cpuMsPerConnection, 2)),
     row('RSS idle, fresh process (MiB)', (s) => mibSummary(s.rssKiB?.idle)),
     row(`RSS with ${idle} idle conns (MiB)`, (s) => mibSummary(s.rssKiB?.withIdleConnections)),

@@ -35,6 +35,8 @@ export interface ScenarioResult {
   proxyRunQueueWait: Summary | null
   /** Proxy CPU milliseconds per new connection (both sides), from the connection-rate runs. */
   cpuMsPerConnection: Summary | null
+  /** Proxy CPU microseconds per 64-byte round trip (both sides), from the latency runs (10 ms clock ticks: rough). */
+  cpuUsPerRoundTrip: Summary | null
   /** Resident memory of the proxy processes of this path, summed, KiB. */
   rssKiB: { idle: Summary; withIdleConnections: Summary; underLoad: Summary } | null
   /** RSS growth per idle proxied connection, KiB, both proxy sides together. */

@@ -51,6 +51,7 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptable
         expect(s.proxyCores, key).toMatchObject(summaryShape)
         expect(s.proxyRunQueueWait, key).toMatchObject(summaryShape)
         expect(s.cpuMsPerConnection, key).toMatchObject(summaryShape)
+        expect(s.cpuUsPerRoundTrip, key).toMatchObject(summaryShape)
         expect(s.rssKiB?.idle, key).toMatchObject(summaryShape)
         expect(s.rssKiB?.withIdleConnections, key).toMatchObject(summaryShape)
         expect(s.rssKiB?.underLoad, key).toMatchObject(summaryShape)
