@@ -291,10 +291,10 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
     // A proxy writes a connection's entry once both of its sides are closed,
     // which can be a moment after the client saw the answer: read again
     // until every answered request has its entries (3 s at most).
-    let flows = correlate(sent, config.nodes.flatMap((n) => readAccessLog(state.accessLog(n.name))), allWorkloads, snapshot.policies)
+    let flows = correlate(sent, config.nodes.flatMap((n) => readAccessLog(state.accessLog(n.name))), allWorkloads)
     for (let waited = 0; waited < 3000 && flows.some((f) => f.result === 'reached' && f.toMesh && !f.seenBy.includes('destination')); waited += 100) {
       await new Promise((resolve) => setTimeout(resolve, 100))
-      flows = correlate(sent, config.nodes.flatMap((n) => readAccessLog(state.accessLog(n.name))), allWorkloads, snapshot.policies)
+      flows = correlate(sent, config.nodes.flatMap((n) => readAccessLog(state.accessLog(n.name))), allWorkloads)
     }
     const meshMarkers = flows.filter((f) => !f.plaintextExpected).map((f) => f.marker)
     const plainMarkers = flows.filter((f) => f.plaintextExpected && f.result === 'reached').map((f) => f.marker)

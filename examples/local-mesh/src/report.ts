@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs'
-import { evaluateAuthorization, type AuthorizationPolicy, type Workload } from '@ambientkit/core'
+import type { Workload } from '@ambientkit/core'
 import type { AccessLogEntry } from '@ambientkit/proxy'
 import type { CaptureAnalysis } from './pcap'
 import type { RequestResult } from './traffic'
@@ -114,7 +114,6 @@ export function correlate(
   sent: readonly SentRequest[],
   logs: readonly LoggedEntry[],
   workloads: readonly Workload[],
-  policies: readonly AuthorizationPolicy[],
 ): Flow[] {
   const used = new Set<AccessLogEntry>()
   const byAddress = (ip: string): Workload | undefined => workloads.find((w) => w.addresses.includes(ip))
@@ -153,21 +152,13 @@ export function correlate(
     const sourceIdentity = inbound?.source.identity ?? (outbound?.protocol === 'HBONE' ? workloadId(s.from) : undefined)
     const destinationIdentity = inbound?.destination.identity ?? outbound?.destination.identity
     let decision: string | undefined
-    let policy = inbound?.policy
+    const policy = inbound?.policy
     if (result === 'denied') {
       const why = inbound?.reason ?? outbound?.reason
       decision = policy !== undefined ? `denied by ${policy}` : why === undefined || why === 'no-allow-policy-matched' ? 'denied: no ALLOW policy matched' : `denied: ${why}`
     } else if (result === 'reached' && target !== undefined && target.protocol === 'HBONE') {
-      // Allowed entries do not name the policy; evaluate the same policies to name it.
-      const d = evaluateAuthorization(policies, {
-        sourceIp: clientIp,
-        ...(inbound?.source.identity ? { sourceIdentity: inbound.source.identity } : {}),
-        destinationIp: destAddress,
-        destinationPort: destPort,
-        destination: target,
-      })
-      policy = d.allowed && d.policy ? `${d.policy.namespace}/${d.policy.name}` : undefined
-      decision = policy !== undefined ? `allowed by ${policy}` : d.allowed ? 'allowed: no ALLOW policy applies' : 'allowed'
+      // The destination's proxy logs the policy that allowed the connection, if one did.
+      decision = policy !== undefined ? `allowed by ${policy}` : 'allowed: no ALLOW policy applies'
     } else if (result === 'reached') {
       decision = 'not in the mesh: plain TCP'
     }
