@@ -43,7 +43,9 @@ function panel(r: BenchResult, x0: number, title: string, unit: string, series: 
   }
   const ticks = log
     ? Array.from({ length: Math.round(Math.log10(max / min)) + 1 }, (_, i) => min * 10 ** i)
-    : Array.from({ length: 5 }, (_, i) => (max / 4) * i)
+    : ((divisions: number) => Array.from({ length: divisions + 1 }, (_, i) => (max / divisions) * i))(
+        Number((max / 5).toPrecision(1)) === max / 5 ? 5 : 4,
+      )
   const group = PANEL.width / scenarios.length
   const bar = Math.min(28, (group - 16) / series.length)
   const out: string[] = [`<text x="${x0 + PANEL.width / 2}" y="30" class="title">${escape(title)}</text>`]
