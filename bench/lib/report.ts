@@ -62,7 +62,10 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
     case 'idle-memory':
       return `Per idle connection the proxies hold two sockets (libuv handle, stream state and read buffers), an HTTP/2 stream on each side with its Node stream objects, the tracked-connection and access-log state, and an AbortSignal per connection.`
     case 'capture':
-      return `Capture runs nft or iptables-restore (and ip rule/route) as child processes inside the pod's netns, several per apply: process start-up, not the rules, dominates (the floor measured by hand was ≈3–4 ms for one process on an idle machine).`
+      return (
+        `One nft -f (or iptables-restore per family) in the pod's netns plus the ip rule and route over netlink; measured apart on a quiet machine, ` +
+        `starting nft costs ≈4–5 ms but the transaction that registers the capture table's four base chains (nat and conntrack setup per namespace) ≈15–20 ms: the kernel, not the process, sets this floor.`
+      )
     default:
       return ''
   }
