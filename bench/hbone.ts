@@ -185,7 +185,8 @@ async function main(): Promise<void> {
         label: 'plain TLS 1.3 relay (mutual, SVIDs)',
         open: async () =>
           connected(
-            tlsConnect({ ...(await tls(undefined, { expectedIdentities: [SERVER_ID], signal: new AbortController().signal })), host: '127.0.0.1', port: ports.tlsRelay, allowHalfOpen: true }),
+            // ConnectionOptions has no allowHalfOpen; the socket's flag is set right after.
+            Object.assign(tlsConnect({ ...(await tls(undefined, { expectedIdentities: [SERVER_ID], signal: new AbortController().signal })), host: '127.0.0.1', port: ports.tlsRelay }), { allowHalfOpen: true }),
             'secureConnect',
           ),
       },

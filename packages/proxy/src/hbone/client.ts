@@ -116,7 +116,7 @@ export interface HboneSessionStats {
 /** A pooled HBONE client. */
 export interface HboneClient extends Closable {
   /**
-   * Opens a tunnel to `destination` (`ip:port` or a {@link SocketAddress}):
+   * Opens a tunnel to `destination` (`ip:port` or a core `SocketAddress`):
    * takes (or opens) a pooled session to the HBONE peer, sends `CONNECT`
    * and resolves with the stream once the server answered 200. The stream
    * is the tunnel: write to send, read to receive, `end()` half-closes
