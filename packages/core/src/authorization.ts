@@ -325,17 +325,27 @@ interface ConnectionFacts {
   port: number
 }
 
+// Built once per evaluation; the addresses are turned into numbers only when
+// a CIDR field asks for them (most policies match identities and ports).
 function facts(connection: AuthorizationConnection): ConnectionFacts {
   const identity = connection.sourceIdentity === undefined ? undefined : parseWorkloadIdentity(connection.sourceIdentity)
   const ip = (text: string): ConnectionFacts['source'] => {
     const canonical = tryCanonicalIp(text)
     return canonical === undefined ? undefined : { family: ipFamily(canonical), value: ipValue(canonical) }
   }
+  let source: ConnectionFacts['source'] | null = null
+  let destination: ConnectionFacts['destination'] | null = null
   return {
     ...(identity === undefined ? {} : { namespace: identity.namespace, serviceAccount: `${identity.namespace}/${identity.serviceAccount}` }),
     ...(connection.sourceIdentity === undefined ? {} : { principal: stripScheme(connection.sourceIdentity) }),
-    source: ip(connection.sourceIp),
-    destination: ip(connection.destinationIp),
+    get source() {
+      if (source === null) source = ip(connection.sourceIp)
+      return source
+    },
+    get destination() {
+      if (destination === null) destination = ip(connection.destinationIp)
+      return destination
+    },
     port: connection.destinationPort,
   }
 }
@@ -380,11 +390,12 @@ export function evaluateAuthorization(
   policies: Iterable<AuthorizationPolicy>,
   connection: AuthorizationConnection,
 ): AuthorizationDecision {
-  const f = facts(connection)
+  let f: ConnectionFacts | undefined
   const allows: CompiledPolicy[] = []
   for (const policy of policies) {
     if (!policyApplies(policy, connection.destination)) continue
     const compiled = compiledOf(policy)
+    f ??= facts(connection)
     if (policy.action === 'DENY') {
       if (policyMatches(compiled, f)) return { allowed: false, reason: 'denied-by-policy', policy: compiled.policy }
     } else {
@@ -393,7 +404,7 @@ export function evaluateAuthorization(
   }
   if (allows.length === 0) return { allowed: true, reason: 'no-allow-policy-applies' }
   for (const compiled of allows) {
-    if (policyMatches(compiled, f)) return { allowed: true, reason: 'allowed-by-policy', policy: compiled.policy }
+    if (policyMatches(compiled, f!)) return { allowed: true, reason: 'allowed-by-policy', policy: compiled.policy }
   }
   return { allowed: false, reason: 'no-allow-policy-matched' }
 }
