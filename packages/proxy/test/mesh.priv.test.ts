@@ -316,9 +316,6 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
       socket.once('close', () => resolve(error))
     })
     await node2.proxy.removeWorkload(c.workload.uid)
-    console.log('REMOVED', Date.now() % 100000)
-    await new Promise((r) => setTimeout(r, 500))
-    console.log((await a.pod.exec('ss', ['-tan'])).stdout)
     try {
       expect((await closed)?.code).toBe('ECONNRESET')
     } finally {

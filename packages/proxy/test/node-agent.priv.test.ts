@@ -8,7 +8,7 @@ import { createNodeAgent, type NodeAgent } from '@ambientkit/proxy'
 import { inspectCapture, openNetns } from '@ambientkit/redirect'
 import { createTestNetwork, type TestNetwork, type TestPod } from '../../../test/support/netns'
 import { describePrivileged } from '../../../test/support/privileged'
-import { exchange, startEchoApp, tryExchange } from './support/apps'
+import { exchange, startEchoApp, tryExchange, waitFor } from './support/apps'
 import { createTestControlPlane, meshWorkload, type TestControlPlane } from './support/mesh'
 
 /** A pod source whose list the test sets, emitting events like a real watcher. */
@@ -153,11 +153,7 @@ describePrivileged('node agent: enrollment lifecycle on real namespaces', ['ip',
   })
 })
 
-async function waitForEnrolled(agent: NodeAgent, wanted: PodEnrollment[]): Promise<void> {
+function waitForEnrolled(agent: NodeAgent, wanted: PodEnrollment[]): Promise<void> {
   const expected = wanted.map((p) => p.workload.uid).sort().join(',')
-  const deadline = Date.now() + 10_000
-  while (agent.enrolled().sort().join(',') !== expected) {
-    if (Date.now() > deadline) throw new Error(`agent enrolled ${agent.enrolled().join(',')}, expected ${expected}`)
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
+  return waitFor(() => agent.enrolled().sort().join(',') === expected)
 }
