@@ -15,6 +15,7 @@ declare -A tools=(
   [openssl]=openssl
   [go]=golang-go
   [stunnel4]=stunnel4
+  [iperf3]=iperf3
   [nghttp]=nghttp2-client
   [make]=make
   [g++]=g++
