@@ -234,7 +234,9 @@ async function startCapture(config: MeshConfig): Promise<Capture> {
   if (a === undefined || b === undefined) throw new Error('the capture needs two nodes in mesh.yaml')
   const file = state.capture()
   const iface = linkInterface(b)
-  const child = spawn('ip', ['netns', 'exec', netnsName.node(a.name), 'tcpdump', '-i', iface, '-n', '-s', '0', '-U', '-Z', 'root', '-w', file, 'tcp'], {
+  // nsenter execs tcpdump itself, so SIGINT reaches it; --immediate-mode hands
+  // it every packet at once instead of in blocks a stop could cut short.
+  const child = spawn('nsenter', [`--net=/run/netns/${netnsName.node(a.name)}`, 'tcpdump', '--immediate-mode', '-i', iface, '-n', '-s', '0', '-U', '-Z', 'root', '-w', file, 'tcp'], {
     stdio: ['ignore', 'ignore', 'pipe'],
   })
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))

@@ -56,8 +56,8 @@ export interface NodeProxyEnrollment {
 export interface NodeProxy extends Closable {
   /**
    * Starts the workload's proxy inside `netns` (listeners 15001, 15006,
-   * 15008). Adding a workload already enrolled in the same netns only
-   * updates nothing; in another netns (the pod was recreated) the old proxy
+   * 15008). Adding a workload already enrolled in the same netns keeps its
+   * running proxy (and resolves with it); in another netns (the pod was recreated) the old proxy
    * is closed first.
    */
   addWorkload(workload: Workload, netns: Netns): Promise<WorkloadProxy>

@@ -72,7 +72,7 @@ export interface WorkloadProxyOptions {
   /** Upstream connect timeout, milliseconds. Default 10 000. */
   readonly connectTimeout?: number
   readonly metrics?: ProxyMetrics
-  /** Called once per connection when it ends. */
+  /** Called once per connection when it ends. Default: one `info` line on `logger`. */
   readonly accessLog?: (entry: AccessLogEntry) => void
   /** Default: silent. */
   readonly logger?: Logger
@@ -549,9 +549,10 @@ class WorkloadProxyImpl implements WorkloadProxy {
     })
   }
 
+  /** One access-log entry: to the callback when there is one, else one `info` line. */
   #record(entry: AccessLogEntry): void {
-    this.#log.info({ access: entry }, 'connection')
-    this.#options.accessLog?.(entry)
+    if (this.#options.accessLog !== undefined) this.#options.accessLog(entry)
+    else this.#log.info({ access: entry }, 'connection')
   }
 
   async drain(options: { deadline?: number } = {}): Promise<void> {

@@ -87,6 +87,15 @@ describePrivileged('node agent: enrollment lifecycle on real namespaces', ['ip',
     expect(await captureStatus(pods[0]!)).toBe('present')
     expect(await captureStatus(pods[2]!)).toBe('absent')
     expect(await httpGet(admin, '/healthz/ready')).toEqual({ status: 200, body: 'ready\n' })
+    // Enrolling again in the same netns keeps the running proxy: no second set of listeners.
+    const sameNetns = openNetns(pods[0]!.path)
+    try {
+      const running = await proxy.addWorkload(enrollments[0]!.workload, sameNetns)
+      expect(await proxy.addWorkload(enrollments[0]!.workload, sameNetns)).toBe(running)
+      expect(proxy.configDump().workloads.filter((w) => w.uid === enrollments[0]!.workload.uid)).toHaveLength(1)
+    } finally {
+      await sameNetns.close()
+    }
     expect(JSON.parse(readFileSync(stateFile, 'utf8')).pods).toEqual({ [enrollments[0]!.workload.uid]: pods[0]!.path, [enrollments[1]!.workload.uid]: pods[1]!.path })
 
     // Traffic between two enrolled pods goes through the mesh.
