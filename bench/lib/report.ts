@@ -63,8 +63,9 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
       return `Per idle connection the proxies hold two sockets (libuv handle, stream state and read buffers), an HTTP/2 stream on each side with its Node stream objects, the tracked-connection and access-log state, and an AbortSignal per connection.`
     case 'capture':
       return (
-        `One nft -f (or iptables-restore per family) in the pod's netns plus the ip rule and route over netlink; measured apart on a quiet machine, ` +
-        `starting nft costs ≈4–5 ms but the transaction that registers the capture table's four base chains (nat and conntrack setup per namespace) ≈15–20 ms: the kernel, not the process, sets this floor.`
+        `The iptables backend runs iptables-save and then iptables-restore per family: two program starts in a row (≈4–5 ms each), and after a commit the kernel makes the ` +
+        `process's exit wait for an RCU grace period (10–20 ms here) before its netlink socket closes. nftables avoids both by running in-process through libnftables; ` +
+        `iptables has no such library, so the programs set this floor.`
       )
     default:
       return ''

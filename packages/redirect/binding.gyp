@@ -5,7 +5,8 @@
       "sources": ["native/redirect.c"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],
       "cflags": ["-Wall", "-Wextra", "-Werror", "-O2"],
-      "cflags_c": ["-std=gnu11"]
+      "cflags_c": ["-std=gnu11"],
+      "libraries": ["-ldl", "-lpthread"]
     }
   ]
 }

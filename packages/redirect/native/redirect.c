@@ -14,12 +14,15 @@
 #include <uv.h>
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sched.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -580,6 +583,211 @@ static napi_value close_fd(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- nftables in-process ----
+ *
+ * Running the `nft` program costs a fork and exec, and its exit waits for the
+ * kernel: when the last netlink socket of a process that committed an
+ * nf_tables transaction closes, the kernel first flushes the transaction's
+ * deferred destruction, which waits for an RCU grace period (10-20 ms on the
+ * reference machine). With libnftables (the library `nft` itself is built
+ * on, package libnftables1, a dependency of nftables) the same script runs
+ * on a libuv worker thread that enters the namespace, and the context is
+ * freed on a detached thread: the caller gets its answer as soon as the
+ * kernel has committed. The library is loaded with dlopen so that neither
+ * building nor loading the addon needs it; the TypeScript layer falls back
+ * to the program when it is missing.
+ */
+
+struct nft_ctx;
+
+static struct {
+  struct nft_ctx* (*ctx_new)(uint32_t flags);
+  void (*ctx_free)(struct nft_ctx* ctx);
+  int (*buffer_output)(struct nft_ctx* ctx);
+  int (*buffer_error)(struct nft_ctx* ctx);
+  const char* (*get_output)(struct nft_ctx* ctx);
+  const char* (*get_error)(struct nft_ctx* ctx);
+  int (*run)(struct nft_ctx* ctx, const char* script);
+} nftlib;
+
+static pthread_once_t nftlib_once = PTHREAD_ONCE_INIT;
+static char nftlib_error[512];
+/* Serializes runs: a context is private, but libnftables keeps some global caches. */
+static pthread_mutex_t nftlib_run_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Serializes frees, which touch one of those caches (interfaces) and may not overlap each other. */
+static pthread_mutex_t nftlib_free_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void nftlib_load(void) {
+  void* handle = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (handle == NULL) {
+    snprintf(nftlib_error, sizeof nftlib_error, "%s", dlerror());
+    return;
+  }
+  struct {
+    void** slot;
+    const char* name;
+  } symbols[] = {
+      {(void**)&nftlib.ctx_new, "nft_ctx_new"},
+      {(void**)&nftlib.ctx_free, "nft_ctx_free"},
+      {(void**)&nftlib.buffer_output, "nft_ctx_buffer_output"},
+      {(void**)&nftlib.buffer_error, "nft_ctx_buffer_error"},
+      {(void**)&nftlib.get_output, "nft_ctx_get_output_buffer"},
+      {(void**)&nftlib.get_error, "nft_ctx_get_error_buffer"},
+      {(void**)&nftlib.run, "nft_run_cmd_from_buffer"},
+  };
+  for (size_t i = 0; i < sizeof symbols / sizeof symbols[0]; i++) {
+    *symbols[i].slot = dlsym(handle, symbols[i].name);
+    if (*symbols[i].slot == NULL) {
+      snprintf(nftlib_error, sizeof nftlib_error, "libnftables.so.1 has no %s", symbols[i].name);
+      nftlib.run = NULL;
+      return;
+    }
+  }
+}
+
+/* nftAvailable(): null when libnftables is usable, else why not (the dlopen error). */
+static napi_value nft_available(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  pthread_once(&nftlib_once, nftlib_load);
+  if (nftlib.run != NULL) {
+    CHECK(napi_get_null(env, &result));
+  } else {
+    CHECK(napi_create_string_utf8(env, nftlib_error, NAPI_AUTO_LENGTH, &result));
+  }
+  return result;
+}
+
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+  int ns_fd;
+  char* script;
+  int status;
+  int err;
+  const char* failed;
+  char* output;
+  char* error;
+} nft_job;
+
+static void* nft_free_context(void* ctx) {
+  pthread_mutex_lock(&nftlib_free_lock);
+  nftlib.ctx_free(ctx);
+  pthread_mutex_unlock(&nftlib_free_lock);
+  return NULL;
+}
+
+static char* copy_or_empty(const char* text) { return strdup(text != NULL ? text : ""); }
+
+/* Worker thread: no N-API calls here. */
+static void nft_execute(napi_env env, void* data) {
+  (void)env;
+  nft_job* job = data;
+  struct nft_ctx* ctx = NULL;
+  pthread_mutex_lock(&nftlib_run_lock);
+  netns_guard guard;
+  job->err = netns_enter(&guard, job->ns_fd, &job->failed);
+  if (job->err == 0) {
+    /* The context's netlink socket is made here, so it belongs to the namespace. */
+    ctx = nftlib.ctx_new(0);
+    if (ctx == NULL) {
+      job->err = ENOMEM;
+      job->failed = "nft_ctx_new";
+    } else {
+      nftlib.buffer_output(ctx);
+      nftlib.buffer_error(ctx);
+      job->status = nftlib.run(ctx, job->script);
+      job->output = copy_or_empty(nftlib.get_output(ctx));
+      job->error = copy_or_empty(nftlib.get_error(ctx));
+    }
+    netns_leave(&guard);
+  }
+  pthread_mutex_unlock(&nftlib_run_lock);
+  if (ctx == NULL) return;
+  pthread_t thread;
+  pthread_attr_t attr;
+  int spawned = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+                pthread_create(&thread, &attr, nft_free_context, ctx) == 0;
+  pthread_attr_destroy(&attr);
+  if (!spawned) nft_free_context(ctx);
+}
+
+static void nft_job_free(napi_env env, nft_job* job) {
+  if (job->callback != NULL) napi_delete_reference(env, job->callback);
+  if (job->work != NULL) napi_delete_async_work(env, job->work);
+  if (job->ns_fd >= 0) close(job->ns_fd);
+  free(job->script);
+  free(job->output);
+  free(job->error);
+  free(job);
+}
+
+/* Main thread: callback(null, { status, output, error }) or callback(errnoError). */
+static void nft_complete(napi_env env, napi_status status, void* data) {
+  nft_job* job = data;
+  napi_value callback, global, argv[2], value;
+  if (status == napi_ok && napi_get_reference_value(env, job->callback, &callback) == napi_ok &&
+      napi_get_global(env, &global) == napi_ok) {
+    if (job->err != 0) {
+      char message[256];
+      snprintf(message, sizeof message, "%s: %s", job->failed, strerror(job->err));
+      napi_value msg;
+      napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
+      napi_create_error(env, NULL, msg, &argv[0]);
+      napi_create_int32(env, job->err, &value);
+      napi_set_named_property(env, argv[0], "errno", value);
+      napi_create_string_utf8(env, job->failed, NAPI_AUTO_LENGTH, &value);
+      napi_set_named_property(env, argv[0], "syscall", value);
+      napi_get_undefined(env, &argv[1]);
+    } else {
+      napi_get_null(env, &argv[0]);
+      napi_create_object(env, &argv[1]);
+      napi_create_int32(env, job->status, &value);
+      napi_set_named_property(env, argv[1], "status", value);
+      napi_create_string_utf8(env, job->output, NAPI_AUTO_LENGTH, &value);
+      napi_set_named_property(env, argv[1], "output", value);
+      napi_create_string_utf8(env, job->error, NAPI_AUTO_LENGTH, &value);
+      napi_set_named_property(env, argv[1], "error", value);
+    }
+    napi_call_function(env, global, callback, 2, argv, NULL);
+  }
+  nft_job_free(env, job);
+}
+
+/* nftRun(nsFd, script, callback): runs an nft script with libnftables inside the namespace, off the JS thread. */
+static napi_value nft_run(napi_env env, napi_callback_info info) {
+  size_t argc = 3, length = 0;
+  napi_value argv[3], name;
+  int32_t ns_fd;
+  napi_valuetype type;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3 || !get_int(env, argv[0], &ns_fd)) return throw_type(env, "nftRun: nsFd must be a number");
+  if (napi_typeof(env, argv[1], &type) != napi_ok || type != napi_string) return throw_type(env, "nftRun: script must be a string");
+  if (napi_typeof(env, argv[2], &type) != napi_ok || type != napi_function)
+    return throw_type(env, "nftRun: callback must be a function");
+  pthread_once(&nftlib_once, nftlib_load);
+  if (nftlib.run == NULL) return throw_errno(env, ENOSYS, "dlopen(libnftables.so.1)");
+  nft_job* job = calloc(1, sizeof *job);
+  if (job == NULL) return throw_errno(env, ENOMEM, "nftRun");
+  /* Our own descriptor: the caller may close its Netns while the job waits for a thread. */
+  job->ns_fd = fcntl(ns_fd, F_DUPFD_CLOEXEC, 0);
+  if (job->ns_fd < 0) {
+    int err = errno;
+    free(job);
+    return throw_errno(env, err, "dup");
+  }
+  if (napi_get_value_string_utf8(env, argv[1], NULL, 0, &length) != napi_ok || (job->script = malloc(length + 1)) == NULL ||
+      napi_get_value_string_utf8(env, argv[1], job->script, length + 1, &length) != napi_ok ||
+      napi_create_reference(env, argv[2], 1, &job->callback) != napi_ok ||
+      napi_create_string_utf8(env, "ambientkit:nft", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, nft_execute, nft_complete, job, &job->work) != napi_ok ||
+      napi_queue_async_work(env, job->work) != napi_ok) {
+    nft_job_free(env, job);
+    return throw_errno(env, ENOMEM, "nftRun");
+  }
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"runInNetns", NULL, run_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -592,6 +800,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"setMark", NULL, set_mark, NULL, NULL, NULL, napi_enumerable, NULL},
       {"socketOptions", NULL, socket_options, NULL, NULL, NULL, napi_enumerable, NULL},
       {"closeFd", NULL, close_fd, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"nftAvailable", NULL, nft_available, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"nftRun", NULL, nft_run, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties) != napi_ok) return NULL;
   return exports;

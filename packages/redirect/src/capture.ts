@@ -107,7 +107,7 @@ let nftWorks: Promise<boolean> | undefined
 async function pickBackend(netns: Netns, backend: CaptureBackend | 'auto'): Promise<CaptureBackend> {
   if (backend !== 'auto') return backend
   // No signal: an aborted probe must not be remembered as "nft does not work".
-  nftWorks ??= netns.exec('nft', ['list', 'tables']).then(
+  nftWorks ??= netns.nft('list tables').then(
     () => true,
     () => false,
   )
@@ -152,7 +152,7 @@ export async function applyCapture(netns: Netns, config: CaptureConfig = {}, opt
 }
 
 async function applyNftables(netns: Netns, ruleSet: CaptureRuleSet, signal?: AbortSignal): Promise<void> {
-  await netns.exec('nft', ['-f', '-'], { input: renderNftables(ruleSet), signal })
+  await netns.nft(renderNftables(ruleSet), { signal })
 }
 
 async function applyIptables(netns: Netns, ruleSet: CaptureRuleSet, family: CaptureFamily, signal?: AbortSignal): Promise<void> {
@@ -223,14 +223,14 @@ export async function removeCapture(netns: Netns, options: RemoveCaptureOptions 
   await Promise.all(restores)
   // After the restores: a chain can only be deleted once our jump out of it is gone.
   const script = [...(nft === true ? [`delete table inet ${NFT_TABLE}`] : []), ...emptied]
-  if (script.length > 0) await netns.exec('nft', ['-f', '-'], { input: `${script.join('\n')}\n`, signal })
+  if (script.length > 0) await netns.nft(`${script.join('\n')}\n`, { signal })
   return { removed: routing || script.length > 0 || restores.length > 0 }
 }
 
 /** Whether our nft table exists; `undefined` when nft is not installed. */
 async function hasNftTable(netns: Netns, signal?: AbortSignal): Promise<boolean | undefined> {
   try {
-    const { stdout } = await netns.exec('nft', ['list', 'tables'], { signal })
+    const stdout = await netns.nft('list tables', { signal })
     return stdout.split('\n').some((line) => line.trim() === `table inet ${NFT_TABLE}`)
   } catch (err) {
     if (isMissingProgram(err)) return undefined
@@ -285,13 +285,10 @@ export async function inspectCapture(netns: Netns, options: InspectCaptureOption
   const { signal } = options
   throwIfAborted(signal, 'inspectCapture')
   const [nftText, v4, v6, routing] = await Promise.all([
-    netns.exec('nft', ['list', 'table', 'inet', NFT_TABLE], { signal }).then(
-      (r) => r.stdout,
-      (err: unknown) => {
-        if (isMissingProgram(err) || isAmbientError(err, RedirectErrorCode.CommandFailed)) return undefined
-        throw err
-      },
-    ),
+    netns.nft(`list table inet ${NFT_TABLE}`, { signal }).catch((err: unknown) => {
+      if (isMissingProgram(err) || isAmbientError(err, RedirectErrorCode.CommandFailed)) return undefined
+      throw err
+    }),
     savedIptables(netns, 'ipv4', signal),
     savedIptables(netns, 'ipv6', signal),
     readRouting(netns, ruleSet.routing),

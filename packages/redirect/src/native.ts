@@ -39,6 +39,16 @@ export interface NativeAddon {
   setMark(fd: number, mark: number): void
   socketOptions(fd: number): SocketOptions
   closeFd(fd: number): void
+  /** `null` when libnftables can be used, else why not. */
+  nftAvailable(): string | null
+  nftRun(nsFd: number, script: string, callback: (err: Error | null, result?: NftRunResult) => void): void
+}
+
+/** What libnftables answered to a script: `status` 0 is success; `output` and `error` are what `nft` would print. */
+export interface NftRunResult {
+  status: number
+  output: string
+  error: string
 }
 
 // The same relative path works from src/ (tests run the sources) and from

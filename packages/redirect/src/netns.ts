@@ -14,7 +14,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, fstatSync, openSync } from 'node:fs'
 import { createServer, Socket, type Server, type ServerOpts } from 'node:net'
 import { nativeError, RedirectErrorCode } from './errors'
-import { native, type NativeSocketSpec } from './native'
+import { native, type NativeSocketSpec, type NftRunResult } from './native'
 import { installHint } from './programs'
 
 /** Options of {@link Netns.listen}. */
@@ -111,6 +111,18 @@ export interface Netns extends Closable {
    * or `ERR_AMBIENT_REDIRECT_COMMAND_FAILED` (exit code and stderr in `details`).
    */
   exec(command: string, args?: readonly string[], options?: NetnsExecOptions): Promise<NetnsExecResult>
+  /**
+   * Runs an nft script (what `nft -f` reads: rules, `list ...` commands)
+   * inside this namespace and resolves with what nft printed. It runs
+   * in-process with libnftables (Debian package libnftables1, which nftables
+   * depends on) on a worker thread, which saves the program's start and the
+   * wait for the kernel when it exits; without the library, or with
+   * `AMBIENTKIT_NFT=program` in the environment, it runs the `nft` program.
+   * Rejects with `ERR_AMBIENT_REDIRECT_COMMAND_FAILED` carrying nft's error
+   * message, or `ERR_AMBIENT_REDIRECT_PROGRAM_MISSING`. The signal is
+   * checked before the script starts; a started script runs to its end.
+   */
+  nft(script: string, options?: AbortOptions): Promise<string>
   /** Releases the handle (the namespace itself lives on). Idempotent. */
   close(): Promise<void>
 }
@@ -342,6 +354,28 @@ class NetnsHandle implements Netns {
       spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], env: options.env ?? process.env }),
     )
     return collect(child, command, args, options.input, maxOutput, signal, this.path)
+  }
+
+  async nft(script: string, options: AbortOptions = {}): Promise<string> {
+    if (typeof script !== 'string') throw invalidArgument('nft script', script, 'an nft script (a string)')
+    const nsFd = this.#open('nft')
+    throwIfAborted(options.signal, 'nft')
+    const addon = native()
+    if (process.env.AMBIENTKIT_NFT === 'program' || addon.nftAvailable() !== null) {
+      return (await this.exec('nft', ['-f', '-'], { input: script, signal: options.signal })).stdout
+    }
+    const result = await new Promise<NftRunResult>((resolve, reject) => {
+      addon.nftRun(nsFd, script, (err, answer) => {
+        if (err !== null) reject(nativeError(RedirectErrorCode.CommandFailed, `cannot run nft in ${this.path}`, err, { path: this.path }))
+        else resolve(answer!)
+      })
+    })
+    if (result.status !== 0) {
+      throw new AmbientError(RedirectErrorCode.CommandFailed, `nft failed in ${this.path}: ${result.error.trim() || result.output.trim()}`, {
+        details: { command: 'nft', path: this.path, status: result.status, stderr: result.error, stdout: result.output },
+      })
+    }
+    return result.output
   }
 
   async close(): Promise<void> {

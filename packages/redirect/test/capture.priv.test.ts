@@ -92,8 +92,14 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
     await network.cleanup()
   })
 
-  for (const backend of ['nftables', 'iptables'] as const satisfies readonly CaptureBackend[]) {
-    describe(`${backend} backend`, () => {
+  // nftables runs in-process through libnftables; AMBIENTKIT_NFT=program makes it run the nft program instead.
+  const variants: ReadonlyArray<{ backend: CaptureBackend; nft?: 'library' | 'program' }> = [
+    { backend: 'nftables', nft: 'library' },
+    { backend: 'nftables', nft: 'program' },
+    { backend: 'iptables' },
+  ]
+  for (const { backend, nft } of variants) {
+    describe(`${backend} backend${nft === undefined ? '' : ` (nft ${nft})`}`, () => {
       let client: TestPod
       let server: TestPod
       let outside: TestPod
@@ -105,7 +111,10 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
       let hbone: Server
       let app: Server
 
+      const nftMode = process.env.AMBIENTKIT_NFT
+
       beforeAll(async () => {
+        if (nft === 'program') process.env.AMBIENTKIT_NFT = 'program'
         client = await network.addPod(node)
         server = await network.addPod(node)
         outside = await network.addPod(node)
@@ -120,6 +129,8 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
         app = await nsServer.listen({ host: '::', port: 8080, ipv6Only: false })
       })
       afterAll(async () => {
+        if (nftMode === undefined) delete process.env.AMBIENTKIT_NFT
+        else process.env.AMBIENTKIT_NFT = nftMode
         await Promise.all([outbound, inbound, hbone, app].filter(Boolean).map(closeServer))
       })
 
@@ -289,6 +300,7 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
     const before = await snapshot(pod)
     const path = process.env.PATH
     process.env.PATH = '/nonexistent'
+    process.env.AMBIENTKIT_NFT = 'program'
     try {
       const message = await expectCode(applyCapture(ns, {}, { backend: 'nftables' }), RedirectErrorCode.ProgramMissing)
       expect(message).toContain('apt-get install nftables')
@@ -296,9 +308,27 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
       expect(iptables).toContain('apt-get install iptables')
     } finally {
       process.env.PATH = path
+      delete process.env.AMBIENTKIT_NFT
     }
     expect(await snapshot(pod)).toBe(before)
     expect(await applyCapture(ns)).toEqual({ backend: 'nftables' })
     await removeCapture(ns)
+    expect(await snapshot(pod)).toBe(before)
+  })
+
+  it('nftables needs no program when libnftables is installed', async () => {
+    const pod = await network.addPod(node)
+    const ns = open(pod)
+    const before = await snapshot(pod)
+    const path = process.env.PATH
+    process.env.PATH = '/nonexistent'
+    try {
+      expect(await applyCapture(ns, {}, { backend: 'nftables' })).toEqual({ backend: 'nftables' })
+      expect(await inspectCapture(ns)).toEqual({ status: 'present', backends: ['nftables'], differences: [] })
+      expect(await removeCapture(ns)).toEqual({ removed: true })
+    } finally {
+      process.env.PATH = path
+    }
+    expect(await snapshot(pod)).toBe(before)
   })
 })

@@ -1,5 +1,6 @@
 import { isAmbientError } from '@ambientkit/core'
 import { readdirSync, readlinkSync } from 'node:fs'
+import { readlink } from 'node:fs/promises'
 import { once } from 'node:events'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { afterAll, beforeAll, expect, it } from 'vitest'
@@ -107,6 +108,52 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
     const sleeping = nsA.exec('sleep', ['30'], { signal: controller.signal })
     controller.abort()
     await expectCode(sleeping, 'ERR_AMBIENT_ABORTED')
+  })
+
+  it('nft runs a script inside the namespace in-process, prints what the nft program prints, and names failures', async () => {
+    const script = 'table inet ak_test {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    tcp dport 9 counter drop\n  }\n}\n'
+    expect(await nsA.nft(script)).toBe('')
+    const listed = await nsA.nft('list ruleset')
+    expect(listed).toContain('tcp dport 9 counter packets 0 bytes 0 drop')
+    expect(listed).toBe((await nsA.exec('nft', ['list', 'ruleset'])).stdout)
+    expect(await nsB.nft('list ruleset')).toBe('')
+    const failed = await expectCode(nsA.nft('add rule inet ak_test nowhere accept'), RedirectErrorCode.CommandFailed)
+    expect(failed.stderr).toMatch(/No such file or directory/)
+    await expectCode(nsA.nft('this is not nft'), RedirectErrorCode.CommandFailed)
+    const controller = new AbortController()
+    controller.abort()
+    await expectCode(nsA.nft('list tables', { signal: controller.signal }), 'ERR_AMBIENT_ABORTED')
+    await nsA.nft('delete table inet ak_test')
+    expect(await nsA.nft('list ruleset')).toBe('')
+  })
+
+  it('nft leaves every libuv worker thread in the original namespace', async () => {
+    const home = readlinkSync('/proc/thread-self/ns/net')
+    // More runs than the pool has threads, in both namespaces, so every worker has entered one.
+    await Promise.all(Array.from({ length: 16 }, (_, i) => (i % 2 === 0 ? nsA : nsB).nft('list tables')))
+    // fs.readlink runs on a worker thread: /proc/thread-self names that worker.
+    const seen = await Promise.all(Array.from({ length: 16 }, () => readlink('/proc/thread-self/ns/net')))
+    expect(new Set(seen)).toEqual(new Set([home]))
+  })
+
+  it('nft runs the nft program when AMBIENTKIT_NFT=program', async () => {
+    process.env.AMBIENTKIT_NFT = 'program'
+    const path = process.env.PATH
+    process.env.PATH = '/nonexistent'
+    try {
+      await expectCode(nsA.nft('list tables'), RedirectErrorCode.ProgramMissing)
+    } finally {
+      process.env.PATH = path
+    }
+    try {
+      expect(await nsA.nft('add table inet ak_program\nlist tables')).toBe('table inet ak_program\n')
+      const failed = await expectCode(nsA.nft('this is not nft'), RedirectErrorCode.CommandFailed)
+      expect(failed.exitCode).toBe(1)
+    } finally {
+      delete process.env.AMBIENTKIT_NFT
+    }
+    expect(await nsA.nft('list tables')).toBe('table inet ak_program\n')
+    await nsA.nft('delete table inet ak_program')
   })
 
   it('listen creates the listener inside the namespace with the requested options', async () => {
@@ -292,5 +339,6 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
     await handle.close()
     await expectCode(() => handle.runSync(() => 1), 'ERR_AMBIENT_CLOSED')
     await expectCode(handle.listen({ port: 0 }), 'ERR_AMBIENT_CLOSED')
+    await expectCode(() => handle.nft('list tables'), 'ERR_AMBIENT_CLOSED')
   })
 })
