@@ -14,11 +14,13 @@
 #include <uv.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
+#include <linux/netlink.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
@@ -591,11 +593,14 @@ static napi_value close_fd(napi_env env, napi_callback_info info) {
  * deferred destruction, which waits for an RCU grace period (10-20 ms on the
  * reference machine). With libnftables (the library `nft` itself is built
  * on, package libnftables1, a dependency of nftables) the same script runs
- * on a libuv worker thread that enters the namespace, and the context is
- * freed on a detached thread: the caller gets its answer as soon as the
- * kernel has committed. The library is loaded with dlopen so that neither
- * building nor loading the addon needs it; the TypeScript layer falls back
- * to the program when it is missing.
+ * on a libuv worker thread that enters the namespace. The context is freed
+ * right away, under the same lock as runs (libnftables keeps a process-wide
+ * interface cache that freeing a context clears, and that must not leak
+ * from one namespace's run into the next), but its netlink socket is kept
+ * open by a duplicate descriptor that a detached thread closes: that close
+ * is the one that waits, and nobody waits for it. The library is loaded
+ * with dlopen so that neither building nor loading the addon needs it; the
+ * TypeScript layer falls back to the program when it is missing.
  */
 
 struct nft_ctx;
@@ -612,10 +617,8 @@ static struct {
 
 static pthread_once_t nftlib_once = PTHREAD_ONCE_INIT;
 static char nftlib_error[512];
-/* Serializes runs: a context is private, but libnftables keeps some global caches. */
-static pthread_mutex_t nftlib_run_lock = PTHREAD_MUTEX_INITIALIZER;
-/* Serializes frees, which touch one of those caches (interfaces) and may not overlap each other. */
-static pthread_mutex_t nftlib_free_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Serializes contexts: each is private, but libnftables keeps process-wide caches. */
+static pthread_mutex_t nftlib_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void nftlib_load(void) {
   void* handle = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -670,10 +673,45 @@ typedef struct {
   char* error;
 } nft_job;
 
-static void* nft_free_context(void* ctx) {
-  pthread_mutex_lock(&nftlib_free_lock);
-  nftlib.ctx_free(ctx);
-  pthread_mutex_unlock(&nftlib_free_lock);
+#define MAX_NETFILTER_SOCKETS 64
+
+/* The NETLINK_NETFILTER sockets open in this process, up to `max`. */
+static int netfilter_sockets(int* fds, int max) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == NULL) return 0;
+  int count = 0;
+  struct dirent* entry;
+  while (count < max && (entry = readdir(dir)) != NULL) {
+    int fd = atoi(entry->d_name), domain = 0, protocol = 0;
+    socklen_t length = sizeof domain;
+    if (entry->d_name[0] == '.' || fd == dirfd(dir)) continue;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0 || domain != AF_NETLINK) continue;
+    length = sizeof protocol;
+    if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &length) == 0 && protocol == NETLINK_NETFILTER) fds[count++] = fd;
+  }
+  closedir(dir);
+  return count;
+}
+
+/*
+ * A duplicate of the one netfilter socket in `after` that is not in
+ * `before` (the context's), or -1 when that is not exactly one socket.
+ * Only libnftables makes such sockets here, and only under nftlib_lock.
+ */
+static int keep_new_socket(const int* before, int before_count, const int* after, int after_count) {
+  int found = -1;
+  for (int i = 0; i < after_count; i++) {
+    int seen = 0;
+    for (int j = 0; j < before_count && !seen; j++) seen = after[i] == before[j];
+    if (seen) continue;
+    if (found >= 0) return -1;
+    found = after[i];
+  }
+  return found < 0 ? -1 : fcntl(found, F_DUPFD_CLOEXEC, 0);
+}
+
+static void* close_socket(void* fd) {
+  close((int)(intptr_t)fd);
   return NULL;
 }
 
@@ -683,13 +721,14 @@ static char* copy_or_empty(const char* text) { return strdup(text != NULL ? text
 static void nft_execute(napi_env env, void* data) {
   (void)env;
   nft_job* job = data;
-  struct nft_ctx* ctx = NULL;
-  pthread_mutex_lock(&nftlib_run_lock);
+  int before[MAX_NETFILTER_SOCKETS], after[MAX_NETFILTER_SOCKETS], kept = -1;
+  pthread_mutex_lock(&nftlib_lock);
   netns_guard guard;
   job->err = netns_enter(&guard, job->ns_fd, &job->failed);
   if (job->err == 0) {
+    int before_count = netfilter_sockets(before, MAX_NETFILTER_SOCKETS);
     /* The context's netlink socket is made here, so it belongs to the namespace. */
-    ctx = nftlib.ctx_new(0);
+    struct nft_ctx* ctx = nftlib.ctx_new(0);
     if (ctx == NULL) {
       job->err = ENOMEM;
       job->failed = "nft_ctx_new";
@@ -699,17 +738,19 @@ static void nft_execute(napi_env env, void* data) {
       job->status = nftlib.run(ctx, job->script);
       job->output = copy_or_empty(nftlib.get_output(ctx));
       job->error = copy_or_empty(nftlib.get_error(ctx));
+      kept = keep_new_socket(before, before_count, after, netfilter_sockets(after, MAX_NETFILTER_SOCKETS));
+      nftlib.ctx_free(ctx);
     }
     netns_leave(&guard);
   }
-  pthread_mutex_unlock(&nftlib_run_lock);
-  if (ctx == NULL) return;
+  pthread_mutex_unlock(&nftlib_lock);
+  if (kept < 0) return;
   pthread_t thread;
   pthread_attr_t attr;
   int spawned = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-                pthread_create(&thread, &attr, nft_free_context, ctx) == 0;
+                pthread_create(&thread, &attr, close_socket, (void*)(intptr_t)kept) == 0;
   pthread_attr_destroy(&attr);
-  if (!spawned) nft_free_context(ctx);
+  if (!spawned) close(kept);
 }
 
 static void nft_job_free(napi_env env, nft_job* job) {

@@ -136,6 +136,14 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
     expect(new Set(seen)).toEqual(new Set([home]))
   })
 
+  it('nft leaves no descriptor open: the socket whose close waits for the kernel is closed in the background', async () => {
+    const baseline = openFds()
+    for (let i = 0; i < 10; i++) await nsA.nft('add table inet ak_fd\ndelete table inet ak_fd')
+    // Nothing signals the background close; poll, boundedly.
+    for (let i = 0; i < 500 && openFds() > baseline; i++) await new Promise((resolve) => setTimeout(resolve, 10))
+    expect(openFds()).toBe(baseline)
+  })
+
   it('nft runs the nft program when AMBIENTKIT_NFT=program', async () => {
     process.env.AMBIENTKIT_NFT = 'program'
     const path = process.env.PATH
