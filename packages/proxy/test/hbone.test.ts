@@ -182,6 +182,35 @@ describe('HBONE client and server', () => {
     const result = await splices.promise
     expect(result).toMatchObject({ outcome: 'closed', socketBytesRead: 10, socketBytesWritten: 10 })
   })
+
+  it('stops reading the application socket while the destination does not read, and loses nothing', async () => {
+    const h = await harness()
+    const sinks = deferred<Socket>()
+    // The destination reads nothing until told to: its socket has no reader yet.
+    const upstream = await startServer((socket) => sinks.resolve(socket))
+    const accepted = deferred<Socket>()
+    const splices = deferred<Awaited<ReturnType<typeof spliceTunnel>>>()
+    const app = await startServer(async (socket) => {
+      accepted.resolve(socket)
+      const tunnel = await h.client.connect(`127.0.0.1:${upstream.port}`, { via: h.via, expectedIdentities: [SERVER_ID] })
+      splices.resolve(await spliceTunnel(socket, tunnel))
+    })
+    const size = 64 * 1024 * 1024
+    const client = netConnect({ host: '127.0.0.1', port: app.port, allowHalfOpen: true })
+    client.end(Buffer.alloc(size, 0x62))
+    const appSocket = await accepted.promise
+    // Flow control reaches back to the application socket: the splice stops reading it rather than buffering everything.
+    await vi.waitFor(() => expect(appSocket.isPaused()).toBe(true), { timeout: 10_000 })
+    expect(appSocket.bytesRead).toBeLessThan(size / 2)
+    const sink = await sinks.promise
+    let received = 0
+    sink.on('data', (chunk: Buffer) => (received += chunk.length))
+    await once(sink, 'end')
+    expect(received).toBe(size)
+    sink.end()
+    client.resume()
+    expect(await splices.promise).toMatchObject({ outcome: 'closed', socketBytesRead: size, socketBytesWritten: 0 })
+  })
 })
 
 describe('HBONE resets end to end', () => {

@@ -41,53 +41,128 @@ export interface SpliceResult {
  * @returns resolves (never rejects) once both the socket and the stream are closed
  */
 export function spliceTunnel(socket: Socket, tunnel: Duplex): Promise<SpliceResult> {
+  return new Promise((resolve) => startTunnelSplice(socket, tunnel, resolve))
+}
+
+/**
+ * {@link spliceTunnel} with a callback: what the proxies use, so that an idle
+ * tunnel holds no promise or suspended async function, only the sockets and
+ * one {@link TunnelSplice}.
+ */
+export function startTunnelSplice(socket: Socket, tunnel: Duplex, done: (result: SpliceResult) => void): void {
   const stream = tunnel as Http2Stream
   socket.allowHalfOpen = true
   if (stream.destroyed || socket.destroyed) {
     const outcome: SpliceOutcome = stream.destroyed ? 'stream-reset' : 'socket-reset'
     resetSocket(socket)
     resetTunnel(stream)
-    return Promise.resolve({ outcome, socketBytesRead: socket.bytesRead, socketBytesWritten: socket.bytesWritten })
+    done({ outcome, socketBytesRead: socket.bytesRead, socketBytesWritten: socket.bytesWritten })
+    return
   }
-  return new Promise((resolve) => {
-    let outcome: SpliceOutcome | undefined
-    let error: Error | undefined
-    let open = 2
-    const settle = (): void => {
-      if (--open > 0) return
-      resolve({ outcome: outcome ?? 'closed', error, socketBytesRead: socket.bytesRead, socketBytesWritten: socket.bytesWritten })
-    }
-    socket.on('error', (err) => {
-      error ??= err
-    })
-    stream.on('error', (err) => {
-      error ??= err
-    })
-    socket.on('close', () => {
-      const clean = socket.readableEnded && socket.writableFinished
-      if (!clean) {
-        outcome ??= 'socket-reset'
-        resetTunnel(stream)
-      }
-      settle()
-    })
-    stream.on('close', () => {
-      const clean = stream.rstCode === h2.NGHTTP2_NO_ERROR && stream.readableEnded && stream.writableFinished
-      if (!clean) {
-        outcome ??= 'stream-reset'
-        resetSocket(socket)
-      }
-      settle()
-    })
-    // A reset stream still ends its readable side; that must not become a FIN.
-    stream.on('aborted', () => resetSocket(socket))
-    stream.on('end', () => {
-      if (stream.rstCode === h2.NGHTTP2_NO_ERROR) socket.end()
-      else resetSocket(socket)
-    })
-    socket.pipe(stream)
-    stream.pipe(socket, { end: false })
-  })
+  const splice = new TunnelSplice(socket, stream, done)
+  splices.set(socket, splice)
+  splices.set(stream, splice)
+  socket.on('error', onError)
+  stream.on('error', onError)
+  socket.on('close', onSocketClose)
+  stream.on('close', onStreamClose)
+  // A reset stream still ends its readable side; that must not become a FIN.
+  stream.on('aborted', onStreamAborted)
+  stream.on('end', onStreamEnd)
+  socket.on('end', onSocketEnd)
+  // What pipe() would do both ways, without its nine closures per direction.
+  socket.on('data', onData)
+  stream.on('data', onData)
+  socket.on('drain', onDrain)
+  stream.on('drain', onDrain)
+  socket.resume()
+  stream.resume()
+}
+
+/**
+ * One tunnel being spliced. The event handlers are shared by every tunnel
+ * and find theirs in {@link splices}, so an idle tunnel costs this object
+ * rather than a dozen closures and `once` wrappers.
+ */
+class TunnelSplice {
+  outcome: SpliceOutcome | undefined
+  error: Error | undefined
+  open = 2
+
+  constructor(
+    readonly socket: Socket,
+    readonly stream: Http2Stream,
+    readonly done: (result: SpliceResult) => void,
+  ) {}
+
+  /** The other side of `side`. */
+  peer(side: object): Duplex {
+    return side === this.socket ? this.stream : this.socket
+  }
+
+  settle(): void {
+    if (--this.open > 0) return
+    splices.delete(this.socket)
+    splices.delete(this.stream)
+    const { socket } = this
+    this.done({ outcome: this.outcome ?? 'closed', error: this.error, socketBytesRead: socket.bytesRead, socketBytesWritten: socket.bytesWritten })
+  }
+}
+
+const splices = new WeakMap<object, TunnelSplice>()
+
+/** Copies a chunk to the other side; pauses on backpressure (until its `drain`) and for good once that side is finished. */
+function onData(this: Duplex, chunk: Buffer): void {
+  const other = splices.get(this)?.peer(this)
+  if (other === undefined || other.writableEnded || other.destroyed || !other.write(chunk)) this.pause()
+}
+
+function onDrain(this: Duplex): void {
+  const other = splices.get(this)?.peer(this)
+  if (other !== undefined && !other.destroyed) other.resume()
+}
+
+function onError(this: Duplex, err: Error): void {
+  const splice = splices.get(this)
+  if (splice !== undefined) splice.error ??= err
+}
+
+function onSocketEnd(this: Socket): void {
+  splices.get(this)?.stream.end()
+}
+
+function onSocketClose(this: Socket): void {
+  const splice = splices.get(this)
+  if (splice === undefined) return
+  const clean = this.readableEnded && this.writableFinished
+  if (!clean) {
+    splice.outcome ??= 'socket-reset'
+    resetTunnel(splice.stream)
+  }
+  splice.settle()
+}
+
+function onStreamClose(this: Http2Stream): void {
+  const splice = splices.get(this)
+  if (splice === undefined) return
+  const clean = this.rstCode === h2.NGHTTP2_NO_ERROR && this.readableEnded && this.writableFinished
+  if (!clean) {
+    splice.outcome ??= 'stream-reset'
+    resetSocket(splice.socket)
+  }
+  splice.settle()
+}
+
+function onStreamAborted(this: Http2Stream): void {
+  const splice = splices.get(this)
+  if (splice !== undefined) resetSocket(splice.socket)
+}
+
+function onStreamEnd(this: Http2Stream): void {
+  const splice = splices.get(this)
+  if (splice === undefined) return
+  if (this.rstCode === h2.NGHTTP2_NO_ERROR) splice.socket.end()
+  else resetSocket(splice.socket)
 }
 
 /**
