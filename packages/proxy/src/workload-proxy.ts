@@ -1,4 +1,5 @@
 import type { Server, Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 import {
   evaluateAuthorization,
   formatSocketAddress,
@@ -18,13 +19,13 @@ import {
 } from '@ambientkit/core'
 import { tlsClientOptions, tlsServerOptions, type IdentityManager } from '@ambientkit/identity'
 import { originalDestination, PROXY_MARK, type Netns, type NetnsConnectOptions } from '@ambientkit/redirect'
-import type { AccessLogEntry, ConnectionOutcome, ProxyListener } from './access-log'
+import type { AccessLogEntry, AccessLogPeer, ConnectionOutcome, ProxyListener } from './access-log'
 import { createHboneClient, type HboneClient } from './hbone/client'
 import { HBONE_PORT, type HboneWindows } from './hbone/constants'
 import { createHboneServer, type HboneDecision, type HboneRequest, type HboneServer, type HboneTunnelRecord } from './hbone/server'
-import { spliceTunnel } from './hbone/splice'
+import { startTunnelSplice } from './hbone/splice'
 import type { ConnectionLabels, ProxyMetrics } from './metrics'
-import { spliceSockets } from './splice-sockets'
+import { startSocketSplice } from './splice-sockets'
 
 /** Ports of a workload proxy's listeners inside the pod's network namespace. */
 export interface WorkloadProxyPorts {
@@ -98,13 +99,55 @@ export interface WorkloadProxy extends Closable {
   close(): Promise<void>
 }
 
-interface TrackedConnection {
-  readonly listener: ProxyListener
-  /** Inbound connections are re-authorized when policies change. */
-  readonly authorization?: AuthorizationConnection
+/**
+ * A proxied connection, from accept until its access-log line. A class
+ * rather than closures, so that an idle connection holds only these fields.
+ */
+class TrackedConnection {
   /** Set when a policy change closed the connection: its log entry says `terminated`. */
-  terminatedBy?: string
-  terminate(reason: string): void
+  terminatedBy: string | undefined
+  /** While the upstream is being connected: aborting it ends the connection. Dropped, with its signal, once connected. */
+  #connecting: AbortController | undefined
+  /** Once connected: resetting it ends the connection, as the splice resets the other side. */
+  #socket: Socket | undefined
+  #log: Logger | undefined
+
+  constructor(
+    readonly listener: ProxyListener,
+    /** Inbound connections are re-authorized when policies change. */
+    readonly authorization?: AuthorizationConnection,
+  ) {}
+
+  /** The signal of the upstream connect, aborted by {@link terminate} until {@link established}. */
+  connecting(): AbortSignal {
+    this.#connecting ??= new AbortController()
+    return this.#connecting.signal
+  }
+
+  /** Connected: terminating now resets `socket`, with an `info` line on `log` when given. */
+  established(socket: Socket, log?: Logger): void {
+    this.#connecting = undefined
+    this.#socket = socket
+    this.#log = log
+  }
+
+  terminate(reason: string): void {
+    if (this.#socket === undefined) {
+      this.#connecting?.abort(new Error(reason))
+      return
+    }
+    this.#log?.info({ reason }, 'terminating outbound tunnel')
+    this.#socket.resetAndDestroy()
+  }
+}
+
+type OutboundEntry = Omit<AccessLogEntry, 'listener' | 'durationMs' | 'source'>
+
+/** What an outbound connection's log line needs from its accept. */
+interface OutboundStart {
+  readonly tracked: TrackedConnection
+  readonly started: number
+  readonly source: AccessLogPeer
 }
 
 const DUAL_STACK = '::'
@@ -136,6 +179,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
   readonly #servers: Server[] = []
   /** Every socket the listeners accepted and that is still open. */
   readonly #accepted = new Set<Socket>()
+  /** `close` listener of every accepted socket (the socket is `this`): one function per proxy rather than a closure per connection. */
+  readonly #forgetAccepted: (this: Socket) => void
   readonly #connections = new Set<TrackedConnection>()
   #hboneServer: HboneServer | undefined
   readonly #hboneClient: HboneClient
@@ -144,6 +189,10 @@ class WorkloadProxyImpl implements WorkloadProxy {
   #closing: Promise<void> | undefined
 
   constructor(options: WorkloadProxyOptions) {
+    const accepted = this.#accepted
+    this.#forgetAccepted = function () {
+      accepted.delete(this)
+    }
     this.#options = options
     this.workload = options.workload
     this.identity = workloadIdentity(options.workload)
@@ -206,7 +255,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
     if (address !== null && typeof address === 'object') this.listeners[listener].push({ address: address.address, port: address.port, family: address.family === 'IPv6' ? 6 : 4 })
     server.on('connection', (socket: Socket) => {
       this.#accepted.add(socket)
-      socket.once('close', () => this.#accepted.delete(socket))
+      socket.on('close', this.#forgetAccepted)
       onConnection(socket)
     })
     server.on('error', (err) => this.#log.error({ err, listener }, 'listener failed'))
@@ -243,28 +292,25 @@ class WorkloadProxyImpl implements WorkloadProxy {
       app.resetAndDestroy()
       return
     }
-    const controller = new AbortController()
-    const tracked: TrackedConnection = { listener: 'outbound', terminate: (reason) => controller.abort(new Error(reason)) }
+    const tracked = new TrackedConnection('outbound')
     this.#track(tracked)
-    const earlyClose = (): void => controller.abort(new Error('application closed before the upstream was ready'))
-    app.once('close', earlyClose)
-    app.on('error', () => {})
-    const finish = (entry: Omit<AccessLogEntry, 'listener' | 'durationMs' | 'source'> & { source?: AccessLogEntry['source'] }): void => {
-      this.#untrack(tracked)
-      this.#record({ listener: 'outbound', source, durationMs: Date.now() - started, ...entry })
-    }
-    void this.#routeOutbound(app, destination, controller.signal, tracked, earlyClose, finish)
+    app.on('error', ignore)
+    void this.#routeOutbound(app, destination, { tracked, started, source })
   }
 
-  async #routeOutbound(
-    app: Socket,
-    destination: SocketAddress,
-    signal: AbortSignal,
-    tracked: TrackedConnection,
-    earlyClose: () => void,
-    finish: (entry: Omit<AccessLogEntry, 'listener' | 'durationMs' | 'source'>) => void,
-  ): Promise<void> {
+  #finishOutbound({ tracked, started, source }: OutboundStart, entry: OutboundEntry): void {
+    this.#untrack(tracked)
+    this.#record({ listener: 'outbound', source, durationMs: Date.now() - started, ...entry })
+  }
+
+  async #routeOutbound(app: Socket, destination: SocketAddress, start: OutboundStart): Promise<void> {
+    const { tracked } = start
+    const finish = (entry: OutboundEntry): void => this.#finishOutbound(start, entry)
+    const signal = tracked.connecting()
+    const earlyClose = (): void => tracked.terminate('application closed before the upstream was ready')
+    app.once('close', earlyClose)
     const refuse = (reason: string, outcome: ConnectionOutcome = 'refused', extra: Partial<AccessLogEntry> = {}): void => {
+      app.off('close', earlyClose)
       app.resetAndDestroy()
       finish({ protocol: 'TCP', destination: { address: destination.address, port: destination.port }, bytesSent: 0, bytesReceived: 0, outcome, reason, ...extra })
     }
@@ -279,7 +325,6 @@ class WorkloadProxyImpl implements WorkloadProxy {
     }
     if (target?.protocol === 'HBONE') {
       const expected = workloadIdentity(target)
-      const labels = this.#labels('source', { identity: this.identity, workload: this.workload }, { identity: expected, workload: target }, 'mutual_tls')
       let tunnel
       try {
         tunnel = await this.#hboneClient.connect(
@@ -295,23 +340,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
         })
       }
       app.off('close', earlyClose)
-      tracked.terminate = (reason) => {
-        this.#log.info({ reason }, 'terminating outbound tunnel')
-        app.resetAndDestroy()
-      }
-      this.#options.metrics?.connectionOpened(labels)
-      const result = await spliceTunnel(app, tunnel)
-      const bytes = { sent: result.socketBytesRead, received: result.socketBytesWritten }
-      this.#options.metrics?.connectionClosed(labels, bytes)
-      return finish({
-        protocol: 'HBONE',
-        destination: { ...peer, identity: expected },
-        ...(service ? { service } : {}),
-        bytesSent: bytes.sent,
-        bytesReceived: bytes.received,
-        outcome: result.outcome === 'closed' ? 'closed' : 'reset',
-        ...(result.error ? { reason: result.error.message } : {}),
-      })
+      tracked.established(app, this.#log)
+      return this.#spliceOutboundTunnel(app, tunnel, start, target, peer.address, peer.port, service)
     }
     if (this.#options.outboundPolicy === 'refuse') return refuse('destination is not in the mesh and passthrough is off')
     const labels = this.#labels('source', { identity: this.identity, workload: this.workload }, { workload: target }, 'none')
@@ -322,19 +352,51 @@ class WorkloadProxyImpl implements WorkloadProxy {
       return refuse(`passthrough connect failed: ${(err as Error).message}`, 'failed', { destination: peer })
     }
     app.off('close', earlyClose)
-    tracked.terminate = () => app.resetAndDestroy()
-    this.#options.metrics?.connectionOpened(labels)
-    const result = await spliceSockets(app, upstream)
-    this.#options.metrics?.connectionClosed(labels, { sent: result.aToB, received: result.bToA })
-    finish({
-      protocol: 'TCP',
-      destination: peer,
-      ...(service ? { service } : {}),
-      bytesSent: result.aToB,
-      bytesReceived: result.bToA,
-      outcome: result.outcome,
-      ...(result.error ? { reason: result.error.message } : {}),
+    tracked.established(app)
+    this.#spliceOutboundPassthrough(app, upstream, start, labels, peer, service)
+  }
+
+  // The two splices below are methods of their own, not the tail of #routeOutbound: what an idle
+  // connection keeps is then only their arguments, not the setup's async frame and closures.
+
+  /** Labels and logged destination are derived from `target` again at the end rather than kept meanwhile. */
+  #spliceOutboundTunnel(app: Socket, tunnel: Duplex, start: OutboundStart, target: Workload, address: string, port: number, service: string | undefined): void {
+    this.#options.metrics?.connectionOpened(this.#outboundTunnelLabels(target))
+    startTunnelSplice(app, tunnel, (result) => {
+      const bytes = { sent: result.socketBytesRead, received: result.socketBytesWritten }
+      this.#options.metrics?.connectionClosed(this.#outboundTunnelLabels(target), bytes)
+      this.#finishOutbound(start, {
+        protocol: 'HBONE',
+        destination: { address, port, workload: target.name, namespace: target.namespace, identity: workloadIdentity(target) },
+        ...(service ? { service } : {}),
+        bytesSent: bytes.sent,
+        bytesReceived: bytes.received,
+        outcome: result.outcome === 'closed' ? 'closed' : 'reset',
+        ...(result.error ? { reason: result.error.message } : {}),
+      })
     })
+    dropIgnore(app)
+  }
+
+  #spliceOutboundPassthrough(app: Socket, upstream: Socket, start: OutboundStart, labels: ConnectionLabels, destination: AccessLogPeer, service: string | undefined): void {
+    this.#options.metrics?.connectionOpened(labels)
+    startSocketSplice(app, upstream, (result) => {
+      this.#options.metrics?.connectionClosed(labels, { sent: result.aToB, received: result.bToA })
+      this.#finishOutbound(start, {
+        protocol: 'TCP',
+        destination,
+        ...(service ? { service } : {}),
+        bytesSent: result.aToB,
+        bytesReceived: result.bToA,
+        outcome: result.outcome,
+        ...(result.error ? { reason: result.error.message } : {}),
+      })
+    })
+    dropIgnore(app)
+  }
+
+  #outboundTunnelLabels(target: Workload): ConnectionLabels {
+    return this.#labels('source', { identity: this.identity, workload: this.workload }, { identity: workloadIdentity(target), workload: target }, 'mutual_tls')
   }
 
   #isOwnListener(destination: SocketAddress): boolean {
@@ -383,9 +445,10 @@ class WorkloadProxyImpl implements WorkloadProxy {
   async #connectTunnelUpstream(destination: SocketAddress, signal: AbortSignal, request: HboneRequest, authorization: AuthorizationConnection): Promise<Socket> {
     const app = await this.#connectApp(destination, signal, request.forwardedFor ?? request.peerAddress.address)
     // Resetting the upstream resets the tunnel's stream too (see spliceTunnel).
-    const tracked: TrackedConnection = { listener: 'inbound-hbone', authorization, terminate: () => app.resetAndDestroy() }
+    const tracked = new TrackedConnection('inbound-hbone', authorization)
+    tracked.established(app)
     this.#track(tracked)
-    app.once('close', () => this.#untrack(tracked))
+    app.on('close', () => this.#untrack(tracked))
     this.#options.metrics?.connectionOpened(this.#inboundHboneLabels(request.peerIdentity, request.peerAddress.address))
     return app
   }
@@ -437,7 +500,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
   #onInboundPlaintext(client: Socket): void {
     const started = Date.now()
     const source = this.#peer(client.remoteAddress, client.remotePort)
-    client.on('error', () => {})
+    client.on('error', ignore)
     let destination: SocketAddress
     try {
       destination = originalDestination(client)
@@ -470,26 +533,23 @@ class WorkloadProxyImpl implements WorkloadProxy {
       record({ bytesSent: 0, bytesReceived: 0, outcome: 'denied', reason: this.#options.inboundPlaintext === 'strict' ? 'plaintext refused (strict mode)' : decision.reason, ...(policy ? { policy } : {}) })
       return
     }
-    const controller = new AbortController()
-    const tracked: TrackedConnection = { listener: 'inbound-plaintext', authorization: connection, terminate: (reason) => controller.abort(new Error(reason)) }
+    const tracked = new TrackedConnection('inbound-plaintext', connection)
     this.#track(tracked)
-    const earlyClose = (): void => controller.abort(new Error('client closed before the app answered'))
+    const earlyClose = (): void => tracked.terminate('client closed before the app answered')
     client.once('close', earlyClose)
     const labels = this.#labels('destination', { workload: undefined }, { identity: this.identity, workload: this.workload }, 'none')
-    void this.#connectApp(destination, controller.signal, this.#options.preserveSourceAddress ? source.address : undefined).then(
-      async (app) => {
+    const policy = decision.policy ? `${decision.policy.namespace}/${decision.policy.name}` : undefined
+    void this.#connectApp(destination, tracked.connecting(), this.#options.preserveSourceAddress ? source.address : undefined).then(
+      (app) => {
         client.off('close', earlyClose)
-        tracked.terminate = () => client.resetAndDestroy()
+        tracked.established(client)
         this.#options.metrics?.connectionOpened(labels)
-        const result = await spliceSockets(client, app)
-        this.#options.metrics?.connectionClosed(labels, { sent: result.aToB, received: result.bToA })
-        this.#untrack(tracked)
-        record({
-          bytesSent: result.aToB,
-          bytesReceived: result.bToA,
-          outcome: terminatedOr(tracked, result.outcome),
-          ...(decision.policy ? { policy: `${decision.policy.namespace}/${decision.policy.name}` } : {}),
+        startSocketSplice(client, app, (result) => {
+          this.#options.metrics?.connectionClosed(labels, { sent: result.aToB, received: result.bToA })
+          this.#untrack(tracked)
+          record({ bytesSent: result.aToB, bytesReceived: result.bToA, outcome: terminatedOr(tracked, result.outcome), ...(policy ? { policy } : {}) })
         })
+        dropIgnore(client)
       },
       (err: Error) => {
         this.#untrack(tracked)
@@ -600,6 +660,14 @@ async function dial(netns: Netns, options: Omit<NetnsConnectOptions, 'mark' | 'a
   const socket = await netns.connect({ ...options, mark: PROXY_MARK, allowHalfOpen })
   socket.setNoDelay(true)
   return socket
+}
+
+/** The `error` listener of an accepted socket until its splice listens for errors. */
+function ignore(): void {}
+
+/** The splice listens for errors now: one listener rather than two spares the socket an array of them. */
+function dropIgnore(socket: Socket): void {
+  socket.off('error', ignore)
 }
 
 function terminatedOr(connection: TrackedConnection, outcome: 'closed' | 'reset'): ConnectionOutcome {

@@ -355,8 +355,15 @@ class PooledSession {
   #pingSentAt: number | undefined
   #usable = true
   #removed: () => void
+  // Listeners of every stream of the session, rather than closures per tunnel.
+  readonly #onStreamClose = (): void => this.#release()
+  /** A tunnel's failure must never crash the process; it is also seen as a reset by whoever reads the stream. */
+  readonly #onStreamError: (this: ClientHttp2Stream, err: Error) => void
 
   constructor(session: ClientHttp2Session, peerIdentity: string, config: ClientConfig, removed: () => void) {
+    this.#onStreamError = function (err) {
+      config.logger.debug({ err, authority: this.sentHeaders[':authority'] }, 'HBONE tunnel error')
+    }
     this.#session = session
     this.peerIdentity = peerIdentity
     this.#config = config
@@ -394,9 +401,8 @@ class PooledSession {
       this.#release()
       return Promise.reject(new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${authority} could not be sent`, { cause: err }))
     }
-    stream.once('close', () => this.#release())
-    // A tunnel's failure must never crash the process; it is also seen as a reset by whoever reads the stream.
-    stream.on('error', (err) => this.#config.logger.debug({ err, authority }, 'HBONE tunnel error'))
+    stream.on('close', this.#onStreamClose)
+    stream.on('error', this.#onStreamError)
     return new Promise((resolve, reject) => {
       const done = (err?: Error): void => {
         stream.off('response', onResponse)

@@ -28,7 +28,7 @@ import {
 import { IdentityErrorCode, attachTlsServer, peerSpiffeId, type SpiffeTlsServerOptions, type TlsServerBinding } from '@ambientkit/identity'
 import type { HboneWindows } from './constants'
 import { localSettings, positiveInteger, resolveWindows, sessionMemoryFor } from './settings'
-import { resetTunnel, spliceTunnel, type SpliceOutcome } from './splice'
+import { resetTunnel, startTunnelSplice, type SpliceOutcome } from './splice'
 import { HboneErrorCode } from './errors'
 import { forwardedFor } from './forwarded'
 
@@ -238,6 +238,8 @@ class HboneServerImpl implements HboneServer {
   readonly #sessions = new Set<ServerHttp2Session>()
   readonly #peers = new WeakMap<Http2Session, SessionPeer>()
   readonly #streams = new Set<ServerHttp2Stream>()
+  /** `close` listener of every stream (the stream is `this`): one function per server rather than a closure per tunnel. */
+  readonly #forgetStream: (this: ServerHttp2Stream) => void
   readonly #closing = withoutListenerLimit(new AbortController())
   readonly #binding: TlsServerBinding
   #listening = false
@@ -245,6 +247,10 @@ class HboneServerImpl implements HboneServer {
   #closed: Promise<void> | undefined
 
   constructor(options: HboneServerOptions) {
+    const streams = this.#streams
+    this.#forgetStream = function () {
+      streams.delete(this)
+    }
     const windows = resolveWindows(options.windows, 'windows')
     const maxConcurrentStreams = positiveInteger(options.maxConcurrentStreams, 'maxConcurrentStreams', 1000, 2 ** 31 - 1)
     const logger = options.logger ?? silentLogger
@@ -413,7 +419,7 @@ class HboneServerImpl implements HboneServer {
       return
     }
     this.#streams.add(stream)
-    stream.once('close', () => this.#streams.delete(stream))
+    stream.on('close', this.#forgetStream)
     this.#serve(stream, headers, peer).catch((err: unknown) => {
       this.#config.logger.error({ err, peer: peer.identity }, 'HBONE stream handling failed')
       resetTunnel(stream, h2.NGHTTP2_INTERNAL_ERROR)
@@ -424,19 +430,7 @@ class HboneServerImpl implements HboneServer {
     const started = performance.now()
     const config = this.#config
     const authority = headers[':authority']
-    const finish = (
-      fields: Pick<HboneTunnelRecord, 'status' | 'outcome'> & Partial<HboneTunnelRecord>,
-    ): void => {
-      const record: HboneTunnelRecord = {
-        peerIdentity: peer.identity,
-        peerAddress: peer.address,
-        bytesReceived: 0,
-        bytesSent: 0,
-        durationMs: performance.now() - started,
-        ...fields,
-      }
-      report(config.logger, () => config.onTunnel(record))
-    }
+    const finish = (fields: TunnelRecordFields): void => reportTunnel(config, peer, started, fields)
     const reject = (status: number, reason: string, extra: Partial<HboneTunnelRecord> = {}): void => {
       const open = isOpen(stream)
       if (open) {
@@ -505,17 +499,49 @@ class HboneServerImpl implements HboneServer {
     }
     stream.respond({ ':status': 200 })
     report(config.logger, () => config.onTunnelOpen(request))
-    const result = await spliceTunnel(upstream, stream)
-    finish({
+    spliceAndReport(config, upstream, stream, peer, started, destination, decision.policy)
+  }
+}
+
+type TunnelRecordFields = Pick<HboneTunnelRecord, 'status' | 'outcome'> & Partial<HboneTunnelRecord>
+
+function reportTunnel(config: ServerConfig, peer: SessionPeer, started: number, fields: TunnelRecordFields): void {
+  const record: HboneTunnelRecord = {
+    peerIdentity: peer.identity,
+    peerAddress: peer.address,
+    bytesReceived: 0,
+    bytesSent: 0,
+    durationMs: performance.now() - started,
+    ...fields,
+  }
+  report(config.logger, () => config.onTunnel(record))
+}
+
+/**
+ * The established phase of a tunnel, outside `#serve`: an idle tunnel then
+ * keeps only what its record needs, not the request, the connect attempt's
+ * signal and timer, and a suspended async function.
+ */
+function spliceAndReport(
+  config: ServerConfig,
+  upstream: Socket,
+  stream: ServerHttp2Stream,
+  peer: SessionPeer,
+  started: number,
+  destination: SocketAddress,
+  policy: string | undefined,
+): void {
+  startTunnelSplice(upstream, stream, (result) =>
+    reportTunnel(config, peer, started, {
       status: 200,
       outcome: result.outcome,
       destination,
-      ...(decision.policy === undefined ? {} : { policy: decision.policy }),
+      ...(policy === undefined ? {} : { policy }),
       bytesReceived: result.socketBytesWritten,
       bytesSent: result.socketBytesRead,
       error: result.error,
-    })
-  }
+    }),
+  )
 }
 
 function buildRequest(headers: IncomingHttpHeaders, peer: SessionPeer, destination: SocketAddress, trusted: boolean): HboneRequest {
