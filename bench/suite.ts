@@ -31,7 +31,9 @@ import { writeDocs } from './lib/docs'
  * two nodes). Flags: `--quick` (a short smoke run), `--json` (the full
  * result as JSON on stdout), `--docs` (rewrite docs/performance.md's results
  * and docs/performance-chart.svg), `--skip-extras` (do not run the other
- * bench files).
+ * bench files), `--same-node-fast-path` (the node proxies splice same-node
+ * connections in-process instead of HBONE: the "same node" column then
+ * measures that path).
  */
 
 const argv = process.argv.slice(2)
@@ -39,10 +41,13 @@ const quick = argv.includes('--quick')
 const json = argv.includes('--json')
 const docs = argv.includes('--docs')
 const skipExtras = argv.includes('--skip-extras')
+const sameNodeFastPath = argv.includes('--same-node-fast-path')
+// The node-runner processes inherit it.
+if (sameNodeFastPath) process.env.BENCH_SAME_NODE_FAST_PATH = '1'
 
 const SETTINGS = quick
-  ? { rounds: 1, latencyRounds: 1, iperfSeconds: 1, pingWarmup: 200, pingCount: 1000, connMs: 500, connConcurrency: 8, idleConnections: 100, idleRounds: 1, captureRounds: 3, handshakeMs: 300 }
-  : { rounds: 3, latencyRounds: 5, iperfSeconds: 3, pingWarmup: 1000, pingCount: 10_000, connMs: 2000, connConcurrency: 8, idleConnections: 1000, idleRounds: 2, captureRounds: 15, handshakeMs: 1500 }
+  ? { rounds: 1, latencyRounds: 1, iperfSeconds: 1, pingWarmup: 200, pingCount: 1000, connMs: 500, connConcurrency: 8, idleConnections: 100, idleRounds: 1, captureRounds: 3, handshakeMs: 300, sameNodeFastPath }
+  : { rounds: 3, latencyRounds: 5, iperfSeconds: 3, pingWarmup: 1000, pingCount: 10_000, connMs: 2000, connConcurrency: 8, idleConnections: 1000, idleRounds: 2, captureRounds: 15, handshakeMs: 1500, sameNodeFastPath }
 
 const STUNNEL = { echo: { local: 17000, tunnel: 27000 }, iperf: { local: 15201, tunnel: 25201 } }
 

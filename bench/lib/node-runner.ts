@@ -43,7 +43,15 @@ async function main(): Promise<void> {
   const identities = createIdentityManager({ source: createLocalCaSource(ca), ttlSeconds: 3600 })
   const logDir = process.env.BENCH_PROXY_LOG_DIR
   const logger = logDir === undefined ? undefined : createJsonLogger({ level: 'debug', write: (line) => appendFileSync(join(logDir, `${config.nodeName}.log`), line) })
-  const proxy = createNodeProxy({ nodeName: config.nodeName, registry, identities, policies: createPolicyStore(), admin: false, ...(logger === undefined ? {} : { logger }) })
+  const proxy = createNodeProxy({
+    nodeName: config.nodeName,
+    registry,
+    identities,
+    policies: createPolicyStore(),
+    admin: false,
+    sameNodeFastPath: process.env.BENCH_SAME_NODE_FAST_PATH === '1',
+    ...(logger === undefined ? {} : { logger }),
+  })
   const namespaces: Netns[] = []
   for (const { uid, netnsPath } of config.enroll) {
     const workload = config.workloads.find((w) => w.uid === uid)

@@ -70,7 +70,7 @@ export interface BenchResult {
   durationSeconds: number
   quick: boolean
   machine: MachineInfo
-  settings: Record<string, number | string>
+  settings: Record<string, number | string | boolean>
   scenarios: Record<ScenarioKey, ScenarioResult>
   /** mesh figure ÷ baseline figure, per mesh scenario and baseline. */
   ratios: Record<string, Record<string, { vsDirect: number | null; vsStunnel: number | null }>>

@@ -28,7 +28,7 @@ export interface Flow {
   readonly peerSeen?: string
   readonly error?: string
   /** From the node proxies' access logs. */
-  readonly protocol?: 'HBONE' | 'TCP'
+  readonly protocol?: 'HBONE' | 'TCP' | 'local'
   readonly sourceIdentity?: string
   readonly destinationIdentity?: string
   /** `allowed by <ns/name>`, `denied by <ns/name>`, `allowed: no policy applies`, ... */

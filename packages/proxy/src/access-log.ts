@@ -28,8 +28,13 @@ export interface AccessLogPeer {
 /** One line of the access log: a connection, once it has ended. */
 export interface AccessLogEntry {
   readonly listener: ProxyListener
-  /** `HBONE` when the hop between the nodes is an mTLS tunnel, `TCP` when plaintext. */
-  readonly protocol: 'HBONE' | 'TCP'
+  /**
+   * `HBONE` when the hop between the pods is an mTLS tunnel, `TCP` when
+   * plaintext, `local` when both are workloads of this node proxy and the
+   * connection was handed over in-process (the same-node fast path: nothing
+   * on the wire between the pods; authorized like HBONE, and logged by both ends).
+   */
+  readonly protocol: 'HBONE' | 'TCP' | 'local'
   readonly source: AccessLogPeer
   readonly destination: AccessLogPeer
   /** The service the destination was chosen from, if the app connected to a VIP. */

@@ -42,6 +42,14 @@ export interface NodeProxyOptions {
   readonly admin?: { readonly host?: string; readonly port?: number } | false
   /** Called with every connection's access-log entry. Default: one `info` log line per connection. */
   readonly accessLog?: (entry: AccessLogEntry) => void
+  /**
+   * `true`: connections between two workloads of this node skip HBONE; the
+   * destination's proxy authorizes them with the source's identity and the
+   * sockets are spliced in-process (see `WorkloadProxyOptions.localWorkloads`).
+   * Default `false`: they go through HBONE like any other, so every mesh
+   * connection looks the same on the wire, in metrics and in the access log.
+   */
+  readonly sameNodeFastPath?: boolean
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -175,6 +183,7 @@ class NodeProxyImpl implements NodeProxy {
             identities: this.#options.identities,
             policies: this.#options.policies,
             metrics: this.metrics,
+            ...(this.#options.sameNodeFastPath === true ? { localWorkloads: (address: string) => this.#proxyServing(address) } : {}),
             accessLog: this.#options.accessLog ?? ((entry) => this.#log.info({ access: entry }, 'connection')),
             logger: this.#log,
           })
@@ -192,6 +201,14 @@ class NodeProxyImpl implements NodeProxy {
     slot.pending = run
     if (slot !== previous) this.#slots.set(workload.uid, slot)
     return run
+  }
+
+  /** The ready workload proxy whose pod has `address`. */
+  #proxyServing(address: string): WorkloadProxy | undefined {
+    for (const slot of this.#slots.values()) {
+      if (slot.state === 'ready' && slot.workload.addresses.includes(address)) return slot.proxy
+    }
+    return undefined
   }
 
   removeWorkload(uid: string): Promise<boolean> {

@@ -25,7 +25,7 @@ import { HBONE_PORT, type HboneWindows } from './hbone/constants'
 import { createHboneServer, type HboneDecision, type HboneRequest, type HboneServer, type HboneTunnelRecord } from './hbone/server'
 import { startTunnelSplice } from './hbone/splice'
 import type { ConnectionLabels, ProxyMetrics } from './metrics'
-import { startSocketSplice } from './splice-sockets'
+import { startSocketSplice, type SocketSpliceResult } from './splice-sockets'
 
 /** Ports of a workload proxy's listeners inside the pod's network namespace. */
 export interface WorkloadProxyPorts {
@@ -72,6 +72,16 @@ export interface WorkloadProxyOptions {
   readonly windows?: Partial<HboneWindows>
   /** Upstream connect timeout, milliseconds. Default 10 000. */
   readonly connectTimeout?: number
+  /**
+   * The workload proxies of this process, by pod address: an outbound
+   * connection to one of them skips HBONE (the same-node fast path, as in
+   * ztunnel). The destination's proxy authorizes it with this workload's
+   * identity, exactly as if it had arrived on 15008, connects to its app,
+   * and the two sockets are spliced in-process: nothing crosses the wire
+   * between the pods, so there is nothing to encrypt. The node proxy passes
+   * its own workloads here when `sameNodeFastPath` is on. Default: none.
+   */
+  readonly localWorkloads?: (address: string) => WorkloadProxy | undefined
   readonly metrics?: ProxyMetrics
   /** Called once per connection when it ends. Default: one `info` line on `logger`. */
   readonly accessLog?: (entry: AccessLogEntry) => void
@@ -324,6 +334,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
       ...(target ? { workload: target.name, namespace: target.namespace } : {}),
     }
     if (target?.protocol === 'HBONE') {
+      const local = this.#options.localWorkloads?.(peer.address)
+      if (local instanceof WorkloadProxyImpl) return this.#routeLocal(app, local, target, peer.address, peer.port, service, start, earlyClose, refuse)
       const expected = workloadIdentity(target)
       let tunnel
       try {
@@ -395,6 +407,95 @@ class WorkloadProxyImpl implements WorkloadProxy {
     dropIgnore(app)
   }
 
+  /** The same-node fast path: `local` serves the destination; it authorizes, and the sockets are spliced here. */
+  async #routeLocal(
+    app: Socket,
+    local: WorkloadProxyImpl,
+    target: Workload,
+    address: string,
+    port: number,
+    service: string | undefined,
+    start: OutboundStart,
+    earlyClose: () => void,
+    refuse: (reason: string, outcome: ConnectionOutcome, extra: Partial<AccessLogEntry>) => void,
+  ): Promise<void> {
+    const destination: SocketAddress = { address, port, family: address.includes(':') ? 6 : 4 }
+    const sourceAddress = this.#sourceAddressFor(address).sourceAddress ?? start.source.address
+    const accepted = await local.acceptLocal({ identity: this.identity, address: sourceAddress }, destination, start.tracked.connecting())
+    if (!accepted.ok) {
+      const logged = { address, port, workload: target.name, namespace: target.namespace, identity: workloadIdentity(target) }
+      return refuse(accepted.reason, accepted.outcome, { protocol: 'local', destination: logged, ...(service ? { service } : {}), ...(accepted.policy ? { policy: accepted.policy } : {}) })
+    }
+    app.off('close', earlyClose)
+    start.tracked.established(app)
+    this.#options.metrics?.connectionOpened(this.#outboundTunnelLabels(target))
+    startSocketSplice(app, accepted.upstream, (result) => {
+      this.#options.metrics?.connectionClosed(this.#outboundTunnelLabels(target), { sent: result.aToB, received: result.bToA })
+      accepted.done(result)
+      this.#finishOutbound(start, {
+        protocol: 'local',
+        destination: { address, port, workload: target.name, namespace: target.namespace, identity: workloadIdentity(target) },
+        ...(service ? { service } : {}),
+        bytesSent: result.aToB,
+        bytesReceived: result.bToA,
+        outcome: result.outcome,
+        ...(result.error ? { reason: result.error.message } : {}),
+      })
+    })
+    dropIgnore(app)
+  }
+
+  /**
+   * The destination side of the same-node fast path (see
+   * `WorkloadProxyOptions.localWorkloads`): authorizes a connection of
+   * another workload proxy of this process as an HBONE tunnel from
+   * `source` would be, and connects to the app. Not part of the public
+   * interface: only a workload proxy, which holds the source's identity,
+   * may vouch for it.
+   */
+  async acceptLocal(source: { identity: string; address: string }, destination: SocketAddress, signal: AbortSignal): Promise<LocalAcceptance> {
+    const started = Date.now()
+    const record = (entry: Pick<AccessLogEntry, 'bytesSent' | 'bytesReceived' | 'outcome'> & Partial<AccessLogEntry>): void =>
+      this.#record({
+        listener: 'inbound-hbone',
+        protocol: 'local',
+        source: { ...this.#peer(source.address, undefined), identity: source.identity },
+        destination: { address: destination.address, port: destination.port, workload: this.workload.name, namespace: this.workload.namespace, identity: this.identity },
+        durationMs: Date.now() - started,
+        ...entry,
+      })
+    const decision = this.#decide(destination, source.address, source.identity)
+    if (decision.action !== 'serve') {
+      const outcome = decision.action === 'deny' ? 'denied' : 'refused'
+      const policy = decision.action === 'deny' ? decision.policy : undefined
+      record({ bytesSent: 0, bytesReceived: 0, outcome, reason: decision.reason, ...(policy ? { policy } : {}) })
+      return { ok: false, outcome, reason: `${outcome} by the destination's proxy: ${decision.reason}`, ...(policy ? { policy } : {}) }
+    }
+    let upstream: Socket
+    try {
+      upstream = await this.#connectApp(destination, signal, source.address)
+    } catch (err) {
+      const reason = `connect to the app failed: ${(err as Error).message}`
+      record({ bytesSent: 0, bytesReceived: 0, outcome: 'failed', reason })
+      return { ok: false, outcome: 'failed', reason }
+    }
+    // Resetting the upstream resets the source's socket too (see startSocketSplice).
+    const tracked = new TrackedConnection('inbound-hbone', decision.context as AuthorizationConnection)
+    tracked.established(upstream)
+    this.#track(tracked)
+    const labels = this.#inboundHboneLabels(source.identity, source.address)
+    this.#options.metrics?.connectionOpened(labels)
+    return {
+      ok: true,
+      upstream,
+      done: (result) => {
+        this.#untrack(tracked)
+        this.#options.metrics?.connectionClosed(labels, { sent: result.aToB, received: result.bToA })
+        record({ bytesSent: result.aToB, bytesReceived: result.bToA, outcome: terminatedOr(tracked, result.outcome), ...(decision.policy ? { policy: decision.policy } : {}) })
+      },
+    }
+  }
+
   #outboundTunnelLabels(target: Workload): ConnectionLabels {
     return this.#labels('source', { identity: this.identity, workload: this.workload }, { identity: workloadIdentity(target), workload: target }, 'mutual_tls')
   }
@@ -418,7 +519,11 @@ class WorkloadProxyImpl implements WorkloadProxy {
   }
 
   #decideInbound(request: HboneRequest): HboneDecision {
-    const destination = request.destination
+    return this.#decide(request.destination, request.peerAddress.address, request.peerIdentity)
+  }
+
+  /** Authorizes a connection from `peerIdentity` at `peerAddress`: an HBONE tunnel, or a same-node handover. */
+  #decide(destination: SocketAddress, peerAddress: string, peerIdentity: string): HboneDecision {
     if (this.#isOwnListener(destination)) {
       return { action: 'not-served', reason: `${formatSocketAddress(destination)} is the proxy itself (loop)` }
     }
@@ -426,8 +531,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
       return { action: 'not-served', reason: `${destination.address} is not an address of ${this.workload.namespace}/${this.workload.name}` }
     }
     const connection: AuthorizationConnection = {
-      sourceIp: request.peerAddress.address,
-      sourceIdentity: request.peerIdentity,
+      sourceIp: peerAddress,
+      sourceIdentity: peerIdentity,
       destinationIp: destination.address,
       destinationPort: destination.port,
       destination: this.workload,
@@ -435,7 +540,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
     const decision = this.#authorize(connection)
     if (!decision.allowed) {
       const policy = decision.policy ? `${decision.policy.namespace}/${decision.policy.name}` : undefined
-      this.#denied(request.peerIdentity, policy ?? decision.reason, 'inbound-hbone')
+      this.#denied(peerIdentity, policy ?? decision.reason, 'inbound-hbone')
       return { action: 'deny', reason: decision.reason, ...(policy ? { policy } : {}) }
     }
     return { action: 'serve', context: connection, ...(decision.policy ? { policy: `${decision.policy.namespace}/${decision.policy.name}` } : {}) }
@@ -669,6 +774,11 @@ function ignore(): void {}
 function dropIgnore(socket: Socket): void {
   socket.off('error', ignore)
 }
+
+/** What the destination's proxy answered to a same-node handover. */
+type LocalAcceptance =
+  | { ok: true; upstream: Socket; done: (result: SocketSpliceResult) => void }
+  | { ok: false; outcome: ConnectionOutcome; reason: string; policy?: string }
 
 function terminatedOr(connection: TrackedConnection, outcome: 'closed' | 'reset'): ConnectionOutcome {
   return connection.terminatedBy !== undefined ? 'terminated' : outcome

@@ -1,6 +1,6 @@
 import { createPolicyStore, createWorkloadRegistry, type PolicyStore, type Workload, type WorkloadRegistry } from '@ambientkit/core'
 import { createCertificateAuthority, createIdentityManager, createLocalCaSource, type CertificateAuthority, type IdentityManager } from '@ambientkit/identity'
-import { createNodeProxy, type AccessLogEntry, type NodeProxy, type WorkloadProxyDefaults } from '@ambientkit/proxy'
+import { createNodeProxy, type AccessLogEntry, type NodeProxy, type NodeProxyOptions, type WorkloadProxyDefaults } from '@ambientkit/proxy'
 import { openNetns, type Netns } from '@ambientkit/redirect'
 import type { TestPod } from '../../../../test/support/netns'
 
@@ -18,7 +18,7 @@ export interface TestControlPlane {
   readonly policies: PolicyStore
   readonly accessLog: AccessLogEntry[]
   /** A node proxy with its own identity manager (as on a real node). */
-  nodeProxy(nodeName: string, defaults?: WorkloadProxyDefaults): { proxy: NodeProxy; identities: IdentityManager }
+  nodeProxy(nodeName: string, defaults?: WorkloadProxyDefaults, options?: Pick<NodeProxyOptions, 'sameNodeFastPath'>): { proxy: NodeProxy; identities: IdentityManager }
   close(): Promise<void>
 }
 
@@ -33,9 +33,9 @@ export async function createTestControlPlane(): Promise<TestControlPlane> {
     registry,
     policies,
     accessLog,
-    nodeProxy(nodeName, defaults) {
+    nodeProxy(nodeName, defaults, options) {
       const identities = createIdentityManager({ source: createLocalCaSource(ca), ttlSeconds: 3600 })
-      const proxy = createNodeProxy({ nodeName, registry, identities, policies, admin: { host: '127.0.0.1', port: 0 }, accessLog: (e) => accessLog.push(e), ...(defaults ? { workloadDefaults: defaults } : {}) })
+      const proxy = createNodeProxy({ nodeName, registry, identities, policies, admin: { host: '127.0.0.1', port: 0 }, accessLog: (e) => accessLog.push(e), ...(defaults ? { workloadDefaults: defaults } : {}), ...options })
       closers.push(async () => {
         await proxy.close()
         await identities.close()
