@@ -8,6 +8,8 @@ export interface NodeConfig {
   readonly svidTtlSeconds: number
   readonly outboundPolicy: 'passthrough' | 'refuse'
   readonly inboundPlaintext: 'permissive' | 'strict'
+  /** Connect pods of this node to each other in-process instead of through HBONE (`createNodeProxy`'s `sameNodeFastPath`). */
+  readonly sameNodeFastPath: boolean
   /** Where the authorization policies are (a YAML list in `@ambientkit/core`'s form), if anywhere. */
   readonly policiesFile?: string
   /** The mesh CA's certificate and key (a Secret mounted read-only). */
@@ -20,7 +22,7 @@ export interface NodeConfig {
 }
 
 const MESH_KEYS = new Set(['trustDomain', 'svidTtlSeconds', 'proxy', 'policiesFile', 'caDir'])
-const PROXY_KEYS = new Set(['outboundPolicy', 'inboundPlaintext'])
+const PROXY_KEYS = new Set(['outboundPolicy', 'inboundPlaintext', 'sameNodeFastPath'])
 
 function fail(name: string, value: unknown, expected: string): never {
   throw new AmbientError(CoreErrorCode.InvalidArgument, `${name}: expected ${expected}, got ${describeValue(value)}`, { details: { name, value } })
@@ -49,6 +51,8 @@ export function loadNodeConfig(meshYaml: string, env: NodeJS.ProcessEnv): NodeCo
   if (outboundPolicy !== 'passthrough' && outboundPolicy !== 'refuse') fail('mesh.yaml: proxy.outboundPolicy', outboundPolicy, '"passthrough" or "refuse"')
   const inboundPlaintext = proxy.inboundPlaintext ?? 'permissive'
   if (inboundPlaintext !== 'permissive' && inboundPlaintext !== 'strict') fail('mesh.yaml: proxy.inboundPlaintext', inboundPlaintext, '"permissive" or "strict"')
+  const sameNodeFastPath = proxy.sameNodeFastPath ?? false
+  if (typeof sameNodeFastPath !== 'boolean') fail('mesh.yaml: proxy.sameNodeFastPath', sameNodeFastPath, 'true or false')
   if (mesh.policiesFile !== undefined && typeof mesh.policiesFile !== 'string') fail('mesh.yaml: policiesFile', mesh.policiesFile, 'a path')
   const caDir = mesh.caDir ?? '/etc/ambientkit/ca'
   if (typeof caDir !== 'string') fail('mesh.yaml: caDir', caDir, 'a path')
@@ -58,6 +62,7 @@ export function loadNodeConfig(meshYaml: string, env: NodeJS.ProcessEnv): NodeCo
     svidTtlSeconds: ttl,
     outboundPolicy,
     inboundPlaintext,
+    sameNodeFastPath,
     ...(mesh.policiesFile === undefined ? {} : { policiesFile: mesh.policiesFile as string }),
     caDir,
     adminAddress: parseSocketAddress(env.ADMIN_ADDRESS ?? '127.0.0.1:15021', 'ADMIN_ADDRESS'),

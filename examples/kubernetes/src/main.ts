@@ -37,6 +37,7 @@ const nodeProxy = createNodeProxy({
   policies,
   admin: { host: config.adminAddress.address, port: config.adminAddress.port },
   workloadDefaults: { outboundPolicy: config.outboundPolicy, inboundPlaintext: config.inboundPlaintext },
+  sameNodeFastPath: config.sameNodeFastPath,
   logger: log,
 })
 await nodeProxy.start()

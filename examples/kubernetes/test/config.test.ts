@@ -14,6 +14,7 @@ describe('loadNodeConfig', () => {
       svidTtlSeconds: 3600,
       outboundPolicy: 'passthrough',
       inboundPlaintext: 'permissive',
+      sameNodeFastPath: false,
       policiesFile: '/etc/ambientkit/policies.yaml',
       adminAddress: { address: '0.0.0.0', port: 15021 },
       metricsAddress: { address: '0.0.0.0', port: 15020 },
@@ -25,6 +26,7 @@ describe('loadNodeConfig', () => {
     ['svidTtlSeconds: 5', /svidTtlSeconds: expected an integer number of seconds, at least 60, got 5/],
     ['proxy: { outboundPolicy: drop }', /proxy.outboundPolicy: expected "passthrough" or "refuse", got "drop"/],
     ['proxy: { strict: true }', /proxy.strict: expected no such key/],
+    ['proxy: { sameNodeFastPath: yes please }', /proxy.sameNodeFastPath: expected true or false, got "yes please"/],
     ['trustdomain: cluster.local', /mesh.yaml: trustdomain: expected no such key/],
   ])('refuses %j', (yaml, message) => {
     expect(() => loadNodeConfig(yaml, { NODE_NAME: 'n' })).toThrow(message)
