@@ -42,7 +42,7 @@ async function tunePod(pod: TestPod): Promise<void> {
   await pod.exec('sysctl', ['-qw', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=20000 65000'])
 }
 
-/** The bench's topology: two nodes; plain pods for the baselines, mesh pods for ambientkit, one pod for capture timing. */
+/** The bench's topology: two nodes; plain pods for the baselines, mesh pods for ambientkit (capture timing adds pods of its own). */
 export interface BenchTopology {
   readonly network: TestNetwork
   readonly nodes: readonly [TestNode, TestNode]
@@ -53,8 +53,6 @@ export interface BenchTopology {
   readonly meshClient: TestPod
   readonly meshServerSame: TestPod
   readonly meshServerCross: TestPod
-  /** A pod only capture is applied to and removed from. */
-  readonly capturePod: TestPod
 }
 
 /** Builds the topology. On failure, what was created is deleted before the error propagates. */
@@ -69,7 +67,6 @@ export async function createBenchTopology(): Promise<BenchTopology> {
       meshClient: await network.addPod(n1),
       meshServerSame: await network.addPod(n1),
       meshServerCross: await network.addPod(n2),
-      capturePod: await network.addPod(n1),
     }
     await Promise.all(Object.values(pods).map(tunePod))
     return { network, nodes: [n1, n2], ...pods }
