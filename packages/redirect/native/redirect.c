@@ -673,7 +673,8 @@ typedef struct {
   char* error;
 } nft_job;
 
-#define MAX_NETFILTER_SOCKETS 64
+/* Sockets kept for a background close count too; past this, a context is freed the slow way. */
+#define MAX_NETFILTER_SOCKETS 1024
 
 /* The NETLINK_NETFILTER sockets open in this process, up to `max`. */
 static int netfilter_sockets(int* fds, int max) {
