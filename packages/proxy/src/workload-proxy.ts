@@ -197,6 +197,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
   readonly #unsubscribe: () => void
   readonly #idleWaiters: Array<() => void> = []
   #closing: Promise<void> | undefined
+  /** Set by drain(): no new connections, also none handed over in-process. */
+  #draining = false
 
   constructor(options: WorkloadProxyOptions) {
     const accepted = this.#accepted
@@ -464,6 +466,12 @@ class WorkloadProxyImpl implements WorkloadProxy {
         durationMs: Date.now() - started,
         ...entry,
       })
+    if (this.#draining || this.#closing !== undefined) {
+      // As an HBONE client would meet a GOAWAY and then a closed listener.
+      const reason = `${this.workload.namespace}/${this.workload.name}'s proxy is ${this.#closing !== undefined ? 'closed' : 'draining'}`
+      record({ bytesSent: 0, bytesReceived: 0, outcome: 'refused', reason })
+      return { ok: false, outcome: 'refused', reason }
+    }
     const decision = this.#decide(destination, source.address, source.identity)
     if (decision.action !== 'serve') {
       const outcome = decision.action === 'deny' ? 'denied' : 'refused'
@@ -721,6 +729,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
   }
 
   async drain(options: { deadline?: number } = {}): Promise<void> {
+    this.#draining = true
     this.#stopListening()
     // GOAWAY on inbound sessions: peers open new tunnels elsewhere, open ones finish.
     void this.#hboneServer?.drain()

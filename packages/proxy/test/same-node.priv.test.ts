@@ -115,6 +115,26 @@ describePrivileged('same-node fast path: pods of one node proxy, spliced in-proc
     }
   })
 
+  it('a draining destination takes no new connection, lets open ones finish, then closes', async () => {
+    const open = await connectFrom(a, c.pod.ipv4, 8080)
+    await new Promise((resolve) => {
+      open.once('data', resolve)
+      open.write('open')
+    })
+    const proxyC = await node.proxy.addWorkload(c.workload, c.netns)
+    const drained = proxyC.drain({ deadline: 30_000 })
+    try {
+      expect((await tryExchange(connectFrom(a, c.pod.ipv4, 8080), 'late')).response).toBe('')
+      expect(cp.accessLog.findLast((e) => e.listener === 'inbound-hbone' && e.destination.address === c.pod.ipv4)).toMatchObject({ protocol: 'local', outcome: 'refused', reason: expect.stringMatching(/draining/) })
+      // The open connection still works, and its end lets the drain finish.
+      expect(await exchange(open, 'still here')).toEqual({ response: 'still here', ended: true })
+      await drained
+    } finally {
+      await node.proxy.removeWorkload(c.workload.uid)
+      await node.proxy.addWorkload(c.workload, c.netns)
+    }
+  })
+
   it('removing the destination workload closes its connections, and later ones fail closed', async () => {
     const socket = await connectFrom(a, c.pod.ipv4, 8080)
     await new Promise((resolve) => {
