@@ -183,7 +183,7 @@ class NodeProxyImpl implements NodeProxy {
             identities: this.#options.identities,
             policies: this.#options.policies,
             metrics: this.metrics,
-            ...(this.#options.sameNodeFastPath === true ? { localWorkloads: (address: string) => this.#proxyServing(address) } : {}),
+            ...(this.#options.sameNodeFastPath === true ? { localWorkloads: (served: Workload) => this.#proxyServing(served) } : {}),
             accessLog: this.#options.accessLog ?? ((entry) => this.#log.info({ access: entry }, 'connection')),
             logger: this.#log,
           })
@@ -203,12 +203,10 @@ class NodeProxyImpl implements NodeProxy {
     return run
   }
 
-  /** The ready workload proxy whose pod has `address`. */
-  #proxyServing(address: string): WorkloadProxy | undefined {
-    for (const slot of this.#slots.values()) {
-      if (slot.state === 'ready' && slot.workload.addresses.includes(address)) return slot.proxy
-    }
-    return undefined
+  /** The ready workload proxy of `workload`, if it is enrolled here. */
+  #proxyServing(workload: Workload): WorkloadProxy | undefined {
+    const slot = this.#slots.get(workload.uid)
+    return slot?.state === 'ready' ? slot.proxy : undefined
   }
 
   removeWorkload(uid: string): Promise<boolean> {

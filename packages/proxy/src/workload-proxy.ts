@@ -73,15 +73,15 @@ export interface WorkloadProxyOptions {
   /** Upstream connect timeout, milliseconds. Default 10 000. */
   readonly connectTimeout?: number
   /**
-   * The workload proxies of this process, by pod address: an outbound
-   * connection to one of them skips HBONE (the same-node fast path, as in
+   * The workload proxy of this process serving a workload, if any: an
+   * outbound connection to a workload served here skips HBONE (the same-node fast path, as in
    * ztunnel). The destination's proxy authorizes it with this workload's
    * identity, exactly as if it had arrived on 15008, connects to its app,
    * and the two sockets are spliced in-process: nothing crosses the wire
    * between the pods, so there is nothing to encrypt. The node proxy passes
    * its own workloads here when `sameNodeFastPath` is on. Default: none.
    */
-  readonly localWorkloads?: (address: string) => WorkloadProxy | undefined
+  readonly localWorkloads?: (workload: Workload) => WorkloadProxy | undefined
   readonly metrics?: ProxyMetrics
   /** Called once per connection when it ends. Default: one `info` line on `logger`. */
   readonly accessLog?: (entry: AccessLogEntry) => void
@@ -336,7 +336,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
       ...(target ? { workload: target.name, namespace: target.namespace } : {}),
     }
     if (target?.protocol === 'HBONE') {
-      const local = this.#options.localWorkloads?.(peer.address)
+      const local = this.#options.localWorkloads?.(target)
       if (local instanceof WorkloadProxyImpl) return this.#routeLocal(app, local, target, peer.address, peer.port, service, start, earlyClose, refuse)
       const expected = workloadIdentity(target)
       let tunnel
@@ -367,7 +367,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
     }
     app.off('close', earlyClose)
     tracked.established(app)
-    this.#spliceOutboundPassthrough(app, upstream, start, labels, peer, service)
+    this.#spliceOutboundSockets(app, upstream, start, labels, { protocol: 'TCP', destination: peer, ...(service ? { service } : {}) })
   }
 
   // The two splices below are methods of their own, not the tail of #routeOutbound: what an idle
@@ -392,14 +392,25 @@ class WorkloadProxyImpl implements WorkloadProxy {
     dropIgnore(app)
   }
 
-  #spliceOutboundPassthrough(app: Socket, upstream: Socket, start: OutboundStart, labels: ConnectionLabels, destination: AccessLogPeer, service: string | undefined): void {
+  /**
+   * Splices the app's socket with a plain upstream socket: passthrough
+   * (`TCP`) or a same-node handover (`local`, whose destination side hears
+   * of the end through `ended`).
+   */
+  #spliceOutboundSockets(
+    app: Socket,
+    upstream: Socket,
+    start: OutboundStart,
+    labels: ConnectionLabels,
+    logged: Pick<AccessLogEntry, 'protocol' | 'destination' | 'service'>,
+    ended?: (result: SocketSpliceResult) => void,
+  ): void {
     this.#options.metrics?.connectionOpened(labels)
     startSocketSplice(app, upstream, (result) => {
       this.#options.metrics?.connectionClosed(labels, { sent: result.aToB, received: result.bToA })
+      ended?.(result)
       this.#finishOutbound(start, {
-        protocol: 'TCP',
-        destination,
-        ...(service ? { service } : {}),
+        ...logged,
         bytesSent: result.aToB,
         bytesReceived: result.bToA,
         outcome: result.outcome,
@@ -424,27 +435,15 @@ class WorkloadProxyImpl implements WorkloadProxy {
     const destination: SocketAddress = { address, port, family: address.includes(':') ? 6 : 4 }
     const sourceAddress = this.#sourceAddressFor(address).sourceAddress ?? start.source.address
     const accepted = await local.acceptLocal({ identity: this.identity, address: sourceAddress }, destination, start.tracked.connecting())
-    if (!accepted.ok) {
-      const logged = { address, port, workload: target.name, namespace: target.namespace, identity: workloadIdentity(target) }
-      return refuse(accepted.reason, accepted.outcome, { protocol: 'local', destination: logged, ...(service ? { service } : {}), ...(accepted.policy ? { policy: accepted.policy } : {}) })
+    const logged = {
+      protocol: 'local' as const,
+      destination: { address, port, workload: target.name, namespace: target.namespace, identity: workloadIdentity(target) },
+      ...(service ? { service } : {}),
     }
+    if (!accepted.ok) return refuse(accepted.reason, accepted.outcome, { ...logged, ...(accepted.policy ? { policy: accepted.policy } : {}) })
     app.off('close', earlyClose)
     start.tracked.established(app)
-    this.#options.metrics?.connectionOpened(this.#outboundTunnelLabels(target))
-    startSocketSplice(app, accepted.upstream, (result) => {
-      this.#options.metrics?.connectionClosed(this.#outboundTunnelLabels(target), { sent: result.aToB, received: result.bToA })
-      accepted.done(result)
-      this.#finishOutbound(start, {
-        protocol: 'local',
-        destination: { address, port, workload: target.name, namespace: target.namespace, identity: workloadIdentity(target) },
-        ...(service ? { service } : {}),
-        bytesSent: result.aToB,
-        bytesReceived: result.bToA,
-        outcome: result.outcome,
-        ...(result.error ? { reason: result.error.message } : {}),
-      })
-    })
-    dropIgnore(app)
+    this.#spliceOutboundSockets(app, accepted.upstream, start, this.#outboundTunnelLabels(target), logged, accepted.done)
   }
 
   /**

@@ -6,7 +6,7 @@ import { workloadIdentity, type AuthorizationPolicy } from '@ambientkit/core'
 import { applyCapture, removeCapture } from '@ambientkit/redirect'
 import { createTestNetwork, type TestNetwork, type TestNode } from '../../../test/support/netns'
 import { describePrivileged } from '../../../test/support/privileged'
-import { exchange, exchangeStream, tryExchange, startEchoApp, startResetApp, startSinkApp, waitFor } from './support/apps'
+import { closedWith, established, exchange, exchangeStream, tryExchange, startEchoApp, startResetApp, startSinkApp, waitFor } from './support/apps'
 import { startPacketCapture } from './support/capture'
 import { createTestControlPlane, meshPod, meshWorkload, type MeshPod, type TestControlPlane } from './support/mesh'
 
@@ -243,12 +243,8 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
 
   it('closes established connections that a policy change now denies', async () => {
     const socket = await connectFrom(a, b.pod.ipv4, 8080)
-    await new Promise((resolve) => {
-      socket.once('data', resolve)
-      socket.write('before')
-    })
-    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
-    socket.on('error', () => {})
+    await established(socket, 'before')
+    const closed = closedWith(socket)
     cp.policies.upsert(policy('deny-frontend', 'DENY', { principals: ['cluster.local/ns/web/sa/frontend'] }))
     try {
       await closed
@@ -306,15 +302,8 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
 
   it('removing a workload closes its established connections', async () => {
     const socket = await connectFrom(a, c.pod.ipv4, 8080)
-    await new Promise((resolve) => {
-      socket.once('data', resolve)
-      socket.write('open')
-    })
-    const closed = new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
-      let error: NodeJS.ErrnoException | undefined
-      socket.on('error', (err) => (error = err))
-      socket.once('close', () => resolve(error))
-    })
+    await established(socket)
+    const closed = closedWith(socket)
     await node2.proxy.removeWorkload(c.workload.uid)
     try {
       expect((await closed)?.code).toBe('ECONNRESET')
@@ -332,10 +321,7 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
       const lingering = await connectFrom(a, c.pod.ipv4, 8080)
       for (const socket of [finishing, lingering]) {
         socket.on('error', () => {})
-        await new Promise((resolve) => {
-          socket.once('data', resolve)
-          socket.write('open')
-        })
+        await established(socket)
       }
       const lingeringClosed = new Promise<void>((resolve) => lingering.once('close', () => resolve()))
       const drained = proxy.drain({ deadline: 1000 })

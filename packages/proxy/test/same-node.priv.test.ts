@@ -5,7 +5,7 @@ import { applyCapture } from '@ambientkit/redirect'
 import type { WorkloadProxy } from '@ambientkit/proxy'
 import { createTestNetwork, type TestNetwork } from '../../../test/support/netns'
 import { describePrivileged } from '../../../test/support/privileged'
-import { exchange, startEchoApp, startSinkApp, tryExchange, waitFor } from './support/apps'
+import { closedWith, established, exchange, startEchoApp, startSinkApp, tryExchange, waitFor } from './support/apps'
 import { createTestControlPlane, meshPod, meshWorkload, type MeshPod, type TestControlPlane } from './support/mesh'
 
 // One node with three captured mesh pods and the same-node fast path on:
@@ -98,12 +98,8 @@ describePrivileged('same-node fast path: pods of one node proxy, spliced in-proc
 
   it('closes an established connection that a policy change now denies', async () => {
     const socket = await connectFrom(a, b.pod.ipv4, 8080)
-    await new Promise((resolve) => {
-      socket.once('data', resolve)
-      socket.write('before')
-    })
-    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
-    socket.on('error', () => {})
+    await established(socket, 'before')
+    const closed = closedWith(socket)
     cp.policies.upsert(policy('deny-frontend', 'DENY', { principals: ['cluster.local/ns/web/sa/frontend'] }))
     try {
       await closed
@@ -117,10 +113,7 @@ describePrivileged('same-node fast path: pods of one node proxy, spliced in-proc
 
   it('a draining destination takes no new connection, lets open ones finish, then closes', async () => {
     const open = await connectFrom(a, c.pod.ipv4, 8080)
-    await new Promise((resolve) => {
-      open.once('data', resolve)
-      open.write('open')
-    })
+    await established(open)
     const proxyC = await node.proxy.addWorkload(c.workload, c.netns)
     const drained = proxyC.drain({ deadline: 30_000 })
     try {
@@ -137,15 +130,8 @@ describePrivileged('same-node fast path: pods of one node proxy, spliced in-proc
 
   it('removing the destination workload closes its connections, and later ones fail closed', async () => {
     const socket = await connectFrom(a, c.pod.ipv4, 8080)
-    await new Promise((resolve) => {
-      socket.once('data', resolve)
-      socket.write('open')
-    })
-    const closed = new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
-      let error: NodeJS.ErrnoException | undefined
-      socket.on('error', (err) => (error = err))
-      socket.once('close', () => resolve(error))
-    })
+    await established(socket)
+    const closed = closedWith(socket)
     await node.proxy.removeWorkload(c.workload.uid)
     try {
       expect((await closed)?.code).toBe('ECONNRESET')

@@ -91,6 +91,23 @@ export function exchangeStream(socket: Socket): Promise<string> {
   })
 }
 
+/** Writes `payload` and resolves with the first answer: the connection is established end to end. */
+export function established(socket: Socket, payload = 'open'): Promise<void> {
+  return new Promise((resolve) => {
+    socket.once('data', () => resolve())
+    socket.write(payload)
+  })
+}
+
+/** Resolves once `socket` closes, with the error it saw first, if any. */
+export function closedWith(socket: Socket): Promise<NodeJS.ErrnoException | undefined> {
+  return new Promise((resolve) => {
+    let error: NodeJS.ErrnoException | undefined
+    socket.on('error', (err) => (error ??= err))
+    socket.once('close', () => resolve(error))
+  })
+}
+
 /**
  * Resolves once `condition()` holds, checking after each turn of the event
  * loop's timers, for state that has no event of its own (descriptor counts,
