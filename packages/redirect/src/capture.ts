@@ -118,7 +118,7 @@ async function pickBackend(netns: Netns, backend: CaptureBackend | 'auto'): Prom
  * Installs capture in `netns`: the rules of `config` (see `captureRules`)
  * and the `ip rule` + local route of source-preserving inbound.
  *
- * Atomic per backend transaction (one `nft -f`, or one `iptables-restore`
+ * Atomic per backend transaction (one nft transaction, or one `iptables-restore`
  * per family) and idempotent: applying again replaces our rules and adds
  * what is missing, so it also repairs drift. Only our own nftables table /
  * iptables chains (and the jumps into them) are written; the CNI's and the

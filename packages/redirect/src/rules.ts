@@ -173,28 +173,19 @@ export function captureRules(config: CaptureConfig = {}): CaptureRuleSet {
     why: 'Packets of proxy-originated connections (mark restored from conntrack) are never redirected back to the proxy.',
   })
   if (c.captureDns) {
-    perFamily((family) => ({
-      stage: 'nat',
-      hook: 'output',
-      family,
-      protocol: 'udp',
-      destination: { cidr: LOOPBACK[family], negate: true },
-      destinationPort: { port: 53 },
-      mark: notProxy,
-      action: { type: 'redirect', port: c.dnsPort },
-      why: "The app's DNS queries (UDP) go to the proxy's DNS server.",
-    }))
-    perFamily((family) => ({
-      stage: 'nat',
-      hook: 'output',
-      family,
-      protocol: 'tcp',
-      destination: { cidr: LOOPBACK[family], negate: true },
-      destinationPort: { port: 53 },
-      mark: notProxy,
-      action: { type: 'redirect', port: c.dnsPort },
-      why: "The app's DNS queries over TCP go to the proxy's DNS server.",
-    }))
+    for (const protocol of ['udp', 'tcp'] as const) {
+      perFamily((family) => ({
+        stage: 'nat',
+        hook: 'output',
+        family,
+        protocol,
+        destination: { cidr: LOOPBACK[family], negate: true },
+        destinationPort: { port: 53 },
+        mark: notProxy,
+        action: { type: 'redirect', port: c.dnsPort },
+        why: `The app's DNS queries over ${protocol.toUpperCase()} go to the proxy's DNS server.`,
+      }))
+    }
   }
   perFamily((family) => ({
     stage: 'nat',

@@ -3,6 +3,7 @@ import { once } from 'node:events'
 import type { AddressInfo, Server, Socket } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createTestNetwork, type TestNamespace, type TestNode, type TestPod } from '../../../test/support/netns'
+import { withEnv } from '../../../test/support/env'
 import { describePrivileged } from '../../../test/support/privileged'
 import {
   applyCapture,
@@ -298,18 +299,12 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
     const pod = await network.addPod(node)
     const ns = open(pod)
     const before = await snapshot(pod)
-    const path = process.env.PATH
-    process.env.PATH = '/nonexistent'
-    process.env.AMBIENTKIT_NFT = 'program'
-    try {
+    await withEnv({ PATH: '/nonexistent', AMBIENTKIT_NFT: 'program' }, async () => {
       const message = await expectCode(applyCapture(ns, {}, { backend: 'nftables' }), RedirectErrorCode.ProgramMissing)
       expect(message).toContain('apt-get install nftables')
       const iptables = await expectCode(applyCapture(ns, {}, { backend: 'iptables' }), RedirectErrorCode.ProgramMissing)
       expect(iptables).toContain('apt-get install iptables')
-    } finally {
-      process.env.PATH = path
-      delete process.env.AMBIENTKIT_NFT
-    }
+    })
     expect(await snapshot(pod)).toBe(before)
     expect(await applyCapture(ns)).toEqual({ backend: 'nftables' })
     await removeCapture(ns)
@@ -320,15 +315,11 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
     const pod = await network.addPod(node)
     const ns = open(pod)
     const before = await snapshot(pod)
-    const path = process.env.PATH
-    process.env.PATH = '/nonexistent'
-    try {
+    await withEnv({ PATH: '/nonexistent' }, async () => {
       expect(await applyCapture(ns, {}, { backend: 'nftables' })).toEqual({ backend: 'nftables' })
       expect(await inspectCapture(ns)).toEqual({ status: 'present', backends: ['nftables'], differences: [] })
       expect(await removeCapture(ns)).toEqual({ removed: true })
-    } finally {
-      process.env.PATH = path
-    }
+    })
     expect(await snapshot(pod)).toBe(before)
   })
 })

@@ -4,6 +4,7 @@ import { readlink } from 'node:fs/promises'
 import { once } from 'node:events'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { afterAll, beforeAll, expect, it } from 'vitest'
+import { withEnv } from '../../../test/support/env'
 import { describePrivileged } from '../../../test/support/privileged'
 import { createTestNetwork, type TestNode, type TestPod } from '../../../test/support/netns'
 import {
@@ -137,29 +138,31 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
   })
 
   it('nft leaves no descriptor open: the socket whose close waits for the kernel is closed in the background', async () => {
-    const baseline = openFds()
+    // By socket identity, not by count: earlier tests' sockets may still be closing in the background.
+    const sockets = (): string[] =>
+      readdirSync('/proc/self/fd').flatMap((fd) => {
+        try {
+          const target = readlinkSync(`/proc/self/fd/${fd}`)
+          return target.startsWith('socket:') ? [target] : []
+        } catch {
+          return [] // closed while listing
+        }
+      })
+    const before = new Set(sockets())
+    const added = (): string[] => sockets().filter((socket) => !before.has(socket))
     for (let i = 0; i < 10; i++) await nsA.nft('add table inet ak_fd\ndelete table inet ak_fd')
     // Nothing signals the background close; poll, boundedly.
-    for (let i = 0; i < 500 && openFds() > baseline; i++) await new Promise((resolve) => setTimeout(resolve, 10))
-    expect(openFds()).toBe(baseline)
+    for (let i = 0; i < 500 && added().length > 0; i++) await new Promise((resolve) => setTimeout(resolve, 10))
+    expect(added()).toEqual([])
   })
 
   it('nft runs the nft program when AMBIENTKIT_NFT=program', async () => {
-    process.env.AMBIENTKIT_NFT = 'program'
-    const path = process.env.PATH
-    process.env.PATH = '/nonexistent'
-    try {
-      await expectCode(nsA.nft('list tables'), RedirectErrorCode.ProgramMissing)
-    } finally {
-      process.env.PATH = path
-    }
-    try {
+    await withEnv({ AMBIENTKIT_NFT: 'program', PATH: '/nonexistent' }, () => expectCode(nsA.nft('list tables'), RedirectErrorCode.ProgramMissing))
+    await withEnv({ AMBIENTKIT_NFT: 'program' }, async () => {
       expect(await nsA.nft('add table inet ak_program\nlist tables')).toBe('table inet ak_program\n')
       const failed = await expectCode(nsA.nft('this is not nft'), RedirectErrorCode.CommandFailed)
       expect(failed.exitCode).toBe(1)
-    } finally {
-      delete process.env.AMBIENTKIT_NFT
-    }
+    })
     expect(await nsA.nft('list tables')).toBe('table inet ak_program\n')
     await nsA.nft('delete table inet ak_program')
   })
