@@ -12,7 +12,7 @@ import {
   renderIptables,
   renderNftables,
 } from './render'
-import { ensureRouting, readRouting, removeRouting } from './routing'
+import { ensureRouting, readRouting, removeRouting, undoRouting } from './routing'
 import { captureRules, type CaptureFamily, type CaptureHook, type CaptureRuleSet, type CaptureStage } from './rules'
 
 /** The two ways capture rules reach the kernel. */
@@ -139,24 +139,41 @@ export async function applyCapture(netns: Netns, config: CaptureConfig = {}, opt
   throwIfAborted(signal, 'applyCapture')
   const backend = await pickBackend(netns, requested)
   throwIfAborted(signal, 'applyCapture')
-  if (backend === 'nftables') {
-    await applyNftables(netns, ruleSet, signal)
-  } else {
-    const results = await Promise.allSettled(ruleSet.families.map((family) => applyIptables(netns, ruleSet, family, signal)))
-    for (const result of results) if (result.status === 'rejected') throw result.reason
+  // Rules and routing at once; when the rules are refused (a missing
+  // program, a kernel without a feature) the routing this call added is
+  // taken back, so the namespace is left as it was.
+  const [rules, routing] = await Promise.allSettled([applyRules(netns, backend, ruleSet, signal), ensureRouting(netns, ruleSet.routing)])
+  if (rules.status === 'rejected') {
+    if (routing.status === 'fulfilled') await undoRouting(netns, ruleSet.routing, routing.value)
+    throw rules.reason
   }
-  // Routing last: when the rules are refused (a missing program, a kernel
-  // without a feature) the namespace is left as it was.
-  await ensureRouting(netns, ruleSet.routing)
+  if (routing.status === 'rejected') throw routing.reason
   return { backend }
 }
 
-async function applyNftables(netns: Netns, ruleSet: CaptureRuleSet, signal?: AbortSignal): Promise<void> {
-  await netns.nft(renderNftables(ruleSet), { signal })
+async function applyRules(netns: Netns, backend: CaptureBackend, ruleSet: CaptureRuleSet, signal?: AbortSignal): Promise<void> {
+  if (backend === 'nftables') {
+    await netns.nft(renderNftables(ruleSet), { signal })
+    return
+  }
+  // Both families to the end, so no restore is still running when this rejects.
+  const results = await Promise.allSettled(ruleSet.families.map((family) => applyIptables(netns, ruleSet, family, signal)))
+  for (const result of results) if (result.status === 'rejected') throw result.reason
 }
 
 async function applyIptables(netns: Netns, ruleSet: CaptureRuleSet, family: CaptureFamily, signal?: AbortSignal): Promise<void> {
   const { save, restore } = IPTABLES[family]
+  // A namespace without capture, the common case, takes one program run
+  // (see the 'fresh' jumps of renderIptables). Any other one fails it
+  // without a change and takes the save, compare and restore below, which
+  // also reports a real failure.
+  try {
+    await netns.exec(restore, ['--noflush'], { input: renderIptables(ruleSet, family, { jumps: 'fresh' }), signal })
+    return
+  } catch (err) {
+    if (isMissingProgram(err)) throw err
+    throwIfAborted(signal, 'applyCapture')
+  }
   const saved = parseSave((await netns.exec(save, [], { signal })).stdout)
   const missing = new Set<string>()
   for (const [stage, chains] of iptablesExpected(ruleSet, family)) {

@@ -22,8 +22,14 @@ export interface RenderIptablesOptions {
    * Which jump rules from the builtin chains to our chains to insert:
    * `'all'`, or the `table/HOOK` pairs that are missing (applyCapture passes
    * those so re-applying never duplicates a jump). Default `'all'`.
+   *
+   * `'fresh'` inserts every jump too, but creates our chains with `-N`
+   * instead of declaring them: the restore then fails, changing nothing in
+   * that table, when one of them exists already. A jump cannot lead to a
+   * chain that does not exist, so when it succeeds no jump was duplicated:
+   * one program run captures a namespace that had no capture yet.
    */
-  jumps?: 'all' | ReadonlySet<string>
+  jumps?: 'all' | 'fresh' | ReadonlySet<string>
 }
 
 /** One rule as `iptables-save` prints it (the renderer writes the canonical form so inspection compares text). */
@@ -94,9 +100,9 @@ export function renderIptables(ruleSet: CaptureRuleSet, family: CaptureFamily, o
   const out: string[] = []
   for (const [stage, chains] of iptablesExpected(ruleSet, family)) {
     out.push(`*${stage}`)
-    for (const hook of chains.keys()) out.push(`:${IPTABLES_CHAINS[hook]} - [0:0]`)
+    for (const hook of chains.keys()) out.push(jumps === 'fresh' ? `-N ${IPTABLES_CHAINS[hook]}` : `:${IPTABLES_CHAINS[hook]} - [0:0]`)
     for (const hook of chains.keys()) {
-      if (jumps === 'all' || jumps.has(`${stage}/${hook}`)) out.push(`-I ${BUILTIN[hook]} 1 -j ${IPTABLES_CHAINS[hook]}`)
+      if (jumps === 'all' || jumps === 'fresh' || jumps.has(`${stage}/${hook}`)) out.push(`-I ${BUILTIN[hook]} 1 -j ${IPTABLES_CHAINS[hook]}`)
     }
     for (const lines of chains.values()) out.push(...lines)
     out.push('COMMIT')

@@ -73,8 +73,15 @@ export async function readRouting(netns: Netns, routing: CaptureRouting): Promis
   }
 }
 
+/** What {@link ensureRouting} added, per family, for {@link undoRouting}. */
+export interface RoutingAdded {
+  rules: CaptureFamily[]
+  routes: CaptureFamily[]
+}
+
 /** Adds what is missing of the ip rule and local route, removes duplicate rules; idempotent. */
-export async function ensureRouting(netns: Netns, routing: CaptureRouting): Promise<void> {
+export async function ensureRouting(netns: Netns, routing: CaptureRouting): Promise<RoutingAdded> {
+  const added: RoutingAdded = { rules: [], routes: [] }
   try {
     await withRtNetlink(netns, async (rt) => {
       for (const family of routing.families) {
@@ -86,6 +93,7 @@ export async function ensureRouting(netns: Netns, routing: CaptureRouting): Prom
             { fwmark: routing.mark, fwmask: routing.mask, table: routing.table, priority: routing.priority },
             CREATE,
           )
+          added.rules.push(family)
         }
         if ((await ourRoutes(rt, family, routing)).length === 0) {
           await rt.newRoute(
@@ -93,11 +101,28 @@ export async function ensureRouting(netns: Netns, routing: CaptureRouting): Prom
             { oif: LOOPBACK_INDEX, table: routing.table },
             CREATE,
           )
+          added.routes.push(family)
         }
       }
     })
   } catch (err) {
     throw routingError('cannot install the ip rule and local route of capture', err, netns)
+  }
+  return added
+}
+
+/** Removes what one {@link ensureRouting} added (and only that), for an apply whose rules failed. */
+export async function undoRouting(netns: Netns, routing: CaptureRouting, added: RoutingAdded): Promise<void> {
+  if (added.rules.length === 0 && added.routes.length === 0) return
+  try {
+    await withRtNetlink(netns, async (rt) => {
+      for (const family of added.rules) for (const rule of await ourRules(rt, family, routing)) await rt.delRule(rule.data, rule.attrs)
+      for (const family of added.routes) {
+        for (const route of await ourRoutes(rt, family, routing)) await rt.delRoute(route.data, { oif: route.attrs.oif, table: route.attrs.table })
+      }
+    })
+  } catch (err) {
+    throw routingError('cannot take back the ip rule and local route of a failed capture', err, netns)
   }
 }
 

@@ -258,6 +258,26 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
         expect(await inspectCapture(nsClient)).toEqual({ status: 'present', backends: [backend], differences: [] })
       })
 
+      it('repairs a namespace where part of capture was deleted, with one jump into each chain', async () => {
+        const pod = await network.addPod(node)
+        const ns = open(pod)
+        await applyCapture(ns, {}, { backend })
+        if (backend === 'iptables') {
+          // Our mangle chains gone, nat intact: a one-run restore for a fresh namespace would commit mangle and fail on nat.
+          for (const [chain, builtin] of [['AMBIENTKIT_PRERT', 'PREROUTING'], ['AMBIENTKIT_OUTPUT', 'OUTPUT']] as const) {
+            await pod.exec('iptables', ['-t', 'mangle', '-D', builtin, '-j', chain])
+            await pod.exec('iptables', ['-t', 'mangle', '-F', chain])
+            await pod.exec('iptables', ['-t', 'mangle', '-X', chain])
+          }
+        } else {
+          await pod.exec('nft', ['delete', 'chain', 'inet', 'ambientkit', 'mangle-prerouting'])
+        }
+        expect((await inspectCapture(ns)).status).toBe('drifted')
+        await applyCapture(ns, {}, { backend })
+        // 'present' also means exactly one jump into each of our chains.
+        expect(await inspectCapture(ns)).toEqual({ status: 'present', backends: [backend], differences: [] })
+      })
+
       it('removing restores a fresh namespace exactly, and is idempotent', async () => {
         const fresh = await network.addPod(node)
         const ns = open(fresh)

@@ -74,6 +74,13 @@ describe('captureRules with the defaults (Istio in-pod REDIRECT rules)', () => {
     expect(text).toContain('-I OUTPUT 1 -j AMBIENTKIT_OUTPUT\n-A AMBIENTKIT_PRERT -s')
   })
 
+  it("creates our chains with -N for a fresh namespace ('fresh'), so the restore fails where one exists", () => {
+    const text = renderIptables(ruleSet, 'ipv4', { jumps: 'fresh' })
+    expect(text).not.toMatch(/^:/m)
+    expect(text.match(/^-N .*/gm)).toEqual(['-N AMBIENTKIT_PRERT', '-N AMBIENTKIT_OUTPUT', '-N AMBIENTKIT_PRERT', '-N AMBIENTKIT_OUTPUT'])
+    expect(text.match(/^-I .*/gm)).toEqual(lines(renderIptables(ruleSet, 'ipv4')).filter((line) => line.startsWith('-I ')))
+  })
+
   it('renders one nft script that replaces our inet table atomically', () => {
     const text = renderNftables(ruleSet)
     const [add, del, open] = lines(text)
