@@ -24,11 +24,15 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef IPV6_FREEBIND
@@ -830,6 +834,261 @@ static napi_value nft_run(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- programs run inside a namespace ---- */
+
+/*
+ * Node's child_process forks the whole process on the JS thread (≈1 ms for
+ * a process of Node's size); posix_spawn uses vfork, so the JS thread only
+ * waits for the child's execve. The child starts in the calling thread's
+ * network namespace, which is why this enters the pod's namespace around it.
+ */
+
+/* Frees a NULL-terminated array of strings. */
+static void free_strings(char** list) {
+  if (list == NULL) return;
+  for (char** item = list; *item != NULL; item++) free(*item);
+  free(list);
+}
+
+/* A JS array of strings as a NULL-terminated array; NULL when it is not one. */
+static char** get_strings(napi_env env, napi_value array) {
+  uint32_t count = 0;
+  bool is_array = false;
+  if (napi_is_array(env, array, &is_array) != napi_ok || !is_array || napi_get_array_length(env, array, &count) != napi_ok) return NULL;
+  char** list = calloc(count + 1, sizeof *list);
+  if (list == NULL) return NULL;
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value item;
+    napi_valuetype type;
+    size_t length = 0;
+    if (napi_get_element(env, array, i, &item) != napi_ok || napi_typeof(env, item, &type) != napi_ok || type != napi_string ||
+        napi_get_value_string_utf8(env, item, NULL, 0, &length) != napi_ok || (list[i] = malloc(length + 1)) == NULL ||
+        napi_get_value_string_utf8(env, item, list[i], length + 1, &length) != napi_ok) {
+      free_strings(list);
+      return NULL;
+    }
+  }
+  return list;
+}
+
+/* posix_spawn of `file`, searched in `path` (a PATH value) unless it names a path; returns 0 or an errno. */
+static int spawn_program(pid_t* pid, const char* file, const char* path, const posix_spawn_file_actions_t* actions,
+                         const posix_spawnattr_t* attr, char** argv, char** envp) {
+  if (strchr(file, '/') != NULL) return posix_spawn(pid, file, actions, attr, argv, envp);
+  int result = ENOENT;
+  size_t file_length = strlen(file);
+  for (const char* dir = path; dir != NULL;) {
+    const char* end = strchr(dir, ':');
+    size_t dir_length = end != NULL ? (size_t)(end - dir) : strlen(dir);
+    char candidate[4096];
+    /* An empty entry means the current directory, as in execvp. */
+    if (dir_length + file_length + 2 <= sizeof candidate) {
+      memcpy(candidate, dir_length > 0 ? dir : ".", dir_length > 0 ? dir_length : 1);
+      size_t at = dir_length > 0 ? dir_length : 1;
+      candidate[at] = '/';
+      memcpy(candidate + at + 1, file, file_length + 1);
+      int err = posix_spawn(pid, candidate, actions, attr, argv, envp);
+      if (err == 0) return 0;
+      /* Keep looking after these, as execvp does; remember that one was there but not runnable. */
+      if (err == EACCES) result = EACCES;
+      else if (err != ENOENT && err != ENOTDIR) return err;
+    }
+    dir = end != NULL ? end + 1 : NULL;
+  }
+  return result;
+}
+
+static void close_all(int* fds, int count) {
+  for (int i = 0; i < count; i++)
+    if (fds[i] >= 0) close(fds[i]);
+}
+
+/*
+ * spawnInNetns(nsFd, file, argv, envp, path) → { pid, pidfd, stdin, stdout, stderr }:
+ * starts a program inside the namespace with its stdio on socket pairs. The
+ * returned descriptors are the parent's ends (close-on-exec); `pidfd`
+ * becomes readable when the program exits (see waitExit).
+ */
+static napi_value spawn_in_netns(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], result, value;
+  int32_t ns_fd;
+  char file[4096], path[16384];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5 || !get_int(env, argv[0], &ns_fd)) return throw_type(env, "spawnInNetns: nsFd must be a number");
+  size_t length = 0;
+  if (napi_get_value_string_utf8(env, argv[1], file, sizeof file, &length) != napi_ok || length == 0 || length >= sizeof file - 1)
+    return throw_type(env, "spawnInNetns: file must be a non-empty string");
+  napi_valuetype type;
+  int has_path = napi_typeof(env, argv[4], &type) == napi_ok && type == napi_string;
+  if (has_path && napi_get_value_string_utf8(env, argv[4], path, sizeof path, &length) != napi_ok)
+    return throw_type(env, "spawnInNetns: path must be a string");
+  char** child_argv = get_strings(env, argv[2]);
+  char** child_envp = get_strings(env, argv[3]);
+  if (child_argv == NULL || child_envp == NULL) {
+    free_strings(child_argv);
+    free_strings(child_envp);
+    return throw_type(env, "spawnInNetns: argv and envp must be arrays of strings");
+  }
+
+  /*
+   * fds[0..5]: the child's and our end of stdin, stdout, stderr. Socket
+   * pairs, as libuv makes for child_process: unlike a pipe, our end of
+   * stdin can be shut down (end of input) by net.Socket.
+   */
+  int fds[6] = {-1, -1, -1, -1, -1, -1};
+  int err = 0;
+  const char* failed = "socketpair";
+  for (int i = 0; i < 3 && err == 0; i++)
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, &fds[2 * i]) != 0) err = errno;
+  posix_spawn_file_actions_t actions;
+  posix_spawnattr_t attr;
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  int ready = 0;
+  if (err == 0) {
+    failed = "posix_spawn setup";
+    err = posix_spawn_file_actions_init(&actions);
+    if (err == 0) {
+      err = posix_spawnattr_init(&attr);
+      if (err != 0) posix_spawn_file_actions_destroy(&actions);
+    }
+    ready = err == 0;
+  }
+  if (err == 0) {
+    /* dup2 clears close-on-exec on the child's copies; every other descriptor of ours stays behind. */
+    err = posix_spawn_file_actions_adddup2(&actions, fds[0], 0);
+    if (err == 0) err = posix_spawn_file_actions_adddup2(&actions, fds[2], 1);
+    if (err == 0) err = posix_spawn_file_actions_adddup2(&actions, fds[4], 2);
+    /* Node ignores SIGPIPE and libuv blocks signals on its threads: the program gets the defaults. */
+    if (err == 0) err = posix_spawnattr_setsigmask(&attr, &none);
+    if (err == 0) err = posix_spawnattr_setsigdefault(&attr, &all);
+    if (err == 0) err = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  }
+  pid_t pid = -1;
+  int pidfd = -1;
+  if (err == 0) {
+    netns_guard guard;
+    err = netns_enter(&guard, ns_fd, &failed);
+    if (err == 0) {
+      failed = "posix_spawn";
+      err = spawn_program(&pid, file, has_path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", &actions,
+                          &attr, child_argv, child_envp);
+      netns_leave(&guard);
+    }
+  }
+  if (ready) {
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+  }
+  free_strings(child_argv);
+  free_strings(child_envp);
+  if (err == 0) {
+    pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) {
+      err = errno;
+      failed = "pidfd_open";
+      kill(pid, SIGKILL);
+      waitpid(pid, NULL, 0);
+    }
+  }
+  /* The child's ends are the child's now (or nobody's). */
+  int child_ends[3] = {fds[0], fds[2], fds[4]};
+  close_all(child_ends, 3);
+  if (err != 0) {
+    int parent_ends[3] = {fds[1], fds[3], fds[5]};
+    close_all(parent_ends, 3);
+    return throw_errno(env, err, failed);
+  }
+  CHECK(napi_create_object(env, &result));
+  const char* names[] = {"pid", "pidfd", "stdin", "stdout", "stderr"};
+  int numbers[] = {pid, pidfd, fds[1], fds[3], fds[5]};
+  for (int i = 0; i < 5; i++) {
+    CHECK(napi_create_int32(env, numbers[i], &value));
+    CHECK(napi_set_named_property(env, result, names[i], value));
+  }
+  return result;
+}
+
+typedef struct {
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_async_context context;
+  int pidfd;
+  pid_t pid;
+} exit_wait;
+
+static void exit_wait_closed(uv_handle_t* handle) { free(handle->data); }
+
+static void exit_done(uv_poll_t* poll, int status, int events) {
+  (void)status;
+  (void)events;
+  exit_wait* wait = (exit_wait*)poll->data;
+  siginfo_t info;
+  memset(&info, 0, sizeof info);
+  /* pidfd readable: the program has exited; reap it (it is ours, nobody else waits for it). */
+  if (waitid(P_PID, (id_t)wait->pid, &info, WEXITED | WNOHANG) != 0 || info.si_pid == 0) return;
+  uv_poll_stop(&wait->poll);
+  close(wait->pidfd);
+  napi_env env = wait->env;
+  napi_handle_scope scope;
+  napi_value callback, global, argv[2], ignored;
+  if (napi_open_handle_scope(env, &scope) == napi_ok) {
+    int exited = info.si_code == CLD_EXITED;
+    if (napi_get_reference_value(env, wait->callback, &callback) == napi_ok && napi_get_global(env, &global) == napi_ok &&
+        (exited ? napi_create_int32(env, info.si_status, &argv[0]) : napi_get_null(env, &argv[0])) == napi_ok &&
+        (exited ? napi_get_null(env, &argv[1]) : napi_create_int32(env, info.si_status, &argv[1])) == napi_ok) {
+      napi_make_callback(env, wait->context, global, callback, 2, argv, &ignored);
+    }
+    napi_close_handle_scope(env, scope);
+  }
+  napi_delete_reference(env, wait->callback);
+  napi_async_destroy(env, wait->context);
+  uv_close((uv_handle_t*)&wait->poll, exit_wait_closed);
+}
+
+/*
+ * waitExit(pidfd, pid, callback(exitCode, signal)): calls back once, when the
+ * program has exited and been reaped: the exit code, or null and the number
+ * of the signal that ended it. Closes the pidfd.
+ */
+static napi_value wait_exit(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], name;
+  int32_t pidfd, pid;
+  napi_valuetype type;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3 || !get_int(env, argv[0], &pidfd) || !get_int(env, argv[1], &pid))
+    return throw_type(env, "waitExit: pidfd and pid must be numbers");
+  if (napi_typeof(env, argv[2], &type) != napi_ok || type != napi_function) return throw_type(env, "waitExit: callback must be a function");
+  uv_loop_t* loop;
+  CHECK(napi_get_uv_event_loop(env, &loop));
+  exit_wait* wait = calloc(1, sizeof *wait);
+  if (wait == NULL) return throw_errno(env, ENOMEM, "calloc");
+  wait->env = env;
+  wait->pidfd = pidfd;
+  wait->pid = pid;
+  int rc = uv_poll_init(loop, &wait->poll, pidfd);
+  if (rc != 0) {
+    free(wait);
+    return throw_errno(env, -rc, "uv_poll_init");
+  }
+  wait->poll.data = wait;
+  CHECK(napi_create_reference(env, argv[2], 1, &wait->callback));
+  CHECK(napi_create_string_utf8(env, "ambientkit:exit", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_async_init(env, NULL, name, &wait->context));
+  rc = uv_poll_start(&wait->poll, UV_READABLE, exit_done);
+  if (rc != 0) {
+    napi_delete_reference(env, wait->callback);
+    napi_async_destroy(env, wait->context);
+    uv_close((uv_handle_t*)&wait->poll, exit_wait_closed);
+    return throw_errno(env, -rc, "uv_poll_start");
+  }
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"runInNetns", NULL, run_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -844,6 +1103,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"closeFd", NULL, close_fd, NULL, NULL, NULL, napi_enumerable, NULL},
       {"nftAvailable", NULL, nft_available, NULL, NULL, NULL, napi_enumerable, NULL},
       {"nftRun", NULL, nft_run, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"spawnInNetns", NULL, spawn_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"waitExit", NULL, wait_exit, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties) != napi_ok) return NULL;
   return exports;

@@ -42,6 +42,19 @@ export interface NativeAddon {
   /** `null` when libnftables can be used, else why not. */
   nftAvailable(): string | null
   nftRun(nsFd: number, script: string, callback: (err: Error | null, result?: NftRunResult) => void): void
+  /** posix_spawn inside the namespace; `path` is the PATH to search when `file` has no slash. The descriptors are ours to close. */
+  spawnInNetns(nsFd: number, file: string, argv: readonly string[], envp: readonly string[], path: string | null): SpawnedProgram
+  /** Calls back once the program has exited and is reaped: its exit code, or null and a signal number. Closes `pidfd`. */
+  waitExit(pidfd: number, pid: number, callback: (code: number | null, signal: number | null) => void): void
+}
+
+/** A program {@link NativeAddon.spawnInNetns} started: our ends of its stdio. */
+export interface SpawnedProgram {
+  pid: number
+  pidfd: number
+  stdin: number
+  stdout: number
+  stderr: number
 }
 
 /** What libnftables answered to a script: `status` 0 is success; `output` and `error` are what `nft` would print. */

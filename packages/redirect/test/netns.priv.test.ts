@@ -1,5 +1,7 @@
 import { isAmbientError } from '@ambientkit/core'
-import { readdirSync, readlinkSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { readlink } from 'node:fs/promises'
 import { once } from 'node:events'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
@@ -19,6 +21,43 @@ import {
 } from '../src/index'
 
 const openFds = (): number => readdirSync('/proc/self/fd').length
+
+/** What each open descriptor of this process points to (`socket:[inode]`, `anon_inode:[pidfd]`, a path). */
+const descriptors = (): string[] =>
+  readdirSync('/proc/self/fd').flatMap((fd) => {
+    try {
+      return [readlinkSync(`/proc/self/fd/${fd}`)]
+    } catch {
+      return [] // closed while listing (or the directory listing's own)
+    }
+  })
+
+// fs.constants has no O_CLOEXEC; this is Linux's.
+const O_CLOEXEC = 0o2000000
+
+/** This process's descriptors without close-on-exec. */
+const inheritable = (): string[] =>
+  readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      const flags = /^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1]
+      return flags !== undefined && (parseInt(flags, 8) & O_CLOEXEC) === 0
+    } catch {
+      return false
+    }
+  })
+
+/** This process's children that still exist (running, or exited and not reaped). */
+const children = (): string[] =>
+  readdirSync('/proc').flatMap((entry) => {
+    if (!/^\d+$/.test(entry)) return []
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      return Number(ppid) === process.pid ? [`${entry} ${state}`] : []
+    } catch {
+      return []
+    }
+  })
 
 /** Resolves with the first connection the server accepts. */
 const nextConnection = (server: Server): Promise<Socket> => once(server, 'connection').then(([socket]) => socket as Socket)
@@ -137,17 +176,53 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
     expect(new Set(seen)).toEqual(new Set([home]))
   })
 
+  it('exec starts a program with default signals, only its stdio, and the PATH of its env', async () => {
+    const status = (await nsA.exec('cat', ['/proc/self/status'])).stdout
+    expect(status).toMatch(/^SigBlk:\s+0+$/m)
+    // Nothing ignored but signals 32 and 33, glibc's own (posix_spawn leaves those ignored by design).
+    const ignored = BigInt(`0x${/^SigIgn:\s+([0-9a-f]+)$/m.exec(status)?.[1] ?? 'ffff'}`)
+    expect(ignored & ~(3n << 31n)).toBe(0n)
+    // Its stdio, and what this process holds without close-on-exec (inherited from whoever started it); none of ours.
+    const listing = (await nsA.exec('ls', ['-l', '/proc/self/fd'])).stdout
+    const inherited = [...listing.matchAll(/ (\d+) -> (.*)$/gm)].filter(([, , target]) => !/^\/proc\/\d+\/fd$/.test(target!)).map(([, fd]) => fd!)
+    expect(inherited.sort()).toEqual(['0', '1', '2', ...inheritable().filter((fd) => Number(fd) > 2)].sort())
+    const dir = mkdtempSync(join(tmpdir(), 'ak-exec-'))
+    try {
+      writeFileSync(join(dir, 'ak-hello'), '#!/bin/sh\necho "$0 in $PATH"\n', { mode: 0o755 })
+      expect((await nsA.exec('ak-hello', [], { env: { PATH: `/nonexistent::${dir}` } })).stdout).toBe(`${dir}/ak-hello in /nonexistent::${dir}\n`)
+      await expectCode(nsA.exec('ak-hello'), RedirectErrorCode.ProgramMissing)
+      writeFileSync(join(dir, 'ak-not-runnable'), '', { mode: 0o644 })
+      expect((await expectCode(nsA.exec('ak-not-runnable', [], { env: { PATH: dir } }), RedirectErrorCode.CommandFailed)).command).toBe('ak-not-runnable')
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('exec leaves no descriptor and no unreaped child behind, also when it fails or is aborted', async () => {
+    const before = new Set(descriptors())
+    const controller = new AbortController()
+    const runs = [
+      nsA.exec('true'),
+      nsA.exec('cat', [], { input: 'x'.repeat(1 << 20) }),
+      nsA.exec('sh', ['-c', 'exit 7']),
+      nsA.exec('ak-no-such-program'),
+      nsA.exec('sh', ['-c', 'kill -TERM $$']),
+      nsA.exec('head', ['-c', '100000', '/dev/zero'], { maxOutput: 1000 }),
+      nsA.exec('sleep', ['30'], { signal: controller.signal }),
+    ]
+    controller.abort()
+    const settled = await Promise.allSettled(runs)
+    expect(settled.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'rejected', 'rejected', 'rejected', 'rejected'])
+    expect((settled[1] as PromiseFulfilledResult<{ stdout: string }>).value.stdout.length).toBe(1 << 20)
+    expect((settled[4] as PromiseRejectedResult).reason.message).toMatch(/was killed by SIGTERM/)
+    expect((settled[5] as PromiseRejectedResult).reason.message).toMatch(/output exceeded 1000 bytes/)
+    expect(descriptors().filter((fd) => !before.has(fd))).toEqual([])
+    expect(children()).toEqual([])
+  })
+
   it('nft leaves no descriptor open: the socket whose close waits for the kernel is closed in the background', async () => {
     // By socket identity, not by count: earlier tests' sockets may still be closing in the background.
-    const sockets = (): string[] =>
-      readdirSync('/proc/self/fd').flatMap((fd) => {
-        try {
-          const target = readlinkSync(`/proc/self/fd/${fd}`)
-          return target.startsWith('socket:') ? [target] : []
-        } catch {
-          return [] // closed while listing
-        }
-      })
+    const sockets = (): string[] => descriptors().filter((target) => target.startsWith('socket:'))
     const before = new Set(sockets())
     const added = (): string[] => sockets().filter((socket) => !before.has(socket))
     for (let i = 0; i < 10; i++) await nsA.nft('add table inet ak_fd\ndelete table inet ak_fd')
