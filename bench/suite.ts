@@ -497,6 +497,13 @@ async function main(): Promise<void> {
       for (const s of scenarios) await measureThroughput(s, samples[s.key])
     }
 
+    // What the node proxies carried since their last restart (latency, connection rate, throughput).
+    const connectionsByProtocol = Object.fromEntries(
+      await Promise.all(
+        (['node-1', 'node-2'] as const).map(async (node, i) => [node, (await proxies!.runners[i]!.request<{ protocols: Record<string, number> }>({ op: 'protocols' })).protocols] as const),
+      ),
+    )
+
     log('measuring identity handshakes')
     const handshakesPerSecond = await measureHandshakes(ca)
     await cleanup()
@@ -522,6 +529,7 @@ async function main(): Promise<void> {
       scenarios: results,
       ratios: ratios(results),
       capture,
+      connectionsByProtocol,
       handshakesPerSecond,
       targets: [],
       extras,

@@ -19,7 +19,9 @@ import { openNetns, type Netns } from '@ambientkit/redirect'
  *
  * It prints `{"ready":true,"pid":...}` once every enrolled workload has its
  * listeners, answers `{"op":"gc"}` (a full GC when run with --expose-gc, so
- * RSS readings do not depend on when V8 last collected), and closes the
+ * RSS readings do not depend on when V8 last collected) and
+ * `{"op":"protocols"}` (how many access-log entries it wrote per protocol:
+ * `local` ones show the same-node fast path was taken), and closes the
  * proxy and exits when stdin ends (the orchestrator went away).
  *
  * With `BENCH_PROXY_LOG_DIR` set, the proxy logs at debug level (every
@@ -43,6 +45,7 @@ async function main(): Promise<void> {
   const identities = createIdentityManager({ source: createLocalCaSource(ca), ttlSeconds: 3600 })
   const logDir = process.env.BENCH_PROXY_LOG_DIR
   const logger = logDir === undefined ? undefined : createJsonLogger({ level: 'debug', write: (line) => appendFileSync(join(logDir, `${config.nodeName}.log`), line) })
+  const protocols: Record<string, number> = {}
   const proxy = createNodeProxy({
     nodeName: config.nodeName,
     registry,
@@ -50,6 +53,10 @@ async function main(): Promise<void> {
     policies: createPolicyStore(),
     admin: false,
     sameNodeFastPath: process.env.BENCH_SAME_NODE_FAST_PATH === '1',
+    accessLog: (entry) => {
+      protocols[entry.protocol] = (protocols[entry.protocol] ?? 0) + 1
+      logger?.info({ access: entry }, 'connection')
+    },
     ...(logger === undefined ? {} : { logger }),
   })
   const namespaces: Netns[] = []
@@ -68,8 +75,10 @@ async function main(): Promise<void> {
       const gc = (globalThis as { gc?: () => void }).gc
       gc?.()
       process.stdout.write(`${JSON.stringify({ gc: gc !== undefined })}\n`)
+    } else if (command.op === 'protocols') {
+      process.stdout.write(`${JSON.stringify({ protocols })}\n`)
     } else {
-      process.stdout.write(`${JSON.stringify({ error: `unknown op ${JSON.stringify(command.op)}: expected gc` })}\n`)
+      process.stdout.write(`${JSON.stringify({ error: `unknown op ${JSON.stringify(command.op)}: expected gc or protocols` })}\n`)
     }
   })
   let closing: Promise<void> | undefined

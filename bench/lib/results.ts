@@ -75,6 +75,12 @@ export interface BenchResult {
   /** mesh figure ÷ baseline figure, per mesh scenario and baseline. */
   ratios: Record<string, Record<string, { vsDirect: number | null; vsStunnel: number | null }>>
   capture: Record<'nftables' | 'iptables', { applyMs: Summary; removeMs: Summary } | { error: string }>
+  /**
+   * Access-log entries per node proxy and protocol over the latency,
+   * connection-rate and throughput runs: `local` entries are connections
+   * the same-node fast path (`--same-node-fast-path`) handed over.
+   */
+  connectionsByProtocol: Record<string, Record<string, number>>
   /** Sequential mutual-TLS handshakes with SVIDs, one process both sides, per second. */
   handshakesPerSecond: Summary
   targets: TargetResult[]

@@ -11,9 +11,9 @@ import { SCENARIOS, type BenchResult } from '../lib/results'
 
 const root = fileURLToPath(new URL('../..', import.meta.url))
 
-function runQuickBench(): Promise<{ stdout: string; stderr: string }> {
+function runQuickBench(...flags: string[]): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['bench/run.mjs', '--quick', '--json', '--skip-extras'], { cwd: root, maxBuffer: 64 * 1024 * 1024, timeout: 170_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, ['bench/run.mjs', '--quick', '--json', '--skip-extras', ...flags], { cwd: root, maxBuffer: 64 * 1024 * 1024, timeout: 170_000 }, (err, stdout, stderr) => {
       if (err !== null) reject(new Error(`bench --quick failed: ${stderr.slice(-4000)}`, { cause: err }))
       else resolve({ stdout, stderr })
     })
@@ -72,6 +72,11 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptable
       expect(result.capture[backend], backend).toMatchObject({ applyMs: summaryShape, removeMs: summaryShape })
     }
     expect(result.handshakesPerSecond).toMatchObject(summaryShape)
+    // Every mesh connection went through HBONE: the same-node fast path is off by default.
+    expect(result.settings.sameNodeFastPath).toBe(false)
+    expect(result.connectionsByProtocol['node-1']?.HBONE).toBeGreaterThan(0)
+    expect(result.connectionsByProtocol['node-2']?.HBONE).toBeGreaterThan(0)
+    expect(result.connectionsByProtocol['node-1']?.local).toBeUndefined()
 
     const targets = result.targets.map((t) => `${t.target} / ${t.scenario}`)
     for (const scenario of ['same node', 'cross node']) {
@@ -102,5 +107,14 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptable
       return match !== null && !alive(Number(match[1]))
     })
     expect(leaked).toEqual([])
+  })
+
+  it('--same-node-fast-path hands same-node connections over in-process and still tunnels across nodes', { timeout: 180_000 }, async () => {
+    const result = JSON.parse((await runQuickBench('--same-node-fast-path')).stdout) as BenchResult
+    expect(result.settings.sameNodeFastPath).toBe(true)
+    expect(result.connectionsByProtocol['node-1']?.local).toBeGreaterThan(0)
+    expect(result.connectionsByProtocol['node-2']?.HBONE).toBeGreaterThan(0)
+    expect(result.connectionsByProtocol['node-2']?.local).toBeUndefined()
+    expect(result.scenarios.meshSameNode.throughput1Gbps.median).toBeGreaterThan(0)
   })
 })
