@@ -144,7 +144,8 @@ export async function applyCapture(netns: Netns, config: CaptureConfig = {}, opt
   // taken back, so the namespace is left as it was.
   const [rules, routing] = await Promise.allSettled([applyRules(netns, backend, ruleSet, signal), ensureRouting(netns, ruleSet.routing)])
   if (rules.status === 'rejected') {
-    if (routing.status === 'fulfilled') await undoRouting(netns, ruleSet.routing, routing.value)
+    // The rules' error is the one to report; routing left by a failed undo is what a later apply reuses and remove deletes.
+    if (routing.status === 'fulfilled') await undoRouting(netns, ruleSet.routing, routing.value).catch(() => undefined)
     throw rules.reason
   }
   if (routing.status === 'rejected') throw routing.reason
