@@ -68,9 +68,8 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
       )
     case 'capture':
       return (
-        `The iptables backend runs iptables-save and then iptables-restore per family: two program starts in a row (≈4–5 ms each), and after a commit the kernel makes the ` +
-        `process's exit wait for an RCU grace period (10–20 ms here) before its netlink socket closes. nftables avoids both by running in-process through libnftables; ` +
-        `iptables has no such library, so the programs set this floor.`
+        `iptables runs one iptables-restore per family in a fresh pod (≈2–3 ms each, side by side, started with posix_spawn); nftables runs in-process through libnftables. ` +
+        `Either misses only on a machine too busy to run them: a program that has to wait for a CPU, or the kernel's RCU grace period when a transaction deleted rules (a pod that was not fresh).`
       )
     default:
       return ''
