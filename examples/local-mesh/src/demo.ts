@@ -163,15 +163,28 @@ async function adminGet(mesh: Mesh, node: string, path: string): Promise<string>
 }
 
 /** Waits until a node proxy reports `uid` ready (or gone, with `present: false`). The enrollment is another process's: polling is the only view. */
-async function waitForEnrollment(mesh: Mesh, node: string, uid: string, present: boolean, limitMs = 15_000): Promise<number> {
+async function waitForEnrollment(mesh: Mesh, node: string, uid: string, present: boolean): Promise<number> {
   const t0 = Date.now()
-  while (Date.now() - t0 < limitMs) {
+  await waitFor(`${uid} to be ${present ? 'enrolled' : 'released'} on ${node}`, async () => {
     const dump = JSON.parse(await adminGet(mesh, node, '/config_dump')) as { workloads: Array<{ uid: string; state: string }> }
     const w = dump.workloads.find((x) => x.uid === uid)
-    if (present ? w?.state === 'ready' : w === undefined) return Date.now() - t0
+    return present ? w?.state === 'ready' : w === undefined
+  })
+  return Date.now() - t0
+}
+
+/** How many workloads a node proxy's registry holds (from /config_dump). */
+async function registrySize(mesh: Mesh, node: string): Promise<number> {
+  return (JSON.parse(await adminGet(mesh, node, '/config_dump')) as { registry: { workloads: number } }).registry.workloads
+}
+
+/** Polls `check` every 50 ms until it holds; throws naming `what` after `limitMs`. */
+async function waitFor(what: string, check: () => Promise<boolean>, limitMs = 15_000): Promise<void> {
+  const t0 = Date.now()
+  while (!(await check())) {
+    if (Date.now() - t0 > limitMs) throw new Error(`waited ${limitMs} ms for ${what}`)
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
-  throw new Error(`${uid} was not ${present ? 'enrolled' : 'released'} on ${node} within ${limitMs} ms`)
 }
 
 // ---- traffic ----------------------------------------------------------------
@@ -375,10 +388,14 @@ async function addAndRemove(mesh: Mesh, sent: SentRequest[]): Promise<DemoReport
     step()
     await createPod(late, last)
     mesh.apps.set(uid, await startApp(late))
+    const known = await registrySize(mesh, client.node)
     const t0 = Date.now()
     await callControlPlane(state.socket(), 'PUT', `/v1/pods/${uid}`, { ...late, netns: netnsPath(netnsName.pod(late)) })
     await waitForEnrollment(mesh, last.name, uid, true)
     const enrolledInMs = Date.now() - t0
+    // The client's node learns of the pod from the control plane on its own
+    // schedule; until it has, it would send to it as to a pod outside the mesh.
+    await waitFor(`${client.node} to learn of ${late.namespace}/${late.name}`, async () => (await registrySize(mesh, client.node)) > known)
     progress(`  enrolled in ${enrolledInMs} ms; sending to it`)
     sent.push(await send(mesh, 'add-remove', client, podTarget(late)))
     const t1 = Date.now()
