@@ -850,6 +850,21 @@ static void free_strings(char** list) {
   free(list);
 }
 
+/* A JS string as a malloc'd C string, whatever its length; NULL when it is not a string. */
+static char* get_string_copy(napi_env env, napi_value value) {
+  napi_valuetype type;
+  size_t length = 0;
+  char* copy = NULL;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_string || napi_get_value_string_utf8(env, value, NULL, 0, &length) != napi_ok ||
+      (copy = malloc(length + 1)) == NULL)
+    return NULL;
+  if (napi_get_value_string_utf8(env, value, copy, length + 1, &length) != napi_ok) {
+    free(copy);
+    return NULL;
+  }
+  return copy;
+}
+
 /* A JS array of strings as a NULL-terminated array; NULL when it is not one. */
 static char** get_strings(napi_env env, napi_value array) {
   uint32_t count = 0;
@@ -859,11 +874,7 @@ static char** get_strings(napi_env env, napi_value array) {
   if (list == NULL) return NULL;
   for (uint32_t i = 0; i < count; i++) {
     napi_value item;
-    napi_valuetype type;
-    size_t length = 0;
-    if (napi_get_element(env, array, i, &item) != napi_ok || napi_typeof(env, item, &type) != napi_ok || type != napi_string ||
-        napi_get_value_string_utf8(env, item, NULL, 0, &length) != napi_ok || (list[i] = malloc(length + 1)) == NULL ||
-        napi_get_value_string_utf8(env, item, list[i], length + 1, &length) != napi_ok) {
+    if (napi_get_element(env, array, i, &item) != napi_ok || (list[i] = get_string_copy(env, item)) == NULL) {
       free_strings(list);
       return NULL;
     }
@@ -913,22 +924,20 @@ static napi_value spawn_in_netns(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5], result, value;
   int32_t ns_fd;
-  char file[4096], path[16384];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc < 5 || !get_int(env, argv[0], &ns_fd)) return throw_type(env, "spawnInNetns: nsFd must be a number");
-  size_t length = 0;
-  if (napi_get_value_string_utf8(env, argv[1], file, sizeof file, &length) != napi_ok || length == 0 || length >= sizeof file - 1)
-    return throw_type(env, "spawnInNetns: file must be a non-empty string");
   napi_valuetype type;
   int has_path = napi_typeof(env, argv[4], &type) == napi_ok && type == napi_string;
-  if (has_path && napi_get_value_string_utf8(env, argv[4], path, sizeof path, &length) != napi_ok)
-    return throw_type(env, "spawnInNetns: path must be a string");
+  char* file = get_string_copy(env, argv[1]);
+  char* path = has_path ? get_string_copy(env, argv[4]) : NULL;
   char** child_argv = get_strings(env, argv[2]);
   char** child_envp = get_strings(env, argv[3]);
-  if (child_argv == NULL || child_envp == NULL) {
+  if (file == NULL || file[0] == '\0' || (has_path && path == NULL) || child_argv == NULL || child_envp == NULL) {
+    free(file);
+    free(path);
     free_strings(child_argv);
     free_strings(child_envp);
-    return throw_type(env, "spawnInNetns: argv and envp must be arrays of strings");
+    return throw_type(env, "spawnInNetns: file must be a non-empty string, argv and envp arrays of strings, path a string or null");
   }
 
   /*
@@ -982,6 +991,8 @@ static napi_value spawn_in_netns(napi_env env, napi_callback_info info) {
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
   }
+  free(file);
+  free(path);
   free_strings(child_argv);
   free_strings(child_envp);
   if (err == 0) {

@@ -189,7 +189,9 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
     const dir = mkdtempSync(join(tmpdir(), 'ak-exec-'))
     try {
       writeFileSync(join(dir, 'ak-hello'), '#!/bin/sh\necho "$0 in $PATH"\n', { mode: 0o755 })
-      expect((await nsA.exec('ak-hello', [], { env: { PATH: `/nonexistent::${dir}` } })).stdout).toBe(`${dir}/ak-hello in /nonexistent::${dir}\n`)
+      // A PATH longer than any fixed buffer, with an empty entry (the current directory) before the right one.
+      const path = `${'/nonexistent'.repeat(2000)}::${dir}`
+      expect((await nsA.exec('ak-hello', [], { env: { PATH: path } })).stdout).toBe(`${dir}/ak-hello in ${path}\n`)
       await expectCode(nsA.exec('ak-hello'), RedirectErrorCode.ProgramMissing)
       writeFileSync(join(dir, 'ak-not-runnable'), '', { mode: 0o644 })
       expect((await expectCode(nsA.exec('ak-not-runnable', [], { env: { PATH: dir } }), RedirectErrorCode.CommandFailed)).command).toBe('ak-not-runnable')
