@@ -126,6 +126,21 @@ static int get_prop_string(napi_env env, napi_value object, const char* name, ch
   return napi_get_value_string_utf8(env, value, buf, size, &length) == napi_ok;
 }
 
+/* A JS string as a malloc'd C string, whatever its length; NULL when it is not a string. */
+static char* get_string_copy(napi_env env, napi_value value) {
+  napi_valuetype type;
+  size_t length = 0;
+  char* copy = NULL;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_string || napi_get_value_string_utf8(env, value, NULL, 0, &length) != napi_ok ||
+      (copy = malloc(length + 1)) == NULL)
+    return NULL;
+  if (napi_get_value_string_utf8(env, value, copy, length + 1, &length) != napi_ok) {
+    free(copy);
+    return NULL;
+  }
+  return copy;
+}
+
 /* ---- entering and leaving a namespace ---- */
 
 typedef struct {
@@ -802,7 +817,7 @@ static void nft_complete(napi_env env, napi_status status, void* data) {
 
 /* nftRun(nsFd, script, callback): runs an nft script with libnftables inside the namespace, off the JS thread. */
 static napi_value nft_run(napi_env env, napi_callback_info info) {
-  size_t argc = 3, length = 0;
+  size_t argc = 3;
   napi_value argv[3], name;
   int32_t ns_fd;
   napi_valuetype type;
@@ -822,9 +837,7 @@ static napi_value nft_run(napi_env env, napi_callback_info info) {
     free(job);
     return throw_errno(env, err, "dup");
   }
-  if (napi_get_value_string_utf8(env, argv[1], NULL, 0, &length) != napi_ok || (job->script = malloc(length + 1)) == NULL ||
-      napi_get_value_string_utf8(env, argv[1], job->script, length + 1, &length) != napi_ok ||
-      napi_create_reference(env, argv[2], 1, &job->callback) != napi_ok ||
+  if ((job->script = get_string_copy(env, argv[1])) == NULL || napi_create_reference(env, argv[2], 1, &job->callback) != napi_ok ||
       napi_create_string_utf8(env, "ambientkit:nft", NAPI_AUTO_LENGTH, &name) != napi_ok ||
       napi_create_async_work(env, NULL, name, nft_execute, nft_complete, job, &job->work) != napi_ok ||
       napi_queue_async_work(env, job->work) != napi_ok) {
@@ -848,21 +861,6 @@ static void free_strings(char** list) {
   if (list == NULL) return;
   for (char** item = list; *item != NULL; item++) free(*item);
   free(list);
-}
-
-/* A JS string as a malloc'd C string, whatever its length; NULL when it is not a string. */
-static char* get_string_copy(napi_env env, napi_value value) {
-  napi_valuetype type;
-  size_t length = 0;
-  char* copy = NULL;
-  if (napi_typeof(env, value, &type) != napi_ok || type != napi_string || napi_get_value_string_utf8(env, value, NULL, 0, &length) != napi_ok ||
-      (copy = malloc(length + 1)) == NULL)
-    return NULL;
-  if (napi_get_value_string_utf8(env, value, copy, length + 1, &length) != napi_ok) {
-    free(copy);
-    return NULL;
-  }
-  return copy;
 }
 
 /* A JS array of strings as a NULL-terminated array; NULL when it is not one. */

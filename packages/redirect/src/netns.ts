@@ -14,7 +14,7 @@ import { closeSync, fstatSync, openSync } from 'node:fs'
 import { createServer, Socket, type Server, type ServerOpts } from 'node:net'
 import { constants as osConstants } from 'node:os'
 import { nativeError, RedirectErrorCode } from './errors'
-import { native, type NativeAddon, type NativeSocketSpec, type NftRunResult } from './native'
+import { native, type NativeSocketSpec, type NftRunResult, type SpawnedProgram } from './native'
 import { installHint } from './programs'
 
 /** Options of {@link Netns.listen}. */
@@ -404,7 +404,7 @@ const SIGNAL_NAMES = new Map(Object.entries(osConstants.signals).map(([name, num
  */
 function spawnProgram(nsFd: number, command: string, args: readonly string[], env: NodeJS.ProcessEnv): Program {
   const envp = Object.entries(env).flatMap(([name, value]) => (value === undefined ? [] : [`${name}=${value}`]))
-  let started: ReturnType<NativeAddon['spawnInNetns']>
+  let started: SpawnedProgram
   try {
     started = native().spawnInNetns(nsFd, command, [command, ...args], envp, env.PATH ?? null)
   } catch (err) {
