@@ -1,10 +1,59 @@
 import type { KubernetesObject, ListWatch } from '@kubernetes/client-node'
-import { invalidArgument, type Logger } from '@ambientkit/core'
+import { abortError, throwIfAborted, invalidArgument, type Logger } from '@ambientkit/core'
 import type { BackoffOptions } from './pod-source'
 
 /** A running list/watch loop; `stop()` ends it and its restart timer. */
 export interface InformerLoop {
   stop(): Promise<void>
+}
+
+/**
+ * Callers waiting for a first sync: {@link wait} resolves once {@link open}
+ * has been called, and rejects when its signal aborts or on {@link fail}.
+ */
+export class SyncGate {
+  #open = false
+  readonly #waiters = new Set<{ resolve: () => void; reject: (err: unknown) => void }>()
+
+  get isOpen(): boolean {
+    return this.#open
+  }
+
+  /** Resolves at once when open; `what` names the wait in an abort error. */
+  async wait(signal: AbortSignal | undefined, what: string): Promise<void> {
+    throwIfAborted(signal, what)
+    if (this.#open) return
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => {
+        this.#waiters.delete(waiter)
+        reject(abortError(signal!, what))
+      }
+      const waiter = {
+        resolve: () => {
+          signal?.removeEventListener('abort', onAbort)
+          resolve()
+        },
+        reject: (err: unknown) => {
+          signal?.removeEventListener('abort', onAbort)
+          reject(err)
+        },
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
+      this.#waiters.add(waiter)
+    })
+  }
+
+  open(): void {
+    this.#open = true
+    for (const waiter of this.#waiters) waiter.resolve()
+    this.#waiters.clear()
+  }
+
+  /** Rejects everyone waiting now (e.g. on close); later waits still wait for {@link open}. */
+  fail(err: unknown): void {
+    for (const waiter of this.#waiters) waiter.reject(err)
+    this.#waiters.clear()
+  }
 }
 
 /** Resolves backoff options against defaults, rejecting non-positive values by name. */

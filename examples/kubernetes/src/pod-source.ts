@@ -2,7 +2,6 @@ import { CoreV1Api, KubeConfig, ListWatch, Watch, type KubernetesObject, type V1
 import {
   AmbientError,
   CoreErrorCode,
-  abortError,
   invalidArgument,
   silentLogger,
   throwIfAborted,
@@ -12,7 +11,7 @@ import {
   type PodSource,
   type PodSourceEvent,
 } from '@ambientkit/core'
-import { backoff, runInformer, type InformerLoop } from './informer'
+import { backoff, runInformer, SyncGate, type InformerLoop } from './informer'
 import { createProcNetnsResolver, type NetnsResolver } from './netns'
 import { DATAPLANE_MODE_LABEL, evaluatePod, podAddresses, type PodSkipReason } from './pod'
 
@@ -140,11 +139,10 @@ class KubePodSource implements KubernetesPodSource {
   readonly #loops: InformerLoop[] = []
   readonly #started = new Set<string>()
   readonly #resolveQueue = new Set<string>()
-  readonly #waiters = new Set<{ resolve: () => void; reject: (err: unknown) => void }>()
+  readonly #synced = new SyncGate()
   readonly #signal: AbortSignal | undefined
   readonly #onAbort = (): void => void this.close()
   #resolving: Promise<void> | undefined
-  #synced = false
   #closed = false
 
   constructor(options: KubernetesPodSourceOptions) {
@@ -199,26 +197,7 @@ class KubePodSource implements KubernetesPodSource {
   async list({ signal }: AbortOptions = {}): Promise<PodEnrollment[]> {
     throwIfAborted(signal, 'listing pods')
     if (this.#closed) throw closedError()
-    if (!this.#synced) {
-      await new Promise<void>((resolve, reject) => {
-        const waiter = {
-          resolve: () => {
-            signal?.removeEventListener('abort', onAbort)
-            resolve()
-          },
-          reject: (err: unknown) => {
-            signal?.removeEventListener('abort', onAbort)
-            reject(err)
-          },
-        }
-        const onAbort = (): void => {
-          this.#waiters.delete(waiter)
-          waiter.reject(abortError(signal!, 'listing pods'))
-        }
-        signal?.addEventListener('abort', onAbort, { once: true })
-        this.#waiters.add(waiter)
-      })
-    }
+    await this.#synced.wait(signal, 'listing pods')
     return this.#enrolled()
   }
 
@@ -237,7 +216,7 @@ class KubePodSource implements KubernetesPodSource {
       }
       if (entry.skip !== undefined) skipped.push(entry.skip)
     }
-    return { synced: this.#synced, enrolled: this.#enrolled(), pending, skipped }
+    return { synced: this.#synced.isOpen, enrolled: this.#enrolled(), pending, skipped }
   }
 
   async close(): Promise<void> {
@@ -247,8 +226,7 @@ class KubePodSource implements KubernetesPodSource {
     await Promise.all(this.#loops.map((loop) => loop.stop()))
     for (const entry of this.#entries.values()) clearTimeout(entry.timer)
     this.#listeners.clear()
-    for (const waiter of this.#waiters) waiter.reject(closedError())
-    this.#waiters.clear()
+    this.#synced.fail(closedError())
     await this.#resolving
   }
 
@@ -260,15 +238,13 @@ class KubePodSource implements KubernetesPodSource {
 
   #maybeSynced(informer: 'pods' | 'namespaces'): void {
     this.#started.add(informer)
-    if (this.#synced || this.#started.size < 2) return
+    if (this.#synced.isOpen || this.#started.size < 2) return
     // Find the namespaces of everything listed before declaring the first
     // sync, so that list() returns the pods of this node rather than none.
     void this.#resolvePending().then(() => {
-      if (this.#synced || this.#closed) return
-      this.#synced = true
+      if (this.#synced.isOpen || this.#closed) return
       this.#log.info({ enrolled: this.#enrolled().length }, 'pods synced')
-      for (const waiter of this.#waiters) waiter.resolve()
-      this.#waiters.clear()
+      this.#synced.open()
       // Pods that became ready for a lookup while the first one ran.
       void this.#resolvePending()
     })
@@ -385,7 +361,7 @@ class KubePodSource implements KubernetesPodSource {
   #requestLookup(uid: string): void {
     this.#resolveQueue.add(uid)
     // Before the first sync the lookup runs once everything is listed.
-    if (this.#synced) void this.#resolvePending()
+    if (this.#synced.isOpen) void this.#resolvePending()
   }
 
   // One lookup at a time, each for every pod queued so far: a /proc scan
@@ -441,7 +417,7 @@ class KubePodSource implements KubernetesPodSource {
   }
 
   #emit(event: PodSourceEvent): void {
-    if (!this.#synced) return
+    if (!this.#synced.isOpen) return
     for (const listener of this.#listeners) {
       try {
         listener(event)

@@ -13,7 +13,7 @@ import {
 import {
   AmbientError,
   CoreErrorCode,
-  abortError,
+  invalidArgument,
   silentLogger,
   throwIfAborted,
   type AbortOptions,
@@ -21,7 +21,7 @@ import {
   type Logger,
   type WorkloadRegistry,
 } from '@ambientkit/core'
-import { backoff, runInformer, type InformerLoop } from './informer'
+import { backoff, runInformer, SyncGate, type InformerLoop } from './informer'
 import { evaluatePod, podAddresses, podToWorkload } from './pod'
 import type { BackoffOptions } from './pod-source'
 import { SERVICE_NAME_LABEL, serviceFromKubernetes } from './service'
@@ -62,9 +62,7 @@ export interface KubernetesRegistrySync extends Closable {
  */
 export function createKubernetesRegistrySync(options: KubernetesRegistrySyncOptions): KubernetesRegistrySync {
   if (typeof options?.registry?.upsertWorkload !== 'function') {
-    throw new AmbientError(CoreErrorCode.InvalidArgument, 'registry: expected a WorkloadRegistry (createWorkloadRegistry()), got ' + typeof options?.registry, {
-      details: { name: 'registry' },
-    })
+    throw invalidArgument('registry', options?.registry, 'a WorkloadRegistry (createWorkloadRegistry())')
   }
   return new RegistrySync(options)
 }
@@ -82,14 +80,13 @@ class RegistrySync implements KubernetesRegistrySync {
   readonly #slices: ListWatch<V1EndpointSlice>
   readonly #loops: InformerLoop[] = []
   readonly #started = new Set<string>()
-  readonly #waiters = new Set<{ resolve: () => void; reject: (err: unknown) => void }>()
+  readonly #synced = new SyncGate()
   /** The registry key (namespace, hostname) each Kubernetes service was written under. */
   readonly #serviceHosts = new Map<string, { namespace: string; hostname: string }>()
   /** The pod UID each namespace/name holds in the registry. */
   readonly #podUids = new Map<string, string>()
   readonly #signal: AbortSignal | undefined
   readonly #onAbort = (): void => void this.close()
-  #ready = false
   #closed = false
 
   constructor(options: KubernetesRegistrySyncOptions) {
@@ -142,25 +139,7 @@ class RegistrySync implements KubernetesRegistrySync {
   async ready({ signal }: AbortOptions = {}): Promise<void> {
     throwIfAborted(signal, 'waiting for the registry sync')
     if (this.#closed) throw closedError()
-    if (this.#ready) return
-    await new Promise<void>((resolve, reject) => {
-      const onAbort = (): void => {
-        this.#waiters.delete(waiter)
-        reject(abortError(signal!, 'waiting for the registry sync'))
-      }
-      const waiter = {
-        resolve: () => {
-          signal?.removeEventListener('abort', onAbort)
-          resolve()
-        },
-        reject: (err: unknown) => {
-          signal?.removeEventListener('abort', onAbort)
-          reject(err)
-        },
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
-      this.#waiters.add(waiter)
-    })
+    await this.#synced.wait(signal, 'waiting for the registry sync')
   }
 
   async close(): Promise<void> {
@@ -168,18 +147,15 @@ class RegistrySync implements KubernetesRegistrySync {
     this.#closed = true
     this.#signal?.removeEventListener('abort', this.#onAbort)
     await Promise.all(this.#loops.map((loop) => loop.stop()))
-    for (const waiter of this.#waiters) waiter.reject(closedError())
-    this.#waiters.clear()
+    this.#synced.fail(closedError())
   }
 
   #startedOnce(what: string): void {
     this.#started.add(what)
-    if (this.#ready || this.#started.size < 4) return
-    this.#ready = true
+    if (this.#synced.isOpen || this.#started.size < 4) return
     const snapshot = this.#registry.snapshot()
     this.#log.info({ workloads: snapshot.workloads.length, services: snapshot.services.length }, 'registry synced')
-    for (const waiter of this.#waiters) waiter.resolve()
-    this.#waiters.clear()
+    this.#synced.open()
   }
 
   #pod(pod: V1Pod): void {
