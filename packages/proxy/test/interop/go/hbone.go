@@ -55,6 +55,16 @@ func fail(err error) {
 	os.Exit(1)
 }
 
+// loadIdentity reads our SVID (certificate chain and key) and the trust bundle.
+func loadIdentity(certFile, keyFile, rootsFile string) (tls.Certificate, *x509.CertPool, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	roots, err := loadRoots(rootsFile)
+	return cert, roots, err
+}
+
 func loadRoots(path string) (*x509.CertPool, error) {
 	pem, err := os.ReadFile(path)
 	if err != nil {
@@ -96,11 +106,7 @@ func spiffeID(raw [][]byte, roots *x509.CertPool) (string, error) {
 }
 
 func client(addr, authority, expected, certFile, keyFile, rootsFile string, reset bool) error {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return err
-	}
-	roots, err := loadRoots(rootsFile)
+	cert, roots, err := loadIdentity(certFile, keyFile, rootsFile)
 	if err != nil {
 		return err
 	}
@@ -185,11 +191,7 @@ func (fw flushWriter) Write(p []byte) (int, error) {
 }
 
 func server(listen, certFile, keyFile, rootsFile string) error {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return err
-	}
-	roots, err := loadRoots(rootsFile)
+	cert, roots, err := loadIdentity(certFile, keyFile, rootsFile)
 	if err != nil {
 		return err
 	}
