@@ -293,17 +293,22 @@ class WorkloadProxyImpl implements WorkloadProxy {
 
   // ---- outbound -----------------------------------------------------------
 
+  /** Where a captured connection was going (SO_ORIGINAL_DST); without it the connection is reset and logged. */
+  #originalDestinationOrReset(socket: Socket, direction: 'outbound' | 'inbound'): SocketAddress | undefined {
+    try {
+      return originalDestination(socket)
+    } catch (err) {
+      this.#log.warn({ err }, `${direction} connection without an original destination`)
+      socket.resetAndDestroy()
+      return undefined
+    }
+  }
+
   #onOutbound(app: Socket): void {
     const started = Date.now()
     const source = this.#peer(app.remoteAddress, app.remotePort)
-    let destination: SocketAddress
-    try {
-      destination = originalDestination(app)
-    } catch (err) {
-      this.#log.warn({ err }, 'outbound connection without an original destination')
-      app.resetAndDestroy()
-      return
-    }
+    const destination = this.#originalDestinationOrReset(app, 'outbound')
+    if (destination === undefined) return
     const tracked = new TrackedConnection('outbound')
     this.#track(tracked)
     app.on('error', ignore)
@@ -613,14 +618,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
     const started = Date.now()
     const source = this.#peer(client.remoteAddress, client.remotePort)
     client.on('error', ignore)
-    let destination: SocketAddress
-    try {
-      destination = originalDestination(client)
-    } catch (err) {
-      this.#log.warn({ err }, 'inbound connection without an original destination')
-      client.resetAndDestroy()
-      return
-    }
+    const destination = this.#originalDestinationOrReset(client, 'inbound')
+    if (destination === undefined) return
     const destinationPeer = { address: destination.address, port: destination.port, workload: this.workload.name, namespace: this.workload.namespace }
     const connection: AuthorizationConnection = {
       sourceIp: source.address,
