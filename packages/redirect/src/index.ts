@@ -60,6 +60,7 @@ export {
 export {
   openNetns,
   type Netns,
+  type NetnsConnectFdOptions,
   type NetnsConnectOptions,
   type NetnsExecOptions,
   type NetnsExecResult,

@@ -39,8 +39,8 @@ export interface NetnsListenOptions extends AbortOptions {
   server?: ServerOpts
 }
 
-/** Options of {@link Netns.connect}. */
-export interface NetnsConnectOptions extends AbortOptions {
+/** Options of {@link Netns.connectFd}. */
+export interface NetnsConnectFdOptions extends AbortOptions {
   /** Destination IP address (no host names). Required. */
   host: string
   /** Destination port, 1–65535. Required. */
@@ -57,6 +57,10 @@ export interface NetnsConnectOptions extends AbortOptions {
   freebind?: boolean
   /** `SO_REUSEPORT`. Default `false`. */
   reusePort?: boolean
+}
+
+/** Options of {@link Netns.connect}. */
+export interface NetnsConnectOptions extends NetnsConnectFdOptions {
   /** `allowHalfOpen` of the returned `net.Socket`. Default `false`. */
   allowHalfOpen?: boolean
 }
@@ -98,6 +102,16 @@ export interface Netns extends Closable {
    * `'connect'` event.
    */
   connect(options: NetnsConnectOptions): Promise<Socket>
+  /**
+   * {@link connect} without the `net.Socket`: resolves with the connected
+   * descriptor (non-blocking, close-on-exec), which the caller owns and
+   * must close. For consumers that are not Node streams (a native data
+   * path): nothing in Node reads from it, so no byte the peer sends first
+   * is taken before the consumer gets it. Same options (except
+   * `allowHalfOpen`) and failures as {@link connect}; no descriptor is left
+   * open on failure or abort.
+   */
+  connectFd(options: NetnsConnectFdOptions): Promise<number>
   /**
    * Calls `fn` with the calling thread inside this namespace and always
    * switches back, even when `fn` throws. Only what `fn` does synchronously
@@ -276,11 +290,17 @@ class NetnsHandle implements Netns {
   }
 
   async connect(options: NetnsConnectOptions): Promise<Socket> {
+    checkBoolean('connect allowHalfOpen', options.allowHalfOpen)
+    const fd = await this.connectFd(options)
+    return new Socket({ fd, allowHalfOpen: options.allowHalfOpen ?? false, readable: true, writable: true })
+  }
+
+  async connectFd(options: NetnsConnectFdOptions): Promise<number> {
     const nsFd = this.#open('connect')
     const host = canonicalIp(options.host, 'connect host')
     checkPort('connect port', options.port, false)
     checkMark('connect mark', options.mark)
-    for (const key of ['transparent', 'freebind', 'reusePort', 'allowHalfOpen'] as const) checkBoolean(`connect ${key}`, options[key])
+    for (const key of ['transparent', 'freebind', 'reusePort'] as const) checkBoolean(`connect ${key}`, options[key])
     const family = ipFamily(host)
     let localAddress: string | undefined
     if (options.localAddress !== undefined) {
@@ -342,7 +362,7 @@ class NetnsHandle implements Netns {
       }
       signal?.addEventListener('abort', onAbort, { once: true })
     })
-    return new Socket({ fd, allowHalfOpen: options.allowHalfOpen ?? false, readable: true, writable: true })
+    return fd
   }
 
   async exec(command: string, args: readonly string[] = [], options: NetnsExecOptions = {}): Promise<NetnsExecResult> {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { readlink } from 'node:fs/promises'
 import { once } from 'node:events'
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { createServer, Socket, type AddressInfo, type Server } from 'node:net'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { withEnv } from '../../../test/support/env'
 import { describePrivileged } from '../../../test/support/privileged'
@@ -34,6 +34,10 @@ const descriptors = (): string[] =>
 
 // fs.constants has no O_CLOEXEC; this is Linux's.
 const O_CLOEXEC = 0o2000000
+const O_NONBLOCK = 0o4000
+
+/** The file status flags of one of this process's descriptors, as the kernel reports them. */
+const fdFlags = (fd: number): number => parseInt(/^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8)
 
 /** This process's descriptors without close-on-exec. */
 const inheritable = (): string[] =>
@@ -330,6 +334,52 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
     } finally {
       await b.exec('iptables', ['-D', 'INPUT', '-p', 'tcp', '--dport', '7', '-j', 'DROP'])
     }
+  })
+
+  it('connectFd resolves with a connected, non-blocking descriptor the caller owns, unread by Node', async () => {
+    const server = await nsB.listen({ host: '0.0.0.0', port: 0 })
+    const { port } = server.address() as AddressInfo
+    try {
+      const accepted = nextConnection(server)
+      const fd = await nsA.connectFd({ host: b.ipv4, port, mark: PROXY_MARK })
+      expect(fdFlags(fd) & (O_NONBLOCK | O_CLOEXEC)).toBe(O_NONBLOCK | O_CLOEXEC)
+      expect(getSocketMark(fd)).toBe(PROXY_MARK)
+      const peer = await accepted
+      expect(peer.remoteAddress).toBe(a.ipv4)
+      // The peer speaks first: its bytes wait in the kernel for whoever reads the descriptor.
+      await new Promise<void>((resolve) => peer.write('server first', () => resolve()))
+      const client = new Socket({ fd, readable: true, writable: true })
+      const [greeting] = (await once(client, 'data')) as [Buffer]
+      expect(greeting.toString()).toBe('server first')
+      client.write('ping')
+      const [data] = (await once(peer, 'data')) as [Buffer]
+      expect(data.toString()).toBe('ping')
+      client.destroy()
+      peer.destroy()
+    } finally {
+      await closeServer(server)
+    }
+  })
+
+  it('connectFd fails with the errno, is cancelled by its signal, and leaks no descriptor', async () => {
+    const before = openFds()
+    const refused = await expectCode(nsA.connectFd({ host: b.ipv4, port: 9 }), RedirectErrorCode.Connect)
+    expect(refused.errnoName).toBe('ECONNREFUSED')
+    await expectCode(nsA.connectFd({ host: b.ipv4, port: 80, mark: -1 }), 'ERR_AMBIENT_INVALID_ARGUMENT')
+    await b.exec('iptables', ['-A', 'INPUT', '-p', 'tcp', '--dport', '7', '-j', 'DROP'])
+    try {
+      const controller = new AbortController()
+      const pending = nsA.connectFd({ host: b.ipv4, port: 7, signal: controller.signal })
+      // The SYN is dropped, so only the signal can end this connect.
+      const { stdout } = await a.exec('ss', ['-Htn', 'state', 'syn-sent'])
+      expect(stdout).toContain(`${b.ipv4}:7`)
+      controller.abort()
+      await expectCode(pending, 'ERR_AMBIENT_ABORTED')
+      await expectCode(nsA.connectFd({ host: b.ipv4, port: 7, signal: AbortSignal.abort() }), 'ERR_AMBIENT_ABORTED')
+    } finally {
+      await b.exec('iptables', ['-D', 'INPUT', '-p', 'tcp', '--dport', '7', '-j', 'DROP'])
+    }
+    expect(openFds()).toBe(before)
   })
 
   it('connect with transparent binds a foreign source address (source preservation)', async () => {
