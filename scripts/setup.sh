@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Prepares this checkout on a Debian machine: installs the system tools the
-# mesh and its tests use when they are missing, installs npm packages when
-# the lock file is newer than node_modules, and builds the native addon.
+# Prepares this checkout on a Debian machine: installs the system tools (and
+# headers) the mesh and its tests use when they are missing, installs npm packages when
+# the lock file is newer than node_modules, and builds the native addons.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,9 +21,17 @@ declare -A tools=(
   [g++]=g++
   [python3]=python3
 )
+# header → Debian package that provides it (the native HBONE data path
+# compiles against nghttp2's header and uses the nghttp2 Node itself links)
+declare -A headers=(
+  [/usr/include/nghttp2/nghttp2.h]=libnghttp2-dev
+)
 missing=()
 for command in "${!tools[@]}"; do
   command -v "$command" >/dev/null 2>&1 || missing+=("${tools[$command]}")
+done
+for header in "${!headers[@]}"; do
+  [ -f "$header" ] || missing+=("${headers[$header]}")
 done
 if ((${#missing[@]} > 0)); then
   if [ "$(id -u)" -eq 0 ]; then

@@ -1,0 +1,1762 @@
+// The native HBONE data path: mutual TLS 1.3 (the OpenSSL Node links) and
+// HTTP/2 CONNECT streams (the nghttp2 Node links), spliced with plain TCP
+// sockets, all driven by libuv poll handles on Node's own loop. Bytes of a
+// tunnel never reach JavaScript; JavaScript verifies the peer's SPIFFE ID,
+// decides each CONNECT and reads the counters (see src/hbone/native.ts).
+//
+// One thread: every callback runs on Node's main thread, so nothing here
+// locks. Events for JavaScript are queued while OpenSSL or nghttp2 is on the
+// stack and delivered once they have returned, so a JavaScript handler may
+// call back into this file (respond, splice, destroy) without re-entering
+// either library.
+
+#include <node_api.h>
+#include <uv.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <nghttp2/nghttp2.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define CHECK_NAPI(env, call)                                        \
+  do {                                                               \
+    if ((call) != napi_ok) {                                         \
+      napi_throw_error((env), NULL, "N-API call failed: " #call);    \
+      return NULL;                                                   \
+    }                                                                \
+  } while (0)
+
+// Bytes read from a socket per read(2), and the most a stream holds before
+// it stops reading its socket until HTTP/2 has taken some.
+#define READ_CHUNK (64 * 1024)
+#define UP_LIMIT (256 * 1024)
+// HTTP/2 output queued for TLS before nghttp2 is paused.
+#define TLS_OUT_LIMIT (256 * 1024)
+// Each side of the BIO pair between OpenSSL and the socket: TLS records are
+// read and written in batches of up to this much, one system call each,
+// rather than one or two per 16 KiB record.
+#define NET_BUFFER (256 * 1024)
+// Request headers kept for JavaScript: HBONE needs a handful.
+#define MAX_HEADERS 32
+
+enum { EV_HANDSHAKE = 1, EV_REQUEST, EV_RESPONSE, EV_STREAM_CLOSE, EV_CLOSE, EV_GOAWAY, EV_PING_ACK };
+enum { OUT_CLOSED = 0, OUT_SOCKET_RESET, OUT_STREAM_RESET, OUT_REJECTED };
+enum { S_HANDSHAKE, S_OPEN, S_CLOSED };
+
+// ---- byte queue -------------------------------------------------------------
+
+typedef struct {
+  uint8_t *data;
+  size_t start, end, cap;
+} bq_t;
+
+static size_t bq_len(const bq_t *q) { return q->end - q->start; }
+
+static int bq_reserve(bq_t *q, size_t n) {
+  if (q->cap - q->end >= n) return 0;
+  if (q->start > 0) {
+    memmove(q->data, q->data + q->start, q->end - q->start);
+    q->end -= q->start;
+    q->start = 0;
+    if (q->cap - q->end >= n) return 0;
+  }
+  size_t cap = q->cap ? q->cap : 16 * 1024;
+  while (cap - q->end < n) cap *= 2;
+  uint8_t *data = realloc(q->data, cap);
+  if (data == NULL) return -1;
+  q->data = data;
+  q->cap = cap;
+  return 0;
+}
+
+static int bq_append(bq_t *q, const uint8_t *src, size_t n) {
+  if (bq_reserve(q, n) != 0) return -1;
+  memcpy(q->data + q->end, src, n);
+  q->end += n;
+  return 0;
+}
+
+// Consumed bytes; an emptied queue gives its memory back, so an idle tunnel holds none.
+static void bq_consume(bq_t *q, size_t n) {
+  q->start += n;
+  if (q->start == q->end) {
+    free(q->data);
+    q->data = NULL;
+    q->start = q->end = q->cap = 0;
+  }
+}
+
+static void bq_free(bq_t *q) {
+  free(q->data);
+  q->data = NULL;
+  q->start = q->end = q->cap = 0;
+}
+
+// ---- structures ------------------------------------------------------------------
+
+typedef struct session_s session_t;
+typedef struct pipe_s pipe_t;
+
+// An event for JavaScript, delivered after the libraries returned.
+typedef struct event_s {
+  struct event_s *next;
+  int type;
+  int32_t stream;
+  int64_t a, b, c, d;
+  char *text;   // error message, :method or close reason
+  char *text2;  // :authority
+  char **headers;
+  int header_count;
+} event_t;
+
+// One tunnel: an HTTP/2 stream and the TCP socket it is spliced with.
+struct pipe_s {
+  session_t *s;
+  pipe_t *next;
+  int32_t id;
+  int fd;
+  uv_poll_t *poll;
+  int events;      // what the poll handle watches now
+  bq_t up;         // read from the socket, not yet framed
+  bq_t down;       // received from the stream, not yet written to the socket
+  uint64_t from_fd, to_fd;
+  int status;      // client: the response status
+  int outcome;
+  char *error;
+  // Server: the request's headers, until they are handed to JavaScript.
+  char *method, *authority;
+  char **headers;  // [name, value, ...], allocated only while a request is read
+  int header_count;
+  unsigned fd_eof : 1;        // the socket sent FIN (read returned 0)
+  unsigned eof_sent : 1;      // END_STREAM went out
+  unsigned fin_sent : 1;      // shutdown(SHUT_WR) done
+  unsigned remote_ended : 1;  // END_STREAM arrived
+  unsigned stream_closed : 1; // nghttp2 closed the stream
+  unsigned deferred : 1;      // the data provider is waiting for bytes
+  unsigned splicing : 1;      // the socket is attached and bytes flow
+  unsigned reset : 1;         // ended by a reset (either side)
+  unsigned reported : 1;      // StreamClose queued
+  unsigned dirty : 1;         // on the session's list of sockets to write after this read pass
+  unsigned in_use : 1;        // a function working on it is on the stack: pipe_finish must not free it
+  unsigned finished : 1;      // pipe_finish ran while in use: freed by pipe_release
+  pipe_t *dirty_next;
+};
+
+struct session_s {
+  napi_env env;
+  napi_ref callback;
+  napi_ref self;        // keeps the JS handle alive until Close is delivered
+  napi_async_context async;
+  int server;
+  int state;
+  int fd;
+  uv_poll_t *poll;
+  int events;
+  SSL *ssl;
+  BIO *net;             // our end of the BIO pair whose other end OpenSSL reads and writes
+  int peer_eof;         // the socket read returned 0
+  int blocked;          // the socket's send buffer is full: wait for writable
+  nghttp2_session *h2;
+  pipe_t *dirty;        // pipes with received bytes to write once the read pass ends
+  bq_t tls_out;
+  pipe_t *pipes;
+  event_t *events_head, *events_tail;
+  int depth;            // > 0 while OpenSSL or nghttp2 is on the stack for this session
+  int delivering;
+  int32_t settings[4];
+  char *close_reason;
+  int close_queued;
+  int goaway_sent;
+  int goaway_received;
+};
+
+static uint8_t read_buffer[NET_BUFFER];
+
+static char *dup_text(const char *text) { return text == NULL ? NULL : strdup(text); }
+
+static char *dup_bytes(const uint8_t *data, size_t len) {
+  char *copy = malloc(len + 1);
+  if (copy == NULL) return NULL;
+  memcpy(copy, data, len);
+  copy[len] = 0;
+  return copy;
+}
+
+// ---- events ---------------------------------------------------------------------
+
+static event_t *queue_event(session_t *s, int type, int32_t stream) {
+  event_t *e = calloc(1, sizeof(*e));
+  if (e == NULL) return NULL;
+  e->type = type;
+  e->stream = stream;
+  if (s->events_tail) s->events_tail->next = e;
+  else s->events_head = e;
+  s->events_tail = e;
+  return e;
+}
+
+static void free_event(event_t *e) {
+  free(e->text);
+  free(e->text2);
+  for (int i = 0; i < e->header_count; i++) free(e->headers[i]);
+  free(e->headers);
+  free(e);
+}
+
+static napi_value make_string(napi_env env, const char *text) {
+  napi_value value;
+  if (text == NULL) napi_get_null(env, &value);
+  else napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &value);
+  return value;
+}
+
+static napi_value make_number(napi_env env, double n) {
+  napi_value value;
+  napi_create_double(env, n, &value);
+  return value;
+}
+
+static void session_release(session_t *s);
+
+// Calls the session's callback for every queued event. Not re-entrant: an
+// event queued by a handler is delivered by the same loop.
+static void deliver(session_t *s) {
+  if (s->delivering || s->depth > 0) return;
+  s->delivering = 1;
+  napi_env env = s->env;
+  while (s->events_head != NULL) {
+    event_t *e = s->events_head;
+    s->events_head = e->next;
+    if (s->events_head == NULL) s->events_tail = NULL;
+    napi_handle_scope scope;
+    napi_open_handle_scope(env, &scope);
+    napi_value callback, recv, argv[7];
+    size_t argc = 0;
+    napi_get_reference_value(env, s->callback, &callback);
+    napi_get_global(env, &recv);
+    argv[argc++] = make_number(env, e->type);
+    switch (e->type) {
+      case EV_REQUEST: {
+        argv[argc++] = make_number(env, e->stream);
+        argv[argc++] = make_string(env, e->text ? e->text : "");
+        argv[argc++] = make_string(env, e->text2 ? e->text2 : "");
+        napi_value headers;
+        napi_create_array_with_length(env, e->header_count, &headers);
+        for (int i = 0; i < e->header_count; i++) napi_set_element(env, headers, i, make_string(env, e->headers[i]));
+        argv[argc++] = headers;
+        break;
+      }
+      case EV_RESPONSE:
+        argv[argc++] = make_number(env, e->stream);
+        argv[argc++] = make_number(env, (double)e->a);
+        break;
+      case EV_STREAM_CLOSE:
+        argv[argc++] = make_number(env, e->stream);
+        argv[argc++] = make_number(env, (double)e->a);
+        argv[argc++] = make_number(env, (double)e->b);
+        argv[argc++] = make_number(env, (double)e->c);
+        argv[argc++] = make_string(env, e->text);
+        argv[argc++] = make_number(env, (double)e->d);
+        break;
+      case EV_CLOSE:
+        argv[argc++] = make_string(env, e->text);
+        break;
+      case EV_GOAWAY:
+        argv[argc++] = make_number(env, e->stream);
+        break;
+    }
+    napi_value result;
+    napi_status status = napi_make_callback(env, s->async, recv, callback, argc, argv, &result);
+    if (status == napi_pending_exception) {
+      // A throwing handler must not stop the data path: report it like Node reports
+      // an exception in an event listener, as uncaught.
+      napi_value exception;
+      napi_get_and_clear_last_exception(env, &exception);
+      napi_fatal_exception(env, exception);
+    }
+    napi_close_handle_scope(env, scope);
+    int closed = e->type == EV_CLOSE;
+    free_event(e);
+    if (closed) {
+      s->delivering = 0;
+      session_release(s);
+      return;
+    }
+  }
+  s->delivering = 0;
+}
+
+// ---- polling ----------------------------------------------------------------------
+
+static void session_poll_cb(uv_poll_t *handle, int status, int events);
+static void pipe_poll_cb(uv_poll_t *handle, int status, int events);
+
+static void free_handle(uv_handle_t *handle) { free(handle); }
+
+// libuv reports a socket error (EPOLLERR) as UV_EBADF: the socket's own error says what happened.
+static int socket_error(int fd, int status) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0) return err;
+  return -status;
+}
+
+static void set_poll(uv_poll_t *poll, int *current, int wanted, uv_poll_cb cb) {
+  if (poll == NULL || *current == wanted) return;
+  *current = wanted;
+  if (wanted == 0) uv_poll_stop(poll);
+  else uv_poll_start(poll, wanted, cb);
+}
+
+static uv_poll_t *new_poll(napi_env env, int fd, void *data) {
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return NULL;
+  uv_poll_t *poll = malloc(sizeof(*poll));
+  if (poll == NULL) return NULL;
+  if (uv_poll_init_socket(loop, poll, fd) != 0) {
+    free(poll);
+    return NULL;
+  }
+  poll->data = data;
+  return poll;
+}
+
+static void close_poll(uv_poll_t **poll) {
+  if (*poll == NULL) return;
+  uv_poll_stop(*poll);
+  uv_close((uv_handle_t *)*poll, free_handle);
+  *poll = NULL;
+}
+
+// Closes with RST rather than FIN (SO_LINGER 0): what a reset propagates as.
+static void close_fd_reset(int fd) {
+  struct linger linger = {1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof(linger));
+  close(fd);
+}
+
+// ---- pipes ---------------------------------------------------------------------------
+
+static void session_flush(session_t *s);
+static void session_fail(session_t *s, const char *reason);
+static int net_flush(session_t *s);
+static void session_maybe_close(session_t *s);
+
+static pipe_t *find_pipe(session_t *s, int32_t id) {
+  for (pipe_t *p = s->pipes; p != NULL; p = p->next)
+    if (p->id == id) return p;
+  return NULL;
+}
+
+static void pipe_set_error(pipe_t *p, const char *message);
+
+static void pipe_update_poll(pipe_t *p) {
+  if (p->fd < 0 || !p->splicing) return;
+  int wanted = 0;
+  if (!p->fd_eof && !p->reset && bq_len(&p->up) < UP_LIMIT) wanted |= UV_READABLE;
+  if (bq_len(&p->down) > 0) wanted |= UV_WRITABLE;
+  set_poll(p->poll, &p->events, wanted, pipe_poll_cb);
+}
+
+static void pipe_free(pipe_t *p) {
+  bq_free(&p->up);
+  bq_free(&p->down);
+  free(p->error);
+  free(p->method);
+  free(p->authority);
+  for (int i = 0; i < p->header_count; i++) free(p->headers[i]);
+  free(p->headers);
+  free(p);
+}
+
+// Removes a finished pipe: its socket closed (with RST after a reset), StreamClose queued.
+static void pipe_finish(pipe_t *p) {
+  session_t *s = p->s;
+  if (p->dirty) {
+    for (pipe_t **link = &s->dirty; *link != NULL; link = &(*link)->dirty_next) {
+      if (*link == p) {
+        *link = p->dirty_next;
+        break;
+      }
+    }
+  }
+  close_poll(&p->poll);
+  if (p->fd >= 0) {
+    if (p->reset && !p->fin_sent) close_fd_reset(p->fd);
+    else close(p->fd);
+    p->fd = -1;
+  }
+  if (!p->reported) {
+    p->reported = 1;
+    event_t *e = queue_event(s, EV_STREAM_CLOSE, p->id);
+    if (e != NULL) {
+      e->a = p->outcome;
+      e->b = (int64_t)p->from_fd;
+      e->c = (int64_t)p->to_fd;
+      e->text = p->error;
+      p->error = NULL;
+      e->d = p->status;
+    }
+  }
+  for (pipe_t **link = &s->pipes; *link != NULL; link = &(*link)->next) {
+    if (*link == p) {
+      *link = p->next;
+      break;
+    }
+  }
+  // Only a closed stream's pipe is finished (teardown closes them all first),
+  // so nghttp2 no longer points at it.
+  if (p->in_use) p->finished = 1;
+  else pipe_free(p);
+}
+
+// Marks a pipe in use while code that may finish it runs; returns it for pipe_release.
+static pipe_t *pipe_hold(pipe_t *p) {
+  p->in_use = 1;
+  return p;
+}
+
+// Ends a pipe_hold: frees the pipe if it finished meanwhile. Returns whether it is still alive.
+static int pipe_release(pipe_t *p) {
+  p->in_use = 0;
+  if (!p->finished) return 1;
+  pipe_free(p);
+  return 0;
+}
+
+// Both directions done cleanly (or a reset already decided): finishes when nothing is pending.
+static void pipe_check_done(pipe_t *p) {
+  if (p->reset) {
+    if (p->stream_closed) pipe_finish(p);
+    return;
+  }
+  if (!p->stream_closed) return;
+  if (p->fd < 0 || !p->splicing) {
+    // Closed before a tunnel existed: the peer cancelled (server) or reset before answering (client).
+    p->reset = 1;
+    if (p->outcome == OUT_CLOSED) p->outcome = OUT_STREAM_RESET;
+    pipe_set_error(p, "the stream closed before the tunnel was established");
+    pipe_finish(p);
+    return;
+  }
+  if (bq_len(&p->down) > 0) return;
+  if (p->remote_ended && !p->fin_sent) {
+    shutdown(p->fd, SHUT_WR);
+    p->fin_sent = 1;
+  }
+  if (p->fd_eof && p->fin_sent) pipe_finish(p);
+  else if (!p->remote_ended || !p->eof_sent) {
+    // The stream closed without both END_STREAMs (a reset we sent or a refused stream).
+    p->reset = 1;
+    if (p->outcome == OUT_CLOSED) p->outcome = OUT_STREAM_RESET;
+    pipe_finish(p);
+  }
+}
+
+static void pipe_set_error(pipe_t *p, const char *message) {
+  if (p->error == NULL) p->error = dup_text(message);
+}
+
+// The TCP side failed: RST_STREAM CONNECT_ERROR (RFC 9113 §8.5), then the socket is closed.
+static void pipe_socket_failed(pipe_t *p, int err) {
+  session_t *s = p->s;
+  if (p->reset) return;
+  p->reset = 1;
+  if (p->outcome == OUT_CLOSED) p->outcome = OUT_SOCKET_RESET;
+  pipe_set_error(p, strerror(err));
+  if (!p->stream_closed && s->h2 != NULL) nghttp2_submit_rst_stream(s->h2, NGHTTP2_FLAG_NONE, p->id, NGHTTP2_CONNECT_ERROR);
+  set_poll(p->poll, &p->events, 0, pipe_poll_cb);
+  pipe_check_done(p);
+}
+
+// Writes what the stream delivered to the socket; gives the window back for what was written.
+static void pipe_flush_down(pipe_t *p) {
+  session_t *s = p->s;
+  if (p->fd < 0 || !p->splicing) return;
+  while (bq_len(&p->down) > 0) {
+    ssize_t n = write(p->fd, p->down.data + p->down.start, bq_len(&p->down));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      pipe_socket_failed(p, errno);
+      return;
+    }
+    bq_consume(&p->down, (size_t)n);
+    p->to_fd += (uint64_t)n;
+    if (!p->stream_closed && s->h2 != NULL) nghttp2_session_consume(s->h2, p->id, (size_t)n);
+    else if (s->h2 != NULL) nghttp2_session_consume_connection(s->h2, (size_t)n);
+  }
+  if (bq_len(&p->down) == 0 && p->remote_ended && !p->fin_sent && !p->reset) {
+    shutdown(p->fd, SHUT_WR);
+    p->fin_sent = 1;
+  }
+}
+
+static void pipe_read(pipe_t *p) {
+  session_t *s = p->s;
+  while (!p->fd_eof && !p->reset && bq_len(&p->up) < UP_LIMIT) {
+    if (bq_reserve(&p->up, READ_CHUNK) != 0) {
+      pipe_socket_failed(p, ENOMEM);
+      return;
+    }
+    ssize_t n = read(p->fd, p->up.data + p->up.end, READ_CHUNK);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      pipe_socket_failed(p, errno);
+      return;
+    }
+    if (n == 0) {
+      p->fd_eof = 1;
+    } else {
+      p->up.end += (size_t)n;
+      p->from_fd += (uint64_t)n;
+    }
+    if (n < READ_CHUNK) break;
+  }
+  if (bq_len(&p->up) == 0 && !p->fd_eof) bq_free(&p->up);
+  if (p->deferred && (bq_len(&p->up) > 0 || p->fd_eof) && !p->stream_closed) {
+    p->deferred = 0;
+    nghttp2_session_resume_data(s->h2, p->id);
+  }
+}
+
+static void pipe_poll_cb(uv_poll_t *handle, int status, int events) {
+  pipe_t *p = handle->data;
+  session_t *s = p->s;
+  s->depth++;
+  pipe_hold(p);
+  if (status < 0) pipe_socket_failed(p, socket_error(p->fd, status));
+  else {
+    if (events & UV_WRITABLE) pipe_flush_down(p);
+    if (!p->finished && !p->reset && (events & UV_READABLE)) pipe_read(p);
+    if (p->finished) {
+      // done above
+    } else if (p->reset || p->stream_closed) pipe_check_done(p);
+    else pipe_update_poll(p);
+  }
+  pipe_release(p);
+  s->depth--;
+  session_flush(s);
+  deliver(s);
+}
+
+// Attaches the socket: bytes flow both ways from here on.
+static void pipe_start(pipe_t *p) {
+  p->splicing = 1;
+  // A proxy must not hold back a small write its peer already sent.
+  int one = 1;
+  setsockopt(p->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  p->poll = new_poll(p->s->env, p->fd, p);
+  if (p->poll == NULL) {
+    pipe_socket_failed(p, ENOMEM);
+    return;
+  }
+  // Data that arrived before the socket was attached.
+  pipe_flush_down(p);
+  pipe_update_poll(p);
+}
+
+// ---- nghttp2 callbacks -----------------------------------------------------------------
+
+static ssize_t on_send(nghttp2_session *h2, const uint8_t *data, size_t length, int flags, void *user) {
+  (void)h2, (void)flags;
+  session_t *s = user;
+  if (bq_len(&s->tls_out) >= TLS_OUT_LIMIT) return NGHTTP2_ERR_WOULDBLOCK;
+  if (bq_append(&s->tls_out, data, length) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  return (ssize_t)length;
+}
+
+// DATA frames without a copy through nghttp2's buffer: header and payload go straight to the TLS queue.
+static int on_send_data(nghttp2_session *h2, nghttp2_frame *frame, const uint8_t *framehd, size_t length, nghttp2_data_source *source, void *user) {
+  (void)h2;
+  session_t *s = user;
+  pipe_t *p = source->ptr;
+  if (bq_len(&s->tls_out) >= TLS_OUT_LIMIT) return NGHTTP2_ERR_WOULDBLOCK;
+  if (bq_reserve(&s->tls_out, 9 + length) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  memcpy(s->tls_out.data + s->tls_out.end, framehd, 9);
+  memcpy(s->tls_out.data + s->tls_out.end + 9, p->up.data + p->up.start, length);
+  s->tls_out.end += 9 + length;
+  bq_consume(&p->up, length);
+  if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) p->eof_sent = 1;
+  pipe_update_poll(p);
+  return 0;
+}
+
+static ssize_t on_read_data(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t length, uint32_t *flags, nghttp2_data_source *source, void *user) {
+  (void)h2, (void)id, (void)buf, (void)user;
+  pipe_t *p = source->ptr;
+  size_t available = bq_len(&p->up);
+  if (!p->splicing || (available == 0 && !p->fd_eof)) {
+    p->deferred = 1;
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  size_t n = available < length ? available : length;
+  *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  if (p->fd_eof && n == available) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  return (ssize_t)n;
+}
+
+static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, void *user) {
+  session_t *s = user;
+  if (!s->server || frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  pipe_t *p = calloc(1, sizeof(*p));
+  if (p == NULL) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  p->s = s;
+  p->id = frame->hd.stream_id;
+  p->fd = -1;
+  p->next = s->pipes;
+  s->pipes = p;
+  nghttp2_session_set_stream_user_data(h2, p->id, p);
+  return 0;
+}
+
+static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint8_t *name, size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *user) {
+  (void)flags, (void)user;
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  pipe_t *p = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
+  if (p == NULL) return 0;
+  if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
+    p->status = 0;
+    for (size_t i = 0; i < valuelen && i < 3; i++) p->status = p->status * 10 + (value[i] - '0');
+  } else if (namelen == 7 && memcmp(name, ":method", 7) == 0) {
+    free(p->method);
+    p->method = dup_bytes(value, valuelen);
+  } else if (namelen == 10 && memcmp(name, ":authority", 10) == 0) {
+    free(p->authority);
+    p->authority = dup_bytes(value, valuelen);
+  } else if (namelen > 0 && name[0] != ':' && p->header_count < MAX_HEADERS * 2) {
+    if (p->headers == NULL && (p->headers = calloc(MAX_HEADERS * 2, sizeof(char *))) == NULL) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    p->headers[p->header_count++] = dup_bytes(name, namelen);
+    p->headers[p->header_count++] = dup_bytes(value, valuelen);
+  }
+  return 0;
+}
+
+static void remote_ended(pipe_t *p) {
+  p->remote_ended = 1;
+  if (p->splicing && p->fd >= 0 && !p->reset) {
+    pipe_flush_down(p);
+    pipe_update_poll(p);
+  }
+}
+
+static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user) {
+  session_t *s = user;
+  if (frame->hd.type == NGHTTP2_GOAWAY) {
+    s->goaway_received = 1;
+    queue_event(s, EV_GOAWAY, frame->goaway.last_stream_id);
+    return 0;
+  }
+  if (frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK)) {
+    queue_event(s, EV_PING_ACK, 0);
+    return 0;
+  }
+  if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
+  pipe_t *p = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
+  if (p == NULL) return 0;
+  if (frame->hd.type == NGHTTP2_HEADERS) {
+    if (s->server && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+      event_t *e = queue_event(s, EV_REQUEST, p->id);
+      if (e != NULL) {
+        e->text = p->method;
+        e->text2 = p->authority;
+        p->method = p->authority = NULL;
+        // The event takes the headers over.
+        e->headers = p->headers;
+        e->header_count = p->header_count;
+        p->headers = NULL;
+        p->header_count = 0;
+      }
+    } else if (!s->server && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+      // 1xx responses are interim; CONNECT never gets one that matters.
+      if (p->status >= 100 && p->status < 200) return 0;
+      event_t *e = queue_event(s, EV_RESPONSE, p->id);
+      if (e != NULL) e->a = p->status;
+      if (p->status == 200) {
+        pipe_start(p);
+      } else {
+        p->outcome = OUT_REJECTED;
+        p->reset = 1;
+        nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, p->id, NGHTTP2_CANCEL);
+      }
+    }
+  }
+  if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) remote_ended(p);
+  return 0;
+}
+
+static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, const uint8_t *data, size_t len, void *user) {
+  (void)flags;
+  session_t *s = user;
+  pipe_t *p = nghttp2_session_get_stream_user_data(h2, id);
+  if (p == NULL || p->reset) {
+    nghttp2_session_consume(h2, id, len);
+    return 0;
+  }
+  // Written once the read pass ends, one write per socket; the stream's
+  // window stays closed for these bytes until the socket took them.
+  if (bq_append(&p->down, data, len) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  if (!p->dirty && p->splicing) {
+    p->dirty = 1;
+    p->dirty_next = s->dirty;
+    s->dirty = p;
+  }
+  return 0;
+}
+
+// Writes what this read pass received to each socket.
+static void flush_dirty(session_t *s) {
+  while (s->dirty != NULL) {
+    pipe_t *p = pipe_hold(s->dirty);
+    s->dirty = p->dirty_next;
+    p->dirty = 0;
+    pipe_flush_down(p);
+    if (p->finished) {
+      // its socket failed and the stream was already closed
+    } else if (p->reset || p->stream_closed) pipe_check_done(p);
+    else pipe_update_poll(p);
+    pipe_release(p);
+  }
+}
+
+// A final answer without a tunnel went out: release the stream with
+// RST_STREAM NO_ERROR rather than wait for the client's END_STREAM (RFC 9113
+// §8.1). Submitted only now because nghttp2 sends RST_STREAM ahead of
+// queued HEADERS, and the client would never see the status.
+static int on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, void *user) {
+  session_t *s = user;
+  if (!s->server || frame->hd.type != NGHTTP2_HEADERS || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
+  pipe_t *p = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
+  if (p != NULL && p->outcome == OUT_REJECTED && !p->stream_closed) nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, p->id, NGHTTP2_NO_ERROR);
+  return 0;
+}
+
+static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t code, void *user) {
+  (void)user;
+  pipe_t *p = nghttp2_session_get_stream_user_data(h2, id);
+  if (p == NULL) return 0;
+  p->stream_closed = 1;
+  if (code != NGHTTP2_NO_ERROR && !p->reset) {
+    p->reset = 1;
+    if (p->outcome == OUT_CLOSED) p->outcome = OUT_STREAM_RESET;
+    char message[64];
+    snprintf(message, sizeof(message), "stream reset with code %u", code);
+    pipe_set_error(p, message);
+  }
+  pipe_check_done(p);
+  return 0;
+}
+
+// ---- sessions ------------------------------------------------------------------------------
+
+static nghttp2_session_callbacks *callbacks(void) {
+  static nghttp2_session_callbacks *cbs;
+  if (cbs == NULL) {
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_send_callback(cbs, on_send);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, on_send_data);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+  }
+  return cbs;
+}
+
+static int session_start_h2(session_t *s) {
+  nghttp2_option *option;
+  if (nghttp2_option_new(&option) != 0) return -1;
+  // Windows are given back only once bytes reached the socket: that is the backpressure.
+  nghttp2_option_set_no_auto_window_update(option, 1);
+  nghttp2_option_set_peer_max_concurrent_streams(option, 100);
+  int rv = s->server ? nghttp2_session_server_new2(&s->h2, callbacks(), s, option) : nghttp2_session_client_new2(&s->h2, callbacks(), s, option);
+  nghttp2_option_del(option);
+  if (rv != 0) return -1;
+  nghttp2_settings_entry settings[] = {
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, (uint32_t)s->settings[0]},
+      {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, (uint32_t)s->settings[2]},
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)s->settings[3]},
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+  };
+  if (nghttp2_submit_settings(s->h2, NGHTTP2_FLAG_NONE, settings, 4) != 0) return -1;
+  if (nghttp2_session_set_local_window_size(s->h2, NGHTTP2_FLAG_NONE, 0, s->settings[1]) != 0) return -1;
+  return 0;
+}
+
+// Resets every pipe and closes the connection; Close is queued once.
+static void session_teardown(session_t *s, const char *reason) {
+  if (s->state == S_CLOSED) return;
+  s->state = S_CLOSED;
+  if (reason != NULL && s->close_reason == NULL) s->close_reason = dup_text(reason);
+  while (s->pipes != NULL) {
+    pipe_t *p = s->pipes;
+    if (!p->reset && !(p->stream_closed && p->fd_eof && p->fin_sent)) {
+      p->reset = 1;
+      if (p->outcome == OUT_CLOSED) p->outcome = OUT_STREAM_RESET;
+      pipe_set_error(p, reason != NULL ? reason : "session closed");
+    }
+    p->stream_closed = 1;
+    pipe_finish(p);
+  }
+  close_poll(&s->poll);
+  if (s->ssl != NULL) {
+    // close_notify on a clean close, best effort: the socket is non-blocking and closed next.
+    if (reason == NULL && SSL_is_init_finished(s->ssl)) {
+      SSL_shutdown(s->ssl);
+      s->blocked = 0;
+      net_flush(s);
+    }
+    SSL_free(s->ssl);
+    s->ssl = NULL;
+  }
+  if (s->net != NULL) {
+    BIO_free(s->net);
+    s->net = NULL;
+  }
+  if (s->fd >= 0) {
+    close(s->fd);
+    s->fd = -1;
+  }
+  if (s->h2 != NULL) {
+    nghttp2_session_del(s->h2);
+    s->h2 = NULL;
+  }
+  bq_free(&s->tls_out);
+  if (!s->close_queued) {
+    s->close_queued = 1;
+    event_t *e = queue_event(s, EV_CLOSE, 0);
+    if (e != NULL) {
+      e->text = s->close_reason;
+      s->close_reason = NULL;
+    }
+  }
+}
+
+static void session_fail(session_t *s, const char *reason) { session_teardown(s, reason); }
+
+static void session_update_poll(session_t *s) {
+  if (s->state == S_CLOSED) return;
+  int wanted = s->peer_eof ? 0 : UV_READABLE;
+  if (s->blocked) wanted |= UV_WRITABLE;
+  set_poll(s->poll, &s->events, wanted, session_poll_cb);
+}
+
+static const char *tls_error(char *buffer, size_t size, const char *what) {
+  unsigned long code = ERR_get_error();
+  if (code == 0) snprintf(buffer, size, "%s: %s", what, errno ? strerror(errno) : "connection closed");
+  else {
+    char reason[200];
+    ERR_error_string_n(code, reason, sizeof(reason));
+    snprintf(buffer, size, "%s: %s", what, reason);
+  }
+  ERR_clear_error();
+  return buffer;
+}
+
+// Writes the TLS records OpenSSL produced to the socket, until it would block.
+static int net_flush(session_t *s) {
+  for (;;) {
+    char *ptr;
+    int n = BIO_nread0(s->net, &ptr);
+    if (n <= 0) return 0;
+    ssize_t w = write(s->fd, ptr, (size_t)n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        s->blocked = 1;
+        return 0;
+      }
+      char buffer[96];
+      snprintf(buffer, sizeof(buffer), "write to the peer failed: %s", strerror(errno));
+      session_fail(s, buffer);
+      return -1;
+    }
+    BIO_nread(s->net, &ptr, (int)w);
+    if (w < n) {
+      s->blocked = 1;
+      return 0;
+    }
+  }
+}
+
+// Reads what the socket holds into the BIO pair; returns the bytes read, -1
+// on failure. `*drained` tells whether the socket is known to be empty now.
+static ssize_t net_fill(session_t *s, int *drained) {
+  ssize_t total = 0;
+  *drained = 0;
+  while (!s->peer_eof) {
+    char *ptr;
+    int space = BIO_nwrite0(s->net, &ptr);
+    if (space <= 0) break;  // full: OpenSSL reads first
+    ssize_t n = read(s->fd, ptr, (size_t)space);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        *drained = 1;
+        break;
+      }
+      char buffer[96];
+      snprintf(buffer, sizeof(buffer), "read from the peer failed: %s", strerror(errno));
+      session_fail(s, buffer);
+      return -1;
+    }
+    if (n == 0) {
+      s->peer_eof = 1;
+      break;
+    }
+    BIO_nwrite(s->net, &ptr, (int)n);
+    total += n;
+    if (n < space) {
+      // A short read of a stream socket means it had no more.
+      *drained = 1;
+      break;
+    }
+  }
+  return total;
+}
+
+// Encrypts what nghttp2 has to send and writes it, until the socket would block.
+static void session_flush(session_t *s) {
+  if (s->state != S_OPEN) return;
+  s->depth++;
+  for (int round = 0; round < 4096 && s->state == S_OPEN; round++) {
+    if (bq_len(&s->tls_out) == 0) {
+      int rv = nghttp2_session_send(s->h2);
+      if (rv != 0) {
+        session_fail(s, nghttp2_strerror(rv));
+        break;
+      }
+      if (bq_len(&s->tls_out) == 0) break;
+    }
+    ERR_clear_error();
+    int n = SSL_write(s->ssl, s->tls_out.data + s->tls_out.start, (int)bq_len(&s->tls_out));
+    if (n > 0) {
+      bq_consume(&s->tls_out, (size_t)n);
+      continue;
+    }
+    int err = SSL_get_error(s->ssl, n);
+    if (err == SSL_ERROR_WANT_WRITE) {
+      // The BIO pair is full: move records to the socket, and go on unless it is full too.
+      if (net_flush(s) != 0 || s->blocked) break;
+      continue;
+    }
+    char buffer[256];
+    session_fail(s, tls_error(buffer, sizeof(buffer), "TLS write failed"));
+  }
+  if (s->state == S_OPEN) net_flush(s);
+  s->depth--;
+  session_maybe_close(s);
+  session_update_poll(s);
+}
+
+static void session_read(session_t *s) {
+  for (int round = 0; round < 64; round++) {
+    int drained;
+    ssize_t filled = net_fill(s, &drained);
+    if (filled < 0) return;
+    for (;;) {
+      ERR_clear_error();
+      int n = SSL_read(s->ssl, read_buffer, sizeof(read_buffer));
+      if (n > 0) {
+        ssize_t rv = nghttp2_session_mem_recv(s->h2, read_buffer, (size_t)n);
+        if (rv < 0) {
+          session_fail(s, nghttp2_strerror((int)rv));
+          return;
+        }
+        if (s->state != S_OPEN) return;
+        continue;
+      }
+      int err = SSL_get_error(s->ssl, n);
+      if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) break;
+      if (err == SSL_ERROR_ZERO_RETURN) {
+        flush_dirty(s);
+        session_fail(s, "the peer closed the connection");
+        return;
+      }
+      char buffer[256];
+      session_fail(s, tls_error(buffer, sizeof(buffer), "TLS read failed"));
+      return;
+    }
+    flush_dirty(s);
+    if (s->peer_eof) {
+      session_fail(s, "the peer closed the connection");
+      return;
+    }
+    if (filled == 0 || drained) return;
+  }
+}
+
+// Closes once nghttp2 has nothing more to do: GOAWAY exchanged and every stream ended.
+static void session_maybe_close(session_t *s) {
+  if (s->state != S_OPEN || s->depth > 0) return;
+  if (bq_len(&s->tls_out) > 0) return;
+  if (!nghttp2_session_want_read(s->h2) && !nghttp2_session_want_write(s->h2) && s->pipes == NULL) session_teardown(s, NULL);
+}
+
+static void handshake_done(session_t *s) {
+  const unsigned char *alpn = NULL;
+  unsigned int alpn_len = 0;
+  SSL_get0_alpn_selected(s->ssl, &alpn, &alpn_len);
+  if (alpn_len != 2 || memcmp(alpn, "h2", 2) != 0) {
+    session_fail(s, "the peer did not negotiate ALPN h2");
+    return;
+  }
+  // The peer's chain, leaf first, for the SPIFFE checks JavaScript makes.
+  X509 *leaf = SSL_get0_peer_certificate(s->ssl);
+  STACK_OF(X509) *chain = SSL_get_peer_cert_chain(s->ssl);
+  if (leaf == NULL) {
+    session_fail(s, "the peer presented no certificate");
+    return;
+  }
+  // The HTTP/2 session is up before JavaScript hears of the handshake, so
+  // that it may open streams from the callback or any promise it settles;
+  // a refused peer then closes the session before anything was sent on it.
+  if (session_start_h2(s) != 0) {
+    session_fail(s, "cannot start the HTTP/2 session");
+    return;
+  }
+  s->state = S_OPEN;
+  s->depth++;
+  napi_env env = s->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value array;
+  napi_create_array(env, &array);
+  uint32_t count = 0;
+  int first_is_leaf = chain != NULL && sk_X509_num(chain) > 0 && X509_cmp(sk_X509_value(chain, 0), leaf) == 0;
+  if (!first_is_leaf) {
+    unsigned char *der = NULL;
+    int len = i2d_X509(leaf, &der);
+    if (len > 0) {
+      napi_value buffer;
+      napi_create_buffer_copy(env, (size_t)len, der, NULL, &buffer);
+      napi_set_element(env, array, count++, buffer);
+    }
+    OPENSSL_free(der);
+  }
+  for (int i = 0; chain != NULL && i < sk_X509_num(chain) && count < 16; i++) {
+    unsigned char *der = NULL;
+    int len = i2d_X509(sk_X509_value(chain, i), &der);
+    if (len > 0) {
+      napi_value buffer;
+      napi_create_buffer_copy(env, (size_t)len, der, NULL, &buffer);
+      napi_set_element(env, array, count++, buffer);
+    }
+    OPENSSL_free(der);
+  }
+  napi_value callback, recv, argv[2], result;
+  napi_get_reference_value(env, s->callback, &callback);
+  napi_get_global(env, &recv);
+  argv[0] = make_number(env, EV_HANDSHAKE);
+  argv[1] = array;
+  char reason[512] = {0};
+  napi_status status = napi_make_callback(env, s->async, recv, callback, 2, argv, &result);
+  if (status == napi_pending_exception) {
+    napi_value exception;
+    napi_get_and_clear_last_exception(env, &exception);
+    snprintf(reason, sizeof(reason), "the identity check threw");
+  } else {
+    napi_valuetype type;
+    napi_typeof(env, result, &type);
+    if (type == napi_string) {
+      size_t len;
+      napi_get_value_string_utf8(env, result, reason, sizeof(reason), &len);
+      if (len == 0) snprintf(reason, sizeof(reason), "the peer's identity was refused");
+    }
+  }
+  napi_close_handle_scope(env, scope);
+  s->depth--;
+  if (s->state == S_CLOSED) return;  // destroyed from the callback
+  if (reason[0] != 0) session_fail(s, reason);
+}
+
+static void session_handshake(session_t *s) {
+  int drained;
+  if (net_fill(s, &drained) < 0) return;
+  ERR_clear_error();
+  int rv = SSL_do_handshake(s->ssl);
+  int err = rv == 1 ? SSL_ERROR_NONE : SSL_get_error(s->ssl, rv);
+  if (net_flush(s) != 0) return;
+  if (rv == 1) {
+    handshake_done(s);
+    if (s->state == S_OPEN) {
+      session_read(s);  // data that came with the handshake's last flight
+      session_flush(s);
+    }
+    return;
+  }
+  if ((err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) && !s->peer_eof) {
+    set_poll(s->poll, &s->events, UV_READABLE | (s->blocked ? UV_WRITABLE : 0), session_poll_cb);
+    return;
+  }
+  char buffer[256];
+  session_fail(s, s->peer_eof && ERR_peek_error() == 0 ? "TLS handshake failed: the peer closed the connection" : tls_error(buffer, sizeof(buffer), "TLS handshake failed"));
+}
+
+static void session_poll_cb(uv_poll_t *handle, int status, int events) {
+  session_t *s = handle->data;
+  if (events & UV_WRITABLE) s->blocked = 0;
+  if (status < 0) {
+    char buffer[96];
+    snprintf(buffer, sizeof(buffer), "connection to the peer failed: %s", strerror(socket_error(s->fd, status)));
+    session_fail(s, buffer);
+  }
+  else if (s->state == S_HANDSHAKE) session_handshake(s);
+  else if (s->state == S_OPEN) {
+    s->depth++;
+    if (events & UV_READABLE) session_read(s);
+    s->depth--;
+    session_flush(s);
+  }
+  deliver(s);
+}
+
+// Frees the session once Close was delivered and JavaScript dropped its handle.
+static void session_release(session_t *s) {
+  if (s->self != NULL) {
+    napi_delete_reference(s->env, s->self);
+    s->self = NULL;
+  }
+}
+
+static void session_finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  session_t *s = data;
+  // Only reachable once Close was delivered (the self reference held it until then).
+  if (s->callback) napi_delete_reference(env, s->callback);
+  if (s->async) napi_async_destroy(env, s->async);
+  while (s->events_head) {
+    event_t *e = s->events_head;
+    s->events_head = e->next;
+    free_event(e);
+  }
+  free(s->close_reason);
+  free(s);
+}
+
+// ---- TLS contexts ------------------------------------------------------------------------------
+
+static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in, unsigned int inlen, void *arg) {
+  (void)ssl, (void)arg;
+  for (unsigned int i = 0; i < inlen; i += 1u + in[i]) {
+    if (in[i] == 2 && i + 3 <= inlen && memcmp(in + i + 1, "h2", 2) == 0) {
+      *out = in + i + 1;
+      *outlen = 2;
+      return SSL_TLSEXT_ERR_OK;
+    }
+  }
+  // HBONE is h2 only: no_application_protocol (RFC 7301 §3.2).
+  return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+static void context_finalize(napi_env env, void *data, void *hint) {
+  (void)env, (void)hint;
+  SSL_CTX_free(data);
+}
+
+static char *get_string(napi_env env, napi_value value) {
+  size_t len;
+  if (napi_get_value_string_utf8(env, value, NULL, 0, &len) != napi_ok) return NULL;
+  char *text = malloc(len + 1);
+  if (text == NULL) return NULL;
+  napi_get_value_string_utf8(env, value, text, len + 1, &len);
+  return text;
+}
+
+static napi_value throw_tls(napi_env env, const char *what) {
+  char buffer[320];
+  napi_throw_error(env, "ERR_AMBIENT_HBONE_TLS_CONTEXT", tls_error(buffer, sizeof(buffer), what));
+  return NULL;
+}
+
+// createContext(server, certificateChainPem, privateKeyPem, rootsPem)
+static napi_value create_context(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool server;
+  if (argc < 4 || napi_get_value_bool(env, argv[0], &server) != napi_ok) {
+    napi_throw_type_error(env, NULL, "createContext(server, certificateChainPem, privateKeyPem, rootsPem)");
+    return NULL;
+  }
+  char *pem[3];
+  for (int i = 0; i < 3; i++) pem[i] = get_string(env, argv[i + 1]);
+  napi_value result = NULL;
+  SSL_CTX *ctx = NULL;
+  BIO *bio = NULL;
+  if (pem[0] == NULL || pem[1] == NULL || pem[2] == NULL) {
+    napi_throw_type_error(env, NULL, "createContext: the PEM arguments must be strings");
+    goto done;
+  }
+  ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+  if (ctx == NULL) {
+    throw_tls(env, "SSL_CTX_new");
+    goto done;
+  }
+  // TLS 1.3 only: what HBONE and ztunnel speak.
+  SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  // A peer closing TCP without close_notify is an ordinary close for a tunnel carrier.
+  SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+  if (server) {
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
+  } else if (SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x02h2", 3) != 0) {
+    throw_tls(env, "ALPN");
+    goto done;
+  }
+  bio = BIO_new_mem_buf(pem[0], -1);
+  X509 *cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+  if (cert == NULL || SSL_CTX_use_certificate(ctx, cert) != 1) {
+    X509_free(cert);
+    throw_tls(env, "the certificate chain");
+    goto done;
+  }
+  X509_free(cert);
+  while ((cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+    if (SSL_CTX_add0_chain_cert(ctx, cert) != 1) {
+      X509_free(cert);
+      throw_tls(env, "the certificate chain");
+      goto done;
+    }
+  }
+  ERR_clear_error();
+  BIO_free(bio);
+  bio = BIO_new_mem_buf(pem[1], -1);
+  EVP_PKEY *key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+  if (key == NULL || SSL_CTX_use_PrivateKey(ctx, key) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+    EVP_PKEY_free(key);
+    throw_tls(env, "the private key");
+    goto done;
+  }
+  EVP_PKEY_free(key);
+  BIO_free(bio);
+  bio = BIO_new_mem_buf(pem[2], -1);
+  X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+  int roots = 0;
+  while ((cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+    X509_STORE_add_cert(store, cert);
+    X509_free(cert);
+    roots++;
+  }
+  ERR_clear_error();
+  if (roots == 0) {
+    napi_throw_error(env, "ERR_AMBIENT_HBONE_TLS_CONTEXT", "createContext: no root certificate in rootsPem");
+    goto done;
+  }
+  if (napi_create_external(env, ctx, context_finalize, NULL, &result) != napi_ok) {
+    result = NULL;
+    goto done;
+  }
+  ctx = NULL;
+done:
+  BIO_free(bio);
+  SSL_CTX_free(ctx);
+  for (int i = 0; i < 3; i++) free(pem[i]);
+  return result;
+}
+
+// ---- exported session functions ----------------------------------------------------------------
+
+static session_t *get_session(napi_env env, napi_value value) {
+  void *data = NULL;
+  napi_valuetype type;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_external || napi_get_value_external(env, value, &data) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected a native HBONE session");
+    return NULL;
+  }
+  return data;
+}
+
+static void deliver_soon(session_t *s);
+
+// clientSession / serverSession(context, fd, settings[4], callback)
+static napi_value new_session(napi_env env, napi_callback_info info, int server) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *ctx = NULL;
+  int32_t fd;
+  napi_valuetype type;
+  if (argc < 4 || napi_get_value_external(env, argv[0], &ctx) != napi_ok || napi_get_value_int32(env, argv[1], &fd) != napi_ok ||
+      napi_typeof(env, argv[3], &type) != napi_ok || type != napi_function) {
+    napi_throw_type_error(env, NULL, "session(context, fd, settings, callback)");
+    return NULL;
+  }
+  session_t *s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  s->env = env;
+  s->server = server;
+  s->fd = fd;
+  for (uint32_t i = 0; i < 4; i++) {
+    napi_value element;
+    if (napi_get_element(env, argv[2], i, &element) != napi_ok || napi_get_value_int32(env, element, &s->settings[i]) != napi_ok) {
+      free(s);
+      napi_throw_type_error(env, NULL, "settings must be [streamWindow, connectionWindow, maxFrameSize, maxConcurrentStreams]");
+      return NULL;
+    }
+  }
+  napi_value name, handle;
+  napi_create_string_utf8(env, "ambientkit.hbone", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, NULL, name, &s->async);
+  napi_create_reference(env, argv[3], 1, &s->callback);
+  napi_create_external(env, s, session_finalize, NULL, &handle);
+  napi_create_reference(env, handle, 1, &s->self);
+  s->ssl = SSL_new(ctx);
+  s->poll = s->ssl ? new_poll(env, fd, s) : NULL;
+  BIO *internal = NULL;
+  if (s->ssl != NULL && BIO_new_bio_pair(&internal, NET_BUFFER, &s->net, NET_BUFFER) == 1) SSL_set_bio(s->ssl, internal, internal);
+  if (s->ssl == NULL || s->poll == NULL || s->net == NULL) {
+    session_fail(s, "cannot set up the TLS connection");
+    deliver_soon(s);  // Close is delivered from the loop, like any failure
+    return handle;
+  }
+  // Frames of many tunnels share this connection: none may wait for an ACK (Nagle).
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (server) SSL_set_accept_state(s->ssl);
+  else SSL_set_connect_state(s->ssl);
+  s->state = S_HANDSHAKE;
+  // The first flight is sent from the poll callback: nothing runs inside this call.
+  set_poll(s->poll, &s->events, UV_WRITABLE | UV_READABLE, session_poll_cb);
+  return handle;
+}
+
+static napi_value client_session(napi_env env, napi_callback_info info) { return new_session(env, info, 0); }
+static napi_value server_session(napi_env env, napi_callback_info info) { return new_session(env, info, 1); }
+
+// A failed setup (Close queued without a poll callback to deliver it) is delivered on the next turn.
+static void deliver_soon_cb(uv_idle_t *idle) {
+  session_t *s = idle->data;
+  uv_idle_stop(idle);
+  uv_close((uv_handle_t *)idle, free_handle);
+  deliver(s);
+}
+
+static void deliver_soon(session_t *s) {
+  if (s->events_head == NULL) return;
+  uv_loop_t *loop;
+  napi_get_uv_event_loop(s->env, &loop);
+  uv_idle_t *idle = malloc(sizeof(*idle));
+  if (idle == NULL) return;
+  uv_idle_init(loop, idle);
+  idle->data = s;
+  uv_idle_start(idle, deliver_soon_cb);
+}
+
+static napi_value js_bool(napi_env env, bool value) {
+  napi_value result;
+  napi_get_boolean(env, value, &result);
+  return result;
+}
+
+// After a call from JavaScript changed something: send it, and deliver what it caused on the next turn.
+static void after_call(session_t *s) {
+  session_flush(s);
+  deliver_soon(s);
+}
+
+// open(session, fd, authority, headers[])
+static napi_value js_open(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = get_session(env, argv[0]);
+  if (s == NULL) return NULL;
+  int32_t fd;
+  uint32_t count = 0;
+  if (argc < 4 || napi_get_value_int32(env, argv[1], &fd) != napi_ok || napi_get_array_length(env, argv[3], &count) != napi_ok || count % 2 != 0 ||
+      count > MAX_HEADERS * 2) {
+    napi_throw_type_error(env, NULL, "open(session, fd, authority, [name, value, ...])");
+    return NULL;
+  }
+  napi_value result;
+  if (s->server || s->state != S_OPEN || s->goaway_sent || s->goaway_received) {
+    close_fd_reset(fd);
+    napi_create_int32(env, -1, &result);
+    return result;
+  }
+  char *authority = get_string(env, argv[2]);
+  char *texts[MAX_HEADERS * 2];
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value element;
+    napi_get_element(env, argv[3], i, &element);
+    texts[i] = get_string(env, element);
+  }
+  nghttp2_nv nv[2 + MAX_HEADERS];
+  size_t nvlen = 0;
+  nv[nvlen++] = (nghttp2_nv){(uint8_t *)":method", (uint8_t *)"CONNECT", 7, 7, NGHTTP2_NV_FLAG_NONE};
+  nv[nvlen++] = (nghttp2_nv){(uint8_t *)":authority", (uint8_t *)authority, 10, authority ? strlen(authority) : 0, NGHTTP2_NV_FLAG_NONE};
+  for (uint32_t i = 0; i + 1 < count; i += 2) {
+    if (texts[i] == NULL || texts[i + 1] == NULL) continue;
+    nv[nvlen++] = (nghttp2_nv){(uint8_t *)texts[i], (uint8_t *)texts[i + 1], strlen(texts[i]), strlen(texts[i + 1]), NGHTTP2_NV_FLAG_NONE};
+  }
+  pipe_t *p = calloc(1, sizeof(*p));
+  int32_t id = -1;
+  if (p != NULL && authority != NULL) {
+    p->s = s;
+    p->fd = fd;
+    nghttp2_data_provider provider = {.source = {.ptr = p}, .read_callback = on_read_data};
+    id = nghttp2_submit_request(s->h2, NULL, nv, nvlen, &provider, p);
+  }
+  free(authority);
+  for (uint32_t i = 0; i < count; i++) free(texts[i]);
+  if (id < 0) {
+    free(p);
+    close_fd_reset(fd);
+    napi_create_int32(env, -1, &result);
+    return result;
+  }
+  p->id = id;
+  p->next = s->pipes;
+  s->pipes = p;
+  after_call(s);
+  napi_create_int32(env, id, &result);
+  return result;
+}
+
+static napi_value stream_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv, session_t **s, int32_t *id) {
+  size_t argc = want;
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  *s = get_session(env, argv[0]);
+  if (*s == NULL) return NULL;
+  if (argc < want || napi_get_value_int32(env, argv[1], id) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected (session, stream, ...)");
+    *s = NULL;
+    return NULL;
+  }
+  return argv[0];
+}
+
+// respond(session, stream, status): a final answer without a tunnel.
+static napi_value js_respond(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  session_t *s;
+  int32_t id, status;
+  if (stream_args(env, info, 3, argv, &s, &id) == NULL || s == NULL) return NULL;
+  if (napi_get_value_int32(env, argv[2], &status) != napi_ok || status < 200 || status > 599) {
+    napi_throw_range_error(env, NULL, "status must be 200-599");
+    return NULL;
+  }
+  pipe_t *p = s->state == S_OPEN ? find_pipe(s, id) : NULL;
+  if (p == NULL || p->stream_closed || p->splicing) return js_bool(env, false);
+  char text[4];
+  snprintf(text, sizeof(text), "%d", status);
+  nghttp2_nv nv[] = {{(uint8_t *)":status", (uint8_t *)text, 7, 3, NGHTTP2_NV_FLAG_NONE}};
+  p->outcome = OUT_REJECTED;
+  p->status = status;
+  p->reset = 1;  // nothing to splice: the pipe ends with the stream
+  p->fin_sent = 1;
+  nghttp2_submit_response(s->h2, id, nv, 1, NULL);
+  after_call(s);
+  return js_bool(env, true);
+}
+
+// splice(session, stream, fd): 200, then bytes flow between the stream and fd.
+static napi_value js_splice(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  session_t *s;
+  int32_t id, fd;
+  if (stream_args(env, info, 3, argv, &s, &id) == NULL || s == NULL) return NULL;
+  if (napi_get_value_int32(env, argv[2], &fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, "splice(session, stream, fd)");
+    return NULL;
+  }
+  pipe_t *p = s->state == S_OPEN ? find_pipe(s, id) : NULL;
+  if (p == NULL || p->stream_closed || p->reset || p->splicing) {
+    close(fd);
+    return js_bool(env, false);
+  }
+  p->fd = fd;
+  p->status = 200;
+  nghttp2_nv nv[] = {{(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE}};
+  nghttp2_data_provider provider = {.source = {.ptr = p}, .read_callback = on_read_data};
+  if (nghttp2_submit_response(s->h2, id, nv, 1, &provider) != 0) {
+    close(fd);
+    p->fd = -1;
+    return js_bool(env, false);
+  }
+  s->depth++;
+  pipe_start(p);
+  if (p->remote_ended) remote_ended(p);
+  s->depth--;
+  after_call(s);
+  return js_bool(env, true);
+}
+
+// resetStream(session, stream, code)
+static napi_value js_reset_stream(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  session_t *s;
+  int32_t id;
+  uint32_t code;
+  if (stream_args(env, info, 3, argv, &s, &id) == NULL || s == NULL) return NULL;
+  if (napi_get_value_uint32(env, argv[2], &code) != napi_ok) code = NGHTTP2_CONNECT_ERROR;
+  pipe_t *p = s->state == S_OPEN ? find_pipe(s, id) : NULL;
+  if (p == NULL || p->reported) return js_bool(env, false);
+  s->depth++;
+  if (!p->reset) {
+    p->reset = 1;
+    if (p->outcome == OUT_CLOSED) p->outcome = OUT_SOCKET_RESET;
+    pipe_set_error(p, "reset by the proxy");
+  }
+  if (!p->stream_closed) nghttp2_submit_rst_stream(s->h2, NGHTTP2_FLAG_NONE, id, code);
+  set_poll(p->poll, &p->events, 0, pipe_poll_cb);
+  pipe_check_done(p);
+  s->depth--;
+  after_call(s);
+  return js_bool(env, true);
+}
+
+static napi_value js_ping(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = get_session(env, argv[0]);
+  if (s == NULL) return NULL;
+  if (s->state == S_OPEN) {
+    nghttp2_submit_ping(s->h2, NGHTTP2_FLAG_NONE, NULL);
+    after_call(s);
+  }
+  return NULL;
+}
+
+static napi_value js_shutdown(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = get_session(env, argv[0]);
+  if (s == NULL) return NULL;
+  if (s->state == S_HANDSHAKE) {
+    session_teardown(s, NULL);
+    deliver_soon(s);
+  } else if (s->state == S_OPEN && !s->goaway_sent) {
+    s->goaway_sent = 1;
+    nghttp2_submit_goaway(s->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->h2), NGHTTP2_NO_ERROR, NULL, 0);
+    after_call(s);
+  }
+  return NULL;
+}
+
+static napi_value js_destroy(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = get_session(env, argv[0]);
+  if (s == NULL) return NULL;
+  char *reason = NULL;
+  napi_valuetype type = napi_undefined;
+  if (argc > 1) napi_typeof(env, argv[1], &type);
+  if (type == napi_string) reason = get_string(env, argv[1]);
+  if (s->state != S_CLOSED) {
+    session_teardown(s, reason != NULL ? reason : "destroyed");
+    deliver_soon(s);
+  }
+  free(reason);
+  return NULL;
+}
+
+static napi_value js_streams(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = get_session(env, argv[0]);
+  if (s == NULL) return NULL;
+  int count = 0;
+  for (pipe_t *p = s->pipes; p != NULL; p = p->next) count++;
+  napi_value result;
+  napi_create_int32(env, count, &result);
+  return result;
+}
+
+static napi_value js_dup_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, NULL, "dupFd(fd)");
+    return NULL;
+  }
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0 || fcntl(copy, F_SETFL, fcntl(copy, F_GETFL) | O_NONBLOCK) < 0) {
+    if (copy >= 0) close(copy);
+    napi_throw_error(env, NULL, strerror(errno));
+    return NULL;
+  }
+  napi_value result;
+  napi_create_int32(env, copy, &result);
+  return result;
+}
+
+// ---- accepting ----------------------------------------------------------------------------------
+
+// A listening socket whose connections go straight to JavaScript as
+// descriptors: no net.Socket is built for a connection the addon will carry.
+typedef struct {
+  napi_env env;
+  napi_ref callback;
+  napi_async_context async;
+  int fd;
+  uv_poll_t *poll;
+  int events;
+} acceptor_t;
+
+static void acceptor_poll_cb(uv_poll_t *handle, int status, int events) {
+  (void)events;
+  acceptor_t *a = handle->data;
+  if (status < 0) return;  // a listening socket's error is transient (ECONNABORTED and the like)
+  napi_env env = a->env;
+  // Bounded, so that a flood of connections cannot starve the rest of the loop.
+  for (int i = 0; i < 64; i++) {
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof(peer);
+    int fd = accept4(a->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      break;  // EAGAIN, or EMFILE and the like: tried again on the next readiness
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    char address[INET6_ADDRSTRLEN] = "";
+    int port = 0, family = 4;
+    if (peer.ss_family == AF_INET) {
+      struct sockaddr_in *in = (struct sockaddr_in *)&peer;
+      inet_ntop(AF_INET, &in->sin_addr, address, sizeof(address));
+      port = ntohs(in->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+      struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&peer;
+      family = 6;
+      // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d: give the IPv4 form.
+      if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+        inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], address, sizeof(address));
+        family = 4;
+      } else {
+        inet_ntop(AF_INET6, &in6->sin6_addr, address, sizeof(address));
+      }
+      port = ntohs(in6->sin6_port);
+    }
+    napi_handle_scope scope;
+    napi_open_handle_scope(env, &scope);
+    napi_value callback, recv, argv[4], result;
+    napi_get_reference_value(env, a->callback, &callback);
+    napi_get_global(env, &recv);
+    napi_create_int32(env, fd, &argv[0]);
+    argv[1] = make_string(env, address);
+    napi_create_int32(env, port, &argv[2]);
+    napi_create_int32(env, family, &argv[3]);
+    if (napi_make_callback(env, a->async, recv, callback, 4, argv, &result) == napi_pending_exception) {
+      napi_value exception;
+      napi_get_and_clear_last_exception(env, &exception);
+      napi_fatal_exception(env, exception);
+    }
+    napi_close_handle_scope(env, scope);
+    if (a->fd < 0) return;  // closed from the callback
+  }
+}
+
+static void acceptor_finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  acceptor_t *a = data;
+  if (a->fd >= 0) {
+    close_poll(&a->poll);
+    close(a->fd);
+  }
+  napi_delete_reference(env, a->callback);
+  napi_async_destroy(env, a->async);
+  free(a);
+}
+
+// accept(listenFd, callback(fd, address, port, family)) → handle; the listening socket becomes the addon's.
+static napi_value js_accept(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  napi_valuetype type;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_typeof(env, argv[1], &type) != napi_ok || type != napi_function) {
+    napi_throw_type_error(env, NULL, "accept(listenFd, callback)");
+    return NULL;
+  }
+  acceptor_t *a = calloc(1, sizeof(*a));
+  if (a == NULL) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  a->env = env;
+  a->fd = fd;
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  napi_value name, handle;
+  napi_create_string_utf8(env, "ambientkit.accept", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, NULL, name, &a->async);
+  napi_create_reference(env, argv[1], 1, &a->callback);
+  a->poll = new_poll(env, fd, a);
+  if (a->poll == NULL) {
+    napi_delete_reference(env, a->callback);
+    napi_async_destroy(env, a->async);
+    free(a);
+    napi_throw_error(env, NULL, "cannot poll the listening socket");
+    return NULL;
+  }
+  set_poll(a->poll, &a->events, UV_READABLE, acceptor_poll_cb);
+  napi_create_external(env, a, acceptor_finalize, NULL, &handle);
+  return handle;
+}
+
+// stopAccepting(handle): closes the listening socket. Idempotent.
+static napi_value js_stop_accepting(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  void *data = NULL;
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_external(env, argv[0], &data) != napi_ok) {
+    napi_throw_type_error(env, NULL, "stopAccepting(handle)");
+    return NULL;
+  }
+  acceptor_t *a = data;
+  if (a->fd >= 0) {
+    close_poll(&a->poll);
+    close(a->fd);
+    a->fd = -1;
+  }
+  return NULL;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor functions[] = {
+      {"createContext", NULL, create_context, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"clientSession", NULL, client_session, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"serverSession", NULL, server_session, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"open", NULL, js_open, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"respond", NULL, js_respond, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"splice", NULL, js_splice, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"resetStream", NULL, js_reset_stream, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"ping", NULL, js_ping, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"shutdown", NULL, js_shutdown, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"destroy", NULL, js_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"streams", NULL, js_streams, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"dupFd", NULL, js_dup_fd, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"accept", NULL, js_accept, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"stopAccepting", NULL, js_stop_accepting, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, exports, sizeof(functions) / sizeof(functions[0]), functions);
+  return exports;
+}

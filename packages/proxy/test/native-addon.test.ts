@@ -1,0 +1,477 @@
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { once } from 'node:events'
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { connect, createServer, Socket, type AddressInfo, type Server } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { connect as tlsConnect } from 'node:tls'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { NativeEvent, NativeOutcome, nativeHbone, type NativeAddon, type NativeSession, type NativeTlsContext } from '../src/hbone/native'
+import { closed, createTestMesh, readAll, startEchoServer, writeSvidFiles, type TestMesh } from './interop/support'
+
+// The native HBONE data path (native/hbone.c) driven directly: TLS, HTTP/2
+// CONNECT, splicing, half-close, resets, flow control and descriptors, with
+// real certificates from our CA, over loopback. The workload proxy's use of
+// it is tested in the privileged mesh tests.
+
+const addon = nativeHbone()
+if (addon === undefined && process.env.CI) throw new Error('the native HBONE addon is not built (npm run native -w @ambientkit/proxy)')
+if (addon === undefined) console.warn('[skip] native HBONE addon: not built (npm run native -w @ambientkit/proxy)')
+const describeNative = addon === undefined ? describe.skip : describe
+
+const SERVER_ID = 'spiffe://cluster.local/ns/shop/sa/api'
+const CLIENT_ID = 'spiffe://cluster.local/ns/shop/sa/frontend'
+const SETTINGS = [4 << 20, 16 << 20, 16_384, 100] as const
+
+interface Recorded {
+  readonly event: NativeEvent
+  readonly args: unknown[]
+}
+
+/** A session's events, and a way to wait for one. */
+class Events {
+  readonly list: Recorded[] = []
+  readonly #waiters: Array<{ match: (r: Recorded) => boolean; resolve: (r: Recorded) => void }> = []
+
+  push(record: Recorded): void {
+    this.list.push(record)
+    for (const waiter of [...this.#waiters]) {
+      if (waiter.match(record)) {
+        this.#waiters.splice(this.#waiters.indexOf(waiter), 1)
+        waiter.resolve(record)
+      }
+    }
+  }
+
+  next(event: NativeEvent, stream?: number): Promise<Recorded> {
+    const match = (r: Recorded): boolean => r.event === event && (stream === undefined || r.args[0] === stream)
+    const seen = this.list.find(match)
+    if (seen !== undefined) return Promise.resolve(seen)
+    return new Promise((resolve) => this.#waiters.push({ match, resolve }))
+  }
+}
+
+/** Moves a Node socket that has not read anything to the addon. */
+function handOver(a: NativeAddon, socket: Socket): number {
+  const fd = a.dupFd((socket as unknown as { _handle: { fd: number } })._handle.fd)
+  socket.destroy()
+  return fd
+}
+
+function openFds(): number {
+  return readdirSync('/proc/self/fd').length
+}
+
+describeNative('native HBONE addon', () => {
+  const a = addon!
+  let mesh: TestMesh
+  let serverCtx: NativeTlsContext
+  let clientCtx: NativeTlsContext
+  let echo: Awaited<ReturnType<typeof startEchoServer>>
+
+  beforeAll(async () => {
+    mesh = await createTestMesh()
+    const server = await mesh.manager.get(SERVER_ID)
+    const client = await mesh.manager.get(CLIENT_ID)
+    serverCtx = a.createContext(true, server.certificateChainPem, server.privateKeyPem, mesh.rootsPem)
+    clientCtx = a.createContext(false, client.certificateChainPem, client.privateKeyPem, mesh.rootsPem)
+    echo = await startEchoServer()
+  })
+
+  afterAll(async () => {
+    await echo?.close()
+    await mesh?.close()
+  })
+
+  /** What the server does with a request: splice to the authority's port on loopback, unless `decide` answers a status. */
+  interface Harness {
+    client: NativeSession
+    clientEvents: Events
+    serverEvents: Events
+    server: () => NativeSession
+    listener: Server
+    /** Opens a tunnel from a fresh app socket; resolves with the app's end and the stream id. */
+    open(authority: string): Promise<{ app: Socket; id: number }>
+    close(): Promise<void>
+  }
+
+  async function harness(options: { decide?: (authority: string) => number | undefined; handshake?: (chain: Buffer[]) => string | undefined; ctx?: NativeTlsContext } = {}): Promise<Harness> {
+    const clientEvents = new Events()
+    const serverEvents = new Events()
+    let serverSession: NativeSession | undefined
+    const listener = createServer({ pauseOnConnect: true }, (socket) => {
+      const session = a.serverSession(serverCtx, handOver(a, socket), SETTINGS, (event, ...args) => {
+        serverEvents.push({ event, args })
+        if (event === NativeEvent.Handshake) return options.handshake?.(args[0] as Buffer[])
+        if (event === NativeEvent.Request) {
+          const [id, , authority] = args as [number, string, string]
+          const status = options.decide?.(authority)
+          if (status !== undefined) {
+            a.respond(session, id, status)
+            return undefined
+          }
+          const upstream = connect({ port: Number(authority.split(':')[1]), host: '127.0.0.1' }, () => a.splice(session, id, handOver(a, upstream)))
+          upstream.pause()
+        }
+        return undefined
+      })
+      serverSession = session
+    })
+    listener.listen(0, '127.0.0.1')
+    await once(listener, 'listening')
+    const tcp = connect((listener.address() as AddressInfo).port, '127.0.0.1')
+    await once(tcp, 'connect')
+    const client = a.clientSession(options.ctx ?? clientCtx, handOver(a, tcp), SETTINGS, (event, ...args) => {
+      clientEvents.push({ event, args })
+      return undefined
+    })
+    // Apps connect through a loopback listener whose accepted ends go to the addon.
+    const apps = createServer({ pauseOnConnect: true })
+    apps.listen(0, '127.0.0.1')
+    await once(apps, 'listening')
+    return {
+      client,
+      clientEvents,
+      serverEvents,
+      server: () => serverSession!,
+      listener,
+      async open(authority) {
+        await clientEvents.next(NativeEvent.Handshake)
+        const app = connect((apps.address() as AddressInfo).port, '127.0.0.1')
+        const [inner] = (await once(apps, 'connection')) as [Socket]
+        const id = a.open(client, handOver(a, inner), authority, ['traceparent', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'])
+        return { app, id }
+      },
+      async close() {
+        a.destroy(client, null)
+        await clientEvents.next(NativeEvent.Close)
+        if (serverSession !== undefined) await serverEvents.next(NativeEvent.Close)
+        listener.close()
+        apps.close()
+      },
+    }
+  }
+
+  it('verifies the peer, tunnels with half-close both ways and counts bytes on both sides', async () => {
+    const h = await harness()
+    const { app, id } = await h.open(`127.0.0.1:${echo.port}`)
+    const [handshake] = (await h.serverEvents.next(NativeEvent.Handshake)).args as [Buffer[]]
+    expect(handshake.length).toBeGreaterThanOrEqual(1)
+    const request = await h.serverEvents.next(NativeEvent.Request)
+    expect(request.args.slice(1)).toEqual(['CONNECT', `127.0.0.1:${echo.port}`, ['traceparent', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01']])
+    expect((await h.clientEvents.next(NativeEvent.Response, id)).args).toEqual([id, 200])
+    app.end('hello through the addon')
+    expect((await readAll(app)).toString()).toBe('hello through the addon')
+    const clientClose = await h.clientEvents.next(NativeEvent.StreamClose, id)
+    expect(clientClose.args).toEqual([id, NativeOutcome.Closed, 23, 23, null, 200])
+    const serverClose = await h.serverEvents.next(NativeEvent.StreamClose)
+    expect(serverClose.args.slice(1)).toEqual([NativeOutcome.Closed, 23, 23, null, 200])
+    expect(a.streams(h.client)).toBe(0)
+    await h.close()
+  })
+
+  it('keeps each direction open after the other one ended', async () => {
+    // The upstream says its piece and ends first; the app keeps sending afterwards.
+    const upstream = createServer({ allowHalfOpen: true }, (socket) => {
+      socket.end('first from upstream')
+      void readAll(socket).then((data) => upstream.emit('received', data.toString()))
+    })
+    upstream.listen(0, '127.0.0.1')
+    await once(upstream, 'listening')
+    const h = await harness()
+    const { app, id } = await h.open(`127.0.0.1:${(upstream.address() as AddressInfo).port}`)
+    app.allowHalfOpen = true
+    expect((await readAll(app)).toString()).toBe('first from upstream')
+    const received = once(upstream, 'received')
+    app.end('then the app, after the FIN')
+    expect((await received)[0]).toBe('then the app, after the FIN')
+    expect((await h.clientEvents.next(NativeEvent.StreamClose, id)).args[1]).toBe(NativeOutcome.Closed)
+    await h.close()
+    upstream.close()
+  })
+
+  it('moves 64 MiB intact to a reader that keeps pausing', async () => {
+    const sink = createServer((socket) => {
+      const hash = createHash('sha256')
+      let bytes = 0
+      socket.on('data', (chunk: Buffer) => {
+        hash.update(chunk)
+        bytes += chunk.length
+        // Stalls the stream now and then: the proxy must hold the bytes, not drop them.
+        if (bytes % (4 << 20) < chunk.length) {
+          socket.pause()
+          setImmediate(() => socket.resume())
+        }
+      })
+      socket.on('end', () => {
+        socket.end()
+        sink.emit('digest', hash.digest('hex'), bytes)
+      })
+    })
+    sink.listen(0, '127.0.0.1')
+    await once(sink, 'listening')
+    const h = await harness()
+    const { app, id } = await h.open(`127.0.0.1:${(sink.address() as AddressInfo).port}`)
+    const sent = createHash('sha256')
+    const digest = once(sink, 'digest')
+    for (let i = 0; i < 64; i++) {
+      const chunk = Buffer.alloc(1 << 20, i)
+      sent.update(chunk)
+      if (!app.write(chunk)) await once(app, 'drain')
+    }
+    app.end()
+    expect(await digest).toEqual([sent.digest('hex'), 64 << 20])
+    expect((await h.clientEvents.next(NativeEvent.StreamClose, id)).args.slice(1, 4)).toEqual([NativeOutcome.Closed, 64 << 20, 0])
+    app.destroy()
+    await h.close()
+    sink.close()
+  })
+
+  it('turns an app reset into RST_STREAM and an upstream reset, and back', async () => {
+    const upstreams: Socket[] = []
+    const upstream = createServer((socket) => {
+      upstreams.push(socket)
+      socket.on('error', (err) => upstream.emit('upstream-error', err))
+      upstream.emit('accepted')
+    })
+    upstream.listen(0, '127.0.0.1')
+    await once(upstream, 'listening')
+    const authority = `127.0.0.1:${(upstream.address() as AddressInfo).port}`
+    const h = await harness()
+
+    const first = await h.open(authority)
+    await h.clientEvents.next(NativeEvent.Response, first.id)
+    const upstreamError = once(upstream, 'upstream-error')
+    first.app.resetAndDestroy()
+    expect((await upstreamError)[0]).toMatchObject({ code: 'ECONNRESET' })
+    expect((await h.clientEvents.next(NativeEvent.StreamClose, first.id)).args[1]).toBe(NativeOutcome.SocketReset)
+
+    const second = await h.open(authority)
+    await h.clientEvents.next(NativeEvent.Response, second.id)
+    const appError = once(second.app, 'error')
+    upstreams.at(-1)!.resetAndDestroy()
+    expect((await appError)[0]).toMatchObject({ code: 'ECONNRESET' })
+    expect((await h.clientEvents.next(NativeEvent.StreamClose, second.id)).args[1]).toBe(NativeOutcome.StreamReset)
+    await h.close()
+    upstream.close()
+  })
+
+  it('passes a status other than 200 to the client, which resets its app socket', async () => {
+    const h = await harness({ decide: () => 401 })
+    const { app, id } = await h.open(`127.0.0.1:${echo.port}`)
+    const appError = once(app, 'error')
+    expect((await h.clientEvents.next(NativeEvent.Response, id)).args).toEqual([id, 401])
+    expect((await appError)[0]).toMatchObject({ code: 'ECONNRESET' })
+    expect((await h.clientEvents.next(NativeEvent.StreamClose, id)).args).toEqual([id, NativeOutcome.Rejected, 0, 0, null, 401])
+    expect((await h.serverEvents.next(NativeEvent.StreamClose)).args.slice(1, 2)).toEqual([NativeOutcome.Rejected])
+    await h.close()
+  })
+
+  it('closes the session when the handshake callback refuses the peer', async () => {
+    const h = await harness({ handshake: () => 'not the expected peer' })
+    expect((await h.serverEvents.next(NativeEvent.Close)).args).toEqual(['not the expected peer'])
+    expect((await h.clientEvents.next(NativeEvent.Close)).args[0]).toMatch(/closed|reset|broken pipe/i)
+    h.listener.close()
+  })
+
+  it('refuses a client that does not offer ALPN h2', async () => {
+    const h = await harness()
+    const port = (h.listener.address() as AddressInfo).port
+    const client = await mesh.manager.get(CLIENT_ID)
+    const tls = tlsConnect({ port, host: '127.0.0.1', key: client.privateKeyPem, cert: client.certificateChainPem, ca: mesh.rootsPem, ALPNProtocols: ['http/1.1'], rejectUnauthorized: false })
+    const [err] = (await once(tls, 'error')) as [Error]
+    expect(err.message).toMatch(/no application protocol|alert/i)
+    await h.close()
+  })
+
+  it('answers PING, and after GOAWAY lets open tunnels finish before both sessions close cleanly', async () => {
+    const h = await harness()
+    const { app, id } = await h.open(`127.0.0.1:${echo.port}`)
+    await h.clientEvents.next(NativeEvent.Response, id)
+    a.ping(h.client)
+    await h.clientEvents.next(NativeEvent.PingAck)
+    a.shutdown(h.server())
+    expect((await h.clientEvents.next(NativeEvent.GoAway)).args[0]).toBe(id)
+    // No new stream on a session that is going away.
+    expect(a.open(h.client, a.dupFd(0), `127.0.0.1:${echo.port}`, [])).toBe(-1)
+    app.end('still carried')
+    expect((await readAll(app)).toString()).toBe('still carried')
+    expect((await h.serverEvents.next(NativeEvent.Close)).args).toEqual([null])
+    await h.clientEvents.next(NativeEvent.Close)
+    h.listener.close()
+  })
+
+  it('leaves no descriptor behind after many tunnels and a destroyed session', async () => {
+    const before = openFds()
+    const upstream = await startEchoServer()
+    const h = await harness()
+    const tunnels: Array<{ app: Socket; id: number }> = []
+    for (let i = 0; i < 50; i++) tunnels.push(await h.open(`127.0.0.1:${upstream.port}`))
+    await Promise.all(tunnels.map(({ id }) => h.clientEvents.next(NativeEvent.Response, id)))
+    // Half of them end cleanly; the session is destroyed under the other half.
+    await Promise.all(
+      tunnels.slice(0, 25).map(async ({ app }) => {
+        app.end('x')
+        await readAll(app)
+      }),
+    )
+    for (const { app } of tunnels.slice(25)) app.on('error', () => {})
+    a.destroy(h.client, 'test over')
+    const resets = await Promise.all(tunnels.slice(25).map(({ id }) => h.clientEvents.next(NativeEvent.StreamClose, id)))
+    expect(new Set(resets.map((r) => r.args[1]))).toEqual(new Set([NativeOutcome.StreamReset]))
+    expect((await h.clientEvents.next(NativeEvent.Close)).args).toEqual(['test over'])
+    await Promise.all(tunnels.map(({ app }) => (app.destroyed ? undefined : closed(app))))
+    await h.close()
+    await upstream.close()
+    expect(openFds()).toBe(before)
+  })
+
+  it('accepts on a dual-stack listener and hands over descriptors with the peer in IPv4 form, until stopped', async () => {
+    const server = createServer().listen(0, '::')
+    await once(server, 'listening')
+    const port = (server.address() as AddressInfo).port
+    const listenFd = a.dupFd((server as unknown as { _handle: { fd: number } })._handle.fd)
+    server.close()
+    const accepted: Array<{ fd: number; address: string; port: number; family: number }> = []
+    let onAccept: (() => void) | undefined
+    const acceptor = a.accept(listenFd, (fd, address, peerPort, family) => {
+      accepted.push({ fd, address, port: peerPort, family })
+      onAccept?.()
+    })
+    const client = connect(port, '127.0.0.1')
+    await once(client, 'connect')
+    if (accepted.length === 0) await new Promise<void>((resolve) => (onAccept = resolve))
+    expect(accepted).toEqual([{ fd: expect.any(Number), address: '127.0.0.1', port: client.localPort, family: 4 }])
+    const socket = new Socket({ fd: accepted[0]!.fd, readable: true, writable: true })
+    socket.end('from the accepted descriptor')
+    expect((await readAll(client)).toString()).toBe('from the accepted descriptor')
+    socket.destroy()
+    a.stopAccepting(acceptor)
+    a.stopAccepting(acceptor)
+    const refused = connect(port, '127.0.0.1')
+    expect(((await once(refused, 'error')) as [Error])[0]).toMatchObject({ code: 'ECONNREFUSED' })
+  })
+
+  it('names the part of a context that is wrong', () => {
+    expect(() => a.createContext(true, 'not a certificate', 'not a key', mesh.rootsPem)).toThrow(/certificate chain/)
+    expect(() => a.createContext(false, mesh.rootsPem, 'not a key', mesh.rootsPem)).toThrow(/private key/)
+  })
+})
+
+function goSkipReason(): string | undefined {
+  try {
+    execFileSync('go', ['version'], { stdio: 'ignore' })
+    return undefined
+  } catch {
+    if (process.env.CI) throw new Error('interop tests cannot run under CI: `go` is not installed (apt-get install golang-go)')
+    return '`go` is not installed (apt-get install golang-go)'
+  }
+}
+
+const goSkip = addon === undefined ? 'addon not built' : goSkipReason()
+if (goSkip !== undefined) console.warn(`[skip] native HBONE interop with Go: ${goSkip}`)
+
+// The same Go program as hbone-interop.test.ts: Go's net/http as the foreign HTTP/2 stack.
+;(goSkip === undefined ? describe : describe.skip)('native HBONE interop with Go net/http', () => {
+  const a = addon!
+  let dir: string
+  let binary: string
+  let mesh: TestMesh
+  let echo: Awaited<ReturnType<typeof startEchoServer>>
+  let files: { client: Awaited<ReturnType<typeof writeSvidFiles>>; server: Awaited<ReturnType<typeof writeSvidFiles>> }
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'ak-native-go-'))
+    binary = join(dir, 'hbone')
+    mkdirSync(join(dir, 'gopath'))
+    execFileSync('go', ['build', '-o', binary, new URL('./interop/go/hbone.go', import.meta.url).pathname], {
+      env: { ...process.env, GOCACHE: join(tmpdir(), 'ambientkit-hbone-gocache'), GOPATH: join(dir, 'gopath'), GO111MODULE: 'off', GOPROXY: 'off', GOFLAGS: '' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    mesh = await createTestMesh()
+    files = {
+      client: await writeSvidFiles(mesh, 'spiffe://cluster.local/ns/go/sa/client', dir, 'go-client'),
+      server: await writeSvidFiles(mesh, 'spiffe://cluster.local/ns/go/sa/server', dir, 'go-server'),
+    }
+    echo = await startEchoServer()
+  }, 180_000)
+
+  afterAll(async () => {
+    await echo?.close()
+    await mesh?.close()
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('serves a Go client: CONNECT, half-close and the traceparent header', async () => {
+    const svid = await mesh.manager.get(SERVER_ID)
+    const ctx = a.createContext(true, svid.certificateChainPem, svid.privateKeyPem, mesh.rootsPem)
+    const events = new Events()
+    const listener = createServer({ pauseOnConnect: true }, (socket) => {
+      const session = a.serverSession(ctx, handOver(a, socket), SETTINGS, (event, ...args) => {
+        events.push({ event, args })
+        if (event === NativeEvent.Request) {
+          const upstream = connect({ port: echo.port, host: '127.0.0.1' }, () => a.splice(session, args[0] as number, handOver(a, upstream)))
+          upstream.pause()
+        }
+        return undefined
+      })
+    })
+    listener.listen(0, '127.0.0.1')
+    await once(listener, 'listening')
+    const addr = `127.0.0.1:${(listener.address() as AddressInfo).port}`
+    const result = await new Promise<{ stdout: string; stderr: string }>((resolve) =>
+      execFile(binary, ['client', addr, `127.0.0.1:${echo.port}`, SERVER_ID, files.client.cert, files.client.key, files.client.ca], { timeout: 30_000 }, (_err, stdout, stderr) =>
+        resolve({ stdout, stderr }),
+      ),
+    )
+    expect(result.stderr).toBe('')
+    expect(result.stdout).toBe('status 200\nbody hello from go\n')
+    const request = await events.next(NativeEvent.Request)
+    expect(request.args[1]).toBe('CONNECT')
+    expect(request.args[3]).toContain('traceparent')
+    expect((await events.next(NativeEvent.StreamClose)).args.slice(1, 4)).toEqual([NativeOutcome.Closed, 13, 13])
+    listener.close()
+  })
+
+  it('tunnels through a Go server, which sees our CONNECT', async () => {
+    const child: ChildProcess = spawn(binary, ['server', '127.0.0.1:0', files.server.cert, files.server.key, files.server.ca], { stdio: ['ignore', 'pipe', 'pipe'] })
+    try {
+      const lines = createInterface({ input: child.stdout! })
+      const connects: string[] = []
+      const addr = await new Promise<string>((resolve, reject) => {
+        child.once('exit', (code) => reject(new Error(`Go server exited with ${code}`)))
+        lines.on('line', (line) => {
+          if (line.startsWith('listening ')) resolve(line.slice('listening '.length))
+          else if (line.startsWith('connect ')) connects.push(line.slice('connect '.length))
+        })
+      })
+      const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))]
+      const tcp = connect(port, host)
+      await once(tcp, 'connect')
+      const events = new Events()
+      const svid = await mesh.manager.get(CLIENT_ID)
+      const ctx = a.createContext(false, svid.certificateChainPem, svid.privateKeyPem, mesh.rootsPem)
+      const session = a.clientSession(ctx, handOver(a, tcp), SETTINGS, (event, ...args) => {
+        events.push({ event, args })
+        return undefined
+      })
+      await events.next(NativeEvent.Handshake)
+      const apps = createServer({ pauseOnConnect: true }).listen(0, '127.0.0.1')
+      await once(apps, 'listening')
+      const app = connect((apps.address() as AddressInfo).port, '127.0.0.1')
+      const [inner] = (await once(apps, 'connection')) as [Socket]
+      const id = a.open(session, handOver(a, inner), `127.0.0.1:${echo.port}`, [])
+      expect((await events.next(NativeEvent.Response, id)).args).toEqual([id, 200])
+      app.end('hello from the addon')
+      expect((await readAll(app)).toString()).toBe('hello from the addon')
+      expect(connects.at(-1)).toBe(`${CLIENT_ID} 127.0.0.1:${echo.port}`)
+      a.destroy(session, null)
+      await events.next(NativeEvent.Close)
+      apps.close()
+    } finally {
+      child.kill()
+    }
+  })
+})
