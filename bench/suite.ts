@@ -13,6 +13,7 @@ import {
   tlsServerOptions,
   type CertificateAuthority,
 } from '@ambientkit/identity'
+import { defaultHboneDataPath } from '@ambientkit/proxy'
 import { applyCapture, openNetns, removeCapture } from '@ambientkit/redirect'
 import { cpuSeconds, machineInfo, rssKiB, runQueueWaitSeconds, sampleRss } from './lib/proc'
 import { bundleNodeRunner, ECHO_PORT, IPERF_PORT, startIperfServer, startNodeRunner, startPodAgent, workloadOf } from './lib/mesh'
@@ -33,7 +34,8 @@ import { writeDocs } from './lib/docs'
  * and docs/performance-chart.svg), `--skip-extras` (do not run the other
  * bench files), `--same-node-fast-path` (the node proxies splice same-node
  * connections in-process instead of HBONE: the "same node" column then
- * measures that path).
+ * measures that path), `--data-path=node|native` (the workload proxies'
+ * data path; default: theirs).
  */
 
 const argv = process.argv.slice(2)
@@ -44,10 +46,18 @@ const skipExtras = argv.includes('--skip-extras')
 const sameNodeFastPath = argv.includes('--same-node-fast-path')
 // The node-runner processes inherit it.
 if (sameNodeFastPath) process.env.BENCH_SAME_NODE_FAST_PATH = '1'
+const dataPathArg = argv.find((arg) => arg.startsWith('--data-path='))?.slice('--data-path='.length)
+if (dataPathArg !== undefined && dataPathArg !== 'node' && dataPathArg !== 'native') {
+  process.stderr.write(`bench: --data-path must be node or native, not ${JSON.stringify(dataPathArg)}\n`)
+  process.exit(2)
+}
+// What the proxies run unless told: the workload proxy's own default.
+const dataPath = dataPathArg ?? defaultHboneDataPath()
+process.env.BENCH_DATA_PATH = dataPath
 
 const SETTINGS = quick
-  ? { rounds: 1, latencyRounds: 1, iperfSeconds: 1, pingWarmup: 200, pingCount: 1000, connMs: 500, connConcurrency: 8, idleConnections: 100, idleRounds: 1, captureRounds: 3, handshakeMs: 300, sameNodeFastPath }
-  : { rounds: 3, latencyRounds: 5, iperfSeconds: 3, pingWarmup: 1000, pingCount: 10_000, connMs: 2000, connConcurrency: 8, idleConnections: 1000, idleRounds: 2, captureRounds: 15, handshakeMs: 1500, sameNodeFastPath }
+  ? { rounds: 1, latencyRounds: 1, iperfSeconds: 1, pingWarmup: 200, pingCount: 1000, connMs: 500, connConcurrency: 8, idleConnections: 100, idleRounds: 1, captureRounds: 3, handshakeMs: 300, sameNodeFastPath, dataPath }
+  : { rounds: 3, latencyRounds: 5, iperfSeconds: 3, pingWarmup: 1000, pingCount: 10_000, connMs: 2000, connConcurrency: 8, idleConnections: 1000, idleRounds: 2, captureRounds: 15, handshakeMs: 1500, sameNodeFastPath, dataPath }
 
 const STUNNEL = { echo: { local: 17000, tunnel: 27000 }, iperf: { local: 15201, tunnel: 25201 } }
 

@@ -1,9 +1,10 @@
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { build, type Plugin } from 'esbuild'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import type { Workload } from '@ambientkit/core'
 import type { NodeRunnerConfig } from './node-runner'
-import { runIn, spawnIn, startAgent, tsArgs, type Agent } from './processes'
+import { spawnIn, startAgent, tsArgs, type Agent } from './processes'
 
 /** Starting the bench's parts: the node proxy runners, the pod agents and the iperf3 servers. */
 
@@ -32,23 +33,34 @@ export const RUNNER_BUNDLE = 'node_modules/.cache/ambientkit-bench/node-runner.m
  * (esbuild, the compiler tsup and tsx use): the proxy process then runs as a
  * built deployment would, without tsx's loader thread and transform caches
  * (≈35 MiB of RSS and some CPU that no user's proxy would carry). npm
- * dependencies stay external. The native addon is found relative to
- * import.meta.url, so that is pinned to redirect's source file.
+ * dependencies stay external. The native addons are found relative to the
+ * `import.meta.url` of the module that loads them, so each source file
+ * keeps its own.
  */
 export async function bundleNodeRunner(): Promise<void> {
-  const nativeUrl = pathToFileURL(join(process.cwd(), 'packages/redirect/src/native.ts')).href
-  await runIn(undefined, 'node_modules/.bin/esbuild', [
-    'bench/lib/node-runner.ts',
-    '--bundle',
-    '--platform=node',
-    '--format=esm',
-    '--target=node20',
-    '--tsconfig=tsconfig.json',
-    ...['node-forge', 'netlink', 'ip-num', 'prom-client'].map((dep) => `--external:${dep}`),
-    `--define:import.meta.url=${JSON.stringify(nativeUrl)}`,
-    `--outfile=${RUNNER_BUNDLE}`,
-    '--log-level=warning',
-  ])
+  await build({
+    entryPoints: ['bench/lib/node-runner.ts'],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    tsconfig: 'tsconfig.json',
+    external: ['node-forge', 'netlink', 'ip-num', 'prom-client'],
+    outfile: RUNNER_BUNDLE,
+    logLevel: 'warning',
+    plugins: [ownImportMetaUrl],
+  })
+}
+
+/** Replaces `import.meta.url` in the packages' sources with each file's own URL (esbuild would leave it empty in a bundle). */
+const ownImportMetaUrl: Plugin = {
+  name: 'own-import-meta-url',
+  setup(builder) {
+    builder.onLoad({ filter: /[/\\]packages[/\\][^/\\]+[/\\]src[/\\].*\.ts$/ }, (args) => ({
+      contents: readFileSync(args.path, 'utf8').replaceAll('import.meta.url', JSON.stringify(pathToFileURL(args.path).href)),
+      loader: 'ts',
+    }))
+  },
 }
 
 /**

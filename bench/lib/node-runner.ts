@@ -53,6 +53,7 @@ async function main(): Promise<void> {
     policies: createPolicyStore(),
     admin: false,
     sameNodeFastPath: process.env.BENCH_SAME_NODE_FAST_PATH === '1',
+    ...(process.env.BENCH_DATA_PATH === 'node' || process.env.BENCH_DATA_PATH === 'native' ? { workloadDefaults: { dataPath: process.env.BENCH_DATA_PATH } } : {}),
     accessLog: (entry) => {
       protocols[entry.protocol] = (protocols[entry.protocol] ?? 0) + 1
       logger?.info({ access: entry }, 'connection')

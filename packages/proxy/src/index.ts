@@ -50,9 +50,12 @@ export {
   type SocketFactory,
   type SocketFactoryOptions,
 } from './hbone/client'
+export { nativeHboneUnavailable } from './hbone/native'
 export {
   createWorkloadProxy,
+  defaultHboneDataPath,
   DEFAULT_WORKLOAD_PROXY_PORTS,
+  type HboneDataPath,
   type WorkloadProxy,
   type WorkloadProxyOptions,
   type WorkloadProxyPorts,

@@ -19,7 +19,7 @@ import { createWorkloadProxy, type WorkloadProxy, type WorkloadProxyOptions } fr
 /** Options every workload proxy of a node shares (see {@link WorkloadProxyOptions}). */
 export type WorkloadProxyDefaults = Pick<
   WorkloadProxyOptions,
-  'outboundPolicy' | 'inboundPlaintext' | 'preserveSourceAddress' | 'ports' | 'windows' | 'connectTimeout'
+  'outboundPolicy' | 'inboundPlaintext' | 'preserveSourceAddress' | 'ports' | 'windows' | 'connectTimeout' | 'dataPath'
 >
 
 /** Options of {@link createNodeProxy}. */
@@ -32,7 +32,7 @@ export interface NodeProxyOptions {
   readonly identities: IdentityManager
   /** The authorization policies in force. */
   readonly policies: PolicyStore
-  /** Settings for every workload proxy. Default: Istio's ports, passthrough, permissive plaintext. */
+  /** Settings for every workload proxy (`dataPath` among them). Default: Istio's ports, passthrough, permissive plaintext, the native data path when its addon is built. */
   readonly workloadDefaults?: WorkloadProxyDefaults
   /**
    * The admin HTTP server (`/healthz/ready`, `/metrics`, `/config_dump`),

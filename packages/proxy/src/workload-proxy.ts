@@ -18,12 +18,16 @@ import {
   type WorkloadRegistry,
 } from '@ambientkit/core'
 import { tlsClientOptions, tlsServerOptions, type IdentityManager } from '@ambientkit/identity'
-import { originalDestination, PROXY_MARK, type Netns, type NetnsConnectOptions } from '@ambientkit/redirect'
+import { originalDestination, PROXY_MARK, type Netns, type NetnsConnectFdOptions, type NetnsConnectOptions } from '@ambientkit/redirect'
 import type { AccessLogEntry, AccessLogPeer, ConnectionOutcome, ProxyListener } from './access-log'
 import { createHboneClient, type HboneClient } from './hbone/client'
 import { HBONE_PORT, type HboneWindows } from './hbone/constants'
+import { nativeHbone, nativeHboneUnavailable, type NativeAddon } from './hbone/native'
+import { createNativeHboneClient, type NativeHboneClient } from './hbone/native-client'
+import { createNativeHboneServer, type NativeUpstreamConnectOptions } from './hbone/native-server'
+import type { NativeTunnel } from './hbone/native-tunnel'
 import { createHboneServer, type HboneDecision, type HboneRequest, type HboneServer, type HboneTunnelRecord } from './hbone/server'
-import { startTunnelSplice } from './hbone/splice'
+import { startTunnelSplice, type SpliceResult } from './hbone/splice'
 import type { ConnectionLabels, ProxyMetrics } from './metrics'
 import { startSocketSplice, type SocketSpliceResult } from './splice-sockets'
 
@@ -35,6 +39,21 @@ export interface WorkloadProxyPorts {
   readonly inboundPlaintext: number
   /** Inbound HBONE (mTLS, HTTP/2 CONNECT). Default 15008. */
   readonly inbound: number
+}
+
+/**
+ * What carries the bytes of HBONE tunnels: `'node'`, Node's TLS and
+ * HTTP/2, or `'native'`, the addon (OpenSSL and nghttp2 on Node's own
+ * loop), where a tunnel's bytes never enter JavaScript.
+ */
+export type HboneDataPath = 'node' | 'native'
+
+/**
+ * The data path a workload proxy uses when `dataPath` is not given:
+ * `'native'` when this package's addon is built and loads, else `'node'`.
+ */
+export function defaultHboneDataPath(): HboneDataPath {
+  return nativeHbone() === undefined ? 'node' : 'native'
 }
 
 /** Istio's ports, which our capture rules redirect to. */
@@ -73,6 +92,19 @@ export interface WorkloadProxyOptions {
   /** Upstream connect timeout, milliseconds. Default 10 000. */
   readonly connectTimeout?: number
   /**
+   * What carries HBONE tunnels, outbound (to other pods' 15008) and inbound
+   * (this pod's 15008). `'native'`: the native addon of this package
+   * does TLS, HTTP/2 and the copying; a tunnel's bytes never enter
+   * JavaScript, which still verifies identities, authorizes each `CONNECT`,
+   * chooses upstreams and writes the same access log and metrics.
+   * `'node'`: Node's `tls` and `http2`, every byte through JavaScript.
+   * Passthrough, plaintext inbound and the same-node fast path are the same
+   * either way. Default: {@link defaultHboneDataPath} (native when the addon
+   * is built). `createWorkloadProxy` throws `ERR_AMBIENT_HBONE_NATIVE_UNAVAILABLE`
+   * when `'native'` is asked for and the addon is not built.
+   */
+  readonly dataPath?: HboneDataPath
+  /**
    * The workload proxy of this process serving a workload, if any: an
    * outbound connection to a workload served here skips HBONE (the same-node fast path, as in
    * ztunnel). The destination's proxy authorizes it with this workload's
@@ -109,6 +141,11 @@ export interface WorkloadProxy extends Closable {
   close(): Promise<void>
 }
 
+/** What ends an established connection: a socket whose splice resets the other side, or a native tunnel. */
+interface Resettable {
+  resetAndDestroy(): unknown
+}
+
 /**
  * A proxied connection, from accept until its access-log line. A class
  * rather than closures, so that an idle connection holds only these fields.
@@ -119,7 +156,7 @@ class TrackedConnection {
   /** While the upstream is being connected: aborting it ends the connection. Dropped, with its signal, once connected. */
   #connecting: AbortController | undefined
   /** Once connected: resetting it ends the connection, as the splice resets the other side. */
-  #socket: Socket | undefined
+  #socket: Resettable | undefined
   #log: Logger | undefined
 
   constructor(
@@ -135,7 +172,7 @@ class TrackedConnection {
   }
 
   /** Connected: terminating now resets `socket`, with an `info` line on `log` when given. */
-  established(socket: Socket, log?: Logger): void {
+  established(socket: Resettable, log?: Logger): void {
     this.#connecting = undefined
     this.#socket = socket
     this.#log = log
@@ -192,8 +229,10 @@ class WorkloadProxyImpl implements WorkloadProxy {
   /** `close` listener of every accepted socket (the socket is `this`): one function per proxy rather than a closure per connection. */
   readonly #forgetAccepted: (this: Socket) => void
   readonly #connections = new Set<TrackedConnection>()
-  #hboneServer: HboneServer | undefined
-  readonly #hboneClient: HboneClient
+  /** The 15008 side: Node's HBONE server or the native one. */
+  #hboneServer: Pick<HboneServer, 'handle' | 'stats' | 'drain' | 'close'> | undefined
+  /** The outbound HBONE client of the data path in use. */
+  readonly #outbound: { readonly path: 'node'; readonly client: HboneClient } | { readonly path: 'native'; readonly client: NativeHboneClient; readonly addon: NativeAddon }
   readonly #unsubscribe: () => void
   readonly #idleWaiters: Array<() => void> = []
   #closing: Promise<void> | undefined
@@ -213,47 +252,84 @@ class WorkloadProxyImpl implements WorkloadProxy {
       if (!Number.isInteger(port) || port < 1 || port > 65535) throw invalidArgument(`ports.${name}`, port, 'a port 1-65535')
     }
     if (new Set(Object.values(this.#ports)).size !== 3) throw invalidArgument('ports', this.#ports, 'three different ports')
+    if (options.dataPath !== undefined && options.dataPath !== 'node' && options.dataPath !== 'native') {
+      throw invalidArgument('dataPath', options.dataPath, "'node' or 'native'")
+    }
+    if (options.dataPath === 'native') {
+      const unavailable = nativeHboneUnavailable()
+      if (unavailable !== undefined) throw unavailable
+    }
     this.#log = (options.logger ?? silentLogger).child({ workload: `${options.workload.namespace}/${options.workload.name}` })
     const netns = options.netns
     const connectTimeout = options.connectTimeout ?? 10_000
-    this.#hboneClient = createHboneClient({
-      // A session is keyed by its expected identities, so the handshake itself
-      // can refuse any other server.
-      tls: (identity, { signal, expectedIdentities }) =>
-        tlsClientOptions({ manager: options.identities, id: identity ?? this.identity, expectedPeers: expectedIdentities, alpnProtocols: ['h2'], signal }),
-      // The session's own TCP connection: a FIN from the server ends it (no half-open).
-      socketFactory: (address, { signal }) => dial(netns, { host: address.address, port: address.port, signal }, false),
-      ...(options.windows ? { windows: options.windows } : {}),
-      sessionTimeout: connectTimeout,
-      logger: this.#log,
-    })
+    const addon = (options.dataPath ?? defaultHboneDataPath()) === 'native' ? nativeHbone() : undefined
+    if (addon !== undefined) {
+      const client = createNativeHboneClient({
+        addon,
+        identities: options.identities,
+        // The session's own TCP connection, as for the Node client; only the addon reads it.
+        socketFactory: (address, { signal }) => netns.connectFd({ host: address.address, port: address.port, mark: PROXY_MARK, signal }),
+        ...(options.windows ? { windows: options.windows } : {}),
+        sessionTimeout: connectTimeout,
+        logger: this.#log,
+      })
+      this.#outbound = { path: 'native', client, addon }
+    } else {
+      const client = createHboneClient({
+        // A session is keyed by its expected identities, so the handshake itself
+        // can refuse any other server.
+        tls: (identity, { signal, expectedIdentities }) =>
+          tlsClientOptions({ manager: options.identities, id: identity ?? this.identity, expectedPeers: expectedIdentities, alpnProtocols: ['h2'], signal }),
+        // The session's own TCP connection: a FIN from the server ends it (no half-open).
+        socketFactory: (address, { signal }) => dial(netns, { host: address.address, port: address.port, signal }, false),
+        ...(options.windows ? { windows: options.windows } : {}),
+        sessionTimeout: connectTimeout,
+        logger: this.#log,
+      })
+      this.#outbound = { path: 'node', client }
+    }
     this.#unsubscribe = options.policies.subscribe(() => this.#reauthorize())
   }
 
   async start(): Promise<void> {
-    const hboneServer = createHboneServer({
-      tls: await tlsServerOptions({ manager: this.#options.identities, id: this.identity, alpnProtocols: ['h2'] }),
-      decide: (request) => this.#decideInbound(request),
-      connect: (destination, { signal, request, context }) => this.#connectTunnelUpstream(destination, signal, request, context as AuthorizationConnection),
+    const common = {
+      decide: (request: HboneRequest) => this.#decideInbound(request),
       connectTimeout: this.#options.connectTimeout ?? 10_000,
       ...(this.#options.windows ? { windows: this.#options.windows } : {}),
       logger: this.#log,
-      onTunnel: (record) => this.#onTunnelEnd(record),
-      onHandshakeFailure: (failure) => {
+      onTunnel: (record: HboneTunnelRecord) => this.#onTunnelEnd(record),
+      onHandshakeFailure: (failure: { error: Error; reason: string }) => {
         this.#log.warn({ err: failure.error, reason: failure.reason }, 'inbound HBONE handshake failed')
         this.#options.metrics?.handshakeFailed({ destination_workload: this.workload.name, reason: failure.reason })
       },
-    })
+    }
+    const outbound = this.#outbound
+    const hboneServer = outbound.path === 'native'
+      ? createNativeHboneServer({
+        ...common,
+        addon: outbound.addon,
+        identities: this.#options.identities,
+        identity: this.identity,
+        connect: (destination, options) => this.#connectNativeUpstream(destination, options),
+      })
+      : createHboneServer({
+        ...common,
+        tls: await tlsServerOptions({ manager: this.#options.identities, id: this.identity, alpnProtocols: ['h2'] }),
+        connect: (destination, { signal, request, context }) => this.#connectTunnelUpstream(destination, signal, request, context as AuthorizationConnection),
+      })
     this.#hboneServer = hboneServer
-    await this.#listen('outbound', this.#ports.outbound, (socket) => this.#onOutbound(socket))
-    await this.#listen('inbound-plaintext', this.#ports.inboundPlaintext, (socket) => this.#onInboundPlaintext(socket))
-    // HBONE carries half-close inside the tunnel; its own TCP connection ends on FIN.
-    await this.#listen('inbound-hbone', this.#ports.inbound, (socket) => hboneServer.handle(socket), false)
+    // Listeners up means the SVID is at hand (the Node server's TLS options fetched it above).
+    if (outbound.path === 'native') await this.#options.identities.get(this.identity)
+    // Spliced sockets keep half-close and wait, paused, for their upstream.
+    await this.#listen('outbound', this.#ports.outbound, (socket) => this.#onOutbound(socket), { allowHalfOpen: true, pauseOnConnect: true })
+    await this.#listen('inbound-plaintext', this.#ports.inboundPlaintext, (socket) => this.#onInboundPlaintext(socket), { allowHalfOpen: true, pauseOnConnect: true })
+    // HBONE carries half-close inside the tunnel; its own TCP connection ends on FIN. The native
+    // server takes the connection from Node before the TLS handshake: Node must not read it.
+    await this.#listen('inbound-hbone', this.#ports.inbound, (socket) => hboneServer.handle(socket), { allowHalfOpen: false, pauseOnConnect: outbound.path === 'native' })
   }
 
-  async #listen(listener: ProxyListener, port: number, onConnection: (socket: Socket) => void, splice = true): Promise<void> {
-    // Spliced sockets keep half-close and wait, paused, for their upstream.
-    const serverOptions = { allowHalfOpen: splice, pauseOnConnect: splice, noDelay: true }
+  async #listen(listener: ProxyListener, port: number, onConnection: (socket: Socket) => void, accept: { allowHalfOpen: boolean; pauseOnConnect: boolean }): Promise<void> {
+    const serverOptions = { ...accept, noDelay: true }
     let server: Server
     try {
       server = await this.#options.netns.listen({ host: DUAL_STACK, port, mark: PROXY_MARK, ipv6Only: false, server: serverOptions })
@@ -288,7 +364,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
   }
 
   hboneSessions(): { outbound: number; inbound: number } {
-    return { outbound: this.#hboneClient.stats().length, inbound: this.#hboneServer?.stats().sessions ?? 0 }
+    return { outbound: this.#outbound.client.stats().length, inbound: this.#hboneServer?.stats().sessions ?? 0 }
   }
 
   // ---- outbound -----------------------------------------------------------
@@ -343,10 +419,12 @@ class WorkloadProxyImpl implements WorkloadProxy {
     if (target?.protocol === 'HBONE') {
       const local = this.#options.localWorkloads?.(target)
       if (local instanceof WorkloadProxyImpl) return this.#routeLocal(app, local, target, peer.address, peer.port, service, start, earlyClose, refuse)
+      const outbound = this.#outbound
+      if (outbound.path === 'native') return this.#routeNativeTunnel(app, outbound.client, target, peer.address, peer.port, service, start, earlyClose, refuse)
       const expected = workloadIdentity(target)
       let tunnel
       try {
-        tunnel = await this.#hboneClient.connect(
+        tunnel = await outbound.client.connect(
           { address: peer.address, port: peer.port, family: peer.address.includes(':') ? 6 : 4 },
           { expectedIdentities: [expected], identity: this.identity, ...this.#sourceAddressFor(peer.address), signal },
         )
@@ -381,20 +459,65 @@ class WorkloadProxyImpl implements WorkloadProxy {
   /** Labels and logged destination are derived from `target` again at the end rather than kept meanwhile. */
   #spliceOutboundTunnel(app: Socket, tunnel: Duplex, start: OutboundStart, target: Workload, address: string, port: number, service: string | undefined): void {
     this.#options.metrics?.connectionOpened(this.#outboundTunnelLabels(target))
-    startTunnelSplice(app, tunnel, (result) => {
-      const bytes = { sent: result.socketBytesRead, received: result.socketBytesWritten }
-      this.#options.metrics?.connectionClosed(this.#outboundTunnelLabels(target), bytes)
-      this.#finishOutbound(start, {
-        protocol: 'HBONE',
-        destination: { address, port, workload: target.name, namespace: target.namespace, identity: workloadIdentity(target) },
-        ...(service ? { service } : {}),
-        bytesSent: bytes.sent,
-        bytesReceived: bytes.received,
-        outcome: result.outcome === 'closed' ? 'closed' : 'reset',
-        ...(result.error ? { reason: result.error.message } : {}),
-      })
-    })
+    startTunnelSplice(app, tunnel, (result) => this.#outboundTunnelEnded(result, start, target, address, port, service))
     dropIgnore(app)
+  }
+
+  /** An outbound tunnel ended, on either data path: metrics and the access-log line. */
+  #outboundTunnelEnded(result: SpliceResult, start: OutboundStart, target: Workload, address: string, port: number, service: string | undefined): void {
+    const bytes = { sent: result.socketBytesRead, received: result.socketBytesWritten }
+    this.#options.metrics?.connectionClosed(this.#outboundTunnelLabels(target), bytes)
+    this.#finishOutbound(start, {
+      protocol: 'HBONE',
+      destination: { address, port, workload: target.name, namespace: target.namespace, identity: workloadIdentity(target) },
+      ...(service ? { service } : {}),
+      bytesSent: bytes.sent,
+      bytesReceived: bytes.received,
+      outcome: result.outcome === 'closed' ? 'closed' : 'reset',
+      ...(result.error ? { reason: result.error.message } : {}),
+    })
+  }
+
+  /**
+   * An outbound HBONE connection on the native data path: the app's socket
+   * goes to the addon once a session is ready, and the tunnel reports its
+   * end as the Node path's splice does.
+   */
+  async #routeNativeTunnel(
+    app: Socket,
+    client: NativeHboneClient,
+    target: Workload,
+    address: string,
+    port: number,
+    service: string | undefined,
+    start: OutboundStart,
+    earlyClose: () => void,
+    refuse: (reason: string, outcome: ConnectionOutcome, extra: Partial<AccessLogEntry>) => void,
+  ): Promise<void> {
+    const expected = workloadIdentity(target)
+    // The socket's 'close' will be its handover to the addon, not the app going away. Until
+    // then nothing else closes it but close(), which ends the connect through the signal.
+    app.off('close', earlyClose)
+    let tunnel: NativeTunnel
+    try {
+      tunnel = await client.open(app, { address, port, family: address.includes(':') ? 6 : 4 }, {
+        expectedIdentities: [expected],
+        identity: this.identity,
+        ...this.#sourceAddressFor(address),
+        signal: start.tracked.connecting(),
+      })
+    } catch (err) {
+      // A socket already handed over was closed by the addon: resetting it again does nothing.
+      const status = isAmbientError(err) ? (err.details.status as number | undefined) : undefined
+      return refuse(`HBONE connect failed: ${(err as Error).message}`, status === 401 ? 'denied' : 'failed', {
+        protocol: 'HBONE',
+        destination: { address, port, workload: target.name, namespace: target.namespace, identity: expected },
+        ...(service ? { service } : {}),
+      })
+    }
+    start.tracked.established(tunnel, this.#log)
+    this.#options.metrics?.connectionOpened(this.#outboundTunnelLabels(target))
+    tunnel.onClose((result) => this.#outboundTunnelEnded(result, start, target, address, port, service))
   }
 
   /**
@@ -570,6 +693,18 @@ class WorkloadProxyImpl implements WorkloadProxy {
     return app
   }
 
+  /** The upstream of an authorized tunnel on the native data path: a bare descriptor, tracked through its tunnel. */
+  async #connectNativeUpstream(destination: SocketAddress, { signal, request, context, tunnel }: NativeUpstreamConnectOptions): Promise<number> {
+    const fd = await this.#options.netns.connectFd(this.#appConnectOptions(destination, signal, request.forwardedFor ?? request.peerAddress.address))
+    // Resetting the tunnel resets the app's connection too.
+    const tracked = new TrackedConnection('inbound-hbone', context as AuthorizationConnection)
+    tracked.established(tunnel)
+    this.#track(tracked)
+    tunnel.onClose(() => this.#untrack(tracked))
+    this.#options.metrics?.connectionOpened(this.#inboundHboneLabels(request.peerIdentity, request.peerAddress.address))
+    return fd
+  }
+
   #inboundHboneLabels(peerIdentity: string, peerAddress: string): ConnectionLabels {
     return this.#labels('destination', { identity: peerIdentity, workload: this.#options.registry.workloadByAddress(peerAddress) }, { identity: this.identity, workload: this.workload }, 'mutual_tls')
   }
@@ -605,13 +740,19 @@ class WorkloadProxyImpl implements WorkloadProxy {
 
   /** Connects to the app inside the pod, as the proxy (mark 0x539) and optionally as the client. */
   async #connectApp(destination: SocketAddress, signal: AbortSignal, clientAddress: string | undefined): Promise<Socket> {
+    return dial(this.#options.netns, this.#appConnectOptions(destination, signal, clientAddress))
+  }
+
+  /** How the proxy connects to its app: marked 0x539, from `clientAddress` when preserving the source. */
+  #appConnectOptions(destination: SocketAddress, signal: AbortSignal, clientAddress: string | undefined): NetnsConnectFdOptions {
     const preserve = this.#options.preserveSourceAddress === true && clientAddress !== undefined
-    return dial(this.#options.netns, {
+    return {
       host: destination.address,
       port: destination.port,
+      mark: PROXY_MARK,
       signal,
       ...(preserve ? { localAddress: clientAddress, transparent: true } : {}),
-    })
+    }
   }
 
   #onInboundPlaintext(client: Socket): void {
@@ -755,7 +896,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
       this.#unsubscribe()
       this.#stopListening()
       for (const connection of this.#connections) connection.terminate('workload proxy closed')
-      await Promise.all([this.#hboneServer?.close(), this.#hboneClient.close()])
+      await Promise.all([this.#hboneServer?.close(), this.#outbound.client.close()])
       // Whatever is left (a connection still waiting for its upstream) is reset.
       for (const socket of this.#accepted) socket.resetAndDestroy()
     })()

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { workloadIdentity } from '@ambientkit/core'
 import { tlsClientOptions } from '@ambientkit/identity'
 import { createHboneClient } from '@ambientkit/proxy'
@@ -7,55 +7,58 @@ import { createTestNetwork, type TestNetwork } from '../../../test/support/netns
 import { describePrivileged } from '../../../test/support/privileged'
 import { startEchoApp } from './support/apps'
 import { createTestControlPlane, meshPod, meshWorkload, type MeshPod, type TestControlPlane } from './support/mesh'
+import { dataPaths } from './support/native'
 
 describePrivileged('workload proxy: inbound HBONE without capture', ['ip'], () => {
-  let network: TestNetwork
-  let cp: TestControlPlane
-  let a: MeshPod
-  let b: MeshPod
+  describe.each(dataPaths('workload proxy'))('%s data path', (dataPath) => {
+    let network: TestNetwork
+    let cp: TestControlPlane
+    let a: MeshPod
+    let b: MeshPod
 
-  beforeAll(async () => {
-    network = createTestNetwork('ak-wp')
-    cp = await createTestControlPlane()
-    const [n1, n2] = [await network.addNode(), await network.addNode()]
-    const podA = await network.addPod(n1!)
-    const podB = await network.addPod(n2!)
-    a = meshPod(podA, meshWorkload(podA, { name: 'frontend', namespace: 'web', serviceAccount: 'frontend' }))
-    b = meshPod(podB, meshWorkload(podB, { name: 'api', namespace: 'shop', serviceAccount: 'api' }))
-  })
-  afterAll(async () => {
-    await cp?.close()
-    await network?.cleanup()
-  })
-
-  it('serves an authorized CONNECT to the app and refuses other authorities', async () => {
-    cp.registry.upsertWorkload(a.workload)
-    cp.registry.upsertWorkload(b.workload)
-    const node2 = cp.nodeProxy('node-2')
-    await node2.proxy.addWorkload(b.workload, b.netns)
-    const app = await startEchoApp(b.netns, 8080)
-    const node1 = cp.nodeProxy('node-1')
-    const client = createHboneClient({
-      tls: (identity, { signal }) => tlsClientOptions({ manager: node1.identities, id: identity!, expectedPeers: () => true, alpnProtocols: ['h2'], signal }),
-      socketFactory: (address, { signal }) => a.netns.connect({ host: address.address, port: address.port, mark: PROXY_MARK, signal }),
+    beforeAll(async () => {
+      network = createTestNetwork('ak-wp')
+      cp = await createTestControlPlane()
+      const [n1, n2] = [await network.addNode(), await network.addNode()]
+      const podA = await network.addPod(n1!)
+      const podB = await network.addPod(n2!)
+      a = meshPod(podA, meshWorkload(podA, { name: 'frontend', namespace: 'web', serviceAccount: 'frontend' }))
+      b = meshPod(podB, meshWorkload(podB, { name: 'api', namespace: 'shop', serviceAccount: 'api' }))
     })
-    try {
-      const tunnel = await client.connect(`${b.pod.ipv4}:8080`, {
-        identity: workloadIdentity(a.workload),
-        expectedIdentities: [workloadIdentity(b.workload)],
+    afterAll(async () => {
+      await cp?.close()
+      await network?.cleanup()
+    })
+
+    it('serves an authorized CONNECT to the app and refuses other authorities', async () => {
+      cp.registry.upsertWorkload(a.workload)
+      cp.registry.upsertWorkload(b.workload)
+      const node2 = cp.nodeProxy('node-2', { dataPath })
+      await node2.proxy.addWorkload(b.workload, b.netns)
+      const app = await startEchoApp(b.netns, 8080)
+      const node1 = cp.nodeProxy('node-1', { dataPath })
+      const client = createHboneClient({
+        tls: (identity, { signal }) => tlsClientOptions({ manager: node1.identities, id: identity!, expectedPeers: () => true, alpnProtocols: ['h2'], signal }),
+        socketFactory: (address, { signal }) => a.netns.connect({ host: address.address, port: address.port, mark: PROXY_MARK, signal }),
       })
-      const chunks: Buffer[] = []
-      tunnel.on('data', (c: Buffer) => chunks.push(c))
-      const ended = new Promise((resolve) => tunnel.on('end', resolve))
-      tunnel.end('hello through HBONE')
-      await ended
-      expect(Buffer.concat(chunks).toString()).toBe('hello through HBONE')
-      await expect(
-        client.connect(`${a.pod.ipv4}:8080`, { identity: workloadIdentity(a.workload), expectedIdentities: [workloadIdentity(b.workload)], via: `${b.pod.ipv4}:15008` }),
-      ).rejects.toMatchObject({ code: 'ERR_AMBIENT_HBONE_STATUS', details: { status: 400 } })
-    } finally {
-      await client.close()
-      app.close()
-    }
+      try {
+        const tunnel = await client.connect(`${b.pod.ipv4}:8080`, {
+          identity: workloadIdentity(a.workload),
+          expectedIdentities: [workloadIdentity(b.workload)],
+        })
+        const chunks: Buffer[] = []
+        tunnel.on('data', (c: Buffer) => chunks.push(c))
+        const ended = new Promise((resolve) => tunnel.on('end', resolve))
+        tunnel.end('hello through HBONE')
+        await ended
+        expect(Buffer.concat(chunks).toString()).toBe('hello through HBONE')
+        await expect(
+          client.connect(`${a.pod.ipv4}:8080`, { identity: workloadIdentity(a.workload), expectedIdentities: [workloadIdentity(b.workload)], via: `${b.pod.ipv4}:15008` }),
+        ).rejects.toMatchObject({ code: 'ERR_AMBIENT_HBONE_STATUS', details: { status: 400 } })
+      } finally {
+        await client.close()
+        app.close()
+      }
+    })
   })
 })

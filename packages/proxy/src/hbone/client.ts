@@ -490,14 +490,16 @@ class PooledSession {
   }
 }
 
-function checkExpected(value: unknown): readonly string[] {
+/** The expected server identities, checked and sorted (they are part of a pool key). */
+export function checkExpected(value: unknown): readonly string[] {
   if (!Array.isArray(value) || value.length === 0 || !value.every((id) => typeof id === 'string' && id.startsWith('spiffe://'))) {
     throw invalidArgument('expectedIdentities', value, 'a non-empty array of spiffe:// IDs')
   }
   return [...(value as string[])].sort()
 }
 
-function requestHeaders(authority: string, extra: Readonly<Record<string, string>> | undefined): OutgoingHttpHeaders {
+/** The headers of a `CONNECT` to `authority`, with the caller's extra ones checked (no pseudo-headers, string values). */
+export function requestHeaders(authority: string, extra: Readonly<Record<string, string>> | undefined): OutgoingHttpHeaders {
   const headers: OutgoingHttpHeaders = { ':method': 'CONNECT', ':authority': authority }
   if (extra === undefined) return headers
   for (const [name, value] of Object.entries(extra)) {
@@ -508,7 +510,8 @@ function requestHeaders(authority: string, extra: Readonly<Record<string, string
   return headers
 }
 
-function connectFailed(peer: string, err: unknown, signal: AbortSignal): AmbientError {
+/** A session that could not be established, as `ERR_AMBIENT_HBONE_CONNECT_FAILED` naming the peer (ambient errors pass through). */
+export function connectFailed(peer: string, err: unknown, signal: AbortSignal): AmbientError {
   if (err instanceof AmbientError) return err
   const reason = signal.aborted ? ` (${(signal.reason as Error | undefined)?.message ?? 'aborted'})` : ''
   return new AmbientError(HboneErrorCode.ConnectFailed, `HBONE session to ${peer} failed: ${(err as Error).message}${reason}`, {
@@ -586,7 +589,8 @@ function startSession(socket: TLSSocket, peer: string, config: ClientConfig, sig
   })
 }
 
-function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined, what: string): Promise<T> {
+/** `promise`, or an abort error once `signal` aborts: one caller stops waiting for a shared operation without cancelling it. */
+export function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined, what: string): Promise<T> {
   if (signal === undefined) return promise
   if (signal.aborted) return Promise.reject(abortError(signal, what))
   return new Promise((resolve, reject) => {

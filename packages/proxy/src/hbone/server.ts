@@ -200,7 +200,8 @@ interface ServerConfig {
   readonly logger: Logger
 }
 
-interface SessionPeer {
+/** Who is on the other end of a session: its verified identity and TCP address. */
+export interface SessionPeer {
   readonly identity: string
   readonly address: SocketAddress
 }
@@ -441,14 +442,8 @@ class HboneServerImpl implements HboneServer {
       finish({ status: open ? status : 0, outcome: open ? 'rejected' : 'cancelled', reason, authority, ...extra })
     }
 
-    if (headers[':method'] !== 'CONNECT') return reject(400, 'not-connect')
-    if (typeof authority !== 'string') return reject(400, 'bad-authority')
-    let destination: SocketAddress
-    try {
-      destination = parseSocketAddress(authority, ':authority')
-    } catch {
-      return reject(400, 'bad-authority')
-    }
+    const destination = connectDestination(headers[':method'], authority)
+    if (typeof destination === 'string') return reject(400, destination)
     const request = buildRequest(headers, peer, destination, config.trustForwarded(peer.identity))
 
     let decision: HboneDecision
@@ -458,18 +453,9 @@ class HboneServerImpl implements HboneServer {
       config.logger.error({ err, peer: peer.identity, destination: authority }, 'HBONE decide hook threw')
       return reject(500, 'decide-failed', { destination, error: err as Error })
     }
-    switch (decision.action) {
-      case 'serve':
-        break
-      case 'not-served':
-        return reject(400, decision.reason, { destination })
-      case 'unknown':
-        return reject(503, decision.reason, { destination })
-      case 'deny':
-        return reject(401, decision.reason, { destination, policy: decision.policy })
-      default:
-        config.logger.error({ decision }, 'HBONE decide hook returned an unknown action')
-        return reject(500, 'decide-failed', { destination })
+    if (decision.action !== 'serve') {
+      const refusal = refusalOf(decision, config.logger)
+      return reject(refusal.status, refusal.reason, { destination, ...(refusal.policy === undefined ? {} : { policy: refusal.policy }) })
     }
 
     if (!isOpen(stream)) return finish({ status: 0, outcome: 'cancelled', destination })
@@ -503,9 +489,11 @@ class HboneServerImpl implements HboneServer {
   }
 }
 
-type TunnelRecordFields = Pick<HboneTunnelRecord, 'status' | 'outcome'> & Partial<HboneTunnelRecord>
+/** What a tunnel's record says beyond its peer and duration. */
+export type TunnelRecordFields = Pick<HboneTunnelRecord, 'status' | 'outcome'> & Partial<HboneTunnelRecord>
 
-function reportTunnel(config: ServerConfig, peer: SessionPeer, started: number, fields: TunnelRecordFields): void {
+/** Reports one `CONNECT` to `onTunnel`: its peer, how long since `started` (`performance.now()`), and `fields`. */
+export function reportTunnel(config: { readonly logger: Logger; readonly onTunnel: (record: HboneTunnelRecord) => void }, peer: SessionPeer, started: number, fields: TunnelRecordFields): void {
   const record: HboneTunnelRecord = {
     peerIdentity: peer.identity,
     peerAddress: peer.address,
@@ -544,7 +532,11 @@ function spliceAndReport(
   )
 }
 
-function buildRequest(headers: IncomingHttpHeaders, peer: SessionPeer, destination: SocketAddress, trusted: boolean): HboneRequest {
+/**
+ * A `CONNECT` to `destination` from `peer` as `decide` sees it. `forwarded`
+ * is believed only from a `trusted` peer, and removed from the headers otherwise.
+ */
+export function buildRequest(headers: IncomingHttpHeaders, peer: SessionPeer, destination: SocketAddress, trusted: boolean): HboneRequest {
   const single = (name: string): string | undefined => {
     const value = headers[name]
     return typeof value === 'string' ? value : undefined
@@ -564,8 +556,38 @@ function buildRequest(headers: IncomingHttpHeaders, peer: SessionPeer, destinati
   }
 }
 
+/**
+ * The destination of a request, parsed strictly from `:authority`
+ * (`ip:port` or `[ipv6]:port`), or why it is answered 400: `not-connect`
+ * for another method, `bad-authority` for a missing or malformed authority.
+ */
+export function connectDestination(method: unknown, authority: unknown): SocketAddress | 'not-connect' | 'bad-authority' {
+  if (method !== 'CONNECT') return 'not-connect'
+  if (typeof authority !== 'string') return 'bad-authority'
+  try {
+    return parseSocketAddress(authority, ':authority')
+  } catch {
+    return 'bad-authority'
+  }
+}
+
+/** How a decision other than `serve` is answered: not served 400, unknown 503, denied 401, anything else 500. */
+export function refusalOf(decision: Exclude<HboneDecision, { readonly action: 'serve' }>, logger: Logger): { status: number; reason: string; policy?: string } {
+  switch (decision.action) {
+    case 'not-served':
+      return { status: 400, reason: decision.reason }
+    case 'unknown':
+      return { status: 503, reason: decision.reason }
+    case 'deny':
+      return { status: 401, reason: decision.reason, policy: decision.policy }
+    default:
+      logger.error({ decision }, 'HBONE decide hook returned an unknown action')
+      return { status: 500, reason: 'decide-failed' }
+  }
+}
+
 /** Every pending upstream connect listens on the server's closing signal: there is no meaningful limit. */
-function withoutListenerLimit(controller: AbortController): AbortController {
+export function withoutListenerLimit(controller: AbortController): AbortController {
   setMaxListeners(0, controller.signal)
   return controller
 }
@@ -575,19 +597,22 @@ function isOpen(stream: ServerHttp2Stream): boolean {
   return !stream.destroyed && !stream.closed && !stream.headersSent
 }
 
-function isIdentityError(err: unknown): boolean {
+/** True for the identity package's rejections of a peer (SVID rejected, unexpected peer). */
+export function isIdentityError(err: unknown): boolean {
   const code = (err as { code?: unknown } | undefined)?.code
   return code === IdentityErrorCode.SvidRejected || code === IdentityErrorCode.UnexpectedPeer
 }
 
-function remoteOf(socket: Socket): SocketAddress | undefined {
+/** The TCP peer of a socket (canonical IP), if it is still connected. */
+export function remoteOf(socket: Socket): SocketAddress | undefined {
   const address = socket.remoteAddress === undefined ? undefined : tryCanonicalIp(socket.remoteAddress)
   const port = socket.remotePort
   if (address === undefined || port === undefined) return undefined
   return { address, port, family: address.includes(':') ? 6 : 4 }
 }
 
-function report(logger: Logger, hook: () => void): void {
+/** Calls an observer hook; one that throws is logged, never breaks a tunnel. */
+export function report(logger: Logger, hook: () => void): void {
   try {
     hook()
   } catch (err) {
