@@ -209,6 +209,8 @@ export interface TrustBundleSet {
   all(): TrustBundle[]
   /** Calls `listener` after every change; returns a function that unsubscribes. */
   subscribe(listener: TrustBundleListener): () => void
+  /** Counts the changes so far: what is derived from the bundles (a TLS context) is current while it is unchanged. */
+  readonly generation: number
 }
 
 const tdName = (td: TrustDomain | string): string => (typeof td === 'string' ? TrustDomain.parse(td).name : td.name)
@@ -218,7 +220,9 @@ export function createTrustBundleSet(bundles: Iterable<TrustBundle> = []): Trust
   const map = new Map<string, TrustBundle>()
   const listeners = new Set<TrustBundleListener>()
   for (const b of bundles) map.set(b.trustDomain.name, b)
+  let generation = 0
   const notify = (td: TrustDomain, bundle: TrustBundle | undefined): void => {
+    generation++
     for (const l of [...listeners]) l(td, bundle)
   }
   return {
@@ -238,6 +242,9 @@ export function createTrustBundleSet(bundles: Iterable<TrustBundle> = []): Trust
     subscribe(listener) {
       listeners.add(listener)
       return () => listeners.delete(listener)
+    },
+    get generation() {
+      return generation
     },
   }
 }

@@ -55,21 +55,6 @@ const clientPeers = new WeakMap<object, SpiffeId>()
 const serverConfigs = new WeakMap<object, ServerConfig>()
 // One SecureContext per SVID and bundle generation: building one parses keys and certificates.
 const contextCache = new WeakMap<X509Svid, { generation: number; context: SecureContext }>()
-const bundleGenerations = new WeakMap<IdentityManager, { value: number }>()
-
-function generationOf(manager: IdentityManager): number {
-  let generation = bundleGenerations.get(manager)
-  if (generation === undefined) {
-    const g = { value: 0 }
-    generation = g
-    bundleGenerations.set(manager, g)
-    manager.bundles.subscribe(() => {
-      g.value++
-    })
-  }
-  return generation.value
-}
-
 function toMatcher(name: string, matcher: SpiffeIdMatcher | undefined): ((id: SpiffeId) => boolean) | undefined {
   if (matcher === undefined) return undefined
   if (typeof matcher === 'function') return matcher
@@ -100,7 +85,7 @@ function contextOptions(manager: IdentityManager, svid: X509Svid, alpnProtocols:
 }
 
 function secureContextFor(manager: IdentityManager, svid: X509Svid): SecureContext {
-  const generation = generationOf(manager)
+  const generation = manager.bundles.generation
   const cached = contextCache.get(svid)
   if (cached !== undefined && cached.generation === generation) return cached.context
   const context = createSecureContext(contextOptions(manager, svid, undefined))

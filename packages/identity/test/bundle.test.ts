@@ -96,4 +96,17 @@ describe('TrustBundleSet', () => {
     expect(changes).toEqual(['other.org:set', 'other.org:deleted'])
     expect(set.all()).toHaveLength(1)
   })
+
+  it('counts its changes in generation, and nothing else', () => {
+    const set = createTrustBundleSet([ca.bundle])
+    expect(set.generation).toBe(0)
+    set.set(TrustBundle.create({ trustDomain: 'other.org', x509Authorities: [rsa.certificate] }))
+    expect(set.generation).toBe(1)
+    set.get('other.org')
+    set.all()
+    expect(set.delete('nowhere.org')).toBe(false)
+    expect(set.generation).toBe(1)
+    set.delete('other.org')
+    expect(set.generation).toBe(2)
+  })
 })

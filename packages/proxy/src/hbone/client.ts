@@ -27,6 +27,7 @@ import { IdentityErrorCode, peerSpiffeId } from '@ambientkit/identity'
 import { HBONE_PORT, type HboneWindows } from './constants'
 import { HboneErrorCode } from './errors'
 import { localSettings, positiveInteger, resolveWindows, sessionMemoryFor } from './settings'
+import { SessionPool, establishWithin } from './pool'
 import { resetTunnel } from './splice'
 
 /** Options passed to a {@link SocketFactory}. */
@@ -184,15 +185,9 @@ export function createHboneClient(options: HboneClientOptions): HboneClient {
   })
 }
 
-interface PoolEntry {
-  readonly sessions: PooledSession[]
-  /** The session being opened for this key, shared by every caller that found no room. */
-  opening?: Promise<PooledSession>
-}
-
 class HboneClientImpl implements HboneClient {
   readonly #config: ClientConfig
-  readonly #pools = new Map<string, PoolEntry>()
+  readonly #pool = new SessionPool<PooledSession>()
   readonly #closing = new AbortController()
   #closed: Promise<void> | undefined
 
@@ -216,16 +211,12 @@ class HboneClientImpl implements HboneClient {
     const headers = requestHeaders(authority, options.headers)
     const key = [options.identity ?? '', expected.join(','), formatSocketAddress(via), options.sourceAddress ?? ''].join('|')
 
-    const session = await this.#acquire(key, () => this.#open(key, via, expected, options), signal)
+    const session = await this.#pool.acquire(key, () => this.#open(key, via, expected, options), signal, () => this.#closed !== undefined)
     return session.request(headers, authority, signal)
   }
 
   stats(): readonly HboneSessionStats[] {
-    const all: HboneSessionStats[] = []
-    for (const [key, entry] of this.#pools) {
-      for (const session of entry.sessions) all.push({ key, peerIdentity: session.peerIdentity, streams: session.streams })
-    }
-    return all
+    return this.#pool.stats()
   }
 
   close(): Promise<void> {
@@ -235,45 +226,12 @@ class HboneClientImpl implements HboneClient {
 
   async #close(): Promise<void> {
     this.#closing.abort(new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed'))
-    const sessions = [...this.#pools.values()].flatMap((entry) => entry.sessions)
-    await Promise.all(sessions.map((session) => session.destroy()))
-    this.#pools.clear()
+    await Promise.all(this.#pool.all().map((session) => session.destroy()))
+    this.#pool.clear()
   }
 
-  async #acquire(key: string, open: () => Promise<PooledSession>, signal: AbortSignal | undefined): Promise<PooledSession> {
-    for (;;) {
-      const entry = this.#pools.get(key) ?? { sessions: [] }
-      this.#pools.set(key, entry)
-      const free = entry.sessions.find((session) => session.hasRoom())
-      if (free !== undefined) {
-        free.reserve()
-        return free
-      }
-      entry.opening ??= open().finally(() => {
-        entry.opening = undefined
-        if (entry.sessions.length === 0 && this.#pools.get(key) === entry) this.#pools.delete(key)
-      })
-      await raceSignal(entry.opening, signal, 'HBONE connect')
-      if (this.#closed !== undefined) throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
-    }
-  }
-
-  async #open(key: string, via: SocketAddress, expected: readonly string[], options: HboneConnectOptions): Promise<PooledSession> {
-    const config = this.#config
-    const attempt = new AbortController()
-    const timer = setTimeout(
-      () => attempt.abort(new AmbientError(CoreErrorCode.Aborted, `HBONE session not established within ${config.sessionTimeout} ms`)),
-      config.sessionTimeout,
-    )
-    const onClosing = (): void => attempt.abort(this.#closing.signal.reason)
-    this.#closing.signal.addEventListener('abort', onClosing, { once: true })
-    if (this.#closing.signal.aborted) onClosing()
-    try {
-      return await this.#establish(key, via, expected, options, attempt.signal)
-    } finally {
-      clearTimeout(timer)
-      this.#closing.signal.removeEventListener('abort', onClosing)
-    }
+  #open(key: string, via: SocketAddress, expected: readonly string[], options: HboneConnectOptions): Promise<PooledSession> {
+    return establishWithin(this.#config.sessionTimeout, this.#closing.signal, (signal) => this.#establish(key, via, expected, options, signal))
   }
 
   async #establish(key: string, via: SocketAddress, expected: readonly string[], options: HboneConnectOptions, signal: AbortSignal): Promise<PooledSession> {
@@ -321,10 +279,8 @@ class HboneClientImpl implements HboneClient {
         session.destroy()
         throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
       }
-      const pooled = new PooledSession(session, peerIdentity, config, () => this.#remove(key, pooled))
-      const entry = this.#pools.get(key) ?? { sessions: [] }
-      this.#pools.set(key, entry)
-      entry.sessions.push(pooled)
+      const pooled = new PooledSession(session, peerIdentity, config, () => this.#pool.remove(key, pooled))
+      this.#pool.add(key, pooled)
       config.logger.debug({ peer, identity: peerIdentity, key }, 'HBONE session opened')
       return pooled
     } catch (err) {
@@ -333,14 +289,6 @@ class HboneClientImpl implements HboneClient {
       if (err instanceof AmbientError) throw err
       throw connectFailed(peer, err, signal)
     }
-  }
-
-  #remove(key: string, session: PooledSession): void {
-    const entry = this.#pools.get(key)
-    if (entry === undefined) return
-    const index = entry.sessions.indexOf(session)
-    if (index >= 0) entry.sessions.splice(index, 1)
-    if (entry.sessions.length === 0 && entry.opening === undefined) this.#pools.delete(key)
   }
 }
 
@@ -586,26 +534,6 @@ function startSession(socket: TLSSocket, peer: string, config: ClientConfig, sig
     session.once('close', onClose)
     if (signal.aborted) onAbort()
     else signal.addEventListener('abort', onAbort, { once: true })
-  })
-}
-
-/** `promise`, or an abort error once `signal` aborts: one caller stops waiting for a shared operation without cancelling it. */
-export function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined, what: string): Promise<T> {
-  if (signal === undefined) return promise
-  if (signal.aborted) return Promise.reject(abortError(signal, what))
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(abortError(signal, what))
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort)
-        resolve(value)
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort)
-        reject(err as Error)
-      },
-    )
   })
 }
 

@@ -16,12 +16,13 @@ import {
   type SocketAddress,
 } from '@ambientkit/core'
 import type { IdentityManager } from '@ambientkit/identity'
-import { checkExpected, connectFailed, raceSignal, requestHeaders, type HboneSessionStats, type SocketFactoryOptions } from './client'
+import { checkExpected, connectFailed, requestHeaders, type HboneSessionStats, type SocketFactoryOptions } from './client'
 import { HBONE_PORT, type HboneWindows } from './constants'
 import { HboneErrorCode } from './errors'
 import { NativeEvent, type NativeAddon, type NativeSession, type NativeSettings, type NativeTlsContext } from './native'
 import { nativeTlsContext, verifiedPeerIdentity } from './native-tls'
 import { NativeTunnel, detachSocket, nativeSettings, spliceResultOf } from './native-tunnel'
+import { SessionPool, establishWithin } from './pool'
 import { positiveInteger, resolveWindows } from './settings'
 
 /**
@@ -134,15 +135,9 @@ export function createNativeHboneClient(options: NativeHboneClientOptions): Nati
   })
 }
 
-interface PoolEntry {
-  readonly sessions: PooledSession[]
-  /** The session being opened for this key, shared by every caller that found no room. */
-  opening?: Promise<PooledSession>
-}
-
 class NativeHboneClientImpl implements NativeHboneClient {
   readonly #config: ClientConfig
-  readonly #pools = new Map<string, PoolEntry>()
+  readonly #pool = new SessionPool<PooledSession>()
   /** Every session not yet closed, pooled or still being established. */
   readonly #sessions = new Set<PooledSession>()
   readonly #closing = new AbortController()
@@ -168,7 +163,7 @@ class NativeHboneClientImpl implements NativeHboneClient {
     const headers = flatHeaders(authority, options.headers)
     const key = [options.identity, expected.join(','), formatSocketAddress(via), options.sourceAddress ?? ''].join('|')
 
-    const session = await this.#acquire(key, () => this.#open(key, via, expected, options), signal)
+    const session = await this.#pool.acquire(key, () => this.#open(key, via, expected, options), signal, () => this.#closed !== undefined)
     // A slot of the session is ours: released on every way out that opens no stream.
     let fd: number
     try {
@@ -184,11 +179,7 @@ class NativeHboneClientImpl implements NativeHboneClient {
   }
 
   stats(): readonly HboneSessionStats[] {
-    const all: HboneSessionStats[] = []
-    for (const [key, entry] of this.#pools) {
-      for (const session of entry.sessions) all.push({ key, peerIdentity: session.peerIdentity, streams: session.streams })
-    }
-    return all
+    return this.#pool.stats()
   }
 
   close(): Promise<void> {
@@ -199,43 +190,11 @@ class NativeHboneClientImpl implements NativeHboneClient {
   async #close(): Promise<void> {
     this.#closing.abort(new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed'))
     await Promise.all([...this.#sessions].map((session) => session.destroy('HBONE client is closed')))
-    this.#pools.clear()
+    this.#pool.clear()
   }
 
-  async #acquire(key: string, open: () => Promise<PooledSession>, signal: AbortSignal | undefined): Promise<PooledSession> {
-    for (;;) {
-      const entry = this.#pools.get(key) ?? { sessions: [] }
-      this.#pools.set(key, entry)
-      const free = entry.sessions.find((session) => session.hasRoom())
-      if (free !== undefined) {
-        free.reserve()
-        return free
-      }
-      entry.opening ??= open().finally(() => {
-        entry.opening = undefined
-        if (entry.sessions.length === 0 && this.#pools.get(key) === entry) this.#pools.delete(key)
-      })
-      await raceSignal(entry.opening, signal, 'HBONE connect')
-      if (this.#closed !== undefined) throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
-    }
-  }
-
-  async #open(key: string, via: SocketAddress, expected: readonly string[], options: NativeOpenOptions): Promise<PooledSession> {
-    const config = this.#config
-    const attempt = new AbortController()
-    const timer = setTimeout(
-      () => attempt.abort(new AmbientError(CoreErrorCode.Aborted, `HBONE session not established within ${config.sessionTimeout} ms`)),
-      config.sessionTimeout,
-    )
-    const onClosing = (): void => attempt.abort(this.#closing.signal.reason)
-    this.#closing.signal.addEventListener('abort', onClosing, { once: true })
-    if (this.#closing.signal.aborted) onClosing()
-    try {
-      return await this.#establish(key, via, expected, options, attempt.signal)
-    } finally {
-      clearTimeout(timer)
-      this.#closing.signal.removeEventListener('abort', onClosing)
-    }
+  #open(key: string, via: SocketAddress, expected: readonly string[], options: NativeOpenOptions): Promise<PooledSession> {
+    return establishWithin(this.#config.sessionTimeout, this.#closing.signal, (signal) => this.#establish(key, via, expected, options, signal))
   }
 
   async #establish(key: string, via: SocketAddress, expected: readonly string[], options: NativeOpenOptions, signal: AbortSignal): Promise<PooledSession> {
@@ -255,7 +214,7 @@ class NativeHboneClientImpl implements NativeHboneClient {
       closeSync(fd)
       throw connectFailed(peer, signal.reason, signal)
     }
-    const session = new PooledSession(config, peer, expected, () => this.#remove(key, session), () => this.#sessions.delete(session))
+    const session = new PooledSession(config, peer, expected, () => this.#pool.remove(key, session), () => this.#sessions.delete(session))
     try {
       session.start(context, fd)
     } catch (err) {
@@ -268,20 +227,10 @@ class NativeHboneClientImpl implements NativeHboneClient {
       void session.destroy('HBONE client is closed')
       throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
     }
-    const entry = this.#pools.get(key) ?? { sessions: [] }
-    this.#pools.set(key, entry)
-    entry.sessions.push(session)
+    this.#pool.add(key, session)
     session.pooled()
     config.logger.debug({ peer, identity: session.peerIdentity, key }, 'HBONE session opened (native)')
     return session
-  }
-
-  #remove(key: string, session: PooledSession): void {
-    const entry = this.#pools.get(key)
-    if (entry === undefined) return
-    const index = entry.sessions.indexOf(session)
-    if (index >= 0) entry.sessions.splice(index, 1)
-    if (entry.sessions.length === 0 && entry.opening === undefined) this.#pools.delete(key)
   }
 }
 

@@ -19,24 +19,10 @@ interface CachedContexts {
 // contexts: building one parses the key and every certificate. A rotated SVID
 // is a new object, so new sessions get its context; established ones keep theirs.
 const contexts = new WeakMap<X509Svid, CachedContexts>()
-const bundleGenerations = new WeakMap<IdentityManager, { value: number }>()
-
-function generationOf(manager: IdentityManager): number {
-  let generation = bundleGenerations.get(manager)
-  if (generation === undefined) {
-    const g = { value: 0 }
-    generation = g
-    bundleGenerations.set(manager, g)
-    manager.bundles.subscribe(() => {
-      g.value++
-    })
-  }
-  return generation.value
-}
 
 /** The addon's context presenting `svid` and trusting every bundle's roots. Throws when the addon refuses the key or chain. */
 export function nativeTlsContext(addon: NativeAddon, manager: IdentityManager, svid: X509Svid, role: 'client' | 'server'): NativeTlsContext {
-  const generation = generationOf(manager)
+  const generation = manager.bundles.generation
   let cached = contexts.get(svid)
   if (cached === undefined || cached.generation !== generation) {
     cached = { generation }
