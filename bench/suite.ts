@@ -51,7 +51,8 @@ if (dataPathArg !== undefined && dataPathArg !== 'node' && dataPathArg !== 'nati
   process.stderr.write(`bench: --data-path must be node or native, not ${JSON.stringify(dataPathArg)}\n`)
   process.exit(2)
 }
-// What the proxies run unless told: the workload proxy's own default.
+// What the proxies run unless told: the workload proxy's own default. The node
+// runners are told explicitly, so the settings name what ran (or the run fails).
 const dataPath = dataPathArg ?? defaultHboneDataPath()
 process.env.BENCH_DATA_PATH = dataPath
 

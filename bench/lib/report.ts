@@ -15,10 +15,13 @@ const shortLabel: Record<ScenarioKey, string> = { direct: 'direct', stunnel: 'st
 /**
  * What limits a mesh figure, with this run's evidence. Written from the
  * profiles in docs/performance.md ("What limits each figure"): the node proxy
- * is one Node.js thread per node, so TLS, HTTP/2 framing and the socket
- * copies of both directions share one core; the numbers come from this run.
+ * is one thread per node, so TLS, HTTP/2 framing and the socket copies of
+ * both directions share one core; on the native data path no JavaScript
+ * runs per byte, on the Node one every chunk goes through it. The numbers
+ * come from this run.
  */
 function why(target: string, key: ScenarioKey, r: BenchResult): string {
+  const native = r.settings.dataPath === 'native'
   const s = r.scenarios[key]
   const cores = s.proxyCores?.median
   const oneProcess = key === 'meshSameNode'
@@ -35,11 +38,14 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
   const stunnelConn = r.scenarios.stunnel.cpuMsPerConnection?.median
   switch (target) {
     case 'throughput':
-      return (
-        `Per byte each proxy runs AES-GCM in OpenSSL, nghttp2's DATA framing (16 KiB frames), two kernel socket copies, and allocates a Buffer per read and per frame; ` +
-        `perf shows V8's major GC (triggered by that external memory) at 15–20% of proxy CPU, and the 8 streams share one HBONE session, i.e. one TLS connection on one thread, ` +
-        `where stunnel has a thread per connection.${perGb}${cpu}`
-      )
+      return native
+        ? `Per byte each proxy reads a socket, frames (HTTP/2 DATA, 16 KiB), runs AES-GCM and writes, all in the addon on the proxy's one thread; ` +
+            `perf of a loopback tunnel puts AES-GCM at ≈27%, kernel socket copies at ≈17% and memory copies at ≈8% of that thread. ` +
+            (oneProcess ? `On one node both ends are one process, so one core does both encryption and decryption, where stunnel runs a process per end. ` : '') +
+            `The 8 streams share one HBONE session, i.e. one TLS connection on one thread per node, where stunnel has a thread per connection.${perGb}${cpu}`
+        : `Per byte each proxy runs AES-GCM in OpenSSL, nghttp2's DATA framing (16 KiB frames), two kernel socket copies, and allocates a Buffer per read and per frame; ` +
+            `perf shows V8's major GC (triggered by that external memory) at 15–20% of proxy CPU, and the 8 streams share one HBONE session, i.e. one TLS connection on one thread, ` +
+            `where stunnel has a thread per connection.${perGb}${cpu}`
     case 'latency-p50':
       return (
         `A round trip crosses four extra sockets (app→proxy→proxy→app and back), a TLS record and an HTTP/2 DATA frame per direction per hop, ` +
@@ -49,19 +55,25 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
       )
     case 'latency-p99':
       return (
-        `Tail latency follows scheduling and GC: a proxy thread that becomes runnable while another process holds the CPU waits up to a scheduler slice (a few ms), ` +
-        `and the mesh path has two more busy processes than the direct one on 2 cores; V8 GC pauses add to it.${cpu}`
+        `Tail latency follows scheduling: a proxy thread that becomes runnable while another process holds the CPU waits up to a scheduler slice (a few ms), ` +
+        `and the mesh path has two more busy processes than the direct one on 2 cores${native ? ' (stunnel, with the same two, misses it too)' : '; V8 GC pauses add to it'}.${cpu}`
       )
     case 'connections':
       return (
         `The HBONE session is pooled, so no TLS handshake is involved: the cost is per-connection work on one thread per node` +
         (perConn === undefined ? '' : ` (${perConn.toFixed(2)} ms of proxy CPU per connection${stunnelConn === undefined ? '' : `, stunnel ${stunnelConn.toFixed(2)} ms with a resumed TLS session`})`) +
         `: accept and SO_ORIGINAL_DST, an HTTP/2 stream with CONNECT and 200, authorization, an upstream connect inside the pod's netns, two splices, metrics and the access log. ` +
-        `The target asks for ≈88% of the direct path's rate through two proxies; bench/hbone.ts shows HBONE tunnels alone (no capture, no app sockets, loopback) ` +
-        `opening at ≈2 900/s with 16 in flight, so Node's HTTP/2 stream setup by itself is below the target.${cpu}`
+        `The target asks for ≈${Math.round((100 * 10 * (r.scenarios.stunnel.connectionsPerSecond?.median ?? 0)) / (r.scenarios.direct.connectionsPerSecond?.median ?? 1))}% of the direct path's rate through two proxies, ` +
+        `each of which terminates one more TCP connection per side than the direct path has` +
+        (native
+          ? `; on the native data path the bytes never reach JavaScript, but this per-connection control still runs there, next to the kernel's share: accepting, connecting from inside the pod's namespace (setns there and back), closing.${cpu}`
+          : `; bench/hbone.ts shows HBONE tunnels alone (no capture, no app sockets, loopback) opening at ≈2 900/s with 16 in flight, so Node's HTTP/2 stream setup by itself is below the target.${cpu}`)
       )
     case 'idle-memory':
-      return (
+      return native
+        ? `An idle connection holds per proxy side a pipe in the addon (≈0.3 KiB; its buffers are freed once empty), nghttp2's stream state, and a few JavaScript objects (the tracked connection, the tunnel handle); ` +
+            `the rest of the figure is V8's young generation growing while the connections open, charged to them whole.`
+        : (
         `An idle connection holds ≈3–4 KiB of V8 heap per proxy side (a socket and an HTTP/2 stream with their Node stream state, the splice and the tracked connection) and ≈1.5 KiB native (TCP wrap, nghttp2 stream). ` +
         `Most of the figure is V8's young generation, which grows while the connections open (up to 2 × 16 MiB per process) and is charged to them whole: on the client side it reaches that cap because Node 20's ` +
         `ClientHttp2Session.request() leaves old-space garbage per stream (AsyncResource.bind → util.deprecate → setPrototypeOf; nodejs/node#59195) that keeps young objects alive through scavenges.`

@@ -72,8 +72,10 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptable
       expect(result.capture[backend], backend).toMatchObject({ applyMs: summaryShape, removeMs: summaryShape })
     }
     expect(result.handshakesPerSecond).toMatchObject(summaryShape)
-    // Every mesh connection went through HBONE: the same-node fast path is off by default.
+    // Every mesh connection went through HBONE: the same-node fast path is off by default,
+    // and the tunnels ran on the native data path (the default where the addon is built, as setup does).
     expect(result.settings.sameNodeFastPath).toBe(false)
+    expect(result.settings.dataPath).toBe('native')
     expect(result.connectionsByProtocol['node-1']?.HBONE).toBeGreaterThan(0)
     expect(result.connectionsByProtocol['node-2']?.HBONE).toBeGreaterThan(0)
     expect(result.connectionsByProtocol['node-1']?.local).toBeUndefined()
@@ -109,12 +111,19 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptable
     expect(leaked).toEqual([])
   })
 
-  it('--same-node-fast-path hands same-node connections over in-process and still tunnels across nodes', { timeout: 180_000 }, async () => {
-    const result = JSON.parse((await runQuickBench('--same-node-fast-path')).stdout) as BenchResult
+  it('--same-node-fast-path hands same-node connections over in-process and still tunnels across nodes (on the Node data path)', { timeout: 180_000 }, async () => {
+    const result = JSON.parse((await runQuickBench('--same-node-fast-path', '--data-path=node')).stdout) as BenchResult
     expect(result.settings.sameNodeFastPath).toBe(true)
+    expect(result.settings.dataPath).toBe('node')
     expect(result.connectionsByProtocol['node-1']?.local).toBeGreaterThan(0)
     expect(result.connectionsByProtocol['node-2']?.HBONE).toBeGreaterThan(0)
     expect(result.connectionsByProtocol['node-2']?.local).toBeUndefined()
     expect(result.scenarios.meshSameNode.throughput1Gbps.median).toBeGreaterThan(0)
+  })
+
+  it('refuses an unknown --data-path, naming it', async () => {
+    const err = await runQuickBench('--data-path=kernel').catch((e: unknown) => e as Error)
+    expect(err).toBeInstanceOf(Error)
+    expect((err as Error).message).toMatch(/--data-path must be node or native, not "kernel"/)
   })
 })
