@@ -61,6 +61,7 @@ export {
   openNetns,
   type Netns,
   type NetnsConnectFdOptions,
+  type NetnsListenFdOptions,
   type NetnsConnectOptions,
   type NetnsExecOptions,
   type NetnsExecResult,

@@ -39,6 +39,9 @@ export interface NetnsListenOptions extends AbortOptions {
   server?: ServerOpts
 }
 
+/** Options of {@link Netns.listenFd}: those of {@link Netns.listen} but the `net.Server`'s and the signal (it is synchronous). */
+export type NetnsListenFdOptions = Omit<NetnsListenOptions, 'server' | 'signal'>
+
 /** Options of {@link Netns.connectFd}. */
 export interface NetnsConnectFdOptions extends AbortOptions {
   /** Destination IP address (no host names). Required. */
@@ -93,6 +96,13 @@ export interface Netns extends Closable {
    * (errno in `details`) when the kernel refuses.
    */
   listen(options: NetnsListenOptions): Promise<Server>
+  /**
+   * {@link listen} without the `net.Server`: the listening descriptor
+   * (non-blocking, close-on-exec), which the caller owns, accepts on and
+   * closes. For consumers that accept natively (a native data path). Same
+   * options (except `server`) and failures as {@link listen}.
+   */
+  listenFd(options: NetnsListenFdOptions): number
   /**
    * A TCP connection created in this namespace, options applied before
    * `connect()`, resolved once connected. Rejects with
@@ -233,36 +243,10 @@ class NetnsHandle implements Netns {
   }
 
   async listen(options: NetnsListenOptions): Promise<Server> {
-    const nsFd = this.#open('listen')
-    const host = canonicalIp(options.host ?? '0.0.0.0', 'listen host')
-    checkPort('listen port', options.port, true)
-    checkMark('listen mark', options.mark)
-    for (const key of ['transparent', 'freebind', 'reusePort', 'ipv6Only'] as const) checkBoolean(`listen ${key}`, options[key])
-    const backlog = options.backlog ?? 511
-    if (!Number.isInteger(backlog) || backlog < 1) throw invalidArgument('listen backlog', options.backlog, 'an integer >= 1')
     throwIfAborted(options.signal, 'listen')
-    const family = ipFamily(host)
-    const spec: NativeSocketSpec = {
-      family,
-      mark: options.mark,
-      transparent: options.transparent,
-      freebind: options.freebind,
-      reusePort: options.reusePort,
-      v6Only: options.ipv6Only === undefined || family === 4 ? undefined : options.ipv6Only ? 1 : 0,
-      bindAddress: host,
-      bindPort: options.port,
-      backlog,
-    }
-    let fd: number
-    try {
-      fd = native().listenTcp(nsFd, spec)
-    } catch (err) {
-      throw nativeError(RedirectErrorCode.Socket, `cannot listen on ${host} port ${options.port} in ${this.path}`, err, {
-        path: this.path,
-        host,
-        port: options.port,
-      })
-    }
+    const fd = this.listenFd(options)
+    const host = canonicalIp(options.host ?? '0.0.0.0', 'listen host')
+    const backlog = options.backlog ?? 511
     const server = createServer(options.server ?? {})
     return new Promise<Server>((resolve, reject) => {
       const signal = options.signal
@@ -287,6 +271,37 @@ class NetnsHandle implements Netns {
       // Node adopts the descriptor from here on and closes it with the server.
       server.listen({ fd, backlog })
     })
+  }
+
+  listenFd(options: NetnsListenFdOptions): number {
+    const nsFd = this.#open('listen')
+    const host = canonicalIp(options.host ?? '0.0.0.0', 'listen host')
+    checkPort('listen port', options.port, true)
+    checkMark('listen mark', options.mark)
+    for (const key of ['transparent', 'freebind', 'reusePort', 'ipv6Only'] as const) checkBoolean(`listen ${key}`, options[key])
+    const backlog = options.backlog ?? 511
+    if (!Number.isInteger(backlog) || backlog < 1) throw invalidArgument('listen backlog', options.backlog, 'an integer >= 1')
+    const family = ipFamily(host)
+    const spec: NativeSocketSpec = {
+      family,
+      mark: options.mark,
+      transparent: options.transparent,
+      freebind: options.freebind,
+      reusePort: options.reusePort,
+      v6Only: options.ipv6Only === undefined || family === 4 ? undefined : options.ipv6Only ? 1 : 0,
+      bindAddress: host,
+      bindPort: options.port,
+      backlog,
+    }
+    try {
+      return native().listenTcp(nsFd, spec)
+    } catch (err) {
+      throw nativeError(RedirectErrorCode.Socket, `cannot listen on ${host} port ${options.port} in ${this.path}`, err, {
+        path: this.path,
+        host,
+        port: options.port,
+      })
+    }
   }
 
   async connect(options: NetnsConnectOptions): Promise<Socket> {

@@ -29,12 +29,17 @@ function isMappedOrIpv4(address: string | undefined): boolean {
  * conntrack). An IPv4 connection accepted on a dual-stack IPv6 listener is
  * read as IPv4.
  *
+ * @param socket - the accepted socket, or its descriptor
+ * @param family - for a descriptor: the connection's IP version (4 for an
+ *   IPv4 peer on a dual-stack listener, which a descriptor alone does not
+ *   tell). Default: the socket's own family.
  * @throws `ERR_AMBIENT_REDIRECT_ORIGINAL_DESTINATION` when the connection has
  * no conntrack entry (it was not redirected) or the socket is closed.
  */
-export function originalDestination(socket: Socket | number): SocketAddress {
+export function originalDestination(socket: Socket | number, family?: 4 | 6): SocketAddress {
   const fd = fdOf(socket, 'originalDestination(socket)')
-  const family = typeof socket === 'number' ? familyOfFd(fd) : isMappedOrIpv4(socket.localAddress) ? 4 : 6
+  if (family !== undefined && family !== 4 && family !== 6) throw invalidArgument('originalDestination family', family, '4 or 6')
+  family ??= typeof socket === 'number' ? familyOfFd(fd) : isMappedOrIpv4(socket.localAddress) ? 4 : 6
   try {
     const result = native().originalDst(fd, family)
     return { address: canonicalIp(result.address), port: result.port, family: result.family }

@@ -1,10 +1,10 @@
 import { isAmbientError } from '@ambientkit/core'
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
+import { closeSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { readlink } from 'node:fs/promises'
 import { once } from 'node:events'
-import { createServer, Socket, type AddressInfo, type Server } from 'node:net'
+import { createServer, Server, Socket, type AddressInfo } from 'node:net'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { withEnv } from '../../../test/support/env'
 import { describePrivileged } from '../../../test/support/privileged'
@@ -334,6 +334,31 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
     } finally {
       await b.exec('iptables', ['-D', 'INPUT', '-p', 'tcp', '--dport', '7', '-j', 'DROP'])
     }
+  })
+
+  it('listenFd gives a listening, non-blocking descriptor inside the namespace, with its mark, and refuses bad options', async () => {
+    const fd = nsB.listenFd({ host: '0.0.0.0', port: 0, mark: PROXY_MARK })
+    try {
+      expect(fdFlags(fd) & (O_NONBLOCK | O_CLOEXEC)).toBe(O_NONBLOCK | O_CLOEXEC)
+      expect(getSocketMark(fd)).toBe(PROXY_MARK)
+      // Listening inside B: B's own ss lists it, by the descriptor's port.
+      const server = new Server()
+      server.listen({ fd })
+      await once(server, 'listening')
+      const { port } = server.address() as AddressInfo
+      const { stdout } = await b.exec('ss', ['-Htln', `sport = :${port}`])
+      expect(stdout).toContain(`:${port}`)
+      const accepted = nextConnection(server)
+      const client = await nsA.connect({ host: b.ipv4, port })
+      expect((await accepted).remoteAddress).toBe(a.ipv4)
+      client.destroy()
+      await closeServer(server)
+    } catch (err) {
+      closeSync(fd)
+      throw err
+    }
+    expect(() => nsB.listenFd({ host: 'not-an-ip', port: 1 })).toThrow(/listen host/)
+    expect(() => nsB.listenFd({ port: 70000 })).toThrow(/listen port/)
   })
 
   it('connectFd resolves with a connected, non-blocking descriptor the caller owns, unread by Node', async () => {
