@@ -1607,6 +1607,20 @@ static napi_value js_dup_fd(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// resetFd(fd): closes a connected socket with RST (SO_LINGER 0), as a refused or reset connection is closed.
+static napi_value js_reset_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, NULL, "resetFd(fd)");
+    return NULL;
+  }
+  close_fd_reset(fd);
+  return NULL;
+}
+
 // ---- accepting ----------------------------------------------------------------------------------
 
 // A listening socket whose connections go straight to JavaScript as
@@ -1614,6 +1628,7 @@ static napi_value js_dup_fd(napi_env env, napi_callback_info info) {
 typedef struct {
   napi_env env;
   napi_ref callback;
+  napi_ref self;  // a listening acceptor stays alive without a JavaScript reference, as a listening net.Server does
   napi_async_context async;
   int fd;
   uv_poll_t *poll;
@@ -1718,6 +1733,7 @@ static napi_value js_accept(napi_env env, napi_callback_info info) {
   }
   set_poll(a->poll, &a->events, UV_READABLE, acceptor_poll_cb);
   napi_create_external(env, a, acceptor_finalize, NULL, &handle);
+  napi_create_reference(env, handle, 1, &a->self);
   return handle;
 }
 
@@ -1737,6 +1753,10 @@ static napi_value js_stop_accepting(napi_env env, napi_callback_info info) {
     close(a->fd);
     a->fd = -1;
   }
+  if (a->self != NULL) {
+    napi_delete_reference(env, a->self);
+    a->self = NULL;
+  }
   return NULL;
 }
 
@@ -1754,6 +1774,7 @@ NAPI_MODULE_INIT() {
       {"destroy", NULL, js_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"streams", NULL, js_streams, NULL, NULL, NULL, napi_enumerable, NULL},
       {"dupFd", NULL, js_dup_fd, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"resetFd", NULL, js_reset_fd, NULL, NULL, NULL, napi_enumerable, NULL},
       {"accept", NULL, js_accept, NULL, NULL, NULL, napi_enumerable, NULL},
       {"stopAccepting", NULL, js_stop_accepting, NULL, NULL, NULL, napi_enumerable, NULL},
   };

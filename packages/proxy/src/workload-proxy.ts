@@ -1,4 +1,4 @@
-import type { Server, Socket } from 'node:net'
+import { Socket, type Server, type SocketConstructorOpts } from 'node:net'
 import type { Duplex } from 'node:stream'
 import {
   evaluateAuthorization,
@@ -22,7 +22,7 @@ import { originalDestination, PROXY_MARK, type Netns, type NetnsConnectFdOptions
 import type { AccessLogEntry, AccessLogPeer, ConnectionOutcome, ProxyListener } from './access-log'
 import { createHboneClient, type HboneClient } from './hbone/client'
 import { HBONE_PORT, type HboneWindows } from './hbone/constants'
-import { nativeHbone, nativeHboneUnavailable, type NativeAddon } from './hbone/native'
+import { nativeHbone, nativeHboneUnavailable, type NativeAcceptor, type NativeAddon } from './hbone/native'
 import { createNativeHboneClient, type NativeHboneClient } from './hbone/native-client'
 import { createNativeHboneServer, type NativeUpstreamConnectOptions } from './hbone/native-server'
 import type { NativeTunnel } from './hbone/native-tunnel'
@@ -224,6 +224,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
   readonly #ports: WorkloadProxyPorts
   readonly #log: Logger
   readonly #servers: Server[] = []
+  /** Listeners the addon accepts on (the native data path's outbound one). */
+  readonly #acceptors: NativeAcceptor[] = []
   /** Every socket the listeners accepted and that is still open. */
   readonly #accepted = new Set<Socket>()
   /** `close` listener of every accepted socket (the socket is `this`): one function per proxy rather than a closure per connection. */
@@ -320,8 +322,10 @@ class WorkloadProxyImpl implements WorkloadProxy {
     this.#hboneServer = hboneServer
     // Listeners up means the SVID is at hand (the Node server's TLS options fetched it above).
     if (outbound.path === 'native') await this.#options.identities.get(this.identity)
-    // Spliced sockets keep half-close and wait, paused, for their upstream.
-    await this.#listen('outbound', this.#ports.outbound, (socket) => this.#onOutbound(socket), { allowHalfOpen: true, pauseOnConnect: true })
+    // Spliced sockets keep half-close and wait, paused, for their upstream. On the native
+    // path, captured connections are accepted by the addon: most go to it as they are.
+    if (outbound.path === 'native') this.#listenNative('outbound', this.#ports.outbound, outbound.addon, (fd, address, port, family) => this.#onOutboundFd(fd, address, port, family))
+    else await this.#listen('outbound', this.#ports.outbound, (socket) => this.#onOutbound(socket), { allowHalfOpen: true, pauseOnConnect: true })
     await this.#listen('inbound-plaintext', this.#ports.inboundPlaintext, (socket) => this.#onInboundPlaintext(socket), { allowHalfOpen: true, pauseOnConnect: true })
     // HBONE carries half-close inside the tunnel; its own TCP connection ends on FIN. The native
     // server takes the connection from Node before the TLS handshake: Node must not read it.
@@ -349,6 +353,22 @@ class WorkloadProxyImpl implements WorkloadProxy {
     server.on('error', (err) => this.#log.error({ err, listener }, 'listener failed'))
   }
 
+  /** A listener whose connections the addon accepts and hands over as descriptors: no `net.Socket` for those that never need one. */
+  #listenNative(listener: ProxyListener, port: number, addon: NativeAddon, onConnection: (fd: number, address: string, port: number, family: 4 | 6) => void): void {
+    let fd: number
+    let bound: SocketAddress = { address: DUAL_STACK, port, family: 6 }
+    try {
+      fd = this.#options.netns.listenFd({ host: DUAL_STACK, port, mark: PROXY_MARK, ipv6Only: false })
+    } catch (err) {
+      // A pod without IPv6 (disabled by sysctl) still gets IPv4 listeners.
+      this.#log.debug({ err, port }, 'dual-stack listen failed, falling back to IPv4')
+      fd = this.#options.netns.listenFd({ host: '0.0.0.0', port, mark: PROXY_MARK })
+      bound = { address: '0.0.0.0', port, family: 4 }
+    }
+    this.#acceptors.push(addon.accept(fd, onConnection))
+    this.listeners[listener].push(bound)
+  }
+
   #track(connection: TrackedConnection): void {
     this.#connections.add(connection)
   }
@@ -370,12 +390,12 @@ class WorkloadProxyImpl implements WorkloadProxy {
   // ---- outbound -----------------------------------------------------------
 
   /** Where a captured connection was going (SO_ORIGINAL_DST); without it the connection is reset and logged. */
-  #originalDestinationOrReset(socket: Socket, direction: 'outbound' | 'inbound'): SocketAddress | undefined {
+  #originalDestinationOrReset(socket: Socket | number, direction: 'outbound' | 'inbound', family?: 4 | 6): SocketAddress | undefined {
     try {
-      return originalDestination(socket)
+      return originalDestination(socket, family)
     } catch (err) {
       this.#log.warn({ err }, `${direction} connection without an original destination`)
-      socket.resetAndDestroy()
+      this.#resetApp(socket)
       return undefined
     }
   }
@@ -391,20 +411,60 @@ class WorkloadProxyImpl implements WorkloadProxy {
     void this.#routeOutbound(app, destination, { tracked, started, source })
   }
 
+  /** An outbound connection the addon accepted: routed like {@link #onOutbound}'s, as a descriptor for as long as it can stay one. */
+  #onOutboundFd(fd: number, address: string, port: number, family: 4 | 6): void {
+    const started = Date.now()
+    const source = this.#peer(address, port)
+    const destination = this.#originalDestinationOrReset(fd, 'outbound', family)
+    if (destination === undefined) return
+    const tracked = new TrackedConnection('outbound')
+    this.#track(tracked)
+    void this.#routeOutbound(fd, destination, { tracked, started, source })
+  }
+
+  /** Resets an accepted connection that is refused: a socket, or a descriptor from the addon's accept (only on the native path). */
+  #resetApp(app: Socket | number): void {
+    if (typeof app !== 'number') app.resetAndDestroy()
+    else if (this.#outbound.path === 'native') this.#outbound.addon.resetFd(app)
+  }
+
+  /** A descriptor from the addon's accept as the socket a splice or refusal needs, tracked like an accepted socket. */
+  #adopt(fd: number): Socket {
+    const socket = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true, pauseOnCreate: true } as SocketConstructorOpts)
+    this.#accepted.add(socket)
+    socket.on('close', this.#forgetAccepted)
+    socket.on('error', ignore)
+    return socket
+  }
+
   #finishOutbound({ tracked, started, source }: OutboundStart, entry: OutboundEntry): void {
     this.#untrack(tracked)
     this.#record({ listener: 'outbound', source, durationMs: Date.now() - started, ...entry })
   }
 
-  async #routeOutbound(app: Socket, destination: SocketAddress, start: OutboundStart): Promise<void> {
+  /**
+   * Routes a captured connection: `accepted` is a socket (Node's listener)
+   * or a descriptor (the addon's), which becomes a socket only on the paths
+   * that splice it in JavaScript.
+   */
+  async #routeOutbound(accepted: Socket | number, destination: SocketAddress, start: OutboundStart): Promise<void> {
     const { tracked } = start
     const finish = (entry: OutboundEntry): void => this.#finishOutbound(start, entry)
     const signal = tracked.connecting()
     const earlyClose = (): void => tracked.terminate('application closed before the upstream was ready')
-    app.once('close', earlyClose)
-    const refuse = (reason: string, outcome: ConnectionOutcome = 'refused', extra: Partial<AccessLogEntry> = {}): void => {
-      app.off('close', earlyClose)
-      app.resetAndDestroy()
+    let app = accepted
+    const asSocket = (): Socket => {
+      if (typeof app === 'number') {
+        app = this.#adopt(app)
+        app.once('close', earlyClose)
+      }
+      return app
+    }
+    if (typeof app !== 'number') app.once('close', earlyClose)
+    // `reset: false` when the connection is no longer ours to reset (the native client took it).
+    const refuse = (reason: string, outcome: ConnectionOutcome = 'refused', extra: Partial<AccessLogEntry> = {}, reset = true): void => {
+      if (typeof app !== 'number') app.off('close', earlyClose)
+      if (reset) this.#resetApp(app)
       finish({ protocol: 'TCP', destination: { address: destination.address, port: destination.port }, bytesSent: 0, bytesReceived: 0, outcome, reason, ...extra })
     }
     if (this.#isOwnListener(destination)) return refuse(`destination ${formatSocketAddress(destination)} is the proxy itself (loop)`)
@@ -418,9 +478,10 @@ class WorkloadProxyImpl implements WorkloadProxy {
     }
     if (target?.protocol === 'HBONE') {
       const local = this.#options.localWorkloads?.(target)
-      if (local instanceof WorkloadProxyImpl) return this.#routeLocal(app, local, target, peer.address, peer.port, service, start, earlyClose, refuse)
+      if (local instanceof WorkloadProxyImpl) return this.#routeLocal(asSocket(), local, target, peer.address, peer.port, service, start, earlyClose, refuse)
       const outbound = this.#outbound
       if (outbound.path === 'native') return this.#routeNativeTunnel(app, outbound.client, target, peer.address, peer.port, service, start, earlyClose, refuse)
+      const socket = asSocket()
       const expected = workloadIdentity(target)
       let tunnel
       try {
@@ -436,11 +497,12 @@ class WorkloadProxyImpl implements WorkloadProxy {
           ...(service ? { service } : {}),
         })
       }
-      app.off('close', earlyClose)
-      tracked.established(app, this.#log)
-      return this.#spliceOutboundTunnel(app, tunnel, start, target, peer.address, peer.port, service)
+      socket.off('close', earlyClose)
+      tracked.established(socket, this.#log)
+      return this.#spliceOutboundTunnel(socket, tunnel, start, target, peer.address, peer.port, service)
     }
     if (this.#options.outboundPolicy === 'refuse') return refuse('destination is not in the mesh and passthrough is off')
+    const socket = asSocket()
     const labels = this.#labels('source', { identity: this.identity, workload: this.workload }, { workload: target }, 'none')
     let upstream: Socket
     try {
@@ -448,9 +510,9 @@ class WorkloadProxyImpl implements WorkloadProxy {
     } catch (err) {
       return refuse(`passthrough connect failed: ${(err as Error).message}`, 'failed', { destination: peer })
     }
-    app.off('close', earlyClose)
-    tracked.established(app)
-    this.#spliceOutboundSockets(app, upstream, start, labels, { protocol: 'TCP', destination: peer, ...(service ? { service } : {}) })
+    socket.off('close', earlyClose)
+    tracked.established(socket)
+    this.#spliceOutboundSockets(socket, upstream, start, labels, { protocol: 'TCP', destination: peer, ...(service ? { service } : {}) })
   }
 
   // The two splices below are methods of their own, not the tail of #routeOutbound: what an idle
@@ -484,7 +546,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
    * end as the Node path's splice does.
    */
   async #routeNativeTunnel(
-    app: Socket,
+    app: Socket | number,
     client: NativeHboneClient,
     target: Workload,
     address: string,
@@ -492,12 +554,12 @@ class WorkloadProxyImpl implements WorkloadProxy {
     service: string | undefined,
     start: OutboundStart,
     earlyClose: () => void,
-    refuse: (reason: string, outcome: ConnectionOutcome, extra: Partial<AccessLogEntry>) => void,
+    refuse: (reason: string, outcome: ConnectionOutcome, extra: Partial<AccessLogEntry>, reset: boolean) => void,
   ): Promise<void> {
     const expected = workloadIdentity(target)
     // The socket's 'close' will be its handover to the addon, not the app going away. Until
     // then nothing else closes it but close(), which ends the connect through the signal.
-    app.off('close', earlyClose)
+    if (typeof app !== 'number') app.off('close', earlyClose)
     let tunnel: NativeTunnel
     try {
       tunnel = await client.open(app, { address, port, family: address.includes(':') ? 6 : 4 }, {
@@ -507,13 +569,19 @@ class WorkloadProxyImpl implements WorkloadProxy {
         signal: start.tracked.connecting(),
       })
     } catch (err) {
-      // A socket already handed over was closed by the addon: resetting it again does nothing.
+      // The client has reset a descriptor already; a socket it did not take is reset here
+      // (one it took was closed by the addon, and resetting it again does nothing).
       const status = isAmbientError(err) ? (err.details.status as number | undefined) : undefined
-      return refuse(`HBONE connect failed: ${(err as Error).message}`, status === 401 ? 'denied' : 'failed', {
-        protocol: 'HBONE',
-        destination: { address, port, workload: target.name, namespace: target.namespace, identity: expected },
-        ...(service ? { service } : {}),
-      })
+      return refuse(
+        `HBONE connect failed: ${(err as Error).message}`,
+        status === 401 ? 'denied' : 'failed',
+        {
+          protocol: 'HBONE',
+          destination: { address, port, workload: target.name, namespace: target.namespace, identity: expected },
+          ...(service ? { service } : {}),
+        },
+        typeof app !== 'number',
+      )
     }
     start.tracked.established(tunnel, this.#log)
     this.#options.metrics?.connectionOpened(this.#outboundTunnelLabels(target))
@@ -889,6 +957,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
    */
   #stopListening(): void {
     for (const server of this.#servers.splice(0)) server.close()
+    if (this.#outbound.path === 'native') for (const acceptor of this.#acceptors.splice(0)) this.#outbound.addon.stopAccepting(acceptor)
   }
 
   close(): Promise<void> {

@@ -4,6 +4,8 @@ import { once } from 'node:events'
 import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { connect, createServer, Socket, type AddressInfo, type Server } from 'node:net'
 import { tmpdir } from 'node:os'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { connect as tlsConnect } from 'node:tls'
@@ -58,6 +60,16 @@ function handOver(a: NativeAddon, socket: Socket): number {
   const fd = a.dupFd((socket as unknown as { _handle: { fd: number } })._handle.fd)
   socket.destroy()
   return fd
+}
+
+/** A listening socket on `host` as a bare descriptor (Node's server is closed; the duplicate keeps listening). */
+async function listeningDescriptor(a: NativeAddon, host: string): Promise<{ port: number; listenFd: number }> {
+  const server = createServer().listen(0, host)
+  await once(server, 'listening')
+  const port = (server.address() as AddressInfo).port
+  const listenFd = a.dupFd((server as unknown as { _handle: { fd: number } })._handle.fd)
+  server.close()
+  return { port, listenFd }
 }
 
 function openFds(): number {
@@ -329,11 +341,7 @@ describeNative('native HBONE addon', () => {
   })
 
   it('accepts on a dual-stack listener and hands over descriptors with the peer in IPv4 form, until stopped', async () => {
-    const server = createServer().listen(0, '::')
-    await once(server, 'listening')
-    const port = (server.address() as AddressInfo).port
-    const listenFd = a.dupFd((server as unknown as { _handle: { fd: number } })._handle.fd)
-    server.close()
+    const { port, listenFd } = await listeningDescriptor(a, '::')
     const accepted: Array<{ fd: number; address: string; port: number; family: number }> = []
     let onAccept: (() => void) | undefined
     const acceptor = a.accept(listenFd, (fd, address, peerPort, family) => {
@@ -352,6 +360,21 @@ describeNative('native HBONE addon', () => {
     a.stopAccepting(acceptor)
     const refused = connect(port, '127.0.0.1')
     expect(((await once(refused, 'error')) as [Error])[0]).toMatchObject({ code: 'ECONNREFUSED' })
+  })
+
+  it('keeps accepting while nothing in JavaScript holds the acceptor, as a listening server does', async () => {
+    const { port, listenFd } = await listeningDescriptor(a, '127.0.0.1')
+    let resolveAccepted!: (fd: number) => void
+    const accepted = new Promise<number>((resolve) => (resolveAccepted = resolve))
+    a.accept(listenFd, (fd) => resolveAccepted(fd))
+    setFlagsFromString('--expose-gc')
+    ;(runInNewContext('gc') as () => void)()
+    const client = connect(port, '127.0.0.1')
+    await once(client, 'connect')
+    const fd = await accepted
+    // resetFd closes with RST: the peer sees a reset, not an end.
+    a.resetFd(fd)
+    expect(((await once(client, 'error')) as [Error])[0]).toMatchObject({ code: 'ECONNRESET' })
   })
 
   it('names the part of a context that is wrong', () => {

@@ -75,20 +75,22 @@ export interface NativeOpenOptions extends AbortOptions {
 export interface NativeHboneClient extends Closable {
   /**
    * Carries `app` through a tunnel to `destination`: takes (or opens) a
-   * pooled session, then hands `app` over to the addon (its descriptor is
-   * duplicated and the socket destroyed: it emits `close`) and sends
-   * `CONNECT`. Resolves once the server answered 200; the tunnel then
-   * reports its end through {@link NativeTunnel.onClose}.
+   * pooled session, then hands `app` over to the addon (a descriptor as it
+   * is; a socket's descriptor is duplicated and the socket destroyed: it
+   * emits `close`) and sends `CONNECT`. Resolves once the server answered
+   * 200; the tunnel then reports its end through {@link NativeTunnel.onClose}.
    *
-   * `app` must be a socket Node never read from (accepted with
-   * `pauseOnConnect`). When the promise rejects before the handover, `app`
-   * is untouched; after it, the addon has closed (reset) the connection.
+   * `app` must be a descriptor (from the addon's `accept`) or a socket Node
+   * never read from (accepted with `pauseOnConnect`). A descriptor is the
+   * client's from the call on: whenever the promise rejects, its connection
+   * has been reset. A socket is untouched when the promise rejects before
+   * the handover; after it, the addon has reset the connection.
    * Rejects as `HboneClient.connect` does: `ERR_AMBIENT_HBONE_STATUS`
    * (`details.status`), `ERR_AMBIENT_HBONE_IDENTITY_MISMATCH`,
    * `ERR_AMBIENT_HBONE_CONNECT_FAILED`, `ERR_AMBIENT_HBONE_STREAM`,
    * `ERR_AMBIENT_ABORTED` and `ERR_AMBIENT_CLOSED`.
    */
-  open(app: Socket, destination: SocketAddress, options: NativeOpenOptions): Promise<NativeTunnel>
+  open(app: Socket | number, destination: SocketAddress, options: NativeOpenOptions): Promise<NativeTunnel>
   /** The pooled sessions. */
   stats(): readonly HboneSessionStats[]
   /** Destroys every session (resetting their tunnels) and resolves once they are closed. Idempotent. */
@@ -149,7 +151,19 @@ class NativeHboneClientImpl implements NativeHboneClient {
     this.#config = config
   }
 
-  async open(app: Socket, destination: SocketAddress, options: NativeOpenOptions): Promise<NativeTunnel> {
+  async open(app: Socket | number, destination: SocketAddress, options: NativeOpenOptions): Promise<NativeTunnel> {
+    if (typeof app !== 'number') return this.#open(app, destination, options)
+    // A descriptor is never handed back: a failure before the handover resets it here.
+    let handedOver = false
+    try {
+      return await this.#open(app, destination, options, () => (handedOver = true))
+    } catch (err) {
+      if (!handedOver) this.#config.addon.resetFd(app)
+      throw err
+    }
+  }
+
+  async #open(app: Socket | number, destination: SocketAddress, options: NativeOpenOptions, onHandover?: () => void): Promise<NativeTunnel> {
     if (typeof options !== 'object' || options === null) throw invalidArgument('options', options, 'an object')
     const { signal } = options
     throwIfAborted(signal, 'HBONE connect')
@@ -163,18 +177,20 @@ class NativeHboneClientImpl implements NativeHboneClient {
     const headers = flatHeaders(authority, options.headers)
     const key = [options.identity, expected.join(','), formatSocketAddress(via), options.sourceAddress ?? ''].join('|')
 
-    const session = await this.#pool.acquire(key, () => this.#open(key, via, expected, options), signal, () => this.#closed !== undefined)
+    const session = await this.#pool.acquire(key, () => this.#openSession(key, via, expected, options), signal, () => this.#closed !== undefined)
     // A slot of the session is ours: released on every way out that opens no stream.
     let fd: number
     try {
       if (this.#closed !== undefined) throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
       throwIfAborted(signal, 'HBONE connect')
-      if (app.destroyed) throw new AmbientError(CoreErrorCode.Aborted, `HBONE connect ${authority}: the application connection closed first`)
-      fd = detachSocket(this.#config.addon, app)
+      if (typeof app === 'number') fd = app
+      else if (app.destroyed) throw new AmbientError(CoreErrorCode.Aborted, `HBONE connect ${authority}: the application connection closed first`)
+      else fd = detachSocket(this.#config.addon, app)
     } catch (err) {
       session.release()
       throw err
     }
+    onHandover?.()
     return session.request(fd, authority, headers, signal)
   }
 
@@ -193,7 +209,7 @@ class NativeHboneClientImpl implements NativeHboneClient {
     this.#pool.clear()
   }
 
-  #open(key: string, via: SocketAddress, expected: readonly string[], options: NativeOpenOptions): Promise<PooledSession> {
+  #openSession(key: string, via: SocketAddress, expected: readonly string[], options: NativeOpenOptions): Promise<PooledSession> {
     return establishWithin(this.#config.sessionTimeout, this.#closing.signal, (signal) => this.#establish(key, via, expected, options, signal))
   }
 

@@ -15,7 +15,7 @@ import type { HboneWindows } from './constants'
 import { HboneErrorCode } from './errors'
 import { NativeEvent, type NativeAddon, type NativeSession, type NativeSettings, type NativeTlsContext } from './native'
 import { nativeTlsContext, verifiedPeerIdentity } from './native-tls'
-import { NativeTunnel, detachSocket, nativeSettings, resetDescriptor, spliceResultOf } from './native-tunnel'
+import { NativeTunnel, detachSocket, nativeSettings, spliceResultOf } from './native-tunnel'
 import {
   buildRequest,
   connectDestination,
@@ -425,7 +425,7 @@ class NativeHboneServerImpl implements NativeHboneServer {
       this.#closing.signal.removeEventListener('abort', onClosing)
     }
     if (stream.gone) {
-      resetDescriptor(fd)
+      addon.resetFd(fd)
       tunnel.settle({ outcome: 'stream-reset', socketBytesRead: 0, socketBytesWritten: 0 })
       return finish({ status: 0, outcome: 'cancelled', destination })
     }

@@ -1,5 +1,5 @@
 import { constants as h2 } from 'node:http2'
-import { Socket } from 'node:net'
+import type { Socket } from 'node:net'
 import type { HboneWindows } from './constants'
 import { NativeOutcome, type NativeAddon, type NativeSession, type NativeSettings } from './native'
 import type { SpliceOutcome, SpliceResult } from './splice'
@@ -89,12 +89,4 @@ export function detachSocket(addon: NativeAddon, socket: Socket): number {
   const copy = addon.dupFd(fd)
   socket.destroy()
   return copy
-}
-
-/** Closes a connected descriptor with RST, as a reset tunnel's upstream is closed. */
-export function resetDescriptor(fd: number): void {
-  // The descriptor is wrapped only to reach libuv's reset (SO_LINGER 0, then close); it is never read.
-  const socket = new Socket({ fd, readable: false, writable: false })
-  socket.on('error', () => {})
-  socket.resetAndDestroy()
 }

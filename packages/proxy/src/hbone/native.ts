@@ -84,6 +84,8 @@ export interface NativeAddon {
   streams(session: NativeSession): number
   /** A non-blocking, close-on-exec duplicate of a socket fd: how a socket leaves Node for the addon. */
   dupFd(fd: number): number
+  /** Closes a connected socket with RST (`SO_LINGER` 0): how a refused or reset connection that never became a tunnel is closed. */
+  resetFd(fd: number): void
   /**
    * Accepts connections on a listening socket (which becomes the addon's)
    * and hands each one over as a non-blocking descriptor with TCP_NODELAY
