@@ -68,6 +68,8 @@ export interface MeshConfig {
     readonly outboundPolicy: 'passthrough' | 'refuse'
     readonly inboundPlaintext: 'permissive' | 'strict'
     readonly preserveSourceAddress: boolean
+    /** What carries HBONE tunnels; absent: the proxy's default (native when its addon is built). */
+    readonly dataPath?: 'native' | 'node'
   }
 }
 
@@ -184,13 +186,15 @@ export function validateMeshConfig(input: unknown): MeshConfig {
   unique('policies', policies.map((p) => `${p.namespace}/${p.name}`), 'namespace/name')
 
   const proxyInput = object('proxy', root.proxy ?? {})
-  only('proxy', proxyInput, ['outboundPolicy', 'inboundPlaintext', 'preserveSourceAddress'])
+  only('proxy', proxyInput, ['outboundPolicy', 'inboundPlaintext', 'preserveSourceAddress', 'dataPath'])
   const outboundPolicy = proxyInput.outboundPolicy ?? 'passthrough'
   if (outboundPolicy !== 'passthrough' && outboundPolicy !== 'refuse') fail('proxy.outboundPolicy', outboundPolicy, '"passthrough" or "refuse"')
   const inboundPlaintext = proxyInput.inboundPlaintext ?? 'permissive'
   if (inboundPlaintext !== 'permissive' && inboundPlaintext !== 'strict') fail('proxy.inboundPlaintext', inboundPlaintext, '"permissive" or "strict"')
   const preserveSourceAddress = proxyInput.preserveSourceAddress ?? false
   if (typeof preserveSourceAddress !== 'boolean') fail('proxy.preserveSourceAddress', preserveSourceAddress, 'true or false')
+  const dataPath = proxyInput.dataPath
+  if (dataPath !== undefined && dataPath !== 'native' && dataPath !== 'node') fail('proxy.dataPath', dataPath, '"native" or "node"')
 
   const capture = object('capture', root.capture ?? {}) as CaptureConfig
   try {
@@ -199,7 +203,8 @@ export function validateMeshConfig(input: unknown): MeshConfig {
     throw new AmbientError(INVALID_MESH_CONFIG, `mesh config capture: ${(err as Error).message}`, { cause: err })
   }
 
-  return { trustDomain, svidTtlSeconds, nodes, pods, services, policies, capture, proxy: { outboundPolicy, inboundPlaintext, preserveSourceAddress } }
+  const proxy: MeshConfig['proxy'] = { outboundPolicy, inboundPlaintext, preserveSourceAddress, ...(dataPath === undefined ? {} : { dataPath }) }
+  return { trustDomain, svidTtlSeconds, nodes, pods, services, policies, capture, proxy }
 }
 
 function unique(path: string, values: readonly string[], what: string): void {

@@ -41,6 +41,7 @@ describe('mesh.yaml validation', () => {
     [{ ...base, services: [{ name: 'api', namespace: 'shop', vip: '10.44.1.10', ports: { 80: 8080 }, selector: { app: 'api' } }] }, 'services[0].vip: expected a VIP in 10.44.100.0/24'],
     [{ ...base, policies: [{ name: 'p', namespace: 'shop', scope: 'namespace', action: 'MAYBE', rules: [] }] }, 'policies[0]: authorization policy shop/p: action: expected "ALLOW" or "DENY"'],
     [{ ...base, proxy: { inboundPlaintext: 'lenient' } }, 'proxy.inboundPlaintext: expected "permissive" or "strict"'],
+    [{ ...base, proxy: { dataPath: 'kernel' } }, 'proxy.dataPath: expected "native" or "node", got "kernel"'],
     [{ ...base, capture: { outboundPort: 0 } }, 'mesh config capture: capture config outboundPort: expected a port 1-65535'],
   ])('refuses a bad field and names it (%#)', (input, message) => {
     expect(errorOf(input)).toContain(message)
