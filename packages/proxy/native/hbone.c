@@ -26,6 +26,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #define CHECK_NAPI(env, call)                                        \
@@ -105,6 +106,30 @@ static void bq_free(bq_t *q) {
 // ---- structures ------------------------------------------------------------------
 
 typedef struct session_s session_t;
+typedef struct acceptor_s acceptor_t;
+
+// What one Node environment (the main thread, or a worker thread with its
+// own loop) shares between its sessions: the buffer TLS records are
+// decrypted into (only ever used between a read and its processing), and
+// what must be closed when the environment shuts down while sessions or
+// listeners are still open: libuv refuses to close a loop with handles.
+typedef struct {
+  uint8_t read_buffer[NET_BUFFER];
+  int handles;  // our libuv handles not yet closed
+  int shutting_down;
+  napi_async_cleanup_hook_handle cleanup;
+  session_t *sessions;  // not yet torn down
+  acceptor_t *acceptors;  // still listening
+} instance_t;
+
+// Every libuv handle of ours, so that its close callback can count it off.
+typedef struct {
+  union {
+    uv_poll_t poll;
+    uv_idle_t idle;
+  } u;
+  instance_t *instance;
+} handle_box_t;
 typedef struct pipe_s pipe_t;
 
 // An event for JavaScript, delivered after the libraries returned.
@@ -175,12 +200,13 @@ struct session_s {
   int delivering;
   int32_t settings[4];
   char *close_reason;
+  instance_t *instance;
+  session_t *live_prev, *live_next;  // the instance's list of sessions not yet torn down
   int close_queued;
   int goaway_sent;
   int goaway_received;
 };
 
-static uint8_t read_buffer[NET_BUFFER];
 
 static char *dup_text(const char *text) { return text == NULL ? NULL : strdup(text); }
 
@@ -301,7 +327,19 @@ static void deliver(session_t *s) {
 static void session_poll_cb(uv_poll_t *handle, int status, int events);
 static void pipe_poll_cb(uv_poll_t *handle, int status, int events);
 
-static void free_handle(uv_handle_t *handle) { free(handle); }
+// The close callback of every handle: the last one closed during a shutdown lets the environment finish it.
+static void free_handle(uv_handle_t *handle) {
+  handle_box_t *box = (handle_box_t *)handle;
+  instance_t *instance = box->instance;
+  free(box);
+  if (--instance->handles == 0 && instance->shutting_down) napi_remove_async_cleanup_hook(instance->cleanup);
+}
+
+static instance_t *instance_of(napi_env env) {
+  void *data = NULL;
+  napi_get_instance_data(env, &data);
+  return data;
+}
 
 // libuv reports a socket error (EPOLLERR) as UV_EBADF: the socket's own error says what happened.
 static int socket_error(int fd, int status) {
@@ -320,15 +358,18 @@ static void set_poll(uv_poll_t *poll, int *current, int wanted, uv_poll_cb cb) {
 
 static uv_poll_t *new_poll(napi_env env, int fd, void *data) {
   uv_loop_t *loop;
-  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return NULL;
-  uv_poll_t *poll = malloc(sizeof(*poll));
-  if (poll == NULL) return NULL;
-  if (uv_poll_init_socket(loop, poll, fd) != 0) {
-    free(poll);
+  instance_t *instance = instance_of(env);
+  if (instance == NULL || napi_get_uv_event_loop(env, &loop) != napi_ok) return NULL;
+  handle_box_t *box = malloc(sizeof(*box));
+  if (box == NULL) return NULL;
+  if (uv_poll_init_socket(loop, &box->u.poll, fd) != 0) {
+    free(box);
     return NULL;
   }
-  poll->data = data;
-  return poll;
+  box->instance = instance;
+  instance->handles++;
+  box->u.poll.data = data;
+  return &box->u.poll;
 }
 
 static void close_poll(uv_poll_t **poll) {
@@ -760,10 +801,11 @@ static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t code, void 
 
 // ---- sessions ------------------------------------------------------------------------------
 
-static nghttp2_session_callbacks *callbacks(void) {
-  static nghttp2_session_callbacks *cbs;
-  if (cbs == NULL) {
-    nghttp2_session_callbacks_new(&cbs);
+static nghttp2_session_callbacks *cbs;
+
+// Built once for the process: environments on other threads share it, read-only.
+static void make_callbacks(void) {
+  if (nghttp2_session_callbacks_new(&cbs) == 0) {
     nghttp2_session_callbacks_set_send_callback(cbs, on_send);
     nghttp2_session_callbacks_set_send_data_callback(cbs, on_send_data);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
@@ -773,6 +815,11 @@ static nghttp2_session_callbacks *callbacks(void) {
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
   }
+}
+
+static nghttp2_session_callbacks *callbacks(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, make_callbacks);
   return cbs;
 }
 
@@ -782,7 +829,8 @@ static int session_start_h2(session_t *s) {
   // Windows are given back only once bytes reached the socket: that is the backpressure.
   nghttp2_option_set_no_auto_window_update(option, 1);
   nghttp2_option_set_peer_max_concurrent_streams(option, 100);
-  int rv = s->server ? nghttp2_session_server_new2(&s->h2, callbacks(), s, option) : nghttp2_session_client_new2(&s->h2, callbacks(), s, option);
+  nghttp2_session_callbacks *shared = callbacks();
+  int rv = shared == NULL ? -1 : s->server ? nghttp2_session_server_new2(&s->h2, shared, s, option) : nghttp2_session_client_new2(&s->h2, shared, s, option);
   nghttp2_option_del(option);
   if (rv != 0) return -1;
   nghttp2_settings_entry settings[] = {
@@ -800,6 +848,12 @@ static int session_start_h2(session_t *s) {
 static void session_teardown(session_t *s, const char *reason) {
   if (s->state == S_CLOSED) return;
   s->state = S_CLOSED;
+  if (s->instance != NULL) {
+    if (s->live_prev != NULL) s->live_prev->live_next = s->live_next;
+    else if (s->instance->sessions == s) s->instance->sessions = s->live_next;
+    if (s->live_next != NULL) s->live_next->live_prev = s->live_prev;
+    s->live_prev = s->live_next = NULL;
+  }
   if (reason != NULL && s->close_reason == NULL) s->close_reason = dup_text(reason);
   while (s->pipes != NULL) {
     pipe_t *p = s->pipes;
@@ -969,7 +1023,8 @@ static void session_read(session_t *s) {
     if (filled < 0) return;
     for (;;) {
       ERR_clear_error();
-      int n = SSL_read(s->ssl, read_buffer, sizeof(read_buffer));
+      uint8_t *read_buffer = s->instance->read_buffer;
+      int n = SSL_read(s->ssl, read_buffer, NET_BUFFER);
       if (n > 0) {
         ssize_t rv = nghttp2_session_mem_recv(s->h2, read_buffer, (size_t)n);
         if (rv < 0) {
@@ -1306,6 +1361,10 @@ static napi_value new_session(napi_env env, napi_callback_info info, int server)
   s->env = env;
   s->server = server;
   s->fd = fd;
+  s->instance = instance_of(env);
+  s->live_next = s->instance->sessions;
+  if (s->live_next != NULL) s->live_next->live_prev = s;
+  s->instance->sessions = s;
   for (uint32_t i = 0; i < 4; i++) {
     napi_value element;
     if (napi_get_element(env, argv[2], i, &element) != napi_ok || napi_get_value_int32(env, element, &s->settings[i]) != napi_ok) {
@@ -1352,14 +1411,17 @@ static void deliver_soon_cb(uv_idle_t *idle) {
 }
 
 static void deliver_soon(session_t *s) {
-  if (s->events_head == NULL) return;
+  // During a shutdown nothing is delivered: JavaScript is going away.
+  if (s->events_head == NULL || s->instance->shutting_down) return;
   uv_loop_t *loop;
   napi_get_uv_event_loop(s->env, &loop);
-  uv_idle_t *idle = malloc(sizeof(*idle));
-  if (idle == NULL) return;
-  uv_idle_init(loop, idle);
-  idle->data = s;
-  uv_idle_start(idle, deliver_soon_cb);
+  handle_box_t *box = malloc(sizeof(*box));
+  if (box == NULL) return;
+  uv_idle_init(loop, &box->u.idle);
+  box->instance = s->instance;
+  s->instance->handles++;
+  box->u.idle.data = s;
+  uv_idle_start(&box->u.idle, deliver_soon_cb);
 }
 
 static napi_value js_bool(napi_env env, bool value) {
@@ -1625,7 +1687,7 @@ static napi_value js_reset_fd(napi_env env, napi_callback_info info) {
 
 // A listening socket whose connections go straight to JavaScript as
 // descriptors: no net.Socket is built for a connection the addon will carry.
-typedef struct {
+struct acceptor_s {
   napi_env env;
   napi_ref callback;
   napi_ref self;  // a listening acceptor stays alive without a JavaScript reference, as a listening net.Server does
@@ -1633,7 +1695,23 @@ typedef struct {
   int fd;
   uv_poll_t *poll;
   int events;
-} acceptor_t;
+  instance_t *instance;
+  acceptor_t *next;  // the instance's list of listening acceptors
+};
+
+// Stops listening: the socket closes, and the acceptor leaves its instance's list.
+static void acceptor_stop(acceptor_t *a) {
+  if (a->fd < 0) return;
+  close_poll(&a->poll);
+  close(a->fd);
+  a->fd = -1;
+  for (acceptor_t **link = &a->instance->acceptors; *link != NULL; link = &(*link)->next) {
+    if (*link == a) {
+      *link = a->next;
+      break;
+    }
+  }
+}
 
 static void acceptor_poll_cb(uv_poll_t *handle, int status, int events) {
   (void)events;
@@ -1691,10 +1769,7 @@ static void acceptor_poll_cb(uv_poll_t *handle, int status, int events) {
 static void acceptor_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   acceptor_t *a = data;
-  if (a->fd >= 0) {
-    close_poll(&a->poll);
-    close(a->fd);
-  }
+  acceptor_stop(a);
   napi_delete_reference(env, a->callback);
   napi_async_destroy(env, a->async);
   free(a);
@@ -1732,6 +1807,9 @@ static napi_value js_accept(napi_env env, napi_callback_info info) {
     return NULL;
   }
   set_poll(a->poll, &a->events, UV_READABLE, acceptor_poll_cb);
+  a->instance = instance_of(env);
+  a->next = a->instance->acceptors;
+  a->instance->acceptors = a;
   napi_create_external(env, a, acceptor_finalize, NULL, &handle);
   napi_create_reference(env, handle, 1, &a->self);
   return handle;
@@ -1748,11 +1826,7 @@ static napi_value js_stop_accepting(napi_env env, napi_callback_info info) {
     return NULL;
   }
   acceptor_t *a = data;
-  if (a->fd >= 0) {
-    close_poll(&a->poll);
-    close(a->fd);
-    a->fd = -1;
-  }
+  acceptor_stop(a);
   if (a->self != NULL) {
     napi_delete_reference(env, a->self);
     a->self = NULL;
@@ -1760,7 +1834,31 @@ static napi_value js_stop_accepting(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static void instance_finalize(napi_env env, void *data, void *hint) {
+  (void)env, (void)hint;
+  free(data);
+}
+
+// The environment is shutting down (a worker thread ends, or the process
+// exits normally): every session and listener still open is torn down, and
+// the environment is told once the last of our handles has closed.
+static void env_cleanup(napi_async_cleanup_hook_handle handle, void *data) {
+  instance_t *instance = data;
+  instance->cleanup = handle;
+  instance->shutting_down = 1;
+  while (instance->sessions != NULL) session_teardown(instance->sessions, "the environment is shutting down");
+  while (instance->acceptors != NULL) acceptor_stop(instance->acceptors);
+  if (instance->handles == 0) napi_remove_async_cleanup_hook(handle);
+}
+
 NAPI_MODULE_INIT() {
+  instance_t *instance = calloc(1, sizeof(*instance));
+  if (instance == NULL || napi_set_instance_data(env, instance, instance_finalize, NULL) != napi_ok) {
+    free(instance);
+    napi_throw_error(env, NULL, "ambient_hbone: cannot allocate its buffers");
+    return NULL;
+  }
+  napi_add_async_cleanup_hook(env, env_cleanup, instance, NULL);
   napi_property_descriptor functions[] = {
       {"createContext", NULL, create_context, NULL, NULL, NULL, napi_enumerable, NULL},
       {"clientSession", NULL, client_session, NULL, NULL, NULL, napi_enumerable, NULL},

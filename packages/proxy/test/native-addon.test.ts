@@ -8,9 +8,10 @@ import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
+import { Worker } from 'node:worker_threads'
 import { connect as tlsConnect } from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { NativeEvent, NativeOutcome, nativeHbone, type NativeAddon, type NativeSession, type NativeTlsContext } from '../src/hbone/native'
+import { NativeEvent, NativeOutcome, nativeAddonPath, nativeHbone, type NativeAddon, type NativeSession, type NativeTlsContext } from '../src/hbone/native'
 import { closed, createTestMesh, readAll, startEchoServer, writeSvidFiles, type TestMesh } from './interop/support'
 
 // The native HBONE data path (native/hbone.c) driven directly: TLS, HTTP/2
@@ -71,6 +72,60 @@ async function listeningDescriptor(a: NativeAddon, host: string): Promise<{ port
   server.close()
   return { port, listenFd }
 }
+
+/**
+ * A worker thread that loads the addon on its own and sends `mib` random
+ * MiB through a client session, a server session and a sink, all in that
+ * thread; it posts the digest it sent and the digest the sink received.
+ */
+const WORKER_SOURCE = `
+const { workerData, parentPort } = require('node:worker_threads')
+const net = require('node:net')
+const crypto = require('node:crypto')
+const { once } = require('node:events')
+const a = require(workerData.addon)
+const handOver = (socket) => { const fd = a.dupFd(socket._handle.fd); socket.destroy(); return fd }
+const settings = [4 << 20, 16 << 20, 16384, 100]
+;(async () => {
+  const serverCtx = a.createContext(true, workerData.server.chain, workerData.server.key, workerData.roots)
+  const clientCtx = a.createContext(false, workerData.client.chain, workerData.client.key, workerData.roots)
+  const sink = net.createServer((socket) => {
+    const hash = crypto.createHash('sha256')
+    let bytes = 0
+    socket.on('data', (chunk) => { hash.update(chunk); bytes += chunk.length })
+    socket.on('end', () => { socket.end(); parentPort.postMessage({ received: hash.digest('hex'), bytes }) })
+  }).listen(0, '127.0.0.1')
+  await once(sink, 'listening')
+  const hbone = net.createServer({ pauseOnConnect: true }, (socket) => {
+    const session = a.serverSession(serverCtx, handOver(socket), settings, (event, id) => {
+      if (event === 2) {
+        const upstream = net.connect(sink.address().port, '127.0.0.1', () => a.splice(session, id, handOver(upstream)))
+        upstream.pause()
+      }
+    })
+  }).listen(0, '127.0.0.1')
+  await once(hbone, 'listening')
+  const tcp = net.connect(hbone.address().port, '127.0.0.1')
+  await once(tcp, 'connect')
+  let ready
+  const handshake = new Promise((resolve) => (ready = resolve))
+  const session = a.clientSession(clientCtx, handOver(tcp), settings, (event) => { if (event === 1) ready() })
+  await handshake
+  const apps = net.createServer({ pauseOnConnect: true }).listen(0, '127.0.0.1')
+  await once(apps, 'listening')
+  const app = net.connect(apps.address().port, '127.0.0.1')
+  const [inner] = await once(apps, 'connection')
+  a.open(session, handOver(inner), '127.0.0.1:' + sink.address().port, [])
+  const hash = crypto.createHash('sha256')
+  for (let i = 0; i < workerData.mib; i++) {
+    const chunk = crypto.randomBytes(1 << 20)
+    hash.update(chunk)
+    if (!app.write(chunk)) await once(app, 'drain')
+  }
+  app.end()
+  parentPort.postMessage({ sent: hash.digest('hex') })
+})()
+`
 
 function openFds(): number {
   return readdirSync('/proc/self/fd').length
@@ -375,6 +430,40 @@ describeNative('native HBONE addon', () => {
     // resetFd closes with RST: the peer sees a reset, not an end.
     a.resetFd(fd)
     expect(((await once(client, 'error')) as [Error])[0]).toMatchObject({ code: 'ECONNRESET' })
+  })
+
+  it('carries tunnels in worker threads at the same time, each with its own buffers', async () => {
+    // Each thread's environment has its own decryption buffer (instance data): two threads
+    // decrypting into one shared buffer at once would corrupt what they deliver.
+    const [server, client] = await Promise.all([mesh.manager.get(SERVER_ID), mesh.manager.get(CLIENT_ID)])
+    const workerData = {
+      addon: nativeAddonPath(),
+      roots: mesh.rootsPem,
+      server: { chain: server.certificateChainPem, key: server.privateKeyPem },
+      client: { chain: client.certificateChainPem, key: client.privateKeyPem },
+      mib: 32,
+    }
+    const run = async (): Promise<{ sent: string; received: string; bytes: number }> => {
+      const worker = new Worker(WORKER_SOURCE, { eval: true, workerData })
+      try {
+        const result: { sent?: string; received?: string; bytes?: number } = {}
+        await new Promise<void>((resolve, reject) => {
+          worker.on('error', reject)
+          worker.on('message', (message: typeof result) => {
+            Object.assign(result, message)
+            if (result.sent !== undefined && result.received !== undefined) resolve()
+          })
+        })
+        return result as { sent: string; received: string; bytes: number }
+      } finally {
+        await worker.terminate()
+      }
+    }
+    const results = await Promise.all([run(), run()])
+    for (const result of results) {
+      expect(result.bytes).toBe(32 << 20)
+      expect(result.received).toBe(result.sent)
+    }
   })
 
   it('names the part of a context that is wrong', () => {

@@ -107,12 +107,16 @@ const ADDON_PATHS = ['../../build/Release/ambient_hbone.node', '../build/Release
 let addon: NativeAddon | undefined
 let failure: Error | undefined
 
+/** Where the addon is loaded from (the first build that exists). */
+export function nativeAddonPath(): string {
+  return ADDON_PATHS.find((candidate) => existsSync(candidate)) ?? ADDON_PATHS[0]!
+}
+
 /** The loaded addon, or `undefined` (with {@link nativeHboneUnavailable} saying why) when it was not built. */
 export function nativeHbone(): NativeAddon | undefined {
   if (addon !== undefined || failure !== undefined) return addon
-  const path = ADDON_PATHS.find((candidate) => existsSync(candidate)) ?? ADDON_PATHS[0]!
   try {
-    addon = createRequire(import.meta.url)(path) as NativeAddon
+    addon = createRequire(import.meta.url)(nativeAddonPath()) as NativeAddon
   } catch (err) {
     failure = err as Error
   }
