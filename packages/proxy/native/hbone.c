@@ -37,9 +37,11 @@
     }                                                                \
   } while (0)
 
-// Bytes read from a socket per read(2), and the most a stream holds before
-// it stops reading its socket until HTTP/2 has taken some.
-#define READ_CHUNK (64 * 1024)
+// The most a stream holds before it stops reading its socket until HTTP/2
+// has taken some; a read(2) asks for all the room left. Reads of at most
+// 64 KiB measured ≈9% more CPU per byte (more reads, more wake-ups of the
+// writer); letting the buffer start small and grow measured ≈5% more. The
+// buffer is freed whenever it empties, so an idle stream holds none.
 #define UP_LIMIT (256 * 1024)
 // HTTP/2 output queued for TLS before nghttp2 is paused.
 #define TLS_OUT_LIMIT (256 * 1024)
@@ -546,11 +548,13 @@ static void pipe_flush_down(pipe_t *p) {
 static void pipe_read(pipe_t *p) {
   session_t *s = p->s;
   while (!p->fd_eof && !p->reset && bq_len(&p->up) < UP_LIMIT) {
-    if (bq_reserve(&p->up, READ_CHUNK) != 0) {
+    // As much as the socket may hold, up to the limit: one read for all of it.
+    size_t want = UP_LIMIT - bq_len(&p->up);
+    if (bq_reserve(&p->up, want) != 0) {
       pipe_socket_failed(p, ENOMEM);
       return;
     }
-    ssize_t n = read(p->fd, p->up.data + p->up.end, READ_CHUNK);
+    ssize_t n = read(p->fd, p->up.data + p->up.end, want);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
@@ -563,7 +567,7 @@ static void pipe_read(pipe_t *p) {
       p->up.end += (size_t)n;
       p->from_fd += (uint64_t)n;
     }
-    if (n < READ_CHUNK) break;
+    if ((size_t)n < want) break;
   }
   if (bq_len(&p->up) == 0 && !p->fd_eof) bq_free(&p->up);
   if (p->deferred && (bq_len(&p->up) > 0 || p->fd_eof) && !p->stream_closed) {
