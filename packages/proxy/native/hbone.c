@@ -1342,6 +1342,28 @@ static session_t *get_session(napi_env env, napi_value value) {
   return data;
 }
 
+// The session of a function whose only argument is one; NULL with an exception pending otherwise.
+static session_t *session_arg(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) {
+    napi_throw_type_error(env, NULL, "expected a native HBONE session");
+    return NULL;
+  }
+  return get_session(env, argv[0]);
+}
+
+// A descriptor argument (an integer >= 0); false with an exception pending otherwise.
+static bool fd_arg(napi_env env, napi_callback_info info, const char *usage, int32_t *fd) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || napi_get_value_int32(env, argv[0], fd) != napi_ok || *fd < 0) {
+    napi_throw_type_error(env, NULL, usage);
+    return false;
+  }
+  return true;
+}
+
 static void deliver_soon(session_t *s);
 
 // clientSession / serverSession(context, fd, settings[4], callback)
@@ -1593,10 +1615,7 @@ static napi_value js_reset_stream(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_ping(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  session_t *s = get_session(env, argv[0]);
+  session_t *s = session_arg(env, info);
   if (s == NULL) return NULL;
   if (s->state == S_OPEN) {
     nghttp2_submit_ping(s->h2, NGHTTP2_FLAG_NONE, NULL);
@@ -1606,10 +1625,7 @@ static napi_value js_ping(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_shutdown(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  session_t *s = get_session(env, argv[0]);
+  session_t *s = session_arg(env, info);
   if (s == NULL) return NULL;
   if (s->state == S_HANDSHAKE) {
     session_teardown(s, NULL);
@@ -1641,10 +1657,7 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_streams(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  session_t *s = get_session(env, argv[0]);
+  session_t *s = session_arg(env, info);
   if (s == NULL) return NULL;
   int count = 0;
   for (pipe_t *p = s->pipes; p != NULL; p = p->next) count++;
@@ -1654,14 +1667,8 @@ static napi_value js_streams(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_dup_fd(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
   int32_t fd;
-  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
-    napi_throw_type_error(env, NULL, "dupFd(fd)");
-    return NULL;
-  }
+  if (!fd_arg(env, info, "dupFd(fd)", &fd)) return NULL;
   int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (copy < 0 || fcntl(copy, F_SETFL, fcntl(copy, F_GETFL) | O_NONBLOCK) < 0) {
     if (copy >= 0) close(copy);
@@ -1675,14 +1682,8 @@ static napi_value js_dup_fd(napi_env env, napi_callback_info info) {
 
 // resetFd(fd): closes a connected socket with RST (SO_LINGER 0), as a refused or reset connection is closed.
 static napi_value js_reset_fd(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
   int32_t fd;
-  CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
-    napi_throw_type_error(env, NULL, "resetFd(fd)");
-    return NULL;
-  }
+  if (!fd_arg(env, info, "resetFd(fd)", &fd)) return NULL;
   close_fd_reset(fd);
   return NULL;
 }

@@ -190,6 +190,19 @@ class TrackedConnection {
 
 type OutboundEntry = Omit<AccessLogEntry, 'listener' | 'durationMs' | 'source'>
 
+/** An outbound connection to a mesh workload, as `#routeOutbound` resolved it, handed to the path that carries it. */
+interface MeshRoute {
+  readonly target: Workload
+  readonly address: string
+  readonly port: number
+  readonly service: string | undefined
+  readonly start: OutboundStart
+  /** Listens for the app closing before its upstream is ready; removed once the connection is carried. */
+  readonly earlyClose: () => void
+  /** Refuses the connection with its log line; `reset: false` when it is no longer ours to reset. */
+  readonly refuse: (reason: string, outcome: ConnectionOutcome, extra: Partial<AccessLogEntry>, reset?: boolean) => void
+}
+
 /** What an outbound connection's log line needs from its accept. */
 interface OutboundStart {
   readonly tracked: TrackedConnection
@@ -478,9 +491,10 @@ class WorkloadProxyImpl implements WorkloadProxy {
     }
     if (target?.protocol === 'HBONE') {
       const local = this.#options.localWorkloads?.(target)
-      if (local instanceof WorkloadProxyImpl) return this.#routeLocal(asSocket(), local, target, peer.address, peer.port, service, start, earlyClose, refuse)
+      const route: MeshRoute = { target, address: peer.address, port: peer.port, service, start, earlyClose, refuse }
+      if (local instanceof WorkloadProxyImpl) return this.#routeLocal(asSocket(), local, route)
       const outbound = this.#outbound
-      if (outbound.path === 'native') return this.#routeNativeTunnel(app, outbound.client, target, peer.address, peer.port, service, start, earlyClose, refuse)
+      if (outbound.path === 'native') return this.#routeNativeTunnel(app, outbound.client, route)
       const socket = asSocket()
       const expected = workloadIdentity(target)
       let tunnel
@@ -545,17 +559,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
    * goes to the addon once a session is ready, and the tunnel reports its
    * end as the Node path's splice does.
    */
-  async #routeNativeTunnel(
-    app: Socket | number,
-    client: NativeHboneClient,
-    target: Workload,
-    address: string,
-    port: number,
-    service: string | undefined,
-    start: OutboundStart,
-    earlyClose: () => void,
-    refuse: (reason: string, outcome: ConnectionOutcome, extra: Partial<AccessLogEntry>, reset: boolean) => void,
-  ): Promise<void> {
+  async #routeNativeTunnel(app: Socket | number, client: NativeHboneClient, route: MeshRoute): Promise<void> {
+    const { target, address, port, service, start, earlyClose, refuse } = route
     const expected = workloadIdentity(target)
     // The socket's 'close' will be its handover to the addon, not the app going away. Until
     // then nothing else closes it but close(), which ends the connect through the signal.
@@ -617,17 +622,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
   }
 
   /** The same-node fast path: `local` serves the destination; it authorizes, and the sockets are spliced here. */
-  async #routeLocal(
-    app: Socket,
-    local: WorkloadProxyImpl,
-    target: Workload,
-    address: string,
-    port: number,
-    service: string | undefined,
-    start: OutboundStart,
-    earlyClose: () => void,
-    refuse: (reason: string, outcome: ConnectionOutcome, extra: Partial<AccessLogEntry>) => void,
-  ): Promise<void> {
+  async #routeLocal(app: Socket, local: WorkloadProxyImpl, route: MeshRoute): Promise<void> {
+    const { target, address, port, service, start, earlyClose, refuse } = route
     const destination: SocketAddress = { address, port, family: address.includes(':') ? 6 : 4 }
     const sourceAddress = this.#sourceAddressFor(address).sourceAddress ?? start.source.address
     const accepted = await local.acceptLocal({ identity: this.identity, address: sourceAddress }, destination, start.tracked.connecting())

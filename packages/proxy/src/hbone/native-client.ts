@@ -16,8 +16,8 @@ import {
   type SocketAddress,
 } from '@ambientkit/core'
 import type { IdentityManager } from '@ambientkit/identity'
-import { checkExpected, connectFailed, requestHeaders, type HboneSessionStats, type SocketFactoryOptions } from './client'
-import { HBONE_PORT, type HboneWindows } from './constants'
+import { checkExpected, connectFailed, requestHeaders, type HboneClientOptions, type HboneSessionStats, type SocketFactoryOptions } from './client'
+import { HBONE_PORT } from './constants'
 import { HboneErrorCode } from './errors'
 import { NativeEvent, type NativeAddon, type NativeSession, type NativeSettings, type NativeTlsContext } from './native'
 import { nativeTlsContext, verifiedPeerIdentity } from './native-tls'
@@ -33,28 +33,19 @@ import { positiveInteger, resolveWindows } from './settings'
  */
 export type NativeSocketFactory = (address: SocketAddress, options: SocketFactoryOptions) => Promise<number>
 
-/** Options of {@link createNativeHboneClient}. */
-export interface NativeHboneClientOptions {
+/**
+ * Options of {@link createNativeHboneClient}: the Node client's pooling,
+ * keepalive, timeouts and windows, with the same defaults; TLS comes from
+ * `identities` and the TCP connection from `socketFactory` as a descriptor.
+ */
+export interface NativeHboneClientOptions
+  extends Pick<HboneClientOptions, 'maxStreamsPerSession' | 'idleTimeout' | 'keepaliveInterval' | 'keepaliveTimeout' | 'sessionTimeout' | 'windows' | 'logger'> {
   /** The loaded addon (`nativeHbone()`). */
   readonly addon: NativeAddon
   /** Holds the SVID each session presents (its source identity's) and the bundles servers are verified with. */
   readonly identities: IdentityManager
   /** Opens the TCP connection to the HBONE peer. */
   readonly socketFactory: NativeSocketFactory
-  /** Streams per session before another session is opened. Default 100, as ztunnel (and the Node client). */
-  readonly maxStreamsPerSession?: number
-  /** Milliseconds an unused session stays pooled. Default 300 000, as the Node client. */
-  readonly idleTimeout?: number
-  /** Milliseconds between HTTP/2 PINGs on a session. Default 10 000, as the Node client. */
-  readonly keepaliveInterval?: number
-  /** Milliseconds without a PING answer before the session is destroyed. Default 20 000, as the Node client. */
-  readonly keepaliveTimeout?: number
-  /** Milliseconds to establish a session (TCP and TLS). Default 10 000. */
-  readonly sessionTimeout?: number
-  /** Flow-control windows and frame size. Default {@link DEFAULT_HBONE_WINDOWS}. */
-  readonly windows?: Partial<HboneWindows>
-  /** Default: silent. */
-  readonly logger?: Logger
 }
 
 /** Options of {@link NativeHboneClient.open}. */

@@ -11,7 +11,6 @@ import {
   type SocketAddress,
 } from '@ambientkit/core'
 import type { IdentityManager, X509Svid } from '@ambientkit/identity'
-import type { HboneWindows } from './constants'
 import { HboneErrorCode } from './errors'
 import { NativeEvent, type NativeAddon, type NativeSession, type NativeSettings, type NativeTlsContext } from './native'
 import { nativeTlsContext, verifiedPeerIdentity } from './native-tls'
@@ -53,34 +52,25 @@ export interface NativeUpstreamConnectOptions extends UpstreamConnectOptions {
  */
 export type NativeUpstreamConnector = (destination: SocketAddress, options: NativeUpstreamConnectOptions) => Promise<number>
 
-/** Options of {@link createNativeHboneServer}. */
-export interface NativeHboneServerOptions {
+/**
+ * Options of {@link createNativeHboneServer}: the Node server's decision,
+ * forwarding, timeout, window and reporting options, with the same
+ * defaults; TLS comes from `identities` and upstreams from `connect` as
+ * descriptors.
+ */
+export interface NativeHboneServerOptions
+  extends Pick<
+    HboneServerOptions,
+    'decide' | 'trustForwarded' | 'connectTimeout' | 'maxConcurrentStreams' | 'windows' | 'onTunnelOpen' | 'onTunnel' | 'onHandshakeFailure' | 'logger'
+  > {
   /** The loaded addon (`nativeHbone()`). */
   readonly addon: NativeAddon
   /** Holds the SVID presented (kept renewed while the server runs) and the bundles clients are verified with. */
   readonly identities: IdentityManager
   /** The SPIFFE ID whose current SVID is presented; a rotated SVID is presented from the next connection on. */
   readonly identity: string
-  /** Decides each `CONNECT`, as for `createHboneServer`. */
-  readonly decide: HboneServerOptions['decide']
   /** Opens upstream connections. */
   readonly connect: NativeUpstreamConnector
-  /** Peers whose `forwarded: for=` header is believed (e.g. a waypoint). Default: none. */
-  readonly trustForwarded?: (peerIdentity: string) => boolean
-  /** Upstream connect timeout in milliseconds (then 503). Default 10 000. */
-  readonly connectTimeout?: number
-  /** SETTINGS_MAX_CONCURRENT_STREAMS announced to clients. Default 1000. */
-  readonly maxConcurrentStreams?: number
-  /** Flow-control windows and frame size. Default {@link DEFAULT_HBONE_WINDOWS}. */
-  readonly windows?: Partial<HboneWindows>
-  /** Called when a tunnel is established (the upstream connected and 200 was sent). */
-  readonly onTunnelOpen?: (request: HboneRequest) => void
-  /** Called once per `CONNECT`, when it is rejected or its tunnel has closed. */
-  readonly onTunnel?: (record: HboneTunnelRecord) => void
-  /** Called when a connection fails before it can carry a tunnel. */
-  readonly onHandshakeFailure?: (failure: HboneHandshakeFailure) => void
-  /** Default: silent. */
-  readonly logger?: Logger
 }
 
 /** The inbound half of HBONE on the native data path: the same answers as `createHboneServer`, bytes never in JavaScript. */
