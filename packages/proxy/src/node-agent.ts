@@ -51,7 +51,7 @@ export interface NodeAgent extends Closable {
   start(options?: AbortOptions): Promise<ReconcileReport>
   /** Makes the node match the source's current list. */
   reconcile(options?: AbortOptions): Promise<ReconcileReport>
-  /** UIDs of the pods enrolled now. */
+  /** UIDs of the pods enrolled now: a pod being removed is listed until its capture is gone. */
   enrolled(): string[]
   /**
    * Stops following the source and releases the netns handles. Enrolled pods
@@ -182,10 +182,17 @@ class NodeAgentImpl implements NodeAgent {
   async #remove(uid: string, netnsPath: string | undefined): Promise<void> {
     await this.#options.nodeProxy.removeWorkload(uid)
     const entry = this.#enrolled.get(uid)
-    this.#enrolled.delete(uid)
-    const path = entry?.netnsPath ?? netnsPath
+    try {
+      await this.#release(uid, entry?.netnsPath ?? netnsPath, entry?.netns)
+    } finally {
+      // Listed by enrolled() until its capture is gone, so that a caller waiting for the list sees a released pod.
+      this.#enrolled.delete(uid)
+    }
+  }
+
+  async #release(uid: string, path: string | undefined, open: Netns | undefined): Promise<void> {
     if (path === undefined) return
-    let netns = entry?.netns
+    let netns = open
     try {
       netns ??= openNetns(path)
     } catch (err) {
