@@ -333,7 +333,7 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
       { check: 'no request failed for another reason', ok: matrix.every((f) => f.result !== 'failed'), detail: matrix.filter((f) => f.result === 'failed').map((f) => `${f.from} → ${f.to}: ${f.error}`).join('; ') || 'none failed' },
       { check: 'no mesh plaintext on the wire', ok: captureReport.meshMarkersSeen.length === 0 && analysis.nonTlsBytesOn15008 === 0 && analysis.tlsRecords.applicationData > 0, detail: `${captureReport.meshMarkersSeen.length} of ${meshMarkers.length} markers seen; ${analysis.tlsRecords.applicationData} TLS application-data records on 15008` },
       { check: 'the capture sees plaintext when there is some', ok: plainMarkers.length === 0 || captureReport.plaintextMarkersSeen > 0, detail: `${captureReport.plaintextMarkersSeen} of ${plainMarkers.length} non-mesh markers seen` },
-      ...(addRemove ? [{ check: 'a pod added and removed while traffic ran', ok: addRemove.background.reached === addRemove.background.sent && flows.some((f) => f.phase === 'add-remove' && f.result === 'reached' && f.protocol === 'HBONE'), detail: `${addRemove.background.reached}/${addRemove.background.sent} background requests reached` }] : []),
+      ...(addRemove ? [{ check: 'a pod added and removed while traffic ran', ok: addRemove.background.reached === addRemove.background.sent && flows.some((f) => f.phase === 'add-remove' && f.result === 'reached' && f.protocol === 'HBONE'), detail: `${addRemove.background.reached}/${addRemove.background.sent} background requests reached${addRemove.background.errors.length === 0 ? '' : ` (failed: ${addRemove.background.errors.join('; ')})`}` }] : []),
       ...(restart ? [
         { check: 'agent down: captured pods fail closed', ok: down.length > 0 && down.every((f) => f.result !== 'reached'), detail: down.map((f) => `${f.from} → ${f.to}: ${f.error ?? f.result}`).join('; ') },
         { check: 'agent restarted: traffic recovers', ok: back.length > 0 && back.every((f) => f.result === 'reached' && f.protocol === 'HBONE'), detail: back.map((f) => `${f.from} → ${f.to}: ${f.result}`).join('; ') },
@@ -376,13 +376,14 @@ async function addAndRemove(mesh: Mesh, sent: SentRequest[]): Promise<DemoReport
   progress(`adding pod ${late.namespace}/${late.name} (${ip}) to the mesh while ${client.namespace}/${client.name} → ${template.namespace}/${template.name} traffic runs`)
 
   let stop = false
-  const background = { from: `${client.namespace}/${client.name}`, to: `${template.namespace}/${template.name}`, sent: 0, reached: 0 }
+  const background = { from: `${client.namespace}/${client.name}`, to: `${template.namespace}/${template.name}`, sent: 0, reached: 0, errors: [] as string[] }
   const loop = (async () => {
     const ns = handle(mesh, netnsName.pod(client))
     while (!stop) {
       const r = await requestFromPod(ns, template.ip, template.port, 'background')
       background.sent += 1
       if (r.ok) background.reached += 1
+      else if (background.errors.length < 3) background.errors.push(r.error ?? 'unknown error')
     }
   })()
   try {

@@ -73,7 +73,8 @@ export interface DemoReport {
     readonly pod: string
     readonly enrolledInMs: number
     readonly releasedInMs: number
-    readonly background: { from: string; to: string; sent: number; reached: number }
+    /** The client's requests to another pod meanwhile; `errors`: why the first few that failed did (empty when all reached). */
+    readonly background: { from: string; to: string; sent: number; reached: number; errors: string[] }
   }
   readonly restart?: {
     readonly node: string
@@ -225,7 +226,8 @@ export function formatReport(report: DemoReport): string {
     const a = report.addRemove
     out.push(
       `Add and remove a pod while traffic runs: ${a.pod} enrolled in ${a.enrolledInMs} ms, released in ${a.releasedInMs} ms; ` +
-        `${a.background.reached}/${a.background.sent} requests ${a.background.from} → ${a.background.to} reached meanwhile.`,
+        `${a.background.reached}/${a.background.sent} requests ${a.background.from} → ${a.background.to} reached meanwhile` +
+        (a.background.errors.length === 0 ? '.' : ` (failed: ${a.background.errors.join('; ')}).`),
     )
     section('', report.flows.filter((f) => f.phase === 'add-remove'))
   }
