@@ -13,9 +13,9 @@ import {
   tlsServerOptions,
   type CertificateAuthority,
 } from '@ambientkit/identity'
-import { defaultHboneDataPath } from '@ambientkit/proxy'
+import { defaultHboneDataPath, nativeHboneThreads } from '@ambientkit/proxy'
 import { applyCapture, openNetns, removeCapture } from '@ambientkit/redirect'
-import { cpuSeconds, machineInfo, rssKiB, runQueueWaitSeconds, sampleRss } from './lib/proc'
+import { cpuSeconds, machineInfo, rssKiB, runQueueWaits, sampleRss } from './lib/proc'
 import { bundleNodeRunner, ECHO_PORT, IPERF_PORT, startIperfServer, startNodeRunner, startPodAgent, workloadOf } from './lib/mesh'
 import { runIn, stop, stopAll, tsArgs, type Agent } from './lib/processes'
 import { MESH_SCENARIOS, SCENARIOS, type BenchResult, type ExtraResult, type ScenarioKey, type ScenarioResult } from './lib/results'
@@ -137,7 +137,7 @@ async function measureThroughput(s: Scenario, samples: Samples): Promise<void> {
   const proxies = proxiesOf(s)
   const [clientSide, serverSide] = [s.clientProxies(), s.serverProxies()]
   const disjoint = clientSide.every((pid) => !serverSide.includes(pid))
-  const waits = (): number[] => proxies.map(runQueueWaitSeconds)
+  const waits = (): Map<string, number> => new Map(proxies.flatMap((pid) => [...runQueueWaits(pid)]))
   const before = { client: sumCpu(clientSide), server: sumCpu(serverSide), total: sumCpu(proxies), waits: waits(), at: performance.now() }
   const single = await iperf(s, 1)
   if (proxies.length > 0) {
@@ -147,7 +147,8 @@ async function measureThroughput(s: Scenario, samples: Samples): Promise<void> {
     samples.cpuTotal.push(total / gb)
     samples.cores.push(total / wall)
     const after = waits()
-    samples.waiting.push(Math.max(...after.map((w, i) => (w - before.waits[i]!) / wall)))
+    // The busiest thread of any proxy (a thread that started during the run counts from 0).
+    samples.waiting.push(Math.max(0, ...[...after].map(([thread, w]) => (w - (before.waits.get(thread) ?? 0)) / wall)))
     if (disjoint) {
       samples.cpuClient.push((sumCpu(clientSide) - before.client) / gb)
       samples.cpuServer.push((sumCpu(serverSide) - before.server) / gb)
@@ -536,7 +537,7 @@ async function main(): Promise<void> {
       durationSeconds: Math.round((Date.now() - startedAt.getTime()) / 1000),
       quick,
       machine,
-      settings: SETTINGS,
+      settings: { ...SETTINGS, ...(dataPath === 'native' ? { hboneThreads: nativeHboneThreads() ?? 0 } : {}) },
       scenarios: results,
       ratios: ratios(results),
       capture,

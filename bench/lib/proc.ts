@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { cpus, loadavg, release } from 'node:os'
 import { execFileSync, spawnSync } from 'node:child_process'
 
@@ -35,13 +35,22 @@ export function rssKiB(pid: number): number {
 }
 
 /**
- * Seconds the main thread of `pid` has spent runnable but waiting for a CPU
- * (second field of /proc/<pid>/schedstat, nanoseconds): on a busy machine
- * this, not the proxy's own work, can be what limits a figure.
+ * Seconds each thread of `pid` has spent runnable but waiting for a CPU
+ * (second field of /proc/<pid>/task/<tid>/schedstat, nanoseconds), keyed
+ * `pid/tid`: on a busy machine this, not the proxy's own work, can be what
+ * limits a figure. Every thread, since the native data path's threads, not
+ * the main one, carry the bytes.
  */
-export function runQueueWaitSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/schedstat`, 'utf8').trim().split(' ')
-  return Number(fields[1]) / 1e9
+export function runQueueWaits(pid: number): Map<string, number> {
+  const waits = new Map<string, number>()
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      waits.set(`${pid}/${tid}`, Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').trim().split(' ')[1]) / 1e9)
+    } catch {
+      // The thread ended between the listing and the read.
+    }
+  }
+  return waits
 }
 
 /** Total CPU seconds of several processes. */

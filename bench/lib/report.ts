@@ -14,10 +14,11 @@ const shortLabel: Record<ScenarioKey, string> = { direct: 'direct', stunnel: 'st
 
 /**
  * What limits a mesh figure, with this run's evidence. Written from the
- * profiles in docs/performance.md ("What limits each figure"): the node proxy
- * is one thread per node, so TLS, HTTP/2 framing and the socket copies of
- * both directions share one core; on the native data path no JavaScript
- * runs per byte, on the Node one every chunk goes through it. The numbers
+ * profiles in docs/performance.md ("What limits each figure"): on the
+ * native data path an HBONE session (one TLS connection) runs on one of a
+ * few data-path threads and no JavaScript runs per byte, while each new
+ * connection is decided on the proxy's JavaScript thread; on the Node path
+ * everything, every chunk included, runs on that one thread. The numbers
  * come from this run.
  */
 function why(target: string, key: ScenarioKey, r: BenchResult): string {
@@ -39,10 +40,11 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
   switch (target) {
     case 'throughput':
       return native
-        ? `Per byte each proxy reads a socket, frames (HTTP/2 DATA, 16 KiB), runs AES-GCM and writes, all in the addon on the proxy's one thread; ` +
+        ? `Per byte each proxy reads a socket, frames (HTTP/2 DATA, 16 KiB), runs AES-GCM and writes, all in the addon on the data-path thread that runs the HBONE session; ` +
             `perf of a loopback tunnel puts AES-GCM at ≈27%, kernel socket copies at ≈17% and memory copies at ≈8% of that thread. ` +
-            (oneProcess ? `On one node both ends are one process, so one core does both encryption and decryption, where stunnel runs a process per end. ` : '') +
-            `The 8 streams share one HBONE session, i.e. one TLS connection on one thread per node, where stunnel has a thread per connection.${perGb}${cpu}`
+            (oneProcess ? `On one node both ends are one process, whose client and server sessions run on two data-path threads. ` : '') +
+            `The 8 streams share one HBONE session, i.e. one TLS connection on one thread per side, where stunnel has a thread per connection; ` +
+            `on 2 cores, client, server and both proxy sides share the CPUs.${perGb}${cpu}`
         : `Per byte each proxy runs AES-GCM in OpenSSL, nghttp2's DATA framing (16 KiB frames), two kernel socket copies, and allocates a Buffer per read and per frame; ` +
             `perf shows V8's major GC (triggered by that external memory) at 15–20% of proxy CPU, and the 8 streams share one HBONE session, i.e. one TLS connection on one thread, ` +
             `where stunnel has a thread per connection.${perGb}${cpu}`
@@ -60,7 +62,7 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
       )
     case 'connections':
       return (
-        `The HBONE session is pooled, so no TLS handshake is involved: the cost is per-connection work on one thread per node` +
+        `The HBONE session is pooled, so no TLS handshake is involved: the cost is per-connection work${native ? ", decided on each proxy's JavaScript thread and handed to and from its data-path threads" : ' on one thread per node'}` +
         (perConn === undefined ? '' : ` (${perConn.toFixed(2)} ms of proxy CPU per connection${stunnelConn === undefined ? '' : `, stunnel ${stunnelConn.toFixed(2)} ms with a resumed TLS session`})`) +
         `: accept and SO_ORIGINAL_DST, an HTTP/2 stream with CONNECT and 200, authorization, an upstream connect inside the pod's netns, two splices, metrics and the access log. ` +
         `The target asks for ≈${Math.round((100 * 10 * (r.scenarios.stunnel.connectionsPerSecond?.median ?? 0)) / (r.scenarios.direct.connectionsPerSecond?.median ?? 1))}% of the direct path's rate through two proxies, ` +

@@ -1,14 +1,21 @@
 // The native HBONE data path: mutual TLS 1.3 (the OpenSSL Node links) and
 // HTTP/2 CONNECT streams (the nghttp2 Node links), spliced with plain TCP
-// sockets, all driven by libuv poll handles on Node's own loop. Bytes of a
-// tunnel never reach JavaScript; JavaScript verifies the peer's SPIFFE ID,
-// decides each CONNECT and reads the counters (see src/hbone/native.ts).
+// sockets. Bytes of a tunnel never reach JavaScript; JavaScript verifies the
+// peer's SPIFFE ID, decides each CONNECT and reads the counters (see
+// src/hbone/native.ts).
 //
-// One thread: every callback runs on Node's main thread, so nothing here
-// locks. Events for JavaScript are queued while OpenSSL or nghttp2 is on the
-// stack and delivered once they have returned, so a JavaScript handler may
-// call back into this file (respond, splice, destroy) without re-entering
-// either library.
+// Threads. Sessions run on a small pool of data-path threads, each with its
+// own libuv loop (AMBIENTKIT_HBONE_THREADS, by default one per CPU up to
+// four): a session, its streams and their sockets belong to one thread for
+// their whole life, so nothing inside a session locks. JavaScript stays on
+// its own thread and talks to a session only through messages: a call from
+// JavaScript (open, respond, splice, ...) becomes a command queued to the
+// session's thread; what a session has to tell JavaScript becomes an event
+// queued to the environment's inbox and delivered on its loop. The two
+// queues are the only state shared between threads, each behind its mutex;
+// a session is freed once neither side holds a reference (an atomic count).
+// Spreading sessions over threads is what lets the two ends of a same-node
+// tunnel, or two busy sessions, encrypt on two cores at once.
 
 #include <node_api.h>
 #include <uv.h>
@@ -26,7 +33,11 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <limits.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #define CHECK_NAPI(env, call)                                        \
@@ -109,48 +120,85 @@ static void bq_free(bq_t *q) {
 
 typedef struct session_s session_t;
 typedef struct acceptor_s acceptor_t;
+typedef struct command_s command_t;
+typedef struct event_s event_t;
+
+// A data-path thread: its own loop, the commands JavaScript sent to its
+// sessions, and the buffer TLS records are decrypted into (only ever used
+// between a read and its processing).
+typedef struct {
+  uv_loop_t loop;
+  uv_async_t wake;  // commands arrived
+  uv_mutex_t lock;  // guards the command list
+  command_t *head, *tail;
+  atomic_int sessions;  // assigned and not yet let go: how new sessions are balanced
+  uv_thread_t thread;
+  int index;
+  uint8_t read_buffer[NET_BUFFER];
+} worker_t;
 
 // What one Node environment (the main thread, or a worker thread with its
-// own loop) shares between its sessions: the buffer TLS records are
-// decrypted into (only ever used between a read and its processing), and
-// what must be closed when the environment shuts down while sessions or
-// listeners are still open: libuv refuses to close a loop with handles.
+// own loop) shares with the data-path threads: the inbox of events for its
+// JavaScript, and what must be closed when it shuts down while sessions or
+// listeners are still open (libuv refuses to close a loop with handles).
 typedef struct {
-  uint8_t read_buffer[NET_BUFFER];
-  int handles;  // our libuv handles not yet closed
+  napi_env env;
+  uv_mutex_t lock;        // guards the inbox, the live list and live
+  event_t *inbox_head, *inbox_tail;
+  uv_async_t inbox_wake;  // on the environment's loop
+  int inbox_referenced;   // inbox_wake keeps the loop alive: sessions are live
+  session_t *sessions;    // not yet torn down
+  int live;               // sessions their thread has not let go of yet
+  int handles;            // our libuv handles on the environment's loop not yet closed
   int shutting_down;
+  int finishing;
   napi_async_cleanup_hook_handle cleanup;
-  session_t *sessions;  // not yet torn down
   acceptor_t *acceptors;  // still listening
 } instance_t;
 
-// Every libuv handle of ours, so that its close callback can count it off.
+// Every poll handle of ours, so that its close callback can count it off
+// (handles on the environment's loop only: `instance` is NULL on a data-path thread).
 typedef struct {
-  union {
-    uv_poll_t poll;
-    uv_idle_t idle;
-  } u;
+  uv_poll_t poll;
   instance_t *instance;
 } handle_box_t;
 typedef struct pipe_s pipe_t;
 
-// An event for JavaScript, delivered after the libraries returned.
-typedef struct event_s {
-  struct event_s *next;
+// An event for JavaScript: queued while OpenSSL or nghttp2 is on the stack,
+// moved to the environment's inbox once they returned.
+struct event_s {
+  event_t *next;
+  session_t *s;  // set in the inbox, which holds a reference for it
   int type;
   int32_t stream;
   int64_t a, b, c, d;
   char *text;   // error message, :method or close reason
   char *text2;  // :authority
-  char **headers;
+  char **headers;  // [name, value, ...], or the peer's chain as DER (Handshake)
+  size_t *lengths; // Handshake: the length of each certificate
   int header_count;
-} event_t;
+};
+
+// What JavaScript asks of a session, run on the session's thread.
+enum { CMD_START, CMD_VERDICT, CMD_OPEN, CMD_RESPOND, CMD_SPLICE, CMD_RESET, CMD_PING, CMD_SHUTDOWN, CMD_DESTROY };
+struct command_s {
+  command_t *next;
+  int type;
+  session_t *s;     // the command holds a reference
+  int32_t stream;   // the stream (server) or the tunnel handle (client)
+  int32_t fd;
+  int32_t number;   // a status or a reset code
+  char *text;       // an authority or a reason
+  char **headers;   // open: [name, value, ...]
+  int header_count;
+};
 
 // One tunnel: an HTTP/2 stream and the TCP socket it is spliced with.
 struct pipe_s {
   session_t *s;
   pipe_t *next;
   int32_t id;
+  int32_t handle;  // what JavaScript calls it: the stream id (server), or the handle open() returned (client)
   int fd;
   uv_poll_t *poll;
   int events;      // what the poll handle watches now
@@ -180,10 +228,20 @@ struct pipe_s {
 };
 
 struct session_s {
+  atomic_int refs;      // JavaScript's handle, the thread until it lets go, each command and event in flight
+  // Touched on the environment's thread only.
   napi_env env;
   napi_ref callback;
   napi_ref self;        // keeps the JS handle alive until Close is delivered
   napi_async_context async;
+  int32_t next_handle;  // the next client tunnel handle
+  int js_closed;        // Close was delivered, or destroy() called
+  int js_goaway;        // GoAway was delivered, or shutdown() called
+  atomic_int pipe_count;
+  // Everything below belongs to the session's thread.
+  worker_t *worker;
+  int verifying;        // the handshake is done and JavaScript has not yet accepted the peer
+  int released;         // the thread let go of the session (after Close)
   int server;
   int state;
   int fd;
@@ -199,7 +257,6 @@ struct session_s {
   pipe_t *pipes;
   event_t *events_head, *events_tail;
   int depth;            // > 0 while OpenSSL or nghttp2 is on the stack for this session
-  int delivering;
   int32_t settings[4];
   char *close_reason;
   instance_t *instance;
@@ -238,90 +295,22 @@ static void free_event(event_t *e) {
   free(e->text2);
   for (int i = 0; i < e->header_count; i++) free(e->headers[i]);
   free(e->headers);
+  free(e->lengths);
   free(e);
 }
 
-static napi_value make_string(napi_env env, const char *text) {
-  napi_value value;
-  if (text == NULL) napi_get_null(env, &value);
-  else napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &value);
-  return value;
-}
-
-static napi_value make_number(napi_env env, double n) {
-  napi_value value;
-  napi_create_double(env, n, &value);
-  return value;
-}
-
-static void session_release(session_t *s);
-
-// Calls the session's callback for every queued event. Not re-entrant: an
-// event queued by a handler is delivered by the same loop.
-static void deliver(session_t *s) {
-  if (s->delivering || s->depth > 0) return;
-  s->delivering = 1;
-  napi_env env = s->env;
+// Drops a reference; the last one frees the session. By then its thread
+// has let go of it and its JavaScript handle was finalized, so no napi
+// reference is left to delete.
+static void session_unref(session_t *s) {
+  if (atomic_fetch_sub(&s->refs, 1) != 1) return;
   while (s->events_head != NULL) {
     event_t *e = s->events_head;
     s->events_head = e->next;
-    if (s->events_head == NULL) s->events_tail = NULL;
-    napi_handle_scope scope;
-    napi_open_handle_scope(env, &scope);
-    napi_value callback, recv, argv[7];
-    size_t argc = 0;
-    napi_get_reference_value(env, s->callback, &callback);
-    napi_get_global(env, &recv);
-    argv[argc++] = make_number(env, e->type);
-    switch (e->type) {
-      case EV_REQUEST: {
-        argv[argc++] = make_number(env, e->stream);
-        argv[argc++] = make_string(env, e->text ? e->text : "");
-        argv[argc++] = make_string(env, e->text2 ? e->text2 : "");
-        napi_value headers;
-        napi_create_array_with_length(env, e->header_count, &headers);
-        for (int i = 0; i < e->header_count; i++) napi_set_element(env, headers, i, make_string(env, e->headers[i]));
-        argv[argc++] = headers;
-        break;
-      }
-      case EV_RESPONSE:
-        argv[argc++] = make_number(env, e->stream);
-        argv[argc++] = make_number(env, (double)e->a);
-        break;
-      case EV_STREAM_CLOSE:
-        argv[argc++] = make_number(env, e->stream);
-        argv[argc++] = make_number(env, (double)e->a);
-        argv[argc++] = make_number(env, (double)e->b);
-        argv[argc++] = make_number(env, (double)e->c);
-        argv[argc++] = make_string(env, e->text);
-        argv[argc++] = make_number(env, (double)e->d);
-        break;
-      case EV_CLOSE:
-        argv[argc++] = make_string(env, e->text);
-        break;
-      case EV_GOAWAY:
-        argv[argc++] = make_number(env, e->stream);
-        break;
-    }
-    napi_value result;
-    napi_status status = napi_make_callback(env, s->async, recv, callback, argc, argv, &result);
-    if (status == napi_pending_exception) {
-      // A throwing handler must not stop the data path: report it like Node reports
-      // an exception in an event listener, as uncaught.
-      napi_value exception;
-      napi_get_and_clear_last_exception(env, &exception);
-      napi_fatal_exception(env, exception);
-    }
-    napi_close_handle_scope(env, scope);
-    int closed = e->type == EV_CLOSE;
     free_event(e);
-    if (closed) {
-      s->delivering = 0;
-      session_release(s);
-      return;
-    }
   }
-  s->delivering = 0;
+  free(s->close_reason);
+  free(s);
 }
 
 // ---- polling ----------------------------------------------------------------------
@@ -329,12 +318,15 @@ static void deliver(session_t *s) {
 static void session_poll_cb(uv_poll_t *handle, int status, int events);
 static void pipe_poll_cb(uv_poll_t *handle, int status, int events);
 
-// The close callback of every handle: the last one closed during a shutdown lets the environment finish it.
+static void finish_cleanup(instance_t *instance);
+
+// The close callback of every poll handle: on the environment's loop, the
+// last one closed during a shutdown lets the environment finish it.
 static void free_handle(uv_handle_t *handle) {
   handle_box_t *box = (handle_box_t *)handle;
   instance_t *instance = box->instance;
   free(box);
-  if (--instance->handles == 0 && instance->shutting_down) napi_remove_async_cleanup_hook(instance->cleanup);
+  if (instance != NULL && --instance->handles == 0 && instance->shutting_down) napi_remove_async_cleanup_hook(instance->cleanup);
 }
 
 static instance_t *instance_of(napi_env env) {
@@ -358,20 +350,18 @@ static void set_poll(uv_poll_t *poll, int *current, int wanted, uv_poll_cb cb) {
   else uv_poll_start(poll, wanted, cb);
 }
 
-static uv_poll_t *new_poll(napi_env env, int fd, void *data) {
-  uv_loop_t *loop;
-  instance_t *instance = instance_of(env);
-  if (instance == NULL || napi_get_uv_event_loop(env, &loop) != napi_ok) return NULL;
+// A poll handle on `loop`; `instance` counts it when the loop is the environment's.
+static uv_poll_t *new_poll(uv_loop_t *loop, instance_t *instance, int fd, void *data) {
   handle_box_t *box = malloc(sizeof(*box));
   if (box == NULL) return NULL;
-  if (uv_poll_init_socket(loop, &box->u.poll, fd) != 0) {
+  if (uv_poll_init_socket(loop, &box->poll, fd) != 0) {
     free(box);
     return NULL;
   }
   box->instance = instance;
-  instance->handles++;
-  box->u.poll.data = data;
-  return &box->u.poll;
+  if (instance != NULL) instance->handles++;
+  box->poll.data = data;
+  return &box->poll;
 }
 
 static void close_poll(uv_poll_t **poll) {
@@ -395,13 +385,15 @@ static void session_fail(session_t *s, const char *reason);
 static int net_flush(session_t *s);
 static void session_maybe_close(session_t *s);
 
-static pipe_t *find_pipe(session_t *s, int32_t id) {
+// The pipe JavaScript calls `handle`.
+static pipe_t *find_pipe(session_t *s, int32_t handle) {
   for (pipe_t *p = s->pipes; p != NULL; p = p->next)
-    if (p->id == id) return p;
+    if (p->handle == handle) return p;
   return NULL;
 }
 
 static void pipe_set_error(pipe_t *p, const char *message);
+static void session_settle(session_t *s);
 
 static void pipe_update_poll(pipe_t *p) {
   if (p->fd < 0 || !p->splicing) return;
@@ -441,7 +433,7 @@ static void pipe_finish(pipe_t *p) {
   }
   if (!p->reported) {
     p->reported = 1;
-    event_t *e = queue_event(s, EV_STREAM_CLOSE, p->id);
+    event_t *e = queue_event(s, EV_STREAM_CLOSE, p->handle);
     if (e != NULL) {
       e->a = p->outcome;
       e->b = (int64_t)p->from_fd;
@@ -454,6 +446,7 @@ static void pipe_finish(pipe_t *p) {
   for (pipe_t **link = &s->pipes; *link != NULL; link = &(*link)->next) {
     if (*link == p) {
       *link = p->next;
+      atomic_fetch_sub(&s->pipe_count, 1);
       break;
     }
   }
@@ -593,7 +586,7 @@ static void pipe_poll_cb(uv_poll_t *handle, int status, int events) {
   pipe_release(p);
   s->depth--;
   session_flush(s);
-  deliver(s);
+  session_settle(s);
 }
 
 // Attaches the socket: bytes flow both ways from here on.
@@ -602,7 +595,7 @@ static void pipe_start(pipe_t *p) {
   // A proxy must not hold back a small write its peer already sent.
   int one = 1;
   setsockopt(p->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  p->poll = new_poll(p->s->env, p->fd, p);
+  p->poll = new_poll(&p->s->worker->loop, NULL, p->fd, p);
   if (p->poll == NULL) {
     pipe_socket_failed(p, ENOMEM);
     return;
@@ -658,10 +651,11 @@ static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, voi
   pipe_t *p = calloc(1, sizeof(*p));
   if (p == NULL) return NGHTTP2_ERR_CALLBACK_FAILURE;
   p->s = s;
-  p->id = frame->hd.stream_id;
+  p->id = p->handle = frame->hd.stream_id;
   p->fd = -1;
   p->next = s->pipes;
   s->pipes = p;
+  atomic_fetch_add(&s->pipe_count, 1);
   nghttp2_session_set_stream_user_data(h2, p->id, p);
   return 0;
 }
@@ -726,7 +720,7 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
     } else if (!s->server && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
       // 1xx responses are interim; CONNECT never gets one that matters.
       if (p->status >= 100 && p->status < 200) return 0;
-      event_t *e = queue_event(s, EV_RESPONSE, p->id);
+      event_t *e = queue_event(s, EV_RESPONSE, p->handle);
       if (e != NULL) e->a = p->status;
       if (p->status == 200) {
         pipe_start(p);
@@ -852,12 +846,13 @@ static int session_start_h2(session_t *s) {
 static void session_teardown(session_t *s, const char *reason) {
   if (s->state == S_CLOSED) return;
   s->state = S_CLOSED;
-  if (s->instance != NULL) {
-    if (s->live_prev != NULL) s->live_prev->live_next = s->live_next;
-    else if (s->instance->sessions == s) s->instance->sessions = s->live_next;
-    if (s->live_next != NULL) s->live_next->live_prev = s->live_prev;
-    s->live_prev = s->live_next = NULL;
-  }
+  instance_t *instance = s->instance;
+  uv_mutex_lock(&instance->lock);
+  if (s->live_prev != NULL) s->live_prev->live_next = s->live_next;
+  else if (instance->sessions == s) instance->sessions = s->live_next;
+  if (s->live_next != NULL) s->live_next->live_prev = s->live_prev;
+  s->live_prev = s->live_next = NULL;
+  uv_mutex_unlock(&instance->lock);
   if (reason != NULL && s->close_reason == NULL) s->close_reason = dup_text(reason);
   while (s->pipes != NULL) {
     pipe_t *p = s->pipes;
@@ -907,7 +902,8 @@ static void session_fail(session_t *s, const char *reason) { session_teardown(s,
 
 static void session_update_poll(session_t *s) {
   if (s->state == S_CLOSED) return;
-  int wanted = s->peer_eof ? 0 : UV_READABLE;
+  // Until JavaScript accepted the peer, what it sends waits in the socket.
+  int wanted = s->peer_eof || s->verifying ? 0 : UV_READABLE;
   if (s->blocked) wanted |= UV_WRITABLE;
   set_poll(s->poll, &s->events, wanted, session_poll_cb);
 }
@@ -988,7 +984,7 @@ static ssize_t net_fill(session_t *s, int *drained) {
 
 // Encrypts what nghttp2 has to send and writes it, until the socket would block.
 static void session_flush(session_t *s) {
-  if (s->state != S_OPEN) return;
+  if (s->state != S_OPEN || s->verifying) return;
   s->depth++;
   for (int round = 0; round < 4096 && s->state == S_OPEN; round++) {
     if (bq_len(&s->tls_out) == 0) {
@@ -1027,7 +1023,7 @@ static void session_read(session_t *s) {
     if (filled < 0) return;
     for (;;) {
       ERR_clear_error();
-      uint8_t *read_buffer = s->instance->read_buffer;
+      uint8_t *read_buffer = s->worker->read_buffer;
       int n = SSL_read(s->ssl, read_buffer, NET_BUFFER);
       if (n > 0) {
         ssize_t rv = nghttp2_session_mem_recv(s->h2, read_buffer, (size_t)n);
@@ -1065,6 +1061,29 @@ static void session_maybe_close(session_t *s) {
   if (!nghttp2_session_want_read(s->h2) && !nghttp2_session_want_write(s->h2) && s->pipes == NULL) session_teardown(s, NULL);
 }
 
+// The peer's chain, leaf first, as DER: what JavaScript makes its SPIFFE checks on.
+static int chain_event(session_t *s, X509 *leaf, STACK_OF(X509) *chain) {
+  event_t *e = queue_event(s, EV_HANDSHAKE, 0);
+  if (e == NULL || (e->headers = calloc(16, sizeof(char *))) == NULL || (e->lengths = calloc(16, sizeof(size_t))) == NULL) return -1;
+  int first_is_leaf = chain != NULL && sk_X509_num(chain) > 0 && X509_cmp(sk_X509_value(chain, 0), leaf) == 0;
+  for (int i = first_is_leaf ? 0 : -1; chain != NULL ? i < sk_X509_num(chain) : i < 0; i++) {
+    if (e->header_count == 16) break;
+    unsigned char *der = NULL;
+    int len = i2d_X509(i < 0 ? leaf : sk_X509_value(chain, i), &der);
+    if (len <= 0) continue;
+    e->headers[e->header_count] = malloc((size_t)len);
+    if (e->headers[e->header_count] != NULL) {
+      memcpy(e->headers[e->header_count], der, (size_t)len);
+      e->lengths[e->header_count++] = (size_t)len;
+    }
+    OPENSSL_free(der);
+  }
+  return 0;
+}
+
+// The handshake is done: JavaScript hears of the peer's chain and answers
+// with a verdict (CMD_VERDICT). Until then nothing is read from the peer
+// and nothing is sent but the handshake's own bytes.
 static void handshake_done(session_t *s) {
   const unsigned char *alpn = NULL;
   unsigned int alpn_len = 0;
@@ -1073,73 +1092,26 @@ static void handshake_done(session_t *s) {
     session_fail(s, "the peer did not negotiate ALPN h2");
     return;
   }
-  // The peer's chain, leaf first, for the SPIFFE checks JavaScript makes.
   X509 *leaf = SSL_get0_peer_certificate(s->ssl);
-  STACK_OF(X509) *chain = SSL_get_peer_cert_chain(s->ssl);
   if (leaf == NULL) {
     session_fail(s, "the peer presented no certificate");
     return;
   }
   // The HTTP/2 session is up before JavaScript hears of the handshake, so
   // that it may open streams from the callback or any promise it settles;
-  // a refused peer then closes the session before anything was sent on it.
+  // they are sent once the peer is accepted, and a refused peer closes the
+  // session before anything was sent on it.
   if (session_start_h2(s) != 0) {
     session_fail(s, "cannot start the HTTP/2 session");
     return;
   }
+  if (chain_event(s, leaf, SSL_get_peer_cert_chain(s->ssl)) != 0) {
+    session_fail(s, "out of memory");
+    return;
+  }
   s->state = S_OPEN;
-  s->depth++;
-  napi_env env = s->env;
-  napi_handle_scope scope;
-  napi_open_handle_scope(env, &scope);
-  napi_value array;
-  napi_create_array(env, &array);
-  uint32_t count = 0;
-  int first_is_leaf = chain != NULL && sk_X509_num(chain) > 0 && X509_cmp(sk_X509_value(chain, 0), leaf) == 0;
-  if (!first_is_leaf) {
-    unsigned char *der = NULL;
-    int len = i2d_X509(leaf, &der);
-    if (len > 0) {
-      napi_value buffer;
-      napi_create_buffer_copy(env, (size_t)len, der, NULL, &buffer);
-      napi_set_element(env, array, count++, buffer);
-    }
-    OPENSSL_free(der);
-  }
-  for (int i = 0; chain != NULL && i < sk_X509_num(chain) && count < 16; i++) {
-    unsigned char *der = NULL;
-    int len = i2d_X509(sk_X509_value(chain, i), &der);
-    if (len > 0) {
-      napi_value buffer;
-      napi_create_buffer_copy(env, (size_t)len, der, NULL, &buffer);
-      napi_set_element(env, array, count++, buffer);
-    }
-    OPENSSL_free(der);
-  }
-  napi_value callback, recv, argv[2], result;
-  napi_get_reference_value(env, s->callback, &callback);
-  napi_get_global(env, &recv);
-  argv[0] = make_number(env, EV_HANDSHAKE);
-  argv[1] = array;
-  char reason[512] = {0};
-  napi_status status = napi_make_callback(env, s->async, recv, callback, 2, argv, &result);
-  if (status == napi_pending_exception) {
-    napi_value exception;
-    napi_get_and_clear_last_exception(env, &exception);
-    snprintf(reason, sizeof(reason), "the identity check threw");
-  } else {
-    napi_valuetype type;
-    napi_typeof(env, result, &type);
-    if (type == napi_string) {
-      size_t len;
-      napi_get_value_string_utf8(env, result, reason, sizeof(reason), &len);
-      if (len == 0) snprintf(reason, sizeof(reason), "the peer's identity was refused");
-    }
-  }
-  napi_close_handle_scope(env, scope);
-  s->depth--;
-  if (s->state == S_CLOSED) return;  // destroyed from the callback
-  if (reason[0] != 0) session_fail(s, reason);
+  s->verifying = 1;
+  session_update_poll(s);
 }
 
 static void session_handshake(session_t *s) {
@@ -1151,10 +1123,6 @@ static void session_handshake(session_t *s) {
   if (net_flush(s) != 0) return;
   if (rv == 1) {
     handshake_done(s);
-    if (s->state == S_OPEN) {
-      session_read(s);  // data that came with the handshake's last flight
-      session_flush(s);
-    }
     return;
   }
   if ((err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) && !s->peer_eof) {
@@ -1174,36 +1142,29 @@ static void session_poll_cb(uv_poll_t *handle, int status, int events) {
     session_fail(s, buffer);
   }
   else if (s->state == S_HANDSHAKE) session_handshake(s);
-  else if (s->state == S_OPEN) {
+  else if (s->verifying) {
+    // Only the handshake's last bytes may still be on their way out.
+    if (net_flush(s) == 0) session_update_poll(s);
+  } else if (s->state == S_OPEN) {
     s->depth++;
     if (events & UV_READABLE) session_read(s);
     s->depth--;
     session_flush(s);
   }
-  deliver(s);
+  session_settle(s);
 }
 
-// Frees the session once Close was delivered and JavaScript dropped its handle.
-static void session_release(session_t *s) {
-  if (s->self != NULL) {
-    napi_delete_reference(s->env, s->self);
-    s->self = NULL;
-  }
-}
-
+// JavaScript dropped its handle (only possible once Close was delivered, or
+// when the environment ends): the napi references go, and the session is
+// freed once its thread and the commands and events in flight let go too.
 static void session_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   session_t *s = data;
-  // Only reachable once Close was delivered (the self reference held it until then).
   if (s->callback) napi_delete_reference(env, s->callback);
   if (s->async) napi_async_destroy(env, s->async);
-  while (s->events_head) {
-    event_t *e = s->events_head;
-    s->events_head = e->next;
-    free_event(e);
-  }
-  free(s->close_reason);
-  free(s);
+  s->callback = NULL;
+  s->async = NULL;
+  session_unref(s);
 }
 
 // ---- TLS contexts ------------------------------------------------------------------------------
@@ -1330,6 +1291,493 @@ done:
   return result;
 }
 
+// ---- threads, commands and the inbox --------------------------------------------------
+
+static worker_t *workers;
+static int worker_count;
+static uv_once_t workers_once = UV_ONCE_INIT;
+
+static void run_command(command_t *c);
+
+static void worker_wake(uv_async_t *handle) {
+  worker_t *w = handle->data;
+  uv_mutex_lock(&w->lock);
+  command_t *c = w->head;
+  w->head = w->tail = NULL;
+  uv_mutex_unlock(&w->lock);
+  while (c != NULL) {
+    command_t *next = c->next;
+    run_command(c);
+    c = next;
+  }
+}
+
+static void worker_main(void *arg) {
+  worker_t *w = arg;
+  // ak-hbone-N in top -H, ps -T and /proc/<pid>/task/*/comm.
+  char name[16];
+  snprintf(name, sizeof(name), "ak-hbone-%d", w->index);
+  pthread_setname_np(pthread_self(), name);
+  uv_run(&w->loop, UV_RUN_DEFAULT);  // for the life of the process: the wake handle keeps the loop alive
+}
+
+// The data-path threads to start: AMBIENTKIT_HBONE_THREADS, or one per CPU
+// up to four; 0 when the variable is set to anything but 1-64.
+static int threads_wanted(void) {
+  const char *text = getenv("AMBIENTKIT_HBONE_THREADS");
+  if (text == NULL || *text == 0) {
+    unsigned n = uv_available_parallelism();
+    return n > 4 ? 4 : n < 1 ? 1 : (int)n;
+  }
+  char *end;
+  long n = strtol(text, &end, 10);
+  return *end == 0 && n >= 1 && n <= 64 ? (int)n : 0;
+}
+
+static void start_workers(void) {
+  int wanted = threads_wanted();
+  if (wanted == 0) return;  // refused when the addon was loaded
+  worker_t *list = calloc((size_t)wanted, sizeof(worker_t));
+  if (list == NULL) return;
+  // Signals stay with Node's threads: the data-path threads start with all of them blocked.
+  sigset_t all, previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &previous);
+  int started = 0;
+  for (int i = 0; i < wanted; i++) {
+    worker_t *w = &list[started];
+    if (uv_loop_init(&w->loop) != 0) break;
+    if (uv_async_init(&w->loop, &w->wake, worker_wake) != 0 || uv_mutex_init(&w->lock) != 0) {
+      uv_loop_close(&w->loop);
+      break;
+    }
+    w->wake.data = w;
+    w->index = started;
+    atomic_init(&w->sessions, 0);
+    if (uv_thread_create(&w->thread, worker_main, w) != 0) break;
+    started++;
+  }
+  pthread_sigmask(SIG_SETMASK, &previous, NULL);
+  workers = list;
+  worker_count = started;
+}
+
+// The thread a new session runs on: the one with the fewest sessions. Ties
+// go to the first thread for a client and the last for a server, so that
+// the two ends of a tunnel within one process start on different threads.
+static worker_t *pick_worker(int server) {
+  uv_once(&workers_once, start_workers);
+  worker_t *best = NULL;
+  int fewest = INT_MAX;
+  for (int k = 0; k < worker_count; k++) {
+    worker_t *w = &workers[server ? worker_count - 1 - k : k];
+    int n = atomic_load(&w->sessions);
+    if (n < fewest) {
+      best = w;
+      fewest = n;
+    }
+  }
+  if (best != NULL) atomic_fetch_add(&best->sessions, 1);
+  return best;
+}
+
+static command_t *new_command(session_t *s, int type) {
+  command_t *c = calloc(1, sizeof(*c));
+  if (c == NULL) return NULL;
+  c->type = type;
+  c->s = s;
+  c->fd = -1;
+  return c;
+}
+
+static void free_command(command_t *c) {
+  free(c->text);
+  for (int i = 0; i < c->header_count; i++) free(c->headers[i]);
+  free(c->headers);
+  free(c);
+}
+
+// Queues a command to the session's thread; the command holds a reference.
+static void post_command(command_t *c) {
+  worker_t *w = c->s->worker;
+  atomic_fetch_add(&c->s->refs, 1);
+  uv_mutex_lock(&w->lock);
+  if (w->tail != NULL) w->tail->next = c;
+  else w->head = c;
+  w->tail = c;
+  uv_mutex_unlock(&w->lock);
+  uv_async_send(&w->wake);
+}
+
+// A command without arguments but a number and a text (which it takes over); false when out of memory.
+static bool send_command(session_t *s, int type, int32_t stream, int32_t number, char *text) {
+  command_t *c = new_command(s, type);
+  if (c == NULL) {
+    free(text);
+    return false;
+  }
+  c->stream = stream;
+  c->number = number;
+  c->text = text;
+  post_command(c);
+  return true;
+}
+
+// Session's thread: moves what the session queued to its environment's inbox.
+static void post_events(session_t *s) {
+  if (s->depth > 0 || s->events_head == NULL) return;
+  event_t *head = s->events_head, *tail = s->events_tail;
+  int count = 0;
+  for (event_t *e = head; e != NULL; e = e->next) {
+    e->s = s;
+    count++;
+  }
+  atomic_fetch_add(&s->refs, count);
+  s->events_head = s->events_tail = NULL;
+  instance_t *instance = s->instance;
+  uv_mutex_lock(&instance->lock);
+  if (instance->inbox_tail != NULL) instance->inbox_tail->next = head;
+  else instance->inbox_head = head;
+  instance->inbox_tail = tail;
+  uv_async_send(&instance->inbox_wake);
+  uv_mutex_unlock(&instance->lock);
+}
+
+// Session's thread, at the end of everything that ran for a session: its
+// events go out, and a closed session is let go of (after its Close).
+static void session_settle(session_t *s) {
+  if (s->depth > 0) return;
+  post_events(s);
+  if (s->state != S_CLOSED || s->released) return;
+  s->released = 1;
+  atomic_fetch_sub(&s->worker->sessions, 1);
+  instance_t *instance = s->instance;
+  uv_mutex_lock(&instance->lock);
+  // The environment's loop no longer needs to stay alive for it: tell it, and an ending environment may finish.
+  instance->live--;
+  uv_async_send(&instance->inbox_wake);
+  uv_mutex_unlock(&instance->lock);
+  session_unref(s);
+}
+
+// CMD_START: the poll handle goes on the session's thread; the handshake starts from its first callback.
+static void session_begin(session_t *s) {
+  if (s->state == S_CLOSED) return;  // destroyed before it started
+  if (s->ssl == NULL || s->net == NULL || (s->poll = new_poll(&s->worker->loop, NULL, s->fd, s)) == NULL) {
+    session_fail(s, "cannot set up the TLS connection");
+    return;
+  }
+  set_poll(s->poll, &s->events, UV_WRITABLE | UV_READABLE, session_poll_cb);
+}
+
+// A client tunnel that could not be sent: its socket is reset and JavaScript hears of it as a closed stream.
+static void open_failed(session_t *s, command_t *c, const char *why) {
+  close_fd_reset(c->fd);
+  c->fd = -1;
+  if (s->state == S_CLOSED) return;  // JavaScript fails what is left when Close arrives
+  event_t *e = queue_event(s, EV_STREAM_CLOSE, c->stream);
+  if (e != NULL) {
+    e->a = OUT_STREAM_RESET;
+    e->text = dup_text(why);
+  }
+}
+
+static void command_open(session_t *s, command_t *c) {
+  if (s->server || s->state != S_OPEN || s->goaway_sent || s->goaway_received) return open_failed(s, c, "the session is closing");
+  nghttp2_nv nv[2 + MAX_HEADERS];
+  size_t nvlen = 0;
+  nv[nvlen++] = (nghttp2_nv){(uint8_t *)":method", (uint8_t *)"CONNECT", 7, 7, NGHTTP2_NV_FLAG_NONE};
+  nv[nvlen++] = (nghttp2_nv){(uint8_t *)":authority", (uint8_t *)c->text, 10, strlen(c->text), NGHTTP2_NV_FLAG_NONE};
+  for (int i = 0; i + 1 < c->header_count; i += 2) {
+    nv[nvlen++] = (nghttp2_nv){(uint8_t *)c->headers[i], (uint8_t *)c->headers[i + 1], strlen(c->headers[i]), strlen(c->headers[i + 1]), NGHTTP2_NV_FLAG_NONE};
+  }
+  pipe_t *p = calloc(1, sizeof(*p));
+  if (p == NULL) return open_failed(s, c, "out of memory");
+  p->s = s;
+  p->fd = c->fd;
+  p->handle = c->stream;
+  nghttp2_data_provider provider = {.source = {.ptr = p}, .read_callback = on_read_data};
+  int32_t id = nghttp2_submit_request(s->h2, NULL, nv, nvlen, &provider, p);
+  if (id < 0) {
+    free(p);
+    return open_failed(s, c, nghttp2_strerror(id));
+  }
+  c->fd = -1;
+  p->id = id;
+  p->next = s->pipes;
+  s->pipes = p;
+  atomic_fetch_add(&s->pipe_count, 1);
+  session_flush(s);
+}
+
+static void command_respond(session_t *s, command_t *c) {
+  pipe_t *p = s->state == S_OPEN ? find_pipe(s, c->stream) : NULL;
+  if (p == NULL || p->stream_closed || p->splicing) return;
+  char text[4];
+  snprintf(text, sizeof(text), "%d", c->number);
+  nghttp2_nv nv[] = {{(uint8_t *)":status", (uint8_t *)text, 7, 3, NGHTTP2_NV_FLAG_NONE}};
+  p->outcome = OUT_REJECTED;
+  p->status = c->number;
+  p->reset = 1;  // nothing to splice: the pipe ends with the stream
+  p->fin_sent = 1;
+  nghttp2_submit_response(s->h2, p->id, nv, 1, NULL);
+  session_flush(s);
+}
+
+static void command_splice(session_t *s, command_t *c) {
+  pipe_t *p = s->state == S_OPEN ? find_pipe(s, c->stream) : NULL;
+  // Gone meanwhile: its StreamClose is already on its way to JavaScript.
+  if (p == NULL || p->stream_closed || p->reset || p->splicing) return;
+  p->fd = c->fd;
+  p->status = 200;
+  nghttp2_nv nv[] = {{(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE}};
+  nghttp2_data_provider provider = {.source = {.ptr = p}, .read_callback = on_read_data};
+  if (nghttp2_submit_response(s->h2, p->id, nv, 1, &provider) != 0) {
+    p->fd = -1;
+    return;
+  }
+  c->fd = -1;
+  s->depth++;
+  pipe_start(p);
+  if (p->remote_ended) remote_ended(p);
+  s->depth--;
+  session_flush(s);
+}
+
+static void command_reset(session_t *s, command_t *c) {
+  pipe_t *p = s->state == S_OPEN ? find_pipe(s, c->stream) : NULL;
+  if (p == NULL || p->reported) return;
+  s->depth++;
+  if (!p->reset) {
+    p->reset = 1;
+    if (p->outcome == OUT_CLOSED) p->outcome = OUT_SOCKET_RESET;
+    pipe_set_error(p, "reset by the proxy");
+  }
+  if (!p->stream_closed) nghttp2_submit_rst_stream(s->h2, NGHTTP2_FLAG_NONE, p->id, (uint32_t)c->number);
+  set_poll(p->poll, &p->events, 0, pipe_poll_cb);
+  pipe_check_done(p);
+  s->depth--;
+  session_flush(s);
+}
+
+// Runs on the session's thread, in the order JavaScript sent them.
+static void run_command(command_t *c) {
+  session_t *s = c->s;
+  switch (c->type) {
+    case CMD_START:
+      session_begin(s);
+      break;
+    case CMD_VERDICT:
+      if (s->state != S_OPEN || !s->verifying) break;
+      if (c->text != NULL) {
+        session_fail(s, c->text);
+        break;
+      }
+      // Accepted: what the peer sent meanwhile is read, and what JavaScript queued is sent.
+      s->verifying = 0;
+      s->depth++;
+      session_read(s);
+      s->depth--;
+      session_flush(s);
+      break;
+    case CMD_OPEN:
+      command_open(s, c);
+      break;
+    case CMD_RESPOND:
+      command_respond(s, c);
+      break;
+    case CMD_SPLICE:
+      command_splice(s, c);
+      break;
+    case CMD_RESET:
+      command_reset(s, c);
+      break;
+    case CMD_PING:
+      if (s->state == S_OPEN) {
+        nghttp2_submit_ping(s->h2, NGHTTP2_FLAG_NONE, NULL);
+        session_flush(s);
+      }
+      break;
+    case CMD_SHUTDOWN:
+      if (s->state == S_HANDSHAKE) session_teardown(s, NULL);
+      else if (s->state == S_OPEN && !s->goaway_sent) {
+        s->goaway_sent = 1;
+        nghttp2_submit_goaway(s->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->h2), NGHTTP2_NO_ERROR, NULL, 0);
+        session_flush(s);
+      }
+      break;
+    case CMD_DESTROY:
+      session_teardown(s, c->text != NULL ? c->text : "destroyed");
+      break;
+  }
+  if (c->fd >= 0) close(c->fd);  // a descriptor no tunnel took
+  session_settle(s);
+  free_command(c);
+  session_unref(s);
+}
+
+// ---- delivery to JavaScript -------------------------------------------------------------
+
+static napi_value make_string(napi_env env, const char *text) {
+  napi_value value;
+  if (text == NULL) napi_get_null(env, &value);
+  else napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &value);
+  return value;
+}
+
+static napi_value make_number(napi_env env, double n) {
+  napi_value value;
+  napi_create_double(env, n, &value);
+  return value;
+}
+
+// Calls the session's callback with one event. Handshake's return value is
+// the verdict on the peer, sent back to the session's thread.
+static void deliver_event(napi_env env, event_t *e) {
+  session_t *s = e->s;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value callback, recv, argv[7];
+  size_t argc = 0;
+  napi_get_reference_value(env, s->callback, &callback);
+  napi_get_global(env, &recv);
+  argv[argc++] = make_number(env, e->type);
+  switch (e->type) {
+    case EV_HANDSHAKE: {
+      napi_value chain;
+      napi_create_array_with_length(env, (size_t)e->header_count, &chain);
+      for (int i = 0; i < e->header_count; i++) {
+        napi_value buffer;
+        napi_create_buffer_copy(env, e->lengths[i], e->headers[i], NULL, &buffer);
+        napi_set_element(env, chain, (uint32_t)i, buffer);
+      }
+      argv[argc++] = chain;
+      break;
+    }
+    case EV_REQUEST: {
+      argv[argc++] = make_number(env, e->stream);
+      argv[argc++] = make_string(env, e->text ? e->text : "");
+      argv[argc++] = make_string(env, e->text2 ? e->text2 : "");
+      napi_value headers;
+      napi_create_array_with_length(env, (size_t)e->header_count, &headers);
+      for (int i = 0; i < e->header_count; i++) napi_set_element(env, headers, (uint32_t)i, make_string(env, e->headers[i]));
+      argv[argc++] = headers;
+      break;
+    }
+    case EV_RESPONSE:
+      argv[argc++] = make_number(env, e->stream);
+      argv[argc++] = make_number(env, (double)e->a);
+      break;
+    case EV_STREAM_CLOSE:
+      argv[argc++] = make_number(env, e->stream);
+      argv[argc++] = make_number(env, (double)e->a);
+      argv[argc++] = make_number(env, (double)e->b);
+      argv[argc++] = make_number(env, (double)e->c);
+      argv[argc++] = make_string(env, e->text);
+      argv[argc++] = make_number(env, (double)e->d);
+      break;
+    case EV_CLOSE:
+      argv[argc++] = make_string(env, e->text);
+      break;
+    case EV_GOAWAY:
+      argv[argc++] = make_number(env, e->stream);
+      break;
+  }
+  napi_value result;
+  napi_status status = napi_make_callback(env, s->async, recv, callback, argc, argv, &result);
+  if (e->type == EV_HANDSHAKE) {
+    char *reason = NULL;
+    if (status == napi_pending_exception) {
+      napi_value exception;
+      napi_get_and_clear_last_exception(env, &exception);
+      reason = dup_text("the identity check threw");
+    } else {
+      napi_valuetype type;
+      napi_typeof(env, result, &type);
+      if (type == napi_string) {
+        char text[512];
+        size_t len;
+        napi_get_value_string_utf8(env, result, text, sizeof(text), &len);
+        reason = dup_text(len == 0 ? "the peer's identity was refused" : text);
+      }
+    }
+    if (!s->js_closed) send_command(s, CMD_VERDICT, 0, 0, reason);
+    else free(reason);
+  } else if (status == napi_pending_exception) {
+    // A throwing handler must not stop the data path: report it like Node reports
+    // an exception in an event listener, as uncaught.
+    napi_value exception;
+    napi_get_and_clear_last_exception(env, &exception);
+    napi_fatal_exception(env, exception);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void inbox_closed(uv_handle_t *handle) {
+  instance_t *instance = handle->data;
+  if (--instance->handles == 0) napi_remove_async_cleanup_hook(instance->cleanup);
+}
+
+// An ending environment finishes once every session's thread let go of it:
+// what is left in the inbox is dropped, and the inbox closes.
+static void finish_cleanup(instance_t *instance) {
+  if (!instance->shutting_down || instance->finishing) return;
+  uv_mutex_lock(&instance->lock);
+  int live = instance->live;
+  event_t *e = live == 0 ? instance->inbox_head : NULL;
+  if (live == 0) instance->inbox_head = instance->inbox_tail = NULL;
+  uv_mutex_unlock(&instance->lock);
+  if (live > 0) return;
+  instance->finishing = 1;
+  while (e != NULL) {
+    event_t *next = e->next;
+    session_t *s = e->s;
+    free_event(e);
+    session_unref(s);
+    e = next;
+  }
+  uv_close((uv_handle_t *)&instance->inbox_wake, inbox_closed);
+}
+
+// On the environment's loop: delivers every event in the inbox, in order.
+static void inbox_cb(uv_async_t *handle) {
+  instance_t *instance = handle->data;
+  napi_env env = instance->env;
+  uv_mutex_lock(&instance->lock);
+  event_t *e = instance->inbox_head;
+  instance->inbox_head = instance->inbox_tail = NULL;
+  uv_mutex_unlock(&instance->lock);
+  while (e != NULL) {
+    event_t *next = e->next;
+    session_t *s = e->s;
+    // Before the handler runs: it, and what its promises run, see the session as it is now.
+    if (e->type == EV_GOAWAY) s->js_goaway = 1;
+    if (e->type == EV_CLOSE) s->js_closed = 1;
+    // During a shutdown nothing is delivered: JavaScript is going away.
+    if (!instance->shutting_down) deliver_event(env, e);
+    if (e->type == EV_CLOSE) {
+      // JavaScript may drop the session now: its finalizer releases it.
+      if (s->self != NULL) napi_delete_reference(env, s->self);
+      s->self = NULL;
+    }
+    free_event(e);
+    session_unref(s);
+    e = next;
+  }
+  if (instance->shutting_down) {
+    finish_cleanup(instance);
+    return;
+  }
+  // Open sessions keep the environment's loop alive, as open sockets do.
+  uv_mutex_lock(&instance->lock);
+  int live = instance->live;
+  uv_mutex_unlock(&instance->lock);
+  if (live == 0 && instance->inbox_referenced) {
+    uv_unref((uv_handle_t *)handle);
+    instance->inbox_referenced = 0;
+  }
+}
+
 // ---- exported session functions ----------------------------------------------------------------
 
 static session_t *get_session(napi_env env, napi_value value) {
@@ -1364,7 +1812,17 @@ static bool fd_arg(napi_env env, napi_callback_info info, const char *usage, int
   return true;
 }
 
-static void deliver_soon(session_t *s);
+static napi_value js_bool(napi_env env, bool value) {
+  napi_value result;
+  napi_get_boolean(env, value, &result);
+  return result;
+}
+
+static napi_value js_int(napi_env env, int32_t value) {
+  napi_value result;
+  napi_create_int32(env, value, &result);
+  return result;
+}
 
 // clientSession / serverSession(context, fd, settings[4], callback)
 static napi_value new_session(napi_env env, napi_callback_info info, int server) {
@@ -1373,31 +1831,45 @@ static napi_value new_session(napi_env env, napi_callback_info info, int server)
   CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *ctx = NULL;
   int32_t fd;
+  int32_t settings[4];
   napi_valuetype type;
   if (argc < 4 || napi_get_value_external(env, argv[0], &ctx) != napi_ok || napi_get_value_int32(env, argv[1], &fd) != napi_ok ||
       napi_typeof(env, argv[3], &type) != napi_ok || type != napi_function) {
     napi_throw_type_error(env, NULL, "session(context, fd, settings, callback)");
     return NULL;
   }
-  session_t *s = calloc(1, sizeof(*s));
-  if (s == NULL) {
-    napi_throw_error(env, NULL, "out of memory");
-    return NULL;
-  }
-  s->env = env;
-  s->server = server;
-  s->fd = fd;
-  s->instance = instance_of(env);
-  s->live_next = s->instance->sessions;
-  if (s->live_next != NULL) s->live_next->live_prev = s;
-  s->instance->sessions = s;
   for (uint32_t i = 0; i < 4; i++) {
     napi_value element;
-    if (napi_get_element(env, argv[2], i, &element) != napi_ok || napi_get_value_int32(env, element, &s->settings[i]) != napi_ok) {
-      free(s);
+    if (napi_get_element(env, argv[2], i, &element) != napi_ok || napi_get_value_int32(env, element, &settings[i]) != napi_ok) {
       napi_throw_type_error(env, NULL, "settings must be [streamWindow, connectionWindow, maxFrameSize, maxConcurrentStreams]");
       return NULL;
     }
+  }
+  session_t *s = calloc(1, sizeof(*s));
+  worker_t *worker = s != NULL ? pick_worker(server) : NULL;
+  if (worker == NULL) {
+    free(s);
+    napi_throw_error(env, NULL, s == NULL ? "out of memory" : "cannot start the HBONE data-path threads");
+    return NULL;
+  }
+  atomic_init(&s->refs, 2);  // JavaScript's handle, and the thread until it lets go
+  atomic_init(&s->pipe_count, 0);
+  s->env = env;
+  s->server = server;
+  s->fd = fd;
+  s->next_handle = 1;
+  s->worker = worker;
+  memcpy(s->settings, settings, sizeof(settings));
+  instance_t *instance = s->instance = instance_of(env);
+  uv_mutex_lock(&instance->lock);
+  s->live_next = instance->sessions;
+  if (s->live_next != NULL) s->live_next->live_prev = s;
+  instance->sessions = s;
+  instance->live++;
+  uv_mutex_unlock(&instance->lock);
+  if (!instance->inbox_referenced) {
+    uv_ref((uv_handle_t *)&instance->inbox_wake);
+    instance->inbox_referenced = 1;
   }
   napi_value name, handle;
   napi_create_string_utf8(env, "ambientkit.hbone", NAPI_AUTO_LENGTH, &name);
@@ -1405,64 +1877,31 @@ static napi_value new_session(napi_env env, napi_callback_info info, int server)
   napi_create_reference(env, argv[3], 1, &s->callback);
   napi_create_external(env, s, session_finalize, NULL, &handle);
   napi_create_reference(env, handle, 1, &s->self);
+  // The TLS objects are made here and used only on the session's thread from
+  // CMD_START on (queuing the command orders the two). A failure here is
+  // reported by that thread, as a Close.
   s->ssl = SSL_new(ctx);
-  s->poll = s->ssl ? new_poll(env, fd, s) : NULL;
   BIO *internal = NULL;
   if (s->ssl != NULL && BIO_new_bio_pair(&internal, NET_BUFFER, &s->net, NET_BUFFER) == 1) SSL_set_bio(s->ssl, internal, internal);
-  if (s->ssl == NULL || s->poll == NULL || s->net == NULL) {
-    session_fail(s, "cannot set up the TLS connection");
-    deliver_soon(s);  // Close is delivered from the loop, like any failure
-    return handle;
+  if (s->ssl != NULL) {
+    if (server) SSL_set_accept_state(s->ssl);
+    else SSL_set_connect_state(s->ssl);
   }
   // Frames of many tunnels share this connection: none may wait for an ACK (Nagle).
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  if (server) SSL_set_accept_state(s->ssl);
-  else SSL_set_connect_state(s->ssl);
   s->state = S_HANDSHAKE;
-  // The first flight is sent from the poll callback: nothing runs inside this call.
-  set_poll(s->poll, &s->events, UV_WRITABLE | UV_READABLE, session_poll_cb);
+  if (!send_command(s, CMD_START, 0, 0, NULL)) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
   return handle;
 }
 
 static napi_value client_session(napi_env env, napi_callback_info info) { return new_session(env, info, 0); }
 static napi_value server_session(napi_env env, napi_callback_info info) { return new_session(env, info, 1); }
 
-// A failed setup (Close queued without a poll callback to deliver it) is delivered on the next turn.
-static void deliver_soon_cb(uv_idle_t *idle) {
-  session_t *s = idle->data;
-  uv_idle_stop(idle);
-  uv_close((uv_handle_t *)idle, free_handle);
-  deliver(s);
-}
-
-static void deliver_soon(session_t *s) {
-  // During a shutdown nothing is delivered: JavaScript is going away.
-  if (s->events_head == NULL || s->instance->shutting_down) return;
-  uv_loop_t *loop;
-  napi_get_uv_event_loop(s->env, &loop);
-  handle_box_t *box = malloc(sizeof(*box));
-  if (box == NULL) return;
-  uv_idle_init(loop, &box->u.idle);
-  box->instance = s->instance;
-  s->instance->handles++;
-  box->u.idle.data = s;
-  uv_idle_start(&box->u.idle, deliver_soon_cb);
-}
-
-static napi_value js_bool(napi_env env, bool value) {
-  napi_value result;
-  napi_get_boolean(env, value, &result);
-  return result;
-}
-
-// After a call from JavaScript changed something: send it, and deliver what it caused on the next turn.
-static void after_call(session_t *s) {
-  session_flush(s);
-  deliver_soon(s);
-}
-
-// open(session, fd, authority, headers[])
+// open(session, fd, authority, headers[]) → the tunnel's handle, or -1 (fd reset) when the session takes no more streams.
 static napi_value js_open(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
@@ -1471,54 +1910,38 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   if (s == NULL) return NULL;
   int32_t fd;
   uint32_t count = 0;
-  if (argc < 4 || napi_get_value_int32(env, argv[1], &fd) != napi_ok || napi_get_array_length(env, argv[3], &count) != napi_ok || count % 2 != 0 ||
-      count > MAX_HEADERS * 2) {
+  napi_valuetype type;
+  if (argc < 4 || napi_get_value_int32(env, argv[1], &fd) != napi_ok || napi_typeof(env, argv[2], &type) != napi_ok || type != napi_string ||
+      napi_get_array_length(env, argv[3], &count) != napi_ok || count % 2 != 0 || count > MAX_HEADERS * 2) {
     napi_throw_type_error(env, NULL, "open(session, fd, authority, [name, value, ...])");
     return NULL;
   }
-  napi_value result;
-  if (s->server || s->state != S_OPEN || s->goaway_sent || s->goaway_received) {
+  command_t *c = s->server || s->js_closed || s->js_goaway ? NULL : new_command(s, CMD_OPEN);
+  if (c != NULL) {
+    c->text = get_string(env, argv[2]);
+    c->headers = count > 0 ? calloc(count, sizeof(char *)) : NULL;
+    for (uint32_t i = 0; c->headers != NULL && i < count; i++) {
+      napi_value element;
+      napi_get_element(env, argv[3], i, &element);
+      c->headers[c->header_count++] = get_string(env, element);
+    }
+    bool complete = c->text != NULL && c->header_count == (int)count;
+    for (int i = 0; complete && i < c->header_count; i++) complete = c->headers[i] != NULL;
+    if (!complete) {
+      free_command(c);
+      c = NULL;
+    }
+  }
+  if (c == NULL) {
     close_fd_reset(fd);
-    napi_create_int32(env, -1, &result);
-    return result;
+    return js_int(env, -1);
   }
-  char *authority = get_string(env, argv[2]);
-  char *texts[MAX_HEADERS * 2];
-  for (uint32_t i = 0; i < count; i++) {
-    napi_value element;
-    napi_get_element(env, argv[3], i, &element);
-    texts[i] = get_string(env, element);
-  }
-  nghttp2_nv nv[2 + MAX_HEADERS];
-  size_t nvlen = 0;
-  nv[nvlen++] = (nghttp2_nv){(uint8_t *)":method", (uint8_t *)"CONNECT", 7, 7, NGHTTP2_NV_FLAG_NONE};
-  nv[nvlen++] = (nghttp2_nv){(uint8_t *)":authority", (uint8_t *)authority, 10, authority ? strlen(authority) : 0, NGHTTP2_NV_FLAG_NONE};
-  for (uint32_t i = 0; i + 1 < count; i += 2) {
-    if (texts[i] == NULL || texts[i + 1] == NULL) continue;
-    nv[nvlen++] = (nghttp2_nv){(uint8_t *)texts[i], (uint8_t *)texts[i + 1], strlen(texts[i]), strlen(texts[i + 1]), NGHTTP2_NV_FLAG_NONE};
-  }
-  pipe_t *p = calloc(1, sizeof(*p));
-  int32_t id = -1;
-  if (p != NULL && authority != NULL) {
-    p->s = s;
-    p->fd = fd;
-    nghttp2_data_provider provider = {.source = {.ptr = p}, .read_callback = on_read_data};
-    id = nghttp2_submit_request(s->h2, NULL, nv, nvlen, &provider, p);
-  }
-  free(authority);
-  for (uint32_t i = 0; i < count; i++) free(texts[i]);
-  if (id < 0) {
-    free(p);
-    close_fd_reset(fd);
-    napi_create_int32(env, -1, &result);
-    return result;
-  }
-  p->id = id;
-  p->next = s->pipes;
-  s->pipes = p;
-  after_call(s);
-  napi_create_int32(env, id, &result);
-  return result;
+  int32_t handle = s->next_handle;
+  s->next_handle += 2;
+  c->fd = fd;
+  c->stream = handle;
+  post_command(c);  // c belongs to the session's thread from here on
+  return js_int(env, handle);
 }
 
 static napi_value stream_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv, session_t **s, int32_t *id) {
@@ -1544,18 +1967,7 @@ static napi_value js_respond(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "status must be 200-599");
     return NULL;
   }
-  pipe_t *p = s->state == S_OPEN ? find_pipe(s, id) : NULL;
-  if (p == NULL || p->stream_closed || p->splicing) return js_bool(env, false);
-  char text[4];
-  snprintf(text, sizeof(text), "%d", status);
-  nghttp2_nv nv[] = {{(uint8_t *)":status", (uint8_t *)text, 7, 3, NGHTTP2_NV_FLAG_NONE}};
-  p->outcome = OUT_REJECTED;
-  p->status = status;
-  p->reset = 1;  // nothing to splice: the pipe ends with the stream
-  p->fin_sent = 1;
-  nghttp2_submit_response(s->h2, id, nv, 1, NULL);
-  after_call(s);
-  return js_bool(env, true);
+  return js_bool(env, !s->js_closed && send_command(s, CMD_RESPOND, id, status, NULL));
 }
 
 // splice(session, stream, fd): 200, then bytes flow between the stream and fd.
@@ -1568,25 +1980,14 @@ static napi_value js_splice(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "splice(session, stream, fd)");
     return NULL;
   }
-  pipe_t *p = s->state == S_OPEN ? find_pipe(s, id) : NULL;
-  if (p == NULL || p->stream_closed || p->reset || p->splicing) {
+  command_t *c = s->js_closed ? NULL : new_command(s, CMD_SPLICE);
+  if (c == NULL) {
     close(fd);
     return js_bool(env, false);
   }
-  p->fd = fd;
-  p->status = 200;
-  nghttp2_nv nv[] = {{(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE}};
-  nghttp2_data_provider provider = {.source = {.ptr = p}, .read_callback = on_read_data};
-  if (nghttp2_submit_response(s->h2, id, nv, 1, &provider) != 0) {
-    close(fd);
-    p->fd = -1;
-    return js_bool(env, false);
-  }
-  s->depth++;
-  pipe_start(p);
-  if (p->remote_ended) remote_ended(p);
-  s->depth--;
-  after_call(s);
+  c->stream = id;
+  c->fd = fd;
+  post_command(c);
   return js_bool(env, true);
 }
 
@@ -1598,42 +1999,20 @@ static napi_value js_reset_stream(napi_env env, napi_callback_info info) {
   uint32_t code;
   if (stream_args(env, info, 3, argv, &s, &id) == NULL || s == NULL) return NULL;
   if (napi_get_value_uint32(env, argv[2], &code) != napi_ok) code = NGHTTP2_CONNECT_ERROR;
-  pipe_t *p = s->state == S_OPEN ? find_pipe(s, id) : NULL;
-  if (p == NULL || p->reported) return js_bool(env, false);
-  s->depth++;
-  if (!p->reset) {
-    p->reset = 1;
-    if (p->outcome == OUT_CLOSED) p->outcome = OUT_SOCKET_RESET;
-    pipe_set_error(p, "reset by the proxy");
-  }
-  if (!p->stream_closed) nghttp2_submit_rst_stream(s->h2, NGHTTP2_FLAG_NONE, id, code);
-  set_poll(p->poll, &p->events, 0, pipe_poll_cb);
-  pipe_check_done(p);
-  s->depth--;
-  after_call(s);
-  return js_bool(env, true);
+  return js_bool(env, !s->js_closed && send_command(s, CMD_RESET, id, (int32_t)code, NULL));
 }
 
 static napi_value js_ping(napi_env env, napi_callback_info info) {
   session_t *s = session_arg(env, info);
-  if (s == NULL) return NULL;
-  if (s->state == S_OPEN) {
-    nghttp2_submit_ping(s->h2, NGHTTP2_FLAG_NONE, NULL);
-    after_call(s);
-  }
+  if (s != NULL && !s->js_closed) send_command(s, CMD_PING, 0, 0, NULL);
   return NULL;
 }
 
 static napi_value js_shutdown(napi_env env, napi_callback_info info) {
   session_t *s = session_arg(env, info);
-  if (s == NULL) return NULL;
-  if (s->state == S_HANDSHAKE) {
-    session_teardown(s, NULL);
-    deliver_soon(s);
-  } else if (s->state == S_OPEN && !s->goaway_sent) {
-    s->goaway_sent = 1;
-    nghttp2_submit_goaway(s->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->h2), NGHTTP2_NO_ERROR, NULL, 0);
-    after_call(s);
+  if (s != NULL && !s->js_closed && !s->js_goaway) {
+    s->js_goaway = 1;
+    send_command(s, CMD_SHUTDOWN, 0, 0, NULL);
   }
   return NULL;
 }
@@ -1644,26 +2023,26 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   CHECK_NAPI(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   session_t *s = get_session(env, argv[0]);
   if (s == NULL) return NULL;
-  char *reason = NULL;
   napi_valuetype type = napi_undefined;
   if (argc > 1) napi_typeof(env, argv[1], &type);
-  if (type == napi_string) reason = get_string(env, argv[1]);
-  if (s->state != S_CLOSED) {
-    session_teardown(s, reason != NULL ? reason : "destroyed");
-    deliver_soon(s);
+  if (!s->js_closed) {
+    s->js_closed = 1;
+    send_command(s, CMD_DESTROY, 0, 0, type == napi_string ? get_string(env, argv[1]) : NULL);
   }
-  free(reason);
   return NULL;
 }
 
 static napi_value js_streams(napi_env env, napi_callback_info info) {
   session_t *s = session_arg(env, info);
   if (s == NULL) return NULL;
-  int count = 0;
-  for (pipe_t *p = s->pipes; p != NULL; p = p->next) count++;
-  napi_value result;
-  napi_create_int32(env, count, &result);
-  return result;
+  return js_int(env, atomic_load(&s->pipe_count));
+}
+
+// threads(): how many data-path threads sessions are spread over.
+static napi_value js_threads(napi_env env, napi_callback_info info) {
+  (void)info;
+  uv_once(&workers_once, start_workers);
+  return js_int(env, worker_count);
 }
 
 static napi_value js_dup_fd(napi_env env, napi_callback_info info) {
@@ -1803,7 +2182,9 @@ static napi_value js_accept(napi_env env, napi_callback_info info) {
   napi_create_string_utf8(env, "ambientkit.accept", NAPI_AUTO_LENGTH, &name);
   napi_async_init(env, NULL, name, &a->async);
   napi_create_reference(env, argv[1], 1, &a->callback);
-  a->poll = new_poll(env, fd, a);
+  uv_loop_t *loop;
+  a->instance = instance_of(env);
+  a->poll = napi_get_uv_event_loop(env, &loop) == napi_ok ? new_poll(loop, a->instance, fd, a) : NULL;
   if (a->poll == NULL) {
     napi_delete_reference(env, a->callback);
     napi_async_destroy(env, a->async);
@@ -1812,7 +2193,6 @@ static napi_value js_accept(napi_env env, napi_callback_info info) {
     return NULL;
   }
   set_poll(a->poll, &a->events, UV_READABLE, acceptor_poll_cb);
-  a->instance = instance_of(env);
   a->next = a->instance->acceptors;
   a->instance->acceptors = a;
   napi_create_external(env, a, acceptor_finalize, NULL, &handle);
@@ -1841,26 +2221,51 @@ static napi_value js_stop_accepting(napi_env env, napi_callback_info info) {
 
 static void instance_finalize(napi_env env, void *data, void *hint) {
   (void)env, (void)hint;
-  free(data);
+  instance_t *instance = data;
+  uv_mutex_destroy(&instance->lock);
+  free(instance);
 }
 
 // The environment is shutting down (a worker thread ends, or the process
-// exits normally): every session and listener still open is torn down, and
-// the environment is told once the last of our handles has closed.
+// exits normally): listeners close, every session still open is destroyed on
+// its thread, and the environment is told once the last has let go and our
+// last handle on its loop has closed.
 static void env_cleanup(napi_async_cleanup_hook_handle handle, void *data) {
   instance_t *instance = data;
   instance->cleanup = handle;
   instance->shutting_down = 1;
-  while (instance->sessions != NULL) session_teardown(instance->sessions, "the environment is shutting down");
   while (instance->acceptors != NULL) acceptor_stop(instance->acceptors);
-  if (instance->handles == 0) napi_remove_async_cleanup_hook(handle);
+  uv_mutex_lock(&instance->lock);
+  for (session_t *s = instance->sessions; s != NULL; s = s->live_next) {
+    s->js_closed = 1;
+    send_command(s, CMD_DESTROY, 0, 0, dup_text("the environment is shutting down"));
+  }
+  uv_mutex_unlock(&instance->lock);
+  finish_cleanup(instance);
 }
 
 NAPI_MODULE_INIT() {
+  if (threads_wanted() == 0) {
+    char message[200];
+    snprintf(message, sizeof(message), "AMBIENTKIT_HBONE_THREADS must be a whole number from 1 to 64 (the HBONE data-path threads), got '%.40s'",
+             getenv("AMBIENTKIT_HBONE_THREADS"));
+    napi_throw_range_error(env, "ERR_AMBIENT_HBONE_THREADS", message);
+    return NULL;
+  }
+  uv_loop_t *loop;
   instance_t *instance = calloc(1, sizeof(*instance));
-  if (instance == NULL || napi_set_instance_data(env, instance, instance_finalize, NULL) != napi_ok) {
+  if (instance == NULL || napi_get_uv_event_loop(env, &loop) != napi_ok || uv_mutex_init(&instance->lock) != 0) {
     free(instance);
-    napi_throw_error(env, NULL, "ambient_hbone: cannot allocate its buffers");
+    napi_throw_error(env, NULL, "ambient_hbone: cannot set up its environment");
+    return NULL;
+  }
+  instance->env = env;
+  uv_async_init(loop, &instance->inbox_wake, inbox_cb);
+  instance->inbox_wake.data = instance;
+  uv_unref((uv_handle_t *)&instance->inbox_wake);  // referenced only while sessions are live
+  instance->handles = 1;
+  if (napi_set_instance_data(env, instance, instance_finalize, NULL) != napi_ok) {
+    napi_throw_error(env, NULL, "ambient_hbone: cannot set up its environment");
     return NULL;
   }
   napi_add_async_cleanup_hook(env, env_cleanup, instance, NULL);
@@ -1876,6 +2281,7 @@ NAPI_MODULE_INIT() {
       {"shutdown", NULL, js_shutdown, NULL, NULL, NULL, napi_enumerable, NULL},
       {"destroy", NULL, js_destroy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"streams", NULL, js_streams, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"threads", NULL, js_threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"dupFd", NULL, js_dup_fd, NULL, NULL, NULL, napi_enumerable, NULL},
       {"resetFd", NULL, js_reset_fd, NULL, NULL, NULL, napi_enumerable, NULL},
       {"accept", NULL, js_accept, NULL, NULL, NULL, napi_enumerable, NULL},

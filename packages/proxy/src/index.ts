@@ -50,7 +50,7 @@ export {
   type SocketFactory,
   type SocketFactoryOptions,
 } from './hbone/client'
-export { nativeHboneUnavailable } from './hbone/native'
+export { nativeHboneThreads, nativeHboneUnavailable } from './hbone/native'
 export {
   createWorkloadProxy,
   defaultHboneDataPath,

@@ -11,6 +11,7 @@ import { createNativeHboneServer, type NativeHboneServer, type NativeHboneServer
 import { detachSocket, type NativeTunnel } from '../src/hbone/native-tunnel'
 import type { HboneDecision, HboneHandshakeFailure, HboneRequest, HboneTunnelRecord, SpliceResult } from '@ambientkit/proxy'
 import { closed, createTestMesh, readAll, startEchoServer, type TestMesh } from './interop/support'
+import { waitFor } from './support/apps'
 import { nativeAddonOrSkip } from './support/native'
 import { craft } from '../../identity/test/craft'
 
@@ -452,6 +453,8 @@ describeNative('native HBONE client and server', () => {
     socket.on('error', () => {})
     await closed(socket)
     expect(h.failures).toEqual([expect.objectContaining({ reason: 'identity', error: expect.objectContaining({ code: 'ERR_AMBIENT_SVID_REJECTED' }) })])
+    // The session's thread closes the socket, then tells JavaScript: the count follows the client's close.
+    await waitFor(() => h.server.stats().connections === 0)
     expect(h.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 })
   })
 

@@ -65,14 +65,13 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
     })
 
     it('carries pod → pod traffic across nodes through HBONE, with both identities in the access log', async () => {
+      const mark = cp.accessLog.length
       const result = await exchange(await connectFrom(a, b.pod.ipv4, 8080), 'hello b')
       expect(result).toEqual({ response: 'hello b', ended: true })
       const v6 = await exchange(await connectFrom(a, b.pod.ipv6, 8080), 'hello b over IPv6')
       expect(v6).toEqual({ response: 'hello b over IPv6', ended: true })
-      const outbound = cp.accessLog.filter((e) => e.listener === 'outbound' && e.destination.address === b.pod.ipv4)
-      expect(outbound.at(-1)).toMatchObject({ protocol: 'HBONE', outcome: 'closed', destination: { identity: workloadIdentity(b.workload), port: 8080 }, bytesSent: 7, bytesReceived: 7 })
-      const inbound = cp.accessLog.filter((e) => e.listener === 'inbound-hbone' && e.destination.address === b.pod.ipv4)
-      expect(inbound.at(-1)).toMatchObject({ source: { identity: workloadIdentity(a.workload), workload: 'frontend' }, outcome: 'closed' })
+      expect(await cp.logged((e) => e.listener === 'outbound' && e.destination.address === b.pod.ipv4, mark)).toMatchObject({ protocol: 'HBONE', outcome: 'closed', destination: { identity: workloadIdentity(b.workload), port: 8080 }, bytesSent: 7, bytesReceived: 7 })
+      expect(await cp.logged((e) => e.listener === 'inbound-hbone' && e.destination.address === b.pod.ipv4, mark)).toMatchObject({ source: { identity: workloadIdentity(a.workload), workload: 'frontend' }, outcome: 'closed' })
     })
 
     it('never lets the payload cross between the nodes in plaintext', async () => {
@@ -100,6 +99,7 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
       ({ name, namespace: 'shop', scope: 'namespace', action, rules: [[[match]]], ...extra }) as AuthorizationPolicy
 
     it('allows and denies by principal, namespace and port, on HBONE and on plaintext inbound, naming the policy', async () => {
+      const mark = cp.accessLog.length
       cp.policies.replaceAll([
         policy('allow-web-to-api', 'ALLOW', { principals: ['cluster.local/ns/web/sa/frontend'] }, { scope: 'workload', selector: { app: 'api' } }),
         policy('allow-shop-to-admin', 'ALLOW', { namespaces: ['shop'] }, { scope: 'workload', selector: { app: 'admin' } }),
@@ -108,7 +108,7 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
       try {
         // principal: a (web/frontend) → b allowed; a → c (only namespace shop) denied
         expect(await exchange(await connectFrom(a, b.pod.ipv4, 8080), 'ok')).toEqual({ response: 'ok', ended: true })
-        expect(cp.accessLog.findLast((e) => e.listener === 'inbound-hbone' && e.destination.address === b.pod.ipv4)).toMatchObject({ outcome: 'closed', policy: 'shop/allow-web-to-api' })
+        expect(await cp.logged((e) => e.listener === 'inbound-hbone' && e.destination.address === b.pod.ipv4, mark)).toMatchObject({ outcome: 'closed', policy: 'shop/allow-web-to-api' })
         const toAdmin = await exchange(await connectFrom(a, c.pod.ipv4, 8080), 'nope')
         expect(toAdmin.response).toBe('')
         // namespace: b (shop/api) → c allowed (same node, still HBONE)
@@ -117,14 +117,13 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
         expect((await exchange(await connectFrom(a, b.pod.ipv4, 9090), 'nope')).response).toBe('')
         // plaintext inbound: d (outside the mesh) has no identity, so no ALLOW matches it
         expect((await tryExchange(d.netns.connect({ host: b.pod.ipv4, port: 8080 }), 'nope')).response).toBe('')
-        const log = cp.accessLog
-        expect(log.findLast((e) => e.listener === 'inbound-hbone' && e.destination.address === c.pod.ipv4 && e.outcome === 'denied')).toMatchObject({
+        expect(await cp.logged((e) => e.listener === 'inbound-hbone' && e.destination.address === c.pod.ipv4 && e.outcome === 'denied', mark)).toMatchObject({
           source: { identity: workloadIdentity(a.workload) },
           reason: expect.stringMatching(/no-allow-policy-matched|denied/),
         })
-        expect(log.findLast((e) => e.listener === 'inbound-hbone' && e.destination.port === 9090)).toMatchObject({ outcome: 'denied', policy: 'shop/deny-metrics-port' })
-        expect(log.findLast((e) => e.listener === 'outbound' && e.destination.port === 9090)).toMatchObject({ outcome: 'denied' })
-        expect(log.findLast((e) => e.listener === 'inbound-plaintext' && e.destination.address === b.pod.ipv4)).toMatchObject({ outcome: 'denied', source: { address: d.pod.ipv4 } })
+        expect(await cp.logged((e) => e.listener === 'inbound-hbone' && e.destination.port === 9090, mark)).toMatchObject({ outcome: 'denied', policy: 'shop/deny-metrics-port' })
+        expect(await cp.logged((e) => e.listener === 'outbound' && e.destination.port === 9090, mark)).toMatchObject({ outcome: 'denied' })
+        expect(await cp.logged((e) => e.listener === 'inbound-plaintext' && e.destination.address === b.pod.ipv4, mark)).toMatchObject({ outcome: 'denied', source: { address: d.pod.ipv4 } })
         const metrics = await node2.proxy.metrics.registry.getSingleMetricAsString('ambientkit_authorization_denials_total')
         expect(metrics).toMatch(/policy="shop\/deny-metrics-port"/)
       } finally {
@@ -138,8 +137,9 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
       const strict = cp.nodeProxy('node-2-strict', { dataPath, inboundPlaintext: 'strict' })
       try {
         await strict.proxy.addWorkload(c.workload, c.netns)
+        const mark = cp.accessLog.length
         expect((await tryExchange(d.netns.connect({ host: c.pod.ipv4, port: 8080 }), 'plain')).response).toBe('')
-        expect(cp.accessLog.findLast((e) => e.listener === 'inbound-plaintext' && e.destination.address === c.pod.ipv4)).toMatchObject({ outcome: 'denied', reason: expect.stringMatching(/strict/) })
+        expect(await cp.logged((e) => e.listener === 'inbound-plaintext' && e.destination.address === c.pod.ipv4, mark)).toMatchObject({ outcome: 'denied', reason: expect.stringMatching(/strict/) })
         expect(await exchange(await connectFrom(a, c.pod.ipv4, 8080), 'mtls')).toEqual({ response: 'mtls', ended: true })
       } finally {
         await strict.proxy.removeWorkload(c.workload.uid)
@@ -148,13 +148,15 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
     })
 
     it('passes traffic to a workload outside the mesh through as plain TCP', async () => {
+      const mark = cp.accessLog.length
       expect(await exchange(await connectFrom(a, d.pod.ipv4, 8080), 'to legacy')).toEqual({ response: 'to legacy', ended: true })
-      expect(cp.accessLog.findLast((e) => e.listener === 'outbound' && e.destination.address === d.pod.ipv4)).toMatchObject({ protocol: 'TCP', outcome: 'closed', bytesSent: 9 })
+      expect(await cp.logged((e) => e.listener === 'outbound' && e.destination.address === d.pod.ipv4, mark)).toMatchObject({ protocol: 'TCP', outcome: 'closed', bytesSent: 9 })
     })
 
     it('routes a service VIP to an endpoint through HBONE', async () => {
+      const mark = cp.accessLog.length
       expect(await exchange(await connectFrom(a, VIP, 80), 'via vip')).toEqual({ response: 'via vip', ended: true })
-      expect(cp.accessLog.findLast((e) => e.listener === 'outbound' && e.service !== undefined)).toMatchObject({
+      expect(await cp.logged((e) => e.listener === 'outbound' && e.service !== undefined, mark)).toMatchObject({
         protocol: 'HBONE',
         service: 'api.shop.svc.cluster.local',
         destination: { address: b.pod.ipv4, port: 8080, identity: workloadIdentity(b.workload) },
@@ -162,12 +164,13 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
     })
 
     it('refuses connections to the proxy\'s own ports instead of looping', async () => {
+      const mark = cp.accessLog.length
       // The pod's own address is not captured (it leaves through lo), so these
       // reach the listeners directly; each refuses rather than connecting to itself.
       for (const port of [15001, 15006]) {
         const result = await tryExchange(connectFrom(a, a.pod.ipv4, port), 'loop')
         expect(result.response).toBe('')
-        expect(cp.accessLog.findLast((e) => e.destination.port === port)).toMatchObject({ outcome: 'refused', reason: expect.stringMatching(/loop/) })
+        expect(await cp.logged((e) => e.destination.port === port, mark)).toMatchObject({ outcome: 'refused', reason: expect.stringMatching(/loop/) })
       }
     })
 
@@ -234,23 +237,25 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
     })
 
     it('propagates a reset from the client to the app', async () => {
+      const mark = cp.accessLog.length
       const socket = await connectFrom(a, b.pod.ipv4, 8080)
       await new Promise<void>((resolve) => socket.write('x', () => resolve()))
       await new Promise((resolve) => socket.once('data', resolve))
       const before = node2.proxy.configDump().workloads.find((w) => w.uid === b.workload.uid)!.connections
       socket.resetAndDestroy()
       await waitFor(() => node2.proxy.configDump().workloads.find((w) => w.uid === b.workload.uid)!.connections < before)
-      expect(cp.accessLog.findLast((e) => e.listener === 'inbound-hbone' && e.destination.address === b.pod.ipv4)).toMatchObject({ outcome: 'reset' })
+      expect(await cp.logged((e) => e.listener === 'inbound-hbone' && e.destination.address === b.pod.ipv4, mark)).toMatchObject({ outcome: 'reset' })
     })
 
     it('closes established connections that a policy change now denies', async () => {
+      const mark = cp.accessLog.length
       const socket = await connectFrom(a, b.pod.ipv4, 8080)
       await established(socket, 'before')
       const closed = closedWith(socket)
       cp.policies.upsert(policy('deny-frontend', 'DENY', { principals: ['cluster.local/ns/web/sa/frontend'] }))
       try {
         await closed
-        expect(cp.accessLog.findLast((e) => e.listener === 'inbound-hbone' && e.destination.address === b.pod.ipv4)).toMatchObject({ outcome: expect.stringMatching(/reset|terminated/) })
+        expect(await cp.logged((e) => e.listener === 'inbound-hbone' && e.destination.address === b.pod.ipv4, mark)).toMatchObject({ outcome: expect.stringMatching(/reset|terminated/) })
       } finally {
         cp.policies.replaceAll([])
       }
@@ -271,6 +276,7 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
     })
 
     it('removing capture gives the pod direct connectivity again', async () => {
+      const mark = cp.accessLog.length
       await node2.proxy.removeWorkload(c.workload.uid)
       await removeCapture(c.netns)
       try {
@@ -281,7 +287,7 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
       }
       // Re-captured with the other backend, traffic goes through the mesh again.
       expect(await exchange(await connectFrom(a, c.pod.ipv4, 8080), 'iptables')).toEqual({ response: 'iptables', ended: true })
-      expect(cp.accessLog.findLast((e) => e.listener === 'inbound-hbone' && e.destination.address === c.pod.ipv4)).toMatchObject({ outcome: 'closed' })
+      expect(await cp.logged((e) => e.listener === 'inbound-hbone' && e.destination.address === c.pod.ipv4, mark)).toMatchObject({ outcome: 'closed' })
     })
 
 

@@ -127,6 +127,33 @@ const settings = [4 << 20, 16 << 20, 16384, 100]
 })()
 `
 
+/**
+ * A process of its own with AMBIENTKIT_HBONE_THREADS set (the pool is the
+ * process's): it runs WORKER_SOURCE's tunnel, then prints the digests and
+ * the CPU ticks each data-path thread used, read from /proc.
+ */
+const THREADS_CHILD_SOURCE = `
+const { Worker } = require('node:worker_threads')
+const fs = require('node:fs')
+const data = JSON.parse(process.env.AK_TUNNEL)
+const threads = require(data.addon).threads()
+const worker = new Worker(process.env.AK_WORKER_SOURCE, { eval: true, workerData: data })
+const result = {}
+worker.on('message', (message) => {
+  Object.assign(result, message)
+  if (result.sent === undefined || result.received === undefined) return
+  const cpu = {}
+  for (const task of fs.readdirSync('/proc/self/task')) {
+    const name = fs.readFileSync('/proc/self/task/' + task + '/comm', 'utf8').trim()
+    if (!name.startsWith('ak-hbone-')) continue
+    const fields = fs.readFileSync('/proc/self/task/' + task + '/stat', 'utf8').split(') ')[1].split(' ')
+    cpu[name] = Number(fields[11]) + Number(fields[12])  // utime + stime
+  }
+  process.stdout.write(JSON.stringify({ ...result, threads, cpu }))
+  process.exit(0)
+})
+`
+
 function openFds(): number {
   return readdirSync('/proc/self/fd').length
 }
@@ -432,17 +459,60 @@ describeNative('native HBONE addon', () => {
     expect(((await once(client, 'error')) as [Error])[0]).toMatchObject({ code: 'ECONNRESET' })
   })
 
-  it('carries tunnels in worker threads at the same time, each with its own buffers', async () => {
-    // Each thread's environment has its own decryption buffer (instance data): two threads
-    // decrypting into one shared buffer at once would corrupt what they deliver.
+  /** What WORKER_SOURCE needs to run a tunnel of `mib` MiB. */
+  async function tunnelData(mib: number): Promise<Record<string, unknown>> {
     const [server, client] = await Promise.all([mesh.manager.get(SERVER_ID), mesh.manager.get(CLIENT_ID)])
-    const workerData = {
+    return {
       addon: nativeAddonPath(),
       roots: mesh.rootsPem,
       server: { chain: server.certificateChainPem, key: server.privateKeyPem },
       client: { chain: client.certificateChainPem, key: client.privateKeyPem },
-      mib: 32,
+      mib,
     }
+  }
+
+  /** Runs THREADS_CHILD_SOURCE with AMBIENTKIT_HBONE_THREADS=`threads`; resolves with what it printed, or rejects with its stderr. */
+  async function threadsChild(threads: string, mib: number): Promise<{ sent: string; received: string; bytes: number; threads: number; cpu: Record<string, number> }> {
+    const env = { ...process.env, AMBIENTKIT_HBONE_THREADS: threads, AK_TUNNEL: JSON.stringify(await tunnelData(mib)), AK_WORKER_SOURCE: WORKER_SOURCE }
+    return new Promise((resolve, reject) => {
+      execFile(process.execPath, ['-e', THREADS_CHILD_SOURCE], { env, timeout: 60_000 }, (err, stdout, stderr) => {
+        if (err !== null) reject(new Error(`${err.message}\n${stderr}`))
+        else resolve(JSON.parse(stdout))
+      })
+    })
+  }
+
+  it('spreads the two ends of a tunnel over two data-path threads, as AMBIENTKIT_HBONE_THREADS sets', async () => {
+    const result = await threadsChild('2', 128)
+    expect(result.threads).toBe(2)
+    expect(result.bytes).toBe(128 << 20)
+    expect(result.received).toBe(result.sent)
+    // The client session (encrypting) went to the first thread and the server session (decrypting)
+    // to the second: each thread did a real share of the work, not one thread all of it.
+    expect(Object.keys(result.cpu).sort()).toEqual(['ak-hbone-0', 'ak-hbone-1'])
+    const ticks = Object.values(result.cpu)
+    const total = ticks.reduce((sum, n) => sum + n, 0)
+    expect(total).toBeGreaterThan(0)
+    for (const share of ticks) expect(share).toBeGreaterThanOrEqual(total / 5)
+  })
+
+  it('refuses an AMBIENTKIT_HBONE_THREADS that is not a thread count, naming it', async () => {
+    await expect(threadsChild('none', 1)).rejects.toThrow(/AMBIENTKIT_HBONE_THREADS must be a whole number from 1 to 64.*got 'none'/)
+    await expect(threadsChild('0', 1)).rejects.toThrow(/ERR_AMBIENT_HBONE_THREADS|AMBIENTKIT_HBONE_THREADS must be/)
+    // The package says so too, rather than falling back to the Node data path as it does for an addon that is not built.
+    const source = "import('./packages/proxy/src/hbone/native.ts').then((m) => { try { m.nativeHbone(); console.log('loaded') } catch (err) { console.log(err.code) } })"
+    const printed = execFileSync(process.execPath, ['--import', 'tsx', '-e', source], {
+      cwd: new URL('../../..', import.meta.url).pathname,
+      env: { ...process.env, AMBIENTKIT_HBONE_THREADS: '2.5' },
+      encoding: 'utf8',
+    })
+    expect(printed.trim()).toBe('ERR_AMBIENT_HBONE_THREADS')
+  })
+
+  it('carries tunnels from two worker threads at once over the shared data-path threads', async () => {
+    // Sessions of two environments share the data-path threads and each thread's
+    // decryption buffer; each environment's events reach its own loop.
+    const workerData = await tunnelData(32)
     const run = async (): Promise<{ sent: string; received: string; bytes: number }> => {
       const worker = new Worker(WORKER_SOURCE, { eval: true, workerData })
       try {

@@ -16,6 +16,8 @@ export const HboneErrorCode = {
   NativeUnavailable: 'ERR_AMBIENT_HBONE_NATIVE_UNAVAILABLE',
   /** The native data path could not build a TLS context from an SVID and bundle (the message names the part: certificate chain, private key, roots). */
   TlsContext: 'ERR_AMBIENT_HBONE_TLS_CONTEXT',
+  /** `AMBIENTKIT_HBONE_THREADS` is not a whole number from 1 to 64 (the message quotes it). */
+  Threads: 'ERR_AMBIENT_HBONE_THREADS',
 } as const satisfies Record<string, AmbientErrorCode>
 
 /** One of {@link HboneErrorCode}'s values. */

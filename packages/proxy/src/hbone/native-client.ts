@@ -19,7 +19,7 @@ import type { IdentityManager } from '@ambientkit/identity'
 import { checkExpected, connectFailed, requestHeaders, type HboneClientOptions, type HboneSessionStats, type SocketFactoryOptions } from './client'
 import { HBONE_PORT } from './constants'
 import { HboneErrorCode } from './errors'
-import { NativeEvent, type NativeAddon, type NativeSession, type NativeSettings, type NativeTlsContext } from './native'
+import { NativeEvent, NativeOutcome, type NativeAddon, type NativeSession, type NativeSettings, type NativeTlsContext } from './native'
 import { nativeTlsContext, verifiedPeerIdentity } from './native-tls'
 import { NativeTunnel, detachSocket, nativeSettings, spliceResultOf } from './native-tunnel'
 import { SessionPool, establishWithin } from './pool'
@@ -473,6 +473,8 @@ class PooledSession {
     clearInterval(this.#keepalive)
     clearTimeout(this.#idle)
     this.#failHandshake(this.#closedBeforeUse(reason))
+    // A CONNECT that reached the session's thread after it closed never had a stream: it ends here.
+    for (const id of [...this.#streams.keys()]) this.#onStreamClose(id, [id, NativeOutcome.StreamReset, 0, 0, reason ?? 'the session closed'])
     if (reason !== null) this.#config.logger.debug({ peer: this.#peer, identity: this.peerIdentity, reason }, 'HBONE session closed (native)')
     this.#forget()
     this.#onClosed()

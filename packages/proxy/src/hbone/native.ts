@@ -6,10 +6,13 @@ import { HboneErrorCode } from './errors'
 
 /**
  * The native HBONE data path (native/hbone.c): mutual TLS through the
- * OpenSSL and HTTP/2 through the nghttp2 that Node itself links, driven by
- * libuv poll handles on Node's own loop. Bytes of a tunnel never reach
- * JavaScript; JavaScript verifies identities, authorizes each CONNECT,
- * chooses upstreams and reads the counters.
+ * OpenSSL and HTTP/2 through the nghttp2 that Node itself links. Sessions
+ * run on a small pool of data-path threads (`AMBIENTKIT_HBONE_THREADS`, by
+ * default one per CPU up to four), each session on one thread for its whole
+ * life. Bytes of a tunnel never reach JavaScript; JavaScript verifies
+ * identities, authorizes each CONNECT, chooses upstreams and reads the
+ * counters. Its calls are queued to the session's thread and the session's
+ * events are delivered on Node's loop, in order.
  */
 
 /** A TLS context: the SVID presented and the roots peers are verified against (every bundle's). */
@@ -26,12 +29,12 @@ export const enum NativeEvent {
    * close the session.
    */
   Handshake = 1,
-  /** Server: a request arrived. Arguments: stream id, `:method`, `:authority` (or ''), headers as [name, value, ...] (pseudo-headers left out). */
+  /** Server: a request arrived. Arguments: stream id (the handle {@link NativeAddon.respond} and {@link NativeAddon.splice} take), `:method`, `:authority` (or ''), headers as [name, value, ...] (pseudo-headers left out). */
   Request = 2,
-  /** Client: the response to {@link NativeAddon.open} arrived. Arguments: stream id, `:status`. A non-200 then ends the stream. */
+  /** Client: the response to {@link NativeAddon.open} arrived. Arguments: the tunnel handle open() returned, `:status`. A non-200 then ends the stream. */
   Response = 3,
   /**
-   * A stream ended and its socket is closed. Arguments: stream id, outcome
+   * A stream ended and its socket is closed. Arguments: its handle, outcome
    * ({@link NativeOutcome}), bytes read from the socket, bytes written to
    * it, an error message or `null`, the response status (client; 0 if none).
    */
@@ -66,13 +69,17 @@ export interface NativeAddon {
   clientSession(context: NativeTlsContext, fd: number, settings: NativeSettings, callback: NativeCallback): NativeSession
   /** Starts a server session on an accepted TCP socket. */
   serverSession(context: NativeTlsContext, fd: number, settings: NativeSettings, callback: NativeCallback): NativeSession
-  /** Client: sends `CONNECT authority` with extra headers ([name, value, ...]); once 200 arrives, splices `fd` with the stream. Returns the stream id, or -1 (fd closed) when the session cannot open streams. */
+  /**
+   * Client: sends `CONNECT authority` with extra headers ([name, value, ...]); once 200 arrives, splices `fd` with the stream.
+   * Returns the tunnel's handle (what Response and StreamClose name it by), or -1 (fd closed) when the session is known to take
+   * no more streams; one that turns out to be closing on its thread ends with a StreamClose.
+   */
   open(session: NativeSession, fd: number, authority: string, headers: readonly string[]): number
-  /** Server: answers a request with `status` and ends the stream. False when the stream is gone. */
+  /** Server: answers a request with `status` and ends the stream. False when the session is closed (a stream gone meanwhile is left alone). */
   respond(session: NativeSession, stream: number, status: number): boolean
-  /** Server: answers 200 and splices `fd` with the stream. False (fd closed) when the stream is gone. */
+  /** Server: answers 200 and splices `fd` with the stream. False (fd closed) when the session is closed; fd is closed too when the stream is gone by the time the session's thread gets to it (its StreamClose was sent before). */
   splice(session: NativeSession, stream: number, fd: number): boolean
-  /** Resets a stream (RST_STREAM with `code`) and its socket (RST). False when it was already gone. */
+  /** Resets a stream (RST_STREAM with `code`) and its socket (RST). False when the session is closed. */
   resetStream(session: NativeSession, stream: number, code: number): boolean
   /** Sends an HTTP/2 PING (keepalive). */
   ping(session: NativeSession): void
@@ -82,6 +89,8 @@ export interface NativeAddon {
   destroy(session: NativeSession, reason: string | null): void
   /** Streams open now (including those whose socket is still flushing). */
   streams(session: NativeSession): number
+  /** How many data-path threads sessions are spread over (`AMBIENTKIT_HBONE_THREADS`, by default one per CPU up to four). */
+  threads(): number
   /** A non-blocking, close-on-exec duplicate of a socket fd: how a socket leaves Node for the addon. */
   dupFd(fd: number): number
   /** Closes a connected socket with RST (`SO_LINGER` 0): how a refused or reset connection that never became a tunnel is closed. */
@@ -112,15 +121,32 @@ export function nativeAddonPath(): string {
   return ADDON_PATHS.find((candidate) => existsSync(candidate)) ?? ADDON_PATHS[0]!
 }
 
-/** The loaded addon, or `undefined` (with {@link nativeHboneUnavailable} saying why) when it was not built. */
+/**
+ * The loaded addon, or `undefined` (with {@link nativeHboneUnavailable} saying why) when it was not built.
+ * Throws `ERR_AMBIENT_HBONE_THREADS` when `AMBIENTKIT_HBONE_THREADS` is set to something other than
+ * a thread count: a misconfiguration, not a reason to fall back to the Node data path.
+ */
 export function nativeHbone(): NativeAddon | undefined {
-  if (addon !== undefined || failure !== undefined) return addon
-  try {
-    addon = createRequire(import.meta.url)(nativeAddonPath()) as NativeAddon
-  } catch (err) {
-    failure = err as Error
+  if (addon === undefined && failure === undefined) {
+    try {
+      addon = createRequire(import.meta.url)(nativeAddonPath()) as NativeAddon
+    } catch (err) {
+      failure = err as Error
+    }
+  }
+  if ((failure as NodeJS.ErrnoException | undefined)?.code === HboneErrorCode.Threads) {
+    throw new AmbientError(HboneErrorCode.Threads, failure!.message, { cause: failure, details: { AMBIENTKIT_HBONE_THREADS: process.env.AMBIENTKIT_HBONE_THREADS } })
   }
   return addon
+}
+
+/**
+ * How many data-path threads the native HBONE path spreads sessions over
+ * (`AMBIENTKIT_HBONE_THREADS`, by default one per CPU up to four), or
+ * `undefined` when the addon is not built.
+ */
+export function nativeHboneThreads(): number | undefined {
+  return nativeHbone()?.threads()
 }
 
 /** Why the native data path cannot be used, as an error naming the fix; `undefined` when it can. */

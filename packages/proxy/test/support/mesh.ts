@@ -17,6 +17,12 @@ export interface TestControlPlane {
   readonly registry: WorkloadRegistry
   readonly policies: PolicyStore
   readonly accessLog: AccessLogEntry[]
+  /**
+   * The first access-log entry at index `from` or later that matches, once it
+   * is written. A connection's entry is written when the proxy has closed it,
+   * which the connection's app may see first.
+   */
+  logged(match: (entry: AccessLogEntry) => boolean, from: number): Promise<AccessLogEntry>
   /** A node proxy with its own identity manager (as on a real node). */
   nodeProxy(nodeName: string, defaults?: WorkloadProxyDefaults, options?: Pick<NodeProxyOptions, 'sameNodeFastPath'>): { proxy: NodeProxy; identities: IdentityManager }
   close(): Promise<void>
@@ -27,15 +33,32 @@ export async function createTestControlPlane(): Promise<TestControlPlane> {
   const registry = createWorkloadRegistry()
   const policies = createPolicyStore()
   const accessLog: AccessLogEntry[] = []
+  const waiters = new Set<() => void>()
+  const record = (entry: AccessLogEntry): void => {
+    accessLog.push(entry)
+    for (const waiter of [...waiters]) waiter()
+  }
   const closers: Array<() => Promise<void>> = []
   return {
     ca,
     registry,
     policies,
     accessLog,
+    logged(match, from) {
+      return new Promise((resolve) => {
+        const check = (): void => {
+          const entry = accessLog.slice(from).find(match)
+          if (entry === undefined) return
+          waiters.delete(check)
+          resolve(entry)
+        }
+        waiters.add(check)
+        check()
+      })
+    },
     nodeProxy(nodeName, defaults, options) {
       const identities = createIdentityManager({ source: createLocalCaSource(ca), ttlSeconds: 3600 })
-      const proxy = createNodeProxy({ nodeName, registry, identities, policies, admin: { host: '127.0.0.1', port: 0 }, accessLog: (e) => accessLog.push(e), ...(defaults ? { workloadDefaults: defaults } : {}), ...options })
+      const proxy = createNodeProxy({ nodeName, registry, identities, policies, admin: { host: '127.0.0.1', port: 0 }, accessLog: record, ...(defaults ? { workloadDefaults: defaults } : {}), ...options })
       closers.push(async () => {
         await proxy.close()
         await identities.close()
