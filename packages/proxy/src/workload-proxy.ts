@@ -43,8 +43,8 @@ export interface WorkloadProxyPorts {
 
 /**
  * What carries the bytes of HBONE tunnels: `'node'`, Node's TLS and
- * HTTP/2, or `'native'`, the addon (OpenSSL and nghttp2 on Node's own
- * loop), where a tunnel's bytes never enter JavaScript.
+ * HTTP/2, or `'native'`, the addon (OpenSSL and nghttp2 on its data-path
+ * threads), where a tunnel's bytes never enter JavaScript.
  */
 export type HboneDataPath = 'node' | 'native'
 
