@@ -1,14 +1,16 @@
 /**
  * HBONE on loopback: single-stream throughput through an HBONE tunnel
- * (several flow-control settings) against a plain TCP relay and a plain TLS
- * relay, and tunnels per second on a pooled session.
+ * (several flow-control settings on Node's TLS and HTTP/2, and the native
+ * data path the workload proxy uses by default) against a plain TCP relay
+ * and a plain TLS relay, and tunnels per second on a pooled session.
  *
  * The server side (sink, relays, HBONE servers) runs in a child process so
  * each end has a core, as two proxies on two nodes would. Every variant has
  * the same shape — client → relay → sink — and the variants are interleaved
  * round by round so machine noise spreads over all of them. Besides the
- * rate, each run reports the CPU seconds both processes spent per GiB: on a
- * shared machine that cost is steadier than the wall-clock rate.
+ * rate, each run reports the CPU seconds both processes spent per GiB (all
+ * their threads, the native path's data-path threads included): on a shared
+ * machine that cost is steadier than the wall-clock rate.
  *
  * Run: `npx tsx --tsconfig tsconfig.json bench/hbone.ts [--quick] [--json]`.
  */
@@ -29,6 +31,11 @@ import {
   type IdentityManager,
 } from '@ambientkit/identity'
 import { createHboneClient, createHboneServer, type HboneClient, type HboneWindows } from '@ambientkit/proxy'
+// The native client and server are the workload proxy's internals, not the package's API: imported from the sources.
+import { nativeHbone, type NativeAddon } from '../packages/proxy/src/hbone/native'
+import { createNativeHboneClient, type NativeHboneClient } from '../packages/proxy/src/hbone/native-client'
+import { createNativeHboneServer } from '../packages/proxy/src/hbone/native-server'
+import { detachSocket } from '../packages/proxy/src/hbone/native-tunnel'
 import { formatSummary, summarize, type Summary } from './lib/stats'
 import { formatTable, wantsJson } from './lib/table'
 
@@ -48,11 +55,35 @@ const HBONE_VARIANTS: ReadonlyArray<{ key: string; label: string; windows: Hbone
   { key: 'hbone-h2-defaults', label: 'HBONE, 64 KiB windows, 16 KiB frames (HTTP/2 defaults)', windows: { stream: 65_535, connection: 65_535, maxFrameSize: 16 * 1024 } },
 ]
 
+/** The native data path with the workload proxy's defaults (4/16 MiB windows, 16 KiB frames); absent when the addon is not built. */
+const NATIVE = { key: 'hbone-native', label: 'HBONE, native data path (default windows)' }
+
 interface ChildPorts {
   sink: number
   tcpRelay: number
   tlsRelay: number
   hbone: Record<string, number>
+}
+
+/** A loopback connection as a descriptor the addon owns, as the workload proxy's Netns.connectFd gives one. */
+function connectFd(addon: NativeAddon, port: number, signal: AbortSignal): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = netConnect({ host: '127.0.0.1', port, noDelay: true })
+    const onAbort = (): void => {
+      socket.destroy()
+      reject(signal.reason as Error)
+    }
+    signal.addEventListener('abort', onAbort, { once: true })
+    socket.once('error', (err) => {
+      signal.removeEventListener('abort', onAbort)
+      reject(err)
+    })
+    socket.once('connect', () => {
+      signal.removeEventListener('abort', onAbort)
+      socket.pause() // before Node's first read, which follows 'connect'
+      resolve(detachSocket(addon, socket))
+    })
+  })
 }
 
 const log = (message: string): void => {
@@ -110,6 +141,21 @@ async function child(): Promise<void> {
     })
     hbone[variant.key] = (await server.listen(0, '127.0.0.1')).port
   }
+  const addon = nativeHbone()
+  if (addon !== undefined) {
+    const server = createNativeHboneServer({
+      addon,
+      identities: manager,
+      identity: SERVER_ID,
+      decide: () => ({ action: 'serve' }),
+      connect: (destination, { signal }) => connectFd(addon, destination.port, signal),
+    })
+    // As the workload proxy's 15008: Node accepts, paused, and the server takes the descriptor over.
+    const listener = createServer({ pauseOnConnect: true }, (socket) => server.handle(socket))
+    listener.listen(0, '127.0.0.1')
+    await once(listener, 'listening')
+    hbone[NATIVE.key] = (listener.address() as AddressInfo).port
+  }
   const ports: ChildPorts = { sink: sinkPort, tcpRelay: (tcpRelay.address() as AddressInfo).port, tlsRelay: (tlsRelay.address() as AddressInfo).port, hbone }
   process.stdout.write(`${JSON.stringify(ports)}\n`)
   // Each line on stdin asks for this process's CPU time so far; the parent closes stdin when it is done (or dies).
@@ -156,7 +202,18 @@ async function main(): Promise<void> {
     env: { ...process.env, BENCH_HBONE_CA: JSON.stringify(ca.save()) },
     stdio: ['pipe', 'pipe', 'inherit'],
   })
-  const clients: HboneClient[] = []
+  const clients: Array<HboneClient | NativeHboneClient> = []
+  // The apps' side of native tunnels: the client hands the accepted end (never read by Node) to the addon.
+  // Accepted ends are matched to their app connection by port: tunnels open concurrently.
+  const accepted = new Map<number, Socket>()
+  const waiting = new Map<number, (end: Socket) => void>()
+  const apps = createServer({ pauseOnConnect: true, allowHalfOpen: true }, (end) => {
+    const take = waiting.get(end.remotePort!)
+    if (take === undefined) accepted.set(end.remotePort!, end)
+    else take(end)
+  })
+  apps.listen(0, '127.0.0.1')
+  await once(apps, 'listening')
   try {
     const lines = createInterface({ input: server.stdout! })
     const [line] = (await once(lines, 'line')) as [string]
@@ -178,6 +235,27 @@ async function main(): Promise<void> {
       }),
     )
     const target = `127.0.0.1:${ports.sink}`
+    const addon = nativeHbone()
+    const native =
+      addon === undefined || ports.hbone[NATIVE.key] === undefined
+        ? undefined
+        : createNativeHboneClient({ addon, identities: manager, socketFactory: (address, { signal }) => connectFd(addon, address.port, signal) })
+    if (native !== undefined) clients.push(native)
+    else log('the native addon is not built: its rows are left out (npm run native -w @ambientkit/proxy)')
+    /** An app connection carried by a native tunnel to the sink: the app's end, once the server answered 200. */
+    const nativeTunnel = async (client: NativeHboneClient): Promise<Socket> => {
+      const app = await connected(netConnect({ host: '127.0.0.1', port: (apps.address() as AddressInfo).port, allowHalfOpen: true }), 'connect')
+      const port = app.localPort!
+      const end = accepted.get(port) ?? (await new Promise<Socket>((resolve) => waiting.set(port, resolve)))
+      accepted.delete(port)
+      waiting.delete(port)
+      await client.open(end, { address: '127.0.0.1', port: ports.sink, family: 4 }, {
+        identity: CLIENT_ID,
+        expectedIdentities: [SERVER_ID],
+        via: { address: '127.0.0.1', port: ports.hbone[NATIVE.key]!, family: 4 },
+      })
+      return app
+    }
     const throughputVariants: ReadonlyArray<{ key: string; label: string; open: () => Promise<NodeJS.ReadWriteStream> }> = [
       { key: 'tcp', label: 'plain TCP relay', open: () => connected(netConnect({ host: '127.0.0.1', port: ports.tcpRelay, allowHalfOpen: true }), 'connect') },
       {
@@ -195,6 +273,7 @@ async function main(): Promise<void> {
         label: variant.label,
         open: () => hboneClients[variant.key]!.connect(target, { via: `127.0.0.1:${ports.hbone[variant.key]}`, expectedIdentities: [SERVER_ID] }),
       })),
+      ...(native === undefined ? [] : [{ ...NATIVE, open: () => nativeTunnel(native) }]),
     ]
 
     const samples = new Map<string, { gbps: number[]; cpu: number[] }>(throughputVariants.map((v) => [v.key, { gbps: [], cpu: [] }]))
@@ -225,6 +304,12 @@ async function main(): Promise<void> {
       tunnel.resume()
       await once(tunnel, 'close')
     }
+    const oneNativeTunnel = async (client: NativeHboneClient): Promise<void> => {
+      const app = await nativeTunnel(client)
+      app.end()
+      app.resume()
+      await once(app, 'close')
+    }
     const rate = async (count: number, concurrency: number, run: () => Promise<void>): Promise<number> => {
       let next = 0
       const started = performance.now()
@@ -246,6 +331,13 @@ async function main(): Promise<void> {
     await measure('pooled-concurrent', `pooled sessions, ${SETTINGS.concurrency} tunnels in flight`, () =>
       rate(SETTINGS.concurrentTunnels, SETTINGS.concurrency, () => oneTunnel(pooled)),
     )
+    if (native !== undefined) {
+      await rate(50, 1, () => oneNativeTunnel(native))
+      await measure('native-sequential', 'native: pooled session, one tunnel at a time (each with its app connection)', () => rate(SETTINGS.sequentialTunnels, 1, () => oneNativeTunnel(native)))
+      await measure('native-concurrent', `native: pooled sessions, ${SETTINGS.concurrency} tunnels in flight (each with its app connection)`, () =>
+        rate(SETTINGS.concurrentTunnels, SETTINGS.concurrency, () => oneNativeTunnel(native)),
+      )
+    }
     await measure('fresh-session', 'a new session (TCP + mTLS + h2) per tunnel', () =>
       rate(SETTINGS.freshSessions, 1, async () => {
         const client = createHboneClient({ tls })
@@ -272,6 +364,7 @@ async function main(): Promise<void> {
     console.log(formatTable([['tunnels (open, half-close, close)', 'per second'], ...tunnelRates.map((t) => [t.label, formatSummary(t.perSecond, 0)])]))
   } finally {
     await Promise.all(clients.map((client) => client.close()))
+    await new Promise<void>((resolve) => apps.close(() => resolve()))
     await manager.close()
     server.stdin!.end()
     if (server.exitCode === null) await once(server, 'exit')
