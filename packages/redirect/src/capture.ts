@@ -12,7 +12,7 @@ import {
   renderIptables,
   renderNftables,
 } from './render'
-import { ensureRouting, readRouting, removeRouting, undoRouting } from './routing'
+import { checkIpv6Routing, ensureRouting, readRouting, removeRouting, undoRouting } from './routing'
 import { captureRules, type CaptureFamily, type CaptureHook, type CaptureRuleSet, type CaptureStage } from './rules'
 
 /** The two ways capture rules reach the kernel. */
@@ -123,9 +123,12 @@ async function pickBackend(netns: Netns, backend: CaptureBackend | 'auto'): Prom
  * what is missing, so it also repairs drift. Only our own nftables table /
  * iptables chains (and the jumps into them) are written; the CNI's and the
  * user's rules are never named. The configuration is validated before
- * anything touches the kernel.
+ * anything touches the kernel, and so is IPv6 (on by default): a namespace
+ * with IPv6 disabled is refused, for the caller to choose `{ ipv6: false }`
+ * rather than have its IPv6 silently left uncaptured.
  *
  * @throws `ERR_AMBIENT_REDIRECT_INVALID_CONFIG` (nothing changed),
+ * `ERR_AMBIENT_REDIRECT_IPV6_DISABLED` (nothing changed),
  * `ERR_AMBIENT_REDIRECT_PROGRAM_MISSING` (names the Debian package),
  * `ERR_AMBIENT_REDIRECT_COMMAND_FAILED`, `ERR_AMBIENT_REDIRECT_NETLINK`.
  */
@@ -137,6 +140,7 @@ export async function applyCapture(netns: Netns, config: CaptureConfig = {}, opt
   }
   const { signal } = options
   throwIfAborted(signal, 'applyCapture')
+  checkIpv6Routing(netns, ruleSet.routing)
   const backend = await pickBackend(netns, requested)
   throwIfAborted(signal, 'applyCapture')
   // Rules and routing at once; when the rules are refused (a missing

@@ -23,6 +23,8 @@ export const RedirectErrorCode = {
   CommandFailed: 'ERR_AMBIENT_REDIRECT_COMMAND_FAILED',
   /** A program the operation needs is not installed; the message names the Debian package providing it. */
   ProgramMissing: 'ERR_AMBIENT_REDIRECT_PROGRAM_MISSING',
+  /** IPv6 capture was asked for in a namespace whose IPv6 is disabled (`details.sysctl`); nothing was changed. Capture it with `{ ipv6: false }`. */
+  Ipv6Disabled: 'ERR_AMBIENT_REDIRECT_IPV6_DISABLED',
 } as const satisfies Record<string, AmbientErrorCode>
 
 /** An errno as its symbolic name (`ECONNREFUSED`), or `undefined` when it is not one. */

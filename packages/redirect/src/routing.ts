@@ -1,5 +1,6 @@
 import { createRtNetlink, type RtNetlinkSocket } from 'netlink'
 import { AmbientError } from '@ambientkit/core'
+import { readFileSync } from 'node:fs'
 import { RedirectErrorCode } from './errors'
 import type { Netns } from './netns'
 import type { CaptureFamily, CaptureRoutingSpec as CaptureRouting } from './rules'
@@ -71,6 +72,37 @@ export async function readRouting(netns: Netns, routing: CaptureRouting): Promis
   } catch (err) {
     throw routingError('cannot read ip rules and routes', err, netns)
   }
+}
+
+// The kernel checks this one, not conf/all: it refuses an IPv6 route whose device has IPv6 disabled.
+const LOOPBACK_IPV6_SYSCTL = 'net.ipv6.conf.lo.disable_ipv6'
+
+/**
+ * Refuses IPv6 routing in a namespace whose `lo` has IPv6 disabled, before
+ * anything is changed. The kernel would refuse the IPv6 local route there
+ * with a bare EACCES (its reason, "IPv6 is disabled on nexthop device", is
+ * lost on the way), after the rules and the IPv4 routing went in.
+ *
+ * @throws `ERR_AMBIENT_REDIRECT_IPV6_DISABLED`
+ */
+export function checkIpv6Routing(netns: Netns, routing: CaptureRouting): void {
+  if (!routing.families.includes('ipv6')) return
+  const value = netns.runSync(() => {
+    try {
+      // /proc/sys/net shows the namespace of the thread reading it: this one, here.
+      return readFileSync('/proc/sys/net/ipv6/conf/lo/disable_ipv6', 'utf8').trim()
+    } catch {
+      // Unreadable (no /proc here): ensureRouting still reports what the kernel refuses.
+      return undefined
+    }
+  })
+  if (value !== '1') return
+  throw new AmbientError(
+    RedirectErrorCode.Ipv6Disabled,
+    `cannot capture IPv6 in ${netns.path}: IPv6 is disabled in that namespace (${LOOPBACK_IPV6_SYSCTL} = 1), and capture routes IPv6 replies through lo; ` +
+      'pass { ipv6: false } in the capture config to capture IPv4 only there, or enable IPv6 in the namespace. Nothing was changed',
+    { details: { path: netns.path, sysctl: LOOPBACK_IPV6_SYSCTL, value } },
+  )
 }
 
 /** What {@link ensureRouting} added, per family, for {@link undoRouting}. */

@@ -312,6 +312,35 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
         await expectCode(applyCapture(nsClient, { excludeOutboundCidrs: ['10.0.0.0/33'] }, { backend }), RedirectErrorCode.InvalidConfig)
         expect(await snapshot(client)).toBe(before)
       })
+
+      it('a pod with IPv6 disabled is refused before any change (was a bare EACCES, rules left behind), and captured with { ipv6: false }', async () => {
+        const pod = await network.addPod(node)
+        const ns = open(pod)
+        await pod.exec('sysctl', ['-qw', ...['all', 'default', 'lo', 'eth0'].map((dev) => `net.ipv6.conf.${dev}.disable_ipv6=1`)])
+        const before = await snapshot(pod)
+        const message = await expectCode(applyCapture(ns, {}, { backend }), RedirectErrorCode.Ipv6Disabled)
+        expect(message).toContain(pod.path)
+        expect(message).toContain('IPv6 is disabled')
+        expect(message).toContain('{ ipv6: false }')
+        expect(await snapshot(pod)).toBe(before)
+        expect(await inspectCapture(ns)).toEqual({ status: 'absent', backends: [], differences: [] })
+
+        expect(await applyCapture(ns, { ipv6: false }, { backend })).toEqual({ backend })
+        expect(await inspectCapture(ns, { config: { ipv6: false } })).toEqual({ status: 'present', backends: [backend], differences: [] })
+        const proxy = await ns.listen({ port: OUTBOUND_PORT, mark: PROXY_MARK })
+        try {
+          const accepted = nextConnection(proxy)
+          const appSocket = await ns.connect({ host: outside.ipv4, port: 443 })
+          const proxied = await accepted
+          expect(originalDestination(proxied)).toEqual({ address: outside.ipv4, port: 443, family: 4 })
+          appSocket.destroy()
+          proxied.destroy()
+        } finally {
+          await closeServer(proxy)
+        }
+        expect(await removeCapture(ns, { config: { ipv6: false } })).toEqual({ removed: true })
+        expect(await snapshot(pod)).toBe(before)
+      })
     })
   }
 
