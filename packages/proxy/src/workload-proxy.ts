@@ -1,3 +1,4 @@
+import { closeSync } from 'node:fs'
 import { Socket, type Server, type SocketConstructorOpts } from 'node:net'
 import type { Duplex } from 'node:stream'
 import {
@@ -213,6 +214,19 @@ interface OutboundStart {
 const DUAL_STACK = '::'
 
 /**
+ * Whether a failed dual-stack listen means the kernel has no IPv6 at all
+ * (booted with `ipv6.disable=1`: no AF_INET6 sockets), the one case for an
+ * IPv4-only listener. A pod whose IPv6 is only disabled by sysctl still
+ * binds `::` and takes IPv4 through it; any other failure, such as another
+ * program holding the port, is an error: an IPv4-only proxy would leave the
+ * pod's captured IPv6 traffic to whoever holds `[::]:port`.
+ */
+function kernelWithoutIpv6(err: unknown): boolean {
+  const { code, details } = err as { code?: unknown; details?: { errnoName?: unknown } }
+  return code === 'EAFNOSUPPORT' || details?.errnoName === 'EAFNOSUPPORT'
+}
+
+/**
  * Starts the proxy of one captured workload: opens, inside the pod's
  * network namespace, the outbound (15001), inbound plaintext (15006) and
  * inbound HBONE (15008) listeners. Every socket it creates there carries
@@ -351,8 +365,8 @@ class WorkloadProxyImpl implements WorkloadProxy {
     try {
       server = await this.#options.netns.listen({ host: DUAL_STACK, port, mark: PROXY_MARK, ipv6Only: false, server: serverOptions })
     } catch (err) {
-      // A pod without IPv6 (disabled by sysctl) still gets IPv4 listeners.
-      this.#log.debug({ err, port }, 'dual-stack listen failed, falling back to IPv4')
+      if (!kernelWithoutIpv6(err)) throw err
+      this.#log.info({ port }, 'no IPv6 in this kernel: listening on IPv4 only')
       server = await this.#options.netns.listen({ host: '0.0.0.0', port, mark: PROXY_MARK, server: serverOptions })
     }
     this.#servers.push(server)
@@ -373,12 +387,17 @@ class WorkloadProxyImpl implements WorkloadProxy {
     try {
       fd = this.#options.netns.listenFd({ host: DUAL_STACK, port, mark: PROXY_MARK, ipv6Only: false })
     } catch (err) {
-      // A pod without IPv6 (disabled by sysctl) still gets IPv4 listeners.
-      this.#log.debug({ err, port }, 'dual-stack listen failed, falling back to IPv4')
+      if (!kernelWithoutIpv6(err)) throw err
+      this.#log.info({ port }, 'no IPv6 in this kernel: listening on IPv4 only')
       fd = this.#options.netns.listenFd({ host: '0.0.0.0', port, mark: PROXY_MARK })
       bound = { address: '0.0.0.0', port, family: 4 }
     }
-    this.#acceptors.push(addon.accept(fd, onConnection))
+    try {
+      this.#acceptors.push(addon.accept(fd, onConnection))
+    } catch (err) {
+      closeSync(fd) // not the addon's yet
+      throw err
+    }
     this.listeners[listener].push(bound)
   }
 
