@@ -31,11 +31,11 @@ import {
   type IdentityManager,
 } from '@ambientkit/identity'
 import { createHboneClient, createHboneServer, type HboneClient, type HboneWindows } from '@ambientkit/proxy'
+import { openNetns, type Netns } from '@ambientkit/redirect'
 // The native client and server are the workload proxy's internals, not the package's API: imported from the sources.
-import { nativeHbone, type NativeAddon } from '../packages/proxy/src/hbone/native'
+import { nativeHbone } from '../packages/proxy/src/hbone/native'
 import { createNativeHboneClient, type NativeHboneClient } from '../packages/proxy/src/hbone/native-client'
 import { createNativeHboneServer } from '../packages/proxy/src/hbone/native-server'
-import { detachSocket } from '../packages/proxy/src/hbone/native-tunnel'
 import { formatSummary, summarize, type Summary } from './lib/stats'
 import { formatTable, wantsJson } from './lib/table'
 
@@ -63,27 +63,6 @@ interface ChildPorts {
   tcpRelay: number
   tlsRelay: number
   hbone: Record<string, number>
-}
-
-/** A loopback connection as a descriptor the addon owns, as the workload proxy's Netns.connectFd gives one. */
-function connectFd(addon: NativeAddon, port: number, signal: AbortSignal): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = netConnect({ host: '127.0.0.1', port, noDelay: true })
-    const onAbort = (): void => {
-      socket.destroy()
-      reject(signal.reason as Error)
-    }
-    signal.addEventListener('abort', onAbort, { once: true })
-    socket.once('error', (err) => {
-      signal.removeEventListener('abort', onAbort)
-      reject(err)
-    })
-    socket.once('connect', () => {
-      signal.removeEventListener('abort', onAbort)
-      socket.pause() // before Node's first read, which follows 'connect'
-      resolve(detachSocket(addon, socket))
-    })
-  })
 }
 
 const log = (message: string): void => {
@@ -142,13 +121,15 @@ async function child(): Promise<void> {
     hbone[variant.key] = (await server.listen(0, '127.0.0.1')).port
   }
   const addon = nativeHbone()
-  if (addon !== undefined) {
+  // Upstream and session sockets as the workload proxy makes them (Netns.connectFd), here in this process's own namespace.
+  const here: Netns | undefined = addon === undefined ? undefined : openNetns('/proc/self/ns/net')
+  if (addon !== undefined && here !== undefined) {
     const server = createNativeHboneServer({
       addon,
       identities: manager,
       identity: SERVER_ID,
       decide: () => ({ action: 'serve' }),
-      connect: (destination, { signal }) => connectFd(addon, destination.port, signal),
+      connect: (destination, { signal }) => here.connectFd({ host: destination.address, port: destination.port, signal }),
     })
     // As the workload proxy's 15008: Node accepts, paused, and the server takes the descriptor over.
     const listener = createServer({ pauseOnConnect: true }, (socket) => server.handle(socket))
@@ -203,6 +184,8 @@ async function main(): Promise<void> {
     stdio: ['pipe', 'pipe', 'inherit'],
   })
   const clients: Array<HboneClient | NativeHboneClient> = []
+  // The native client's session sockets are made as the workload proxy makes them (Netns.connectFd), in this process's namespace.
+  let here: Netns | undefined
   // The apps' side of native tunnels: the client hands the accepted end (never read by Node) to the addon.
   // Accepted ends are matched to their app connection by port: tunnels open concurrently.
   const accepted = new Map<number, Socket>()
@@ -236,10 +219,11 @@ async function main(): Promise<void> {
     )
     const target = `127.0.0.1:${ports.sink}`
     const addon = nativeHbone()
+    here = addon === undefined || ports.hbone[NATIVE.key] === undefined ? undefined : openNetns('/proc/self/ns/net')
     const native =
-      addon === undefined || ports.hbone[NATIVE.key] === undefined
+      addon === undefined || here === undefined
         ? undefined
-        : createNativeHboneClient({ addon, identities: manager, socketFactory: (address, { signal }) => connectFd(addon, address.port, signal) })
+        : createNativeHboneClient({ addon, identities: manager, socketFactory: (address, { signal }) => here!.connectFd({ host: address.address, port: address.port, signal }) })
     if (native !== undefined) clients.push(native)
     else log('the native addon is not built: its rows are left out (npm run native -w @ambientkit/proxy)')
     /** An app connection carried by a native tunnel to the sink: the app's end, once the server answered 200. */
@@ -365,6 +349,7 @@ async function main(): Promise<void> {
   } finally {
     await Promise.all(clients.map((client) => client.close()))
     await new Promise<void>((resolve) => apps.close(() => resolve()))
+    await here?.close()
     await manager.close()
     server.stdin!.end()
     if (server.exitCode === null) await once(server, 'exit')
