@@ -31,7 +31,7 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
     cores === undefined
       ? ''
       : ` The proxies used ${cores.toFixed(2)} cores during the single-stream runs${oneProcess ? ' (one process for both ends)' : ''}` +
-        (wait === undefined ? '.' : `, and the busiest proxy thread waited for a CPU ${(wait * 100).toFixed(0)}% of the time${wait > 0.2 ? ' (the machine was oversubscribed: other work set the pace)' : ''}.`)
+        (wait === undefined ? '.' : `, and the busiest proxy thread waited for a CPU ${(wait * 100).toFixed(0)}% of the time${wait > 0.2 ? ' (more threads wanted a CPU than the machine has: the client, the server and the proxies\' data-path threads share its cores)' : ''}.`)
   const stunnelCpu = r.scenarios.stunnel.cpuSecondsPerGB?.total.median
   const meshCpu = s.cpuSecondsPerGB?.total.median
   const perGb = meshCpu === undefined || stunnelCpu === undefined ? '' : ` Per GB the proxies spent ${meshCpu.toFixed(1)} CPU-s (stunnel ${stunnelCpu.toFixed(1)}).`
