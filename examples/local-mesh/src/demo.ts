@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { workloadIdentity, type Workload } from '@ambientkit/core'
-import { defaultHboneDataPath } from '@ambientkit/proxy'
+import { defaultHboneDataPath, nativeHboneThreads } from '@ambientkit/proxy'
 import { openNetns, type Netns } from '@ambientkit/redirect'
 import { callControlPlane } from './client'
 import { loadMeshConfig, podUid, podWorkload, type MeshConfig, type NodeConfig, type PodConfig } from './config'
@@ -124,7 +124,9 @@ async function startMesh(config: MeshConfig, configFile: string): Promise<Mesh> 
   step()
   progress(`starting the control plane (CA in ${state.caDir()}, API on ${state.socket()})`)
   const controlPlane = await startProcess({ name: 'control-plane', ...tsEntry('control-plane-main.ts', ['--config', configFile]), identify: 'control-plane-main.ts', timeoutMs: 60_000, signal: interrupted.signal })
-  progress(`starting ${config.nodes.length} node agents (enrollment + node proxy, HBONE on the ${config.proxy.dataPath ?? defaultHboneDataPath()} data path), one per node namespace`)
+  const dataPath = config.proxy.dataPath ?? defaultHboneDataPath()
+  const threads = dataPath === 'native' ? ` with ${nativeHboneThreads()} data-path threads per agent` : ''
+  progress(`starting ${config.nodes.length} node agents (enrollment + node proxy, HBONE on the ${dataPath} data path${threads}), one per node namespace`)
   const agents = new Map<string, DemoProcess>()
   await Promise.all(config.nodes.map(async (node) => agents.set(node.name, await startAgent(node))))
   for (const [node, agent] of agents) progress(`  ${node}: ${(agent.ready.enrolled as string[]).length} pods enrolled`)
