@@ -14,7 +14,8 @@ import type { IdentityManager } from '@ambientkit/identity'
 import type { Netns } from '@ambientkit/redirect'
 import type { AccessLogEntry } from './access-log'
 import { createProxyMetrics, type ProxyMetrics } from './metrics'
-import { createWorkloadProxy, type WorkloadProxy, type WorkloadProxyOptions } from './workload-proxy'
+import { nativeHboneThreads } from './hbone/native'
+import { createWorkloadProxy, type HboneDataPath, type WorkloadProxy, type WorkloadProxyOptions } from './workload-proxy'
 
 /** Options every workload proxy of a node shares (see {@link WorkloadProxyOptions}). */
 export type WorkloadProxyDefaults = Pick<
@@ -101,9 +102,13 @@ export interface NodeProxyConfigDump {
     netns: string
     state: 'starting' | 'ready' | 'failed'
     error?: string
+    /** What carries its HBONE tunnels, once its proxy runs. */
+    dataPath?: HboneDataPath
     connections: number
     hboneSessions: { outbound: number; inbound: number }
   }>
+  /** The native data path's threads in this process, when the addon is built (`nativeHboneThreads()`). */
+  readonly hboneThreads?: number
   readonly identities: ReadonlyArray<{ id: string; notAfter?: string }>
   readonly policies: ReadonlyArray<{ namespace: string; name: string; action: string; scope: string }>
   readonly registry: { workloads: number; services: number }
@@ -249,6 +254,7 @@ class NodeProxyImpl implements NodeProxy {
 
   configDump(): NodeProxyConfigDump {
     const identities = this.#options.identities
+    const threads = [...this.#slots.values()].some((s) => s.proxy?.dataPath === 'native') ? nativeHboneThreads() : undefined
     return {
       node: this.#options.nodeName,
       workloads: [...this.#slots.values()].map((s) => ({
@@ -260,6 +266,7 @@ class NodeProxyImpl implements NodeProxy {
         netns: s.netns.path,
         state: s.state,
         ...(s.error ? { error: s.error.message } : {}),
+        ...(s.proxy ? { dataPath: s.proxy.dataPath } : {}),
         connections: s.proxy?.activeConnections() ?? 0,
         hboneSessions: s.proxy?.hboneSessions() ?? { outbound: 0, inbound: 0 },
       })),
@@ -269,6 +276,7 @@ class NodeProxyImpl implements NodeProxy {
       }),
       policies: this.#options.policies.list().map((p) => ({ namespace: p.namespace, name: p.name, action: p.action, scope: p.scope })),
       registry: (({ workloads, services }) => ({ workloads: workloads.length, services: services.length }))(this.#options.registry.snapshot()),
+      ...(threads === undefined ? {} : { hboneThreads: threads }),
     }
   }
 

@@ -129,6 +129,8 @@ export interface WorkloadProxy extends Closable {
   readonly identity: string
   /** Where each listener is bound inside the netns. */
   readonly listeners: Readonly<Record<ProxyListener, readonly SocketAddress[]>>
+  /** What carries its HBONE tunnels: the `dataPath` asked for, or the default ({@link defaultHboneDataPath}) it resolved to. */
+  readonly dataPath: HboneDataPath
   /** Connections being proxied now (all listeners). */
   activeConnections(): number
   /** HBONE sessions held now: pooled outbound ones and inbound ones from peers. */
@@ -409,6 +411,10 @@ class WorkloadProxyImpl implements WorkloadProxy {
     if (this.#connections.delete(connection) && this.#connections.size === 0) {
       for (const resolve of this.#idleWaiters.splice(0)) resolve()
     }
+  }
+
+  get dataPath(): HboneDataPath {
+    return this.#outbound.path
   }
 
   activeConnections(): number {

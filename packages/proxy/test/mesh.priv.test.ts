@@ -3,6 +3,7 @@ import { readdirSync } from 'node:fs'
 import type { Server, Socket } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { workloadIdentity, type AuthorizationPolicy } from '@ambientkit/core'
+import { nativeHboneThreads } from '@ambientkit/proxy'
 import { applyCapture, removeCapture } from '@ambientkit/redirect'
 import { createTestNetwork, type TestNetwork, type TestNode } from '../../../test/support/netns'
 import { describePrivileged } from '../../../test/support/privileged'
@@ -72,6 +73,14 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
       expect(v6).toEqual({ response: 'hello b over IPv6', ended: true })
       expect(await cp.logged((e) => e.listener === 'outbound' && e.destination.address === b.pod.ipv4, mark)).toMatchObject({ protocol: 'HBONE', outcome: 'closed', destination: { identity: workloadIdentity(b.workload), port: 8080 }, bytesSent: 7, bytesReceived: 7 })
       expect(await cp.logged((e) => e.listener === 'inbound-hbone' && e.destination.address === b.pod.ipv4, mark)).toMatchObject({ source: { identity: workloadIdentity(a.workload), workload: 'frontend' }, outcome: 'closed' })
+    })
+
+    it('says which data path and how many data-path threads carry its tunnels in /config_dump', () => {
+      for (const node of [node1, node2]) {
+        const dump = node.proxy.configDump()
+        expect(dump.workloads.map((w) => w.dataPath)).toEqual(dump.workloads.map(() => dataPath))
+        expect(dump.hboneThreads).toBe(dataPath === 'native' ? nativeHboneThreads() : undefined)
+      }
     })
 
     it('never lets the payload cross between the nodes in plaintext', async () => {
