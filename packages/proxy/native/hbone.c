@@ -230,7 +230,6 @@ struct pipe_s {
 struct session_s {
   atomic_int refs;      // JavaScript's handle, the thread until it lets go, each command and event in flight
   // Touched on the environment's thread only.
-  napi_env env;
   napi_ref callback;
   napi_ref self;        // keeps the JS handle alive until Close is delivered
   napi_async_context async;
@@ -1854,7 +1853,6 @@ static napi_value new_session(napi_env env, napi_callback_info info, int server)
   }
   atomic_init(&s->refs, 2);  // JavaScript's handle, and the thread until it lets go
   atomic_init(&s->pipe_count, 0);
-  s->env = env;
   s->server = server;
   s->fd = fd;
   s->next_handle = 1;
