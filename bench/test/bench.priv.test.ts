@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { expect, it } from 'vitest'
+import { nativeHboneThreads } from '@ambientkit/proxy'
 import { describePrivileged } from '../../test/support/privileged'
 import { SCENARIOS, type BenchResult } from '../lib/results'
 
@@ -76,6 +77,7 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptable
     // and the tunnels ran on the native data path (the default where the addon is built, as setup does).
     expect(result.settings.sameNodeFastPath).toBe(false)
     expect(result.settings.dataPath).toBe('native')
+    expect(result.settings.hboneThreads).toBe(nativeHboneThreads())
     expect(result.connectionsByProtocol['node-1']?.HBONE).toBeGreaterThan(0)
     expect(result.connectionsByProtocol['node-2']?.HBONE).toBeGreaterThan(0)
     expect(result.connectionsByProtocol['node-1']?.local).toBeUndefined()
@@ -115,6 +117,7 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptable
     const result = JSON.parse((await runQuickBench('--same-node-fast-path', '--data-path=node')).stdout) as BenchResult
     expect(result.settings.sameNodeFastPath).toBe(true)
     expect(result.settings.dataPath).toBe('node')
+    expect(result.settings.hboneThreads).toBeUndefined()
     expect(result.connectionsByProtocol['node-1']?.local).toBeGreaterThan(0)
     expect(result.connectionsByProtocol['node-2']?.HBONE).toBeGreaterThan(0)
     expect(result.connectionsByProtocol['node-2']?.local).toBeUndefined()
