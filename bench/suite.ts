@@ -21,15 +21,16 @@ import { runIn, stop, stopAll, tsArgs, type Agent } from './lib/processes'
 import { MESH_SCENARIOS, SCENARIOS, type BenchResult, type ExtraResult, type ScenarioKey, type ScenarioResult } from './lib/results'
 import { judgeTargets, printReport } from './lib/report'
 import { summarize, type Summary } from './lib/stats'
-import { startStunnelPair } from './lib/stunnel'
+import { startStunnelPair, type StunnelService } from './lib/stunnel'
+import { startHaproxyPair } from './lib/haproxy'
 import { createBenchTopology, sweepStaleNamespaces, type BenchTopology } from './lib/topology'
 import { writeDocs } from './lib/docs'
 
 /**
  * `npm run bench`: builds two nodes and their pods as network namespaces,
  * then measures, side by side and interleaved round by round, plain TCP,
- * stunnel mutual TLS and ambientkit's HBONE mesh (pods on one node and on
- * two nodes). Flags: `--quick` (a short smoke run), `--json` (the full
+ * stunnel mutual TLS, HAProxy relaying plain TCP (what any pair of proxies
+ * adds here) and ambientkit's HBONE mesh (pods on one node and on two nodes). Flags: `--quick` (a short smoke run), `--json` (the full
  * result as JSON on stdout), `--docs` (rewrite docs/performance.md's results
  * and docs/performance-chart.svg), `--skip-extras` (do not run the other
  * bench files), `--same-node-fast-path` (the node proxies splice same-node
@@ -61,6 +62,7 @@ const SETTINGS = quick
   : { rounds: 3, latencyRounds: 5, iperfSeconds: 3, pingWarmup: 1000, pingCount: 10_000, connMs: 2000, connConcurrency: 8, idleConnections: 1000, idleRounds: 2, captureRounds: 15, handshakeMs: 1500, sameNodeFastPath, dataPath }
 
 const STUNNEL = { echo: { local: 17000, tunnel: 27000 }, iperf: { local: 15201, tunnel: 25201 } }
+const HAPROXY = { echo: { local: 17100, tunnel: 27100 }, iperf: { local: 15301, tunnel: 25301 } }
 
 const log = (message: string): void => {
   process.stderr.write(`bench: ${message}\n`)
@@ -82,10 +84,13 @@ interface Scenario {
 interface ProxySet {
   stunnelClient: number
   stunnelServer: number
+  haproxyClient: number
+  haproxyServer: number
   node1: number
   node2: number
   runners: Agent[]
-  stunnel: ChildProcess[]
+  /** stunnel's and HAProxy's processes. */
+  relays: ChildProcess[]
 }
 
 interface Samples {
@@ -387,7 +392,7 @@ async function main(): Promise<void> {
       iptables: await measureCapture(t, 'iptables'),
     }
 
-    log('starting apps, iperf3 servers, stunnel and the node proxies')
+    log('starting apps, iperf3 servers, stunnel, HAProxy and the node proxies')
     const plainClient = await startPodAgent(t.plainClient.name, false)
     const meshClient = await startPodAgent(t.meshClient.name, false)
     agents.push(plainClient, meshClient)
@@ -416,17 +421,19 @@ async function main(): Promise<void> {
     // so only a fresh process shows what connections cost.
     let proxies: ProxySet | undefined
     const startProxies = async (): Promise<ProxySet> => {
+      const services = (ports: typeof STUNNEL): StunnelService[] => [
+        { name: 'echo', local: ports.echo.local, tunnel: ports.echo.tunnel, target: ECHO_PORT },
+        { name: 'iperf', local: ports.iperf.local, tunnel: ports.iperf.tunnel, target: IPERF_PORT },
+      ]
       const stunnel = await startStunnelPair({
         ca,
         dir,
         clientNs: t.plainClient.name,
         serverNs: t.plainServer.name,
         serverIp: t.plainServer.ipv4,
-        services: [
-          { name: 'echo', local: STUNNEL.echo.local, tunnel: STUNNEL.echo.tunnel, target: ECHO_PORT },
-          { name: 'iperf', local: STUNNEL.iperf.local, tunnel: STUNNEL.iperf.tunnel, target: IPERF_PORT },
-        ],
+        services: services(STUNNEL),
       })
+      const haproxy = await startHaproxyPair({ dir, clientNs: t.plainClient.name, serverNs: t.plainServer.name, serverIp: t.plainServer.ipv4, services: services(HAPROXY) })
       const node1 = await startNodeRunner(dir, {
         nodeName: 'node-1',
         ca: caPem,
@@ -438,17 +445,26 @@ async function main(): Promise<void> {
       })
       const node2 = await startNodeRunner(dir, { nodeName: 'node-2', ca: caPem, workloads: all, enroll: [{ uid: workloads.cross.uid, netnsPath: t.meshServerCross.path }] })
       agents.push(node1, node2)
-      return { stunnelClient: stunnel.client.pid, stunnelServer: stunnel.server.pid, node1: node1.pid, node2: node2.pid, runners: [node1, node2], stunnel: [stunnel.client.child, stunnel.server.child] }
+      return {
+        stunnelClient: stunnel.client.pid,
+        stunnelServer: stunnel.server.pid,
+        haproxyClient: haproxy.client.pid,
+        haproxyServer: haproxy.server.pid,
+        node1: node1.pid,
+        node2: node2.pid,
+        runners: [node1, node2],
+        relays: [stunnel.client.child, stunnel.server.child, haproxy.client.child, haproxy.server.child],
+      }
     }
     const restartProxies = async (): Promise<ProxySet> => {
       if (proxies !== undefined) {
         await Promise.all(proxies.runners.map((runner) => runner.close()))
-        await Promise.all(proxies.stunnel.map((child) => stop(child)))
+        await Promise.all(proxies.relays.map((child) => stop(child)))
       }
       proxies = await startProxies()
       return proxies
     }
-    const pids = (...names: Array<'stunnelClient' | 'stunnelServer' | 'node1' | 'node2'>) => (): number[] => names.map((name) => proxies![name])
+    const pids = (...names: Array<'stunnelClient' | 'stunnelServer' | 'haproxyClient' | 'haproxyServer' | 'node1' | 'node2'>) => (): number[] => names.map((name) => proxies![name])
 
     const scenarios: Scenario[] = [
       { key: 'direct', client: plainClient, clientNs: t.plainClient.name, host: t.plainServer.ipv4, echoPort: ECHO_PORT, iperfPort: IPERF_PORT, clientProxies: () => [], serverProxies: () => [] },
@@ -461,6 +477,16 @@ async function main(): Promise<void> {
         iperfPort: STUNNEL.iperf.local,
         clientProxies: pids('stunnelClient'),
         serverProxies: pids('stunnelServer'),
+      },
+      {
+        key: 'haproxy',
+        client: plainClient,
+        clientNs: t.plainClient.name,
+        host: '127.0.0.1',
+        echoPort: HAPROXY.echo.local,
+        iperfPort: HAPROXY.iperf.local,
+        clientProxies: pids('haproxyClient'),
+        serverProxies: pids('haproxyServer'),
       },
       {
         key: 'meshSameNode',

@@ -16,6 +16,7 @@ declare -A tools=(
   [go]=golang-go
   [stunnel4]=stunnel4
   [iperf3]=iperf3
+  [haproxy]=haproxy
   [nghttp]=nghttp2-client
   [make]=make
   [g++]=g++

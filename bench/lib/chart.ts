@@ -15,7 +15,7 @@ interface Series {
 const WIDTH = 980
 const HEIGHT = 380
 const PANEL = { top: 56, bottom: 300, width: 400 }
-const SHORT: Record<string, string> = { direct: 'direct TCP', stunnel: 'stunnel', meshSameNode: 'mesh, 1 node', meshCrossNode: 'mesh, 2 nodes' }
+const SHORT: Record<string, string> = { direct: 'direct TCP', stunnel: 'stunnel', haproxy: 'HAProxy TCP', meshSameNode: 'mesh, 1 node', meshCrossNode: 'mesh, 2 nodes' }
 const escape = (text: string): string => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
 
 /** A "nice" axis maximum: 1, 2 or 5 times a power of ten, above `value`. */

@@ -88,6 +88,8 @@ export interface MachineInfo {
   kernel: string
   node: string
   stunnel: string
+  /** Absent in results from before HAProxy was measured. */
+  haproxy?: string
   iperf3: string
   memoryGiB: number
   /** 1-minute load average when this was read (the bench reads it before it starts): above `cores`, other work competed with the bench. */
@@ -111,6 +113,7 @@ export function machineInfo(): MachineInfo {
     kernel: release(),
     node: process.version,
     stunnel: versionLine('stunnel4', ['-version']).replace(/^.*?(stunnel [\d.]+).*$/, '$1'),
+    haproxy: versionLine('haproxy', ['-v']).replace(/^HAProxy version ([\d.]+).*$/, 'HAProxy $1'),
     iperf3: versionLine('iperf3', ['--version']).replace(/ \(.*$/, ''),
     memoryGiB: Math.round((total / 1024 / 1024) * 10) / 10,
     loadAverage: Math.round(loadavg()[0]! * 100) / 100,

@@ -39,6 +39,39 @@ export function stderrOf(child: ChildProcess): string {
   return (child as ChildProcess & { stderrTail?: () => string }).stderrTail?.() ?? ''
 }
 
+/** A long-running program of the bench (stunnel, HAProxy): `pid` is the process whose CPU and memory are read. */
+export interface RelayProcess {
+  readonly pid: number
+  readonly child: ChildProcess
+}
+
+/**
+ * Starts `command` in `ns` and resolves once `ready`, given all it printed
+ * on stderr so far, returns the pid to measure (until then `undefined`).
+ * Rejects when it exits first or after 10 s, with what it printed.
+ */
+export function startRelay(ns: string, command: string, args: readonly string[], ready: (log: string, child: ChildProcess) => number | undefined): Promise<RelayProcess> {
+  const child = spawnIn(ns, command, args)
+  child.stdin?.end()
+  return new Promise((resolve, reject) => {
+    let log = ''
+    const timer = setTimeout(() => reject(new Error(`${command} in ${ns} did not start within 10 s: ${log}`)), 10_000)
+    const onData = (text: string): void => {
+      log += text
+      const pid = ready(log, child)
+      if (pid === undefined) return
+      clearTimeout(timer)
+      child.stderr?.off('data', onData)
+      resolve({ pid, child })
+    }
+    child.stderr?.on('data', onData)
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      reject(new Error(`${command} in ${ns} exited (${code}): ${stderrOf(child) || log}`))
+    })
+  })
+}
+
 /** Ends a child: SIGTERM, then SIGKILL after `graceMs`. Resolves when it exited. */
 export async function stop(child: ChildProcess, graceMs = 3000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return

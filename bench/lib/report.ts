@@ -10,7 +10,19 @@ const mibSummary = (s: Summary | undefined): string =>
   s === undefined ? '—' : formatSummary({ ...s, median: s.median / 1024, min: s.min / 1024, max: s.max / 1024, p90: s.p90 / 1024, p99: s.p99 / 1024 }, 1)
 
 /** Label of a mesh scenario in target rows. */
-const shortLabel: Record<ScenarioKey, string> = { direct: 'direct', stunnel: 'stunnel', meshSameNode: 'same node', meshCrossNode: 'cross node' }
+const shortLabel: Record<ScenarioKey, string> = { direct: 'direct', stunnel: 'stunnel', haproxy: 'HAProxy', meshSameNode: 'same node', meshCrossNode: 'cross node' }
+
+/**
+ * What HAProxy relaying plain TCP (no TLS, no HTTP/2, no capture) reached on
+ * a figure in this run, and whether the target lies beyond even that: the
+ * least any pair of proxies adds on this machine.
+ */
+function reference(r: BenchResult, figure: string, value: string, beyond: boolean): string {
+  return (
+    ` HAProxy relaying plain TCP between the plain pods, with no TLS, no HTTP/2 and no capture (the least a pair of proxies does), ${figure} ${value} in this run` +
+    (beyond ? ': the target lies beyond what two proxies reached on this machine.' : ': two proxies can meet it here, so the gap is the mesh\'s own work.')
+  )
+}
 
 /**
  * What limits a mesh figure, with this run's evidence. Written from the
@@ -37,6 +49,11 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
   const perGb = meshCpu === undefined || stunnelCpu === undefined ? '' : ` Per GB the proxies spent ${meshCpu.toFixed(1)} CPU-s (stunnel ${stunnelCpu.toFixed(1)}).`
   const perConn = s.cpuMsPerConnection?.median
   const stunnelConn = r.scenarios.stunnel.cpuMsPerConnection?.median
+  const direct = r.scenarios.direct
+  const haproxy = r.scenarios.haproxy
+  const haproxyAdded = haproxy.latencyUs.p50.median - direct.latencyUs.p50.median
+  const haproxyRate = haproxy.connectionsPerSecond.median
+  const haproxyConn = haproxy.cpuMsPerConnection?.median
   switch (target) {
     case 'throughput':
       return native
@@ -53,12 +70,15 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
         `A round trip crosses four extra sockets (app→proxy→proxy→app and back), a TLS record and an HTTP/2 DATA frame per direction per hop, ` +
         `and wakes each proxy's event loop once per direction; on a 2-core machine shared by client, server and proxies every wake-up can wait for a CPU.` +
         (s.cpuUsPerRoundTrip === null ? '' : ` The proxies spent ${s.cpuUsPerRoundTrip.median.toFixed(0)} µs of CPU per round trip, a floor for the added latency even on an idle machine.`) +
+        reference(r, 'added', `+${haproxyAdded.toFixed(1)} µs at p50`, haproxyAdded > 25) +
         cpu
       )
     case 'latency-p99':
       return (
         `Tail latency follows scheduling: a proxy thread that becomes runnable while another process holds the CPU waits up to a scheduler slice (a few ms), ` +
-        `and the mesh path has two more busy processes than the direct one on 2 cores${native ? ' (stunnel, with the same two, misses it too)' : '; V8 GC pauses add to it'}.${cpu}`
+        `and the mesh path has two more busy processes than the direct one on 2 cores${native ? ' (stunnel, with the same two, misses it too)' : '; V8 GC pauses add to it'}.` +
+        reference(r, 'had a p99 of', `${haproxy.latencyUs.p99.median.toFixed(1)} µs`, haproxy.latencyUs.p99.median > 2 * direct.latencyUs.p99.median) +
+        cpu
       )
     case 'connections':
       return (
@@ -68,8 +88,15 @@ function why(target: string, key: ScenarioKey, r: BenchResult): string {
         `The target asks for ≈${Math.round((100 * 10 * (r.scenarios.stunnel.connectionsPerSecond?.median ?? 0)) / (r.scenarios.direct.connectionsPerSecond?.median ?? 1))}% of the direct path's rate through two proxies, ` +
         `each of which terminates one more TCP connection per side than the direct path has` +
         (native
-          ? `; on the native data path the bytes never reach JavaScript, but this per-connection control still runs there, next to the kernel's share: accepting, connecting from inside the pod's namespace (setns there and back), closing.${cpu}`
-          : `; bench/hbone.ts shows HBONE tunnels alone (no capture, no app sockets, loopback) opening at ≈2 900/s with 16 in flight, so Node's HTTP/2 stream setup by itself is below the target.${cpu}`)
+          ? `; on the native data path the bytes never reach JavaScript, but this per-connection control still runs there, next to the kernel's share: accepting, connecting from inside the pod's namespace (setns there and back), closing.`
+          : `; bench/hbone.ts shows HBONE tunnels alone (no capture, no app sockets, loopback) opening at ≈2 900/s with 16 in flight, so Node's HTTP/2 stream setup by itself is below the target.`) +
+        reference(
+          r,
+          'made',
+          `${haproxyRate.toFixed(0)} connections/s (${(haproxyRate / r.scenarios.stunnel.connectionsPerSecond.median).toFixed(1)}× stunnel's${haproxyConn === undefined ? '' : `, ${haproxyConn.toFixed(2)} ms of CPU per connection`})`,
+          haproxyRate < 10 * r.scenarios.stunnel.connectionsPerSecond.median,
+        ) +
+        cpu
       )
     case 'idle-memory':
       return native
@@ -169,7 +196,7 @@ function ratioTable(r: BenchResult): string {
 }
 
 function resourceTable(r: BenchResult): string {
-  const keys: ScenarioKey[] = ['stunnel', 'meshSameNode', 'meshCrossNode']
+  const keys: ScenarioKey[] = ['stunnel', 'haproxy', 'meshSameNode', 'meshCrossNode']
   const cell = (key: ScenarioKey, pick: (s: ScenarioResult) => string): string => pick(r.scenarios[key])
   const row = (name: string, pick: (s: ScenarioResult) => string): string[] => [name, ...keys.map((key) => cell(key, pick))]
   const idle = Number(r.settings.idleConnections)
@@ -213,7 +240,7 @@ export function missedReasons(targets: readonly TargetResult[]): string[] {
 /** The machine line. */
 export function machineLine(r: BenchResult): string {
   const m = r.machine
-  return `${m.cores} × ${m.cpuModel}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}, ${m.stunnel}, ${m.iperf3}; load average ${m.loadAverage} when the run started`
+  return `${m.cores} × ${m.cpuModel}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}, ${m.stunnel}, ${m.haproxy ?? 'HAProxy unknown'}, ${m.iperf3}; load average ${m.loadAverage} when the run started`
 }
 
 /** The sections every report shows (text and docs). */

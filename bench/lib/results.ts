@@ -1,12 +1,13 @@
 import type { MachineInfo } from './proc'
 import type { Summary } from './stats'
 
-/** The four data paths measured side by side. */
-export type ScenarioKey = 'direct' | 'stunnel' | 'meshSameNode' | 'meshCrossNode'
+/** The data paths measured side by side: two baselines, a reference (HAProxy, plain TCP: what any two proxies add) and the mesh on one and on two nodes. */
+export type ScenarioKey = 'direct' | 'stunnel' | 'haproxy' | 'meshSameNode' | 'meshCrossNode'
 
 export const SCENARIOS: ReadonlyArray<{ key: ScenarioKey; label: string }> = [
   { key: 'direct', label: 'direct TCP' },
   { key: 'stunnel', label: 'stunnel mTLS' },
+  { key: 'haproxy', label: 'HAProxy TCP, no TLS' },
   { key: 'meshSameNode', label: 'mesh, same node' },
   { key: 'meshCrossNode', label: 'mesh, cross node' },
 ]

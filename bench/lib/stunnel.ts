@@ -1,8 +1,7 @@
-import type { ChildProcess } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { CertificateAuthority } from '@ambientkit/identity'
-import { spawnIn, stderrOf } from './processes'
+import { startRelay, type RelayProcess } from './processes'
 
 /**
  * The baseline a mesh has to beat: stunnel4 doing mutual TLS 1.3 between two
@@ -21,10 +20,7 @@ export interface StunnelService {
 }
 
 /** A running stunnel process. */
-export interface StunnelProcess {
-  readonly pid: number
-  readonly child: ChildProcess
-}
+export type StunnelProcess = RelayProcess
 
 async function writeIdentity(ca: CertificateAuthority, dir: string, role: string, id: string): Promise<{ cert: string; key: string }> {
   const svid = await ca.issue(id, { keyType: 'ecdsa-p256' })
@@ -45,25 +41,7 @@ function config(global: Options, services: Array<[string, Options]>): string {
 
 /** Starts stunnel in `ns` and resolves once it has bound every listener (it logs "Configuration successful"). */
 function start(ns: string, file: string): Promise<StunnelProcess> {
-  const child = spawnIn(ns, 'stunnel4', [file])
-  child.stdin?.end()
-  return new Promise((resolve, reject) => {
-    let log = ''
-    const timer = setTimeout(() => reject(new Error(`stunnel in ${ns} did not start within 10 s: ${log}`)), 10_000)
-    const onData = (text: string): void => {
-      log += text
-      if (log.includes('Configuration successful')) {
-        clearTimeout(timer)
-        child.stderr?.off('data', onData)
-        resolve({ pid: child.pid!, child })
-      }
-    }
-    child.stderr?.on('data', onData)
-    child.once('exit', (code) => {
-      clearTimeout(timer)
-      reject(new Error(`stunnel in ${ns} exited (${code}): ${stderrOf(child) || log}`))
-    })
-  })
+  return startRelay(ns, 'stunnel4', [file], (log, child) => (log.includes('Configuration successful') ? child.pid : undefined))
 }
 
 /**

@@ -1,4 +1,6 @@
 import { execFile } from 'node:child_process'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { expect, it } from 'vitest'
 import { nativeHboneThreads } from '@ambientkit/proxy'
@@ -21,9 +23,25 @@ function runQuickBench(...flags: string[]): Promise<{ stdout: string; stderr: st
   })
 }
 
+/** Processes (command lines) started from a config file whose directory no longer exists: relays a bench run left behind. */
+function orphanedRelays(): string[] {
+  const out: string[] = []
+  for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    let argv: string[]
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+    } catch {
+      continue // exited meanwhile
+    }
+    const config = argv.find((arg) => /\/akb-[^/]+\/(haproxy-(client|server)\.cfg|(client|server)\.conf)$/.test(arg))
+    if (config !== undefined && !existsSync(dirname(config))) out.push(argv.join(' ').trim())
+  }
+  return out
+}
+
 const summaryShape = { median: expect.any(Number), min: expect.any(Number), max: expect.any(Number), p90: expect.any(Number), p99: expect.any(Number), runs: expect.any(Number) }
 
-describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptables-restore'], () => {
+describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'haproxy', 'nft', 'iptables-restore'], () => {
   it('runs every scenario and reports every figure in its JSON, then leaves no namespace behind', { timeout: 180_000 }, async () => {
     const { stdout } = await runQuickBench()
     const result = JSON.parse(stdout) as BenchResult
@@ -63,6 +81,10 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptable
     expect(result.scenarios.stunnel.cpuSecondsPerGB?.client).toMatchObject(summaryShape)
     expect(result.scenarios.meshCrossNode.cpuSecondsPerGB?.server).toMatchObject(summaryShape)
     expect(result.scenarios.meshSameNode.cpuSecondsPerGB?.client).toBeNull()
+    // The HAProxy reference is its relaying workers, one per pod, read like stunnel's processes.
+    expect(result.scenarios.haproxy.cpuSecondsPerGB?.client).toMatchObject(summaryShape)
+    expect(result.scenarios.haproxy.cpuSecondsPerGB?.server).toMatchObject(summaryShape)
+    expect(result.machine.haproxy).toMatch(/^HAProxy \d+\.\d+/)
 
     for (const key of ['meshSameNode', 'meshCrossNode']) {
       for (const figure of ['throughput1', 'throughput8', 'latencyP50', 'latencyP99', 'connectionsPerSecond']) {
@@ -92,6 +114,8 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptable
     for (const t of result.targets) {
       expect(typeof t.met, t.target).toBe('boolean')
       if (!t.met) expect(t.why, t.target).toMatch(/\w/)
+      // A missed latency or connection-rate target quotes what HAProxy reached in the same run.
+      if (!t.met && /latency|connections/.test(t.target)) expect(t.why, t.target).toMatch(/HAProxy relaying plain TCP .* (added \+[\d.]+ µs at p50|had a p99 of [\d.]+ µs|made \d+ connections\/s)/)
     }
 
     const leftovers = await new Promise<string>((resolve, reject) =>
@@ -111,6 +135,8 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'nft', 'iptable
       return match !== null && !alive(Number(match[1]))
     })
     expect(leaked).toEqual([])
+    // Nor a relay: HAProxy's master and worker, and stunnel, run from configs in the run's temporary directory, which is gone.
+    expect(orphanedRelays()).toEqual([])
   })
 
   it('--same-node-fast-path hands same-node connections over in-process and still tunnels across nodes (on the Node data path)', { timeout: 180_000 }, async () => {
