@@ -1,13 +1,16 @@
+import { mkdtempSync, openSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { workloadIdentity } from '@ambientkit/core'
 import { tlsClientOptions } from '@ambientkit/identity'
 import { createHboneClient } from '@ambientkit/proxy'
-import { PROXY_MARK } from '@ambientkit/redirect'
+import { PROXY_MARK, type Netns } from '@ambientkit/redirect'
 import { createTestNetwork, type TestNetwork } from '../../../test/support/netns'
 import { describePrivileged } from '../../../test/support/privileged'
 import { startEchoApp } from './support/apps'
 import { createTestControlPlane, meshPod, meshWorkload, type MeshPod, type TestControlPlane } from './support/mesh'
-import { dataPaths } from './support/native'
+import { dataPaths, nativeAddonOrSkip } from './support/native'
 
 describePrivileged('workload proxy: inbound HBONE without capture', ['ip'], () => {
   describe.each(dataPaths('workload proxy'))('%s data path', (dataPath) => {
@@ -60,5 +63,47 @@ describePrivileged('workload proxy: inbound HBONE without capture', ['ip'], () =
         app.close()
       }
     })
+  })
+})
+
+describePrivileged('workload proxy: a listening socket the addon cannot take', ['ip', 'ss'], () => {
+  it('fails the start and closes that descriptor, leaving nothing listening', async () => {
+    if (nativeAddonOrSkip('a listening socket the addon cannot take') === undefined) return
+    const network = createTestNetwork('ak-wpa')
+    const cp = await createTestControlPlane()
+    const dir = mkdtempSync(join(tmpdir(), 'ak-wpa-'))
+    try {
+      const pod = await network.addPod(await network.addNode())
+      const p = meshPod(pod, meshWorkload(pod, { name: 'frontend', namespace: 'web', serviceAccount: 'frontend' }))
+      cp.registry.upsertWorkload(p.workload)
+      // The outbound listener's descriptor is a regular file, which epoll (and so the addon) refuses.
+      const file = join(dir, 'not-a-socket')
+      writeFileSync(file, '')
+      let handed: number | undefined
+      const netns = new Proxy(p.netns, {
+        get(target, key) {
+          if (key === 'listenFd') return () => (handed = openSync(file, 'r'))
+          const value: unknown = Reflect.get(target, key)
+          return typeof value === 'function' ? value.bind(target) : value
+        },
+      }) satisfies Netns
+      const node = cp.nodeProxy('node-1', { dataPath: 'native' })
+      await expect(node.proxy.addWorkload(p.workload, netns)).rejects.toThrow(/cannot poll the listening socket/)
+      expect(handed).toBeTypeOf('number')
+      // Closed: the number is free, or already another file's.
+      const target = ((): string | undefined => {
+        try {
+          return readlinkSync(`/proc/self/fd/${handed}`)
+        } catch {
+          return undefined
+        }
+      })()
+      expect(target).not.toBe(file)
+      expect((await pod.exec('ss', ['-H', '-t', '-l', '-n'])).stdout.trim()).toBe('')
+    } finally {
+      await cp.close()
+      await network.cleanup()
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
