@@ -64,7 +64,10 @@
 #define MAX_HEADERS 32
 
 enum { EV_HANDSHAKE = 1, EV_REQUEST, EV_RESPONSE, EV_STREAM_CLOSE, EV_CLOSE, EV_GOAWAY, EV_PING_ACK };
-enum { OUT_CLOSED = 0, OUT_SOCKET_RESET, OUT_STREAM_RESET, OUT_REJECTED };
+// OUT_REFUSED: a client stream the server never processed (REFUSED_STREAM, or a GOAWAY below
+// its id: RFC 9113 §8.7), or a CONNECT never sent. Its socket goes back to JavaScript, untouched,
+// for another session.
+enum { OUT_CLOSED = 0, OUT_SOCKET_RESET, OUT_STREAM_RESET, OUT_REJECTED, OUT_REFUSED };
 enum { S_HANDSHAKE, S_OPEN, S_CLOSED };
 
 // ---- byte queue -------------------------------------------------------------
@@ -174,6 +177,7 @@ struct event_s {
   int64_t a, b, c, d;
   char *text;   // error message, :method or close reason
   char *text2;  // :authority
+  int fd;       // StreamClose of a refused client stream: the application's socket, now JavaScript's (else -1)
   char **headers;  // [name, value, ...], or the peer's chain as DER (Handshake)
   size_t *lengths; // Handshake: the length of each certificate
   int header_count;
@@ -262,6 +266,7 @@ struct session_s {
   session_t *live_prev, *live_next;  // the instance's list of sessions not yet torn down
   int close_queued;
   int goaway_sent;
+  int final_goaway;     // teardown's GOAWAY was tried (a failed write tears down again, without one)
   int goaway_received;
 };
 
@@ -283,13 +288,17 @@ static event_t *queue_event(session_t *s, int type, int32_t stream) {
   if (e == NULL) return NULL;
   e->type = type;
   e->stream = stream;
+  e->fd = -1;
   if (s->events_tail) s->events_tail->next = e;
   else s->events_head = e;
   s->events_tail = e;
   return e;
 }
 
+static void close_fd_reset(int fd);
+
 static void free_event(event_t *e) {
+  if (e->fd >= 0) close_fd_reset(e->fd);  // never delivered: the environment is ending
   free(e->text);
   free(e->text2);
   for (int i = 0; i < e->header_count; i++) free(e->headers[i]);
@@ -425,6 +434,11 @@ static void pipe_finish(pipe_t *p) {
     }
   }
   close_poll(&p->poll);
+  int handed_back = -1;
+  if (p->outcome == OUT_REFUSED) {
+    handed_back = p->fd;
+    p->fd = -1;
+  }
   if (p->fd >= 0) {
     if (p->reset && !p->fin_sent) close_fd_reset(p->fd);
     else close(p->fd);
@@ -440,8 +454,11 @@ static void pipe_finish(pipe_t *p) {
       e->text = p->error;
       p->error = NULL;
       e->d = p->status;
+      e->fd = handed_back;
+      handed_back = -1;
     }
   }
+  if (handed_back >= 0) close_fd_reset(handed_back);
   for (pipe_t **link = &s->pipes; *link != NULL; link = &(*link)->next) {
     if (*link == p) {
       *link = p->next;
@@ -787,6 +804,8 @@ static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t code, void 
   p->stream_closed = 1;
   if (code != NGHTTP2_NO_ERROR && !p->reset) {
     p->reset = 1;
+    // Never processed by the server, and nothing read from the socket yet (it is read from the 200 on).
+    if (code == NGHTTP2_REFUSED_STREAM && !p->s->server && !p->splicing && p->outcome == OUT_CLOSED) p->outcome = OUT_REFUSED;
     if (p->outcome == OUT_CLOSED) p->outcome = OUT_STREAM_RESET;
     char message[64];
     snprintf(message, sizeof(message), "stream reset with code %u", code);
@@ -844,6 +863,19 @@ static int session_start_h2(session_t *s) {
 // Resets every pipe and closes the connection; Close is queued once.
 static void session_teardown(session_t *s, const char *reason) {
   if (s->state == S_CLOSED) return;
+  if (reason != NULL && s->close_reason == NULL) s->close_reason = dup_text(reason);
+  if (reason != NULL && s->state == S_OPEN && s->h2 != NULL && !s->peer_eof && !s->final_goaway) {
+    s->final_goaway = 1;
+    // Destroyed while the peer is there: GOAWAY with the last stream processed, best effort, before
+    // the connection goes. Streams the peer sent after it are refused, and a client may send them
+    // again on another connection (RFC 9113 §6.8).
+    nghttp2_submit_goaway(s->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->h2), NGHTTP2_NO_ERROR, NULL, 0);
+    s->goaway_sent = 1;
+    s->depth++;
+    session_flush(s);
+    s->depth--;
+    if (s->state == S_CLOSED) return;  // the flush failed and tore the session down
+  }
   s->state = S_CLOSED;
   instance_t *instance = s->instance;
   uv_mutex_lock(&instance->lock);
@@ -852,7 +884,6 @@ static void session_teardown(session_t *s, const char *reason) {
   if (s->live_next != NULL) s->live_next->live_prev = s->live_prev;
   s->live_prev = s->live_next = NULL;
   uv_mutex_unlock(&instance->lock);
-  if (reason != NULL && s->close_reason == NULL) s->close_reason = dup_text(reason);
   while (s->pipes != NULL) {
     pipe_t *p = s->pipes;
     if (!p->reset && !(p->stream_closed && p->fd_eof && p->fin_sent)) {
@@ -1469,16 +1500,18 @@ static void session_begin(session_t *s) {
   set_poll(s->poll, &s->events, UV_WRITABLE | UV_READABLE, session_poll_cb);
 }
 
-// A client tunnel that could not be sent: its socket is reset and JavaScript hears of it as a closed stream.
+// A client tunnel that was never sent (the session is closing, or closed): JavaScript hears of it as
+// a refused stream and gets its socket back, even after Close (each open gets its StreamClose).
 static void open_failed(session_t *s, command_t *c, const char *why) {
-  close_fd_reset(c->fd);
-  c->fd = -1;
-  if (s->state == S_CLOSED) return;  // JavaScript fails what is left when Close arrives
   event_t *e = queue_event(s, EV_STREAM_CLOSE, c->stream);
-  if (e != NULL) {
-    e->a = OUT_STREAM_RESET;
+  if (e == NULL) {
+    close_fd_reset(c->fd);
+  } else {
+    e->a = OUT_REFUSED;
     e->text = dup_text(why);
+    e->fd = c->fd;
   }
+  c->fd = -1;
 }
 
 static void command_open(session_t *s, command_t *c) {
@@ -1636,7 +1669,7 @@ static void deliver_event(napi_env env, event_t *e) {
   session_t *s = e->s;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value callback, recv, argv[7];
+  napi_value callback, recv, argv[8];
   size_t argc = 0;
   napi_get_reference_value(env, s->callback, &callback);
   napi_get_global(env, &recv);
@@ -1674,6 +1707,8 @@ static void deliver_event(napi_env env, event_t *e) {
       argv[argc++] = make_number(env, (double)e->c);
       argv[argc++] = make_string(env, e->text);
       argv[argc++] = make_number(env, (double)e->d);
+      argv[argc++] = make_number(env, e->fd);
+      e->fd = -1;  // JavaScript's now
       break;
     case EV_CLOSE:
       argv[argc++] = make_string(env, e->text);
@@ -1753,7 +1788,8 @@ static void inbox_cb(uv_async_t *handle) {
     if (e->type == EV_GOAWAY) s->js_goaway = 1;
     if (e->type == EV_CLOSE) s->js_closed = 1;
     // During a shutdown nothing is delivered: JavaScript is going away.
-    if (!instance->shutting_down) deliver_event(env, e);
+    // A session JavaScript dropped (after its Close) hears nothing more; a socket handed back is reset by free_event.
+    if (!instance->shutting_down && s->callback != NULL) deliver_event(env, e);
     if (e->type == EV_CLOSE) {
       // JavaScript may drop the session now: its finalizer releases it.
       if (s->self != NULL) napi_delete_reference(env, s->self);

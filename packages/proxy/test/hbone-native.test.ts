@@ -10,7 +10,7 @@ import { createNativeHboneClient, type NativeHboneClient, type NativeHboneClient
 import { createNativeHboneServer, type NativeHboneServer, type NativeHboneServerOptions } from '../src/hbone/native-server'
 import { detachSocket, type NativeTunnel } from '../src/hbone/native-tunnel'
 import type { HboneDecision, HboneHandshakeFailure, HboneRequest, HboneTunnelRecord, SpliceResult } from '@ambientkit/proxy'
-import { closed, createTestMesh, readAll, startEchoServer, type TestMesh } from './interop/support'
+import { closed, createTestMesh, echoStream, readAll, startEchoServer, startScriptedHttp2Server, type TestMesh } from './interop/support'
 import { waitFor } from './support/apps'
 import { nativeAddonOrSkip } from './support/native'
 import { craft } from '../../identity/test/craft'
@@ -490,6 +490,75 @@ describeNative('native HBONE client and server', () => {
     app.end('through node')
     expect((await readAll(app)).toString()).toBe('through node')
     expect((await ended).outcome).toBe('closed')
+  })
+
+  /** A scripted Node HTTP/2 server presenting SERVER_ID, closed after the test. */
+  async function nodeServer(onStream: (stream: http2.ServerHttp2Stream, index: number) => void): Promise<{ via: SocketAddress; sessions: Set<http2.ServerHttp2Session> }> {
+    const server = await startScriptedHttp2Server(mesh, SERVER_ID, onStream)
+    closers.push(() => server.close())
+    return { via: loopback(server.port), sessions: server.sessions }
+  }
+
+  it('sends a CONNECT the server refused unprocessed (REFUSED_STREAM) once more, and the tunnel works', async () => {
+    const server = await nodeServer((stream, index) => (index === 0 ? stream.close(http2.constants.NGHTTP2_REFUSED_STREAM) : echoStream(stream)))
+    const h = await harness()
+    const { app, accepted } = await h.app()
+    const tunnel = await h.client.open(accepted, loopback(echo.port), { identity: CLIENT_ID, expectedIdentities: [SERVER_ID], via: server.via })
+    app.end('after a refusal')
+    expect((await readAll(app)).toString()).toBe('after a refusal')
+    expect((await endOf(tunnel)).outcome).toBe('closed')
+  })
+
+  it('sends a CONNECT above the last stream of a GOAWAY on a new session (RFC 9113 §6.8)', async () => {
+    // The first CONNECT is served; the second is answered by GOAWAY naming the first as the last
+    // processed (Node's server takes the last stream id as given, 0 excepted).
+    const server = await nodeServer((stream, index) => (index === 1 ? stream.session?.goaway(http2.constants.NGHTTP2_NO_ERROR, 1) : echoStream(stream)))
+    const h = await harness()
+    const first = await h.app()
+    await h.client.open(first.accepted, loopback(echo.port), { identity: CLIENT_ID, expectedIdentities: [SERVER_ID], via: server.via })
+    const { app, accepted } = await h.app()
+    const tunnel = await h.client.open(accepted, loopback(echo.port), { identity: CLIENT_ID, expectedIdentities: [SERVER_ID], via: server.via })
+    app.end('on a new session')
+    expect((await readAll(app)).toString()).toBe('on a new session')
+    expect((await endOf(tunnel)).outcome).toBe('closed')
+    expect(server.sessions.size).toBe(2)
+    first.app.destroy()
+  })
+
+  it('gives up on a CONNECT refused twice, resets the application and keeps no descriptor', async () => {
+    const server = await nodeServer((stream) => stream.close(http2.constants.NGHTTP2_REFUSED_STREAM))
+    const h = await harness()
+    const attempt = async (): Promise<void> => {
+      const { app, accepted } = await h.app()
+      const appClosed = closed(app)
+      await expect(h.client.open(accepted, loopback(echo.port), { identity: CLIENT_ID, expectedIdentities: [SERVER_ID], via: server.via })).rejects.toMatchObject({
+        code: 'ERR_AMBIENT_HBONE_STREAM',
+        message: expect.stringMatching(/refused twice before any processing/),
+      })
+      await appClosed
+    }
+    // The first attempt also opens the session, which stays pooled: the second leaves nothing.
+    await attempt()
+    const before = openFds()
+    await attempt()
+    await waitFor(() => openFds() <= before)
+  })
+
+  it('sends GOAWAY with the last stream it processed before a session it destroys goes', async () => {
+    const h = await harness()
+    // A first tunnel, served: the server processed stream 1.
+    const { tunnel } = await h.open(loopback(echo.port))
+    await tunnel
+    const tls = await mesh.clientTls(CLIENT_ID)(CLIENT_ID, { expectedIdentities: [SERVER_ID], signal: new AbortController().signal })
+    const session = http2.connect(`https://127.0.0.1:${h.via.port}`, { ...tls, ALPNProtocols: ['h2'] })
+    session.on('error', () => {})
+    const goaway = new Promise<{ code: number; last: number }>((resolve) => session.once('goaway', (code, last) => resolve({ code, last })))
+    const request = session.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${echo.port}` })
+    request.on('error', () => {})
+    await once(request, 'response')
+    void h.server.close()
+    expect(await goaway).toEqual({ code: http2.constants.NGHTTP2_NO_ERROR, last: 1 })
+    session.destroy()
   })
 
   it('destroys a session whose PINGs go unanswered, failing what waits on it', async () => {

@@ -17,7 +17,7 @@ import {
   type HboneServerOptions,
   type HboneTunnelRecord,
 } from '@ambientkit/proxy'
-import { closed, createTestMesh, readAll, startEchoServer, type TestMesh } from './interop/support'
+import { closed, createTestMesh, echoStream, readAll, startEchoServer, startScriptedHttp2Server, type TestMesh } from './interop/support'
 
 const SERVER_ID = 'spiffe://cluster.local/ns/shop/sa/api'
 const CLIENT_ID = 'spiffe://cluster.local/ns/shop/sa/frontend'
@@ -524,6 +524,40 @@ describe('HBONE client pooling', () => {
     const tunnel = await client.connect(`127.0.0.1:${echo.port}`, { via, expectedIdentities: [SERVER_ID] })
     await pinged.promise
     await finish([tunnel])
+  })
+})
+
+describe('HBONE CONNECTs the server did not process', () => {
+  async function scripted(onStream: (stream: http2.ServerHttp2Stream, index: number) => void): Promise<{ client: HboneClient; via: string; sessions: Set<http2.ServerHttp2Session> }> {
+    const server = await startScriptedHttp2Server(mesh, SERVER_ID, onStream)
+    const client = createHboneClient({ tls: mesh.clientTls(CLIENT_ID) })
+    closers.push(() => server.close(), () => client.close())
+    return { client, via: `127.0.0.1:${server.port}`, sessions: server.sessions }
+  }
+
+  it('sends a CONNECT refused unprocessed (REFUSED_STREAM) once more, and the tunnel works', async () => {
+    const { client, via } = await scripted((stream, index) => (index === 0 ? stream.close(http2.constants.NGHTTP2_REFUSED_STREAM) : echoStream(stream)))
+    const tunnel = await client.connect(`127.0.0.1:${echo.port}`, { via, expectedIdentities: [SERVER_ID] })
+    tunnel.end('after a refusal')
+    expect((await readAll(tunnel)).toString()).toBe('after a refusal')
+  })
+
+  it('sends a CONNECT above the last stream of a GOAWAY on a new session (RFC 9113 §6.8)', async () => {
+    const { client, via, sessions } = await scripted((stream, index) => (index === 1 ? stream.session?.goaway(http2.constants.NGHTTP2_NO_ERROR, 1) : echoStream(stream)))
+    const first = await client.connect(`127.0.0.1:${echo.port}`, { via, expectedIdentities: [SERVER_ID] })
+    const tunnel = await client.connect(`127.0.0.1:${echo.port}`, { via, expectedIdentities: [SERVER_ID] })
+    tunnel.end('on a new session')
+    expect((await readAll(tunnel)).toString()).toBe('on a new session')
+    expect(sessions.size).toBe(2)
+    first.destroy()
+  })
+
+  it('gives up on a CONNECT refused twice, with a clear error', async () => {
+    const { client, via } = await scripted((stream) => stream.close(http2.constants.NGHTTP2_REFUSED_STREAM))
+    await expect(client.connect(`127.0.0.1:${echo.port}`, { via, expectedIdentities: [SERVER_ID] })).rejects.toMatchObject({
+      code: 'ERR_AMBIENT_HBONE_STREAM',
+      message: expect.stringMatching(/refused twice before any processing/),
+    })
   })
 })
 

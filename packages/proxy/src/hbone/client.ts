@@ -14,6 +14,7 @@ import {
   CoreErrorCode,
   abortError,
   formatSocketAddress,
+  isAmbientError,
   invalidArgument,
   parseSocketAddress,
   silentLogger,
@@ -211,8 +212,23 @@ class HboneClientImpl implements HboneClient {
     const headers = requestHeaders(authority, options.headers)
     const key = [options.identity ?? '', expected.join(','), formatSocketAddress(via), options.sourceAddress ?? ''].join('|')
 
-    const session = await this.#pool.acquire(key, () => this.#open(key, via, expected, options), signal, () => this.#closed !== undefined)
-    return session.request(headers, authority, signal)
+    const send = async (): Promise<ClientHttp2Stream> => {
+      const session = await this.#pool.acquire(key, () => this.#open(key, via, expected, options), signal, () => this.#closed !== undefined)
+      return session.request(headers, authority, signal)
+    }
+    try {
+      return await send()
+    } catch (err) {
+      if (!unprocessed(err)) throw err
+      // Nothing reached the destination (RFC 9113 §8.7): once more, on a session that is not going away.
+      this.#config.logger.debug({ authority, reason: (err as Error).message }, 'HBONE CONNECT refused before processing; trying another session')
+      try {
+        return await send()
+      } catch (again) {
+        if (!unprocessed(again)) throw again
+        throw new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${authority} was refused twice before any processing: ${(again as Error).message}`, { cause: again, details: { authority } })
+      }
+    }
   }
 
   stats(): readonly HboneSessionStats[] {
@@ -347,7 +363,8 @@ class PooledSession {
       stream = this.#session.request(headers, { endStream: false })
     } catch (err) {
       this.#release()
-      return Promise.reject(new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${authority} could not be sent`, { cause: err }))
+      // The session is closing (GOAWAY, or closed as it was chosen): the CONNECT never left.
+      return Promise.reject(new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${authority} could not be sent`, { cause: err, details: { authority, unprocessed: true } }))
     }
     stream.on('close', this.#onStreamClose)
     stream.on('error', this.#onStreamError)
@@ -466,6 +483,17 @@ export function connectFailed(peer: string, err: unknown, signal: AbortSignal): 
     cause: err,
     details: { peer },
   })
+}
+
+/**
+ * Whether a failed CONNECT never reached the destination, so that sending it
+ * again cannot duplicate anything: it was never sent, or the server refused
+ * the stream unprocessed (REFUSED_STREAM, also how a GOAWAY below its id ends
+ * it: RFC 9113 §8.7).
+ */
+function unprocessed(err: unknown): boolean {
+  if (!isAmbientError(err) || err.code !== HboneErrorCode.Stream) return false
+  return err.details.unprocessed === true || err.details.rstCode === h2.NGHTTP2_REFUSED_STREAM
 }
 
 function handshake(tcp: Socket, options: ConnectionOptions, signal: AbortSignal, peer: string): Promise<TLSSocket> {

@@ -19,7 +19,7 @@ import type { IdentityManager } from '@ambientkit/identity'
 import { checkExpected, connectFailed, requestHeaders, type HboneClientOptions, type HboneSessionStats, type SocketFactoryOptions } from './client'
 import { HBONE_PORT } from './constants'
 import { HboneErrorCode } from './errors'
-import { NativeEvent, NativeOutcome, type NativeAddon, type NativeSession, type NativeSettings, type NativeTlsContext } from './native'
+import { NativeEvent, type NativeAddon, type NativeSession, type NativeSettings, type NativeTlsContext } from './native'
 import { nativeTlsContext, verifiedPeerIdentity } from './native-tls'
 import { NativeTunnel, detachSocket, nativeSettings, spliceResultOf } from './native-tunnel'
 import { SessionPool, establishWithin } from './pool'
@@ -168,7 +168,8 @@ class NativeHboneClientImpl implements NativeHboneClient {
     const headers = flatHeaders(authority, options.headers)
     const key = [options.identity, expected.join(','), formatSocketAddress(via), options.sourceAddress ?? ''].join('|')
 
-    const session = await this.#pool.acquire(key, () => this.#openSession(key, via, expected, options), signal, () => this.#closed !== undefined)
+    const acquire = (): Promise<PooledSession> => this.#pool.acquire(key, () => this.#openSession(key, via, expected, options), signal, () => this.#closed !== undefined)
+    const session = await acquire()
     // A slot of the session is ours: released on every way out that opens no stream.
     let fd: number
     try {
@@ -182,7 +183,36 @@ class NativeHboneClientImpl implements NativeHboneClient {
       throw err
     }
     onHandover?.()
-    return session.request(fd, authority, headers, signal)
+    try {
+      return await session.request(fd, authority, headers, signal)
+    } catch (err) {
+      if (!(err instanceof StreamRefused)) throw err
+      // The server never processed it, or it was never sent (a session going away as we chose
+      // it): nothing reached the destination, so once more on a session that is not going away.
+      return this.#retry(err, acquire, authority, headers, signal)
+    }
+  }
+
+  /** The second and last try of a refused CONNECT, with the socket the addon handed back (ours until it is handed over again). */
+  async #retry(refused: StreamRefused, acquire: () => Promise<PooledSession>, authority: string, headers: readonly string[], signal: AbortSignal | undefined): Promise<NativeTunnel> {
+    const addon = this.#config.addon
+    let session: PooledSession
+    try {
+      if (this.#closed !== undefined) throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
+      throwIfAborted(signal, 'HBONE connect')
+      session = await acquire()
+    } catch (err) {
+      addon.resetFd(refused.fd)
+      throw err
+    }
+    this.#config.logger.debug({ authority, reason: refused.message }, 'HBONE CONNECT refused before processing; trying another session')
+    try {
+      return await session.request(refused.fd, authority, headers, signal)
+    } catch (err) {
+      if (!(err instanceof StreamRefused)) throw err
+      addon.resetFd(err.fd)
+      throw new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${authority} was refused twice before any processing: ${err.message}`, { details: { authority } })
+    }
   }
 
   stats(): readonly HboneSessionStats[] {
@@ -238,6 +268,21 @@ class NativeHboneClientImpl implements NativeHboneClient {
     session.pooled()
     config.logger.debug({ peer, identity: session.peerIdentity, key }, 'HBONE session opened (native)')
     return session
+  }
+}
+
+/**
+ * A CONNECT the server never processed, or that was never sent: nothing
+ * reached the destination. `fd`, the application's socket, came back from
+ * the addon untouched; whoever catches this owns it.
+ */
+class StreamRefused extends AmbientError {
+  constructor(
+    readonly fd: number,
+    authority: string,
+    reason: string,
+  ) {
+    super(HboneErrorCode.Stream, `HBONE CONNECT ${authority} was not processed: ${reason}`, { details: { authority } })
   }
 }
 
@@ -454,10 +499,20 @@ class PooledSession {
   }
 
   #onStreamClose(id: number, args: unknown[]): void {
+    const [, outcome, bytesRead, bytesWritten, error, , handedBack] = args
     const stream = this.#streams.get(id)
-    if (stream === undefined) return
+    const fd = typeof handedBack === 'number' && handedBack >= 0 ? handedBack : undefined
+    if (stream === undefined) {
+      if (fd !== undefined) this.#config.addon.resetFd(fd)
+      return
+    }
     this.#streams.delete(id)
-    const [, outcome, bytesRead, bytesWritten, error] = args
+    if (fd !== undefined && stream.pending !== undefined) {
+      stream.answer(new StreamRefused(fd, stream.authority, typeof error === 'string' ? error : 'refused'))
+    } else if (fd !== undefined) {
+      // The caller gave up already (aborted): the application's connection is reset.
+      this.#config.addon.resetFd(fd)
+    }
     if (stream.pending !== undefined) {
       stream.answer(new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${stream.authority} was closed before a response (${typeof error === 'string' ? error : 'reset'})`, {
         details: { authority: stream.authority },
@@ -473,8 +528,7 @@ class PooledSession {
     clearInterval(this.#keepalive)
     clearTimeout(this.#idle)
     this.#failHandshake(this.#closedBeforeUse(reason))
-    // A CONNECT that reached the session's thread after it closed never had a stream: it ends here.
-    for (const id of [...this.#streams.keys()]) this.#onStreamClose(id, [id, NativeOutcome.StreamReset, 0, 0, reason ?? 'the session closed'])
+    // A CONNECT that reached the session's thread after it closed gets its StreamClose (Refused) after this.
     if (reason !== null) this.#config.logger.debug({ peer: this.#peer, identity: this.peerIdentity, reason }, 'HBONE session closed (native)')
     this.#forget()
     this.#onClosed()

@@ -59,6 +59,7 @@ const OUTCOMES: Readonly<Record<NativeOutcome, SpliceOutcome>> = {
   [NativeOutcome.StreamReset]: 'stream-reset',
   // Only a stream that never carried a tunnel ends this way: nothing reached its socket either.
   [NativeOutcome.Rejected]: 'stream-reset',
+  [NativeOutcome.Refused]: 'stream-reset',
 }
 
 /** A `StreamClose` event's arguments as the {@link SpliceResult} the Node data path reports. */

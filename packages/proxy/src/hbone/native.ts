@@ -36,7 +36,10 @@ export const enum NativeEvent {
   /**
    * A stream ended and its socket is closed. Arguments: its handle, outcome
    * ({@link NativeOutcome}), bytes read from the socket, bytes written to
-   * it, an error message or `null`, the response status (client; 0 if none).
+   * it, an error message or `null`, the response status (client; 0 if none),
+   * and the socket's descriptor when it was not closed but handed back
+   * ({@link NativeOutcome.Refused}; otherwise -1). Every {@link NativeAddon.open}
+   * that returned a handle gets one, after the session's Close if need be.
    */
   StreamClose = 4,
   /** The session closed; every stream was closed before. Argument: why, or `null` for a clean close. */
@@ -54,6 +57,13 @@ export const enum NativeOutcome {
   StreamReset = 2,
   /** Client: the server answered with a status other than 200; server: the stream was answered with {@link NativeAddon.respond}. */
   Rejected = 3,
+  /**
+   * Client: the server never processed the CONNECT (it refused the stream,
+   * or sent GOAWAY below its id: RFC 9113 §8.7), or it was never sent (the
+   * session was closing). Nothing was read from the socket, which is handed
+   * back open: the tunnel may be tried again on another session.
+   */
+  Refused = 4,
 }
 
 /** Windows and limits of a session: initial stream window, connection window, max frame size, max concurrent streams we accept. */

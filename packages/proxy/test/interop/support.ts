@@ -1,8 +1,10 @@
 import { writeFileSync } from 'node:fs'
+import http2 from 'node:http2'
 import { join } from 'node:path'
 import { once } from 'node:events'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import {
+  attachTlsServer,
   createCertificateAuthority,
   createIdentityManager,
   createLocalCaSource,
@@ -86,4 +88,44 @@ export async function writeSvidFiles(mesh: TestMesh, id: string, dir: string, na
   writeFileSync(files.cert, svid.certificateChainPem)
   writeFileSync(files.ca, mesh.rootsPem)
   return files
+}
+
+/**
+ * Node's HTTP/2 server with `id`'s SVID, as a foreign HBONE server whose
+ * answers a test scripts: `onStream` gets each CONNECT and its index (0 for
+ * the first). `port` is where it listens; `sessions` the sessions it saw.
+ */
+export async function startScriptedHttp2Server(
+  mesh: TestMesh,
+  id: string,
+  onStream: (stream: http2.ServerHttp2Stream, index: number) => void,
+): Promise<{ port: number; sessions: Set<http2.ServerHttp2Session>; close(): Promise<void> }> {
+  const options = await mesh.serverTls(id)
+  const server = http2.createSecureServer({ ...options, ALPNProtocols: ['h2'] })
+  const binding = attachTlsServer(server, options)
+  const sessions = new Set<http2.ServerHttp2Session>()
+  let streams = 0
+  server.on('session', (session) => sessions.add(session))
+  server.on('stream', (stream) => {
+    stream.on('error', () => {})
+    onStream(stream, streams++)
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  return {
+    port: (server.address() as AddressInfo).port,
+    sessions,
+    close: () =>
+      new Promise<void>((resolve) => {
+        binding.close()
+        for (const session of sessions) session.destroy()
+        server.close(() => resolve())
+      }),
+  }
+}
+
+/** What {@link startScriptedHttp2Server} does to serve a CONNECT: 200, then echo. */
+export function echoStream(stream: http2.ServerHttp2Stream): void {
+  stream.respond({ ':status': 200 })
+  stream.pipe(stream)
 }
