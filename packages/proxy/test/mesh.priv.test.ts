@@ -330,6 +330,16 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
       }
     })
 
+    it('serves new connections right after a workload is enrolled again (CONNECTs that crossed the GOAWAY go to a new session)', async () => {
+      // The client side keeps a session to c's old listener; each replacement sends it GOAWAY as the
+      // old proxy closes. A CONNECT sent meanwhile is refused unprocessed and sent again.
+      for (let round = 0; round < 20; round++) {
+        await node2.proxy.removeWorkload(c.workload.uid)
+        await node2.proxy.addWorkload(c.workload, c.netns)
+        expect(await exchange(await connectFrom(a, c.pod.ipv4, 8080), `round ${round}`)).toEqual({ response: `round ${round}`, ended: true })
+      }
+    })
+
     it('drains: stops accepting at once, lets open connections finish, closes the rest at the deadline', async () => {
       const drainer = cp.nodeProxy('node-2-drain', { dataPath })
       await node2.proxy.removeWorkload(c.workload.uid)

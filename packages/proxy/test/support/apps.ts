@@ -91,10 +91,21 @@ export function exchangeStream(socket: Socket): Promise<string> {
   })
 }
 
-/** Writes `payload` and resolves with the first answer: the connection is established end to end. */
+/**
+ * Writes `payload` and resolves with the first answer: the connection is
+ * established end to end. Rejects, saying so, when it fails or closes first.
+ */
 export function established(socket: Socket, payload = 'open'): Promise<void> {
-  return new Promise((resolve) => {
-    socket.once('data', () => resolve())
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => reject(new Error(`the connection failed before the first answer: ${err.message}`, { cause: err }))
+    const onClose = (): void => reject(new Error('the connection closed before the first answer'))
+    socket.once('error', onError)
+    socket.once('close', onClose)
+    socket.once('data', () => {
+      socket.off('error', onError)
+      socket.off('close', onClose)
+      resolve()
+    })
     socket.write(payload)
   })
 }
