@@ -266,7 +266,6 @@ struct session_s {
   session_t *live_prev, *live_next;  // the instance's list of sessions not yet torn down
   int close_queued;
   int goaway_sent;
-  int final_goaway;     // teardown's GOAWAY was tried (a failed write tears down again, without one)
   int goaway_received;
 };
 
@@ -864,11 +863,11 @@ static int session_start_h2(session_t *s) {
 static void session_teardown(session_t *s, const char *reason) {
   if (s->state == S_CLOSED) return;
   if (reason != NULL && s->close_reason == NULL) s->close_reason = dup_text(reason);
-  if (reason != NULL && s->state == S_OPEN && s->h2 != NULL && !s->peer_eof && !s->final_goaway) {
-    s->final_goaway = 1;
+  if (reason != NULL && s->depth == 0 && s->state == S_OPEN && s->h2 != NULL && !s->peer_eof) {
     // Destroyed while the peer is there: GOAWAY with the last stream processed, best effort, before
     // the connection goes. Streams the peer sent after it are refused, and a client may send them
-    // again on another connection (RFC 9113 §6.8).
+    // again on another connection (RFC 9113 §6.8). Only outside a read or a flush (depth 0):
+    // nghttp2 is not re-entrant, and a write failing in this flush tears down again, without one.
     nghttp2_submit_goaway(s->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->h2), NGHTTP2_NO_ERROR, NULL, 0);
     s->goaway_sent = 1;
     s->depth++;
