@@ -30,8 +30,9 @@ import { writeDocs } from './lib/docs'
  * `npm run bench`: builds two nodes and their pods as network namespaces,
  * then measures, side by side and interleaved round by round, plain TCP,
  * stunnel mutual TLS, HAProxy relaying plain TCP (what any pair of proxies
- * adds here) and ambientkit's HBONE mesh (pods on one node and on two nodes). Flags: `--quick` (a short smoke run), `--json` (the full
- * result as JSON on stdout), `--docs` (rewrite docs/performance.md's results
+ * adds here) and ambientkit's HBONE mesh (pods on one node and on two
+ * nodes). Flags: `--quick` (a short smoke run), `--json` (the full result as
+ * JSON on stdout), `--docs` (rewrite docs/performance.md's results
  * and docs/performance-chart.svg), `--skip-extras` (do not run the other
  * bench files), `--same-node-fast-path` (the node proxies splice same-node
  * connections in-process instead of HBONE: the "same node" column then
