@@ -17,11 +17,11 @@ import { defaultHboneDataPath, nativeHboneThreads } from '@ambientkit/proxy'
 import { applyCapture, openNetns, removeCapture } from '@ambientkit/redirect'
 import { cpuSeconds, machineInfo, rssKiB, runQueueWaits, sampleRss } from './lib/proc'
 import { bundleNodeRunner, ECHO_PORT, IPERF_PORT, startIperfServer, startNodeRunner, startPodAgent, workloadOf } from './lib/mesh'
-import { runIn, stop, stopAll, tsArgs, type Agent } from './lib/processes'
+import { runIn, stop, stopAll, tsArgs, type Agent, type RelayService } from './lib/processes'
 import { MESH_SCENARIOS, SCENARIOS, type BenchResult, type ExtraResult, type ScenarioKey, type ScenarioResult } from './lib/results'
 import { judgeTargets, printReport } from './lib/report'
 import { summarize, type Summary } from './lib/stats'
-import { startStunnelPair, type StunnelService } from './lib/stunnel'
+import { startStunnelPair } from './lib/stunnel'
 import { startHaproxyPair } from './lib/haproxy'
 import { createBenchTopology, sweepStaleNamespaces, type BenchTopology } from './lib/topology'
 import { writeDocs } from './lib/docs'
@@ -422,7 +422,7 @@ async function main(): Promise<void> {
     // so only a fresh process shows what connections cost.
     let proxies: ProxySet | undefined
     const startProxies = async (): Promise<ProxySet> => {
-      const services = (ports: typeof STUNNEL): StunnelService[] => [
+      const services = (ports: typeof STUNNEL): RelayService[] => [
         { name: 'echo', local: ports.echo.local, tunnel: ports.echo.tunnel, target: ECHO_PORT },
         { name: 'iperf', local: ports.iperf.local, tunnel: ports.iperf.tunnel, target: IPERF_PORT },
       ]

@@ -1,7 +1,6 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { startRelay, type RelayProcess } from './processes'
-import type { StunnelService as RelayService } from './stunnel'
+import { startRelay, type RelayProcess, type RelayService } from './processes'
 
 /**
  * A reference, not a baseline to beat: HAProxy relaying plain TCP between

@@ -39,6 +39,14 @@ export function stderrOf(child: ChildProcess): string {
   return (child as ChildProcess & { stderrTail?: () => string }).stderrTail?.() ?? ''
 }
 
+/** One port a relay pair forwards: the client side accepts on `127.0.0.1:local` in its pod, the server side on `tunnel` and connects to `127.0.0.1:target`. */
+export interface RelayService {
+  name: string
+  local: number
+  tunnel: number
+  target: number
+}
+
 /** A long-running program of the bench (stunnel, HAProxy): `pid` is the process whose CPU and memory are read. */
 export interface RelayProcess {
   readonly pid: number

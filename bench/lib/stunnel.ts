@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { CertificateAuthority } from '@ambientkit/identity'
-import { startRelay, type RelayProcess } from './processes'
+import { startRelay, type RelayProcess, type RelayService } from './processes'
 
 /**
  * The baseline a mesh has to beat: stunnel4 doing mutual TLS 1.3 between two
@@ -11,13 +11,6 @@ import { startRelay, type RelayProcess } from './processes'
  * SVID of the trust domain).
  */
 
-/** One forwarded port: the client side accepts on `127.0.0.1:local` in its pod, the server side on `tunnel` and connects to `127.0.0.1:target`. */
-export interface StunnelService {
-  name: string
-  local: number
-  tunnel: number
-  target: number
-}
 
 /** A running stunnel process. */
 export type StunnelProcess = RelayProcess
@@ -56,7 +49,7 @@ export async function startStunnelPair(options: {
   clientNs: string
   serverNs: string
   serverIp: string
-  services: readonly StunnelService[]
+  services: readonly RelayService[]
 }): Promise<{ client: StunnelProcess; server: StunnelProcess }> {
   const { ca, dir } = options
   const caFile = join(dir, 'ca.crt')
