@@ -131,6 +131,11 @@ export interface HboneClient extends Closable {
    * `ERR_AMBIENT_HBONE_ALPN` when no session could be opened,
    * `ERR_AMBIENT_HBONE_STREAM` when the stream or session failed first,
    * `ERR_AMBIENT_ABORTED` and `ERR_AMBIENT_CLOSED`.
+   *
+   * A CONNECT the server did not process (REFUSED_STREAM, a GOAWAY below
+   * its stream, or never sent because its session was going away) reached
+   * nothing: it is sent once more on another session before
+   * `ERR_AMBIENT_HBONE_STREAM` ("refused twice") is given up with.
    */
   connect(destination: SocketAddress | string, options: HboneConnectOptions): Promise<ClientHttp2Stream>
   /** The pooled sessions. */

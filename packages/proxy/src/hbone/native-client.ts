@@ -79,7 +79,8 @@ export interface NativeHboneClient extends Closable {
    * Rejects as `HboneClient.connect` does: `ERR_AMBIENT_HBONE_STATUS`
    * (`details.status`), `ERR_AMBIENT_HBONE_IDENTITY_MISMATCH`,
    * `ERR_AMBIENT_HBONE_CONNECT_FAILED`, `ERR_AMBIENT_HBONE_STREAM`,
-   * `ERR_AMBIENT_ABORTED` and `ERR_AMBIENT_CLOSED`.
+   * `ERR_AMBIENT_ABORTED` and `ERR_AMBIENT_CLOSED`; and, as it does, sends
+   * a CONNECT the server did not process once more on another session.
    */
   open(app: Socket | number, destination: SocketAddress, options: NativeOpenOptions): Promise<NativeTunnel>
   /** The pooled sessions. */
