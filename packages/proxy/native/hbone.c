@@ -859,6 +859,12 @@ static int session_start_h2(session_t *s) {
   return 0;
 }
 
+// GOAWAY naming the last stream this side processed: streams the peer sent after it were not.
+static void submit_goaway(session_t *s) {
+  s->goaway_sent = 1;
+  nghttp2_submit_goaway(s->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->h2), NGHTTP2_NO_ERROR, NULL, 0);
+}
+
 // Resets every pipe and closes the connection; Close is queued once.
 static void session_teardown(session_t *s, const char *reason) {
   if (s->state == S_CLOSED) return;
@@ -868,8 +874,7 @@ static void session_teardown(session_t *s, const char *reason) {
     // the connection goes. Streams the peer sent after it are refused, and a client may send them
     // again on another connection (RFC 9113 §6.8). Only outside a read or a flush (depth 0):
     // nghttp2 is not re-entrant, and a write failing in this flush tears down again, without one.
-    nghttp2_submit_goaway(s->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->h2), NGHTTP2_NO_ERROR, NULL, 0);
-    s->goaway_sent = 1;
+    submit_goaway(s);
     s->depth++;
     session_flush(s);
     s->depth--;
@@ -1632,8 +1637,7 @@ static void run_command(command_t *c) {
     case CMD_SHUTDOWN:
       if (s->state == S_HANDSHAKE) session_teardown(s, NULL);
       else if (s->state == S_OPEN && !s->goaway_sent) {
-        s->goaway_sent = 1;
-        nghttp2_submit_goaway(s->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->h2), NGHTTP2_NO_ERROR, NULL, 0);
+        submit_goaway(s);
         session_flush(s);
       }
       break;

@@ -82,7 +82,8 @@ export interface NativeAddon {
   /**
    * Client: sends `CONNECT authority` with extra headers ([name, value, ...]); once 200 arrives, splices `fd` with the stream.
    * Returns the tunnel's handle (what Response and StreamClose name it by), or -1 (fd closed) when the session is known to take
-   * no more streams; one that turns out to be closing on its thread ends with a StreamClose.
+   * no more streams. One that turns out to be closing on its thread ends with a {@link NativeOutcome.Refused} StreamClose that
+   * hands `fd` back, as does a CONNECT the server refuses unprocessed.
    */
   open(session: NativeSession, fd: number, authority: string, headers: readonly string[]): number
   /** Server: answers a request with `status` and ends the stream. False when the session is closed (a stream gone meanwhile is left alone). */
