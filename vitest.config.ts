@@ -13,6 +13,7 @@ export default defineConfig({
       '@ambientkit/identity': src('identity'),
       '@ambientkit/redirect': src('redirect'),
       '@ambientkit/proxy': src('proxy'),
+      '@ambientkit/agent': src('agent'),
     },
   },
   test: {

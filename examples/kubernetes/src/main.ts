@@ -1,6 +1,6 @@
 /**
  * The node agent of the Kubernetes DaemonSet: the pod watcher and registry
- * sync of this example feeding `@ambientkit/proxy`'s node agent and node proxy.
+ * sync of this example feeding `@ambientkit/agent`'s node agent and `@ambientkit/proxy`'s node proxy.
  *
  *   node dist/main.js --config /etc/ambientkit/mesh.yaml
  */
@@ -8,7 +8,8 @@ import { readFile } from 'node:fs/promises'
 import { createServer } from 'node:http'
 import { createJsonLogger, createPolicyStore, createWorkloadRegistry } from '@ambientkit/core'
 import { createIdentityManager, createLocalCaSource, loadCertificateAuthority } from '@ambientkit/identity'
-import { createNodeAgent, createNodeProxy } from '@ambientkit/proxy'
+import { createNodeAgent } from '@ambientkit/agent'
+import { createNodeProxy } from '@ambientkit/proxy'
 import { parse } from 'yaml'
 import { loadNodeConfig } from './config'
 import { createKubernetesPodSource } from './pod-source'

@@ -71,4 +71,3 @@ export {
 export { createProxyMetrics, type ConnectionLabels, type ProxyMetrics } from './metrics'
 export type { AccessLogEntry, AccessLogPeer, ConnectionOutcome, ProxyListener } from './access-log'
 export { spliceSockets, type SocketSpliceResult } from './splice-sockets'
-export { createNodeAgent, type NodeAgent, type NodeAgentOptions, type ReconcileReport } from './node-agent'

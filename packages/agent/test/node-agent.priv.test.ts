@@ -4,12 +4,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import type { PodEnrollment, PodSource, PodSourceEvent } from '@ambientkit/core'
-import { createNodeAgent, type NodeAgent } from '@ambientkit/proxy'
+import { createNodeAgent, type NodeAgent } from '@ambientkit/agent'
 import { inspectCapture, openNetns } from '@ambientkit/redirect'
 import { createTestNetwork, type TestNetwork, type TestPod } from '../../../test/support/netns'
 import { describePrivileged } from '../../../test/support/privileged'
-import { exchange, startEchoApp, tryExchange, waitFor } from './support/apps'
-import { createTestControlPlane, meshWorkload, type TestControlPlane } from './support/mesh'
+import { exchange, startEchoApp, tryExchange, waitFor } from '../../proxy/test/support/apps'
+import { createTestControlPlane, meshWorkload, type TestControlPlane } from '../../proxy/test/support/mesh'
 
 /** A pod source whose list the test sets, emitting events like a real watcher. */
 function createListPodSource(initial: PodEnrollment[]): PodSource & { set(pods: PodEnrollment[]): void } {

@@ -10,7 +10,7 @@ import {
   type Workload,
 } from '@ambientkit/core'
 import { applyCapture, openNetns, removeCapture, type CaptureConfig, type Netns } from '@ambientkit/redirect'
-import type { NodeProxy } from './node-proxy'
+import type { NodeProxy } from '@ambientkit/proxy'
 
 /** Options of {@link createNodeAgent}. */
 export interface NodeAgentOptions {

@@ -1,0 +1,22 @@
+/**
+ * The node agent of an ambient mesh: it enrolls each pod of a node (enter
+ * its network namespace, apply capture, start its workload proxy there),
+ * keeps them enrolled, reconciles after a restart and releases pods that
+ * leave, with no residue. It composes `@ambientkit/redirect` (capture) and
+ * `@ambientkit/proxy` (the data plane), so that the proxy stays a pure data
+ * plane.
+ *
+ * @example
+ * ```ts
+ * import { createNodeAgent } from '@ambientkit/agent'
+ * import { createNodeProxy } from '@ambientkit/proxy'
+ *
+ * const nodeProxy = createNodeProxy({ nodeName: 'node-1', registry, identities, policies })
+ * await nodeProxy.start()
+ * const agent = createNodeAgent({ nodeProxy, podSource, stateFile: '/run/ambientkit/agent.json' })
+ * await agent.start() // every listed pod captured and proxied; follows changes
+ * ```
+ *
+ * @packageDocumentation
+ */
+export { createNodeAgent, type NodeAgent, type NodeAgentOptions, type ReconcileReport } from './node-agent'
