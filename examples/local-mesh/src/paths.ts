@@ -37,4 +37,4 @@ export const netnsName = {
 export const netnsPath = (name: string): string => `/run/netns/${name}`
 
 /** Port of each node proxy's admin server, on 127.0.0.1 inside the node's namespace. */
-export const ADMIN_PORT = 15021
+export { ADMIN_PORT } from '@ambientkit/core'

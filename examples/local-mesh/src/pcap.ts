@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs'
+import { HBONE_PORT } from '@ambientkit/core'
 
 /** What a packet capture on the link between the nodes shows. */
 export interface CaptureAnalysis {
@@ -26,7 +27,7 @@ interface Stream {
  * reassembles each TCP direction, parses the 15008 streams as TLS records
  * (RFC 8446 §5.1: type, version, 16-bit length) and looks for `markers`.
  */
-export function analyseCapture(file: string, markers: readonly string[], hbonePort = 15008): CaptureAnalysis {
+export function analyseCapture(file: string, markers: readonly string[], hbonePort = HBONE_PORT): CaptureAnalysis {
   const data = readFileSync(file)
   if (data.length < 24) return { packets: 0, connectionsByPort: {}, tlsRecords: { handshake: 0, applicationData: 0, alert: 0, changeCipherSpec: 0 }, nonTlsBytesOn15008: 0, plaintextBytes: 0, markersFound: [] }
   const magic = data.readUInt32LE(0)

@@ -39,6 +39,19 @@ export {
   type AmbientErrorOptions,
 } from './errors'
 export type { AbortOptions, Closable } from './lifecycle'
+export {
+  ADMIN_PORT,
+  CONNMARK,
+  DNS_PORT,
+  HBONE_PORT,
+  INBOUND_PORT,
+  OUTBOUND_PORT,
+  PROBE_ADDRESS_IPV4,
+  PROBE_ADDRESS_IPV6,
+  PROXY_MARK,
+  PROXY_MASK,
+  ROUTE_TABLE,
+} from './constants'
 export { createJsonLogger, silentLogger, type JsonLoggerOptions, type LogFn, type LogLevel, type Logger } from './logger'
 export {
   canonicalIp,

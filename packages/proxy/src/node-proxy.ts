@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import {
+  ADMIN_PORT,
   invalidArgument,
   silentLogger,
   workloadIdentity,
@@ -147,7 +148,7 @@ class NodeProxyImpl implements NodeProxy {
   async start(): Promise<void> {
     if (this.#options.admin === false || this.#admin !== undefined) return
     const host = this.#options.admin?.host ?? '127.0.0.1'
-    const port = this.#options.admin?.port ?? 15021
+    const port = this.#options.admin?.port ?? ADMIN_PORT
     const server = createServer((req, res) => void this.#serveAdmin(req, res))
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)

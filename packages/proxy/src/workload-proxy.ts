@@ -4,8 +4,12 @@ import type { Duplex } from 'node:stream'
 import {
   evaluateAuthorization,
   formatSocketAddress,
+  HBONE_PORT,
+  INBOUND_PORT,
   invalidArgument,
   isAmbientError,
+  OUTBOUND_PORT,
+  PROXY_MARK,
   silentLogger,
   tryCanonicalIp,
   workloadIdentity,
@@ -19,10 +23,10 @@ import {
   type WorkloadRegistry,
 } from '@ambientkit/core'
 import { tlsClientOptions, tlsServerOptions, type IdentityManager } from '@ambientkit/identity'
-import { originalDestination, PROXY_MARK, type Netns, type NetnsConnectFdOptions, type NetnsConnectOptions } from '@ambientkit/redirect'
+import { originalDestination, type Netns, type NetnsConnectFdOptions, type NetnsConnectOptions } from '@ambientkit/redirect'
 import type { AccessLogEntry, AccessLogPeer, ConnectionOutcome, ProxyListener } from './access-log'
 import { createHboneClient, type HboneClient } from './hbone/client'
-import { HBONE_PORT, type HboneWindows } from './hbone/constants'
+import type { HboneWindows } from './hbone/constants'
 import { nativeHbone, nativeHboneUnavailable, type NativeAcceptor, type NativeAddon } from './hbone/native'
 import { createNativeHboneClient, type NativeHboneClient } from './hbone/native-client'
 import { createNativeHboneServer, type NativeUpstreamConnectOptions } from './hbone/native-server'
@@ -58,7 +62,7 @@ export function defaultHboneDataPath(): HboneDataPath {
 }
 
 /** Istio's ports, which our capture rules redirect to. */
-export const DEFAULT_WORKLOAD_PROXY_PORTS: WorkloadProxyPorts = Object.freeze({ outbound: 15001, inboundPlaintext: 15006, inbound: HBONE_PORT })
+export const DEFAULT_WORKLOAD_PROXY_PORTS: WorkloadProxyPorts = Object.freeze({ outbound: OUTBOUND_PORT, inboundPlaintext: INBOUND_PORT, inbound: HBONE_PORT })
 
 /** Options of {@link createWorkloadProxy}. */
 export interface WorkloadProxyOptions {

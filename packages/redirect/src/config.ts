@@ -10,7 +10,7 @@ import {
   PROXY_MARK,
   PROXY_MASK,
   ROUTE_TABLE,
-} from './constants'
+} from '@ambientkit/core'
 import { RedirectErrorCode } from './errors'
 
 /** How a pod's traffic is captured. Every option is optional; defaults are Istio ambient's. */

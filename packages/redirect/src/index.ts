@@ -56,7 +56,7 @@ export {
   PROXY_MARK,
   PROXY_MASK,
   ROUTE_TABLE,
-} from './constants'
+} from '@ambientkit/core'
 export {
   openNetns,
   type Netns,

@@ -1,5 +1,4 @@
-/** The port HBONE listens on (Istio ambient: the inbound HBONE port of every captured pod). */
-export const HBONE_PORT = 15008
+export { HBONE_PORT } from '@ambientkit/core'
 
 /** 1 MiB. */
 const MiB = 1024 * 1024

@@ -1,7 +1,9 @@
 /**
- * The numbers of in-pod capture. They follow Istio ambient (in-pod
+ * The numbers every part of the mesh agrees on: ports, marks and addresses
+ * of in-pod capture and the proxy. They follow Istio ambient (in-pod
  * redirection, istio/istio cni/pkg/iptables and ztunnel's inpod mode) so an
- * ambientkit node can share a cluster with ztunnel.
+ * ambientkit node can share a cluster with ztunnel. Defined here once;
+ * `@ambientkit/redirect` and `@ambientkit/proxy` re-export the ones they use.
  */
 
 /** Where outbound TCP from the pod's apps is redirected: the proxy's outbound listener. */
@@ -24,3 +26,5 @@ export const ROUTE_TABLE = 100
 export const PROBE_ADDRESS_IPV4 = '169.254.7.127'
 /** The address the kubelet's probes are SNATed from (IPv6). */
 export const PROBE_ADDRESS_IPV6 = 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff'
+/** The node proxy's admin server (readiness, metrics, config dump), as ztunnel's. */
+export const ADMIN_PORT = 15021
