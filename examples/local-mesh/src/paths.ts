@@ -1,8 +1,20 @@
 import { fileURLToPath } from 'node:url'
 import { join } from 'node:path'
 
-/** Every namespace the demo creates starts with this, so `--down` finds them after a crash. */
-export const PREFIX = 'akm'
+/**
+ * Every namespace the demo creates starts with this, so `--down` finds them
+ * after a crash. Override with AMBIENTKIT_LOCAL_PREFIX (a lower-case letter,
+ * then up to seven letters or digits) to run two meshes side by side.
+ */
+export const PREFIX = demoPrefix(process.env.AMBIENTKIT_LOCAL_PREFIX)
+
+function demoPrefix(value: string | undefined): string {
+  if (value === undefined) return 'akm'
+  if (!/^[a-z][a-z0-9]{0,7}$/.test(value)) {
+    throw new Error(`AMBIENTKIT_LOCAL_PREFIX: expected a lower-case letter, then up to seven letters or digits, got ${JSON.stringify(value)}`)
+  }
+  return value
+}
 
 /** Where the demo keeps its CA, sockets, pid files and logs. Override with AMBIENTKIT_LOCAL_STATE_DIR. */
 export const STATE_DIR = process.env.AMBIENTKIT_LOCAL_STATE_DIR ?? '/run/ambientkit-local'

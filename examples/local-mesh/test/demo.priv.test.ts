@@ -9,7 +9,10 @@ import type { DemoReport, Flow } from '../src/report'
 
 const demo = fileURLToPath(new URL('../bin/demo.mjs', import.meta.url))
 const stateDir = join(mkdtempSync(join(tmpdir(), 'akm-test-')), 'state')
-const env = { ...process.env, AMBIENTKIT_LOCAL_STATE_DIR: stateDir }
+// A prefix and a state directory of its own: another mesh on this machine (a demo someone
+// keeps running, the same test in another checkout) is neither touched nor counted.
+const prefix = `akt${process.pid % 100_000}`
+const env = { ...process.env, AMBIENTKIT_LOCAL_STATE_DIR: stateDir, AMBIENTKIT_LOCAL_PREFIX: prefix }
 
 function runDemo(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -20,15 +23,16 @@ function runDemo(args: string[]): Promise<{ code: number; stdout: string; stderr
 }
 
 function demoNamespaces(): string[] {
-  return existsSync('/run/netns') ? readdirSync('/run/netns').filter((n) => n.startsWith('akm-')) : []
+  return existsSync('/run/netns') ? readdirSync('/run/netns').filter((n) => n.startsWith(`${prefix}-`)) : []
 }
 
-/** Processes whose command line is one of the demo's: apps, agents, control plane, its tcpdump. */
+/** Processes of this test's demo (they inherit its state directory) whose command line is one of the demo's: apps, agents, control plane, its tcpdump. */
 function demoProcesses(): string[] {
   const found: string[] = []
   for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
     try {
       const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ')
+      if (!readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`AMBIENTKIT_LOCAL_STATE_DIR=${stateDir}`)) continue
       if (/echo\.mjs --name|node-agent-main\.ts|control-plane-main\.ts|node-link\.pcap/.test(cmdline)) found.push(`${pid}: ${cmdline}`)
     } catch {
       // The process ended while we looked.
@@ -48,10 +52,8 @@ describePrivileged('local mesh demo (end to end)', ['ip', 'iptables', 'nft', 'tc
 
   let ran = false
   beforeAll(async () => {
-    // The demo's names are fixed (akm-*): a mesh someone keeps running must
-    // not be torn down by this test, so refuse rather than clean it up.
     const running = demoNamespaces()
-    if (running.length > 0) throw new Error(`a local mesh is running (${running.join(', ')}); stop it first: sudo npm run demo -- --down`)
+    if (running.length > 0) throw new Error(`namespaces of this test's prefix exist already (${running.join(', ')}): a test run before was not cleaned up`)
     ran = true
     result = await runDemo(['--json'])
     try {
