@@ -30,12 +30,8 @@ import {
   tlsServerOptions,
   type IdentityManager,
 } from '@ambientkit/identity'
-import { createHboneClient, createHboneServer, type HboneClient, type HboneWindows } from '@ambientkit/proxy'
-import { openNetns, type Netns } from '@ambientkit/redirect'
-// The native client and server are the workload proxy's internals, not the package's API: imported from the sources.
-import { nativeHbone } from '../packages/proxy/src/hbone/native'
-import { createNativeHboneClient, type NativeHboneClient } from '../packages/proxy/src/hbone/native-client'
-import { createNativeHboneServer } from '../packages/proxy/src/hbone/native-server'
+import { createHboneClient, createHboneServer, createNativeTransport, nativeHboneUnavailable, type HboneClient, type HboneWindows, type TransportClient } from '@ambientkit/proxy'
+import { boundAddress, ownNetnsSockets } from '@ambientkit/redirect'
 import { formatSummary, summarize, type Summary } from './lib/stats'
 import { formatTable, wantsJson } from './lib/table'
 
@@ -120,22 +116,19 @@ async function child(): Promise<void> {
     })
     hbone[variant.key] = (await server.listen(0, '127.0.0.1')).port
   }
-  const addon = nativeHbone()
-  // Upstream and session sockets as the workload proxy makes them (Netns.connectFd), here in this process's own namespace.
-  const here: Netns | undefined = addon === undefined ? undefined : openNetns('/proc/self/ns/net')
-  if (addon !== undefined && here !== undefined) {
-    const server = createNativeHboneServer({
-      addon,
+  if (nativeHboneUnavailable() === undefined) {
+    // Upstream and session sockets as the workload proxy makes them (connectFd), here in this process's own namespace.
+    const sockets = ownNetnsSockets()
+    const server = await createNativeTransport().createServer({
       identities: manager,
       identity: SERVER_ID,
       decide: () => ({ action: 'serve' }),
-      connect: (destination, { signal }) => here.connectFd({ host: destination.address, port: destination.port, signal }),
+      connect: (destination, { signal }) => sockets.connectFd({ host: destination.address, port: destination.port, signal }),
     })
-    // As the workload proxy's 15008: Node accepts, paused, and the server takes the descriptor over.
-    const listener = createServer({ pauseOnConnect: true }, (socket) => server.handle(socket))
-    listener.listen(0, '127.0.0.1')
-    await once(listener, 'listening')
-    hbone[NATIVE.key] = (listener.address() as AddressInfo).port
+    // As the workload proxy's 15008: accepted as descriptors, which the server takes over.
+    const listening = sockets.listenFd({ host: '127.0.0.1', port: 0 })
+    sockets.accept(listening, ({ fd, remote }) => server.handle(fd, remote))
+    hbone[NATIVE.key] = boundAddress(listening).port
   }
   const ports: ChildPorts = { sink: sinkPort, tcpRelay: (tcpRelay.address() as AddressInfo).port, tlsRelay: (tlsRelay.address() as AddressInfo).port, hbone }
   process.stdout.write(`${JSON.stringify(ports)}\n`)
@@ -183,20 +176,19 @@ async function main(): Promise<void> {
     env: { ...process.env, BENCH_HBONE_CA: JSON.stringify(ca.save()) },
     stdio: ['pipe', 'pipe', 'inherit'],
   })
-  const clients: Array<HboneClient | NativeHboneClient> = []
-  // The native client's session sockets are made as the workload proxy makes them (Netns.connectFd), in this process's namespace.
-  let here: Netns | undefined
-  // The apps' side of native tunnels: the client hands the accepted end (never read by Node) to the addon.
+  const clients: Array<HboneClient | TransportClient> = []
+  // The apps' side of native tunnels: their accepted ends, as descriptors the client hands to the addon.
   // Accepted ends are matched to their app connection by port: tunnels open concurrently.
-  const accepted = new Map<number, Socket>()
-  const waiting = new Map<number, (end: Socket) => void>()
-  const apps = createServer({ pauseOnConnect: true, allowHalfOpen: true }, (end) => {
-    const take = waiting.get(end.remotePort!)
-    if (take === undefined) accepted.set(end.remotePort!, end)
-    else take(end)
+  const sockets = ownNetnsSockets()
+  const accepted = new Map<number, number>()
+  const waiting = new Map<number, (end: number) => void>()
+  const appsFd = sockets.listenFd({ host: '127.0.0.1', port: 0 })
+  const appsPort = boundAddress(appsFd).port
+  const apps = sockets.accept(appsFd, ({ fd, remote }) => {
+    const take = waiting.get(remote.port)
+    if (take === undefined) accepted.set(remote.port, fd)
+    else take(fd)
   })
-  apps.listen(0, '127.0.0.1')
-  await once(apps, 'listening')
   try {
     const lines = createInterface({ input: server.stdout! })
     const [line] = (await once(lines, 'line')) as [string]
@@ -218,19 +210,16 @@ async function main(): Promise<void> {
       }),
     )
     const target = `127.0.0.1:${ports.sink}`
-    const addon = nativeHbone()
-    here = addon === undefined || ports.hbone[NATIVE.key] === undefined ? undefined : openNetns('/proc/self/ns/net')
-    const native =
-      addon === undefined || here === undefined
-        ? undefined
-        : createNativeHboneClient({ addon, identities: manager, socketFactory: (address, { signal }) => here!.connectFd({ host: address.address, port: address.port, signal }) })
+    const native = ports.hbone[NATIVE.key] === undefined
+      ? undefined
+      : createNativeTransport().createClient({ identities: manager, connectSession: (address, { signal }) => sockets.connectFd({ host: address.address, port: address.port, signal }) })
     if (native !== undefined) clients.push(native)
     else log('the native addon is not built: its rows are left out (npm run native -w @ambientkit/proxy)')
     /** An app connection carried by a native tunnel to the sink: the app's end, once the server answered 200. */
-    const nativeTunnel = async (client: NativeHboneClient): Promise<Socket> => {
-      const app = await connected(netConnect({ host: '127.0.0.1', port: (apps.address() as AddressInfo).port, allowHalfOpen: true }), 'connect')
+    const nativeTunnel = async (client: TransportClient): Promise<Socket> => {
+      const app = await connected(netConnect({ host: '127.0.0.1', port: appsPort, allowHalfOpen: true }), 'connect')
       const port = app.localPort!
-      const end = accepted.get(port) ?? (await new Promise<Socket>((resolve) => waiting.set(port, resolve)))
+      const end = accepted.get(port) ?? (await new Promise<number>((resolve) => waiting.set(port, resolve)))
       accepted.delete(port)
       waiting.delete(port)
       await client.open(end, { address: '127.0.0.1', port: ports.sink, family: 4 }, {
@@ -288,7 +277,7 @@ async function main(): Promise<void> {
       tunnel.resume()
       await once(tunnel, 'close')
     }
-    const oneNativeTunnel = async (client: NativeHboneClient): Promise<void> => {
+    const oneNativeTunnel = async (client: TransportClient): Promise<void> => {
       const app = await nativeTunnel(client)
       app.end()
       app.resume()
@@ -348,8 +337,7 @@ async function main(): Promise<void> {
     console.log(formatTable([['tunnels (open, half-close, close)', 'per second'], ...tunnelRates.map((t) => [t.label, formatSummary(t.perSecond, 0)])]))
   } finally {
     await Promise.all(clients.map((client) => client.close()))
-    await new Promise<void>((resolve) => apps.close(() => resolve()))
-    await here?.close()
+    apps.close()
     await manager.close()
     server.stdin!.end()
     if (server.exitCode === null) await once(server, 'exit')

@@ -46,7 +46,7 @@ await nodeProxy.start()
 const metrics = config.metricsAddress
   ? createServer((req, res) => {
       if (req.url !== '/metrics') return void res.writeHead(404).end()
-      void nodeProxy.metrics.registry.metrics().then((body) => res.writeHead(200, { 'content-type': nodeProxy.metrics.registry.contentType }).end(body))
+      void nodeProxy.metrics.exposition?.().then(({ contentType, body }) => res.writeHead(200, { 'content-type': contentType }).end(body))
     }).listen(config.metricsAddress.port, config.metricsAddress.address)
   : undefined
 

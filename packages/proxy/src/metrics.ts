@@ -1,4 +1,7 @@
-import { Counter, Gauge, Registry } from 'prom-client'
+import { createRequire } from 'node:module'
+import type * as PromClientModule from 'prom-client'
+import { AmbientError } from '@ambientkit/core'
+import { HboneErrorCode } from './hbone/errors'
 
 /**
  * The labels of a connection, in the spirit of Istio's `istio_tcp_*`
@@ -13,8 +16,33 @@ export interface ConnectionLabels {
   destination_workload: string
   destination_workload_namespace: string
   destination_principal: string
-  /** `mutual_tls` (HBONE) or `none` (plaintext or passthrough). */
+  /** `mutual_tls` (HBONE, or in-process between two workloads of the mesh) or `none` (plaintext or passthrough). */
   connection_security_policy: 'mutual_tls' | 'none'
+}
+
+/** The labels of a connection denied by authorization. */
+export interface DenialLabels {
+  destination_workload: string
+  destination_workload_namespace: string
+  source_principal: string
+  /** The deciding policy (`namespace/name`), or the reason when none decided. */
+  policy: string
+  listener: string
+}
+
+/**
+ * What the proxy counts. Bring your own (OpenTelemetry, StatsD...) by
+ * implementing it, or take {@link createProxyMetrics}, which counts with
+ * `prom-client` and serves Prometheus text.
+ */
+export interface ProxyMetrics {
+  connectionOpened(labels: ConnectionLabels): void
+  connectionClosed(labels: ConnectionLabels, bytes: { sent: number; received: number }): void
+  authorizationDenied(labels: DenialLabels): void
+  handshakeFailed(labels: { destination_workload: string; reason: string }): void
+  setWorkloads(count: number): void
+  /** The metrics as Prometheus text, for the admin server's `/metrics`; absent when this implementation has none to serve. */
+  exposition?(): Promise<{ contentType: string; body: string }>
 }
 
 const CONNECTION_LABELS = [
@@ -28,46 +56,69 @@ const CONNECTION_LABELS = [
   'connection_security_policy',
 ] as const
 
-/** The node proxy's metrics; `registry` serves Prometheus text on `/metrics`. */
-export interface ProxyMetrics {
-  readonly registry: Registry
-  connectionOpened(labels: ConnectionLabels): void
-  connectionClosed(labels: ConnectionLabels, bytes: { sent: number; received: number }): void
-  authorizationDenied(labels: { destination_workload: string; destination_workload_namespace: string; source_principal: string; policy: string; listener: string }): void
-  handshakeFailed(labels: { destination_workload: string; reason: string }): void
-  setWorkloads(count: number): void
+type PromClient = typeof PromClientModule
+
+let promClient: PromClient | Error | undefined
+
+/** `prom-client`, an optional peer dependency: loaded on first use. */
+function loadPromClient(): PromClient | Error {
+  if (promClient === undefined) {
+    try {
+      promClient = createRequire(import.meta.url)('prom-client') as PromClient
+    } catch (err) {
+      promClient = err as Error
+    }
+  }
+  return promClient
 }
 
-/** Creates a {@link ProxyMetrics} with its own prom-client registry (never the global one). */
+/** True when {@link createProxyMetrics} can be used (`prom-client` is installed). */
+export function promClientAvailable(): boolean {
+  return !(loadPromClient() instanceof Error)
+}
+
+/**
+ * Creates {@link ProxyMetrics} counting in a `prom-client` registry of its
+ * own (never the global one), served as Prometheus text by `exposition()`.
+ * `prom-client` is an optional peer dependency of this package: throws
+ * `ERR_AMBIENT_PROXY_METRICS_UNAVAILABLE` (saying to install it) when it is
+ * not installed.
+ */
 export function createProxyMetrics(): ProxyMetrics {
-  const registry = new Registry()
-  const opened = new Counter({ name: 'istio_tcp_connections_opened_total', help: 'TCP connections opened', labelNames: CONNECTION_LABELS, registers: [registry] })
-  const closed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'TCP connections closed', labelNames: CONNECTION_LABELS, registers: [registry] })
-  const sent = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent towards the destination', labelNames: CONNECTION_LABELS, registers: [registry] })
-  const received = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received from the destination', labelNames: CONNECTION_LABELS, registers: [registry] })
-  const denied = new Counter({
-    name: 'ambientkit_authorization_denials_total',
-    help: 'Connections denied by authorization policy',
-    labelNames: ['destination_workload', 'destination_workload_namespace', 'source_principal', 'policy', 'listener'],
-    registers: [registry],
-  })
-  const handshakes = new Counter({
-    name: 'ambientkit_handshake_failures_total',
-    help: 'Inbound HBONE connections that failed before carrying a tunnel (TLS, ALPN, identity)',
-    labelNames: ['destination_workload', 'reason'],
-    registers: [registry],
-  })
-  const workloads = new Gauge({ name: 'ambientkit_workloads', help: 'Workloads enrolled in this node proxy', registers: [registry] })
+  const prom = loadPromClient()
+  if (prom instanceof Error) {
+    throw new AmbientError(HboneErrorCode.MetricsUnavailable, `Prometheus metrics need the optional peer dependency prom-client: npm install prom-client (${prom.message})`, {
+      cause: prom,
+    })
+  }
+  const registry = new prom.Registry()
+  const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]) => new prom.Counter<L>({ name, help, labelNames, registers: [registry] })
+  const opened = counter('istio_tcp_connections_opened_total', 'TCP connections opened', CONNECTION_LABELS)
+  const closed = counter('istio_tcp_connections_closed_total', 'TCP connections closed', CONNECTION_LABELS)
+  const sent = counter('istio_tcp_sent_bytes_total', 'Bytes sent towards the destination', CONNECTION_LABELS)
+  const received = counter('istio_tcp_received_bytes_total', 'Bytes received from the destination', CONNECTION_LABELS)
+  const denied = counter('ambientkit_authorization_denials_total', 'Connections denied by authorization policy', [
+    'destination_workload',
+    'destination_workload_namespace',
+    'source_principal',
+    'policy',
+    'listener',
+  ] as const)
+  const handshakes = counter('ambientkit_handshake_failures_total', 'Inbound HBONE connections that failed before carrying a tunnel (TLS, ALPN, identity)', [
+    'destination_workload',
+    'reason',
+  ] as const)
+  const workloads = new prom.Gauge({ name: 'ambientkit_workloads', help: 'Workloads enrolled in this node proxy', registers: [registry] })
   return {
-    registry,
     connectionOpened: (labels) => opened.inc(labels),
     connectionClosed(labels, bytes) {
       closed.inc(labels)
       if (bytes.sent > 0) sent.inc(labels, bytes.sent)
       if (bytes.received > 0) received.inc(labels, bytes.received)
     },
-    authorizationDenied: (labels) => denied.inc(labels),
+    authorizationDenied: (labels) => denied.inc({ ...labels }),
     handshakeFailed: (labels) => handshakes.inc(labels),
     setWorkloads: (count) => workloads.set(count),
+    exposition: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
   }
 }

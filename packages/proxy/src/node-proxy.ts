@@ -1,27 +1,34 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import {
   ADMIN_PORT,
+  AmbientError,
   invalidArgument,
   silentLogger,
+  throwIfAborted,
   workloadIdentity,
+  type AbortOptions,
   type Closable,
   type Logger,
+  type NetnsSockets,
   type PolicyStore,
   type SocketAddress,
   type Workload,
   type WorkloadRegistry,
 } from '@ambientkit/core'
 import type { IdentityManager } from '@ambientkit/identity'
-import type { Netns } from '@ambientkit/redirect'
 import type { AccessLogEntry } from './access-log'
-import { createProxyMetrics, type ProxyMetrics } from './metrics'
+import { HboneErrorCode } from './hbone/errors'
 import { nativeHboneThreads } from './hbone/native'
-import { createWorkloadProxy, type HboneDataPath, type WorkloadProxy, type WorkloadProxyOptions } from './workload-proxy'
+import { createProxyMetrics, promClientAvailable, type ProxyMetrics } from './metrics'
+import { observeConnections, type ConnectionObserver } from './telemetry'
+import type { HboneTransport } from './transport/contract'
+import { createSameNodeTransport } from './transport/same-node'
+import { createWorkloadProxy, transportFor, type DrainOptions, type WorkloadProxy, type WorkloadProxyOptions } from './workload/workload-proxy'
 
 /** Options every workload proxy of a node shares (see {@link WorkloadProxyOptions}). */
 export type WorkloadProxyDefaults = Pick<
   WorkloadProxyOptions,
-  'outboundPolicy' | 'inboundPlaintext' | 'preserveSourceAddress' | 'ports' | 'windows' | 'connectTimeout' | 'dataPath'
+  'outboundPolicy' | 'inboundPlaintext' | 'preserveSourceAddress' | 'ports' | 'windows' | 'connectTimeout' | 'dataPath' | 'transport'
 >
 
 /** Options of {@link createNodeProxy}. */
@@ -42,12 +49,24 @@ export interface NodeProxyOptions {
    * `false` for none.
    */
   readonly admin?: { readonly host?: string; readonly port?: number } | false
-  /** Called with every connection's access-log entry. Default: one `info` log line per connection. */
+  /**
+   * Called with every connection's access-log entry. Default: one `info`
+   * log line per connection. One that throws (a full disk) is caught,
+   * counted and reported at most once a minute.
+   */
   readonly accessLog?: (entry: AccessLogEntry) => void
+  /**
+   * Where connections, denials and failed handshakes are counted. Default:
+   * {@link createProxyMetrics} (Prometheus, served on `/metrics`) when its
+   * optional peer `prom-client` is installed; without it, nothing is
+   * counted and `/metrics` says how to get it (one warning line at start).
+   */
+  readonly metrics?: ProxyMetrics
   /**
    * `true`: connections between two workloads of this node skip HBONE; the
    * destination's proxy authorizes them with the source's identity and the
-   * sockets are spliced in-process (see `WorkloadProxyOptions.localWorkloads`).
+   * sockets are spliced in-process (the same-node transport,
+   * `createSameNodeTransport`, in front of the node's transport).
    * Default `false`: they go through HBONE like any other, so every mesh
    * connection looks the same on the wire, in metrics and in the access log.
    */
@@ -59,21 +78,25 @@ export interface NodeProxyOptions {
 /** One workload enrolled in a node proxy. */
 export interface NodeProxyEnrollment {
   readonly workload: Workload
-  readonly netns: Netns
+  readonly netns: NetnsSockets
 }
 
 /** The proxy of every captured pod on one node. */
-export interface NodeProxy extends Closable {
+export interface NodeProxy extends Closable, AsyncDisposable {
   /**
    * Starts the workload's proxy inside `netns` (listeners 15001, 15006,
    * 15008). Adding a workload already enrolled in the same netns keeps its
    * running proxy (and resolves with it); in another netns (the pod was recreated) the old proxy
-   * is closed first.
+   * is closed first. An aborted `signal` gives up (a proxy it started meanwhile is closed).
    */
-  addWorkload(workload: Workload, netns: Netns): Promise<WorkloadProxy>
+  addWorkload(workload: Workload, netns: NetnsSockets, options?: AbortOptions): Promise<WorkloadProxy>
   /** Closes the workload's listeners and connections. False if it was not enrolled. */
   removeWorkload(uid: string): Promise<boolean>
-  /** Enrolls exactly `enrollments`: adds the missing, removes the others. */
+  /**
+   * Enrolls exactly `enrollments`: adds the missing, removes the others.
+   * Rejects with `ERR_AMBIENT_PROXY_WORKLOADS_FAILED` (each failure in
+   * `details.failures`) when some could not start; the others run.
+   */
   replaceAll(enrollments: readonly NodeProxyEnrollment[]): Promise<void>
   /** The enrolled workloads. */
   workloads(): Workload[]
@@ -84,10 +107,12 @@ export interface NodeProxy extends Closable {
   adminAddress(): SocketAddress | undefined
   /** What `/config_dump` serves. */
   configDump(): NodeProxyConfigDump
+  /** The transport carrying its workloads' tunnels (its name is in `/config_dump`). */
+  readonly transport: HboneTransport
   /** Starts the admin server. */
-  start(): Promise<void>
+  start(options?: AbortOptions): Promise<void>
   /** Stops accepting everywhere, lets connections finish until `deadline` ms (default 5000), then closes. */
-  drain(options?: { deadline?: number }): Promise<void>
+  drain(options?: DrainOptions): Promise<void>
   close(): Promise<void>
 }
 
@@ -103,8 +128,8 @@ export interface NodeProxyConfigDump {
     netns: string
     state: 'starting' | 'ready' | 'failed'
     error?: string
-    /** What carries its HBONE tunnels, once its proxy runs. */
-    dataPath?: HboneDataPath
+    /** The transport carrying its tunnels, once its proxy runs. */
+    transport?: string
     connections: number
     hboneSessions: { outbound: number; inbound: number }
   }>
@@ -117,7 +142,7 @@ export interface NodeProxyConfigDump {
 
 interface Slot {
   workload: Workload
-  netns: Netns
+  netns: NetnsSockets
   state: 'starting' | 'ready' | 'failed'
   error?: Error
   proxy?: WorkloadProxy
@@ -132,10 +157,12 @@ export function createNodeProxy(options: NodeProxyOptions): NodeProxy {
 }
 
 class NodeProxyImpl implements NodeProxy {
-  readonly metrics: ProxyMetrics = createProxyMetrics()
+  readonly metrics: ProxyMetrics
+  readonly transport: HboneTransport
   readonly #options: NodeProxyOptions
   readonly #log: Logger
   readonly #slots = new Map<string, Slot>()
+  readonly #observer: ConnectionObserver
   #admin: Server | undefined
   #adminAddress: SocketAddress | undefined
   #closing: Promise<void> | undefined
@@ -143,9 +170,26 @@ class NodeProxyImpl implements NodeProxy {
   constructor(options: NodeProxyOptions) {
     this.#options = options
     this.#log = (options.logger ?? silentLogger).child({ node: options.nodeName })
+    if (options.metrics !== undefined) this.metrics = options.metrics
+    else if (promClientAvailable()) this.metrics = createProxyMetrics()
+    else {
+      this.#log.warn('prom-client is not installed: no metrics are counted (npm install prom-client to serve them on /metrics)')
+      this.metrics = NO_METRICS
+    }
+    const defaults = options.workloadDefaults ?? {}
+    const wire = defaults.transport ?? transportFor(defaults.dataPath)
+    this.transport = options.sameNodeFastPath === true ? createSameNodeTransport({ fallback: wire }) : wire
+    // Every workload proxy of the node publishes its connections under this node proxy.
+    this.#observer = observeConnections({
+      telemetry: this,
+      metrics: this.metrics,
+      ...(options.accessLog === undefined ? {} : { accessLog: options.accessLog }),
+      logger: this.#log,
+    })
   }
 
-  async start(): Promise<void> {
+  async start(options: AbortOptions = {}): Promise<void> {
+    throwIfAborted(options.signal, 'node proxy start')
     if (this.#options.admin === false || this.#admin !== undefined) return
     const host = this.#options.admin?.host ?? '127.0.0.1'
     const port = this.#options.admin?.port ?? ADMIN_PORT
@@ -166,7 +210,7 @@ class NodeProxyImpl implements NodeProxy {
     return this.#adminAddress
   }
 
-  addWorkload(workload: Workload, netns: Netns): Promise<WorkloadProxy> {
+  addWorkload(workload: Workload, netns: NetnsSockets, options: AbortOptions = {}): Promise<WorkloadProxy> {
     const previous = this.#slots.get(workload.uid)
     const wait = previous?.pending ?? Promise.resolve()
     const slot: Slot = previous?.netns.id === netns.id && previous.state !== 'failed' ? previous : { workload, netns, state: 'starting', pending: wait }
@@ -188,10 +232,10 @@ class NodeProxyImpl implements NodeProxy {
             registry: this.#options.registry,
             identities: this.#options.identities,
             policies: this.#options.policies,
-            metrics: this.metrics,
-            ...(this.#options.sameNodeFastPath === true ? { localWorkloads: (served: Workload) => this.#proxyServing(served) } : {}),
-            accessLog: this.#options.accessLog ?? ((entry) => this.#log.info({ access: entry }, 'connection')),
+            transport: this.transport,
+            telemetry: this,
             logger: this.#log,
+            ...(options.signal === undefined ? {} : { signal: options.signal }),
           })
           slot.state = 'ready'
           delete slot.error
@@ -207,12 +251,6 @@ class NodeProxyImpl implements NodeProxy {
     slot.pending = run
     if (slot !== previous) this.#slots.set(workload.uid, slot)
     return run
-  }
-
-  /** The ready workload proxy of `workload`, if it is enrolled here. */
-  #proxyServing(workload: Workload): WorkloadProxy | undefined {
-    const slot = this.#slots.get(workload.uid)
-    return slot?.state === 'ready' ? slot.proxy : undefined
   }
 
   removeWorkload(uid: string): Promise<boolean> {
@@ -238,7 +276,13 @@ class NodeProxyImpl implements NodeProxy {
     const additions = enrollments.map((e) => this.addWorkload(e.workload, e.netns))
     const results = await Promise.allSettled([...removals, ...additions])
     const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected')
-    if (failed.length > 0) throw new AggregateError(failed.map((f) => f.reason), `${failed.length} of ${enrollments.length} workloads failed to start`)
+    if (failed.length > 0) {
+      const failures = failed.map((f) => (f.reason as Error).message)
+      throw new AmbientError(HboneErrorCode.WorkloadsFailed, `${failed.length} of ${enrollments.length} workloads failed to start: ${failures.join('; ')}`, {
+        cause: failed[0]!.reason,
+        details: { failures },
+      })
+    }
   }
 
   workloads(): Workload[] {
@@ -255,7 +299,7 @@ class NodeProxyImpl implements NodeProxy {
 
   configDump(): NodeProxyConfigDump {
     const identities = this.#options.identities
-    const threads = [...this.#slots.values()].some((s) => s.proxy?.dataPath === 'native') ? nativeHboneThreads() : undefined
+    const threads = this.transport.name.split('+').includes('native') ? nativeHboneThreads() : undefined
     return {
       node: this.#options.nodeName,
       workloads: [...this.#slots.values()].map((s) => ({
@@ -267,7 +311,7 @@ class NodeProxyImpl implements NodeProxy {
         netns: s.netns.path,
         state: s.state,
         ...(s.error ? { error: s.error.message } : {}),
-        ...(s.proxy ? { dataPath: s.proxy.dataPath } : {}),
+        ...(s.proxy ? { transport: s.proxy.transport } : {}),
         connections: s.proxy?.activeConnections() ?? 0,
         hboneSessions: s.proxy?.hboneSessions() ?? { outbound: 0, inbound: 0 },
       })),
@@ -295,8 +339,11 @@ class NodeProxyImpl implements NodeProxy {
           if (notReady.length === 0) return send(200, 'text/plain', 'ready\n')
           return send(503, 'text/plain', `not ready: ${notReady.map((s) => `${s.workload.namespace}/${s.workload.name} (${s.state})`).join(', ')}\n`)
         }
-        case '/metrics':
-          return send(200, this.metrics.registry.contentType, await this.metrics.registry.metrics())
+        case '/metrics': {
+          const exposed = await this.metrics.exposition?.()
+          if (exposed === undefined) return send(501, 'text/plain', 'no Prometheus metrics: install prom-client (npm install prom-client) or give the node proxy metrics that serve them\n')
+          return send(200, exposed.contentType, exposed.body)
+        }
         case '/config_dump':
           return send(200, 'application/json', `${JSON.stringify(this.configDump(), null, 2)}\n`)
         default:
@@ -308,7 +355,7 @@ class NodeProxyImpl implements NodeProxy {
     }
   }
 
-  async drain(options: { deadline?: number } = {}): Promise<void> {
+  async drain(options: DrainOptions = {}): Promise<void> {
     const slots = [...this.#slots.values()]
     this.#slots.clear()
     this.#updateGauge()
@@ -326,7 +373,21 @@ class NodeProxyImpl implements NodeProxy {
         admin.closeAllConnections()
         await new Promise<void>((resolve) => admin.close(() => resolve()))
       }
+      this.#observer.close()
     })()
     return this.#closing
   }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close()
+  }
 }
+
+/** What counts nothing (no `prom-client`, no metrics given). */
+const NO_METRICS: ProxyMetrics = Object.freeze({
+  connectionOpened() {},
+  connectionClosed() {},
+  authorizationDenied() {},
+  handshakeFailed() {},
+  setWorkloads() {},
+})

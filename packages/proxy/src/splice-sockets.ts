@@ -4,6 +4,8 @@ import type { Socket } from 'node:net'
 export interface SocketSpliceResult {
   /** `closed` when both sides finished cleanly, `reset` when either failed or was reset. */
   readonly outcome: 'closed' | 'reset'
+  /** With `reset`: the side that failed or was reset first. */
+  readonly resetFirst?: 'a' | 'b'
   /** Bytes from `a` to `b`. */
   readonly aToB: number
   /** Bytes from `b` to `a`. */
@@ -29,6 +31,12 @@ export function spliceSockets(a: Socket, b: Socket): Promise<SocketSpliceResult>
 export function startSocketSplice(a: Socket, b: Socket, done: (result: SocketSpliceResult) => void): void {
   a.allowHalfOpen = true
   b.allowHalfOpen = true
+  if (a.destroyed || b.destroyed) {
+    // One side is gone already (its 'close' will not come again): the other is reset at once.
+    for (const socket of [a, b]) if (!socket.destroyed) socket.resetAndDestroy()
+    done({ outcome: 'reset', resetFirst: a.destroyed ? 'a' : 'b', aToB: b.bytesWritten, bToA: a.bytesWritten })
+    return
+  }
   const splice = new SocketSplice(a, b, done)
   for (const socket of [a, b]) {
     splices.set(socket, splice)
@@ -50,7 +58,7 @@ export function startSocketSplice(a: Socket, b: Socket, done: (result: SocketSpl
  */
 class SocketSplice {
   open = 2
-  reset = false
+  resetFirst: 'a' | 'b' | undefined
   error: Error | undefined
 
   constructor(
@@ -68,7 +76,8 @@ class SocketSplice {
     const { a, b, error } = this
     splices.delete(a)
     splices.delete(b)
-    this.done({ outcome: this.reset ? 'reset' : 'closed', aToB: b.bytesWritten, bToA: a.bytesWritten, ...(error ? { error } : {}) })
+    const reset = this.resetFirst === undefined ? {} : { resetFirst: this.resetFirst }
+    this.done({ outcome: this.resetFirst === undefined ? 'closed' : 'reset', ...reset, aToB: b.bytesWritten, bToA: a.bytesWritten, ...(error ? { error } : {}) })
   }
 }
 
@@ -98,7 +107,7 @@ function onClose(this: Socket): void {
   const splice = splices.get(this)
   if (splice === undefined) return
   if (!(this.readableEnded && this.writableFinished)) {
-    splice.reset = true
+    splice.resetFirst ??= this === splice.a ? 'a' : 'b'
     const other = splice.peer(this)
     if (!other.destroyed) other.resetAndDestroy()
   }

@@ -73,6 +73,8 @@ function withoutIpv6InKernel(netns: Netns): Netns {
       refuseIpv6(options.host, options.port)
       return netns.listenFd(options)
     },
+    accept: (fd, onSocket, onPause) => netns.accept(fd, onSocket, onPause),
+    originalDestination: (fd, family) => netns.originalDestination(fd, family),
     connect: (options) => netns.connect(options),
     connectFd: (options) => netns.connectFd(options),
     runSync: (fn) => netns.runSync(fn),

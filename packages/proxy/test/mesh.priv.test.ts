@@ -9,7 +9,7 @@ import { createTestNetwork, type TestNetwork, type TestNode } from '../../../tes
 import { describePrivileged } from '../../../test/support/privileged'
 import { closedWith, established, exchange, exchangeStream, tryExchange, startEchoApp, startResetApp, startSinkApp, waitFor } from './support/apps'
 import { startPacketCapture } from './support/capture'
-import { createTestControlPlane, meshPod, meshWorkload, type MeshPod, type TestControlPlane } from './support/mesh'
+import { createTestControlPlane, meshPod, meshWorkload, type MeshPod, type TestControlPlane, metricLines } from './support/mesh'
 import { dataPaths } from './support/native'
 
 // Two nodes, each a router namespace with its own pod subnet; pods are
@@ -78,7 +78,7 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
     it('says which data path and how many data-path threads carry its tunnels in /config_dump', () => {
       for (const node of [node1, node2]) {
         const dump = node.proxy.configDump()
-        expect(dump.workloads.map((w) => w.dataPath)).toEqual(dump.workloads.map(() => dataPath))
+        expect(dump.workloads.map((w) => w.transport)).toEqual(dump.workloads.map(() => dataPath))
         expect(dump.hboneThreads).toBe(dataPath === 'native' ? nativeHboneThreads() : undefined)
       }
     })
@@ -133,8 +133,8 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
         expect(await cp.logged((e) => e.listener === 'inbound-hbone' && e.destination.port === 9090, mark)).toMatchObject({ outcome: 'denied', policy: 'shop/deny-metrics-port' })
         expect(await cp.logged((e) => e.listener === 'outbound' && e.destination.port === 9090, mark)).toMatchObject({ outcome: 'denied' })
         expect(await cp.logged((e) => e.listener === 'inbound-plaintext' && e.destination.address === b.pod.ipv4, mark)).toMatchObject({ outcome: 'denied', source: { address: d.pod.ipv4 } })
-        const metrics = await node2.proxy.metrics.registry.getSingleMetricAsString('ambientkit_authorization_denials_total')
-        expect(metrics).toMatch(/policy="shop\/deny-metrics-port"/)
+        const metrics = await metricLines(node2.proxy, 'ambientkit_authorization_denials_total')
+        expect(metrics.join('\n')).toMatch(/policy="shop\/deny-metrics-port"/)
       } finally {
         cp.policies.replaceAll([])
       }

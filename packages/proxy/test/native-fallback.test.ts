@@ -25,7 +25,7 @@ const { join } = require('node:path')
 const { pathToFileURL } = require('node:url')
 const load = (file) => import(pathToFileURL(join(process.env.AK_PROXY_SRC, file)).href)
 ;(async () => {
-  const [native, proxy, core] = await Promise.all([load('hbone/native.ts'), load('workload-proxy.ts'), import('@ambientkit/core')])
+  const [native, proxy, core] = await Promise.all([load('hbone/native.ts'), load('workload/workload-proxy.ts'), import('@ambientkit/core')])
   const unavailable = native.nativeHboneUnavailable()
   const report = { defaultDataPath: proxy.defaultHboneDataPath(), unavailable: unavailable === undefined ? null : { code: unavailable.code, message: unavailable.message } }
   if (unavailable !== undefined) {

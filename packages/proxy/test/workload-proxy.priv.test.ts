@@ -10,7 +10,7 @@ import { createTestNetwork, type TestNetwork } from '../../../test/support/netns
 import { describePrivileged } from '../../../test/support/privileged'
 import { startEchoApp } from './support/apps'
 import { createTestControlPlane, meshPod, meshWorkload, type MeshPod, type TestControlPlane } from './support/mesh'
-import { dataPaths, nativeAddonOrSkip } from './support/native'
+import { dataPaths } from './support/native'
 
 describePrivileged('workload proxy: inbound HBONE without capture', ['ip'], () => {
   describe.each(dataPaths('workload proxy'))('%s data path', (dataPath) => {
@@ -68,7 +68,6 @@ describePrivileged('workload proxy: inbound HBONE without capture', ['ip'], () =
 
 describePrivileged('workload proxy: a listening socket the addon cannot take', ['ip', 'ss'], () => {
   it('fails the start and closes that descriptor, leaving nothing listening', async () => {
-    if (nativeAddonOrSkip('a listening socket the addon cannot take') === undefined) return
     const network = createTestNetwork('ak-wpa')
     const cp = await createTestControlPlane()
     const dir = mkdtempSync(join(tmpdir(), 'ak-wpa-'))
@@ -76,7 +75,7 @@ describePrivileged('workload proxy: a listening socket the addon cannot take', [
       const pod = await network.addPod(await network.addNode())
       const p = meshPod(pod, meshWorkload(pod, { name: 'frontend', namespace: 'web', serviceAccount: 'frontend' }))
       cp.registry.upsertWorkload(p.workload)
-      // The outbound listener's descriptor is a regular file, which epoll (and so the addon) refuses.
+      // The outbound listener's descriptor is a regular file, which epoll (and so the acceptor) refuses.
       const file = join(dir, 'not-a-socket')
       writeFileSync(file, '')
       let handed: number | undefined
@@ -87,8 +86,8 @@ describePrivileged('workload proxy: a listening socket the addon cannot take', [
           return typeof value === 'function' ? value.bind(target) : value
         },
       }) satisfies Netns
-      const node = cp.nodeProxy('node-1', { dataPath: 'native' })
-      await expect(node.proxy.addWorkload(p.workload, netns)).rejects.toThrow(/cannot poll the listening socket/)
+      const node = cp.nodeProxy('node-1')
+      await expect(node.proxy.addWorkload(p.workload, netns)).rejects.toThrow(/cannot accept on descriptor/)
       expect(handed).toBeTypeOf('number')
       // Closed: the number is free, or already another file's.
       const target = ((): string | undefined => {

@@ -480,6 +480,217 @@ static napi_value cancel_wait(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- accepting connections as descriptors ---- */
+
+/*
+ * A listening socket whose connections go to JavaScript as descriptors, with
+ * the peer's address: no net.Socket is built for a connection that a native
+ * data path carries, and the descriptor of one that JavaScript carries is
+ * known (SO_ORIGINAL_DST is read from it) without Node's internals.
+ *
+ * Shared by the uv handles and the JS external: freed when all are gone.
+ */
+typedef struct {
+  uv_poll_t poll;
+  uv_timer_t pause;
+  napi_env env;
+  napi_ref callback;
+  napi_ref self; /* while listening: the acceptor lives on without a JS reference, as a listening net.Server does */
+  napi_async_context context;
+  int fd;
+  int closing;
+  int refs;
+} acceptor;
+
+/* Descriptors accepted per readiness: a flood of connections must not starve the rest of the loop. */
+#define ACCEPT_BATCH 64
+/* How long accepting pauses when the process or system is out of descriptors or memory. */
+#define ACCEPT_PAUSE_MS 100
+
+static void acceptor_release(acceptor* a) {
+  if (--a->refs == 0) free(a);
+}
+
+static void acceptor_handle_closed(uv_handle_t* handle) { acceptor_release((acceptor*)handle->data); }
+
+static void acceptor_finalize(napi_env env, void* data, void* hint) {
+  (void)env;
+  (void)hint;
+  acceptor_release((acceptor*)data);
+}
+
+static void acceptor_poll_cb(uv_poll_t* poll, int status, int events);
+
+static void acceptor_cleanup_hook(void* data);
+
+/* Stops accepting and closes the listening socket. Idempotent. */
+static void acceptor_stop(acceptor* a) {
+  if (a->closing) return;
+  a->closing = 1;
+  napi_remove_env_cleanup_hook(a->env, acceptor_cleanup_hook, a);
+  uv_poll_stop(&a->poll);
+  uv_timer_stop(&a->pause);
+  uv_close((uv_handle_t*)&a->poll, acceptor_handle_closed);
+  uv_close((uv_handle_t*)&a->pause, acceptor_handle_closed);
+  if (a->fd >= 0) close(a->fd);
+  a->fd = -1;
+  napi_delete_reference(a->env, a->callback);
+  napi_async_destroy(a->env, a->context);
+  if (a->self != NULL) {
+    napi_delete_reference(a->env, a->self);
+    a->self = NULL;
+  }
+}
+
+static void acceptor_cleanup_hook(void* data) { acceptor_stop((acceptor*)data); }
+
+static void acceptor_resume(uv_timer_t* timer) {
+  acceptor* a = (acceptor*)timer->data;
+  if (!a->closing) uv_poll_start(&a->poll, UV_READABLE, acceptor_poll_cb);
+}
+
+/* Calls back with (fd, address, port, family), or (-errno) when accepting pauses. False once the acceptor was stopped meanwhile. */
+static int acceptor_deliver(acceptor* a, int fd, const char* address, int port, int family) {
+  napi_env env = a->env;
+  napi_handle_scope scope;
+  napi_value callback, global, argv[4], ignored;
+  size_t argc = fd < 0 ? 1 : 4;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) {
+    if (fd >= 0) close(fd);
+    return !a->closing;
+  }
+  if (napi_get_reference_value(env, a->callback, &callback) != napi_ok || napi_get_global(env, &global) != napi_ok ||
+      napi_create_int32(env, fd, &argv[0]) != napi_ok ||
+      (fd >= 0 && (napi_create_string_utf8(env, address, NAPI_AUTO_LENGTH, &argv[1]) != napi_ok ||
+                   napi_create_int32(env, port, &argv[2]) != napi_ok || napi_create_int32(env, family, &argv[3]) != napi_ok))) {
+    /* Nobody will own the descriptor: close it rather than leak it. */
+    if (fd >= 0) close(fd);
+  } else if (napi_make_callback(env, a->context, global, callback, argc, argv, &ignored) == napi_pending_exception) {
+    napi_value exception;
+    if (napi_get_and_clear_last_exception(env, &exception) == napi_ok) napi_fatal_exception(env, exception);
+  }
+  napi_close_handle_scope(env, scope);
+  return !a->closing;
+}
+
+static void acceptor_poll_cb(uv_poll_t* poll, int status, int events) {
+  (void)events;
+  acceptor* a = (acceptor*)poll->data;
+  if (a->closing || status < 0) return; /* a listening socket's error is transient (ECONNABORTED and the like) */
+  for (int i = 0; i < ACCEPT_BATCH; i++) {
+    any_addr peer;
+    socklen_t len = sizeof peer;
+    int fd = accept4(a->fd, &peer.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      if (err == EINTR || err == ECONNABORTED) continue;
+      if (err == EAGAIN || err == EWOULDBLOCK) return;
+      /* Out of descriptors or memory: readiness stays, so polling on would spin. Pause, and say so once. */
+      uv_poll_stop(&a->poll);
+      uv_timer_start(&a->pause, acceptor_resume, ACCEPT_PAUSE_MS, 0);
+      acceptor_deliver(a, -err, NULL, 0, 0);
+      return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    char address[INET6_ADDRSTRLEN] = "";
+    int port = 0, family = 4;
+    if (peer.sa.sa_family == AF_INET) {
+      inet_ntop(AF_INET, &peer.v4.sin_addr, address, sizeof address);
+      port = ntohs(peer.v4.sin_port);
+    } else if (peer.sa.sa_family == AF_INET6) {
+      /* A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d: give the IPv4 form. */
+      if (IN6_IS_ADDR_V4MAPPED(&peer.v6.sin6_addr)) {
+        inet_ntop(AF_INET, &peer.v6.sin6_addr.s6_addr[12], address, sizeof address);
+      } else {
+        inet_ntop(AF_INET6, &peer.v6.sin6_addr, address, sizeof address);
+        family = 6;
+      }
+      port = ntohs(peer.v6.sin6_port);
+    }
+    if (!acceptor_deliver(a, fd, address, port, family)) return; /* stopped from the callback */
+  }
+}
+
+/*
+ * acceptTcp(listenFd, callback(fd, address, port, family) | callback(-errno)) → handle.
+ * The listening socket becomes the addon's; each connection is handed over
+ * as a non-blocking, close-on-exec descriptor with TCP_NODELAY set, which
+ * the callback owns. IPv4 peers of a dual-stack listener come as family 4.
+ */
+static napi_value accept_tcp(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], handle, name;
+  int32_t fd;
+  napi_valuetype type;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || !get_int(env, argv[0], &fd) || fd < 0) return throw_type(env, "acceptTcp: listenFd must be a descriptor");
+  if (napi_typeof(env, argv[1], &type) != napi_ok || type != napi_function) return throw_type(env, "acceptTcp: callback must be a function");
+  uv_loop_t* loop;
+  CHECK(napi_get_uv_event_loop(env, &loop));
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return throw_errno(env, errno, "fcntl(O_NONBLOCK)");
+  acceptor* a = calloc(1, sizeof *a);
+  if (a == NULL) return throw_errno(env, ENOMEM, "calloc");
+  a->env = env;
+  a->fd = fd;
+  int rc = uv_poll_init_socket(loop, &a->poll, fd);
+  if (rc != 0) {
+    free(a);
+    return throw_errno(env, -rc, "uv_poll_init_socket");
+  }
+  rc = uv_timer_init(loop, &a->pause);
+  if (rc != 0) {
+    a->refs = 1;
+    a->poll.data = a;
+    uv_close((uv_handle_t*)&a->poll, acceptor_handle_closed);
+    return throw_errno(env, -rc, "uv_timer_init");
+  }
+  a->poll.data = a;
+  a->pause.data = a;
+  a->refs = 2; /* the two uv handles; the external adds one below */
+  if (napi_create_reference(env, argv[1], 1, &a->callback) != napi_ok ||
+      napi_create_string_utf8(env, "ambientkit:accept", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_async_init(env, NULL, name, &a->context) != napi_ok) {
+    a->closing = 1;
+    uv_close((uv_handle_t*)&a->poll, acceptor_handle_closed);
+    uv_close((uv_handle_t*)&a->pause, acceptor_handle_closed);
+    napi_throw_error(env, NULL, "acceptTcp: cannot set up the callback");
+    return NULL;
+  }
+  if (napi_create_external(env, a, acceptor_finalize, NULL, &handle) != napi_ok) {
+    a->fd = -1; /* the caller still owns the listening socket */
+    acceptor_stop(a);
+    napi_throw_error(env, NULL, "acceptTcp: cannot create the handle");
+    return NULL;
+  }
+  a->refs++;
+  if (napi_create_reference(env, handle, 1, &a->self) != napi_ok || napi_add_env_cleanup_hook(env, acceptor_cleanup_hook, a) != napi_ok) {
+    a->fd = -1;
+    acceptor_stop(a);
+    napi_throw_error(env, NULL, "acceptTcp: cannot keep the handle");
+    return NULL;
+  }
+  rc = uv_poll_start(&a->poll, UV_READABLE, acceptor_poll_cb);
+  if (rc != 0) {
+    a->fd = -1;
+    acceptor_stop(a);
+    return throw_errno(env, -rc, "uv_poll_start");
+  }
+  return handle;
+}
+
+/* stopAccepting(handle): stops accepting and closes the listening socket. Idempotent. */
+static napi_value stop_accepting(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  void* data = NULL;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_external(env, argv[0], &data) != napi_ok) return throw_type(env, "stopAccepting: bad handle");
+  acceptor_stop((acceptor*)data);
+  return NULL;
+}
+
 /* ---- socket options on existing sockets ---- */
 
 static napi_value address_object(napi_env env, const any_addr* addr) {
@@ -528,6 +739,21 @@ static napi_value original_dst(napi_env env, napi_callback_info info) {
     rc = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &addr.v6, &len);
   }
   if (rc != 0) return throw_errno(env, errno, family == 4 ? "getsockopt(SO_ORIGINAL_DST)" : "getsockopt(IP6T_SO_ORIGINAL_DST)");
+  return address_object(env, &addr);
+}
+
+/* localAddress(fd) → { address, port, family }: where the socket is bound (getsockname). */
+static napi_value local_address(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || !get_int(env, argv[0], &fd)) return throw_type(env, "localAddress(fd)");
+  any_addr addr;
+  memset(&addr, 0, sizeof addr);
+  socklen_t len = sizeof addr;
+  if (getsockname(fd, &addr.sa, &len) != 0) return throw_errno(env, errno, "getsockname");
+  if (addr.sa.sa_family != AF_INET && addr.sa.sa_family != AF_INET6) return throw_errno(env, EAFNOSUPPORT, "getsockname");
   return address_object(env, &addr);
 }
 
@@ -1105,7 +1331,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"connectTcp", NULL, connect_tcp, NULL, NULL, NULL, napi_enumerable, NULL},
       {"waitConnected", NULL, wait_connected, NULL, NULL, NULL, napi_enumerable, NULL},
       {"cancelWait", NULL, cancel_wait, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"acceptTcp", NULL, accept_tcp, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"stopAccepting", NULL, stop_accepting, NULL, NULL, NULL, napi_enumerable, NULL},
       {"originalDst", NULL, original_dst, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"localAddress", NULL, local_address, NULL, NULL, NULL, napi_enumerable, NULL},
       {"getMark", NULL, get_mark, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setMark", NULL, set_mark, NULL, NULL, NULL, napi_enumerable, NULL},
       {"socketOptions", NULL, socket_options, NULL, NULL, NULL, napi_enumerable, NULL},

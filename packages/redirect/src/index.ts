@@ -59,6 +59,7 @@ export {
 } from '@ambientkit/core'
 export {
   openNetns,
+  ownNetnsSockets,
   type Netns,
   type NetnsConnectFdOptions,
   type NetnsListenFdOptions,
@@ -68,6 +69,7 @@ export {
   type NetnsListenOptions,
 } from './netns'
 export {
+  boundAddress,
   getSocketMark,
   originalDestination,
   readSocketOptions,

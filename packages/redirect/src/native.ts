@@ -34,7 +34,16 @@ export interface NativeAddon {
   connectTcp(nsFd: number, spec: NativeSocketSpec): number
   waitConnected(fd: number, callback: (errno: number) => void): object
   cancelWait(handle: object): void
+  /**
+   * Accepts on a listening socket (which becomes the addon's): each connection as a non-blocking
+   * descriptor with TCP_NODELAY and its peer (IPv4 peers of a dual-stack listener as family 4), or
+   * `-errno` once when accepting pauses for lack of descriptors or memory.
+   */
+  acceptTcp(listenFd: number, callback: (fd: number, address?: string, port?: number, family?: 4 | 6) => void): object
+  /** Stops accepting and closes the listening socket. Idempotent. */
+  stopAccepting(handle: object): void
   originalDst(fd: number, family: 4 | 6): { address: string; port: number; family: 4 | 6 }
+  localAddress(fd: number): { address: string; port: number; family: 4 | 6 }
   getMark(fd: number): number
   setMark(fd: number, mark: number): void
   socketOptions(fd: number): SocketOptions

@@ -8,12 +8,19 @@ import {
   isPort,
   throwIfAborted,
   type AbortOptions,
+  type AcceptedSocket,
   type Closable,
+  type ConnectFdOptions,
+  type ListenFdOptions,
+  type NetnsSockets,
+  type SocketAcceptor,
+  type SocketAddress,
 } from '@ambientkit/core'
-import { closeSync, fstatSync, openSync } from 'node:fs'
+import { closeSync, fstatSync, openSync, statSync } from 'node:fs'
 import { createServer, Socket, type Server, type ServerOpts } from 'node:net'
 import { constants as osConstants } from 'node:os'
-import { nativeError, RedirectErrorCode } from './errors'
+import { errnoName, nativeError, RedirectErrorCode } from './errors'
+import { originalDestination } from './sockets'
 import { native, type NativeSocketSpec, type NftRunResult, type SpawnedProgram } from './native'
 import { installHint } from './programs'
 
@@ -40,27 +47,10 @@ export interface NetnsListenOptions extends AbortOptions {
 }
 
 /** Options of {@link Netns.listenFd}: those of {@link Netns.listen} but the `net.Server`'s and the signal (it is synchronous). */
-export type NetnsListenFdOptions = Omit<NetnsListenOptions, 'server' | 'signal'>
+export type NetnsListenFdOptions = ListenFdOptions
 
 /** Options of {@link Netns.connectFd}. */
-export interface NetnsConnectFdOptions extends AbortOptions {
-  /** Destination IP address (no host names). Required. */
-  host: string
-  /** Destination port, 1–65535. Required. */
-  port: number
-  /** `SO_MARK`, set before `connect()` so the SYN carries it. Default: none. */
-  mark?: number
-  /** Source address to bind before connecting (with `transparent`, may be another host's: source preservation). Default: the kernel's choice. */
-  localAddress?: string
-  /** Source port to bind. Default 0 (any). */
-  localPort?: number
-  /** `IP_TRANSPARENT` / `IPV6_TRANSPARENT`, set before bind. Default `false`. */
-  transparent?: boolean
-  /** `IP_FREEBIND` / `IPV6_FREEBIND`. Default `false`. */
-  freebind?: boolean
-  /** `SO_REUSEPORT`. Default `false`. */
-  reusePort?: boolean
-}
+export type NetnsConnectFdOptions = ConnectFdOptions
 
 /** Options of {@link Netns.connect}. */
 export interface NetnsConnectOptions extends NetnsConnectFdOptions {
@@ -84,8 +74,12 @@ export interface NetnsExecResult {
   stderr: string
 }
 
-/** An open handle on a network namespace. */
-export interface Netns extends Closable {
+/**
+ * An open handle on a network namespace. It is the `NetnsSockets` of
+ * `@ambientkit/core` that a workload proxy takes: listen, accept and
+ * connect inside the namespace, original destinations of what was accepted.
+ */
+export interface Netns extends NetnsSockets, Closable {
   /** The path that was opened (`/run/netns/<name>`, `/proc/<pid>/ns/net`, or the given path). */
   readonly path: string
   /** `"<device>:<inode>"` of the namespace: equal ids are the same namespace, whatever path opened it. */
@@ -122,6 +116,23 @@ export interface Netns extends Closable {
    * open on failure or abort.
    */
   connectFd(options: NetnsConnectFdOptions): Promise<number>
+  /**
+   * Accepts on a listening descriptor from {@link listenFd} (which becomes
+   * the acceptor's): each connection is handed to `onSocket` as a
+   * descriptor (non-blocking, close-on-exec, TCP_NODELAY) with its peer,
+   * so that no `net.Socket` is built for one a native data path carries,
+   * and one that JavaScript carries is wrapped with `new net.Socket({ fd })`.
+   * When the process runs out of descriptors or memory, accepting pauses
+   * for 100 ms rather than spinning, and `onPause` hears it (the errno
+   * name). Accepting works from any namespace: only the socket's matters.
+   */
+  accept(listenFd: number, onSocket: (socket: AcceptedSocket) => void, onPause?: (errno: string) => void): SocketAcceptor
+  /**
+   * Where an accepted connection was going before capture redirected it;
+   * see {@link originalDestination}. Throws
+   * `ERR_AMBIENT_REDIRECT_ORIGINAL_DESTINATION` when it was not redirected.
+   */
+  originalDestination(fd: number, family: 4 | 6): SocketAddress
   /**
    * Calls `fn` with the calling thread inside this namespace and always
    * switches back, even when `fn` throws. Only what `fn` does synchronously
@@ -202,6 +213,40 @@ export function openNetns(target: string | number): Netns {
   }
 }
 
+/**
+ * The sockets of this process's own network namespace, as a
+ * {@link NetnsSockets}: listen, accept and connect on descriptors without
+ * entering any namespace, so without root. For a data plane that serves
+ * the host's namespace (a gateway, a test), and for tests of one.
+ *
+ * @example
+ * ```ts
+ * import { createServer } from 'node:net'
+ * import { ownNetnsSockets } from '@ambientkit/redirect'
+ *
+ * const sockets = ownNetnsSockets()
+ * const listening = sockets.listenFd({ host: '127.0.0.1', port: 0 })
+ * const acceptor = sockets.accept(listening, ({ fd, remote }) => console.log('accepted', fd, remote))
+ * ```
+ */
+export function ownNetnsSockets(): NetnsSockets {
+  return OWN_SOCKETS
+}
+
+const OWN_PATH = '/proc/self/ns/net'
+
+const OWN_SOCKETS: NetnsSockets = Object.freeze({
+  get id(): string {
+    const stat = statSync(OWN_PATH, { bigint: true })
+    return `${stat.dev}:${stat.ino}`
+  },
+  path: OWN_PATH,
+  listenFd: (options: ListenFdOptions) => listenFdIn(-1, 'this namespace', options),
+  accept: (listenFd: number, onSocket: (socket: AcceptedSocket) => void, onPause?: (errno: string) => void) => acceptOn(listenFd, 'this namespace', onSocket, onPause),
+  connectFd: (options: ConnectFdOptions) => connectFdIn(-1, 'this namespace', options),
+  originalDestination: (fd: number, family: 4 | 6) => originalDestination(fd, family),
+})
+
 function checkMark(name: string, value: unknown): void {
   if (value === undefined) return
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 0xffffffff) {
@@ -274,34 +319,15 @@ class NetnsHandle implements Netns {
   }
 
   listenFd(options: NetnsListenFdOptions): number {
-    const nsFd = this.#open('listen')
-    const host = canonicalIp(options.host ?? '0.0.0.0', 'listen host')
-    checkPort('listen port', options.port, true)
-    checkMark('listen mark', options.mark)
-    for (const key of ['transparent', 'freebind', 'reusePort', 'ipv6Only'] as const) checkBoolean(`listen ${key}`, options[key])
-    const backlog = options.backlog ?? 511
-    if (!Number.isInteger(backlog) || backlog < 1) throw invalidArgument('listen backlog', options.backlog, 'an integer >= 1')
-    const family = ipFamily(host)
-    const spec: NativeSocketSpec = {
-      family,
-      mark: options.mark,
-      transparent: options.transparent,
-      freebind: options.freebind,
-      reusePort: options.reusePort,
-      v6Only: options.ipv6Only === undefined || family === 4 ? undefined : options.ipv6Only ? 1 : 0,
-      bindAddress: host,
-      bindPort: options.port,
-      backlog,
-    }
-    try {
-      return native().listenTcp(nsFd, spec)
-    } catch (err) {
-      throw nativeError(RedirectErrorCode.Socket, `cannot listen on ${host} port ${options.port} in ${this.path}`, err, {
-        path: this.path,
-        host,
-        port: options.port,
-      })
-    }
+    return listenFdIn(this.#open('listen'), this.path, options)
+  }
+
+  accept(listenFd: number, onSocket: (socket: AcceptedSocket) => void, onPause?: (errno: string) => void): SocketAcceptor {
+    return acceptOn(listenFd, this.path, onSocket, onPause)
+  }
+
+  originalDestination(fd: number, family: 4 | 6): SocketAddress {
+    return originalDestination(fd, family)
   }
 
   async connect(options: NetnsConnectOptions): Promise<Socket> {
@@ -310,74 +336,8 @@ class NetnsHandle implements Netns {
     return new Socket({ fd, allowHalfOpen: options.allowHalfOpen ?? false, readable: true, writable: true })
   }
 
-  async connectFd(options: NetnsConnectFdOptions): Promise<number> {
-    const nsFd = this.#open('connect')
-    const host = canonicalIp(options.host, 'connect host')
-    checkPort('connect port', options.port, false)
-    checkMark('connect mark', options.mark)
-    for (const key of ['transparent', 'freebind', 'reusePort'] as const) checkBoolean(`connect ${key}`, options[key])
-    const family = ipFamily(host)
-    let localAddress: string | undefined
-    if (options.localAddress !== undefined) {
-      localAddress = canonicalIp(options.localAddress, 'connect localAddress')
-      if (ipFamily(localAddress) !== family) {
-        throw invalidArgument('connect localAddress', options.localAddress, `an IPv${family} address like host ${host}`)
-      }
-    }
-    if (options.localPort !== undefined) checkPort('connect localPort', options.localPort, true)
-    const signal = options.signal
-    throwIfAborted(signal, 'connect')
-    const spec: NativeSocketSpec = {
-      family,
-      mark: options.mark,
-      transparent: options.transparent,
-      freebind: options.freebind,
-      reusePort: options.reusePort,
-      bindAddress: localAddress,
-      bindPort: options.localPort ?? 0,
-      connectAddress: host,
-      connectPort: options.port,
-    }
-    const addon = native()
-    const details = { path: this.path, host, port: options.port }
-    let fd: number
-    try {
-      fd = addon.connectTcp(nsFd, spec)
-    } catch (err) {
-      throw nativeError(RedirectErrorCode.Connect, `cannot connect to ${host} port ${options.port} from ${this.path}`, err, details)
-    }
-    await new Promise<void>((resolve, reject) => {
-      let wait: object
-      const onAbort = (): void => {
-        addon.cancelWait(wait)
-        addon.closeFd(fd)
-        reject(abortError(signal!, 'connect'))
-      }
-      try {
-        wait = addon.waitConnected(fd, (errno) => {
-          signal?.removeEventListener('abort', onAbort)
-          if (errno === 0) {
-            resolve()
-            return
-          }
-          addon.closeFd(fd)
-          reject(
-            nativeError(
-              RedirectErrorCode.Connect,
-              `cannot connect to ${host} port ${options.port} from ${this.path}`,
-              Object.assign(new Error(`connect: errno ${errno}`), { errno, syscall: 'connect' }),
-              details,
-            ),
-          )
-        })
-      } catch (err) {
-        addon.closeFd(fd)
-        reject(nativeError(RedirectErrorCode.Connect, `cannot wait for the connection to ${host} port ${options.port}`, err, details))
-        return
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
-    })
-    return fd
+  connectFd(options: NetnsConnectFdOptions): Promise<number> {
+    return connectFdIn(this.#open('connect'), this.path, options)
   }
 
   async exec(command: string, args: readonly string[] = [], options: NetnsExecOptions = {}): Promise<NetnsExecResult> {
@@ -428,6 +388,124 @@ interface Program {
   stdout: Socket
   stderr: Socket
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+}
+
+/** A listening socket inside the namespace `nsFd` (-1: this process's own). */
+function listenFdIn(nsFd: number, where: string, options: ListenFdOptions): number {
+  const host = canonicalIp(options.host ?? '0.0.0.0', 'listen host')
+  checkPort('listen port', options.port, true)
+  checkMark('listen mark', options.mark)
+  for (const key of ['transparent', 'freebind', 'reusePort', 'ipv6Only'] as const) checkBoolean(`listen ${key}`, options[key])
+  const backlog = options.backlog ?? 511
+  if (!Number.isInteger(backlog) || backlog < 1) throw invalidArgument('listen backlog', options.backlog, 'an integer >= 1')
+  const family = ipFamily(host)
+  const spec: NativeSocketSpec = {
+    family,
+    mark: options.mark,
+    transparent: options.transparent,
+    freebind: options.freebind,
+    reusePort: options.reusePort,
+    v6Only: options.ipv6Only === undefined || family === 4 ? undefined : options.ipv6Only ? 1 : 0,
+    bindAddress: host,
+    bindPort: options.port,
+    backlog,
+  }
+  try {
+    return native().listenTcp(nsFd, spec)
+  } catch (err) {
+    throw nativeError(RedirectErrorCode.Socket, `cannot listen on ${host} port ${options.port} in ${where}`, err, {
+      path: where,
+      host,
+      port: options.port,
+    })
+  }
+}
+
+/** Accepts on a listening descriptor (of any namespace) with the addon. */
+function acceptOn(listenFd: number, where: string, onSocket: (socket: AcceptedSocket) => void, onPause?: (errno: string) => void): SocketAcceptor {
+  if (!Number.isInteger(listenFd) || listenFd < 0) throw invalidArgument('accept(listenFd)', listenFd, 'a listening descriptor from listenFd()')
+  if (typeof onSocket !== 'function') throw invalidArgument('accept(onSocket)', onSocket, 'a function')
+  const addon = native()
+  let handle: object
+  try {
+    handle = addon.acceptTcp(listenFd, (fd, address, port, family) => {
+      if (fd >= 0) onSocket({ fd, remote: { address: canonicalIp(address!), port: port!, family: family! } })
+      else onPause?.(errnoName(-fd) ?? `errno ${-fd}`)
+    })
+  } catch (err) {
+    throw nativeError(RedirectErrorCode.Socket, `cannot accept on descriptor ${listenFd} in ${where}`, err, { path: where })
+  }
+  return { close: () => addon.stopAccepting(handle) }
+}
+
+/** A connected socket made inside the namespace `nsFd` (-1: this process's own). */
+async function connectFdIn(nsFd: number, where: string, options: ConnectFdOptions): Promise<number> {
+  const host = canonicalIp(options.host, 'connect host')
+  checkPort('connect port', options.port, false)
+  checkMark('connect mark', options.mark)
+  for (const key of ['transparent', 'freebind', 'reusePort'] as const) checkBoolean(`connect ${key}`, options[key])
+  const family = ipFamily(host)
+  let localAddress: string | undefined
+  if (options.localAddress !== undefined) {
+    localAddress = canonicalIp(options.localAddress, 'connect localAddress')
+    if (ipFamily(localAddress) !== family) {
+      throw invalidArgument('connect localAddress', options.localAddress, `an IPv${family} address like host ${host}`)
+    }
+  }
+  if (options.localPort !== undefined) checkPort('connect localPort', options.localPort, true)
+  const signal = options.signal
+  throwIfAborted(signal, 'connect')
+  const spec: NativeSocketSpec = {
+    family,
+    mark: options.mark,
+    transparent: options.transparent,
+    freebind: options.freebind,
+    reusePort: options.reusePort,
+    bindAddress: localAddress,
+    bindPort: options.localPort ?? 0,
+    connectAddress: host,
+    connectPort: options.port,
+  }
+  const addon = native()
+  const details = { path: where, host, port: options.port }
+  let fd: number
+  try {
+    fd = addon.connectTcp(nsFd, spec)
+  } catch (err) {
+    throw nativeError(RedirectErrorCode.Connect, `cannot connect to ${host} port ${options.port} from ${where}`, err, details)
+  }
+  await new Promise<void>((resolve, reject) => {
+    let wait: object
+    const onAbort = (): void => {
+      addon.cancelWait(wait)
+      addon.closeFd(fd)
+      reject(abortError(signal!, 'connect'))
+    }
+    try {
+      wait = addon.waitConnected(fd, (errno) => {
+        signal?.removeEventListener('abort', onAbort)
+        if (errno === 0) {
+          resolve()
+          return
+        }
+        addon.closeFd(fd)
+        reject(
+          nativeError(
+            RedirectErrorCode.Connect,
+            `cannot connect to ${host} port ${options.port} from ${where}`,
+            Object.assign(new Error(`connect: errno ${errno}`), { errno, syscall: 'connect' }),
+            details,
+          ),
+        )
+      })
+    } catch (err) {
+      addon.closeFd(fd)
+      reject(nativeError(RedirectErrorCode.Connect, `cannot wait for the connection to ${host} port ${options.port}`, err, details))
+      return
+    }
+    signal?.addEventListener('abort', onAbort, { once: true })
+  })
+  return fd
 }
 
 const SIGNAL_NAMES = new Map(Object.entries(osConstants.signals).map(([name, number]) => [number, name as NodeJS.Signals]))

@@ -48,6 +48,17 @@ export function originalDestination(socket: Socket | number, family?: 4 | 6): So
   }
 }
 
+/** Where a socket is bound (`getsockname`): the port a listener on port 0 got, the source of a connection. */
+export function boundAddress(fd: number): SocketAddress {
+  if (!Number.isInteger(fd) || fd < 0) throw invalidArgument('boundAddress(fd)', fd, 'a socket descriptor')
+  try {
+    const result = native().localAddress(fd)
+    return { address: canonicalIp(result.address), port: result.port, family: result.family }
+  } catch (err) {
+    throw nativeError(RedirectErrorCode.SocketOption, 'getsockname failed', err, { fd })
+  }
+}
+
 function familyOfFd(fd: number): 4 | 6 {
   try {
     return native().socketOptions(fd).family

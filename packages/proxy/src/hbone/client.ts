@@ -21,14 +21,14 @@ import {
   throwIfAborted,
   type AbortOptions,
   type Closable,
-  type Logger,
   type SocketAddress,
 } from '@ambientkit/core'
 import { IdentityErrorCode, peerSpiffeId } from '@ambientkit/identity'
 import { HBONE_PORT, type HboneWindows } from './constants'
 import { HboneErrorCode } from './errors'
 import { localSettings, positiveInteger, resolveWindows, sessionMemoryFor } from './settings'
-import { SessionPool, establishWithin } from './pool'
+import type { TransportClientOptions } from '../transport/contract'
+import { PooledSession, SessionPool, establishWithin, sendAtMostTwice, type SessionPolicy } from '../transport/pool'
 import { resetTunnel } from './splice'
 
 /** Options passed to a {@link SocketFactory}. */
@@ -65,8 +65,8 @@ export type ClientTlsOptionsFn = (
   request: ClientTlsRequest,
 ) => ConnectionOptions | Promise<ConnectionOptions>
 
-/** Options of {@link createHboneClient}. */
-export interface HboneClientOptions {
+/** Options of {@link createHboneClient}: a transport client's pooling, keepalive and windows, with TLS and the TCP connection given directly. */
+export interface HboneClientOptions extends Omit<TransportClientOptions, 'identities' | 'connectSession'> {
   /**
    * TLS options for a new session: a function of the source identity and
    * the expected server identities, called for each new session (so
@@ -78,20 +78,6 @@ export interface HboneClientOptions {
   readonly tls: ConnectionOptions | ClientTlsOptionsFn
   /** Opens the TCP connection to the HBONE peer. Default: `net.connect`, bound to `sourceAddress` if given. */
   readonly socketFactory?: SocketFactory
-  /** Streams per session before another session is opened (also capped by the server's SETTINGS_MAX_CONCURRENT_STREAMS). Default 100, as ztunnel. */
-  readonly maxStreamsPerSession?: number
-  /** Milliseconds an unused session stays pooled. Default 300 000 (ztunnel's 5 minutes). */
-  readonly idleTimeout?: number
-  /** Milliseconds between HTTP/2 PINGs on a session. Default 10 000. */
-  readonly keepaliveInterval?: number
-  /** Milliseconds without a PING answer before the session is destroyed. Default 20 000. */
-  readonly keepaliveTimeout?: number
-  /** Milliseconds to establish a session (TCP, TLS, first SETTINGS). Default 10 000. */
-  readonly sessionTimeout?: number
-  /** Flow-control windows and frame size. Default {@link DEFAULT_HBONE_WINDOWS}. */
-  readonly windows?: Partial<HboneWindows>
-  /** Default: silent. */
-  readonly logger?: Logger
 }
 
 /** Options of {@link HboneClient.connect}. */
@@ -144,16 +130,11 @@ export interface HboneClient extends Closable {
   close(): Promise<void>
 }
 
-interface ClientConfig {
+interface ClientConfig extends SessionPolicy {
   readonly tls: ClientTlsOptionsFn
   readonly socketFactory: SocketFactory
-  readonly maxStreams: number
-  readonly idleTimeout: number
-  readonly keepaliveInterval: number
-  readonly keepaliveTimeout: number
   readonly sessionTimeout: number
   readonly windows: HboneWindows
-  readonly logger: Logger
 }
 
 /**
@@ -193,7 +174,7 @@ export function createHboneClient(options: HboneClientOptions): HboneClient {
 
 class HboneClientImpl implements HboneClient {
   readonly #config: ClientConfig
-  readonly #pool = new SessionPool<PooledSession>()
+  readonly #pool = new SessionPool<NodeSession>()
   readonly #closing = new AbortController()
   #closed: Promise<void> | undefined
 
@@ -217,23 +198,10 @@ class HboneClientImpl implements HboneClient {
     const headers = requestHeaders(authority, options.headers)
     const key = [options.identity ?? '', expected.join(','), formatSocketAddress(via), options.sourceAddress ?? ''].join('|')
 
-    const send = async (): Promise<ClientHttp2Stream> => {
+    return sendAtMostTwice(authority, this.#config.logger, unprocessed, async () => {
       const session = await this.#pool.acquire(key, () => this.#open(key, via, expected, options), signal, () => this.#closed !== undefined)
       return session.request(headers, authority, signal)
-    }
-    try {
-      return await send()
-    } catch (err) {
-      if (!unprocessed(err)) throw err
-      // Nothing reached the destination (RFC 9113 §8.7): once more, on a session that is not going away.
-      this.#config.logger.debug({ authority, reason: (err as Error).message }, 'HBONE CONNECT refused before processing; trying another session')
-      try {
-        return await send()
-      } catch (again) {
-        if (!unprocessed(again)) throw again
-        throw new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${authority} was refused twice before any processing: ${(again as Error).message}`, { cause: again, details: { authority } })
-      }
-    }
+    })
   }
 
   stats(): readonly HboneSessionStats[] {
@@ -247,15 +215,15 @@ class HboneClientImpl implements HboneClient {
 
   async #close(): Promise<void> {
     this.#closing.abort(new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed'))
-    await Promise.all(this.#pool.all().map((session) => session.destroy()))
+    await Promise.all(this.#pool.all().map((session) => session.destroy('HBONE client is closed')))
     this.#pool.clear()
   }
 
-  #open(key: string, via: SocketAddress, expected: readonly string[], options: HboneConnectOptions): Promise<PooledSession> {
+  #open(key: string, via: SocketAddress, expected: readonly string[], options: HboneConnectOptions): Promise<NodeSession> {
     return establishWithin(this.#config.sessionTimeout, this.#closing.signal, (signal) => this.#establish(key, via, expected, options, signal))
   }
 
-  async #establish(key: string, via: SocketAddress, expected: readonly string[], options: HboneConnectOptions, signal: AbortSignal): Promise<PooledSession> {
+  async #establish(key: string, via: SocketAddress, expected: readonly string[], options: HboneConnectOptions, signal: AbortSignal): Promise<NodeSession> {
     const config = this.#config
     const source = { identity: options.identity, sourceAddress: options.sourceAddress }
     const peer = formatSocketAddress(via)
@@ -300,8 +268,10 @@ class HboneClientImpl implements HboneClient {
         session.destroy()
         throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
       }
-      const pooled = new PooledSession(session, peerIdentity, config, () => this.#pool.remove(key, pooled))
+      const pooled = new NodeSession(session, peerIdentity, config, () => this.#pool.remove(key, pooled))
+      pooled.validUntil(certificatesValidUntil(tlsSocket))
       this.#pool.add(key, pooled)
+      pooled.pooled()
       config.logger.debug({ peer, identity: peerIdentity, key }, 'HBONE session opened')
       return pooled
     } catch (err) {
@@ -313,53 +283,42 @@ class HboneClientImpl implements HboneClient {
   }
 }
 
-/** One HTTP/2 session in the pool: counts its streams, pings, and leaves the pool when idle or dead. */
-class PooledSession {
-  readonly peerIdentity: string
-  streams = 0
+/** One HTTP/2 session of Node's in the pool; when it takes tunnels and how it is kept is the shared {@link PooledSession} policy. */
+class NodeSession extends PooledSession {
   readonly #session: ClientHttp2Session
-  readonly #config: ClientConfig
-  readonly #keepalive: NodeJS.Timeout
-  #idle: NodeJS.Timeout | undefined
-  #pingSentAt: number | undefined
-  #usable = true
-  #removed: () => void
   // Listeners of every stream of the session, rather than closures per tunnel.
-  readonly #onStreamClose = (): void => this.#release()
+  readonly #onStreamClose = (): void => this.release()
   /** A tunnel's failure must never crash the process; it is also seen as a reset by whoever reads the stream. */
   readonly #onStreamError: (this: ClientHttp2Stream, err: Error) => void
 
   constructor(session: ClientHttp2Session, peerIdentity: string, config: ClientConfig, removed: () => void) {
+    super(config, removed)
     this.#onStreamError = function (err) {
       config.logger.debug({ err, authority: this.sentHeaders[':authority'] }, 'HBONE tunnel error')
     }
     this.#session = session
     this.peerIdentity = peerIdentity
-    this.#config = config
-    this.#removed = removed
-    const retire = (): void => this.#retire()
-    session.once('goaway', retire)
-    session.once('close', () => {
-      clearInterval(this.#keepalive)
-      clearTimeout(this.#idle)
-      retire()
-    })
+    session.once('goaway', () => this.retire())
+    session.once('close', () => this.ended())
     session.on('error', (err) => config.logger.debug({ err, peer: peerIdentity }, 'HBONE session error'))
-    this.#keepalive = setInterval(() => this.#ping(), config.keepaliveInterval).unref()
-    this.#armIdle()
   }
 
-  hasRoom(): boolean {
-    if (!this.#usable || this.#session.closed || this.#session.destroyed) return false
-    const remote = this.#session.remoteSettings.maxConcurrentStreams ?? Number.POSITIVE_INFINITY
-    return this.streams < Math.min(this.#config.maxStreams, remote)
+  protected isClosed(): boolean {
+    return this.#session.closed || this.#session.destroyed
   }
 
-  /** Takes a stream slot (synchronously, so concurrent callers count each other). */
-  reserve(): void {
-    this.streams++
-    clearTimeout(this.#idle)
-    this.#idle = undefined
+  protected remoteMaxStreams(): number {
+    return this.#session.remoteSettings.maxConcurrentStreams ?? Number.POSITIVE_INFINITY
+  }
+
+  protected sendPing(): boolean {
+    return this.#session.ping((err) => {
+      if (err === null) this.pingAnswered()
+    })
+  }
+
+  protected shutdown(): void {
+    this.#session.close()
   }
 
   request(headers: OutgoingHttpHeaders, authority: string, signal: AbortSignal | undefined): Promise<ClientHttp2Stream> {
@@ -367,7 +326,7 @@ class PooledSession {
     try {
       stream = this.#session.request(headers, { endStream: false })
     } catch (err) {
-      this.#release()
+      this.release()
       // The session is closing (GOAWAY, or closed as it was chosen): the CONNECT never left.
       return Promise.reject(new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${authority} could not be sent`, { cause: err, details: { authority, unprocessed: true } }))
     }
@@ -413,50 +372,13 @@ class PooledSession {
     })
   }
 
-  destroy(): Promise<void> {
-    this.#retire()
+  destroy(reason: string): Promise<void> {
+    this.retire()
     if (this.#session.destroyed) return Promise.resolve()
     return new Promise((resolve) => {
       this.#session.once('close', () => resolve())
-      this.#session.destroy()
+      this.#session.destroy(new AmbientError(HboneErrorCode.Stream, reason))
     })
-  }
-
-  #release(): void {
-    this.streams--
-    this.#armIdle()
-  }
-
-  #armIdle(): void {
-    if (this.streams > 0 || !this.#usable) return
-    clearTimeout(this.#idle)
-    this.#idle = setTimeout(() => {
-      this.#retire()
-      this.#session.close()
-    }, this.#config.idleTimeout).unref()
-  }
-
-  #ping(): void {
-    if (this.#session.destroyed || this.#session.closed) return
-    const now = performance.now()
-    if (this.#pingSentAt !== undefined) {
-      if (now - this.#pingSentAt >= this.#config.keepaliveTimeout) {
-        this.#config.logger.warn({ peer: this.peerIdentity }, 'HBONE session did not answer PING; destroying it')
-        this.#session.destroy(new AmbientError(HboneErrorCode.Stream, 'HBONE session keepalive timed out'))
-      }
-      return
-    }
-    this.#pingSentAt = now
-    const sent = this.#session.ping((err) => {
-      if (err === null) this.#pingSentAt = undefined
-    })
-    if (!sent) this.#pingSentAt = undefined
-  }
-
-  #retire(): void {
-    if (!this.#usable) return
-    this.#usable = false
-    this.#removed()
   }
 }
 
@@ -499,6 +421,14 @@ export function connectFailed(peer: string, err: unknown, signal: AbortSignal): 
 function unprocessed(err: unknown): boolean {
   if (!isAmbientError(err) || err.code !== HboneErrorCode.Stream) return false
   return err.details.unprocessed === true || err.details.rstCode === h2.NGHTTP2_REFUSED_STREAM
+}
+
+/** When the earlier of the two certificates of a TLS connection expires (milliseconds since the epoch; `Infinity` when neither is known). */
+export function certificatesValidUntil(socket: TLSSocket): number {
+  const times = [socket.getPeerX509Certificate(), socket.getX509Certificate()].map((certificate) =>
+    certificate === undefined ? Number.POSITIVE_INFINITY : Date.parse(certificate.validTo),
+  )
+  return Math.min(...times.map((time) => (Number.isNaN(time) ? Number.POSITIVE_INFINITY : time)))
 }
 
 function handshake(tcp: Socket, options: ConnectionOptions, signal: AbortSignal, peer: string): Promise<TLSSocket> {

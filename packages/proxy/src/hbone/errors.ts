@@ -16,6 +16,10 @@ export const HboneErrorCode = {
   NativeUnavailable: 'ERR_AMBIENT_HBONE_NATIVE_UNAVAILABLE',
   /** The native data path could not build a TLS context from an SVID and bundle (the message names the part: certificate chain, private key, roots). */
   TlsContext: 'ERR_AMBIENT_HBONE_TLS_CONTEXT',
+  /** Some workloads of a node proxy's `replaceAll` failed to start (`details.failures`: uid and error of each; the others run). */
+  WorkloadsFailed: 'ERR_AMBIENT_PROXY_WORKLOADS_FAILED',
+  /** Prometheus metrics were asked for but the optional peer dependency `prom-client` is not installed. */
+  MetricsUnavailable: 'ERR_AMBIENT_PROXY_METRICS_UNAVAILABLE',
   /** `AMBIENTKIT_HBONE_THREADS` is not a whole number from 1 to 64 (the message quotes it). */
   Threads: 'ERR_AMBIENT_HBONE_THREADS',
 } as const satisfies Record<string, AmbientErrorCode>

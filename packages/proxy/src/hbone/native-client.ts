@@ -1,105 +1,51 @@
 import { setMaxListeners } from 'node:events'
 import { closeSync } from 'node:fs'
+import { X509Certificate } from 'node:crypto'
 import { constants as h2 } from 'node:http2'
-import type { Socket } from 'node:net'
 import {
   AmbientError,
   CoreErrorCode,
   abortError,
   formatSocketAddress,
+  HBONE_PORT,
   invalidArgument,
   silentLogger,
   throwIfAborted,
-  type AbortOptions,
-  type Closable,
-  type Logger,
   type SocketAddress,
 } from '@ambientkit/core'
 import type { IdentityManager } from '@ambientkit/identity'
-import { checkExpected, connectFailed, requestHeaders, type HboneClientOptions, type HboneSessionStats, type SocketFactoryOptions } from './client'
-import { HBONE_PORT } from './constants'
+import type { CarriedConnection, HboneSessionStats, OpenOptions, SessionConnectOptions, TransportClient, TransportClientOptions } from '../transport/contract'
+import { asDescriptor } from '../transport/connection'
+import { PooledSession, SessionPool, establishWithin, sendAtMostTwice, type SessionPolicy } from '../transport/pool'
+import { checkExpected, connectFailed, requestHeaders } from './client'
 import { HboneErrorCode } from './errors'
 import { NativeEvent, type NativeAddon, type NativeSession, type NativeSettings, type NativeTlsContext } from './native'
 import { nativeTlsContext, verifiedPeerIdentity } from './native-tls'
-import { NativeTunnel, detachSocket, nativeSettings, spliceResultOf } from './native-tunnel'
-import { SessionPool, establishWithin } from './pool'
+import { NativeTunnel, nativeSettings, spliceResultOf } from './native-tunnel'
 import { positiveInteger, resolveWindows } from './settings'
 
 /**
  * Opens the TCP connection of a native HBONE session and resolves with its
  * connected descriptor, which the client owns from then on. The workload
  * proxy passes one that connects inside the pod's network namespace with
- * mark 0x539 (`Netns.connectFd`).
+ * mark 0x539 (`NetnsSockets.connectFd`).
  */
-export type NativeSocketFactory = (address: SocketAddress, options: SocketFactoryOptions) => Promise<number>
+export type NativeSocketFactory = (address: SocketAddress, options: SessionConnectOptions) => Promise<CarriedConnection>
 
-/**
- * Options of {@link createNativeHboneClient}: the Node client's pooling,
- * keepalive, timeouts and windows, with the same defaults; TLS comes from
- * `identities` and the TCP connection from `socketFactory` as a descriptor.
- */
-export interface NativeHboneClientOptions
-  extends Pick<HboneClientOptions, 'maxStreamsPerSession' | 'idleTimeout' | 'keepaliveInterval' | 'keepaliveTimeout' | 'sessionTimeout' | 'windows' | 'logger'> {
+/** Options of {@link createNativeHboneClient}: a transport client's (sessions connected by descriptor), and the loaded addon. */
+export interface NativeHboneClientOptions extends Omit<TransportClientOptions, 'connectSession'> {
   /** The loaded addon (`nativeHbone()`). */
   readonly addon: NativeAddon
-  /** Holds the SVID each session presents (its source identity's) and the bundles servers are verified with. */
-  readonly identities: IdentityManager
-  /** Opens the TCP connection to the HBONE peer. */
-  readonly socketFactory: NativeSocketFactory
+  /** Opens the TCP connection to the HBONE peer: a descriptor. */
+  readonly connectSession: NativeSocketFactory
 }
 
-/** Options of {@link NativeHboneClient.open}. */
-export interface NativeOpenOptions extends AbortOptions {
-  /** The source identity: its SVID is presented, and it is part of the pool key. */
-  readonly identity: string
-  /** SPIFFE IDs the HBONE server may present (at least one). */
-  readonly expectedIdentities: readonly string[]
-  /** The source IP: passed to the socket factory and part of the pool key. */
-  readonly sourceAddress?: string
-  /** The HBONE peer. Default `<destination ip>:15008`. */
-  readonly via?: SocketAddress
-  /** Extra request headers. Pseudo-headers are refused. */
-  readonly headers?: Readonly<Record<string, string>>
-}
-
-/** A pooled client of the native data path: the outbound half of HBONE, bytes never in JavaScript. */
-export interface NativeHboneClient extends Closable {
-  /**
-   * Carries `app` through a tunnel to `destination`: takes (or opens) a
-   * pooled session, then hands `app` over to the addon (a descriptor as it
-   * is; a socket's descriptor is duplicated and the socket destroyed: it
-   * emits `close`) and sends `CONNECT`. Resolves once the server answered
-   * 200; the tunnel then reports its end through {@link NativeTunnel.onClose}.
-   *
-   * `app` must be a descriptor (from the addon's `accept`) or a socket Node
-   * never read from (accepted with `pauseOnConnect`). A descriptor is the
-   * client's from the call on: whenever the promise rejects, its connection
-   * has been reset. A socket is untouched when the promise rejects before
-   * the handover; after it, the addon has reset the connection.
-   * Rejects as `HboneClient.connect` does: `ERR_AMBIENT_HBONE_STATUS`
-   * (`details.status`), `ERR_AMBIENT_HBONE_IDENTITY_MISMATCH`,
-   * `ERR_AMBIENT_HBONE_CONNECT_FAILED`, `ERR_AMBIENT_HBONE_STREAM`,
-   * `ERR_AMBIENT_ABORTED` and `ERR_AMBIENT_CLOSED`; and, as it does, sends
-   * a CONNECT the server did not process once more on another session.
-   */
-  open(app: Socket | number, destination: SocketAddress, options: NativeOpenOptions): Promise<NativeTunnel>
-  /** The pooled sessions. */
-  stats(): readonly HboneSessionStats[]
-  /** Destroys every session (resetting their tunnels) and resolves once they are closed. Idempotent. */
-  close(): Promise<void>
-}
-
-interface ClientConfig {
+interface ClientConfig extends SessionPolicy {
   readonly addon: NativeAddon
   readonly identities: IdentityManager
-  readonly socketFactory: NativeSocketFactory
-  readonly maxStreams: number
-  readonly idleTimeout: number
-  readonly keepaliveInterval: number
-  readonly keepaliveTimeout: number
+  readonly connectSession: NativeSocketFactory
   readonly sessionTimeout: number
   readonly settings: NativeSettings
-  readonly logger: Logger
 }
 
 /**
@@ -110,14 +56,14 @@ interface ClientConfig {
  * they go unanswered), and shut down after `idleTimeout` without tunnels. A
  * session that received GOAWAY takes no new tunnels.
  */
-export function createNativeHboneClient(options: NativeHboneClientOptions): NativeHboneClient {
+export function createNativeHboneClient(options: NativeHboneClientOptions): TransportClient {
   if (typeof options !== 'object' || options === null) throw invalidArgument('options', options, 'an object')
-  if (typeof options.socketFactory !== 'function') throw invalidArgument('socketFactory', options.socketFactory, 'a function resolving with a connected descriptor')
+  if (typeof options.connectSession !== 'function') throw invalidArgument('connectSession', options.connectSession, 'a function resolving with a connected descriptor')
   const maxStreams = positiveInteger(options.maxStreamsPerSession, 'maxStreamsPerSession', 100, 2 ** 31 - 1)
   return new NativeHboneClientImpl({
     addon: options.addon,
     identities: options.identities,
-    socketFactory: options.socketFactory,
+    connectSession: options.connectSession,
     maxStreams,
     idleTimeout: positiveInteger(options.idleTimeout, 'idleTimeout', 300_000),
     keepaliveInterval: positiveInteger(options.keepaliveInterval, 'keepaliveInterval', 10_000),
@@ -129,11 +75,11 @@ export function createNativeHboneClient(options: NativeHboneClientOptions): Nati
   })
 }
 
-class NativeHboneClientImpl implements NativeHboneClient {
+class NativeHboneClientImpl implements TransportClient {
   readonly #config: ClientConfig
-  readonly #pool = new SessionPool<PooledSession>()
+  readonly #pool = new SessionPool<NativeClientSession>()
   /** Every session not yet closed, pooled or still being established. */
-  readonly #sessions = new Set<PooledSession>()
+  readonly #sessions = new Set<NativeClientSession>()
   readonly #closing = new AbortController()
   #closed: Promise<void> | undefined
 
@@ -143,19 +89,32 @@ class NativeHboneClientImpl implements NativeHboneClient {
     this.#config = config
   }
 
-  async open(app: Socket | number, destination: SocketAddress, options: NativeOpenOptions): Promise<NativeTunnel> {
-    if (typeof app !== 'number') return this.#open(app, destination, options)
-    // A descriptor is never handed back: a failure before the handover resets it here.
-    let handedOver = false
+  async open(app: CarriedConnection, destination: SocketAddress, options: OpenOptions): Promise<NativeTunnel> {
+    const fd = asDescriptor(app, 'app')
+    // The descriptor is ours from here on: a failure before the addon took it resets it here.
+    let owned: number | undefined = fd
     try {
-      return await this.#open(app, destination, options, () => (handedOver = true))
+      return await this.#open(destination, options, () => {
+        const taken = owned!
+        owned = undefined
+        return taken
+      }, (refused) => (owned = refused))
     } catch (err) {
-      if (!handedOver) this.#config.addon.resetFd(app)
+      // Refused twice: the addon handed the descriptor back with the last refusal.
+      const refused = err instanceof StreamRefused ? err : (err as { cause?: unknown }).cause
+      if (refused instanceof StreamRefused) owned = refused.fd
       throw err
+    } finally {
+      if (owned !== undefined) this.#config.addon.resetFd(owned)
     }
   }
 
-  async #open(app: Socket | number, destination: SocketAddress, options: NativeOpenOptions, onHandover?: () => void): Promise<NativeTunnel> {
+  /**
+   * Sends `CONNECT` with the application's descriptor: `take` hands it over
+   * (the addon's from then on), `giveBack` returns one the addon handed back
+   * with a refusal (ours again, to send once more or reset).
+   */
+  async #open(destination: SocketAddress, options: OpenOptions, take: () => number, giveBack: (fd: number) => void): Promise<NativeTunnel> {
     if (typeof options !== 'object' || options === null) throw invalidArgument('options', options, 'an object')
     const { signal } = options
     throwIfAborted(signal, 'HBONE connect')
@@ -168,52 +127,19 @@ class NativeHboneClientImpl implements NativeHboneClient {
     const expected = checkExpected(options.expectedIdentities)
     const headers = flatHeaders(authority, options.headers)
     const key = [options.identity, expected.join(','), formatSocketAddress(via), options.sourceAddress ?? ''].join('|')
-
-    const acquire = (): Promise<PooledSession> => this.#pool.acquire(key, () => this.#openSession(key, via, expected, options), signal, () => this.#closed !== undefined)
-    const session = await acquire()
-    // A slot of the session is ours: released on every way out that opens no stream.
-    let fd: number
-    try {
-      if (this.#closed !== undefined) throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
-      throwIfAborted(signal, 'HBONE connect')
-      if (typeof app === 'number') fd = app
-      else if (app.destroyed) throw new AmbientError(CoreErrorCode.Aborted, `HBONE connect ${authority}: the application connection closed first`)
-      else fd = detachSocket(this.#config.addon, app)
-    } catch (err) {
-      session.release()
-      throw err
-    }
-    onHandover?.()
-    try {
-      return await session.request(fd, authority, headers, signal)
-    } catch (err) {
-      if (!(err instanceof StreamRefused)) throw err
-      // The server never processed it, or it was never sent (a session going away as we chose
-      // it): nothing reached the destination, so once more on a session that is not going away.
-      return this.#retry(err, acquire, authority, headers, signal)
-    }
-  }
-
-  /** The second and last try of a refused CONNECT, with the socket the addon handed back (ours until it is handed over again). */
-  async #retry(refused: StreamRefused, acquire: () => Promise<PooledSession>, authority: string, headers: readonly string[], signal: AbortSignal | undefined): Promise<NativeTunnel> {
-    const addon = this.#config.addon
-    let session: PooledSession
-    try {
-      if (this.#closed !== undefined) throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
-      throwIfAborted(signal, 'HBONE connect')
-      session = await acquire()
-    } catch (err) {
-      addon.resetFd(refused.fd)
-      throw err
-    }
-    this.#config.logger.debug({ authority, reason: refused.message }, 'HBONE CONNECT refused before processing; trying another session')
-    try {
-      return await session.request(refused.fd, authority, headers, signal)
-    } catch (err) {
-      if (!(err instanceof StreamRefused)) throw err
-      addon.resetFd(err.fd)
-      throw new AmbientError(HboneErrorCode.Stream, `HBONE CONNECT ${authority} was refused twice before any processing: ${err.message}`, { details: { authority } })
-    }
+    return sendAtMostTwice(authority, this.#config.logger, (err) => err instanceof StreamRefused, async (refusal) => {
+      if (refusal instanceof StreamRefused) giveBack(refusal.fd)
+      const session = await this.#pool.acquire(key, () => this.#openSession(key, via, expected, options), signal, () => this.#closed !== undefined)
+      // A slot of the session is ours: released on every way out that opens no stream.
+      try {
+        if (this.#closed !== undefined) throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
+        throwIfAborted(signal, 'HBONE connect')
+      } catch (err) {
+        session.release()
+        throw err
+      }
+      return session.request(take(), authority, headers, signal)
+    })
   }
 
   stats(): readonly HboneSessionStats[] {
@@ -231,20 +157,23 @@ class NativeHboneClientImpl implements NativeHboneClient {
     this.#pool.clear()
   }
 
-  #openSession(key: string, via: SocketAddress, expected: readonly string[], options: NativeOpenOptions): Promise<PooledSession> {
+  #openSession(key: string, via: SocketAddress, expected: readonly string[], options: OpenOptions): Promise<NativeClientSession> {
     return establishWithin(this.#config.sessionTimeout, this.#closing.signal, (signal) => this.#establish(key, via, expected, options, signal))
   }
 
-  async #establish(key: string, via: SocketAddress, expected: readonly string[], options: NativeOpenOptions, signal: AbortSignal): Promise<PooledSession> {
+  async #establish(key: string, via: SocketAddress, expected: readonly string[], options: OpenOptions, signal: AbortSignal): Promise<NativeClientSession> {
     const config = this.#config
     const peer = formatSocketAddress(via)
     let context: NativeTlsContext
     let fd: number
+    let notAfter: number
     try {
       // The SVID first: no connection is held open while the CA answers.
       const svid = await config.identities.get(options.identity, { signal })
+      notAfter = svid.notAfter.getTime()
       context = nativeTlsContext(config.addon, config.identities, svid, 'client')
-      fd = await config.socketFactory(via, { signal, identity: options.identity, ...(options.sourceAddress === undefined ? {} : { sourceAddress: options.sourceAddress }) })
+      const connection = await config.connectSession(via, { signal, identity: options.identity, ...(options.sourceAddress === undefined ? {} : { sourceAddress: options.sourceAddress }) })
+      fd = asDescriptor(connection, 'the session connection')
     } catch (err) {
       throw connectFailed(peer, err, signal)
     }
@@ -252,7 +181,7 @@ class NativeHboneClientImpl implements NativeHboneClient {
       closeSync(fd)
       throw connectFailed(peer, signal.reason, signal)
     }
-    const session = new PooledSession(config, peer, expected, () => this.#pool.remove(key, session), () => this.#sessions.delete(session))
+    const session = new NativeClientSession(config, peer, expected, () => this.#pool.remove(key, session), () => this.#sessions.delete(session))
     try {
       session.start(context, fd)
     } catch (err) {
@@ -265,6 +194,7 @@ class NativeHboneClientImpl implements NativeHboneClient {
       void session.destroy('HBONE client is closed')
       throw new AmbientError(CoreErrorCode.Closed, 'HBONE client is closed')
     }
+    session.validUntil(notAfter)
     this.#pool.add(key, session)
     session.pooled()
     config.logger.debug({ peer, identity: session.peerIdentity, key }, 'HBONE session opened (native)')
@@ -307,23 +237,15 @@ class ClientStream {
   }
 }
 
-/** One native session: its handshake, its streams, keepalive, and leaving the pool when idle, told to go away, or closed. */
-class PooledSession {
-  peerIdentity = ''
-  /** Slots taken: streams open and callers about to open one. */
-  streams = 0
+/** One of the addon's sessions: its handshake and its streams; when it takes tunnels and how it is kept is the shared {@link PooledSession} policy. */
+class NativeClientSession extends PooledSession {
   #session: NativeSession | undefined
   readonly #config: ClientConfig
   readonly #peer: string
   readonly #expected: readonly string[]
-  readonly #removed: () => void
   readonly #forget: () => void
   readonly #streams = new Map<number, ClientStream>()
-  #usable = true
   #closed = false
-  #keepalive: NodeJS.Timeout | undefined
-  #pingSentAt: number | undefined
-  #idle: NodeJS.Timeout | undefined
   /** Until the handshake is decided: how the caller establishing the session hears of it. */
   #handshake: { resolve: () => void; reject: (err: Error) => void } | undefined
   #handshakeFailure: Error | undefined
@@ -331,10 +253,10 @@ class PooledSession {
   #onClosed!: () => void
 
   constructor(config: ClientConfig, peer: string, expected: readonly string[], removed: () => void, forget: () => void) {
+    super(config, removed)
     this.#config = config
     this.#peer = peer
     this.#expected = expected
-    this.#removed = removed
     this.#forget = forget
     this.#closedPromise = new Promise((resolve) => (this.#onClosed = resolve))
   }
@@ -370,28 +292,22 @@ class PooledSession {
     })
   }
 
-  /** In the pool now: keepalive and the idle timer run. */
-  pooled(): void {
-    if (this.#closed) return
-    this.#keepalive = setInterval(() => this.#ping(), this.#config.keepaliveInterval).unref()
-    this.#armIdle()
+  protected isClosed(): boolean {
+    return this.#closed
   }
 
-  hasRoom(): boolean {
-    return this.#usable && !this.#closed && this.streams < this.#config.maxStreams
+  protected remoteMaxStreams(): number {
+    // Not known on this side of the addon yet: the server refuses streams above its limit (REFUSED_STREAM), which are sent again.
+    return Number.POSITIVE_INFINITY
   }
 
-  /** Takes a stream slot (synchronously, so concurrent callers count each other). */
-  reserve(): void {
-    this.streams++
-    clearTimeout(this.#idle)
-    this.#idle = undefined
+  protected sendPing(): boolean {
+    this.#config.addon.ping(this.#session!)
+    return true
   }
 
-  /** Gives a slot back. */
-  release(): void {
-    this.streams--
-    this.#armIdle()
+  protected shutdown(): void {
+    this.#config.addon.shutdown(this.#session!)
   }
 
   /** Sends `CONNECT` on a reserved slot with `fd` (the addon's from here on) as the tunnel's socket. */
@@ -422,7 +338,7 @@ class PooledSession {
 
   /** Resets every tunnel and closes the connection; resolves once the session is closed. */
   destroy(reason: string): Promise<void> {
-    this.#retire()
+    this.retire()
     if (!this.#closed && this.#session !== undefined) this.#config.addon.destroy(this.#session, reason)
     return this.#closedPromise
   }
@@ -438,11 +354,11 @@ class PooledSession {
         this.#onStreamClose(args[0] as number, args)
         return undefined
       case NativeEvent.PingAck:
-        this.#pingSentAt = undefined
+        this.pingAnswered()
         return undefined
       case NativeEvent.GoAway:
         // As Node's client: no new tunnels here, and the session closes once its tunnels have.
-        this.#retire()
+        this.retire()
         this.#config.addon.shutdown(this.#session!)
         return undefined
       case NativeEvent.Close:
@@ -456,6 +372,7 @@ class PooledSession {
   #onHandshake(chain: unknown): string | undefined {
     try {
       this.peerIdentity = verifiedPeerIdentity(chain, this.#config.identities, this.#expected)
+      this.validUntil(leafNotAfter(chain))
     } catch (err) {
       const message = (err as Error).message
       this.#failHandshake(new AmbientError(HboneErrorCode.IdentityMismatch, `HBONE peer ${this.#peer} was refused: ${message}`, {
@@ -525,42 +442,12 @@ class PooledSession {
 
   #onClose(reason: string | null): void {
     this.#closed = true
-    this.#retire()
-    clearInterval(this.#keepalive)
-    clearTimeout(this.#idle)
+    this.ended()
     this.#failHandshake(this.#closedBeforeUse(reason))
     // A CONNECT that reached the session's thread after it closed gets its StreamClose (Refused) after this.
     if (reason !== null) this.#config.logger.debug({ peer: this.#peer, identity: this.peerIdentity, reason }, 'HBONE session closed (native)')
     this.#forget()
     this.#onClosed()
-  }
-
-  #ping(): void {
-    if (this.#closed) return
-    const now = performance.now()
-    if (this.#pingSentAt === undefined) {
-      this.#pingSentAt = now
-      this.#config.addon.ping(this.#session!)
-    } else if (now - this.#pingSentAt >= this.#config.keepaliveTimeout) {
-      this.#config.logger.warn({ peer: this.#peer, identity: this.peerIdentity }, 'HBONE session did not answer PING; destroying it')
-      void this.destroy('HBONE session keepalive timed out')
-    }
-  }
-
-  #armIdle(): void {
-    if (this.streams > 0 || !this.#usable || this.#closed || this.#keepalive === undefined) return
-    clearTimeout(this.#idle)
-    this.#idle = setTimeout(() => {
-      this.#retire()
-      // GOAWAY, then the addon closes the session: it has no streams.
-      this.#config.addon.shutdown(this.#session!)
-    }, this.#config.idleTimeout).unref()
-  }
-
-  #retire(): void {
-    if (!this.#usable) return
-    this.#usable = false
-    this.#removed()
   }
 }
 
@@ -571,4 +458,12 @@ function flatHeaders(authority: string, extra: Readonly<Record<string, string>> 
     if (!name.startsWith(':')) flat.push(name, value as string)
   }
   return flat
+}
+
+/** When the leaf of a `Handshake` event's chain (DER, leaf first) expires, in milliseconds since the epoch. */
+function leafNotAfter(chain: unknown): number {
+  const leaf = Array.isArray(chain) ? (chain[0] as Buffer | undefined) : undefined
+  if (leaf === undefined) return Number.POSITIVE_INFINITY
+  const time = Date.parse(new X509Certificate(leaf).validTo)
+  return Number.isNaN(time) ? Number.POSITIVE_INFINITY : time
 }

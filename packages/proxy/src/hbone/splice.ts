@@ -2,26 +2,8 @@ import { constants as h2 } from 'node:http2'
 import type { Http2Stream } from 'node:http2'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
+import type { TunnelOutcome, TunnelResult } from '../transport/contract'
 
-/** How a spliced tunnel ended. */
-export type SpliceOutcome =
-  /** Both directions were half-closed (FIN ↔ END_STREAM) and drained. */
-  | 'closed'
-  /** The TCP side failed or was reset first; the stream was reset with CONNECT_ERROR. */
-  | 'socket-reset'
-  /** The HTTP/2 stream was reset (or its session died) first; the TCP side was reset. */
-  | 'stream-reset'
-
-/** What {@link spliceTunnel} resolves with once both sides are closed. */
-export interface SpliceResult {
-  readonly outcome: SpliceOutcome
-  /** The first error seen on either side, if any. */
-  readonly error?: Error
-  /** Bytes read from the TCP socket (sent into the tunnel). */
-  readonly socketBytesRead: number
-  /** Bytes written to the TCP socket (received from the tunnel). */
-  readonly socketBytesWritten: number
-}
 
 /**
  * Copies bytes both ways between a TCP socket and an HBONE tunnel (an
@@ -40,7 +22,7 @@ export interface SpliceResult {
  * @param tunnel - the HTTP/2 stream, after a 200 response was sent or received
  * @returns resolves (never rejects) once both the socket and the stream are closed
  */
-export function spliceTunnel(socket: Socket, tunnel: Duplex): Promise<SpliceResult> {
+export function spliceTunnel(socket: Socket, tunnel: Duplex): Promise<TunnelResult> {
   return new Promise((resolve) => startTunnelSplice(socket, tunnel, resolve))
 }
 
@@ -49,11 +31,11 @@ export function spliceTunnel(socket: Socket, tunnel: Duplex): Promise<SpliceResu
  * tunnel holds no promise or suspended async function, only the sockets and
  * one {@link TunnelSplice}.
  */
-export function startTunnelSplice(socket: Socket, tunnel: Duplex, done: (result: SpliceResult) => void): void {
+export function startTunnelSplice(socket: Socket, tunnel: Duplex, done: (result: TunnelResult) => void): void {
   const stream = tunnel as Http2Stream
   socket.allowHalfOpen = true
   if (stream.destroyed || socket.destroyed) {
-    const outcome: SpliceOutcome = stream.destroyed ? 'stream-reset' : 'socket-reset'
+    const outcome: TunnelOutcome = stream.destroyed ? 'stream-reset' : 'socket-reset'
     resetSocket(socket)
     resetTunnel(stream)
     done({ outcome, socketBytesRead: socket.bytesRead, socketBytesWritten: socket.bytesWritten })
@@ -85,14 +67,14 @@ export function startTunnelSplice(socket: Socket, tunnel: Duplex, done: (result:
  * rather than a dozen closures and `once` wrappers.
  */
 class TunnelSplice {
-  outcome: SpliceOutcome | undefined
+  outcome: TunnelOutcome | undefined
   error: Error | undefined
   open = 2
 
   constructor(
     readonly socket: Socket,
     readonly stream: Http2Stream,
-    readonly done: (result: SpliceResult) => void,
+    readonly done: (result: TunnelResult) => void,
   ) {}
 
   /** The other side of `side`. */

@@ -85,3 +85,10 @@ export function meshWorkload(pod: TestPod, fields: Pick<Workload, 'name' | 'name
 export function meshPod(pod: TestPod, workload: Workload): MeshPod {
   return { pod, workload, netns: openNetns(pod.path) }
 }
+
+/** The Prometheus text lines of metric `name` a node proxy serves (with their labels and values). */
+export async function metricLines(proxy: NodeProxy, name: string): Promise<string[]> {
+  const exposed = await proxy.metrics.exposition?.()
+  if (exposed === undefined) throw new Error('the node proxy serves no Prometheus metrics (is prom-client installed?)')
+  return exposed.body.split('\n').filter((line) => line.startsWith(`${name}{`) || line.startsWith(`${name} `))
+}

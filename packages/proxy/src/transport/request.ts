@@ -1,0 +1,269 @@
+import { setMaxListeners } from 'node:events'
+import type { IncomingHttpHeaders } from 'node:http2'
+import { AmbientError, CoreErrorCode, invalidArgument, parseSocketAddress, silentLogger, type Logger, type SocketAddress } from '@ambientkit/core'
+import { forwardedFor } from '../hbone/forwarded'
+import { positiveInteger } from '../hbone/settings'
+import type {
+  CarriedConnection,
+  HboneDecision,
+  HboneHandshakeFailure,
+  HboneRequest,
+  HboneTunnelRecord,
+  TransportServerOptions,
+  TunnelProtocol,
+  TunnelResult,
+  UpstreamConnector,
+} from './contract'
+
+/**
+ * The one state machine of an HBONE server's `CONNECT`, shared by every
+ * transport: parse `:authority` strictly, ask `decide`, connect upstream
+ * (with a timeout, abandoned when the stream or the server goes away),
+ * answer 200 only once connected, carry, and report exactly one record.
+ * A transport supplies the stream ({@link RequestStream}); everything a
+ * peer sees (status codes, order, timeouts) is decided here, once.
+ *
+ * Status codes: not `CONNECT` → 400; missing or malformed `:authority` →
+ * 400; not served here → 400; unknown destination → 503; denied → 401;
+ * upstream connect failed or timed out → 503; `decide` threw → 500.
+ */
+
+/** One `CONNECT` as a transport's server holds it: what the state machine needs of the stream. */
+export interface RequestStream {
+  /** True once the stream is gone (closed, reset, its session dead). */
+  readonly gone: boolean
+  /** Calls `listener` when the stream goes away; returns how to stop listening. */
+  onGone(listener: () => void): () => void
+  /** Answers `status` and ends the stream. False when nothing could be sent (the stream is gone). */
+  respond(status: number): boolean
+  /**
+   * Answers 200 and carries `upstream` with the stream until both sides
+   * close, then calls `done` once. False when the stream went away first;
+   * `upstream` is closed then.
+   */
+  carry(upstream: CarriedConnection, done: (result: TunnelResult) => void): boolean
+  /** Resets the stream (RST_STREAM `CONNECT_ERROR`) and what it carries. */
+  reset(): void
+}
+
+/** Who is on the other end of a session: its verified identity and TCP address. */
+export interface SessionPeer {
+  readonly identity: string
+  readonly address: SocketAddress
+}
+
+/** A server's options after defaults, shared by every request it serves. */
+export interface RequestConfig {
+  readonly protocol: TunnelProtocol
+  readonly decide: TransportServerOptions['decide']
+  readonly connect: UpstreamConnector
+  readonly trustForwarded: (peerIdentity: string) => boolean
+  readonly connectTimeout: number
+  readonly onTunnelOpen: (request: HboneRequest) => void
+  readonly onTunnel: (record: HboneTunnelRecord) => void
+  readonly onHandshakeFailure: (failure: HboneHandshakeFailure) => void
+  readonly logger: Logger
+  /** Aborted when the server closes: pending upstream connects give up. */
+  readonly closing: AbortSignal
+  /** Closes an upstream connection that will not be carried (with RST). */
+  readonly discard: (upstream: CarriedConnection) => void
+}
+
+/** Checks the options every server takes and fills their defaults. */
+export function requestConfig(
+  options: Pick<TransportServerOptions, 'decide' | 'connect' | 'trustForwarded' | 'connectTimeout' | 'onTunnelOpen' | 'onTunnel' | 'onHandshakeFailure' | 'logger'>,
+  protocol: TunnelProtocol,
+  closing: AbortSignal,
+  discard: (upstream: CarriedConnection) => void,
+): RequestConfig {
+  if (typeof options.decide !== 'function') throw invalidArgument('decide', options.decide, 'a function')
+  if (typeof options.connect !== 'function') throw invalidArgument('connect', options.connect, 'a function resolving with the upstream connection')
+  // Every pending upstream connect listens on it: there is no meaningful limit.
+  setMaxListeners(0, closing)
+  return {
+    protocol,
+    decide: options.decide,
+    connect: options.connect,
+    trustForwarded: options.trustForwarded ?? (() => false),
+    connectTimeout: positiveInteger(options.connectTimeout, 'connectTimeout', 10_000),
+    onTunnelOpen: options.onTunnelOpen ?? (() => {}),
+    onTunnel: options.onTunnel ?? (() => {}),
+    onHandshakeFailure: options.onHandshakeFailure ?? (() => {}),
+    logger: options.logger ?? silentLogger,
+    closing,
+    discard,
+  }
+}
+
+/** A request's head, as the transport read it. */
+export interface RequestHead {
+  readonly method: unknown
+  readonly authority: unknown
+  readonly headers: IncomingHttpHeaders
+  /** `performance.now()` when the `CONNECT` arrived. */
+  readonly started: number
+}
+
+/** Serves one `CONNECT` from `peer` on `stream`. Never rejects: every failure is answered and reported. */
+export async function serveRequest(config: RequestConfig, stream: RequestStream, peer: SessionPeer, head: RequestHead): Promise<void> {
+  const raw = typeof head.authority === 'string' && head.authority !== '' ? head.authority : undefined
+  const finish = (fields: TunnelRecordFields): void => reportTunnel(config, peer, head.started, fields)
+  const reject = (status: number, reason: string, extra: Partial<HboneTunnelRecord> = {}): void => {
+    const answered = !stream.gone && stream.respond(status)
+    finish({ status: answered ? status : 0, outcome: answered ? 'rejected' : 'cancelled', reason, authority: raw, ...extra })
+  }
+  try {
+    const destination = connectDestination(head.method, raw)
+    if (typeof destination === 'string') return reject(400, destination)
+    const request = buildRequest(head.headers, peer, destination, config.trustForwarded(peer.identity), config.protocol)
+
+    let decision: HboneDecision
+    try {
+      decision = await config.decide(request)
+    } catch (err) {
+      config.logger.error({ err, peer: peer.identity, destination: raw }, 'HBONE decide hook threw')
+      return reject(500, 'decide-failed', { destination, error: err as Error })
+    }
+    if (decision.action !== 'serve') {
+      const refusal = refusalOf(decision, config.logger)
+      return reject(refusal.status, refusal.reason, { destination, ...(refusal.policy === undefined ? {} : { policy: refusal.policy }) })
+    }
+    const served = { destination, context: decision.context, ...(decision.policy === undefined ? {} : { policy: decision.policy }) }
+    if (stream.gone) return finish({ status: 0, outcome: 'cancelled', ...served })
+
+    const attempt = new AbortController()
+    const abort = (message: string) => (): void => attempt.abort(new AmbientError(CoreErrorCode.Aborted, message))
+    const onClosing = abort('HBONE server closed before upstream connected')
+    const stopWatching = stream.onGone(abort('HBONE stream closed before upstream connected'))
+    const timer = setTimeout(abort(`upstream connect timed out after ${config.connectTimeout} ms`), config.connectTimeout)
+    config.closing.addEventListener('abort', onClosing, { once: true })
+    if (config.closing.aborted) onClosing()
+    let upstream: CarriedConnection
+    try {
+      upstream = await config.connect(destination, { signal: attempt.signal, request, context: decision.context, tunnel: stream })
+    } catch (err) {
+      if (stream.gone) return finish({ status: 0, outcome: 'cancelled', ...served, error: err as Error })
+      config.logger.debug({ err, destination: raw }, 'HBONE upstream connect failed')
+      return reject(503, 'upstream-connect-failed', { ...served, error: err as Error })
+    } finally {
+      clearTimeout(timer)
+      stopWatching()
+      config.closing.removeEventListener('abort', onClosing)
+    }
+    if (stream.gone) {
+      config.discard(upstream)
+      return finish({ status: 0, outcome: 'cancelled', ...served })
+    }
+    const carried = stream.carry(upstream, (result) =>
+      finish({
+        status: 200,
+        outcome: result.outcome,
+        ...served,
+        bytesReceived: result.socketBytesWritten,
+        bytesSent: result.socketBytesRead,
+        ...(result.error === undefined ? {} : { error: result.error }),
+      }),
+    )
+    if (!carried) return finish({ status: 0, outcome: 'cancelled', ...served })
+    report(config.logger, () => config.onTunnelOpen(request))
+  } catch (err) {
+    // A bug of ours, not the peer's: the stream must not be left hanging.
+    config.logger.error({ err, peer: peer.identity }, 'HBONE stream handling failed')
+    stream.reset()
+  }
+}
+
+/** What a tunnel's record says beyond its peer and duration. */
+export type TunnelRecordFields = Pick<HboneTunnelRecord, 'status' | 'outcome'> & Partial<HboneTunnelRecord>
+
+/** Reports one `CONNECT` to `onTunnel`: its peer, how long since `started` (`performance.now()`), and `fields`. */
+export function reportTunnel(config: Pick<RequestConfig, 'protocol' | 'logger' | 'onTunnel'>, peer: SessionPeer, started: number, fields: TunnelRecordFields): void {
+  const record: HboneTunnelRecord = {
+    protocol: config.protocol,
+    peerIdentity: peer.identity,
+    peerAddress: peer.address,
+    bytesReceived: 0,
+    bytesSent: 0,
+    durationMs: performance.now() - started,
+    ...fields,
+  }
+  report(config.logger, () => config.onTunnel(record))
+}
+
+/**
+ * A `CONNECT` to `destination` from `peer` as `decide` sees it. `forwarded`
+ * is believed only from a `trusted` peer, and removed from the headers otherwise.
+ */
+export function buildRequest(headers: IncomingHttpHeaders, peer: SessionPeer, destination: SocketAddress, trusted: boolean, protocol: TunnelProtocol = 'HBONE'): HboneRequest {
+  const single = (name: string): string | undefined => {
+    const value = headers[name]
+    return typeof value === 'string' ? value : undefined
+  }
+  const visible: IncomingHttpHeaders = { ...headers }
+  let original: string | undefined
+  if (trusted) original = forwardedFor(single('forwarded'))
+  else delete visible.forwarded
+  return {
+    protocol,
+    peerIdentity: peer.identity,
+    peerAddress: peer.address,
+    destination,
+    baggage: single('baggage'),
+    traceparent: single('traceparent'),
+    forwardedFor: original,
+    headers: visible,
+  }
+}
+
+/**
+ * The destination of a request, parsed strictly from `:authority`
+ * (`ip:port` or `[ipv6]:port`), or why it is answered 400: `not-connect`
+ * for another method, `bad-authority` for a missing or malformed authority.
+ */
+export function connectDestination(method: unknown, authority: unknown): SocketAddress | 'not-connect' | 'bad-authority' {
+  if (method !== 'CONNECT') return 'not-connect'
+  if (typeof authority !== 'string') return 'bad-authority'
+  try {
+    return parseSocketAddress(authority, ':authority')
+  } catch {
+    return 'bad-authority'
+  }
+}
+
+/** How a decision other than `serve` is answered: not served 400, unknown 503, denied 401, anything else 500. */
+export function refusalOf(decision: Exclude<HboneDecision, { readonly action: 'serve' }>, logger: Logger): { status: number; reason: string; policy?: string } {
+  switch (decision.action) {
+    case 'not-served':
+      return { status: 400, reason: decision.reason }
+    case 'unknown':
+      return { status: 503, reason: decision.reason }
+    case 'deny':
+      return { status: 401, reason: decision.reason, ...(decision.policy === undefined ? {} : { policy: decision.policy }) }
+    default:
+      logger.error({ decision }, 'HBONE decide hook returned an unknown action')
+      return { status: 500, reason: 'decide-failed' }
+  }
+}
+
+/** Calls an observer hook; one that throws is logged, never breaks a tunnel. */
+export function report(logger: Logger, hook: () => void): void {
+  try {
+    hook()
+  } catch (err) {
+    logger.error({ err }, 'HBONE observer hook threw')
+  }
+}
+
+/** The request's headers as Node's server gives them: lower-case names, pseudo-headers included, repeats joined. */
+export function headersOf(method: unknown, authority: unknown, flat: readonly unknown[]): IncomingHttpHeaders {
+  const headers: IncomingHttpHeaders = {}
+  if (typeof method === 'string') headers[':method'] = method
+  if (typeof authority === 'string' && authority !== '') headers[':authority'] = authority
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    const name = String(flat[i]).toLowerCase()
+    const value = String(flat[i + 1])
+    const previous = headers[name]
+    headers[name] = previous === undefined ? value : `${String(previous)}, ${value}`
+  }
+  return headers
+}
