@@ -6,12 +6,30 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createHboneClient, createHboneServer, type HboneClient, type HboneRequest, type HboneServer, type HboneTunnelRecord } from '@ambientkit/proxy'
+import type { Socket } from 'node:net'
+import type { SocketAddress } from '@ambientkit/core'
+import {
+  createNativeTransport,
+  createNodeTransport,
+  type HboneRequest,
+  type HboneTransport,
+  type HboneTunnel,
+  type HboneTunnelRecord,
+  type TransportClient,
+  type TransportServer,
+} from '@ambientkit/proxy'
 import { closed, createTestMesh, readAll, startEchoServer, writeSvidFiles, type TestMesh } from './interop/support'
+import { appConnections, listenDescriptors, sockets } from './support/descriptors'
+import { nativeAddonOrSkip } from './support/native'
 
 // Interoperability with an HTTP/2 stack we did not write: Go's standard
 // library (net/http), as HBONE client through our server and as HBONE server
-// behind our client, with SPIFFE certificates from our CA.
+// behind our client, with SPIFFE certificates from our CA, on every
+// transport that crosses a wire.
+const TRANSPORTS: Array<[string, () => HboneTransport]> = [
+  ['node', createNodeTransport],
+  ...(nativeAddonOrSkip('HBONE interop with Go on the native transport') === undefined ? [] : [['native', createNativeTransport] as [string, () => HboneTransport]]),
+]
 
 const SERVER_ID = 'spiffe://cluster.local/ns/shop/sa/api'
 const CLIENT_ID = 'spiffe://cluster.local/ns/shop/sa/frontend'
@@ -36,7 +54,7 @@ const skipReason = goSkipReason()
 if (skipReason !== undefined) console.warn(`[skip] HBONE interop with Go: ${skipReason}`)
 const describeGo = skipReason === undefined ? describe : describe.skip
 
-describeGo('HBONE interop with Go net/http', () => {
+describeGo.each(TRANSPORTS)('HBONE interop with Go net/http: %s transport', (_name, transport) => {
   let dir: string
   let binary: string
   let mesh: TestMesh
@@ -72,7 +90,8 @@ describeGo('HBONE interop with Go net/http', () => {
   })
 
   describe('a Go client through our server', () => {
-    let server: HboneServer
+    let server: TransportServer
+    let listener: { address: SocketAddress; close(): void }
     let addr: string
     const requests: HboneRequest[] = []
     const records: HboneTunnelRecord[] = []
@@ -81,8 +100,10 @@ describeGo('HBONE interop with Go net/http', () => {
     let resetTarget: Server | undefined
 
     beforeAll(async () => {
-      server = createHboneServer({
-        tls: await mesh.serverTls(SERVER_ID),
+      server = await transport().createServer({
+        identities: mesh.manager,
+        identity: SERVER_ID,
+        connect: (destination, { signal }) => sockets.connectFd({ host: destination.address, port: destination.port, signal }),
         decide: (request) => {
           requests.push(request)
           return deny ? { action: 'deny', reason: 'denied', policy: 'go/deny' } : { action: 'serve' }
@@ -92,10 +113,13 @@ describeGo('HBONE interop with Go net/http', () => {
           onRecord?.(record)
         },
       })
-      const bound = await server.listen(0, '127.0.0.1')
-      addr = `127.0.0.1:${bound.port}`
+      listener = listenDescriptors((fd, remote) => server.handle(fd, remote))
+      addr = `127.0.0.1:${listener.address.port}`
     })
-    afterAll(() => server.close())
+    afterAll(async () => {
+      listener.close()
+      await server.close()
+    })
 
     const runClient = (authority: string, expected = SERVER_ID): Promise<{ code: number; stdout: string; stderr: string }> =>
       new Promise((resolve) => {
@@ -180,8 +204,15 @@ describeGo('HBONE interop with Go net/http', () => {
   describe('our client through a Go server', () => {
     let child: ChildProcess
     let addr: string
-    let client: HboneClient
+    let via: SocketAddress
+    let client: TransportClient
+    let apps: ReturnType<typeof appConnections>
     const connects: string[] = []
+    /** Opens a tunnel for a fresh application connection through the Go server. */
+    const open = async (destination: SocketAddress, expected = GO_SERVER_ID): Promise<{ app: Socket; tunnel: HboneTunnel }> => {
+      const { app, accepted } = await apps.app()
+      return { app, tunnel: await client.open(accepted, destination, { identity: CLIENT_ID, expectedIdentities: [expected], via }) }
+    }
 
     beforeAll(async () => {
       child = spawn(binary, ['server', '127.0.0.1:0', goFiles.server.cert, goFiles.server.key, goFiles.server.ca], {
@@ -198,10 +229,17 @@ describeGo('HBONE interop with Go net/http', () => {
           else if (line.startsWith('connect ')) connects.push(line.slice('connect '.length))
         })
       })
-      client = createHboneClient({ tls: mesh.clientTls(CLIENT_ID) })
+      const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))]
+      via = { address: host, port, family: 4 }
+      client = transport().createClient({
+        identities: mesh.manager,
+        connectSession: (address, { signal }) => sockets.connectFd({ host: address.address, port: address.port, signal }),
+      })
+      apps = appConnections()
     })
 
     afterAll(async () => {
+      apps?.close()
       await client?.close()
       if (child !== undefined && child.exitCode === null) {
         const exited = new Promise((resolve) => child.once('exit', resolve))
@@ -210,30 +248,32 @@ describeGo('HBONE interop with Go net/http', () => {
       }
     })
 
+    const loopback = (port: number): SocketAddress => ({ address: '127.0.0.1', port, family: 4 })
+
     it('tunnels with half-close, and the Go server sees our client identity', async () => {
-      const tunnel = await client.connect(`127.0.0.1:${echo.port}`, { via: addr, expectedIdentities: [GO_SERVER_ID] })
-      tunnel.end('hello from node')
-      expect((await readAll(tunnel)).toString()).toBe('hello from node')
-      await closed(tunnel)
+      const { app, tunnel } = await open(loopback(echo.port))
+      const ended = new Promise((resolve) => tunnel.onClose(resolve))
+      app.end('hello from ambientkit')
+      expect((await readAll(app)).toString()).toBe('hello from ambientkit')
+      await closed(app)
+      expect(await ended).toMatchObject({ outcome: 'closed' })
       expect(connects.at(-1)).toBe(`${CLIENT_ID} 127.0.0.1:${echo.port}`)
     })
 
     it('sends an [ipv6]:port authority', async () => {
-      const tunnel = await client.connect(`[::1]:${echo6.port}`, { via: addr, expectedIdentities: [GO_SERVER_ID] })
-      tunnel.end('v6')
-      expect((await readAll(tunnel)).toString()).toBe('v6')
+      const { app } = await open({ address: '::1', port: echo6.port, family: 6 })
+      app.end('v6')
+      expect((await readAll(app)).toString()).toBe('v6')
       expect(connects.at(-1)).toBe(`${CLIENT_ID} [::1]:${echo6.port}`)
     })
 
     it('multiplexes concurrent tunnels on one pooled session', async () => {
-      const tunnels = await Promise.all(
-        ['a', 'b', 'c'].map(() => client.connect(`127.0.0.1:${echo.port}`, { via: addr, expectedIdentities: [GO_SERVER_ID] })),
-      )
+      const opened = await Promise.all(['a', 'b', 'c'].map(() => open(loopback(echo.port))))
       expect(client.stats()).toEqual([expect.objectContaining({ peerIdentity: GO_SERVER_ID, streams: 3 })])
       const echoed = await Promise.all(
-        tunnels.map((tunnel, i) => {
-          tunnel.end(`tunnel ${i}`)
-          return readAll(tunnel)
+        opened.map(({ app }, i) => {
+          app.end(`tunnel ${i}`)
+          return readAll(app)
         }),
       )
       expect(echoed.map(String)).toEqual(['tunnel 0', 'tunnel 1', 'tunnel 2'])
@@ -242,16 +282,12 @@ describeGo('HBONE interop with Go net/http', () => {
     it("fails with the Go server's status when the upstream is unreachable", async () => {
       const closedPort = await startEchoServer()
       await closedPort.close()
-      const err = await client
-        .connect(`127.0.0.1:${closedPort.port}`, { via: addr, expectedIdentities: [GO_SERVER_ID] })
-        .catch((e: unknown) => e)
+      const err = await open(loopback(closedPort.port)).catch((e: unknown) => e)
       expect(err).toMatchObject({ code: 'ERR_AMBIENT_HBONE_STATUS', details: { status: 503 } })
     })
 
     it('refuses the Go server when it is not the expected identity', async () => {
-      const err = await client
-        .connect(`127.0.0.1:${echo.port}`, { via: addr, expectedIdentities: [SERVER_ID] })
-        .catch((e: unknown) => e)
+      const err = await open(loopback(echo.port), SERVER_ID).catch((e: unknown) => e)
       expect(err).toMatchObject({ code: 'ERR_AMBIENT_HBONE_IDENTITY_MISMATCH' })
     })
   })

@@ -1,7 +1,7 @@
 import { once } from 'node:events'
 import { readdirSync } from 'node:fs'
 import http2 from 'node:http2'
-import { connect, Socket, type AddressInfo } from 'node:net'
+import { Socket, type AddressInfo } from 'node:net'
 import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket } from 'node:tls'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { isAmbientError, type SocketAddress } from '@ambientkit/core'
@@ -19,9 +19,10 @@ import type {
   TransportServerOptions,
   TunnelResult,
 } from '@ambientkit/proxy'
-import { boundAddress, ownNetnsSockets } from '@ambientkit/redirect'
+import { boundAddress } from '@ambientkit/redirect'
 import { createCertificateAuthority } from '@ambientkit/identity'
 import { craft } from '../../identity/test/craft'
+import { appConnections, listenDescriptors, sockets } from './support/descriptors'
 import { closed, createTestMesh, echoStream, readAll, startEchoServer, startScriptedHttp2Server, type TestMesh } from './interop/support'
 
 /**
@@ -48,7 +49,6 @@ export const SERVER_ID = 'spiffe://cluster.local/ns/shop/sa/api'
 export const CLIENT_ID = 'spiffe://cluster.local/ns/shop/sa/frontend'
 export const OTHER_ID = 'spiffe://cluster.local/ns/shop/sa/admin'
 
-const sockets = ownNetnsSockets()
 const openFds = (): number => readdirSync('/proc/self/fd').length
 
 /** What a test holds of one server and client pair. */
@@ -97,11 +97,9 @@ export function describeTransportContract(subject: TransportUnderTest): void {
 
     /** A listener in this namespace whose connections go to `onFd` as descriptors. */
     function listen(onFd: (fd: number, remote: SocketAddress) => void): SocketAddress {
-      const fd = sockets.listenFd({ host: '127.0.0.1', port: 0 })
-      const address = boundAddress(fd)
-      const acceptor = sockets.accept(fd, ({ fd: accepted, remote }) => onFd(accepted, remote))
-      closers.push(() => acceptor.close())
-      return address
+      const listener = listenDescriptors(onFd)
+      closers.push(() => listener.close())
+      return listener.address
     }
 
     async function pair(server: Partial<TransportServerOptions> = {}, client: Partial<TransportClientOptions> = {}, transport = subject.transport()): Promise<Pair> {
@@ -138,34 +136,14 @@ export function describeTransportContract(subject: TransportUnderTest): void {
         ...client,
       })
       // What the workload proxy's outbound listener hands over: the accepted end, as a descriptor.
-      const accepted = new Map<number, (fd: number) => void>()
-      const early = new Map<number, number>()
-      const apps = listen((fd, remote) => {
-        const waiting = accepted.get(remote.port)
-        if (waiting === undefined) early.set(remote.port, fd)
-        else waiting(fd)
-      })
-      const appSockets = new Set<Socket>()
+      const apps = appConnections()
       closers.push(
-        () => {
-          for (const socket of appSockets) socket.destroy()
-        },
+        () => apps.close(),
         () => acceptor.close(),
         () => hbone.close(),
         () => tunnels.close(),
       )
-      const app = async (): Promise<{ app: Socket; accepted: number }> => {
-        const socket = connect({ host: apps.address, port: apps.port, allowHalfOpen: true })
-        // Resets are what several tests provoke; each checks the ones it expects.
-        socket.on('error', () => {})
-        appSockets.add(socket)
-        await once(socket, 'connect')
-        const port = socket.localPort!
-        const fd = early.get(port) ?? (await new Promise<number>((resolve) => accepted.set(port, resolve)))
-        early.delete(port)
-        accepted.delete(port)
-        return { app: socket, accepted: fd }
-      }
+      const app = apps.app
       return {
         server: hbone,
         client: tunnels,
