@@ -73,6 +73,14 @@ function withoutIpv6InKernel(netns: Netns): Netns {
       refuseIpv6(options.host, options.port)
       return netns.listenFd(options)
     },
+    async bindUdp(options) {
+      refuseIpv6(options?.host, options?.port ?? 0)
+      return netns.bindUdp(options)
+    },
+    bindUdpFd(options) {
+      refuseIpv6(options?.host, options?.port ?? 0)
+      return netns.bindUdpFd(options)
+    },
     connect: (options) => netns.connect(options),
     connectFd: (options) => netns.connectFd(options),
     runSync: (fn) => netns.runSync(fn),
