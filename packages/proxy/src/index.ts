@@ -71,3 +71,4 @@ export {
 export { createProxyMetrics, type ConnectionLabels, type ProxyMetrics } from './metrics'
 export type { AccessLogEntry, AccessLogPeer, ConnectionOutcome, ProxyListener } from './access-log'
 export { spliceSockets, type SocketSpliceResult } from './splice-sockets'
+export { createDnsMetrics, createDnsProxy, DnsErrorCode, kubernetesSearchDomains, type DnsDropReason, type DnsMetrics, type DnsProxy, type DnsProxyOptions, type DnsRequestLabels } from './dns/index'
