@@ -39,9 +39,19 @@ const REQUEST_LABELS = ['request_query_type', 'request_protocol', 'source_worklo
  * serves them): `istio_dns_requests_total`,
  * `istio_dns_upstream_requests_total`, `istio_dns_upstream_failures_total`
  * and `istio_dns_upstream_request_duration_seconds` as ztunnel names them,
- * and `ambientkit_dns_dropped_total{reason}`. Create it once per registry.
+ * and `ambientkit_dns_dropped_total{reason}`. Called again with the same
+ * registry, it returns the same metrics.
  */
 export function createDnsMetrics(registry: Registry): DnsMetrics {
+  let metrics = created.get(registry)
+  if (metrics === undefined) created.set(registry, (metrics = register(registry)))
+  return metrics
+}
+
+/** One set per registry: prom-client refuses a metric name registered twice. */
+const created = new WeakMap<Registry, DnsMetrics>()
+
+function register(registry: Registry): DnsMetrics {
   const registers = [registry]
   const requests = new Counter({ name: 'istio_dns_requests_total', help: 'DNS requests', labelNames: REQUEST_LABELS, registers })
   const upstream = new Counter({ name: 'istio_dns_upstream_requests_total', help: 'DNS requests forwarded to the upstream resolver', labelNames: REQUEST_LABELS, registers })
