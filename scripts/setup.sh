@@ -23,6 +23,7 @@ declare -A tools=(
   [python3]=python3
   [dig]=dnsutils
   [dnsmasq]=dnsmasq-base
+  [dnsperf]=dnsperf
 )
 # header → Debian package that provides it (the native HBONE data path
 # compiles against nghttp2's header and uses the nghttp2 Node itself links)

@@ -7,7 +7,7 @@ import { inspectCapture, inspectProbeSnat, openNetns, type Netns } from '@ambien
 import { createTestNetwork, type TestNode, type TestPod } from '../../../test/support/netns'
 import { describePrivileged } from '../../../test/support/privileged'
 import { exchange, startEchoApp, tryExchange } from '../../proxy/test/support/apps'
-import { dig, startDnsmasq, stopProcess } from '../../proxy/test/support/dns'
+import { dig, startDnsmasq, stopProcess } from '../../../test/support/dns'
 import { createTestControlPlane, meshWorkload, type TestControlPlane } from '../../proxy/test/support/mesh'
 import { createListPodSource, httpGet } from './support/agent-test'
 

@@ -10,7 +10,7 @@ import { applyCapture, openNetns, type Netns } from '@ambientkit/redirect'
 import { createTestNetwork, type TestPod } from '../../../test/support/netns'
 import { describePrivileged } from '../../../test/support/privileged'
 import { dnsPacket } from '../src/dns/wire'
-import { dig, startDnsmasq, stopProcess } from './support/dns'
+import { dig, startDnsmasq, stopProcess } from '../../../test/support/dns'
 import { meshWorkload } from './support/mesh'
 
 const query = (id: number, name: string, type: 'A' | 'AAAA' | 'TXT' = 'A'): Buffer =>

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import type { TestPod } from '../../../../test/support/netns'
+import type { TestPod } from './netns'
 
 /** A TXT answer of 10 × ~200 bytes: more than the resolver's 1200-byte UDP limit. */
 const BIG_TXT = Array.from({ length: 10 }, (_, i) => `${i}${'x'.repeat(200)}`)
