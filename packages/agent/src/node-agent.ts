@@ -234,14 +234,12 @@ class NodeAgentImpl implements NodeAgent {
       entry = undefined
     }
     const netns = entry?.netns ?? openNetns(netnsPath)
-    let dns = entry?.dns
     try {
       // Probes are rewritten before capture takes them, so none is refused in between.
       this.#probeTargets.set(workload.uid, workload.addresses.filter((address) => this.#capture.ipv6 || !address.includes(':')))
       await this.#syncProbes()
       await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto' })
       await this.#options.nodeProxy.addWorkload(workload, netns)
-      if (this.#capture.captureDns && dns === undefined) dns = await this.#startDns(workload, netns)
     } catch (err) {
       if (entry === undefined) {
         this.#probeTargets.delete(workload.uid)
@@ -249,7 +247,10 @@ class NodeAgentImpl implements NodeAgent {
       }
       throw err
     }
-    this.#enrolled.set(workload.uid, { workload, netnsPath, netns, dns })
+    const enrolled: Enrolled = { workload, netnsPath, netns, dns: entry?.dns }
+    this.#enrolled.set(workload.uid, enrolled)
+    // Enrolled from here: a DNS proxy that cannot start leaves the pod's DNS failing closed, reported, and tried again on its next event.
+    if (this.#capture.captureDns && enrolled.dns === undefined) enrolled.dns = await this.#startDns(workload, netns)
     this.#log.info({ uid: workload.uid, workload: `${workload.namespace}/${workload.name}` }, 'pod enrolled')
   }
 

@@ -76,6 +76,34 @@ describePrivileged('node agent: DNS proxies and kubelet probes', ['ip', 'nft', '
     }
   })
 
+  it('a DNS proxy that cannot start is reported; the pod stays enrolled, its DNS failing closed, and it is tried again', async () => {
+    const { proxy } = cp.nodeProxy('node-dns-broken')
+    await proxy.start()
+    const source = createListPodSource([enrollment])
+    const agent = createNodeAgent({
+      nodeProxy: proxy,
+      podSource: source,
+      capture: { captureDns: true },
+      dns: { registry: cp.registry, resolvConf: '/nonexistent/resolv.conf' },
+      backend: 'nftables',
+      probes: false,
+    })
+    try {
+      const report = await agent.start()
+      expect(report.failed).toEqual([{ uid: enrollment.workload.uid, error: expect.stringMatching(/cannot read the upstream resolvers from \/nonexistent\/resolv.conf/) }])
+      expect(agent.enrolled()).toEqual([enrollment.workload.uid])
+      expect((await inspectCapture(podNs, { config: { captureDns: true } })).status).toBe('present')
+      // Captured to 15053, where nothing listens: no answer (dig exits 9), never the resolver's.
+      await expect(dig(pod, [`@${resolver.ipv4}`, 'outside.test', '+time=1'])).rejects.toMatchObject({ cause: { code: 9 } })
+      expect((await agent.reconcile()).failed).toHaveLength(1)
+      await agent.release()
+      expect((await inspectCapture(podNs)).status).toBe('absent')
+    } finally {
+      await agent.close()
+      await proxy.close()
+    }
+  })
+
   it('refuses captureDns without a registry to answer from', () => {
     const { proxy } = cp.nodeProxy('node-no-registry')
     expect(() => createNodeAgent({ nodeProxy: proxy, podSource: createListPodSource([]), capture: { captureDns: true } })).toThrow(/^dns\.registry: expected the mesh's WorkloadRegistry/)

@@ -281,10 +281,13 @@ class DnsProxyImpl implements DnsProxy {
     this.#connections.add(socket)
     socket.setNoDelay(true)
     socket.setTimeout(this.#tcpIdle, () => socket.destroy())
-    socket.on('error', (err) => this.#log.debug({ err }, 'DNS client TCP connection error'))
-    socket.on('close', () => this.#connections.delete(socket))
     const reader = new TcpMessageReader()
     const queued: Buffer[] = []
+    socket.on('error', (err) => this.#log.debug({ err }, 'DNS client TCP connection error'))
+    socket.on('close', () => {
+      this.#connections.delete(socket)
+      queued.length = 0
+    })
     let inFlight = 0
     let ended = false
     let blocked = false
@@ -294,7 +297,7 @@ class DnsProxyImpl implements DnsProxy {
         inFlight += 1
         void this.#respond(queued.shift()!, 'tcp').then((response) => {
           inFlight -= 1
-          if (response !== undefined && !socket.destroyed && !writeTcpMessage(socket, response)) {
+          if (response !== undefined && !socket.destroyed && !writeTcpMessage(socket, response) && !blocked) {
             blocked = true
             socket.once('drain', () => {
               blocked = false
