@@ -41,6 +41,12 @@ const REQUEST_LABELS = ['request_query_type', 'request_protocol', 'source_worklo
  * and `istio_dns_upstream_request_duration_seconds` as ztunnel names them,
  * and `ambientkit_dns_dropped_total{reason}`. Called again with the same
  * registry, it returns the same metrics.
+ *
+ * @example
+ * ```ts
+ * const metrics = createDnsMetrics(nodeProxy.metrics.registry) // served on the node proxy's /metrics
+ * await createDnsProxy({ workload, netns, registry, metrics })
+ * ```
  */
 export function createDnsMetrics(registry: Registry): DnsMetrics {
   let metrics = created.get(registry)
