@@ -21,6 +21,9 @@ declare -A tools=(
   [make]=make
   [g++]=g++
   [python3]=python3
+  [dig]=dnsutils
+  [dnsmasq]=dnsmasq-base
+  [dnsperf]=dnsperf
 )
 # header → Debian package that provides it (the native HBONE data path
 # compiles against nghttp2's header and uses the nghttp2 Node itself links)

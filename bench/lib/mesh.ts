@@ -1,4 +1,4 @@
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { build, type Plugin } from 'esbuild'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -45,11 +45,17 @@ export async function bundleNodeRunner(): Promise<void> {
     format: 'esm',
     target: 'node20',
     tsconfig: 'tsconfig.json',
-    external: ['node-forge', 'netlink', 'ip-num', 'prom-client'],
+    external: npmDependencies(),
     outfile: RUNNER_BUNDLE,
     logLevel: 'warning',
     plugins: [ownImportMetaUrl],
   })
+}
+
+/** The npm dependencies of every package (dns-packet, prom-client, netlink...): left to node_modules, as a published package would. */
+function npmDependencies(): string[] {
+  const manifests = readdirSync('packages').map((name) => JSON.parse(readFileSync(join('packages', name, 'package.json'), 'utf8')) as { dependencies?: Record<string, string> })
+  return [...new Set(manifests.flatMap((m) => Object.keys(m.dependencies ?? {})))].filter((name) => !name.startsWith('@ambientkit/'))
 }
 
 /** Replaces `import.meta.url` in the packages' sources with each file's own URL (esbuild would leave it empty in a bundle). */

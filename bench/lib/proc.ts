@@ -119,3 +119,13 @@ export function machineInfo(): MachineInfo {
     loadAverage: Math.round(loadavg()[0]! * 100) / 100,
   }
 }
+
+/** Whether a process with this pid runs (signal 0 tests for it without sending anything). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}

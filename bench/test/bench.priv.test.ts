@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url'
 import { expect, it } from 'vitest'
 import { nativeHboneThreads } from '@ambientkit/proxy'
 import { describePrivileged } from '../../test/support/privileged'
+import { isAlive } from '../lib/proc'
 import { SCENARIOS, type BenchResult } from '../lib/results'
 
 /**
@@ -122,17 +123,9 @@ describePrivileged('bench --quick', ['ip', 'iperf3', 'stunnel4', 'haproxy', 'nft
       execFile('ip', ['netns', 'list'], (err, out) => (err === null ? resolve(out) : reject(err))),
     )
     // Namespaces of a bench process that has exited are leaks (a bench running in parallel keeps its own).
-    const alive = (pid: number): boolean => {
-      try {
-        process.kill(pid, 0)
-        return true
-      } catch {
-        return false
-      }
-    }
     const leaked = leftovers.split('\n').filter((line) => {
       const match = /^akb-(\d+)-/.exec(line)
-      return match !== null && !alive(Number(match[1]))
+      return match !== null && !isAlive(Number(match[1]))
     })
     expect(leaked).toEqual([])
     // Nor a relay: HAProxy's master and worker, and stunnel, run from configs in the run's temporary directory, which is gone.

@@ -2,7 +2,7 @@
  * The node agent of the Kubernetes DaemonSet: the pod watcher and registry
  * sync of this example feeding `@ambientkit/agent`'s node agent and `@ambientkit/proxy`'s node proxy.
  *
- *   node dist/main.js --config /etc/ambientkit/mesh.yaml
+ *   node dist/main.js --config /etc/ambientkit/mesh.yaml   (--help for the usage)
  */
 import { readFile } from 'node:fs/promises'
 import { createServer } from 'node:http'
@@ -11,13 +11,25 @@ import { createIdentityManager, createLocalCaSource, loadCertificateAuthority } 
 import { createNodeAgent } from '@ambientkit/agent'
 import { createNodeProxy } from '@ambientkit/proxy'
 import { parse } from 'yaml'
+import { parseMainArgs, USAGE, type MainArgs } from './args'
 import { loadNodeConfig } from './config'
 import { createKubernetesPodSource } from './pod-source'
 import { createKubernetesRegistrySync } from './registry-sync'
 
+let args: MainArgs
+try {
+  args = parseMainArgs(process.argv.slice(2))
+} catch (err) {
+  process.stderr.write(`${(err as Error).message}\n\n${USAGE}`)
+  process.exit(2)
+}
+if (args.help) {
+  process.stdout.write(USAGE)
+  process.exit(0)
+}
+
 const log = createJsonLogger({ bindings: { component: 'ambientkit-node' } })
-const configPath = process.argv[process.argv.indexOf('--config') + 1] ?? '/etc/ambientkit/mesh.yaml'
-const config = loadNodeConfig(await readFile(configPath, 'utf8'), process.env)
+const config = loadNodeConfig(await readFile(args.config, 'utf8'), process.env)
 
 // The mesh CA, mounted from a Secret. Every node holding the CA key can mint
 // any identity: see docs/security.md for why and what replaces it.
@@ -51,7 +63,9 @@ const metrics = config.metricsAddress
   : undefined
 
 const podSource = createKubernetesPodSource({ nodeName: config.nodeName, trustDomain: config.trustDomain, logger: log })
-const agent = createNodeAgent({ nodeProxy, podSource, stateFile: config.stateFile, logger: log })
+// Kubelet probes are rewritten in the node's own namespace, where the
+// kubelet runs: with hostPID, /proc/1 is the node's init, and its namespace the node's.
+const agent = createNodeAgent({ nodeProxy, podSource, stateFile: config.stateFile, probes: { netns: '/proc/1/ns/net' }, logger: log })
 const report = await agent.start()
 log.info({ ...report }, 'node agent started')
 

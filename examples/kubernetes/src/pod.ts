@@ -12,6 +12,15 @@ export const DATAPLANE_MODE_AMBIENT = 'ambient'
 /** {@link DATAPLANE_MODE_LABEL} value, on a pod, that opts out even when its namespace opts in. */
 export const DATAPLANE_MODE_NONE = 'none'
 /**
+ * The annotation istio-cni reads to leave a pod out of ambient mode
+ * whatever its labels and its namespace's (Istio's `PodHasOptOut`):
+ * `ambient.istio.io/redirection: disabled`. It is the way to opt out when
+ * the pod's labels are owned by someone else (a Helm chart, an operator).
+ */
+export const AMBIENT_REDIRECTION_ANNOTATION = 'ambient.istio.io/redirection'
+/** {@link AMBIENT_REDIRECTION_ANNOTATION} value that opts out. */
+export const AMBIENT_REDIRECTION_DISABLED = 'disabled'
+/**
  * Istio's sidecar injector writes this annotation: a pod that already has a
  * sidecar must not also be captured, or its traffic is proxied twice.
  */
@@ -25,7 +34,7 @@ export type PodSkipReason =
   | 'host-network'
   /** Neither the pod nor its namespace has `istio.io/dataplane-mode=ambient`. */
   | 'not-ambient'
-  /** The pod has `istio.io/dataplane-mode=none`. */
+  /** The pod has the label `istio.io/dataplane-mode=none` or the annotation `ambient.istio.io/redirection: disabled`. */
   | 'opted-out'
   /** The pod has an Istio sidecar. */
   | 'sidecar'
@@ -98,10 +107,19 @@ export function podToWorkload(pod: V1Pod, options: PodToWorkloadOptions = {}): W
   })
 }
 
-/** True when the pod, or else its namespace, asks for ambient mode and the pod does not opt out. */
+/** How the pod opts out of ambient mode, if it does: by label or by annotation, in words. */
+function optOut(pod: V1Pod): string | undefined {
+  if (pod.metadata?.labels?.[DATAPLANE_MODE_LABEL] === DATAPLANE_MODE_NONE) return `labelled ${DATAPLANE_MODE_LABEL}=${DATAPLANE_MODE_NONE}`
+  if (pod.metadata?.annotations?.[AMBIENT_REDIRECTION_ANNOTATION] === AMBIENT_REDIRECTION_DISABLED) {
+    return `annotated ${AMBIENT_REDIRECTION_ANNOTATION}: ${AMBIENT_REDIRECTION_DISABLED}`
+  }
+  return undefined
+}
+
+/** True when the pod, or else its namespace, asks for ambient mode and the pod does not opt out (by label or annotation). */
 export function wantsAmbient(pod: V1Pod, namespace: V1Namespace | undefined): boolean {
+  if (optOut(pod) !== undefined) return false
   const podMode = pod.metadata?.labels?.[DATAPLANE_MODE_LABEL]
-  if (podMode === DATAPLANE_MODE_NONE) return false
   return podMode === DATAPLANE_MODE_AMBIENT || namespace?.metadata?.labels?.[DATAPLANE_MODE_LABEL] === DATAPLANE_MODE_AMBIENT
 }
 
@@ -112,7 +130,8 @@ export function wantsAmbient(pod: V1Pod, namespace: V1Namespace | undefined): bo
  *
  * Membership follows Istio's `PodRedirectionEnabled` (cni/pkg/util/podutil.go):
  * pod or namespace label `istio.io/dataplane-mode=ambient`, no pod label
- * `=none`, no sidecar, not host network. On top of that a pod is only
+ * `=none` nor annotation `ambient.istio.io/redirection: disabled`, no
+ * sidecar, not host network. On top of that a pod is only
  * enrolled once `Running` with an IP and while not terminating, because
  * without a CNI plugin there is no earlier moment at which its network
  * namespace is known to be complete.
@@ -126,8 +145,8 @@ export function evaluatePod(pod: V1Pod, namespace: V1Namespace | undefined, opti
   const node = pod.spec?.nodeName
   if (node !== options.nodeName) return skip('other-node', `scheduled on ${node === undefined ? 'no node yet' : JSON.stringify(node)}, not ${JSON.stringify(options.nodeName)}`)
   if (pod.spec?.hostNetwork === true) return skip('host-network', 'uses the host network namespace')
-  const podMode = pod.metadata?.labels?.[DATAPLANE_MODE_LABEL]
-  if (podMode === DATAPLANE_MODE_NONE) return skip('opted-out', `labelled ${DATAPLANE_MODE_LABEL}=${DATAPLANE_MODE_NONE}`)
+  const opted = optOut(pod)
+  if (opted !== undefined) return skip('opted-out', opted)
   if (!wantsAmbient(pod, namespace)) return skip('not-ambient', `neither the pod nor its namespace is labelled ${DATAPLANE_MODE_LABEL}=${DATAPLANE_MODE_AMBIENT}`)
   if (pod.metadata?.annotations?.[SIDECAR_STATUS_ANNOTATION] !== undefined) return skip('sidecar', `has an Istio sidecar (${SIDECAR_STATUS_ANNOTATION})`)
   if (pod.metadata?.deletionTimestamp !== undefined && pod.metadata.deletionTimestamp !== null) return skip('terminating', 'is terminating')

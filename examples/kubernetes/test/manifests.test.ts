@@ -81,7 +81,7 @@ describe('manifests', () => {
     expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: account.metadata.name, namespace: account.metadata.namespace }])
   })
 
-  it('run the node agent with host PID, its service account, capabilities, probe, scrape annotations, and never capture it', () => {
+  it('run the node agent with host PID, its service account, capabilities, probe, scrape annotations, and never capture or inject it', () => {
     const ds = find<IDaemonSet>('DaemonSet')
     const pod = ds.spec!.template.spec!
     expect(pod.hostPID).toBe(true)
@@ -93,7 +93,10 @@ describe('manifests', () => {
     expect(container.securityContext?.capabilities?.add).toEqual(expect.arrayContaining(['NET_ADMIN', 'SYS_ADMIN', 'NET_RAW']))
     expect(container.env).toContainEqual({ name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } })
     expect(ds.spec!.template.metadata?.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': '15020', 'prometheus.io/path': '/metrics' })
-    expect(ds.spec!.template.metadata?.labels?.[DATAPLANE_MODE_LABEL]).toBe(DATAPLANE_MODE_NONE)
+    expect(ds.spec!.template.metadata?.labels).toMatchObject({ [DATAPLANE_MODE_LABEL]: DATAPLANE_MODE_NONE, 'sidecar.istio.io/inject': 'false' })
+    expect(ds.spec!.template.metadata?.annotations).toMatchObject({ 'sidecar.istio.io/inject': 'false' })
+    // CAP_SYS_ADMIN implies privilege escalation in Kubernetes: the manifest must not claim otherwise.
+    expect(container.securityContext).toMatchObject({ privileged: false, allowPrivilegeEscalation: true, seccompProfile: { type: 'RuntimeDefault' } })
     const mounts = Object.fromEntries((container.volumeMounts ?? []).map((v) => [v.name, v.mountPath]))
     expect(mounts).toMatchObject({ config: '/etc/ambientkit', netns: '/var/run/netns' })
     const volumes = new Set((pod.volumes ?? []).map((v) => v.name))

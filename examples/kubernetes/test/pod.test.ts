@@ -50,6 +50,20 @@ describe('evaluatePod on recorded pods', () => {
     expect(decision).toMatchObject({ message: 'pod shop/web-5d8b7c9f4-qp7rt: labelled istio.io/dataplane-mode=none' })
   })
 
+  it("skips a pod annotated ambient.istio.io/redirection: disabled, as istio-cni does, whatever its labels say", () => {
+    for (const name of ['api', 'batch']) {
+      const p = pod(name)
+      p.metadata!.annotations = { ...p.metadata!.annotations, 'ambient.istio.io/redirection': 'disabled' }
+      const decision = evaluatePod(p, namespace('shop'), node)
+      expect(decision).toMatchObject({ enroll: false, reason: 'opted-out', message: `pod ${p.metadata!.namespace}/${p.metadata!.name}: annotated ambient.istio.io/redirection: disabled` })
+      expect(wantsAmbient(p, namespace('shop'))).toBe(false)
+    }
+    // istio-cni writes "enabled" on pods it captured: that is no opt-out.
+    const enabled = pod('api')
+    enabled.metadata!.annotations = { 'ambient.istio.io/redirection': 'enabled' }
+    expect(evaluatePod(enabled, namespace('shop'), node).enroll).toBe(true)
+  })
+
   it('skips a pod of a namespace without the label', () => {
     expect(skipped(evaluatePod(pod('cron'), namespace('legacy'), node))).toBe('not-ambient')
   })

@@ -19,4 +19,11 @@
  *
  * @packageDocumentation
  */
-export { createNodeAgent, type NodeAgent, type NodeAgentOptions, type ReconcileReport } from './node-agent'
+export {
+  createNodeAgent,
+  type NodeAgent,
+  type NodeAgentDnsOptions,
+  type NodeAgentOptions,
+  type NodeAgentProbeOptions,
+  type ReconcileReport,
+} from './node-agent'

@@ -1,5 +1,6 @@
 import { readFile, rename, writeFile } from 'node:fs/promises'
 import {
+  invalidArgument,
   silentLogger,
   type AbortOptions,
   type Closable,
@@ -9,8 +10,34 @@ import {
   type PodSourceEvent,
   type Workload,
 } from '@ambientkit/core'
-import { applyCapture, openNetns, removeCapture, type CaptureConfig, type Netns } from '@ambientkit/redirect'
-import type { NodeProxy } from '@ambientkit/proxy'
+import {
+  applyCapture,
+  applyProbeSnat,
+  openNetns,
+  removeCapture,
+  removeProbeSnat,
+  resolveCaptureConfig,
+  type CaptureConfig,
+  type Netns,
+  type ResolvedCaptureConfig,
+} from '@ambientkit/redirect'
+import { createDnsProxy, type DnsMetrics, type DnsProxy, type DnsProxyOptions, type NodeProxy } from '@ambientkit/proxy'
+
+/**
+ * The DNS proxy of each pod, started when capture redirects DNS
+ * (`capture.captureDns`): the options of `createDnsProxy` but those the
+ * agent sets (the pod, its namespace, the port and mark from the capture
+ * configuration, metrics on the node proxy's `/metrics`, the logger).
+ */
+export type NodeAgentDnsOptions = Omit<DnsProxyOptions, 'workload' | 'netns' | 'port' | 'mark' | 'ipv6' | 'metrics' | 'logger'>
+
+/** Where and how the agent rewrites kubelet probes on the node (see `applyProbeSnat` of `@ambientkit/redirect`). */
+export interface NodeAgentProbeOptions {
+  /** The node's network namespace, where the kubelet runs: a path, a pid or a name. Default: the agent's own. */
+  readonly netns?: string | number
+  /** Only the sockets of this user (the kubelet's). Default: any socket of the node. */
+  readonly sourceUid?: number
+}
 
 /** Options of {@link createNodeAgent}. */
 export interface NodeAgentOptions {
@@ -28,6 +55,20 @@ export interface NodeAgentOptions {
    * while it was down. Default: none (only pods the source still lists are reconciled).
    */
   readonly stateFile?: string
+  /**
+   * The DNS proxies: required when `capture.captureDns` is on (they need
+   * `registry`; upstreams default to the agent's /etc/resolv.conf). Ignored otherwise.
+   */
+  readonly dns?: NodeAgentDnsOptions
+  /**
+   * The node-side rewrite of kubelet probes to enrolled pods (source
+   * 169.254.7.127, the capture's probe address), which lets probes reach
+   * the app whatever the inbound policy: kept with every enrolled pod's
+   * addresses, removed by {@link NodeAgent.release}. Default `{}`: in the
+   * agent's own namespace. `false`: none (something else, istio-cni for
+   * one, installs it; without any, STRICT pods fail their probes).
+   */
+  readonly probes?: NodeAgentProbeOptions | false
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -67,16 +108,23 @@ interface Enrolled {
   workload: Workload
   netnsPath: string
   netns: Netns
+  /** Its DNS proxy, when capture redirects DNS. */
+  dns?: DnsProxy
 }
 
 /**
  * Creates a node agent: the enrollment lifecycle of Istio's in-pod mode.
  *
- * Add: open the pod's netns → apply capture (atomic, idempotent) → start the
- * workload's proxy listeners inside the netns → ready. Remove: the reverse,
- * listeners first, so the pod's traffic fails closed rather than bypassing
- * the mesh while it is released. Events for one pod run in order; events for
- * different pods run concurrently.
+ * Add: open the pod's netns → add its addresses to the node's probe
+ * rewrite → apply capture (atomic, idempotent) → start the workload's proxy
+ * listeners inside the netns → with `captureDns`, start its DNS proxy →
+ * ready. Remove: the reverse, listeners and DNS proxy first, so the pod's
+ * traffic fails closed rather than bypassing the mesh while it is released.
+ * Events for one pod run in order; events for different pods run
+ * concurrently.
+ *
+ * @throws `ERR_AMBIENT_REDIRECT_INVALID_CONFIG` for a bad `capture`,
+ * `ERR_AMBIENT_INVALID_ARGUMENT` for `captureDns` without `dns.registry`.
  */
 export function createNodeAgent(options: NodeAgentOptions): NodeAgent {
   return new NodeAgentImpl(options)
@@ -84,6 +132,7 @@ export function createNodeAgent(options: NodeAgentOptions): NodeAgent {
 
 class NodeAgentImpl implements NodeAgent {
   readonly #options: NodeAgentOptions
+  readonly #capture: ResolvedCaptureConfig
   readonly #log: Logger
   readonly #enrolled = new Map<string, Enrolled>()
   readonly #queues = new Map<string, Promise<unknown>>()
@@ -91,9 +140,24 @@ class NodeAgentImpl implements NodeAgent {
   #closed = false
   /** State writes run one after another, each writing the state as it is when it runs. */
   #stateWrites: Promise<void> = Promise.resolve()
+  readonly #dnsMetrics: DnsMetrics | undefined
+  /** The addresses whose probes the node rewrites, per pod uid: enrolled pods and pods being enrolled. */
+  readonly #probeTargets = new Map<string, readonly string[]>()
+  #nodeNetns: Netns | undefined
+  /** The rewrite being applied, and the next one, which takes every change made before it starts. */
+  #probeSync: Promise<void> = Promise.resolve()
+  #probeQueued: Promise<void> | undefined
 
   constructor(options: NodeAgentOptions) {
     this.#options = options
+    this.#capture = resolveCaptureConfig(options.capture ?? {})
+    if (this.#capture.captureDns && typeof options.dns?.registry?.servicesByHostname !== 'function') {
+      throw invalidArgument('dns.registry', options.dns?.registry, "the mesh's WorkloadRegistry (capture.captureDns is on: each pod gets a DNS proxy)")
+    }
+    if (options.probes !== undefined && options.probes !== false && (typeof options.probes !== 'object' || options.probes === null)) {
+      throw invalidArgument('probes', options.probes, '{ netns?, sourceUid? } or false')
+    }
+    this.#dnsMetrics = this.#capture.captureDns ? options.nodeProxy.metrics.dns : undefined
     this.#log = (options.logger ?? silentLogger).child({ component: 'node-agent' })
   }
 
@@ -128,6 +192,8 @@ class NodeAgentImpl implements NodeAgent {
       ),
     ])
     await this.#writeState()
+    // Also with no pod to change: the node then holds exactly the enrolled pods' rewrite, whatever an earlier agent left.
+    await this.#syncProbes()
     this.#log.info({ enrolled: enrolled.length, removed: removed.length, failed: failed.length }, 'reconciled')
     return { enrolled, removed, failed }
   }
@@ -169,25 +235,89 @@ class NodeAgentImpl implements NodeAgent {
     }
     const netns = entry?.netns ?? openNetns(netnsPath)
     try {
+      // Probes are rewritten before capture takes them, so none is refused in between.
+      this.#probeTargets.set(workload.uid, workload.addresses.filter((address) => this.#capture.ipv6 || !address.includes(':')))
+      await this.#syncProbes()
       await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto' })
       await this.#options.nodeProxy.addWorkload(workload, netns)
     } catch (err) {
-      if (entry === undefined) await netns.close()
+      if (entry === undefined) {
+        this.#probeTargets.delete(workload.uid)
+        await netns.close()
+      }
       throw err
     }
-    this.#enrolled.set(workload.uid, { workload, netnsPath, netns })
+    const enrolled: Enrolled = { workload, netnsPath, netns, dns: entry?.dns }
+    this.#enrolled.set(workload.uid, enrolled)
+    // Enrolled from here: a DNS proxy that cannot start leaves the pod's DNS failing closed, reported, and tried again on its next event.
+    if (this.#capture.captureDns && enrolled.dns === undefined) enrolled.dns = await this.#startDns(workload, netns)
     this.#log.info({ uid: workload.uid, workload: `${workload.namespace}/${workload.name}` }, 'pod enrolled')
+  }
+
+  #startDns(workload: Workload, netns: Netns): Promise<DnsProxy> {
+    return createDnsProxy({
+      ...this.#options.dns!,
+      workload,
+      netns,
+      port: this.#capture.dnsPort,
+      mark: this.#capture.proxyMark,
+      // Without IPv6 capture no DNS is redirected to ::1.
+      ...(this.#capture.ipv6 ? {} : { ipv6: false }),
+      metrics: this.#dnsMetrics,
+      logger: this.#options.logger,
+    })
   }
 
   async #remove(uid: string, netnsPath: string | undefined): Promise<void> {
     await this.#options.nodeProxy.removeWorkload(uid)
     const entry = this.#enrolled.get(uid)
     try {
+      await entry?.dns?.close()
       await this.#release(uid, entry?.netnsPath ?? netnsPath, entry?.netns)
     } finally {
       // Listed by enrolled() until its capture is gone, so that a caller waiting for the list sees a released pod.
       this.#enrolled.delete(uid)
     }
+    if (this.#probeTargets.delete(uid)) await this.#syncProbes()
+  }
+
+  /**
+   * Makes the node's probe rewrite cover exactly the pods of
+   * `#probeTargets`. Calls while one is applied share the next one, which
+   * reads the targets when it starts. A failure is logged, never thrown:
+   * without the rewrite probes fail, but enrolling a pod must not.
+   */
+  #syncProbes(): Promise<void> {
+    const probes = this.#options.probes
+    if (probes === false || this.#closed) return Promise.resolve()
+    this.#probeQueued ??= this.#probeSync.then(async () => {
+      this.#probeQueued = undefined
+      const podAddresses = [...new Set([...this.#probeTargets.values()].flat())]
+      try {
+        await applyProbeSnat(
+          this.#node(),
+          {
+            podAddresses,
+            probeAddressIpv4: this.#capture.probeAddressIpv4,
+            probeAddressIpv6: this.#capture.probeAddressIpv6,
+            ipv6: this.#capture.ipv6,
+            ...(probes?.sourceUid === undefined ? {} : { sourceUid: probes.sourceUid }),
+          },
+          { backend: this.#options.backend ?? 'auto' },
+        )
+      } catch (err) {
+        this.#log.error({ err, pods: this.#probeTargets.size }, 'cannot rewrite kubelet probes on the node: probes to captured pods may fail')
+      }
+    })
+    this.#probeSync = this.#probeQueued
+    return this.#probeQueued
+  }
+
+  /** The node's network namespace, where the probe rewrite lives; opened on first use. */
+  #node(): Netns {
+    const probes = this.#options.probes
+    this.#nodeNetns ??= openNetns((probes === false ? undefined : probes?.netns) ?? '/proc/self/ns/net')
+    return this.#nodeNetns
   }
 
   async #release(uid: string, path: string | undefined, open: Netns | undefined): Promise<void> {
@@ -239,7 +369,11 @@ class NodeAgentImpl implements NodeAgent {
     this.#unwatch?.()
     await Promise.allSettled([...this.#queues.values()])
     await this.#stateWrites.catch(() => {})
+    await this.#probeSync
+    // The DNS proxies go with the agent, like the node proxy's listeners: captured pods' DNS fails closed.
+    await Promise.all([...this.#enrolled.values()].map((e) => e.dns?.close()))
     await Promise.all([...this.#enrolled.values()].map((e) => e.netns.close()))
+    await this.#nodeNetns?.close()
   }
 
   async release(): Promise<void> {
@@ -247,6 +381,14 @@ class NodeAgentImpl implements NodeAgent {
     await Promise.allSettled([...this.#queues.values()])
     for (const [uid, entry] of [...this.#enrolled]) await this.#serial(uid, () => this.#remove(uid, entry.netnsPath))
     await this.#writeState()
+    await this.#probeSync
+    if (this.#options.probes !== false) {
+      try {
+        await removeProbeSnat(this.#node())
+      } catch (err) {
+        this.#log.error({ err }, 'cannot remove the probe rewrite from the node')
+      }
+    }
     await this.close()
   }
 }

@@ -1,47 +1,15 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { get } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
-import type { PodEnrollment, PodSource, PodSourceEvent } from '@ambientkit/core'
+import type { PodEnrollment } from '@ambientkit/core'
 import { createNodeAgent, type NodeAgent } from '@ambientkit/agent'
 import { inspectCapture, openNetns } from '@ambientkit/redirect'
 import { createTestNetwork, type TestNetwork, type TestPod } from '../../../test/support/netns'
 import { describePrivileged } from '../../../test/support/privileged'
+import { createListPodSource, httpGet } from './support/agent-test'
 import { exchange, startEchoApp, tryExchange, waitFor } from '../../proxy/test/support/apps'
 import { createTestControlPlane, meshWorkload, type TestControlPlane } from '../../proxy/test/support/mesh'
-
-/** A pod source whose list the test sets, emitting events like a real watcher. */
-function createListPodSource(initial: PodEnrollment[]): PodSource & { set(pods: PodEnrollment[]): void } {
-  let pods = new Map(initial.map((p) => [p.workload.uid, p]))
-  const listeners = new Set<(event: PodSourceEvent) => void>()
-  return {
-    list: async () => [...pods.values()],
-    watch(listener) {
-      listeners.add(listener)
-      return () => listeners.delete(listener)
-    },
-    set(next) {
-      const nextMap = new Map(next.map((p) => [p.workload.uid, p]))
-      for (const uid of pods.keys()) if (!nextMap.has(uid)) for (const l of listeners) l({ type: 'remove', uid })
-      for (const pod of next) if (pods.get(pod.workload.uid) !== pod) for (const l of listeners) l({ type: 'upsert', pod })
-      pods = nextMap
-    },
-    close: async () => {
-      listeners.clear()
-    },
-  }
-}
-
-function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    get({ host: '127.0.0.1', port, path }, (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }))
-    }).on('error', reject)
-  })
-}
 
 describePrivileged('node agent: enrollment lifecycle on real namespaces', ['ip', 'nft'], () => {
   let network: TestNetwork
@@ -49,12 +17,14 @@ describePrivileged('node agent: enrollment lifecycle on real namespaces', ['ip',
   let pods: TestPod[]
   let enrollments: PodEnrollment[]
   let stateDir: string
+  let nodePath: string
 
   beforeAll(async () => {
     network = createTestNetwork('ak-agent')
     cp = await createTestControlPlane()
     stateDir = mkdtempSync(join(tmpdir(), 'ak-agent-'))
     const node = await network.addNode()
+    nodePath = node.path
     pods = [await network.addPod(node), await network.addPod(node), await network.addPod(node)]
     enrollments = pods.map((pod, i) => ({ workload: meshWorkload(pod, { name: `app-${i}`, namespace: 'shop', serviceAccount: `sa-${i}` }), netnsPath: pod.path }))
     for (const e of enrollments) cp.registry.upsertWorkload(e.workload)
@@ -80,7 +50,7 @@ describePrivileged('node agent: enrollment lifecycle on real namespaces', ['ip',
     const { proxy } = cp.nodeProxy('node-1')
     await proxy.start()
     const admin = proxy.adminAddress()!.port
-    let agent: NodeAgent = createNodeAgent({ nodeProxy: proxy, podSource: source, stateFile, backend: 'nftables' })
+    let agent: NodeAgent = createNodeAgent({ nodeProxy: proxy, podSource: source, stateFile, backend: 'nftables', probes: { netns: nodePath } })
     const report = await agent.start()
     expect(report.failed).toEqual([])
     expect([...report.enrolled].sort()).toEqual([enrollments[0]!.workload.uid, enrollments[1]!.workload.uid].sort())
@@ -126,7 +96,7 @@ describePrivileged('node agent: enrollment lifecycle on real namespaces', ['ip',
       expect((await tryExchange(client.connect({ host: pods[1]!.ipv4, port: 8080 }), 'down')).response).toBe('')
       source.set([enrollments[0]!])
       const restarted = cp.nodeProxy('node-1-restarted')
-      agent = createNodeAgent({ nodeProxy: restarted.proxy, podSource: source, stateFile, backend: 'nftables' })
+      agent = createNodeAgent({ nodeProxy: restarted.proxy, podSource: source, stateFile, backend: 'nftables', probes: { netns: nodePath } })
       const again = await agent.start()
       expect(again.enrolled).toEqual([enrollments[0]!.workload.uid])
       expect(again.removed).toEqual([enrollments[2]!.workload.uid])

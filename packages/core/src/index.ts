@@ -95,5 +95,5 @@ export {
   type AuthorizationScope,
 } from './authorization'
 export type { PodEnrollment, PodSource, PodSourceEvent } from './pod-source'
-export type { AcceptedSocket, ConnectFdOptions, ListenFdOptions, NetnsSockets, SocketAcceptor } from './netns-sockets'
+export type { AcceptedSocket, BindUdpFdOptions, ConnectFdOptions, ListenFdOptions, NetnsSockets, SocketAcceptor } from './netns-sockets'
 export { createPolicyStore, type PolicyStore } from './policy-store'

@@ -29,6 +29,8 @@ export interface NetnsSockets {
   accept(listenFd: number, onSocket: (socket: AcceptedSocket) => void, onPause?: (errno: string) => void): SocketAcceptor
   /** A TCP connection created inside the namespace with `options` applied before `connect()`, resolved once connected. */
   connectFd(options: ConnectFdOptions): Promise<number>
+  /** A UDP socket created and bound inside the namespace (wrap it with `dgram.createSocket(...).bind({ fd })`). */
+  bindUdpFd(options?: BindUdpFdOptions): number
   /**
    * Where an accepted connection was going before capture redirected it
    * (`SO_ORIGINAL_DST`). `family` is the connection's IP version (4 for an
@@ -55,6 +57,11 @@ export interface ListenFdOptions {
   readonly ipv6Only?: boolean
   /** `listen()` backlog. Default 511, as Node's. */
   readonly backlog?: number
+}
+
+/** Options of {@link NetnsSockets.bindUdpFd}: a listener's, but the backlog, and the port defaults to 0 (an ephemeral one). */
+export interface BindUdpFdOptions extends Omit<ListenFdOptions, 'port' | 'backlog'> {
+  readonly port?: number
 }
 
 /** Options of {@link NetnsSockets.connectFd}. */

@@ -45,6 +45,12 @@ export interface WorkloadRegistry {
   /** The service with this VIP (O(1)). */
   serviceByVip(vip: string): Service | undefined
   /**
+   * The services with this host name, of every namespace (O(1)), compared
+   * as DNS does: case-insensitive, a trailing dot ignored. A name like
+   * `*.example.com` finds the services whose host name is that wildcard.
+   */
+  servicesByHostname(hostname: string): readonly Service[]
+  /**
    * Resolves a connection's original destination: a workload address, or a
    * service VIP and port with an endpoint chosen round-robin among those
    * that have an address. `undefined` when the registry does not know it,
@@ -71,6 +77,9 @@ export function createWorkloadRegistry(snapshot?: RegistrySnapshot): WorkloadReg
 
 const serviceKey = (namespace: string, hostname: string): string => `${namespace}/${hostname}`
 
+/** A host name as DNS compares it: lower case, without the root's trailing dot. */
+const hostKey = (hostname: string): string => (hostname.endsWith('.') ? hostname.slice(0, -1) : hostname).toLowerCase()
+
 function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a) === JSON.stringify(b)
 }
@@ -80,6 +89,7 @@ class Registry implements WorkloadRegistry {
   readonly #byAddress = new Map<string, Workload>()
   readonly #services = new Map<string, Service>()
   readonly #byVip = new Map<string, Service>()
+  readonly #byHostname = new Map<string, Service[]>()
   readonly #cursor = new Map<string, number>()
   readonly #listeners = new Set<(change: RegistryChange) => void>()
 
@@ -119,6 +129,8 @@ class Registry implements WorkloadRegistry {
     if (previous !== undefined) this.#unindexService(previous)
     this.#services.set(key, service)
     for (const vip of service.vips) this.#byVip.set(vip, service)
+    const host = hostKey(service.hostname)
+    this.#byHostname.set(host, [...(this.#byHostname.get(host) ?? []), service])
     this.#emit(previous === undefined ? { type: 'service-added', service } : { type: 'service-updated', service, previous })
     return service
   }
@@ -138,6 +150,10 @@ class Registry implements WorkloadRegistry {
     for (const vip of service.vips) {
       if (this.#byVip.get(vip) === service) this.#byVip.delete(vip)
     }
+    const host = hostKey(service.hostname)
+    const rest = (this.#byHostname.get(host) ?? []).filter((s) => s !== service)
+    if (rest.length === 0) this.#byHostname.delete(host)
+    else this.#byHostname.set(host, rest)
   }
 
   workloadByUid(uid: string): Workload | undefined {
@@ -152,6 +168,10 @@ class Registry implements WorkloadRegistry {
   serviceByVip(vip: string): Service | undefined {
     const canonical = tryCanonicalIp(vip)
     return canonical === undefined ? undefined : this.#byVip.get(canonical)
+  }
+
+  servicesByHostname(hostname: string): readonly Service[] {
+    return this.#byHostname.get(hostKey(hostname)) ?? []
   }
 
   resolve(address: string, port: number): Destination | undefined {

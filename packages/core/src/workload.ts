@@ -25,9 +25,15 @@ export interface Workload {
   readonly trustDomain?: string
 }
 
-/** A service: virtual IPs in front of a set of workloads. */
+/**
+ * A service: virtual IPs in front of a set of workloads. A Kubernetes
+ * Service is one with the host name `name.namespace.svc.<cluster domain>`;
+ * a service with any other host name (`api.example.com`, or a wildcard
+ * `*.example.com`) is one the mesh adds by itself, in the spirit of Istio's
+ * ServiceEntry: the DNS proxy answers its name with its VIPs.
+ */
 export interface Service {
-  /** Fully qualified host name, `name.namespace.svc.cluster.local` in Kubernetes. */
+  /** Fully qualified host name: `name.namespace.svc.cluster.local` in Kubernetes, or any DNS name. */
   readonly hostname: string
   readonly namespace: string
   /** Virtual IPs (IPv4 and/or IPv6). */

@@ -88,6 +88,23 @@ describe('createWorkloadRegistry', () => {
     expect(registry.serviceByVip('::ffff:10.96.0.10')?.hostname).toBe('api.shop.svc.cluster.local')
   })
 
+  it('finds services by host name as DNS compares names, across namespaces, and forgets removed and renamed ones', () => {
+    const registry = createWorkloadRegistry()
+    const entry = { vips: ['240.240.0.1'], ports: { 443: 443 }, endpoints: [] }
+    registry.upsertService({ hostname: 'api.example.com', namespace: 'shop', ...entry })
+    registry.upsertService({ hostname: 'API.Example.com.', namespace: 'web', ...entry })
+    registry.upsertService({ hostname: '*.example.com', namespace: 'web', ...entry })
+    expect(registry.servicesByHostname('api.example.com.').map((s) => s.namespace)).toEqual(['shop', 'web'])
+    expect(registry.servicesByHostname('*.EXAMPLE.com').map((s) => s.hostname)).toEqual(['*.example.com'])
+    expect(registry.servicesByHostname('www.example.com')).toEqual([])
+    registry.upsertService({ hostname: 'api.example.com', namespace: 'shop', ...entry, vips: ['240.240.0.2'] })
+    expect(registry.servicesByHostname('api.example.com').map((s) => s.vips[0])).toEqual(['240.240.0.1', '240.240.0.2'])
+    registry.removeService('web', 'API.Example.com.')
+    expect(registry.servicesByHostname('api.example.com').map((s) => s.namespace)).toEqual(['shop'])
+    registry.removeService('shop', 'api.example.com')
+    expect(registry.servicesByHostname('api.example.com')).toEqual([])
+  })
+
   it('refuses a service port outside 1-65535', () => {
     const registry = createWorkloadRegistry()
     expect(() => registry.upsertService({ hostname: 'x', namespace: 'shop', vips: [], ports: { 80: 70000 }, endpoints: [] })).toThrow(/ports.80: expected a target port 1-65535, got 70000/)

@@ -101,3 +101,4 @@ export { connectionLabels, observeConnections, type ConnectionObserver, type Con
 export { createProxyMetrics, type ConnectionLabels, type DenialLabels, type ProxyMetrics } from './metrics'
 export type { AccessLogEntry, AccessLogPeer, ConnectionOutcome, ProxyListener } from './access-log'
 export { spliceSockets, type SocketSpliceResult } from './splice-sockets'
+export { createDnsProxy, DnsErrorCode, kubernetesSearchDomains, type DnsDropReason, type DnsMetrics, type DnsProxy, type DnsProxyOptions, type DnsRequestLabels } from './dns/index'

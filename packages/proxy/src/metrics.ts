@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module'
 import type * as PromClientModule from 'prom-client'
 import { AmbientError } from '@ambientkit/core'
+import { registerDnsMetrics, type DnsMetrics } from './dns/metrics'
 import { HboneErrorCode } from './hbone/errors'
 
 /**
@@ -41,6 +42,8 @@ export interface ProxyMetrics {
   authorizationDenied(labels: DenialLabels): void
   handshakeFailed(labels: { destination_workload: string; reason: string }): void
   setWorkloads(count: number): void
+  /** Where the pods' DNS proxies count their requests, when this implementation counts them. */
+  readonly dns?: DnsMetrics
   /** The metrics as Prometheus text, for the admin server's `/metrics`; absent when this implementation has none to serve. */
   exposition?(): Promise<{ contentType: string; body: string }>
 }
@@ -119,6 +122,7 @@ export function createProxyMetrics(): ProxyMetrics {
     authorizationDenied: (labels) => denied.inc({ ...labels }),
     handshakeFailed: (labels) => handshakes.inc(labels),
     setWorkloads: (count) => workloads.set(count),
+    dns: registerDnsMetrics(prom, registry),
     exposition: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
   }
 }

@@ -75,6 +75,14 @@ function withoutIpv6InKernel(netns: Netns): Netns {
     },
     accept: (fd, onSocket, onPause) => netns.accept(fd, onSocket, onPause),
     originalDestination: (fd, family) => netns.originalDestination(fd, family),
+    async bindUdp(options) {
+      refuseIpv6(options?.host, options?.port ?? 0)
+      return netns.bindUdp(options)
+    },
+    bindUdpFd(options) {
+      refuseIpv6(options?.host, options?.port ?? 0)
+      return netns.bindUdpFd(options)
+    },
     connect: (options) => netns.connect(options),
     connectFd: (options) => netns.connectFd(options),
     runSync: (fn) => netns.runSync(fn),

@@ -268,14 +268,15 @@ static int set_int_opt(int fd, int level, int name, int value, const char** fail
 }
 
 /*
- * Creates a TCP socket (non-blocking, close-on-exec) in the current
+ * Creates a TCP or UDP socket (non-blocking, close-on-exec) in the current
  * namespace and applies the spec's options. Options go on before bind and
- * connect because they decide what those do: a mark routes the SYN, and
- * IP_TRANSPARENT lets bind() take a foreign source address.
+ * connect because they decide what those do: a mark routes the SYN (or
+ * every datagram), and IP_TRANSPARENT lets bind() take a foreign source address.
  */
-static int open_socket(const socket_spec* spec, int* out_fd, const char** failed) {
+static int open_socket(const socket_spec* spec, int udp, int* out_fd, const char** failed) {
   int domain = spec->family == 4 ? AF_INET : AF_INET6;
-  int fd = socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  int fd = udp ? socket(domain, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP)
+               : socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
   if (fd < 0) {
     *failed = "socket";
     return errno;
@@ -321,7 +322,11 @@ static int bind_socket(int fd, const socket_spec* spec, int listening, const cha
   return 0;
 }
 
-static napi_value socket_call(napi_env env, napi_callback_info info, int connecting) {
+/* What socket_call makes: a listening TCP socket, a connecting TCP socket, or a bound UDP socket. */
+typedef enum { MAKE_TCP_LISTENER, MAKE_TCP_CONNECTION, MAKE_UDP_SOCKET } socket_kind;
+
+static napi_value socket_call(napi_env env, napi_callback_info info, socket_kind kind) {
+  int connecting = kind == MAKE_TCP_CONNECTION;
   size_t argc = 2;
   napi_value argv[2], result;
   int32_t ns_fd;
@@ -342,9 +347,9 @@ static napi_value socket_call(napi_env env, napi_callback_info info, int connect
   int err = ns_fd >= 0 ? netns_enter(&guard, ns_fd, &failed) : 0;
   if (ns_fd < 0) guard.home = -1;
   if (err != 0) return throw_errno(env, err, failed);
-  err = open_socket(&spec, &fd, &failed);
-  if (!err) err = bind_socket(fd, &spec, !connecting, &failed);
-  if (!err && !connecting && listen(fd, spec.backlog) != 0) {
+  err = open_socket(&spec, kind == MAKE_UDP_SOCKET, &fd, &failed);
+  if (!err) err = bind_socket(fd, &spec, kind == MAKE_TCP_LISTENER, &failed);
+  if (!err && kind == MAKE_TCP_LISTENER && listen(fd, spec.backlog) != 0) {
     err = errno;
     failed = "listen";
   }
@@ -362,10 +367,17 @@ static napi_value socket_call(napi_env env, napi_callback_info info, int connect
 }
 
 /* listenTcp(nsFd, spec) → fd of a listening socket created in the namespace (nsFd -1: here). */
-static napi_value listen_tcp(napi_env env, napi_callback_info info) { return socket_call(env, info, 0); }
+static napi_value listen_tcp(napi_env env, napi_callback_info info) { return socket_call(env, info, MAKE_TCP_LISTENER); }
 
 /* connectTcp(nsFd, spec) → fd of a socket created in the namespace, connect() started (non-blocking). */
-static napi_value connect_tcp(napi_env env, napi_callback_info info) { return socket_call(env, info, 1); }
+static napi_value connect_tcp(napi_env env, napi_callback_info info) { return socket_call(env, info, MAKE_TCP_CONNECTION); }
+
+/*
+ * bindUdp(nsFd, spec) → fd of a UDP socket created in the namespace and
+ * bound there (port 0: an ephemeral port). Unlike a TCP listener it gets no
+ * SO_REUSEADDR: two UDP sockets on one port would split its datagrams.
+ */
+static napi_value bind_udp(napi_env env, napi_callback_info info) { return socket_call(env, info, MAKE_UDP_SOCKET); }
 
 /* ---- waiting for a non-blocking connect ---- */
 
@@ -1329,6 +1341,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"runInNetns", NULL, run_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
       {"listenTcp", NULL, listen_tcp, NULL, NULL, NULL, napi_enumerable, NULL},
       {"connectTcp", NULL, connect_tcp, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"bindUdp", NULL, bind_udp, NULL, NULL, NULL, napi_enumerable, NULL},
       {"waitConnected", NULL, wait_connected, NULL, NULL, NULL, napi_enumerable, NULL},
       {"cancelWait", NULL, cancel_wait, NULL, NULL, NULL, napi_enumerable, NULL},
       {"acceptTcp", NULL, accept_tcp, NULL, NULL, NULL, napi_enumerable, NULL},

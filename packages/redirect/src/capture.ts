@@ -13,7 +13,7 @@ import {
   renderNftables,
 } from './render'
 import { checkIpv6Routing, ensureRouting, readRouting, removeRouting, undoRouting } from './routing'
-import { captureRules, type CaptureFamily, type CaptureHook, type CaptureRuleSet, type CaptureStage } from './rules'
+import { captureRules, type CaptureFamily, type CaptureRuleSet, type CaptureStage } from './rules'
 
 /** The two ways capture rules reach the kernel. */
 export type CaptureBackend = 'nftables' | 'iptables'
@@ -60,24 +60,23 @@ export interface CaptureInspection {
   differences: string[]
 }
 
-const IPTABLES: Record<CaptureFamily, { save: string; restore: string }> = {
+export const IPTABLES: Record<CaptureFamily, { save: string; restore: string }> = {
   ipv4: { save: 'iptables-save', restore: 'iptables-restore' },
   ipv6: { save: 'ip6tables-save', restore: 'ip6tables-restore' },
 }
 
 const STAGES: readonly CaptureStage[] = ['raw', 'mangle', 'nat']
 const OUR_CHAINS = new Set(Object.values(IPTABLES_CHAINS))
-const BUILTIN_OF: Record<string, CaptureHook> = { PREROUTING: 'prerouting', OUTPUT: 'output' }
 
 /** One table of `iptables-save` output. */
-interface SavedTable {
+export interface SavedTable {
   /** Builtin and user chains with their policy (`-` for user chains). */
   chains: Map<string, string>
   /** Rule lines per chain, in order. */
   rules: Map<string, string[]>
 }
 
-function parseSave(text: string): Map<string, SavedTable> {
+export function parseSave(text: string): Map<string, SavedTable> {
   const tables = new Map<string, SavedTable>()
   let current: SavedTable | undefined
   for (const line of text.split('\n')) {
@@ -97,14 +96,14 @@ function parseSave(text: string): Map<string, SavedTable> {
   return tables
 }
 
-function isMissingProgram(err: unknown): boolean {
+export function isMissingProgram(err: unknown): boolean {
   return isAmbientError(err, RedirectErrorCode.ProgramMissing)
 }
 
 // Whether nft works is a property of the machine (binary and kernel), not of one namespace: probe once.
 let nftWorks: Promise<boolean> | undefined
 
-async function pickBackend(netns: Netns, backend: CaptureBackend | 'auto'): Promise<CaptureBackend> {
+export async function pickBackend(netns: Netns, backend: CaptureBackend | 'auto'): Promise<CaptureBackend> {
   if (backend !== 'auto') return backend
   // No signal: an aborted probe must not be remembered as "nft does not work".
   nftWorks ??= netns.nft('list tables').then(
@@ -205,55 +204,90 @@ export async function removeCapture(netns: Netns, options: RemoveCaptureOptions 
   const { signal } = options
   throwIfAborted(signal, 'removeCapture')
   const [nft, v4, v6, routing] = await Promise.all([
-    hasNftTable(netns, signal),
+    hasNftTable(netns, NFT_TABLE, signal),
     savedIptables(netns, 'ipv4', signal),
     savedIptables(netns, 'ipv6', signal),
     removeRouting(netns, ruleSet.routing),
   ])
+  const removed = await removeOwnRules(netns, { v4, v6, chains: OUR_CHAINS, nftTable: NFT_TABLE, nft }, signal)
+  return { removed: routing || removed }
+}
+
+/**
+ * Removes our iptables `chains` (and the jumps into them) from both
+ * families' saved tables, then, once no jump leads out of them, our nft
+ * table and what iptables-nft created only for our chains. Whether
+ * anything was removed.
+ */
+export async function removeOwnRules(
+  netns: Netns,
+  own: { v4?: Map<string, SavedTable>; v6?: Map<string, SavedTable>; chains: ReadonlySet<string>; nftTable: string; nft: boolean | undefined },
+  signal?: AbortSignal,
+): Promise<boolean> {
   const emptied: string[] = []
   const restores: Array<Promise<unknown>> = []
-  for (const [family, saved] of [['ipv4', v4], ['ipv6', v6]] as const) {
+  for (const [family, saved] of [['ipv4', own.v4], ['ipv6', own.v6]] as const) {
     if (saved === undefined) continue
-    const lines: string[] = []
-    for (const [name, table] of saved) {
-      const ours = [...table.chains.keys()].filter((chain) => OUR_CHAINS.has(chain))
-      if (ours.length === 0) continue
-      const jumps = [...table.rules.entries()].flatMap(([chain, rules]) =>
-        chain in BUILTIN_OF ? rules.filter((line) => OUR_CHAINS.has(line.split(' -j ')[1] ?? '')) : [],
-      )
-      // User-defined chains have no policy ("-"); builtin chains have one.
-      const others = [...table.chains.entries()].filter(([chain, policy]) => !OUR_CHAINS.has(chain) && policy === '-')
-      const foreignRules = [...table.rules.entries()].some(([chain, rules]) => !OUR_CHAINS.has(chain) && rules.some((line) => !jumps.includes(line)))
-      const acceptOnly = [...table.chains.entries()].every(([chain, policy]) => OUR_CHAINS.has(chain) || policy === 'ACCEPT')
-      if (nft !== undefined && others.length === 0 && !foreignRules && acceptOnly) {
-        // Nothing but ours in it: iptables made this table for us; delete it so the ruleset reads as before.
-        emptied.push(`delete table ${family === 'ipv4' ? 'ip' : 'ip6'} ${name}`)
-        continue
-      }
-      lines.push(`*${name}`, ...jumps.map((line) => line.replace(/^-A /, '-D ')), ...ours.flatMap((chain) => [`-F ${chain}`, `-X ${chain}`]), 'COMMIT')
-      if (nft !== undefined) {
-        // iptables-nft makes a builtin chain only when a rule needs it: one that held nothing but our jump goes too.
-        for (const [chain, rules] of table.rules) {
-          if (chain in BUILTIN_OF && table.chains.get(chain) === 'ACCEPT' && rules.every((line) => jumps.includes(line))) {
-            emptied.push(`delete chain ${family === 'ipv4' ? 'ip' : 'ip6'} ${name} ${chain}`)
-          }
-        }
-      }
-    }
-    if (lines.length > 0) restores.push(netns.exec(IPTABLES[family].restore, ['--noflush'], { input: `${lines.join('\n')}\n`, signal }))
+    const removal = iptablesRemoval(saved, family, own.chains, own.nft !== undefined)
+    emptied.push(...removal.nftDeletes)
+    if (removal.restore !== undefined) restores.push(netns.exec(IPTABLES[family].restore, ['--noflush'], { input: removal.restore, signal }))
   }
   await Promise.all(restores)
   // After the restores: a chain can only be deleted once our jump out of it is gone.
-  const script = [...(nft === true ? [`delete table inet ${NFT_TABLE}`] : []), ...emptied]
+  const script = [...(own.nft === true ? [`delete table inet ${own.nftTable}`] : []), ...emptied]
   if (script.length > 0) await netns.nft(`${script.join('\n')}\n`, { signal })
-  return { removed: routing || script.length > 0 || restores.length > 0 }
+  return script.length > 0 || restores.length > 0
 }
 
-/** Whether our nft table exists; `undefined` when nft is not installed. */
-async function hasNftTable(netns: Netns, signal?: AbortSignal): Promise<boolean | undefined> {
+/**
+ * What removing the user chains `ours` (and every jump into them from a
+ * builtin chain) from one family's `iptables-save` takes: the
+ * `iptables-restore --noflush` input, if any, and the nft commands that
+ * then delete what iptables-nft created only for them (a table or builtin
+ * chain left holding nothing), so the ruleset reads as before. With
+ * `nftWorks` false (no nft program) nothing is deleted that way.
+ */
+function iptablesRemoval(
+  saved: Map<string, SavedTable>,
+  family: CaptureFamily,
+  ours: ReadonlySet<string>,
+  nftWorks: boolean,
+): { restore: string | undefined; nftDeletes: string[] } {
+  const nftDeletes: string[] = []
+  const lines: string[] = []
+  const nftFamily = family === 'ipv4' ? 'ip' : 'ip6'
+  for (const [name, table] of saved) {
+    const present = [...table.chains.keys()].filter((chain) => ours.has(chain))
+    if (present.length === 0) continue
+    // Builtin chains have a policy; user-defined ones have none ("-").
+    const builtin = (chain: string): boolean => (table.chains.get(chain) ?? '-') !== '-'
+    const jumps = [...table.rules.entries()].flatMap(([chain, rules]) => (builtin(chain) ? rules.filter((line) => ours.has(line.split(' -j ')[1] ?? '')) : []))
+    const others = [...table.chains.entries()].filter(([chain, policy]) => !ours.has(chain) && policy === '-')
+    const foreignRules = [...table.rules.entries()].some(([chain, rules]) => !ours.has(chain) && rules.some((line) => !jumps.includes(line)))
+    const acceptOnly = [...table.chains.entries()].every(([chain, policy]) => ours.has(chain) || policy === 'ACCEPT')
+    if (nftWorks && others.length === 0 && !foreignRules && acceptOnly) {
+      // Nothing but ours in it: iptables made this table for us.
+      nftDeletes.push(`delete table ${nftFamily} ${name}`)
+      continue
+    }
+    lines.push(`*${name}`, ...jumps.map((line) => line.replace(/^-A /, '-D ')), ...present.flatMap((chain) => [`-F ${chain}`, `-X ${chain}`]), 'COMMIT')
+    if (nftWorks) {
+      // iptables-nft makes a builtin chain only when a rule needs it: one that held nothing but our jump goes too.
+      for (const [chain, rules] of table.rules) {
+        if (builtin(chain) && table.chains.get(chain) === 'ACCEPT' && rules.every((line) => jumps.includes(line))) {
+          nftDeletes.push(`delete chain ${nftFamily} ${name} ${chain}`)
+        }
+      }
+    }
+  }
+  return { restore: lines.length > 0 ? `${lines.join('\n')}\n` : undefined, nftDeletes }
+}
+
+/** Whether the nft table `inet <table>` exists; `undefined` when nft is not installed. */
+export async function hasNftTable(netns: Netns, table: string, signal?: AbortSignal): Promise<boolean | undefined> {
   try {
     const stdout = await netns.nft('list tables', { signal })
-    return stdout.split('\n').some((line) => line.trim() === `table inet ${NFT_TABLE}`)
+    return stdout.split('\n').some((line) => line.trim() === `table inet ${table}`)
   } catch (err) {
     if (isMissingProgram(err)) return undefined
     throw err
@@ -261,7 +295,7 @@ async function hasNftTable(netns: Netns, signal?: AbortSignal): Promise<boolean 
 }
 
 /** Parsed `iptables-save` of a family; `undefined` when the program is not installed. */
-async function savedIptables(netns: Netns, family: CaptureFamily, signal?: AbortSignal): Promise<Map<string, SavedTable> | undefined> {
+export async function savedIptables(netns: Netns, family: CaptureFamily, signal?: AbortSignal): Promise<Map<string, SavedTable> | undefined> {
   try {
     return parseSave((await netns.exec(IPTABLES[family].save, [], { signal })).stdout)
   } catch (err) {
@@ -270,8 +304,8 @@ async function savedIptables(netns: Netns, family: CaptureFamily, signal?: Abort
   }
 }
 
-/** Chains of `nft list table inet ambientkit`: header and rule lines per chain. */
-function parseNftTable(text: string): Map<string, { header: string; lines: string[] }> {
+/** Chains of `nft list table inet <table>`: header and rule lines per chain. */
+export function parseNftTable(text: string): Map<string, { header: string; lines: string[] }> {
   const chains = new Map<string, { header: string; lines: string[] }>()
   let current: { header: string; lines: string[] } | undefined
   for (const raw of text.split('\n')) {
@@ -290,7 +324,8 @@ function parseNftTable(text: string): Map<string, { header: string; lines: strin
   return chains
 }
 
-function compareLines(where: string, expected: readonly string[], found: readonly string[], differences: string[]): void {
+/** Adds to `differences` each rule of `expected` missing from `found`, each unexpected one, or that they are out of order. */
+export function compareLines(where: string, expected: readonly string[], found: readonly string[], differences: string[]): void {
   for (const line of expected) if (!found.includes(line)) differences.push(`${where}: missing rule "${line}"`)
   for (const line of found) if (!expected.includes(line)) differences.push(`${where}: unexpected rule "${line}"`)
   if (differences.length === 0 && expected.join('\n') !== found.join('\n')) differences.push(`${where}: rules out of order`)

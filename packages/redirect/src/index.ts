@@ -46,6 +46,26 @@ export {
   type RemoveCaptureResult,
 } from './capture'
 export {
+  PROBE_IPTABLES_CHAIN,
+  PROBE_NFT_TABLE,
+  probeSnatRules,
+  renderProbeIptables,
+  renderProbeNftables,
+  resolveProbeSnatConfig,
+  type ProbeSnatConfig,
+  type ProbeSnatRule,
+  type ProbeSnatRuleSet,
+  type ResolvedProbeSnatConfig,
+} from './probe-rules'
+export {
+  applyProbeSnat,
+  inspectProbeSnat,
+  removeProbeSnat,
+  type ApplyProbeSnatOptions,
+  type InspectProbeSnatOptions,
+  type ProbeSnatInspection,
+} from './probe-snat'
+export {
   CONNMARK,
   DNS_PORT,
   HBONE_PORT,
@@ -67,6 +87,8 @@ export {
   type NetnsExecOptions,
   type NetnsExecResult,
   type NetnsListenOptions,
+  type NetnsUdpFdOptions,
+  type NetnsUdpOptions,
 } from './netns'
 export {
   boundAddress,

@@ -32,6 +32,7 @@ export interface NativeAddon {
   runInNetns<T>(nsFd: number, fn: () => T): T
   listenTcp(nsFd: number, spec: NativeSocketSpec): number
   connectTcp(nsFd: number, spec: NativeSocketSpec): number
+  bindUdp(nsFd: number, spec: NativeSocketSpec): number
   waitConnected(fd: number, callback: (errno: number) => void): object
   cancelWait(handle: object): void
   /**

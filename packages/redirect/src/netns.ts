@@ -9,6 +9,7 @@ import {
   throwIfAborted,
   type AbortOptions,
   type AcceptedSocket,
+  type BindUdpFdOptions,
   type Closable,
   type ConnectFdOptions,
   type ListenFdOptions,
@@ -16,6 +17,7 @@ import {
   type SocketAcceptor,
   type SocketAddress,
 } from '@ambientkit/core'
+import { createSocket as createDgramSocket, type Socket as DgramSocket, type SocketOptions as DgramSocketOptions } from 'node:dgram'
 import { closeSync, fstatSync, openSync, statSync } from 'node:fs'
 import { createServer, Socket, type Server, type ServerOpts } from 'node:net'
 import { constants as osConstants } from 'node:os'
@@ -48,6 +50,29 @@ export interface NetnsListenOptions extends AbortOptions {
 
 /** Options of {@link Netns.listenFd}: those of {@link Netns.listen} but the `net.Server`'s and the signal (it is synchronous). */
 export type NetnsListenFdOptions = ListenFdOptions
+
+/** Options of {@link Netns.bindUdp}. */
+export interface NetnsUdpOptions extends AbortOptions {
+  /** Address to bind. Default `'0.0.0.0'`; an IPv6 address makes an IPv6 socket. */
+  host?: string
+  /** Port to bind. Default 0: an ephemeral port (read it from `socket.address()`). */
+  port?: number
+  /** `SO_MARK` for every datagram the socket sends. Default: none. */
+  mark?: number
+  /** `IP_TRANSPARENT` / `IPV6_TRANSPARENT`: bind a non-local address, receive datagrams to one. Default `false`. */
+  transparent?: boolean
+  /** `IP_FREEBIND` / `IPV6_FREEBIND`: bind an address not (yet) on an interface. Default `false`. */
+  freebind?: boolean
+  /** `SO_REUSEPORT`: several sockets share the port, each datagram goes to one of them. Default `false`. */
+  reusePort?: boolean
+  /** For an IPv6 host: `true` refuses IPv4 peers, `false` takes them too (mapped). Default: the kernel's default (dual-stack). */
+  ipv6Only?: boolean
+  /** Buffer sizes of the `dgram.Socket` (`SO_RCVBUF`, `SO_SNDBUF`). Default: the kernel's. */
+  socket?: Pick<DgramSocketOptions, 'recvBufferSize' | 'sendBufferSize'>
+}
+
+/** Options of {@link Netns.bindUdpFd}: those of {@link Netns.bindUdp} but the `dgram.Socket`'s and the signal (it is synchronous). */
+export type NetnsUdpFdOptions = BindUdpFdOptions
 
 /** Options of {@link Netns.connectFd}. */
 export type NetnsConnectFdOptions = ConnectFdOptions
@@ -97,6 +122,20 @@ export interface Netns extends NetnsSockets, Closable {
    * options (except `server`) and failures as {@link listen}.
    */
   listenFd(options: NetnsListenFdOptions): number
+  /**
+   * A UDP socket that lives in this namespace (created and bound there),
+   * as a `dgram.Socket` that is already bound: it emits no `'listening'`.
+   * With a `mark` every datagram it sends carries it, so capture rules let
+   * it pass. Rejects with `ERR_AMBIENT_REDIRECT_SOCKET` (errno in
+   * `details`) when the kernel refuses.
+   */
+  bindUdp(options?: NetnsUdpOptions): Promise<DgramSocket>
+  /**
+   * {@link bindUdp} without the `dgram.Socket`: the bound descriptor
+   * (non-blocking, close-on-exec), which the caller owns and closes. Same
+   * options (except `socket`) and failures as {@link bindUdp}.
+   */
+  bindUdpFd(options?: NetnsUdpFdOptions): number
   /**
    * A TCP connection created in this namespace, options applied before
    * `connect()`, resolved once connected. Rejects with
@@ -244,6 +283,7 @@ const OWN_SOCKETS: NetnsSockets = Object.freeze({
   listenFd: (options: ListenFdOptions) => listenFdIn(-1, 'this namespace', options),
   accept: (listenFd: number, onSocket: (socket: AcceptedSocket) => void, onPause?: (errno: string) => void) => acceptOn(listenFd, 'this namespace', onSocket, onPause),
   connectFd: (options: ConnectFdOptions) => connectFdIn(-1, 'this namespace', options),
+  bindUdpFd: (options: BindUdpFdOptions = {}) => bindUdpFdIn(-1, 'this namespace', options),
   originalDestination: (fd: number, family: 4 | 6) => originalDestination(fd, family),
 })
 
@@ -261,6 +301,25 @@ function checkBoolean(name: string, value: unknown): void {
 function checkPort(name: string, value: unknown, allowZero: boolean): void {
   if (allowZero && value === 0) return
   if (!isPort(value)) throw invalidArgument(name, value, allowZero ? 'an integer 0-65535' : 'an integer 1-65535')
+}
+
+/** The validated spec of a socket bound to `options.host` (default `0.0.0.0`) and `options.port` (0: any). */
+function boundSocketSpec(what: string, options: NetnsListenFdOptions): NativeSocketSpec & { bindAddress: string; bindPort: number } {
+  const host = canonicalIp(options.host ?? '0.0.0.0', `${what} host`)
+  checkPort(`${what} port`, options.port, true)
+  checkMark(`${what} mark`, options.mark)
+  for (const key of ['transparent', 'freebind', 'reusePort', 'ipv6Only'] as const) checkBoolean(`${what} ${key}`, options[key])
+  const family = ipFamily(host)
+  return {
+    family,
+    mark: options.mark,
+    transparent: options.transparent,
+    freebind: options.freebind,
+    reusePort: options.reusePort,
+    v6Only: options.ipv6Only === undefined || family === 4 ? undefined : options.ipv6Only ? 1 : 0,
+    bindAddress: host,
+    bindPort: options.port,
+  }
 }
 
 class NetnsHandle implements Netns {
@@ -330,6 +389,33 @@ class NetnsHandle implements Netns {
     return originalDestination(fd, family)
   }
 
+  async bindUdp(options: NetnsUdpOptions = {}): Promise<DgramSocket> {
+    throwIfAborted(options.signal, 'bindUdp')
+    const fd = this.bindUdpFd(options)
+    const host = canonicalIp(options.host ?? '0.0.0.0', 'bindUdp host')
+    const socket = createDgramSocket({ type: ipFamily(host) === 4 ? 'udp4' : 'udp6', ...options.socket })
+    return new Promise<DgramSocket>((resolve, reject) => {
+      const onError = (err: Error): void => {
+        socket.off('listening', onListening)
+        socket.close()
+        reject(nativeError(RedirectErrorCode.Socket, `cannot use the UDP socket on ${host} port ${options.port ?? 0} in ${this.path}`, err))
+      }
+      const onListening = (): void => {
+        socket.off('error', onError)
+        resolve(socket)
+      }
+      socket.once('error', onError)
+      socket.once('listening', onListening)
+      // Node adopts the descriptor from here on and closes it with the socket.
+      socket.bind({ fd })
+    })
+  }
+
+  bindUdpFd(options: NetnsUdpFdOptions = {}): number {
+    return bindUdpFdIn(this.#open('bindUdp'), this.path, options)
+  }
+
+
   async connect(options: NetnsConnectOptions): Promise<Socket> {
     checkBoolean('connect allowHalfOpen', options.allowHalfOpen)
     const fd = await this.connectFd(options)
@@ -392,31 +478,30 @@ interface Program {
 
 /** A listening socket inside the namespace `nsFd` (-1: this process's own). */
 function listenFdIn(nsFd: number, where: string, options: ListenFdOptions): number {
-  const host = canonicalIp(options.host ?? '0.0.0.0', 'listen host')
-  checkPort('listen port', options.port, true)
-  checkMark('listen mark', options.mark)
-  for (const key of ['transparent', 'freebind', 'reusePort', 'ipv6Only'] as const) checkBoolean(`listen ${key}`, options[key])
   const backlog = options.backlog ?? 511
   if (!Number.isInteger(backlog) || backlog < 1) throw invalidArgument('listen backlog', options.backlog, 'an integer >= 1')
-  const family = ipFamily(host)
-  const spec: NativeSocketSpec = {
-    family,
-    mark: options.mark,
-    transparent: options.transparent,
-    freebind: options.freebind,
-    reusePort: options.reusePort,
-    v6Only: options.ipv6Only === undefined || family === 4 ? undefined : options.ipv6Only ? 1 : 0,
-    bindAddress: host,
-    bindPort: options.port,
-    backlog,
-  }
+  const spec = boundSocketSpec('listen', options)
   try {
-    return native().listenTcp(nsFd, spec)
+    return native().listenTcp(nsFd, { ...spec, backlog })
   } catch (err) {
-    throw nativeError(RedirectErrorCode.Socket, `cannot listen on ${host} port ${options.port} in ${where}`, err, {
+    throw nativeError(RedirectErrorCode.Socket, `cannot listen on ${spec.bindAddress} port ${spec.bindPort} in ${where}`, err, {
       path: where,
-      host,
-      port: options.port,
+      host: spec.bindAddress,
+      port: spec.bindPort,
+    })
+  }
+}
+
+/** A UDP socket bound inside the namespace `nsFd` (-1: this process's own). */
+function bindUdpFdIn(nsFd: number, where: string, options: BindUdpFdOptions): number {
+  const spec = boundSocketSpec('bindUdp', { ...options, port: options.port ?? 0 })
+  try {
+    return native().bindUdp(nsFd, spec)
+  } catch (err) {
+    throw nativeError(RedirectErrorCode.Socket, `cannot bind UDP ${spec.bindAddress} port ${spec.bindPort} in ${where}`, err, {
+      path: where,
+      host: spec.bindAddress,
+      port: spec.bindPort,
     })
   }
 }

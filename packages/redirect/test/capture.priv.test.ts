@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createTestNetwork, type TestNamespace, type TestNode, type TestPod } from '../../../test/support/netns'
 import { withEnv } from '../../../test/support/env'
 import { describePrivileged } from '../../../test/support/privileged'
+import { rulesSnapshot, RULE_LISTINGS } from './support/rules-snapshot'
 import {
   applyCapture,
   HBONE_PORT,
@@ -38,26 +39,14 @@ function countConnections(server: Server): { count: () => number; stop: () => vo
 const peerOf = (socket: Socket): string => canonicalIp(socket.remoteAddress ?? '')
 
 /** Everything capture could touch in a namespace, as text, without counters and comments. */
-async function snapshot(ns: TestNamespace): Promise<string> {
-  const outputs = await Promise.all([
-    ns.exec('iptables-save'),
-    ns.exec('ip6tables-save'),
-    ns.exec('nft', ['list', 'ruleset']),
-    ns.exec('ip', ['-4', 'rule']),
-    ns.exec('ip', ['-6', 'rule']),
-    ns.exec('ip', ['-4', 'route', 'show', 'table', 'all']),
-    ns.exec('ip', ['-6', 'route', 'show', 'table', 'all']),
+const snapshot = (ns: TestNamespace): Promise<string> =>
+  rulesSnapshot(ns, [
+    ...RULE_LISTINGS,
+    ['ip', '-4', 'rule'],
+    ['ip', '-6', 'rule'],
+    ['ip', '-4', 'route', 'show', 'table', 'all'],
+    ['ip', '-6', 'route', 'show', 'table', 'all'],
   ])
-  return outputs
-    .map((o) =>
-      o.stdout
-        .split('\n')
-        .filter((line) => !line.startsWith('#'))
-        .map((line) => line.replace(/\[\d+:\d+\]/g, '[]').replace(/counter packets \d+ bytes \d+/g, 'counter'))
-        .join('\n'),
-    )
-    .join('\n----\n')
-}
 
 async function expectCode(promise: Promise<unknown>, code: string): Promise<string> {
   try {

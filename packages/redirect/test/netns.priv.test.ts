@@ -311,6 +311,64 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
     await closeServer(server)
   })
 
+  it('bindUdp binds a UDP socket inside the namespace whose marked datagrams pass capture that takes unmarked ones', async () => {
+    const receiver = await nsB.bindUdp({ host: '0.0.0.0' })
+    const { port } = receiver.address()
+    const { stdout } = await b.exec('ss', ['-Huln', `sport = :${port}`])
+    expect(stdout).toContain(`:${port}`)
+    // In A, UDP to that port without the proxy mark is redirected to a local trap, as DNS capture does.
+    const trap = await nsA.bindUdp({ host: '0.0.0.0' })
+    await a.exec('nft', ['-f', '-'], {
+      input: `table ip udptest { chain out { type nat hook output priority -100; udp dport ${port} meta mark != 0x539 redirect to :${trap.address().port}; }; }\n`,
+    })
+    try {
+      const unmarked = await nsA.bindUdp()
+      const marked = await nsA.bindUdp({ mark: PROXY_MARK })
+      const trapped = once(trap, 'message') as Promise<[Buffer, { address: string }]>
+      unmarked.send('plain', port, b.ipv4)
+      expect((await trapped)[0].toString()).toBe('plain')
+      const received = once(receiver, 'message') as Promise<[Buffer, { address: string }]>
+      marked.send('marked', port, b.ipv4)
+      const [message, from] = await received
+      expect([message.toString(), from.address]).toEqual(['marked', a.ipv4])
+      for (const socket of [unmarked, marked]) socket.close()
+    } finally {
+      await a.exec('nft', ['delete', 'table', 'ip', 'udptest'])
+      trap.close()
+      receiver.close()
+    }
+  })
+
+  it('bindUdp binds IPv6 and fixed ports, and fails with the errno without leaking a descriptor', async () => {
+    const v6 = await nsB.bindUdp({ host: '::', port: 0, ipv6Only: true })
+    const received = once(v6, 'message') as Promise<[Buffer, { address: string }]>
+    const sender = await nsA.bindUdp({ host: '::', mark: PROXY_MARK })
+    sender.send('six', v6.address().port, b.ipv6)
+    const [message, from] = await received
+    expect([message.toString(), from.address]).toEqual(['six', a.ipv6])
+    sender.close()
+
+    const before = openFds()
+    const taken = await expectCode(nsB.bindUdp({ host: '::', port: v6.address().port, ipv6Only: true }), RedirectErrorCode.Socket)
+    expect([taken.errnoName, taken.syscall]).toEqual(['EADDRINUSE', 'bind'])
+    await expectCode(() => nsB.bindUdp({ host: 'example.com' }), 'ERR_AMBIENT_INVALID_ADDRESS')
+    await expectCode(() => nsB.bindUdpFd({ port: 70000 }), 'ERR_AMBIENT_INVALID_ARGUMENT')
+    await expectCode(() => nsB.bindUdpFd({ mark: -1 }), 'ERR_AMBIENT_INVALID_ARGUMENT')
+    await expectCode(nsB.bindUdp({ signal: AbortSignal.abort() }), 'ERR_AMBIENT_ABORTED')
+    expect(openFds()).toBe(before)
+    v6.close()
+  })
+
+  it('bindUdpFd gives a bound, non-blocking descriptor inside the namespace, with its mark', () => {
+    const fd = nsB.bindUdpFd({ host: '127.0.0.1', mark: PROXY_MARK })
+    try {
+      expect(fdFlags(fd) & (O_NONBLOCK | O_CLOEXEC)).toBe(O_NONBLOCK | O_CLOEXEC)
+      expect(readSocketOptions(fd)).toMatchObject({ mark: PROXY_MARK, family: 4 })
+    } finally {
+      closeSync(fd)
+    }
+  })
+
   it('connect fails with the errno and leaks no descriptor', async () => {
     const before = openFds()
     const refused = await expectCode(nsA.connect({ host: b.ipv4, port: 9 }), RedirectErrorCode.Connect)
