@@ -9,7 +9,7 @@ import { attachTlsServer, createCertificateAuthority } from '@ambientkit/identit
 import { createNativeHboneClient, type NativeHboneClient, type NativeHboneClientOptions } from '../src/hbone/native-client'
 import { createNativeHboneServer, type NativeHboneServer, type NativeHboneServerOptions } from '../src/hbone/native-server'
 import { detachSocket, type NativeTunnel } from '../src/hbone/native-tunnel'
-import type { HboneDecision, HboneHandshakeFailure, HboneRequest, HboneTunnelRecord, SpliceResult } from '@ambientkit/proxy'
+import { createHboneServer, type HboneDecision, type HboneHandshakeFailure, type HboneRequest, type HboneTunnelRecord, type SpliceResult } from '@ambientkit/proxy'
 import { closed, createTestMesh, echoStream, readAll, startEchoServer, startScriptedHttp2Server, type TestMesh } from './interop/support'
 import { waitFor } from './support/apps'
 import { nativeAddonOrSkip } from './support/native'
@@ -371,6 +371,32 @@ describeNative('native HBONE client and server', () => {
     while ((h.client.stats().length > 0 || h.server.stats().connections > 0) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
     expect(h.client.stats()).toEqual([])
     expect(h.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 })
+  })
+
+  /** Opens two tunnels at once through `via` and returns the streams of each client session while both are open. */
+  async function twoTunnels(h: Harness, via: SocketAddress): Promise<number[]> {
+    const opens = await Promise.all([0, 1].map(() => h.app()))
+    const tunnels = await Promise.all(opens.map(({ accepted }) => h.client.open(accepted, loopback(echo.port), { identity: CLIENT_ID, expectedIdentities: [SERVER_ID], via })))
+    expect(tunnels.every((tunnel) => !tunnel.closed)).toBe(true)
+    const streams = h.client.stats().map((s) => s.streams)
+    await Promise.all(opens.map(async ({ app }) => {
+      app.end('x')
+      expect((await readAll(app)).toString()).toBe('x')
+    }))
+    return streams
+  }
+
+  it("honours the native server's SETTINGS_MAX_CONCURRENT_STREAMS: a second tunnel opens a second session", async () => {
+    const h = await harness({ maxConcurrentStreams: 1 }, { maxStreamsPerSession: 10 })
+    expect(await twoTunnels(h, h.via)).toEqual([1, 1])
+  })
+
+  it("honours the Node HBONE server's maxConcurrentStreams as the Node client does", async () => {
+    const server = createHboneServer({ tls: await mesh.serverTls(SERVER_ID), decide: () => ({ action: 'serve' }), maxConcurrentStreams: 1 })
+    const bound = await server.listen(0, '127.0.0.1')
+    closers.push(() => server.close())
+    const h = await harness({}, { maxStreamsPerSession: 10 })
+    expect(await twoTunnels(h, loopback(bound.port))).toEqual([1, 1])
   })
 
   it('aborting an open before the answer resets the stream and frees its slot', async () => {

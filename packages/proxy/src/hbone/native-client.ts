@@ -321,6 +321,8 @@ class PooledSession {
   readonly #streams = new Map<number, ClientStream>()
   #usable = true
   #closed = false
+  /** The server's SETTINGS_MAX_CONCURRENT_STREAMS, once its SETTINGS arrived (as the Node client honours it). */
+  #peerMaxStreams = Number.POSITIVE_INFINITY
   #keepalive: NodeJS.Timeout | undefined
   #pingSentAt: number | undefined
   #idle: NodeJS.Timeout | undefined
@@ -344,7 +346,11 @@ class PooledSession {
     this.#session = this.#config.addon.clientSession(context, fd, this.#config.settings, (event, ...args) => this.#onEvent(event, args))
   }
 
-  /** Resolves once the server's identity was accepted and streams can be opened; destroys the session when `signal` aborts first. */
+  /**
+   * Resolves once the server's identity was accepted and its SETTINGS arrived (so that its
+   * SETTINGS_MAX_CONCURRENT_STREAMS is known before the first stream); destroys the session
+   * when `signal` aborts first.
+   */
   established(signal: AbortSignal): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const onAbort = (): void => {
@@ -378,7 +384,7 @@ class PooledSession {
   }
 
   hasRoom(): boolean {
-    return this.#usable && !this.#closed && this.streams < this.#config.maxStreams
+    return this.#usable && !this.#closed && this.streams < Math.min(this.#config.maxStreams, this.#peerMaxStreams)
   }
 
   /** Takes a stream slot (synchronously, so concurrent callers count each other). */
@@ -440,6 +446,9 @@ class PooledSession {
       case NativeEvent.PingAck:
         this.#pingSentAt = undefined
         return undefined
+      case NativeEvent.Settings:
+        this.#onSettings(args[0] as number)
+        return undefined
       case NativeEvent.GoAway:
         // As Node's client: no new tunnels here, and the session closes once its tunnels have.
         this.#retire()
@@ -464,11 +473,15 @@ class PooledSession {
       }))
       return message
     }
-    // The addon's HTTP/2 session is up before this callback: streams may be opened as soon as the caller hears of it.
+    // Accepted: the session is established once the server's SETTINGS arrive.
+    return undefined
+  }
+
+  #onSettings(maxConcurrentStreams: number): void {
+    this.#peerMaxStreams = maxConcurrentStreams
     const handshake = this.#handshake
     this.#handshake = undefined
     handshake?.resolve()
-    return undefined
   }
 
   #failHandshake(err: Error): void {
