@@ -18,7 +18,8 @@
       "defines": ["NAPI_VERSION=9", "_GNU_SOURCE"],
       "cflags": ["-Wall", "-Wextra", "-Werror", "-O2", "-fvisibility=hidden"],
       "cflags_c": ["-std=gnu11"],
-      "ldflags": ["-Wl,-z,now", "-Wl,-z,relro"]
+      "ldflags": ["-Wl,-z,now", "-Wl,-z,relro"],
+      "libraries": ["-lpthread"]
     }
   ]
 }
