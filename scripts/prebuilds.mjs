@@ -20,8 +20,9 @@
 //   node scripts/prebuilds.mjs [--cache DIR] [--only redirect|proxy] [--target ARCH-LIBC]
 //   node scripts/prebuilds.mjs --variant faults|missing-symbol|nghttp2-too-new --out FILE
 //
-// --variant builds the HBONE addon for this machine (x64 glibc) with a
-// test-only define, for the tests that show what such a build does.
+// --variant builds the HBONE addon for this machine (its own C library and
+// headers, as a build from source does) with a test-only define, for the
+// tests that show what such a build does.
 
 import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
@@ -31,6 +32,9 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
+
+/** Where downloads and extracted Debian packages are kept between runs. */
+export const CACHE = join(ROOT, 'node_modules', '.cache', 'ambientkit-prebuilds')
 
 /** The Debian release the C libraries and headers come from, and its apt source. */
 export const DEBIAN = { suite: 'bullseye', uri: 'http://deb.debian.org/debian', keyring: '/usr/share/keyrings/debian-archive-keyring.gpg' }
@@ -53,10 +57,11 @@ export const PACKAGES = [
 /** Where a package's prebuild for `target` lives. */
 export const prebuildPath = (pkg, target) => join(pkg.dir, 'prebuilds', `linux-${target.arch}`, `node.napi.${target.libc}.node`)
 
-/** What a prebuild is built from: the package's binding.gyp and native sources, and this script. A prebuild is stale when this changes. */
+/** What a prebuild is built from: the package's binding.gyp and C sources, and this script. A prebuild is stale when this changes. */
 export function sourceDigest(pkg) {
   const hash = createHash('sha256')
-  const files = ['binding.gyp', ...readdirSync(join(pkg.dir, 'native')).sort().map((name) => join('native', name))]
+  const sources = readdirSync(join(pkg.dir, 'native')).filter((name) => /\.[ch]$/.test(name))
+  const files = ['binding.gyp', ...sources.sort().map((name) => join('native', name))]
   for (const file of files) hash.update(`${file}\n`).update(readFileSync(join(pkg.dir, file)))
   hash.update(readFileSync(fileURLToPath(import.meta.url)))
   return hash.digest('hex')
@@ -74,7 +79,7 @@ function run(command, args, options = {}) {
  * state and cache under `cache`, the machine's apt untouched) and extracts
  * each into `cache/root/<deb arch>/`. Returns that folder for an architecture.
  */
-function debianRoots(cache, archs) {
+export function debianRoots(cache, archs) {
   const apt = join(cache, 'apt')
   for (const dir of ['lists/partial', 'cache/archives/partial', 'etc', 'debs']) mkdirSync(join(apt, dir), { recursive: true })
   writeFileSync(join(apt, 'status'), '')
@@ -173,7 +178,9 @@ function targetFlags(cache, target, root) {
     mkdirSync(join(nghttp2, 'nghttp2'), { recursive: true })
     for (const file of ['nghttp2.h', 'nghttp2ver.h']) writeFileSync(join(nghttp2, 'nghttp2', file), readFileSync(join(root, 'usr', 'include', 'nghttp2', file)))
   }
-  const common = [`-I${nghttp2}`]
+  // gcc's aarch64 atomics otherwise call libgcc helpers whose set-up asks glibc's
+  // __getauxval, which musl does not have.
+  const common = [`-I${nghttp2}`, ...(target.arch === 'arm64' ? ['-mno-outline-atomics'] : [])]
   if (target.libc === 'glibc') {
     // gcc looks in its own multiarch folders (this machine's glibc) before the sysroot's: the
     // sysroot's start files and libraries are named first.
@@ -255,13 +262,13 @@ export function check(file, target) {
 const VARIANTS = {
   faults: ['HBONE_FAULTS'],
   'missing-symbol': ['HBONE_TEST_MISSING_SYMBOL'],
-  'nghttp2-too-new': ['HBONE_NGHTTP2_MIN=0x10ff00'],
+  'nghttp2-too-new': ['HBONE_NGHTTP2_MIN=0x01ff00'],
 }
 
 function main() {
   const { values } = parseArgs({
     options: {
-      cache: { type: 'string', default: join(ROOT, 'node_modules', '.cache', 'ambientkit-prebuilds') },
+      cache: { type: 'string', default: CACHE },
       only: { type: 'string' },
       target: { type: 'string' },
       variant: { type: 'string' },
@@ -273,9 +280,8 @@ function main() {
   if (values.variant !== undefined) {
     const defines = VARIANTS[values.variant]
     if (defines === undefined || values.out === undefined) throw new Error(`--variant ${Object.keys(VARIANTS).join('|')} --out FILE`)
-    const target = TARGETS[0]
-    const { roots } = debianRoots(cache, [target.deb])
-    compile(PACKAGES[1], target, targetFlags(cache, target, roots[target.deb]), values.out, defines)
+    // For this machine only, with its own C library and nghttp2 headers, as a build from source.
+    compile(PACKAGES[1], { cc: process.env.CC ?? 'cc' }, [], values.out, defines)
     return
   }
   const targets = TARGETS.filter((target) => values.target === undefined || target.name === values.target)
