@@ -58,8 +58,9 @@ function build(quiet) {
     }
   }
   const compiler = process.env.CC ?? 'cc'
-  const missing = [compiler, 'make', 'python3'].filter((command) => (command.includes('/') ? !existsSync(command) : !onPath(command)))
-  if (missing.length > 0) return `no ${missing.join(', ')} on PATH`
+  const tools = { [`C compiler (${process.env.CC === undefined ? 'cc' : `CC=${compiler}`})`]: compiler, make: 'make', python3: 'python3' }
+  const missing = Object.keys(tools).filter((name) => (tools[name].includes('/') ? !existsSync(tools[name]) : !onPath(tools[name])))
+  if (missing.length > 0) return `no ${missing.join(', ').replace(/, ([^,]*)$/, ' or $1')} on PATH`
   // Against the headers of the running Node when it ships them (official builds and
   // Debian's do): node-gyp would otherwise download them.
   const nodeDir = join(dirname(process.execPath), '..')
