@@ -284,7 +284,7 @@ static napi_value js_respond(napi_env env, napi_callback_info info) {
   session_t *s;
   int32_t id, status;
   if (stream_args(env, info, 3, argv, &s, &id) == NULL || s == NULL) return NULL;
-  if (napi_get_value_int32(env, argv[2], &status) != napi_ok || status < 200 || status > 599) return throw_range_error(env, "status must be 200-599");
+  if (napi_get_value_int32(env, argv[2], &status) != napi_ok || status < 200 || status > 599) return throw_range_error(env, NULL, "status must be 200-599");
   return command_result(env, s, CMD_RESPOND, id, status);
 }
 
@@ -529,8 +529,7 @@ NAPI_MODULE_INIT() {
   if (threads_wanted() == 0) {
     snprintf(message, sizeof(message), "AMBIENTKIT_HBONE_THREADS must be a whole number from 1 to 64 (the HBONE data-path threads), got '%.40s'",
              getenv("AMBIENTKIT_HBONE_THREADS"));
-    napi_throw_range_error(env, "ERR_AMBIENT_HBONE_THREADS", message);
-    return NULL;
+    return throw_range_error(env, "ERR_AMBIENT_HBONE_THREADS", message);
   }
   uv_loop_t *loop;
   NAPI_CALL(env, napi_get_uv_event_loop(env, &loop));

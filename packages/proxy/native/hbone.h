@@ -339,7 +339,7 @@ void raise_uncaught(napi_env env, napi_value exception);
 void raise_pending(napi_env env);
 napi_value throw_error(napi_env env, const char *code, const char *message);
 napi_value throw_type_error(napi_env env, const char *message);
-napi_value throw_range_error(napi_env env, const char *message);
+napi_value throw_range_error(napi_env env, const char *code, const char *message);
 
 // addon.c: the externals JavaScript holds are tagged with their kind.
 extern const napi_type_tag SESSION_TAG, CONTEXT_TAG, ACCEPTOR_TAG;

@@ -80,8 +80,8 @@ napi_value throw_type_error(napi_env env, const char *message) {
   return NULL;
 }
 
-napi_value throw_range_error(napi_env env, const char *message) {
-  if (napi_throw_range_error(env, NULL, message) != napi_ok) fprintf(stderr, "ambient_hbone: %s\n", message);
+napi_value throw_range_error(napi_env env, const char *code, const char *message) {
+  if (napi_throw_range_error(env, code, message) != napi_ok) fprintf(stderr, "ambient_hbone: %s\n", message);
   return NULL;
 }
 

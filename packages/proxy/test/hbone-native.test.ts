@@ -587,10 +587,13 @@ describeNative('native HBONE client and server', () => {
     session.destroy()
   })
 
-  it('destroys a session whose PINGs go unanswered, failing what waits on it', async () => {
-    // TLS with ALPN h2, then silence: no SETTINGS, no PING answers, no response.
+  /** A TLS server with ALPN h2 that sends `greeting` (raw HTTP/2 frames) and then nothing: no PING answers, no response. */
+  async function silentServer(greeting: Buffer): Promise<SocketAddress> {
     const options = await mesh.serverTls(SERVER_ID)
-    const silent = createTlsServer({ ...options, ALPNProtocols: ['h2'] }, (socket: TLSSocket) => socket.on('error', () => {}))
+    const silent = createTlsServer({ ...options, ALPNProtocols: ['h2'] }, (socket: TLSSocket) => {
+      socket.on('error', () => {})
+      socket.write(greeting)
+    })
     silent.listen(0, '127.0.0.1')
     await once(silent, 'listening')
     const sockets = new Set<TLSSocket>()
@@ -599,14 +602,27 @@ describeNative('native HBONE client and server', () => {
       for (const socket of sockets) socket.destroy()
       silent.close(() => resolve())
     }))
+    return loopback((silent.address() as AddressInfo).port)
+  }
+
+  // An empty SETTINGS frame (RFC 9113 §6.5): length 0, type 4, no flags, stream 0.
+  const EMPTY_SETTINGS = Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+  it('destroys a session whose PINGs go unanswered, failing what waits on it', async () => {
+    const via = await silentServer(EMPTY_SETTINGS)
     const h = await harness({}, { keepaliveInterval: 20, keepaliveTimeout: 100 })
     const { accepted } = await h.app()
-    const opening = h.client.open(accepted, loopback(echo.port), {
-      identity: CLIENT_ID,
-      expectedIdentities: [SERVER_ID],
-      via: loopback((silent.address() as AddressInfo).port),
-    })
+    const opening = h.client.open(accepted, loopback(echo.port), { identity: CLIENT_ID, expectedIdentities: [SERVER_ID], via })
     await expect(opening).rejects.toMatchObject({ code: 'ERR_AMBIENT_HBONE_STREAM', message: expect.stringMatching(/keepalive/) })
+    expect(h.client.stats()).toEqual([])
+  })
+
+  it('fails the open of a session whose server never sends SETTINGS within sessionTimeout, as the Node client does', async () => {
+    const via = await silentServer(Buffer.alloc(0))
+    const h = await harness({}, { sessionTimeout: 200 })
+    const { accepted } = await h.app()
+    const opening = h.client.open(accepted, loopback(echo.port), { identity: CLIENT_ID, expectedIdentities: [SERVER_ID], via })
+    await expect(opening).rejects.toMatchObject({ code: 'ERR_AMBIENT_HBONE_CONNECT_FAILED' })
     expect(h.client.stats()).toEqual([])
   })
 
