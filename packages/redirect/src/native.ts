@@ -83,7 +83,7 @@ function runtimeLibc(): 'glibc' | 'musl' {
  * (`build/Release`, what `npm rebuild @ambientkit/redirect` makes), then the
  * prebuilt addon for this platform (`prebuilds/linux-<arch>/node.napi.<glibc|musl>.node`).
  */
-export function nativeAddonCandidates(): string[] {
+function nativeAddonCandidates(): string[] {
   return [
     fileURLToPath(new URL('build/Release/ambient_redirect.node', ROOT)),
     fileURLToPath(new URL(`prebuilds/${process.platform}-${process.arch}/node.napi.${runtimeLibc()}.node`, ROOT)),

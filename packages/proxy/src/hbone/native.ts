@@ -171,7 +171,7 @@ export function constantsMismatch(exported: unknown): string | undefined {
 const ADDON = 'ambient_hbone'
 
 /** The C library this process runs on, from what is mapped into it: musl's loader, or glibc. */
-export function runtimeLibc(): 'glibc' | 'musl' {
+function runtimeLibc(): 'glibc' | 'musl' {
   try {
     return /\/(ld-musl-|libc\.musl-)/.test(readFileSync('/proc/self/maps', 'utf8')) ? 'musl' : 'glibc'
   } catch {
@@ -187,7 +187,7 @@ export function runtimeLibc(): 'glibc' | 'musl' {
  * layout). The package root is two levels above this file in the sources
  * (src/hbone/) and one above the bundle (dist/).
  */
-export function nativeAddonCandidates(): string[] {
+function nativeAddonCandidates(): string[] {
   const roots = ['../../', '../'].map((path) => fileURLToPath(new URL(path, import.meta.url)))
   const prebuilt = join('prebuilds', `${process.platform}-${process.arch}`, `node.napi.${runtimeLibc()}.node`)
   return roots.flatMap((root) => [join(root, 'build', 'Release', `${ADDON}.node`), join(root, prebuilt)])
@@ -226,14 +226,14 @@ export function loadNativeHbone(candidates: readonly string[] = nativeAddonCandi
 }
 
 /** How a user gets the native data path: words that work wherever the package is installed. */
-export const NATIVE_HBONE_HOW_TO =
+const NATIVE_HBONE_HOW_TO =
   'install a C compiler, make, python3 and the nghttp2 headers (Debian/Ubuntu: apt-get install build-essential python3 libnghttp2-dev), then run npm rebuild @ambientkit/proxy'
 
 let loaded: NativeLoad | undefined
 let warned = false
 
 /** The one line written to stderr, once per process, when the proxy falls back to the Node data path. */
-export function nativeFallbackWarning(failure: Error): string {
+function nativeFallbackWarning(failure: Error): string {
   return `[ambientkit] the native HBONE data path is unavailable (${failure.message}); HBONE runs on the Node data path. For the native one, ${NATIVE_HBONE_HOW_TO}.`
 }
 
