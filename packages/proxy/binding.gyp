@@ -2,10 +2,24 @@
   "targets": [
     {
       "target_name": "ambient_hbone",
-      "sources": ["native/hbone.c"],
-      "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],
-      "cflags": ["-Wall", "-Wextra", "-Werror", "-O2"],
-      "cflags_c": ["-std=gnu11"]
+      "sources": [
+        "native/accept.c",
+        "native/addon.c",
+        "native/events.c",
+        "native/h2.c",
+        "native/io.c",
+        "native/js.c",
+        "native/pipe.c",
+        "native/queue.c",
+        "native/session.c",
+        "native/tls.c",
+        "native/worker.c"
+      ],
+      "defines": ["NAPI_VERSION=9", "_GNU_SOURCE"],
+      "cflags": ["-Wall", "-Wextra", "-Werror", "-O2", "-fvisibility=hidden"],
+      "cflags_c": ["-std=gnu11"],
+      "ldflags": ["-Wl,-z,now", "-Wl,-z,relro"],
+      "libraries": ["-lpthread"]
     }
   ]
 }

@@ -512,10 +512,13 @@ export function describeTransportContract(subject: TransportUnderTest): void {
       expect((await endOf(opened)).outcome).toBe('closed')
     })
 
-    onWire('gives up on a silent peer (no SETTINGS, no PING answers), failing what waits on it and pooling nothing', async () => {
-      // TLS with ALPN h2, then silence: no SETTINGS, no PING answers, no response.
+    /** A peer that completes TLS (ALPN h2), writes `greeting`, then never answers anything. */
+    async function silentServer(greeting: Buffer): Promise<SocketAddress> {
       const options = await mesh.serverTls(SERVER_ID)
-      const silent = createTlsServer({ ...options, ALPNProtocols: ['h2'] }, (socket: TLSSocket) => socket.on('error', () => {}))
+      const silent = createTlsServer({ ...options, ALPNProtocols: ['h2'] }, (socket: TLSSocket) => {
+        socket.on('error', () => {})
+        socket.write(greeting)
+      })
       const held = new Set<TLSSocket>()
       silent.on('secureConnection', (socket: TLSSocket) => held.add(socket))
       silent.listen(0, '127.0.0.1')
@@ -524,10 +527,25 @@ export function describeTransportContract(subject: TransportUnderTest): void {
         for (const socket of held) socket.destroy()
         silent.close(() => resolve())
       }))
-      // Whichever comes first ends it: the session's deadline (no SETTINGS) or the unanswered PINGs.
-      const p = await pair({}, { keepaliveInterval: 20, keepaliveTimeout: 100, sessionTimeout: 1000 })
-      const { tunnel } = await openVia(p, loopback((silent.address() as AddressInfo).port))
-      await expect(tunnel).rejects.toMatchObject({ code: expect.stringMatching(/ERR_AMBIENT_HBONE_(STREAM|CONNECT_FAILED)/) })
+      return loopback((silent.address() as AddressInfo).port)
+    }
+
+    // An empty SETTINGS frame (RFC 9113 §6.5): length 0, type 4, no flags, stream 0.
+    const EMPTY_SETTINGS = Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+    onWire('destroys a session whose PINGs go unanswered, failing what waits on it and pooling nothing', async () => {
+      const via = await silentServer(EMPTY_SETTINGS)
+      const p = await pair({}, { keepaliveInterval: 20, keepaliveTimeout: 100 })
+      const { tunnel } = await openVia(p, via)
+      await expect(tunnel).rejects.toMatchObject({ code: 'ERR_AMBIENT_HBONE_STREAM', message: expect.stringMatching(/keepalive/) })
+      expect(p.client.stats()).toEqual([])
+    })
+
+    onWire('fails the open of a session whose server never sends SETTINGS within sessionTimeout', async () => {
+      const via = await silentServer(Buffer.alloc(0))
+      const p = await pair({}, { sessionTimeout: 200 })
+      const { tunnel } = await openVia(p, via)
+      await expect(tunnel).rejects.toMatchObject({ code: 'ERR_AMBIENT_HBONE_CONNECT_FAILED' })
       expect(p.client.stats()).toEqual([])
     })
 

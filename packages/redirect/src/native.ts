@@ -1,4 +1,5 @@
 import { AmbientError } from '@ambientkit/core'
+import { existsSync, readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import { RedirectErrorCode } from './errors'
@@ -74,24 +75,50 @@ export interface NftRunResult {
   error: string
 }
 
-// The same relative path works from src/ (tests run the sources) and from
-// dist/ (both builds are one level below the package root, like build/).
-const ADDON_URL = new URL('../build/Release/ambient_redirect.node', import.meta.url)
+// build/ and prebuilds/ are one level above this file in the sources (src/)
+// and above the bundle (dist/).
+const ROOT = new URL('../', import.meta.url)
+
+/** The C library this process runs on, from what is mapped into it: musl's loader, or glibc. */
+function runtimeLibc(): 'glibc' | 'musl' {
+  try {
+    return /\/(ld-musl-|libc\.musl-)/.test(readFileSync('/proc/self/maps', 'utf8')) ? 'musl' : 'glibc'
+  } catch {
+    return 'glibc'
+  }
+}
+
+/**
+ * Where the addon is loaded from, in order: a build from source
+ * (`build/Release`, what `npm rebuild @ambientkit/redirect` makes), then the
+ * prebuilt addon for this platform (`prebuilds/linux-<arch>/node.napi.<glibc|musl>.node`).
+ */
+function nativeAddonCandidates(): string[] {
+  return [
+    fileURLToPath(new URL('build/Release/ambient_redirect.node', ROOT)),
+    fileURLToPath(new URL(`prebuilds/${process.platform}-${process.arch}/node.napi.${runtimeLibc()}.node`, ROOT)),
+  ]
+}
 
 let addon: NativeAddon | undefined
 
-/** The loaded addon; throws `ERR_AMBIENT_REDIRECT_NATIVE_UNAVAILABLE` saying how to build it. */
+/** The loaded addon; throws `ERR_AMBIENT_REDIRECT_NATIVE_UNAVAILABLE` saying why none loads and how to build it. */
 export function native(): NativeAddon {
   if (addon !== undefined) return addon
-  const path = fileURLToPath(ADDON_URL)
-  try {
-    addon = createRequire(import.meta.url)(path) as NativeAddon
-  } catch (err) {
-    throw new AmbientError(
-      RedirectErrorCode.NativeUnavailable,
-      `the native addon of @ambientkit/redirect could not be loaded from ${path}: build it with "npm run native -w @ambientkit/redirect" (needs make, a C compiler and python3)`,
-      { cause: err, details: { path } },
-    )
+  const reasons: string[] = []
+  for (const path of nativeAddonCandidates()) {
+    if (!existsSync(path)) continue
+    try {
+      addon = createRequire(import.meta.url)(path) as NativeAddon
+      return addon
+    } catch (err) {
+      reasons.push(`${path}: ${(err as Error).message.split('\n')[0]}`)
+    }
   }
-  return addon
+  const why = reasons.length > 0 ? reasons.join('; ') : `no prebuilt addon for ${process.platform}-${process.arch} (${runtimeLibc()}), and none built from source`
+  throw new AmbientError(
+    RedirectErrorCode.NativeUnavailable,
+    `the native addon of @ambientkit/redirect cannot be loaded (${why}): install a C compiler, make and python3 (Debian/Ubuntu: apt-get install build-essential python3), then run npm rebuild @ambientkit/redirect`,
+    { details: { tried: nativeAddonCandidates() } },
+  )
 }

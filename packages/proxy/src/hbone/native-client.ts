@@ -246,6 +246,8 @@ class NativeClientSession extends PooledSession {
   readonly #forget: () => void
   readonly #streams = new Map<number, ClientStream>()
   #closed = false
+  /** The server's SETTINGS_MAX_CONCURRENT_STREAMS, once its SETTINGS arrived (as the Node client honours it). */
+  #peerMaxStreams = Number.POSITIVE_INFINITY
   /** Until the handshake is decided: how the caller establishing the session hears of it. */
   #handshake: { resolve: () => void; reject: (err: Error) => void } | undefined
   #handshakeFailure: Error | undefined
@@ -266,7 +268,11 @@ class NativeClientSession extends PooledSession {
     this.#session = this.#config.addon.clientSession(context, fd, this.#config.settings, (event, ...args) => this.#onEvent(event, args))
   }
 
-  /** Resolves once the server's identity was accepted and streams can be opened; destroys the session when `signal` aborts first. */
+  /**
+   * Resolves once the server's identity was accepted and its SETTINGS arrived (so that its
+   * SETTINGS_MAX_CONCURRENT_STREAMS is known before the first stream); destroys the session
+   * when `signal` aborts first.
+   */
   established(signal: AbortSignal): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const onAbort = (): void => {
@@ -297,8 +303,7 @@ class NativeClientSession extends PooledSession {
   }
 
   protected remoteMaxStreams(): number {
-    // Not known on this side of the addon yet: the server refuses streams above its limit (REFUSED_STREAM), which are sent again.
-    return Number.POSITIVE_INFINITY
+    return this.#peerMaxStreams
   }
 
   protected sendPing(): boolean {
@@ -356,6 +361,9 @@ class NativeClientSession extends PooledSession {
       case NativeEvent.PingAck:
         this.pingAnswered()
         return undefined
+      case NativeEvent.Settings:
+        this.#onSettings(args[0] as number)
+        return undefined
       case NativeEvent.GoAway:
         // As Node's client: no new tunnels here, and the session closes once its tunnels have.
         this.retire()
@@ -381,11 +389,15 @@ class NativeClientSession extends PooledSession {
       }))
       return message
     }
-    // The addon's HTTP/2 session is up before this callback: streams may be opened as soon as the caller hears of it.
+    // Accepted: the session is established once the server's SETTINGS arrive.
+    return undefined
+  }
+
+  #onSettings(maxConcurrentStreams: number): void {
+    this.#peerMaxStreams = maxConcurrentStreams
     const handshake = this.#handshake
     this.#handshake = undefined
     handshake?.resolve()
-    return undefined
   }
 
   #failHandshake(err: Error): void {

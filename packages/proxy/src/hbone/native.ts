@@ -1,6 +1,7 @@
 import { AmbientError } from '@ambientkit/core'
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { HboneErrorCode } from './errors'
 
@@ -48,6 +49,12 @@ export const enum NativeEvent {
   GoAway = 6,
   /** The peer acknowledged a {@link NativeAddon.ping}. No arguments. */
   PingAck = 7,
+  /**
+   * The peer's SETTINGS arrived (the first one right after the handshake was
+   * accepted). Argument: its SETTINGS_MAX_CONCURRENT_STREAMS, the most streams
+   * it lets this side open at once (4294967295 when it sets no limit).
+   */
+  Settings = 8,
 }
 
 /** How a spliced stream ended; the same meanings as `SpliceOutcome`. */
@@ -120,41 +127,146 @@ export interface NativeAddon {
 /** A listening socket the addon accepts on. */
 export type NativeAcceptor = object & { readonly __brand: 'NativeAcceptor' }
 
-// build/ is two levels above this file in the sources (src/hbone/) and one
-// level above the bundle (dist/index.js).
-const ADDON_PATHS = ['../../build/Release/ambient_hbone.node', '../build/Release/ambient_hbone.node'].map((path) => fileURLToPath(new URL(path, import.meta.url)))
+/**
+ * The numbers this side and the addon share, as the addon exports them
+ * (`constants`): an addon that numbers them otherwise is refused at load.
+ */
+export const NATIVE_CONSTANTS = {
+  events: {
+    Handshake: NativeEvent.Handshake,
+    Request: NativeEvent.Request,
+    Response: NativeEvent.Response,
+    StreamClose: NativeEvent.StreamClose,
+    Close: NativeEvent.Close,
+    GoAway: NativeEvent.GoAway,
+    PingAck: NativeEvent.PingAck,
+    Settings: NativeEvent.Settings,
+  },
+  outcomes: {
+    Closed: NativeOutcome.Closed,
+    SocketReset: NativeOutcome.SocketReset,
+    StreamReset: NativeOutcome.StreamReset,
+    Rejected: NativeOutcome.Rejected,
+    Refused: NativeOutcome.Refused,
+  },
+  /** The most extra request headers {@link NativeAddon.open} takes (name, value pairs). */
+  maxHeaders: 32,
+} as const
 
-let addon: NativeAddon | undefined
-let failure: Error | undefined
+/** Where a shared number differs between the addon's `constants` and {@link NATIVE_CONSTANTS}, or `undefined` when none does. */
+export function constantsMismatch(exported: unknown): string | undefined {
+  const compare = (expected: unknown, actual: unknown, path: string): string | undefined => {
+    if (typeof expected !== 'object' || expected === null) return actual === expected ? undefined : `${path} is ${String(actual)} in the addon, ${String(expected)} here`
+    if (typeof actual !== 'object' || actual === null) return `${path} is missing from the addon`
+    const keys = new Set([...Object.keys(expected), ...Object.keys(actual)])
+    for (const key of keys) {
+      const found = compare((expected as Record<string, unknown>)[key], (actual as Record<string, unknown>)[key], `${path}.${key}`)
+      if (found !== undefined) return found
+    }
+    return undefined
+  }
+  return compare(NATIVE_CONSTANTS, exported, 'constants')
+}
 
-/** Where the addon is loaded from (the first build that exists). */
-export function nativeAddonPath(): string {
-  return ADDON_PATHS.find((candidate) => existsSync(candidate)) ?? ADDON_PATHS[0]!
+const ADDON = 'ambient_hbone'
+
+/** The C library this process runs on, from what is mapped into it: musl's loader, or glibc. */
+function runtimeLibc(): 'glibc' | 'musl' {
+  try {
+    return /\/(ld-musl-|libc\.musl-)/.test(readFileSync('/proc/self/maps', 'utf8')) ? 'musl' : 'glibc'
+  } catch {
+    return 'glibc'
+  }
 }
 
 /**
- * The loaded addon, or `undefined` (with {@link nativeHboneUnavailable} saying why) when it was not built.
- * Throws `ERR_AMBIENT_HBONE_THREADS` when `AMBIENTKIT_HBONE_THREADS` is set to something other than
- * a thread count: a misconfiguration, not a reason to fall back to the Node data path.
+ * Where the addon may be loaded from, in order: a build from source
+ * (`build/Release`, what `npm rebuild @ambientkit/proxy` makes), then the
+ * prebuilt addon for this platform
+ * (`prebuilds/linux-<arch>/node.napi.<glibc|musl>.node`, node-gyp-build's
+ * layout). The package root is two levels above this file in the sources
+ * (src/hbone/) and one above the bundle (dist/).
+ */
+function nativeAddonCandidates(): string[] {
+  const roots = ['../../', '../'].map((path) => fileURLToPath(new URL(path, import.meta.url)))
+  const prebuilt = join('prebuilds', `${process.platform}-${process.arch}`, `node.napi.${runtimeLibc()}.node`)
+  return roots.flatMap((root) => [join(root, 'build', 'Release', `${ADDON}.node`), join(root, prebuilt)])
+}
+
+/** The outcome of loading: the addon and where from, or why none could be loaded. */
+export type NativeLoad = { readonly addon: NativeAddon; readonly path: string } | { readonly failure: Error; readonly tried: readonly string[] }
+
+/**
+ * Loads the first candidate that exists, loads (every symbol it binds
+ * resolves, and the nghttp2, OpenSSL and libuv Node links fit the addon's
+ * build) and numbers its events as this file does.
+ */
+export function loadNativeHbone(candidates: readonly string[] = nativeAddonCandidates()): NativeLoad {
+  const reasons: string[] = []
+  const tried: string[] = []
+  for (const path of candidates) {
+    if (!existsSync(path)) continue
+    tried.push(path)
+    let loaded: NativeAddon & { constants?: unknown }
+    try {
+      loaded = createRequire(import.meta.url)(path) as NativeAddon & { constants?: unknown }
+    } catch (err) {
+      // The thread count is a misconfiguration every build would refuse: not a reason to try another.
+      if ((err as NodeJS.ErrnoException).code === HboneErrorCode.Threads) return { failure: err as Error, tried }
+      reasons.push(`${path}: ${(err as Error).message.split('\n')[0]}`)
+      continue
+    }
+    const mismatch = constantsMismatch(loaded.constants)
+    if (mismatch === undefined) return { addon: loaded, path }
+    reasons.push(`${path}: ${mismatch}`)
+  }
+  const platform = `${process.platform}-${process.arch} (${runtimeLibc()})`
+  const why = reasons.length > 0 ? reasons.join('; ') : `no prebuilt addon for ${platform}, and none built from source`
+  return { failure: new Error(why), tried }
+}
+
+/** How a user gets the native data path: words that work wherever the package is installed. */
+const NATIVE_HBONE_HOW_TO =
+  'install a C compiler, make, python3 and the nghttp2 headers (Debian/Ubuntu: apt-get install build-essential python3 libnghttp2-dev), then run npm rebuild @ambientkit/proxy'
+
+let loaded: NativeLoad | undefined
+let warned = false
+
+/** The one line written to stderr, once per process, when the proxy falls back to the Node data path. */
+function nativeFallbackWarning(failure: Error): string {
+  return `[ambientkit] the native HBONE data path is unavailable (${failure.message}); HBONE runs on the Node data path. For the native one, ${NATIVE_HBONE_HOW_TO}.`
+}
+
+/** Where the addon was loaded from, or the first place it is looked for when it did not load. */
+export function nativeAddonPath(): string {
+  loaded ??= loadNativeHbone()
+  return 'path' in loaded ? loaded.path : nativeAddonCandidates()[0]!
+}
+
+/**
+ * The loaded addon, or `undefined` (with {@link nativeHboneUnavailable} saying why) when it cannot be
+ * had: then one warning line goes to stderr, once per process. Throws `ERR_AMBIENT_HBONE_THREADS` when
+ * `AMBIENTKIT_HBONE_THREADS` is set to something other than a thread count: a misconfiguration, not a
+ * reason to fall back to the Node data path.
  */
 export function nativeHbone(): NativeAddon | undefined {
-  if (addon === undefined && failure === undefined) {
-    try {
-      addon = createRequire(import.meta.url)(nativeAddonPath()) as NativeAddon
-    } catch (err) {
-      failure = err as Error
-    }
+  loaded ??= loadNativeHbone()
+  if ('addon' in loaded) return loaded.addon
+  const failure = loaded.failure
+  if ((failure as NodeJS.ErrnoException).code === HboneErrorCode.Threads) {
+    throw new AmbientError(HboneErrorCode.Threads, failure.message, { cause: failure, details: { AMBIENTKIT_HBONE_THREADS: process.env.AMBIENTKIT_HBONE_THREADS } })
   }
-  if ((failure as NodeJS.ErrnoException | undefined)?.code === HboneErrorCode.Threads) {
-    throw new AmbientError(HboneErrorCode.Threads, failure!.message, { cause: failure, details: { AMBIENTKIT_HBONE_THREADS: process.env.AMBIENTKIT_HBONE_THREADS } })
+  if (!warned) {
+    warned = true
+    process.stderr.write(`${nativeFallbackWarning(failure)}\n`)
   }
-  return addon
+  return undefined
 }
 
 /**
  * How many data-path threads the native HBONE path spreads sessions over
  * (`AMBIENTKIT_HBONE_THREADS`, by default one per CPU up to four), or
- * `undefined` when the addon is not built.
+ * `undefined` when the addon is not available.
  */
 export function nativeHboneThreads(): number | undefined {
   return nativeHbone()?.threads()
@@ -162,10 +274,9 @@ export function nativeHboneThreads(): number | undefined {
 
 /** Why the native data path cannot be used, as an error naming the fix; `undefined` when it can. */
 export function nativeHboneUnavailable(): AmbientError | undefined {
-  if (nativeHbone() !== undefined) return undefined
-  return new AmbientError(
-    HboneErrorCode.NativeUnavailable,
-    `the native HBONE data path is not built (${failure?.message ?? 'unknown error'}); run npm run native -w @ambientkit/proxy (needs libnghttp2-dev)`,
-    { cause: failure },
-  )
+  if (nativeHbone() !== undefined || loaded === undefined || 'addon' in loaded) return undefined
+  return new AmbientError(HboneErrorCode.NativeUnavailable, `the native HBONE data path is unavailable (${loaded.failure.message}); ${NATIVE_HBONE_HOW_TO}`, {
+    cause: loaded.failure,
+    details: { tried: loaded.tried },
+  })
 }

@@ -48,8 +48,12 @@ export function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
   })
 }
 
-/** Resolves when an emitter emits 'close' (unlike `events.once`, an earlier 'error' does not reject). */
+/**
+ * Resolves when an emitter emits 'close' (unlike `events.once`, an earlier
+ * 'error' does not reject), at once when it is a stream that closed already.
+ */
 export function closed(emitter: NodeJS.EventEmitter): Promise<void> {
+  if ((emitter as { closed?: unknown }).closed === true) return Promise.resolve()
   return new Promise((resolve) => emitter.once('close', () => resolve()))
 }
 
