@@ -94,5 +94,5 @@ export {
   type AuthorizationRule,
   type AuthorizationScope,
 } from './authorization'
-export type { PodEnrollment, PodSource, PodSourceEvent } from './pod-source'
-export { createPolicyStore, type PolicyStore } from './policy-store'
+export type { PodEnrollment, PodEventAck, PodSource, PodSourceEvent } from './pod-source'
+export { createPolicyStore, type PolicyStore, type PolicyStoreChanges } from './policy-store'
