@@ -67,6 +67,7 @@ export {
   type NetnsExecResult,
   type NetnsListenOptions,
 } from './netns'
+export { connectSeqpacket, type SeqpacketMessage, type SeqpacketReceiveOptions, type SeqpacketSocket } from './seqpacket'
 export {
   getSocketMark,
   originalDestination,

@@ -34,6 +34,14 @@ export interface NativeAddon {
   connectTcp(nsFd: number, spec: NativeSocketSpec): number
   waitConnected(fd: number, callback: (errno: number) => void): object
   cancelWait(handle: object): void
+  /** Calls back once when `fd` is readable (or hung up), with 0 or its pending errno. */
+  waitReadable(fd: number, callback: (errno: number) => void): object
+  /** A connected, non-blocking, close-on-exec AF_UNIX SOCK_SEQPACKET socket. */
+  seqpacketConnect(path: string): number
+  /** Sends one message; throws with errno EAGAIN when the peer's queue is full. */
+  seqpacketSend(fd: number, data: Buffer): number
+  /** One message and the descriptors it carried (close-on-exec, ours to close), or null when none is waiting. */
+  seqpacketRecv(fd: number, maxBytes: number): { data: Buffer; fds: number[]; truncated: boolean; controlTruncated: boolean } | null
   originalDst(fd: number, family: 4 | 6): { address: string; port: number; family: 4 | 6 }
   getMark(fd: number): number
   setMark(fd: number, mark: number): void
