@@ -1,5 +1,7 @@
 import { readFile, rename, writeFile } from 'node:fs/promises'
 import {
+  AmbientError,
+  CoreErrorCode,
   silentLogger,
   type AbortOptions,
   type Closable,
@@ -67,6 +69,8 @@ interface Enrolled {
   workload: Workload
   netnsPath: string
   netns: Netns
+  /** Capture installed by someone else (istio-cni): never removed by the agent. */
+  externalCapture: boolean
 }
 
 /**
@@ -137,15 +141,22 @@ class NodeAgentImpl implements NodeAgent {
   }
 
   async #onEvent(event: PodSourceEvent): Promise<void> {
-    if (this.#closed) return
+    if (this.#closed) {
+      event.ack?.(new AmbientError(CoreErrorCode.Closed, 'the node agent is closed'))
+      return
+    }
     const uid = event.type === 'upsert' ? event.pod.workload.uid : event.uid
     try {
       if (event.type === 'upsert') await this.#serial(uid, () => this.#add(event.pod))
       else await this.#serial(uid, () => this.#remove(uid, this.#enrolled.get(uid)?.netnsPath))
-      await this.#writeState()
     } catch (err) {
       this.#log.error({ err, uid, event: event.type }, 'enrollment change failed')
+      event.ack?.(err as Error)
+      return
     }
+    // The proxy is up (or gone): what a source that confirms changes waits for.
+    event.ack?.()
+    await this.#writeState().catch((err: unknown) => this.#log.error({ err }, 'cannot write the state file'))
   }
 
   /** Runs `fn` after every earlier operation on the same pod. */
@@ -161,6 +172,7 @@ class NodeAgentImpl implements NodeAgent {
 
   async #add(pod: PodEnrollment): Promise<void> {
     const { workload, netnsPath } = pod
+    const externalCapture = pod.capture === 'external'
     let entry = this.#enrolled.get(workload.uid)
     if (entry !== undefined && entry.netnsPath !== netnsPath) {
       // Same pod UID in a new sandbox: release the old one first.
@@ -169,13 +181,13 @@ class NodeAgentImpl implements NodeAgent {
     }
     const netns = entry?.netns ?? openNetns(netnsPath)
     try {
-      await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto' })
+      if (!externalCapture) await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto' })
       await this.#options.nodeProxy.addWorkload(workload, netns)
     } catch (err) {
       if (entry === undefined) await netns.close()
       throw err
     }
-    this.#enrolled.set(workload.uid, { workload, netnsPath, netns })
+    this.#enrolled.set(workload.uid, { workload, netnsPath, netns, externalCapture })
     this.#log.info({ uid: workload.uid, workload: `${workload.namespace}/${workload.name}` }, 'pod enrolled')
   }
 
@@ -183,7 +195,8 @@ class NodeAgentImpl implements NodeAgent {
     await this.#options.nodeProxy.removeWorkload(uid)
     const entry = this.#enrolled.get(uid)
     try {
-      await this.#release(uid, entry?.netnsPath ?? netnsPath, entry?.netns)
+      if (entry?.externalCapture === true) await entry.netns.close()
+      else await this.#release(uid, entry?.netnsPath ?? netnsPath, entry?.netns)
     } finally {
       // Listed by enrolled() until its capture is gone, so that a caller waiting for the list sees a released pod.
       this.#enrolled.delete(uid)
@@ -224,7 +237,8 @@ class NodeAgentImpl implements NodeAgent {
     const file = this.#options.stateFile
     if (file === undefined) return Promise.resolve()
     const write = async (): Promise<void> => {
-      const pods = Object.fromEntries([...this.#enrolled].map(([uid, e]) => [uid, e.netnsPath]))
+      // Only the pods whose capture is the agent's to remove after a restart.
+      const pods = Object.fromEntries([...this.#enrolled].filter(([, e]) => !e.externalCapture).map(([uid, e]) => [uid, e.netnsPath]))
       // Write then rename: a crash never leaves a half-written state file.
       await writeFile(`${file}.tmp`, `${JSON.stringify({ pods }, null, 2)}\n`)
       await rename(`${file}.tmp`, file)

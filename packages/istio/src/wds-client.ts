@@ -15,6 +15,7 @@ import {
   type WorkloadRegistry,
 } from '@ambientkit/core'
 import { IstioErrorCode } from './errors'
+import { sleep } from './sleep'
 import { adsService, DELTA_ADS_METHOD } from './protos'
 import {
   ADDRESS_TYPE_URL,
@@ -547,16 +548,4 @@ function protoValue(value: JsonValue): ProtoValue {
   if (typeof value === 'boolean') return { boolValue: value }
   if (Array.isArray(value)) return { listValue: { values: value.map(protoValue) } }
   return { structValue: { fields: Object.fromEntries(Object.entries(value).map(([k, v]) => [k, protoValue(v)])) } }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms)
-    function done(): void {
-      clearTimeout(timer)
-      signal.removeEventListener('abort', done)
-      resolve()
-    }
-    signal.addEventListener('abort', done, { once: true })
-  })
 }
