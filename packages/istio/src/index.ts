@@ -34,3 +34,4 @@ export {
 export { ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, type RejectedResource, type WdsLimits, type WdsStateDump } from './wds-state'
 export { CANONICAL_NAME_LABEL, CANONICAL_REVISION_LABEL, type GatewayView, type PolicyView, type ServiceView, type WorkloadView } from './convert'
 export { createZdsPodSource, type ZdsConfigDump, type ZdsPodSource, type ZdsPodSourceOptions } from './zds-source'
+export { wdsOptionsFromEnv, zdsOptionsFromEnv, type WdsEnvOptions } from './env'
