@@ -35,3 +35,4 @@ export { ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, type RejectedResource, type W
 export { CANONICAL_NAME_LABEL, CANONICAL_REVISION_LABEL, type GatewayView, type PolicyView, type ServiceView, type WorkloadView } from './convert'
 export { createZdsPodSource, type ZdsConfigDump, type ZdsPodSource, type ZdsPodSourceOptions } from './zds-source'
 export { wdsOptionsFromEnv, zdsOptionsFromEnv, type WdsEnvOptions } from './env'
+export { adsServiceDefinition, encodeMessage, type IstioMessageName } from './protos'

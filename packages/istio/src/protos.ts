@@ -2,6 +2,7 @@ import { fileURLToPath } from 'node:url'
 import * as grpc from '@grpc/grpc-js'
 import { loadSync, type Options, type PackageDefinition } from '@grpc/proto-loader'
 import protobuf from 'protobufjs'
+import { invalidArgument } from '@ambientkit/core'
 
 // The same relative path works from src/ (tests run the sources) and from
 // dist/ (both are one level below the package root, beside proto/).
@@ -59,12 +60,39 @@ export function decodeMessage<T>(type: protobuf.Type, bytes: Uint8Array): T {
   return type.toObject(type.decode(bytes), DECODE_OPTIONS) as T
 }
 
-/** The service definition of `AggregatedDiscoveryService`, for a client or a test server. */
-export function adsService(): grpc.ServiceDefinition {
+/**
+ * The service definition of Envoy's `AggregatedDiscoveryService` (the
+ * vendored, trimmed xds.proto), for a grpc-js server standing in for istiod.
+ * Its messages use this package's object form (camelCase, enums as numbers).
+ */
+export function adsServiceDefinition(): grpc.ServiceDefinition {
   const loaded = grpc.loadPackageDefinition(packageDefinition()) as unknown as {
     envoy: { service: { discovery: { v3: { AggregatedDiscoveryService: grpc.ServiceClientConstructor } } } }
   }
   return loaded.envoy.service.discovery.v3.AggregatedDiscoveryService.service
+}
+
+/** The messages of the vendored protos that {@link encodeMessage} takes, by full name. */
+export type IstioMessageName =
+  | 'istio.workload.Address'
+  | 'istio.workload.Workload'
+  | 'istio.workload.Service'
+  | 'istio.security.Authorization'
+  | 'istio.workload.zds.ZdsHello'
+  | 'istio.workload.zds.WorkloadRequest'
+  | 'istio.workload.zds.WorkloadResponse'
+
+/**
+ * Encodes a message of the vendored protos from its object form (camelCase
+ * fields, bytes as Buffers, enums as numbers): the payload of an xDS
+ * resource's `google.protobuf.Any`, or a ZDS message. For tools and test
+ * servers that speak to this package.
+ */
+export function encodeMessage(name: IstioMessageName, value: Record<string, unknown>): Buffer {
+  const type = messageType(name)
+  const invalid = type.verify(value)
+  if (invalid !== null) throw invalidArgument(name, value, `a valid ${name} (${invalid})`)
+  return Buffer.from(type.encode(type.fromObject(value)).finish())
 }
 
 /** The full gRPC path of the delta ADS stream, the only method the client calls. */

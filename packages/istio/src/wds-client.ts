@@ -16,7 +16,7 @@ import {
 } from '@ambientkit/core'
 import { IstioErrorCode } from './errors'
 import { sleep } from './sleep'
-import { adsService, DELTA_ADS_METHOD } from './protos'
+import { adsServiceDefinition, DELTA_ADS_METHOD } from './protos'
 import {
   ADDRESS_TYPE_URL,
   AUTHORIZATION_TYPE_URL,
@@ -334,7 +334,7 @@ class WdsClientImpl implements WdsClient {
   }
 
   #stream(client: grpc.Client, metadata: grpc.Metadata, connection: number): Promise<StreamEnd> {
-    const method = adsService().DeltaAggregatedResources!
+    const method = adsServiceDefinition().DeltaAggregatedResources!
     const call = client.makeBidiStreamRequest(
       DELTA_ADS_METHOD,
       method.requestSerialize as (value: DeltaDiscoveryRequest) => Buffer,

@@ -251,8 +251,14 @@ class ZdsPodSourceImpl implements ZdsPodSource {
     }
   }
 
-  #failed(err: unknown): void {
-    this.#lastError = (err as Error).message
+  #failed(cause: unknown): void {
+    const err = cause instanceof AmbientError && cause.code === IstioErrorCode.ZdsProtocol
+      ? cause
+      : new AmbientError(IstioErrorCode.ZdsSocket, `istio-cni's socket ${this.#path}: ${(cause as Error).message}`, {
+        cause,
+        details: { path: this.#path, errnoName: (cause as AmbientError).details?.errnoName },
+      })
+    this.#lastError = err.message
     this.#log.warn({ err }, 'ZDS connection failed; retrying')
   }
 

@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js'
-import { adsService, messageType } from '../../src/protos'
+import { adsServiceDefinition, messageType } from '../../src/protos'
 import type { DeltaDiscoveryRequest } from '../../src/xds-types'
 
 export const ADDRESS = 'type.googleapis.com/istio.workload.Address'
@@ -55,7 +55,7 @@ export async function startFakeIstiod(tls?: { key: string; cert: string }): Prom
   const waiting: Array<(s: FakeStream) => void> = []
   const ready: FakeStream[] = []
   let nonce = 0
-  server.addService(adsService(), {
+  server.addService(adsServiceDefinition(), {
     StreamAggregatedResources: (call: grpc.ServerDuplexStream<unknown, unknown>) => {
       call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: 'only delta xDS' })
     },
