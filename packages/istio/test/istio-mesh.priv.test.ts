@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as grpc from '@grpc/grpc-js'
 import { createNodeAgent, type NodeAgent } from '@ambientkit/agent'
-import { applyCapture, openNetns, type Netns } from '@ambientkit/redirect'
+import { applyCapture, inspectCapture, openNetns, type Netns } from '@ambientkit/redirect'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { createTestNetwork, type TestNetwork, type TestPod } from '../../../test/support/netns'
 import { describePrivileged } from '../../../test/support/privileged'
@@ -172,6 +172,8 @@ describePrivileged('an ambientkit node in an Istio mesh: pods from istio-cni (ZD
     expect(await send({ op: 'del', uid: 'pod-uid-2' })).toMatchObject({ ack: '' })
     expect(agent.enrolled().sort()).toEqual([uid('a'), uid('b')])
     expect(node.proxy.workloads().map((w) => w.name).sort()).toEqual(['a', 'b'])
+    // c's capture is istio-cni's: the agent left it in place.
+    expect((await inspectCapture(netns[2]!)).status).toBe('present')
 
     // The node agent restarts: the next connection's snapshot re-enrolls a and b, and no pod is left unproxied.
     await agent.close()
