@@ -6,8 +6,6 @@ import type { ZdsPodSourceOptions } from './zds-source'
 /** What {@link wdsOptionsFromEnv} reads: every option of the WDS client but the registry and the policy store. */
 export type WdsEnvOptions = Omit<WdsClientOptions, 'registry' | 'policies'>
 
-type Env = Readonly<Record<string, string | undefined>>
-
 /**
  * The WDS client's options from ztunnel's environment variables, so that a
  * DaemonSet made for ztunnel configures ambientkit unchanged:
@@ -31,7 +29,7 @@ type Env = Readonly<Record<string, string | undefined>>
  * if (options !== undefined) createWdsClient({ ...options, registry, policies })
  * ```
  */
-export function wdsOptionsFromEnv(env: Env = process.env): WdsEnvOptions | undefined {
+export function wdsOptionsFromEnv(env: Readonly<Record<string, string | undefined>> = process.env): WdsEnvOptions | undefined {
   if (env.XDS_ADDRESS === '') return undefined
   const metadata: Record<string, JsonValue> = {}
   const headers: Record<string, string> = {}
@@ -74,7 +72,7 @@ export function wdsOptionsFromEnv(env: Env = process.env): WdsEnvOptions | undef
  *
  * @throws `ERR_AMBIENT_INVALID_ARGUMENT` when `NODE_NAME` is not set.
  */
-export function zdsOptionsFromEnv(env: Env = process.env): Omit<ZdsPodSourceOptions, 'registry'> {
+export function zdsOptionsFromEnv(env: Readonly<Record<string, string | undefined>> = process.env): Omit<ZdsPodSourceOptions, 'registry'> {
   if (env.NODE_NAME === undefined || env.NODE_NAME === '') throw invalidArgument('NODE_NAME', env.NODE_NAME, 'the name of this node')
   const clusterId = env.ISTIO_META_CLUSTER_ID ?? env.CLUSTER_ID
   return {

@@ -65,7 +65,7 @@ export interface ZdsConfigDump {
 }
 
 /**
- * Pods handed over by istio-cni over ZDS, as a {@link PodSource}: each pod
+ * Pods handed over by istio-cni over ZDS, as a `PodSource` (`@ambientkit/core`): each pod
  * comes with an open handle on its network namespace (`netnsPath` is
  * `/proc/self/fd/<n>`, valid while the pod is listed) and `capture:
  * 'external'` (istio-cni applied the rules). Each event carries an `ack`
