@@ -207,7 +207,8 @@ class WdsClientImpl implements WdsClient {
   readonly #stats = new Map<string, TypeStats>(TYPES.map((t) => [t, { acks: 0, nacks: 0 }]))
   readonly #terminations: Record<WdsTerminationReason, number> = { ConnectionError: 0, Reconnect: 0, Error: 0, Complete: 0 }
   readonly #awaiting = new Set(TYPES)
-  readonly #readyWaiters = new Set<() => void>()
+  /** Pending start() calls: called with nothing once ready, with an error when closed first. */
+  readonly #readyWaiters = new Set<(error?: Error) => void>()
   readonly #stop = new AbortController()
   #running: Promise<void> | undefined
   #connections = 0
@@ -235,10 +236,11 @@ class WdsClientImpl implements WdsClient {
     if (this.ready()) return
     const signal = options.signal
     await new Promise<void>((resolve, reject) => {
-      const done = (): void => {
+      const done = (error?: Error): void => {
         this.#readyWaiters.delete(done)
         signal?.removeEventListener('abort', onAbort)
-        resolve()
+        if (error === undefined) resolve()
+        else reject(error)
       }
       const onAbort = (): void => {
         this.#readyWaiters.delete(done)
@@ -486,6 +488,7 @@ class WdsClientImpl implements WdsClient {
 
   async close(): Promise<void> {
     this.#stop.abort()
+    for (const waiter of [...this.#readyWaiters]) waiter(new AmbientError(CoreErrorCode.Closed, 'the WDS client was closed before it was ready'))
     this.#call?.cancel()
     await this.#running
   }

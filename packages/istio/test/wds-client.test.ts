@@ -262,6 +262,15 @@ describe('WDS client against a fake istiod (grpc-js over TLS)', () => {
     expect(h.client.ready()).toBe(false)
   })
 
+  it('start() rejects when the client is closed before it is ready', async () => {
+    const h = await harness()
+    const started = h.client.start()
+    await h.stream()
+    await h.client.close()
+    await expect(started).rejects.toMatchObject({ code: 'ERR_AMBIENT_CLOSED' })
+    await expect(h.client.start()).rejects.toMatchObject({ code: 'ERR_AMBIENT_CLOSED' })
+  })
+
   it('refuses a response with more resources than the limit, whole', async () => {
     const h = await harness({ limits: { maxResourcesPerResponse: 2 } })
     void h.client.start()
