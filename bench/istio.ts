@@ -89,7 +89,8 @@ async function session(istiod: Awaited<ReturnType<typeof startFakeIstiod>>, caPe
   client.subscribe((event: WdsEvent) => {
     if (event.type === 'response') waiting.get(event.nonce)?.(event.rejected[0]?.reason)
   })
-  void client.start()
+  // Ready once both types are pushed, which every session does before it closes.
+  client.start().catch((err: unknown) => process.stderr.write(`bench/istio: ${(err as Error).message}\n`))
   const stream = await istiod.streams()
   await stream.next()
   await stream.next()

@@ -37,6 +37,8 @@ export interface ZdsPodSourceOptions {
   readonly backoff?: { readonly initialMs?: number; readonly maxMs?: number }
   /** How often a pod whose proxy failed to start is tried again. Default 5000 ms (ztunnel's). */
   readonly retryIntervalMs?: number
+  /** Most pods held (each holds a descriptor); an AddWorkload past it is answered with an error. Default 1024. */
+  readonly maxPods?: number
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -353,6 +355,11 @@ class ZdsPodSourceImpl implements ZdsPodSource {
       return this.#start(existing)
     }
     if (existing !== undefined) await this.#release(existing)
+    const maxPods = this.#options.maxPods ?? 1024
+    if (this.#pods.size >= maxPods) {
+      closeSync(fd)
+      return `failure to start proxy: this node proxy holds its limit of ${maxPods} pods`
+    }
     const workloadUid = `${this.#options.clusterId ?? 'Kubernetes'}//Pod/${info.namespace}/${info.name}`
     const pod: Pod = { uid, info, workloadUid, fd, netnsId, state: 'starting' }
     // Another pod uid under the same workload (a StatefulSet pod recreated before the old one's

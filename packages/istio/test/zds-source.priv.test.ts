@@ -188,6 +188,19 @@ describePrivileged('ZDS pod source against a fake istio-cni (Python send_fds, re
     expect(await send({ op: 'silence', ms: 100 })).toEqual({ silent: true, data: null })
     expect(zds.configDump().connections).toBe(1)
   })
+
+  it('holds at most maxPods pods, answering the next AddWorkload with an error', async () => {
+    const zds = await start({ maxPods: 1 })
+    const before = openFds()
+    consumer(zds)
+    await send({ op: 'accept' })
+    expect(await add('uid-a', pods[0]!, 'a')).toMatchObject({ ack: '' })
+    expect(await add('uid-b', pods[1]!, 'b')).toMatchObject({ ack: 'failure to start proxy: this node proxy holds its limit of 1 pods' })
+    expect(zds.configDump().pods.map((p) => p.uid)).toEqual(['uid-a'])
+    await zds.close()
+    source = undefined
+    expect(openFds()).toBe(before)
+  })
 })
 
 function openNetnsId(ns: TestNamespace): string {
