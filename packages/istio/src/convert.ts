@@ -93,7 +93,7 @@ export interface GatewayView {
 /** A network address as `/config_dump` shows it: `network/ip`, or `network/ip/length` for a CIDR. */
 function networkAddressText(a: XdsNetworkAddress, field: string): string {
   const ip = ipFromBytes(a.address, field)
-  if (a.length !== undefined) {
+  if (a.length !== undefined && a.length !== null) {
     const max = a.address.length * 8
     if (a.length > max) refuse(`${field}: prefix length ${a.length} exceeds ${max}`)
     return `${a.network}/${ip}/${a.length}`
@@ -214,7 +214,7 @@ export function convertWorkload(w: XdsWorkload, name: string): ConvertedWorkload
     authorizationPolicies: w.authorizationPolicies,
     status: status === 'HEALTHY' ? 'Healthy' : 'Unhealthy',
     clusterId: w.clusterId === '' ? 'Kubernetes' : w.clusterId,
-    ...(w.locality === null ? {} : { locality: { ...w.locality } }),
+    ...(w.locality === null ? {} : { locality: { region: w.locality.region, zone: w.locality.zone, subzone: w.locality.subzone } }),
     networkMode,
     capacity: w.capacity === null ? 1 : w.capacity.value,
     ...(extensionNames(w.extensions) === undefined ? {} : { extensions: extensionNames(w.extensions) }),
@@ -273,7 +273,7 @@ export function convertService(s: XdsService, name: string): ConvertedService {
   const vipView = s.addresses.map((a, i) => {
     const text = networkAddressText(a, `addresses[${i}]`)
     // A CIDR VIP (Istio 1.30) covers a range core cannot index: shown, not routed.
-    if (a.length === undefined) vips.push(ipFromBytes(a.address, `addresses[${i}]`))
+    if (a.length === undefined || a.length === null) vips.push(ipFromBytes(a.address, `addresses[${i}]`))
     return text
   })
   const ports: Record<number, number> = {}

@@ -1,8 +1,11 @@
 /*
- * The vendored messages as they decode with DECODE_OPTIONS (protos.ts):
- * camelCase, enums as numbers, bytes as Buffers, defaults filled in, maps as
- * objects, the set member of a `oneof` named in its virtual field. Only the
- * fields this package reads or shows are typed.
+ * The vendored messages as this package reads them: the stream's messages
+ * as grpc-js decodes them with DECODE_OPTIONS (protos.ts), the payloads of
+ * `Any` and ZDS's messages as protobufjs's own messages (decodeMessage).
+ * Both read the same: camelCase, enums as numbers, bytes as Buffers,
+ * defaults for unset fields, maps as objects, the set member of a `oneof`
+ * named in its virtual field. Only the fields this package reads or shows
+ * are typed.
  */
 
 export interface XdsAny {
@@ -48,7 +51,8 @@ export type ProtoValue =
 export interface XdsNetworkAddress {
   network: string
   address: Buffer
-  length?: number
+  /** proto3 `optional`: null or absent when unset. */
+  length?: number | null
 }
 
 export interface XdsGatewayAddress {

@@ -55,6 +55,23 @@ describe('workloads and services', () => {
     expect(changes).toEqual(['service-updated'])
   })
 
+  it('routes host VIPs, shows CIDR VIPs (Istio 1.30) without routing them, and keeps what core does not model', () => {
+    const s = state()
+    expect(s.wds.apply(ADDRESS_TYPE_URL, [s.address('ns/wide.ns.svc', { service: {
+      name: 'wide', namespace: 'ns', hostname: 'wide.ns.svc', ports: [{ servicePort: 80, targetPort: 8080 }],
+      addresses: [{ network: 'net1', address: ip('10.96.0.9') }, { network: 'net1', address: ip('10.97.0.0'), length: 16 }],
+      waypoint: { address: { network: 'net1', address: ip('10.0.0.99') }, hboneMtlsPort: 15008 },
+      loadBalancing: { routingPreference: [2, 4], mode: 2 },
+    } })], [])).toEqual([])
+    expect(s.registry.serviceByVip('10.96.0.9')!.vips).toEqual(['10.96.0.9'])
+    expect(s.registry.serviceByVip('10.97.0.0')).toBeUndefined()
+    expect(s.wds.dump().services[0]).toMatchObject({
+      vips: ['net1/10.96.0.9', 'net1/10.97.0.0/16'],
+      waypoint: { destination: 'net1/10.0.0.99', hboneMtlsPort: 15008 },
+      loadBalancer: { routingPreferences: ['ZONE', 'NODE'], mode: 'FAILOVER', healthPolicy: 'ONLY_HEALTHY' },
+    })
+  })
+
   it('keeps endpoints that arrive before their service', () => {
     const s = state()
     s.wds.apply(ADDRESS_TYPE_URL, [s.address('c//Pod/ns/a', workload('a', '10.0.0.1', { services: { 'ns/late.ns.svc': { ports: [{ servicePort: 80, targetPort: 9000 }] } } }))], [])
