@@ -14,6 +14,7 @@ export default defineConfig({
       '@ambientkit/redirect': src('redirect'),
       '@ambientkit/proxy': src('proxy'),
       '@ambientkit/agent': src('agent'),
+      '@ambientkit/istio': src('istio'),
     },
   },
   test: {

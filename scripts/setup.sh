@@ -24,11 +24,17 @@ declare -A tools=(
   [dig]=dnsutils
   [dnsmasq]=dnsmasq-base
   [dnsperf]=dnsperf
+  [protoc]=protobuf-compiler
 )
-# header → Debian package that provides it (the native HBONE data path
-# compiles against nghttp2's header and uses the nghttp2 Node itself links)
+# file → Debian package that provides it (the native HBONE data path
+# compiles against nghttp2's header and uses the nghttp2 Node itself links;
+# Istio's protocols are tested against Python's grpcio, with protoc's
+# well-known types)
 declare -A headers=(
   [/usr/include/nghttp2/nghttp2.h]=libnghttp2-dev
+  [/usr/include/google/protobuf/any.proto]=libprotobuf-dev
+  [/usr/lib/python3/dist-packages/grpc/__init__.py]=python3-grpcio
+  [/usr/lib/python3/dist-packages/google/protobuf/__init__.py]=python3-protobuf
 )
 missing=()
 for command in "${!tools[@]}"; do

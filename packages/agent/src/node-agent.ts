@@ -1,5 +1,7 @@
 import { readFile, rename, writeFile } from 'node:fs/promises'
 import {
+  AmbientError,
+  CoreErrorCode,
   invalidArgument,
   silentLogger,
   type AbortOptions,
@@ -110,6 +112,8 @@ interface Enrolled {
   netns: Netns
   /** Its DNS proxy, when capture redirects DNS. */
   dns?: DnsProxy
+  /** Capture installed by someone else (istio-cni): never removed by the agent. */
+  externalCapture: boolean
 }
 
 /**
@@ -203,15 +207,22 @@ class NodeAgentImpl implements NodeAgent {
   }
 
   async #onEvent(event: PodSourceEvent): Promise<void> {
-    if (this.#closed) return
+    if (this.#closed) {
+      event.ack?.(new AmbientError(CoreErrorCode.Closed, 'the node agent is closed'))
+      return
+    }
     const uid = event.type === 'upsert' ? event.pod.workload.uid : event.uid
     try {
       if (event.type === 'upsert') await this.#serial(uid, () => this.#add(event.pod))
       else await this.#serial(uid, () => this.#remove(uid, this.#enrolled.get(uid)?.netnsPath))
-      await this.#writeState()
     } catch (err) {
       this.#log.error({ err, uid, event: event.type }, 'enrollment change failed')
+      event.ack?.(err as Error)
+      return
     }
+    // The proxy is up (or gone): what a source that confirms changes waits for.
+    event.ack?.()
+    await this.#writeState().catch((err: unknown) => this.#log.error({ err }, 'cannot write the state file'))
   }
 
   /** Runs `fn` after every earlier operation on the same pod. */
@@ -227,6 +238,7 @@ class NodeAgentImpl implements NodeAgent {
 
   async #add(pod: PodEnrollment): Promise<void> {
     const { workload, netnsPath } = pod
+    const externalCapture = pod.capture === 'external'
     let entry = this.#enrolled.get(workload.uid)
     if (entry !== undefined && entry.netnsPath !== netnsPath) {
       // Same pod UID in a new sandbox: release the old one first.
@@ -235,10 +247,12 @@ class NodeAgentImpl implements NodeAgent {
     }
     const netns = entry?.netns ?? openNetns(netnsPath)
     try {
-      // Probes are rewritten before capture takes them, so none is refused in between.
-      this.#probeTargets.set(workload.uid, workload.addresses.filter((address) => this.#capture.ipv6 || !address.includes(':')))
-      await this.#syncProbes()
-      await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto' })
+      if (!externalCapture) {
+        // Probes are rewritten before capture takes them, so none is refused in between. External capture (istio-cni) rewrites its own.
+        this.#probeTargets.set(workload.uid, workload.addresses.filter((address) => this.#capture.ipv6 || !address.includes(':')))
+        await this.#syncProbes()
+        await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto' })
+      }
       await this.#options.nodeProxy.addWorkload(workload, netns)
     } catch (err) {
       if (entry === undefined) {
@@ -247,7 +261,7 @@ class NodeAgentImpl implements NodeAgent {
       }
       throw err
     }
-    const enrolled: Enrolled = { workload, netnsPath, netns, dns: entry?.dns }
+    const enrolled: Enrolled = { workload, netnsPath, netns, dns: entry?.dns, externalCapture }
     this.#enrolled.set(workload.uid, enrolled)
     // Enrolled from here: a DNS proxy that cannot start leaves the pod's DNS failing closed, reported, and tried again on its next event.
     if (this.#capture.captureDns && enrolled.dns === undefined) enrolled.dns = await this.#startDns(workload, netns)
@@ -273,7 +287,8 @@ class NodeAgentImpl implements NodeAgent {
     const entry = this.#enrolled.get(uid)
     try {
       await entry?.dns?.close()
-      await this.#release(uid, entry?.netnsPath ?? netnsPath, entry?.netns)
+      if (entry?.externalCapture === true) await entry.netns.close()
+      else await this.#release(uid, entry?.netnsPath ?? netnsPath, entry?.netns)
     } finally {
       // Listed by enrolled() until its capture is gone, so that a caller waiting for the list sees a released pod.
       this.#enrolled.delete(uid)
@@ -354,7 +369,8 @@ class NodeAgentImpl implements NodeAgent {
     const file = this.#options.stateFile
     if (file === undefined) return Promise.resolve()
     const write = async (): Promise<void> => {
-      const pods = Object.fromEntries([...this.#enrolled].map(([uid, e]) => [uid, e.netnsPath]))
+      // Only the pods whose capture is the agent's to remove after a restart.
+      const pods = Object.fromEntries([...this.#enrolled].filter(([, e]) => !e.externalCapture).map(([uid, e]) => [uid, e.netnsPath]))
       // Write then rename: a crash never leaves a half-written state file.
       await writeFile(`${file}.tmp`, `${JSON.stringify({ pods }, null, 2)}\n`)
       await rename(`${file}.tmp`, file)

@@ -47,11 +47,18 @@ export interface AuthorizationPolicy {
   /**
    * `global`: every workload in the mesh; `namespace`: workloads in
    * `namespace`; `workload`: workloads in `namespace` whose labels contain
-   * every entry of `selector`.
+   * every entry of `selector`, or the workloads listed in `workloads`.
    */
   readonly scope: AuthorizationScope
-  /** Labels selecting workloads; required with scope `workload`, refused otherwise. */
+  /** Labels selecting workloads; scope `workload` takes it or `workloads`, other scopes neither. */
   readonly selector?: Readonly<Record<string, string>>
+  /**
+   * UIDs of the workloads the policy applies to, for a control plane that
+   * selects workloads itself (Istio lists on each workload the policies of
+   * scope WORKLOAD_SELECTOR that select it). Scope `workload` takes it or
+   * `selector`; an empty list applies to no workload.
+   */
+  readonly workloads?: readonly string[]
   readonly action: AuthorizationAction
   /** The policy matches if ANY rule matches. A policy with no rules never matches. */
   readonly rules: readonly AuthorizationRule[]
@@ -64,8 +71,8 @@ export interface AuthorizationConnection {
   readonly sourceIdentity?: string
   readonly destinationIp: string
   readonly destinationPort: number
-  /** The destination workload (its namespace and labels select policies). */
-  readonly destination: Pick<Workload, 'namespace' | 'labels'>
+  /** The destination workload (its namespace, labels and uid select policies). */
+  readonly destination: Pick<Workload, 'namespace' | 'labels'> & { readonly uid?: string }
 }
 
 /** Why a decision was taken. */
@@ -90,7 +97,7 @@ type MatchField = (typeof MATCH_FIELDS)[number]
 const negated = (field: MatchField): keyof AuthorizationMatch =>
   `not${field[0]!.toUpperCase()}${field.slice(1)}` as keyof AuthorizationMatch
 const ALL_MATCH_FIELDS = new Set<string>(MATCH_FIELDS.flatMap((f) => [f, negated(f)]))
-const POLICY_FIELDS = new Set(['name', 'namespace', 'scope', 'selector', 'action', 'rules'])
+const POLICY_FIELDS = new Set(['name', 'namespace', 'scope', 'selector', 'workloads', 'action', 'rules'])
 
 type StringMatcher = (value: string) => boolean
 interface Cidr {
@@ -115,6 +122,7 @@ interface CompiledMatch {
 interface CompiledPolicy {
   policy: AuthorizationPolicy
   rules: CompiledMatch[][][]
+  workloads?: Set<string>
 }
 
 const compiledPolicies = new WeakMap<AuthorizationPolicy, CompiledPolicy>()
@@ -154,13 +162,19 @@ export function loadAuthorizationPolicy(input: unknown): AuthorizationPolicy {
   const action = obj.action
   if (action !== 'ALLOW' && action !== 'DENY') fail('action', action, '"ALLOW" or "DENY"')
   let selector: Record<string, string> | undefined
-  if (scope === 'workload') {
+  let workloads: string[] | undefined
+  if (scope === 'workload' && obj.workloads !== undefined) {
+    if (obj.selector !== undefined) fail('selector', obj.selector, 'no selector beside "workloads" (one or the other)')
+    if (!Array.isArray(obj.workloads)) fail('workloads', obj.workloads, 'an array of workload uids')
+    workloads = (obj.workloads as unknown[]).map((uid, i) => nonEmptyString(uid) ?? fail(`workloads[${i}]`, uid, 'a non-empty workload uid'))
+  } else if (scope === 'workload') {
     const sel = asObject(label, 'selector', obj.selector)
     if (Object.keys(sel).length === 0) fail('selector', sel, 'at least one label (scope "workload")')
     for (const [k, v] of Object.entries(sel)) if (nonEmptyString(k) === undefined || typeof v !== 'string') fail(`selector.${k}`, v, 'a string label value')
     selector = { ...(sel as Record<string, string>) }
-  } else if (obj.selector !== undefined) {
-    fail('selector', obj.selector, `no selector with scope "${String(scope)}" (only scope "workload" takes one)`)
+  } else if (obj.selector !== undefined || obj.workloads !== undefined) {
+    const field = obj.selector !== undefined ? 'selector' : 'workloads'
+    fail(field, obj[field], `no ${field} with scope "${String(scope)}" (only scope "workload" takes one)`)
   }
   const rulesInput = obj.rules
   if (!Array.isArray(rulesInput)) fail('rules', rulesInput, 'an array of rules (each an array of clauses)')
@@ -190,10 +204,11 @@ export function loadAuthorizationPolicy(input: unknown): AuthorizationPolicy {
     namespace,
     scope: scope as AuthorizationScope,
     ...(selector === undefined ? {} : { selector: Object.freeze(selector) }),
+    ...(workloads === undefined ? {} : { workloads: Object.freeze(workloads) }),
     action: action as AuthorizationAction,
     rules: Object.freeze(rules),
   })
-  compiledPolicies.set(policy, { policy, rules: compiledRules })
+  compiledPolicies.set(policy, { policy, rules: compiledRules, ...(workloads === undefined ? {} : { workloads: new Set(workloads) }) })
   return policy
 }
 
@@ -301,14 +316,15 @@ function compiledOf(policy: AuthorizationPolicy): CompiledPolicy {
   return compiled
 }
 
-/** True when `policy` applies to connections to `destination` (by scope and selector). */
-export function policyApplies(policy: AuthorizationPolicy, destination: Pick<Workload, 'namespace' | 'labels'>): boolean {
+/** True when `policy` applies to connections to `destination` (by scope, and selector or workload list). */
+export function policyApplies(policy: AuthorizationPolicy, destination: AuthorizationConnection['destination']): boolean {
   switch (policy.scope) {
     case 'global':
       return true
     case 'namespace':
       return policy.namespace === destination.namespace
     case 'workload':
+      if (policy.workloads !== undefined) return destination.uid !== undefined && compiledOf(policy).workloads!.has(destination.uid)
       return (
         policy.namespace === destination.namespace &&
         Object.entries(policy.selector ?? {}).every(([k, v]) => destination.labels[k] === v)

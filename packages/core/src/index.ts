@@ -94,6 +94,6 @@ export {
   type AuthorizationRule,
   type AuthorizationScope,
 } from './authorization'
-export type { PodEnrollment, PodSource, PodSourceEvent } from './pod-source'
+export type { PodEnrollment, PodEventAck, PodSource, PodSourceEvent } from './pod-source'
 export type { AcceptedSocket, BindUdpFdOptions, ConnectFdOptions, ListenFdOptions, NetnsSockets, SocketAcceptor } from './netns-sockets'
-export { createPolicyStore, type PolicyStore } from './policy-store'
+export { createPolicyStore, type PolicyStore, type PolicyStoreChanges } from './policy-store'

@@ -10,8 +10,22 @@ export interface PolicyStore {
   remove(namespace: string, name: string): boolean
   /** Replaces every policy at once, after validating all of them. */
   replaceAll(policies: readonly unknown[]): void
+  /**
+   * Removes, then adds or replaces, several policies as one change: all are
+   * validated before any is applied, and subscribers are called once (a
+   * control plane's push of many policies re-evaluates connections once).
+   */
+  update(changes: PolicyStoreChanges): void
   /** Calls `listener` after every change; returns the function that unsubscribes. */
   subscribe(listener: (policies: readonly AuthorizationPolicy[]) => void): () => void
+}
+
+/** The argument of {@link PolicyStore.update}. */
+export interface PolicyStoreChanges {
+  /** Policies to add or replace (by namespace and name). */
+  readonly upsert?: readonly unknown[]
+  /** Policies to remove; absent ones are ignored. */
+  readonly remove?: ReadonlyArray<{ readonly namespace: string; readonly name: string }>
 }
 
 /**
@@ -47,6 +61,13 @@ export function createPolicyStore(initial: readonly unknown[] = []): PolicyStore
     replaceAll(list) {
       policies = load(list)
       changed()
+    },
+    update({ upsert = [], remove = [] }) {
+      const loaded = load(upsert)
+      let dirty = loaded.size > 0
+      for (const p of remove) dirty = policies.delete(key(p)) || dirty
+      for (const [k, p] of loaded) policies.set(k, p)
+      if (dirty) changed()
     },
     subscribe(listener) {
       listeners.add(listener)

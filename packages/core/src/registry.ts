@@ -180,22 +180,26 @@ class Registry implements WorkloadRegistry {
     const workload = this.#byAddress.get(canonical)
     if (workload !== undefined) return { kind: 'workload', workload, address: canonical, port }
     const service = this.#byVip.get(canonical)
-    const targetPort = service?.ports[port]
-    if (service === undefined || targetPort === undefined) return undefined
+    const servicePort = service?.ports[port]
+    if (service === undefined || servicePort === undefined) return undefined
     const family = ipFamily(canonical)
-    const candidates: Array<{ workload: Workload; address: string }> = []
+    const candidates: Array<{ workload: Workload; address: string; port: number }> = []
     for (const uid of service.endpoints) {
       const endpoint = this.#workloads.get(uid)
       const endpointAddress =
         endpoint?.addresses.find((a) => ipFamily(a) === family) ?? endpoint?.addresses[0]
-      if (endpoint !== undefined && endpointAddress !== undefined) candidates.push({ workload: endpoint, address: endpointAddress })
+      // The endpoint's own target port first (a named port), else the service's.
+      const targetPort = service.endpointPorts?.[uid]?.[port] ?? servicePort
+      if (endpoint !== undefined && endpointAddress !== undefined && targetPort !== 0) {
+        candidates.push({ workload: endpoint, address: endpointAddress, port: targetPort })
+      }
     }
     if (candidates.length === 0) return undefined
     const key = serviceKey(service.namespace, service.hostname)
     const next = this.#cursor.get(key) ?? 0
     this.#cursor.set(key, (next + 1) % candidates.length)
     const chosen = candidates[next % candidates.length]!
-    return { kind: 'service', service, workload: chosen.workload, address: chosen.address, port: targetPort }
+    return { kind: 'service', service, workload: chosen.workload, address: chosen.address, port: chosen.port }
   }
 
   snapshot(): RegistrySnapshot {

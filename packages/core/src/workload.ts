@@ -14,7 +14,10 @@ export interface Workload {
   readonly name: string
   readonly namespace: string
   readonly serviceAccount: string
-  /** The node it runs on. */
+  /**
+   * The node it runs on; empty when it runs on no node of the mesh (a VM
+   * or an external endpoint that a control plane such as Istio describes).
+   */
   readonly node: string
   /** IPv4 and/or IPv6 addresses, canonical once in a registry. */
   readonly addresses: readonly string[]
@@ -38,10 +41,21 @@ export interface Service {
   readonly namespace: string
   /** Virtual IPs (IPv4 and/or IPv6). */
   readonly vips: readonly string[]
-  /** Service port → target port on the endpoints. */
+  /**
+   * Service port → target port on the endpoints. Target 0 means the
+   * endpoints name their own target port in {@link endpointPorts} (Istio's
+   * named target ports); endpoints that do not are skipped for that port.
+   */
   readonly ports: Readonly<Record<number, number>>
   /** UIDs of the workloads behind the service. */
   readonly endpoints: readonly string[]
+  /**
+   * Per-endpoint target ports (endpoint uid → service port → target port),
+   * preferred to {@link ports} for that endpoint: the same service port can
+   * reach different ports on different endpoints (a named `targetPort` in
+   * Kubernetes). Default: none.
+   */
+  readonly endpointPorts?: Readonly<Record<string, Readonly<Record<number, number>>>>
 }
 
 /** The SPIFFE ID of a workload: `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`. */
@@ -110,7 +124,7 @@ export function normalizeWorkload(input: Workload): Workload {
     name: nonEmpty(what, 'name', input.name),
     namespace: segment(what, 'namespace', input.namespace),
     serviceAccount: segment(what, 'serviceAccount', input.serviceAccount),
-    node: nonEmpty(what, 'node', input.node),
+    node: typeof input.node === 'string' ? input.node : nonEmpty(what, 'node', input.node),
     addresses: Object.freeze([...new Set(canonical)]),
     protocol: input.protocol,
     labels: Object.freeze(labels(what, input.labels)),
@@ -125,13 +139,16 @@ export function normalizeService(input: Service): Service {
   nonEmpty(what, 'hostname', input.hostname)
   if (!Array.isArray(input.vips)) throw invalid(what, 'vips', input.vips, 'an array of IP addresses')
   if (!Array.isArray(input.endpoints)) throw invalid(what, 'endpoints', input.endpoints, 'an array of workload uids')
-  if (typeof input.ports !== 'object' || input.ports === null) throw invalid(what, 'ports', input.ports, 'an object of port → target port')
-  const ports: Record<number, number> = {}
-  for (const [port, target] of Object.entries(input.ports)) {
-    const p = Number(port)
-    if (!isPort(p) || String(p) !== port) throw invalid(what, 'ports', port, 'a service port 1-65535')
-    if (!isPort(target)) throw invalid(what, `ports.${port}`, target, 'a target port 1-65535')
-    ports[p] = target
+  const ports = portMap(what, 'ports', input.ports, true)
+  let endpointPorts: Record<string, Readonly<Record<number, number>>> | undefined
+  if (input.endpointPorts !== undefined) {
+    if (typeof input.endpointPorts !== 'object' || input.endpointPorts === null) {
+      throw invalid(what, 'endpointPorts', input.endpointPorts, 'an object of endpoint uid → (port → target port)')
+    }
+    endpointPorts = {}
+    for (const [uid, map] of Object.entries(input.endpointPorts)) {
+      endpointPorts[uid] = Object.freeze(portMap(what, `endpointPorts.${uid}`, map, false))
+    }
   }
   return Object.freeze({
     hostname: input.hostname,
@@ -139,5 +156,20 @@ export function normalizeService(input: Service): Service {
     vips: Object.freeze([...new Set(input.vips.map((v: unknown, i) => canonicalIp(v as string, `${what}.vips[${i}]`)))]),
     ports: Object.freeze(ports),
     endpoints: Object.freeze(input.endpoints.map((e: unknown, i) => nonEmpty(what, `endpoints[${i}]`, e))),
+    ...(endpointPorts === undefined ? {} : { endpointPorts: Object.freeze(endpointPorts) }),
   })
+}
+
+function portMap(what: string, field: string, input: unknown, zeroTarget: boolean): Record<number, number> {
+  if (typeof input !== 'object' || input === null) throw invalid(what, field, input, 'an object of port → target port')
+  const ports: Record<number, number> = {}
+  for (const [port, target] of Object.entries(input)) {
+    const p = Number(port)
+    if (!isPort(p) || String(p) !== port) throw invalid(what, field, port, 'a service port 1-65535')
+    if (!isPort(target) && !(zeroTarget && target === 0)) {
+      throw invalid(what, `${field}.${port}`, target, zeroTarget ? 'a target port 0-65535 (0: per endpoint)' : 'a target port 1-65535')
+    }
+    ports[p] = target as number
+  }
+  return ports
 }

@@ -161,6 +161,16 @@ describe('evaluateAuthorization', () => {
     expect(evaluateAuthorization([otherNamespace], conn()).allowed).toBe(true)
   })
 
+  it('workload scope by uid: applies to the listed workloads only, whatever their labels', () => {
+    const listed = loadAuthorizationPolicy({ name: 'l', namespace: 'shop', scope: 'workload', workloads: ['pod-1'], action: 'DENY', rules: [[[{}]]] })
+    const to = (uid: string | undefined): AuthorizationConnection => ({ ...conn(), destination: { ...conn().destination, ...(uid === undefined ? {} : { uid }) } })
+    expect(evaluateAuthorization([listed], to('pod-1')).allowed).toBe(false)
+    expect(evaluateAuthorization([listed], to('pod-2')).allowed).toBe(true)
+    expect(evaluateAuthorization([listed], to(undefined)).allowed).toBe(true)
+    const none = loadAuthorizationPolicy({ ...listed, workloads: [] })
+    expect(evaluateAuthorization([none], to('pod-1')).allowed).toBe(true)
+  })
+
   it('validates policies given as plain objects before evaluating them', () => {
     const raw = { name: 'raw', namespace: 'shop', scope: 'namespace', action: 'DENY', rules: [[[{ sourceIps: ['10.0.0.0/8'] }]]] } as AuthorizationPolicy
     expect(evaluateAuthorization([raw], conn())).toMatchObject({ allowed: false, reason: 'denied-by-policy' })
@@ -192,6 +202,9 @@ describe('loadAuthorizationPolicy rejects malformed policies, naming the field a
     ['bad action', { ...base, action: 'deny', rules: [] }, /action: expected "ALLOW" or "DENY", got "deny"/],
     ['bad scope', { ...base, scope: 'cluster', rules: [] }, /scope: expected "global", "namespace" or "workload"/],
     ['workload scope without selector', { ...base, scope: 'workload', rules: [] }, /selector: expected an object/],
+    ['selector and workloads', { ...base, scope: 'workload', selector: { app: 'x' }, workloads: ['a'], rules: [] }, /selector: expected no selector beside "workloads"/],
+    ['workloads outside workload scope', { ...base, workloads: ['a'], rules: [] }, /workloads: expected no workloads with scope "namespace"/],
+    ['empty workload uid', { ...base, scope: 'workload', workloads: [''], rules: [] }, /workloads\[0\]: expected a non-empty workload uid/],
     ['selector outside workload scope', { ...base, selector: { app: 'x' }, rules: [] }, /selector: expected no selector with scope "namespace"/],
     ['not an object', 'DENY all', /policy: expected an object/],
   ])('%s', (_name, input, message) => {
@@ -228,6 +241,18 @@ describe('createPolicyStore', () => {
     store.replaceAll([])
     expect(seen).toEqual([['a:DENY', 'b:DENY'], ['a:ALLOW', 'b:DENY'], ['a:ALLOW'], ['c:DENY']])
     expect(store.list()).toEqual([])
+  })
+
+  it('update() applies removals and upserts as one change, validated first', () => {
+    const store = createPolicyStore([p('a'), p('b')])
+    const seen: string[][] = []
+    store.subscribe((list) => seen.push(list.map((x) => `${x.name}:${x.action}`)))
+    store.update({ remove: [{ namespace: 'shop', name: 'a' }, { namespace: 'shop', name: 'zz' }], upsert: [p('b', 'ALLOW'), p('c')] })
+    expect(seen).toEqual([['b:ALLOW', 'c:DENY']])
+    expect(() => store.update({ remove: [{ namespace: 'shop', name: 'b' }], upsert: [{ ...p('d'), rules: 1 }] })).toThrow(/rules: expected an array/)
+    store.update({ remove: [{ namespace: 'shop', name: 'absent' }] })
+    expect(seen).toHaveLength(1)
+    expect(store.list().map((x) => x.name)).toEqual(['b', 'c'])
   })
 
   it('validates before changing anything', () => {

@@ -107,7 +107,24 @@ describe('createWorkloadRegistry', () => {
 
   it('refuses a service port outside 1-65535', () => {
     const registry = createWorkloadRegistry()
-    expect(() => registry.upsertService({ hostname: 'x', namespace: 'shop', vips: [], ports: { 80: 70000 }, endpoints: [] })).toThrow(/ports.80: expected a target port 1-65535, got 70000/)
+    expect(() => registry.upsertService({ hostname: 'x', namespace: 'shop', vips: [], ports: { 80: 70000 }, endpoints: [] })).toThrow(/ports.80: expected a target port 0-65535 \(0: per endpoint\), got 70000/)
+    expect(() => registry.upsertService({ hostname: 'x', namespace: 'shop', vips: [], ports: { 80: 0 }, endpoints: [], endpointPorts: { a: { 80: 0 } } })).toThrow(/endpointPorts.a.80: expected a target port 1-65535, got 0/)
+  })
+
+  it('prefers an endpoint\'s own target port, and skips endpoints without one when the service has none', () => {
+    const registry = createWorkloadRegistry()
+    registry.upsertWorkload(workload('a', ['10.0.0.1']))
+    registry.upsertWorkload(workload('b', ['10.0.0.2']))
+    registry.upsertWorkload(workload('c', ['10.0.0.3']))
+    registry.upsertService({ hostname: 'named', namespace: 'shop', vips: ['10.96.0.11'], ports: { 80: 0, 443: 8443 }, endpoints: ['a', 'b', 'c'], endpointPorts: { a: { 80: 8080 }, b: { 80: 9090, 443: 9443 } } })
+    const http = [0, 1, 2, 3].map(() => registry.resolve('10.96.0.11', 80)).map((d) => `${d!.address}:${d!.port}`)
+    expect(http).toEqual(['10.0.0.1:8080', '10.0.0.2:9090', '10.0.0.1:8080', '10.0.0.2:9090'])
+    const https = [0, 1, 2].map(() => registry.resolve('10.96.0.11', 443)).map((d) => `${d!.address}:${d!.port}`)
+    expect(new Set(https)).toEqual(new Set(['10.0.0.1:8443', '10.0.0.2:9443', '10.0.0.3:8443']))
+  })
+
+  it('accepts a workload on no node (an external endpoint)', () => {
+    expect(createWorkloadRegistry().upsertWorkload(workload('vm', ['10.9.0.1'], { node: '' })).node).toBe('')
   })
 
   it('replaceAll reconciles with one change per difference and validates before changing anything', () => {

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -439,16 +440,17 @@ static void wait_done(uv_poll_t* poll, int status, int events) {
   napi_close_handle_scope(env, scope);
 }
 
-/* waitConnected(fd, callback(errno)) → handle for cancelWait. Calls back once with 0 or the connect errno. */
-static napi_value wait_connected(napi_env env, napi_callback_info info) {
+/* One-shot wait for `events` on a descriptor; see waitConnected and waitReadable. */
+static napi_value wait_for(napi_env env, napi_callback_info info, int events, const char* what) {
   size_t argc = 2;
   napi_value argv[2], handle, name;
   int32_t fd;
   napi_valuetype type;
+  char message[96];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2 || !get_int(env, argv[0], &fd)) return throw_type(env, "waitConnected: fd must be a number");
-  if (napi_typeof(env, argv[1], &type) != napi_ok || type != napi_function)
-    return throw_type(env, "waitConnected: callback must be a function");
+  snprintf(message, sizeof message, "%s(fd, callback)", what);
+  if (argc < 2 || !get_int(env, argv[0], &fd)) return throw_type(env, message);
+  if (napi_typeof(env, argv[1], &type) != napi_ok || type != napi_function) return throw_type(env, message);
   uv_loop_t* loop;
   CHECK(napi_get_uv_event_loop(env, &loop));
   connect_wait* wait = calloc(1, sizeof *wait);
@@ -463,7 +465,7 @@ static napi_value wait_connected(napi_env env, napi_callback_info info) {
   }
   wait->poll.data = wait;
   wait->refs = 2;
-  rc = uv_poll_start(&wait->poll, UV_WRITABLE | UV_DISCONNECT, wait_done);
+  rc = uv_poll_start(&wait->poll, events | UV_DISCONNECT, wait_done);
   if (rc != 0) {
     wait->refs = 1;
     wait_stop(wait);
@@ -475,6 +477,16 @@ static napi_value wait_connected(napi_env env, napi_callback_info info) {
   CHECK(napi_create_external(env, wait, wait_finalize, NULL, &handle));
   return handle;
 }
+
+/* waitConnected(fd, callback(errno)) → handle for cancelWait. Calls back once with 0 or the connect errno. */
+static napi_value wait_connected(napi_env env, napi_callback_info info) { return wait_for(env, info, UV_WRITABLE, "waitConnected"); }
+
+/*
+ * waitReadable(fd, callback(errno)) → handle for cancelWait. Calls back once
+ * when the socket has something to read (data, or the peer hung up), with 0
+ * or the socket's pending error.
+ */
+static napi_value wait_readable(napi_env env, napi_callback_info info) { return wait_for(env, info, UV_READABLE, "waitReadable"); }
 
 /* cancelWait(handle): stops a wait that has not called back yet; its callback will never run. Idempotent. */
 static napi_value cancel_wait(napi_env env, napi_callback_info info) {
@@ -701,6 +713,130 @@ static napi_value stop_accepting(napi_env env, napi_callback_info info) {
   if (argc < 1 || napi_get_value_external(env, argv[0], &data) != napi_ok) return throw_type(env, "stopAccepting: bad handle");
   acceptor_stop((acceptor*)data);
   return NULL;
+}
+
+/* ---- SOCK_SEQPACKET unix sockets with descriptor passing (ZDS) ----
+ *
+ * Node has neither SOCK_SEQPACKET nor SCM_RIGHTS. Istio's CNI plugin hands
+ * each pod's network namespace to the node proxy as a descriptor riding on
+ * a seqpacket message. Sockets are non-blocking and close-on-exec; received
+ * descriptors are close-on-exec from the start (MSG_CMSG_CLOEXEC), and
+ * every one of them is handed to JS, which owns it (closeFd), even when the
+ * message was truncated.
+ */
+
+/* seqpacketConnect(path) → fd: a connected AF_UNIX SOCK_SEQPACKET socket. */
+static napi_value seqpacket_connect(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  struct sockaddr_un addr;
+  size_t length = 0;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  memset(&addr, 0, sizeof addr);
+  addr.sun_family = AF_UNIX;
+  if (argc < 1 || napi_get_value_string_utf8(env, argv[0], addr.sun_path, sizeof addr.sun_path, &length) != napi_ok || length == 0)
+    return throw_type(env, "seqpacketConnect(path)");
+  if (length >= sizeof addr.sun_path - 1) return throw_errno(env, ENAMETOOLONG, "connect");
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket(AF_UNIX, SOCK_SEQPACKET)");
+  if (connect(fd, (struct sockaddr*)&addr, sizeof addr) != 0) {
+    int err = errno;
+    close(fd);
+    return throw_errno(env, err, "connect");
+  }
+  CHECK(napi_create_int32(env, fd, &result));
+  return result;
+}
+
+/* seqpacketSend(fd, buffer) → bytes sent, as one message; throws EAGAIN when the peer's queue is full (wait writable and retry). */
+static napi_value seqpacket_send(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], result;
+  int32_t fd;
+  void* data = NULL;
+  size_t length = 0;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || !get_int(env, argv[0], &fd) || napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok)
+    return throw_type(env, "seqpacketSend(fd, buffer)");
+  ssize_t sent = send(fd, data, length, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (sent < 0) return throw_errno(env, errno, "send");
+  CHECK(napi_create_int64(env, sent, &result));
+  return result;
+}
+
+#define RECV_MAX_FDS 16
+
+/*
+ * seqpacketRecv(fd, maxBytes) → null when nothing is waiting, else
+ * { data: Buffer, fds: number[], truncated, controlTruncated }. An empty
+ * data with no descriptors is the end of the stream. Descriptors beyond
+ * RECV_MAX_FDS are closed by the kernel (controlTruncated is then true).
+ */
+static napi_value seqpacket_recv(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], result, buffer, fds_array, value;
+  int32_t fd, max_bytes;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || !get_int(env, argv[0], &fd) || !get_int(env, argv[1], &max_bytes) || max_bytes < 1 || max_bytes > (1 << 20))
+    return throw_type(env, "seqpacketRecv(fd, maxBytes 1..1048576)");
+  char* data = malloc((size_t)max_bytes);
+  if (data == NULL) return throw_errno(env, ENOMEM, "malloc");
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * RECV_MAX_FDS)];
+    struct cmsghdr align;
+  } control;
+  memset(&control, 0, sizeof control);
+  struct iovec iov = {.iov_base = data, .iov_len = (size_t)max_bytes};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.buf;
+  msg.msg_controllen = sizeof control.buf;
+  ssize_t received;
+  do {
+    received = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (received < 0 && errno == EINTR);
+  if (received < 0) {
+    int err = errno;
+    free(data);
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+      CHECK(napi_get_null(env, &result));
+      return result;
+    }
+    return throw_errno(env, err, "recvmsg");
+  }
+  int fds[RECV_MAX_FDS];
+  int count = 0;
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < n; i++) {
+      int received_fd;
+      memcpy(&received_fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      if (count < RECV_MAX_FDS) fds[count++] = received_fd;
+      else close(received_fd);
+    }
+  }
+  /* From here on the descriptors are JS's: build the result without failing half-way. */
+  napi_status status = napi_create_buffer_copy(env, (size_t)received, data, NULL, &buffer);
+  free(data);
+  if (status != napi_ok || napi_create_object(env, &result) != napi_ok || napi_create_array_with_length(env, (size_t)count, &fds_array) != napi_ok) {
+    for (int i = 0; i < count; i++) close(fds[i]);
+    napi_throw_error(env, NULL, "seqpacketRecv: cannot build the result");
+    return NULL;
+  }
+  for (int i = 0; i < count; i++) {
+    napi_create_int32(env, fds[i], &value);
+    napi_set_element(env, fds_array, (uint32_t)i, value);
+  }
+  napi_set_named_property(env, result, "data", buffer);
+  napi_set_named_property(env, result, "fds", fds_array);
+  napi_get_boolean(env, (msg.msg_flags & MSG_TRUNC) != 0, &value);
+  napi_set_named_property(env, result, "truncated", value);
+  napi_get_boolean(env, (msg.msg_flags & MSG_CTRUNC) != 0, &value);
+  napi_set_named_property(env, result, "controlTruncated", value);
+  return result;
 }
 
 /* ---- socket options on existing sockets ---- */
@@ -1346,6 +1482,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"cancelWait", NULL, cancel_wait, NULL, NULL, NULL, napi_enumerable, NULL},
       {"acceptTcp", NULL, accept_tcp, NULL, NULL, NULL, napi_enumerable, NULL},
       {"stopAccepting", NULL, stop_accepting, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"waitReadable", NULL, wait_readable, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seqpacketConnect", NULL, seqpacket_connect, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seqpacketSend", NULL, seqpacket_send, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seqpacketRecv", NULL, seqpacket_recv, NULL, NULL, NULL, napi_enumerable, NULL},
       {"originalDst", NULL, original_dst, NULL, NULL, NULL, napi_enumerable, NULL},
       {"localAddress", NULL, local_address, NULL, NULL, NULL, napi_enumerable, NULL},
       {"getMark", NULL, get_mark, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -90,6 +90,7 @@ export {
   type NetnsUdpFdOptions,
   type NetnsUdpOptions,
 } from './netns'
+export { connectSeqpacket, type SeqpacketMessage, type SeqpacketReceiveOptions, type SeqpacketSocket } from './seqpacket'
 export {
   boundAddress,
   getSocketMark,

@@ -44,6 +44,14 @@ export interface NativeAddon {
   acceptTcp(listenFd: number, callback: (fd: number, address?: string, port?: number, family?: 4 | 6) => void): object
   /** Stops accepting and closes the listening socket. Idempotent. */
   stopAccepting(handle: object): void
+  /** Calls back once when `fd` is readable (or hung up), with 0 or its pending errno. */
+  waitReadable(fd: number, callback: (errno: number) => void): object
+  /** A connected, non-blocking, close-on-exec AF_UNIX SOCK_SEQPACKET socket. */
+  seqpacketConnect(path: string): number
+  /** Sends one message; throws with errno EAGAIN when the peer's queue is full. */
+  seqpacketSend(fd: number, data: Buffer): number
+  /** One message and the descriptors it carried (close-on-exec, ours to close), or null when none is waiting. */
+  seqpacketRecv(fd: number, maxBytes: number): { data: Buffer; fds: number[]; truncated: boolean; controlTruncated: boolean } | null
   originalDst(fd: number, family: 4 | 6): { address: string; port: number; family: 4 | 6 }
   localAddress(fd: number): { address: string; port: number; family: 4 | 6 }
   getMark(fd: number): number
