@@ -25,7 +25,7 @@ describe('published @ambientkit/core', () => {
     expect(files.some((f) => f.startsWith('src/') || f.startsWith('test/'))).toBe(false)
 
     writeFileSync(join(scratch, 'package.json'), JSON.stringify({ name: 'scratch', private: true, type: 'module' }))
-    run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', join(scratch, tarball.filename), `typescript@${createRequire(import.meta.url)('typescript/package.json').version}`, '@types/node@20'])
+    run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', join(scratch, tarball.filename), `typescript@${createRequire(import.meta.url)('typescript/package.json').version}`, '@types/node@22'])
 
     writeFileSync(join(scratch, 'esm.mjs'), "import { parseSocketAddress } from '@ambientkit/core'\nconsole.log(JSON.stringify(parseSocketAddress('[2001:db8::1]:15008')))\n")
     writeFileSync(join(scratch, 'cjs.cjs'), "const { isAmbientError, canonicalIp } = require('@ambientkit/core')\ntry { canonicalIp('nope') } catch (err) { console.log(isAmbientError(err, 'ERR_AMBIENT_INVALID_ADDRESS')) }\n")
