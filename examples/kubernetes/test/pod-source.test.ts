@@ -288,7 +288,7 @@ describe('createKubernetesPodSource against a Kubernetes API speaking list/watch
     resolver.table.delete(apiUid)
     const lines: { level: string; msg: string }[] = []
     const gaveUp = new EventQueue<string>()
-    const log = (level: string) => (fields: Record<string, unknown> | string, msg?: string) => {
+    const log = (level: string) => (fields: unknown, msg?: string) => {
       const line = { level, msg: typeof fields === 'string' ? fields : (msg ?? '') }
       lines.push(line)
       if (level === 'error') gaveUp.push(line.msg)
@@ -330,7 +330,7 @@ describe('createKubernetesPodSource against a Kubernetes API speaking list/watch
     const noop = (): void => {}
     const logger = {
       trace: noop,
-      debug: (fields: Record<string, unknown> | string, msg?: string) => qualified.push(typeof fields === 'string' ? fields : (msg ?? '')),
+      debug: (fields: unknown, msg?: string) => qualified.push(typeof fields === 'string' ? fields : (msg ?? '')),
       info: noop,
       warn: noop,
       error: noop,
