@@ -39,6 +39,13 @@ describe.each(packages)('%s/package.json', (dir) => {
     expect(pkg.scripts).toEqual(expect.objectContaining({ build: expect.stringContaining('--target node22') }))
   })
 
+  it('is installed only where it can run', () => {
+    // Capture and the node agent need Linux; core and identity run anywhere.
+    // The proxy's own os is its owner's call: its HBONE client and server are to run anywhere.
+    if (dir === 'packages/proxy') return
+    expect(pkg.os).toEqual(dir === 'packages/redirect' || dir === 'packages/agent' ? ['linux'] : undefined)
+  })
+
   it('lets bundlers drop it when nothing of it is used', () => {
     expect(pkg.sideEffects).toBe(false)
   })

@@ -36,9 +36,14 @@ export {
   isAmbientError,
   throwIfAborted,
   type AmbientErrorCode,
+  type AmbientErrorDetails,
+  type AmbientErrorDetailsMap,
   type AmbientErrorOptions,
+  type InvalidValueDetails,
+  type NoDetails,
 } from './errors'
 export type { AbortOptions, Closable } from './lifecycle'
+export { assertLinux } from './platform'
 export {
   ADMIN_PORT,
   CONNMARK,

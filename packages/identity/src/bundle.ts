@@ -1,5 +1,5 @@
 import { X509Certificate, createPublicKey, type JsonWebKey } from 'node:crypto'
-import { AmbientError, describeValue } from '@ambientkit/core'
+import { AmbientError, describeValue, type AmbientErrorDetails } from '@ambientkit/core'
 import { pemDecode, pemEncode } from './der'
 import { IdentityErrorCode, invalidCertificate } from './errors'
 import { TrustDomain } from './spiffe-id'
@@ -25,7 +25,7 @@ export interface TrustBundleInit {
   refreshHintSeconds?: number
 }
 
-function invalidBundle(message: string, details: Record<string, unknown> = {}): AmbientError {
+function invalidBundle(message: string, details: AmbientErrorDetails<'ERR_AMBIENT_INVALID_BUNDLE'> = {}): AmbientError {
   return new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${message}`, { details })
 }
 
@@ -158,13 +158,14 @@ function readX509Key(key: Record<string, unknown>, where: string, index: number)
     throw invalidBundle(`${where} ("use": "x509-svid") must have "x5c" with exactly one certificate (X509-SVID §6.1)`, { index })
   }
   if (key.kid !== undefined) throw invalidBundle(`${where} ("use": "x509-svid") must not have a "kid" (X509-SVID §6.1)`, { index })
+  const notDer = `${where} "x5c" is not a base64 DER certificate`
+  // RFC 7517 §4.7: standard base64, not base64url.
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(key.x5c[0])) throw invalidBundle(`${notDer} (not standard base64)`, { index })
   let cert: X509Certificate
   try {
-    // RFC 7517 §4.7: standard base64, not base64url.
-    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(key.x5c[0])) throw new Error('x5c is not standard base64')
     cert = new X509Certificate(Buffer.from(key.x5c[0], 'base64'))
   } catch (cause) {
-    throw new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${where} "x5c" is not a base64 DER certificate`, { cause, details: { index } })
+    throw new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${notDer}`, { cause, details: { index } })
   }
   // RFC 7517 §4.7: the key parameters must describe the certificate's own key.
   const certJwk = cert.publicKey.export({ format: 'jwk' }) as Record<string, unknown>

@@ -263,7 +263,7 @@ class NetnsHandle implements Netns {
       }
       const onListening = (): void => done()
       const onError = (err: Error): void =>
-        done(nativeError(RedirectErrorCode.Socket, `cannot listen on ${host} port ${options.port} in ${this.path}`, err))
+        done(nativeError(RedirectErrorCode.Socket, `cannot listen on ${host} port ${options.port} in ${this.path}`, err, { path: this.path, host, port: options.port }))
       const onAbort = (): void => done(abortError(signal!, 'listen'))
       server.once('listening', onListening)
       server.once('error', onError)
