@@ -1,4 +1,4 @@
-import { X509Certificate, createPublicKey, type JsonWebKey } from 'node:crypto'
+import { X509Certificate, createPublicKey, type JsonWebKeyInput, type webcrypto } from 'node:crypto'
 import { AmbientError, describeValue, type AmbientErrorDetails } from '@ambientkit/core'
 import { pemDecode, pemEncode } from './der'
 import { IdentityErrorCode, invalidCertificate } from './errors'
@@ -9,7 +9,8 @@ export interface JwtAuthority {
   /** The key ID (`kid`), required by the spec. */
   keyId: string
   /** The public key as a JWK (without `use`/`kid`). */
-  jwk: JsonWebKey
+  /** A JWK as WebCrypto defines it (`webcrypto.JsonWebKey`, the name every @types/node line since 22 has). */
+  jwk: webcrypto.JsonWebKey
 }
 
 /** Fields of a {@link TrustBundle}. */
@@ -184,11 +185,12 @@ function readJwtKey(key: Record<string, unknown>, where: string, index: number):
   delete jwk.use
   delete jwk.kid
   try {
-    createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' })
+    // JsonWebKeyInput's key type differs between @types/node lines; its shape is what the call takes in each.
+    createPublicKey({ key: jwk as JsonWebKeyInput['key'], format: 'jwk' })
   } catch (cause) {
     throw new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${where} is not a valid public JWK`, { cause, details: { index } })
   }
-  return { keyId: key.kid, jwk: jwk as JsonWebKey }
+  return { keyId: key.kid, jwk: jwk as webcrypto.JsonWebKey }
 }
 
 /** Change notification of a {@link TrustBundleSet}. */
