@@ -56,7 +56,7 @@ describe('the packed packages, installed in a project of a user', () => {
     expect(version('netlink/node_modules/@types/node')).toMatch(/^12\./)
   })
 
-  it('type-check with zero errors in a project without @types/node of its own, from ESM and CommonJS', () => {
+  it('type-check with zero errors in a project without @types/node of its own, from ESM and CommonJS', { timeout: 180_000 }, () => {
     const program = [
       "import { createWorkloadRegistry, isAmbientError, type Logger } from '@ambientkit/core'",
       "import { SpiffeId } from '@ambientkit/identity'",
