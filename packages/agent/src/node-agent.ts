@@ -1,9 +1,13 @@
 import { readFile, rename, writeFile } from 'node:fs/promises'
 import {
+  AmbientError,
+  CoreErrorCode,
   silentLogger,
+  throwIfAborted,
   type AbortOptions,
-  type Closable,
   type Logger,
+  type LongLived,
+  type Startable,
   type PodEnrollment,
   type PodSource,
   type PodSourceEvent,
@@ -43,24 +47,33 @@ export interface ReconcileReport {
 }
 
 /** Enrolls the pods of one node into the mesh and keeps them enrolled. */
-export interface NodeAgent extends Closable {
+export interface NodeAgent extends LongLived, Startable<ReconcileReport> {
   /**
    * Reconciles once with the pod source's list (capture and listeners for
-   * every listed pod, none for the others), then follows its events.
+   * every listed pod, none for the others), then follows its events. When
+   * `signal` aborts first, it stops following the source and rejects with
+   * `ERR_AMBIENT_ABORTED`; pods enrolled by then stay enrolled.
    */
   start(options?: AbortOptions): Promise<ReconcileReport>
-  /** Makes the node match the source's current list. */
+  /**
+   * Makes the node match the source's current list. `signal` stops it from
+   * starting work on more pods; what is under way for a pod finishes.
+   */
   reconcile(options?: AbortOptions): Promise<ReconcileReport>
   /** UIDs of the pods enrolled now: a pod being removed is listed until its capture is gone. */
   enrolled(): string[]
   /**
    * Stops following the source and releases the netns handles. Enrolled pods
    * stay captured (fail closed): call {@link release} to undo. Close or drain
-   * the node proxy first: its listeners use those handles.
+   * the node proxy first: its listeners use those handles. Idempotent.
    */
   close(): Promise<void>
-  /** Removes every enrolled pod from the mesh (listeners, then capture), then closes. */
-  release(): Promise<void>
+  /**
+   * Removes every enrolled pod from the mesh (listeners, then capture), then
+   * closes. When `signal` aborts, it stops releasing more pods, closes, and
+   * rejects with `ERR_AMBIENT_ABORTED`; the pods not released stay captured.
+   */
+  release(options?: AbortOptions): Promise<void>
 }
 
 interface Enrolled {
@@ -87,8 +100,8 @@ class NodeAgentImpl implements NodeAgent {
   readonly #log: Logger
   readonly #enrolled = new Map<string, Enrolled>()
   readonly #queues = new Map<string, Promise<unknown>>()
-  #unwatch: (() => void) | undefined
-  #closed = false
+  #unsubscribe: (() => void) | undefined
+  #closing: Promise<void> | undefined
   /** State writes run one after another, each writing the state as it is when it runs. */
   #stateWrites: Promise<void> = Promise.resolve()
 
@@ -98,13 +111,26 @@ class NodeAgentImpl implements NodeAgent {
   }
 
   async start(options: AbortOptions = {}): Promise<ReconcileReport> {
+    this.#checkOpen('start')
+    throwIfAborted(options.signal, 'start')
     // Follow events from before the list, so nothing between the two is lost;
     // they queue behind the reconciliation of the same pod.
-    this.#unwatch = this.#options.podSource.watch((event) => void this.#onEvent(event))
-    return this.reconcile(options)
+    this.#unsubscribe = this.#options.podSource.subscribe((event) => void this.#onEvent(event))
+    try {
+      return await this.reconcile(options)
+    } catch (err) {
+      this.#unsubscribe()
+      throw err
+    }
+  }
+
+  #checkOpen(what: string): void {
+    if (this.#closing !== undefined) throw new AmbientError(CoreErrorCode.Closed, `${what}: the node agent is closed`)
   }
 
   async reconcile(options: AbortOptions = {}): Promise<ReconcileReport> {
+    this.#checkOpen('reconcile')
+    const signal = options.signal
     const desired = await this.#options.podSource.list(options)
     const wanted = new Map(desired.map((p) => [p.workload.uid, p]))
     const stale = new Map<string, string>()
@@ -113,15 +139,20 @@ class NodeAgentImpl implements NodeAgent {
     const enrolled: string[] = []
     const removed: string[] = []
     const failed: Array<{ uid: string; error: string }> = []
+    // Work not yet started for a pod is skipped once the signal aborts; work under way finishes.
+    const unlessAborted = <T>(fn: () => Promise<T>) => (): Promise<T> => {
+      throwIfAborted(signal, 'reconcile')
+      return fn()
+    }
     await Promise.all([
       ...[...wanted.values()].map((pod) =>
-        this.#serial(pod.workload.uid, () => this.#add(pod)).then(
+        this.#serial(pod.workload.uid, unlessAborted(() => this.#add(pod, signal))).then(
           () => enrolled.push(pod.workload.uid),
           (err: Error) => failed.push({ uid: pod.workload.uid, error: err.message }),
         ),
       ),
       ...[...stale].map(([uid, path]) =>
-        this.#serial(uid, () => this.#remove(uid, path)).then(
+        this.#serial(uid, unlessAborted(() => this.#remove(uid, path))).then(
           () => removed.push(uid),
           (err: Error) => failed.push({ uid, error: err.message }),
         ),
@@ -129,6 +160,7 @@ class NodeAgentImpl implements NodeAgent {
     ])
     await this.#writeState()
     this.#log.info({ enrolled: enrolled.length, removed: removed.length, failed: failed.length }, 'reconciled')
+    throwIfAborted(signal, 'reconcile')
     return { enrolled, removed, failed }
   }
 
@@ -137,7 +169,7 @@ class NodeAgentImpl implements NodeAgent {
   }
 
   async #onEvent(event: PodSourceEvent): Promise<void> {
-    if (this.#closed) return
+    if (this.#closing !== undefined) return
     const uid = event.type === 'upsert' ? event.pod.workload.uid : event.uid
     try {
       if (event.type === 'upsert') await this.#serial(uid, () => this.#add(event.pod))
@@ -159,7 +191,7 @@ class NodeAgentImpl implements NodeAgent {
     return next
   }
 
-  async #add(pod: PodEnrollment): Promise<void> {
+  async #add(pod: PodEnrollment, signal?: AbortSignal): Promise<void> {
     const { workload, netnsPath } = pod
     let entry = this.#enrolled.get(workload.uid)
     if (entry !== undefined && entry.netnsPath !== netnsPath) {
@@ -169,7 +201,7 @@ class NodeAgentImpl implements NodeAgent {
     }
     const netns = entry?.netns ?? openNetns(netnsPath)
     try {
-      await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto' })
+      await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto', signal })
       await this.#options.nodeProxy.addWorkload(workload, netns)
     } catch (err) {
       if (entry === undefined) await netns.close()
@@ -233,20 +265,32 @@ class NodeAgentImpl implements NodeAgent {
     return this.#stateWrites
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return
-    this.#closed = true
-    this.#unwatch?.()
-    await Promise.allSettled([...this.#queues.values()])
-    await this.#stateWrites.catch(() => {})
-    await Promise.all([...this.#enrolled.values()].map((e) => e.netns.close()))
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#unsubscribe?.()
+      await Promise.allSettled([...this.#queues.values()])
+      await this.#stateWrites.catch(() => {})
+      await Promise.all([...this.#enrolled.values()].map((e) => e.netns.close()))
+    })()
+    return this.#closing
   }
 
-  async release(): Promise<void> {
-    this.#unwatch?.()
-    await Promise.allSettled([...this.#queues.values()])
-    for (const [uid, entry] of [...this.#enrolled]) await this.#serial(uid, () => this.#remove(uid, entry.netnsPath))
-    await this.#writeState()
-    await this.close()
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close()
+  }
+
+  async release(options: AbortOptions = {}): Promise<void> {
+    this.#checkOpen('release')
+    this.#unsubscribe?.()
+    try {
+      await Promise.allSettled([...this.#queues.values()])
+      for (const [uid, entry] of [...this.#enrolled]) {
+        throwIfAborted(options.signal, 'release')
+        await this.#serial(uid, () => this.#remove(uid, entry.netnsPath))
+      }
+    } finally {
+      await this.#writeState()
+      await this.close()
+    }
   }
 }

@@ -3,7 +3,7 @@ import { get } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, expect, it } from 'vitest'
-import type { PodEnrollment, PodSource, PodSourceEvent } from '@ambientkit/core'
+import { createSubscribers, type PodEnrollment, type PodSource, type PodSourceEvent } from '@ambientkit/core'
 import { createNodeAgent, type NodeAgent } from '@ambientkit/agent'
 import { inspectCapture, openNetns } from '@ambientkit/redirect'
 import { createTestNetwork, type TestNetwork, type TestPod } from '../../../test/support/netns'
@@ -14,22 +14,18 @@ import { createTestControlPlane, meshWorkload, type TestControlPlane } from '../
 /** A pod source whose list the test sets, emitting events like a real watcher. */
 function createListPodSource(initial: PodEnrollment[]): PodSource & { set(pods: PodEnrollment[]): void } {
   let pods = new Map(initial.map((p) => [p.workload.uid, p]))
-  const listeners = new Set<(event: PodSourceEvent) => void>()
+  const subscribers = createSubscribers<PodSourceEvent>()
   return {
     list: async () => [...pods.values()],
-    watch(listener) {
-      listeners.add(listener)
-      return () => listeners.delete(listener)
-    },
+    subscribe: subscribers.subscribe,
     set(next) {
       const nextMap = new Map(next.map((p) => [p.workload.uid, p]))
-      for (const uid of pods.keys()) if (!nextMap.has(uid)) for (const l of listeners) l({ type: 'remove', uid })
-      for (const pod of next) if (pods.get(pod.workload.uid) !== pod) for (const l of listeners) l({ type: 'upsert', pod })
+      for (const uid of pods.keys()) if (!nextMap.has(uid)) subscribers.emit({ type: 'remove', uid })
+      for (const pod of next) if (pods.get(pod.workload.uid) !== pod) subscribers.emit({ type: 'upsert', pod })
       pods = nextMap
     },
-    close: async () => {
-      listeners.clear()
-    },
+    close: async () => subscribers.clear(),
+    [Symbol.asyncDispose]: async () => subscribers.clear(),
   }
 }
 

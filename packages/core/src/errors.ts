@@ -25,6 +25,7 @@ export interface AmbientErrorDetailsMap {
     /** The path of the closed handle, when it has one (a network namespace). */
     readonly path?: string
   }
+  ERR_AMBIENT_LISTENER_FAILED: NoDetails
   ERR_AMBIENT_UNSUPPORTED_PLATFORM: {
     /** The package that cannot run here. */
     readonly package: string
@@ -110,6 +111,8 @@ export const CoreErrorCode = {
   Aborted: 'ERR_AMBIENT_ABORTED',
   /** The object was used after `close()`. */
   Closed: 'ERR_AMBIENT_CLOSED',
+  /** A listener of a subscription threw; the publisher had no logger to report it to (the cause is the listener's error). */
+  ListenerFailed: 'ERR_AMBIENT_LISTENER_FAILED',
   /** A package that needs Linux was imported on another platform. */
   UnsupportedPlatform: 'ERR_AMBIENT_UNSUPPORTED_PLATFORM',
 } as const satisfies Record<string, keyof AmbientErrorDetailsMap>

@@ -42,7 +42,20 @@ export {
   type InvalidValueDetails,
   type NoDetails,
 } from './errors'
-export type { AbortOptions, Closable } from './lifecycle'
+export {
+  createSubscribers,
+  type AbortOptions,
+  type Closable,
+  type DrainOptions,
+  type Drainable,
+  type LongLived,
+  type Startable,
+  type SubscribeOptions,
+  type Subscribable,
+  type Subscribers,
+  type SubscribersOptions,
+  type Unsubscribe,
+} from './lifecycle'
 export { assertLinux } from './platform'
 export {
   ADMIN_PORT,
@@ -100,4 +113,4 @@ export {
   type AuthorizationScope,
 } from './authorization'
 export type { PodEnrollment, PodSource, PodSourceEvent } from './pod-source'
-export { createPolicyStore, type PolicyStore } from './policy-store'
+export { createPolicyStore, type PolicyChange, type PolicyStore } from './policy-store'

@@ -1,4 +1,4 @@
-import type { AbortOptions, Closable } from './lifecycle'
+import type { AbortOptions, LongLived, Subscribable } from './lifecycle'
 import type { Workload } from './workload'
 
 /** A pod a node agent should capture: its workload and where its network namespace is. */
@@ -16,11 +16,10 @@ export type PodSourceEvent =
 /**
  * Where a node agent learns which pods on its node belong in the mesh: the
  * local control plane of the single-machine mesh, or the Kubernetes API.
- * A node agent lists once to reconcile, then follows events.
+ * A node agent subscribes, then lists once to reconcile, then follows the
+ * events.
  */
-export interface PodSource extends Closable {
+export interface PodSource extends LongLived, Subscribable<PodSourceEvent> {
   /** Every pod that should be captured on this node now. */
   list(options?: AbortOptions): Promise<PodEnrollment[]>
-  /** Calls `listener` on every change after this call; returns the function that stops it. */
-  watch(listener: (event: PodSourceEvent) => void): () => void
 }

@@ -218,7 +218,7 @@ describe('createPolicyStore', () => {
   it('keeps policies by namespace and name and notifies subscribers of each change', () => {
     const store = createPolicyStore([p('a')])
     const seen: string[][] = []
-    const unsubscribe = store.subscribe((list) => seen.push(list.map((x) => `${x.name}:${x.action}`)))
+    const unsubscribe = store.subscribe((change) => seen.push(change.policies.map((x) => `${x.name}:${x.action}`)))
     store.upsert(p('b'))
     store.upsert(p('a', 'ALLOW'))
     expect(store.remove('shop', 'b')).toBe(true)

@@ -1,5 +1,5 @@
 import { X509Certificate, createPublicKey, type JsonWebKeyInput, type webcrypto } from 'node:crypto'
-import { AmbientError, describeValue, type AmbientErrorDetails } from '@ambientkit/core'
+import { AmbientError, createSubscribers, describeValue, type AmbientErrorDetails, type Subscribable } from '@ambientkit/core'
 import { pemDecode, pemEncode } from './der'
 import { IdentityErrorCode, invalidCertificate } from './errors'
 import { TrustDomain } from './spiffe-id'
@@ -193,15 +193,17 @@ function readJwtKey(key: Record<string, unknown>, where: string, index: number):
   return { keyId: key.kid, jwk: jwk as webcrypto.JsonWebKey }
 }
 
-/** Change notification of a {@link TrustBundleSet}. */
-export type TrustBundleListener = (trustDomain: TrustDomain, bundle: TrustBundle | undefined) => void
+/** What a {@link TrustBundleSet}'s subscribers get after every change. */
+export type TrustBundleChange =
+  | { readonly type: 'bundle-set'; readonly trustDomain: TrustDomain; readonly bundle: TrustBundle }
+  | { readonly type: 'bundle-deleted'; readonly trustDomain: TrustDomain }
 
 /**
  * The bundles of every trust domain a workload trusts (its own and
  * federated ones), keyed by trust domain. Verification only ever uses the
  * bundle of the peer's own trust domain.
  */
-export interface TrustBundleSet {
+export interface TrustBundleSet extends Subscribable<TrustBundleChange> {
   /** The bundle of `trustDomain`, if any. */
   get(trustDomain: TrustDomain | string): TrustBundle | undefined
   /** Adds or replaces the bundle of `bundle.trustDomain`. */
@@ -210,8 +212,6 @@ export interface TrustBundleSet {
   delete(trustDomain: TrustDomain | string): boolean
   /** Every bundle. */
   all(): TrustBundle[]
-  /** Calls `listener` after every change; returns a function that unsubscribes. */
-  subscribe(listener: TrustBundleListener): () => void
   /** Counts the changes so far: what is derived from the bundles (a TLS context) is current while it is unchanged. */
   readonly generation: number
 }
@@ -221,31 +221,28 @@ const tdName = (td: TrustDomain | string): string => (typeof td === 'string' ? T
 /** A mutable {@link TrustBundleSet}, optionally seeded with bundles. */
 export function createTrustBundleSet(bundles: Iterable<TrustBundle> = []): TrustBundleSet {
   const map = new Map<string, TrustBundle>()
-  const listeners = new Set<TrustBundleListener>()
+  const subscribers = createSubscribers<TrustBundleChange>({ what: 'trust bundle set' })
   for (const b of bundles) map.set(b.trustDomain.name, b)
   let generation = 0
-  const notify = (td: TrustDomain, bundle: TrustBundle | undefined): void => {
+  const notify = (change: TrustBundleChange): void => {
     generation++
-    for (const l of [...listeners]) l(td, bundle)
+    subscribers.emit(change)
   }
   return {
     get: (td) => map.get(tdName(td)),
     set(bundle) {
       if (!(bundle instanceof TrustBundle)) throw invalidBundle(`expected a TrustBundle, got ${describeValue(bundle)}`)
       map.set(bundle.trustDomain.name, bundle)
-      notify(bundle.trustDomain, bundle)
+      notify({ type: 'bundle-set', trustDomain: bundle.trustDomain, bundle })
     },
     delete(td) {
       const name = tdName(td)
       const had = map.delete(name)
-      if (had) notify(TrustDomain.parse(name), undefined)
+      if (had) notify({ type: 'bundle-deleted', trustDomain: TrustDomain.parse(name) })
       return had
     },
     all: () => [...map.values()],
-    subscribe(listener) {
-      listeners.add(listener)
-      return () => listeners.delete(listener)
-    },
+    subscribe: subscribers.subscribe,
     get generation() {
       return generation
     },

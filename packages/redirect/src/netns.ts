@@ -8,7 +8,7 @@ import {
   isPort,
   throwIfAborted,
   type AbortOptions,
-  type Closable,
+  type LongLived,
 } from '@ambientkit/core'
 import { closeSync, fstatSync, openSync } from 'node:fs'
 import { createServer, Socket, type Server, type ServerOpts } from 'node:net'
@@ -84,8 +84,8 @@ export interface NetnsExecResult {
   stderr: string
 }
 
-/** An open handle on a network namespace. */
-export interface Netns extends Closable {
+/** An open handle on a network namespace; `await using` closes it. */
+export interface Netns extends LongLived {
   /** The path that was opened (`/run/netns/<name>`, `/proc/<pid>/ns/net`, or the given path). */
   readonly path: string
   /** `"<device>:<inode>"` of the namespace: equal ids are the same namespace, whatever path opened it. */
@@ -418,6 +418,10 @@ class NetnsHandle implements Netns {
     const fd = this.#fd
     this.#fd = undefined
     closeSync(fd)
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close()
   }
 }
 
