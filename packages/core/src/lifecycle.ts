@@ -24,7 +24,7 @@ export interface AbortOptions {
   signal?: AbortSignal
 }
 
-/** Something that can be closed. `close()` is idempotent: calling it again returns the first call's promise. */
+/** Something that can be closed. `close()` is idempotent: a later call resolves once the first one has finished. */
 export interface Closable {
   close(): Promise<void>
 }
