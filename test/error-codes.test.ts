@@ -29,3 +29,18 @@ describe('docs/errors.md', () => {
     expect(missing, 'codes raised in packages/*/src but missing from docs/errors.md').toEqual([])
   })
 })
+
+describe('errors thrown by the packages', () => {
+  // The proxy follows once its rewrite lands (it still throws an AggregateError).
+  const packages = ['core', 'identity', 'redirect', 'agent']
+  const plain = /\b(?:throw|reject\(|abort\()\s*new (?:Error|TypeError|RangeError|AggregateError)\b|Promise\.reject\(\s*new (?:Error|TypeError|RangeError|AggregateError)\b/
+
+  it.each(packages)('are all AmbientErrors in @ambientkit/%s', (pkg) => {
+    const offending = sourceFiles(join(root, 'packages', pkg, 'src'))
+      .flatMap((file) => readFileSync(file, 'utf8').split('\n').map((line, i) => ({ file, line: i + 1, text: line.trim() })))
+      .filter(({ text }) => plain.test(text))
+      .map(({ file, line, text }) => `${file.slice(root.length)}:${line}: ${text}`)
+    expect(offending).toEqual([])
+  })
+})
+

@@ -43,7 +43,7 @@ export async function bundleNodeRunner(): Promise<void> {
     bundle: true,
     platform: 'node',
     format: 'esm',
-    target: 'node20',
+    target: 'node22',
     tsconfig: 'tsconfig.json',
     external: npmDependencies(),
     outfile: RUNNER_BUNDLE,

@@ -35,6 +35,6 @@ export function parseMainArgs(argv: readonly string[]): MainArgs {
     if (values.config === '') throw new TypeError("Option '--config <value>' needs a file name")
     return { config: values.config, help: values.help }
   } catch (err) {
-    throw new AmbientError(CoreErrorCode.InvalidArgument, (err as Error).message, { cause: err, details: { argv } })
+    throw new AmbientError(CoreErrorCode.InvalidArgument, (err as Error).message, { cause: err, details: { name: 'argv', value: argv } })
   }
 }

@@ -11,7 +11,7 @@
  * import { createKubernetesPodSource } from '@ambientkit/example-kubernetes'
  *
  * const source = createKubernetesPodSource({ nodeName: process.env.NODE_NAME!, trustDomain: 'cluster.local' })
- * source.watch((event) => console.log(event.type, event.type === 'upsert' ? event.pod.workload.name : event.uid))
+ * source.subscribe((event) => console.log(event.type, event.type === 'upsert' ? event.pod.workload.name : event.uid))
  * for (const pod of await source.list({ signal: AbortSignal.timeout(60_000) })) {
  *   console.log('capture', pod.workload.namespace, pod.workload.name, 'in', pod.netnsPath)
  * }

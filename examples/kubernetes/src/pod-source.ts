@@ -2,6 +2,7 @@ import { CoreV1Api, KubeConfig, ListWatch, Watch, type KubernetesObject, type V1
 import {
   AmbientError,
   CoreErrorCode,
+  createSubscribers,
   invalidArgument,
   silentLogger,
   throwIfAborted,
@@ -10,6 +11,9 @@ import {
   type PodEnrollment,
   type PodSource,
   type PodSourceEvent,
+  type SubscribeOptions,
+  type Subscribers,
+  type Unsubscribe,
 } from '@ambientkit/core'
 import { backoff, runInformer, SyncGate, type InformerLoop } from './informer'
 import { createProcNetnsResolver, type NetnsResolver } from './netns'
@@ -135,7 +139,7 @@ class KubePodSource implements KubernetesPodSource {
   readonly #entries = new Map<string, Entry>()
   readonly #uidByKey = new Map<string, string>()
   readonly #namespaceObjects = new Map<string, V1Namespace>()
-  readonly #listeners = new Set<(event: PodSourceEvent) => void>()
+  readonly #subscribers: Subscribers<PodSourceEvent>
   readonly #loops: InformerLoop[] = []
   readonly #started = new Set<string>()
   readonly #resolveQueue = new Set<string>()
@@ -150,6 +154,7 @@ class KubePodSource implements KubernetesPodSource {
     this.#trustDomain = options.trustDomain
     this.#resolver = options.netnsResolver ?? createProcNetnsResolver()
     this.#log = (options.logger ?? silentLogger).child({ component: 'kubernetes-pod-source', node: options.nodeName })
+    this.#subscribers = createSubscribers({ logger: this.#log, what: 'Kubernetes pod source' })
     this.#retry = {
       initialDelayMs: positive('netnsRetry.initialDelayMs', options.netnsRetry?.initialDelayMs, 250),
       maxDelayMs: positive('netnsRetry.maxDelayMs', options.netnsRetry?.maxDelayMs, 10_000),
@@ -201,10 +206,9 @@ class KubePodSource implements KubernetesPodSource {
     return this.#enrolled()
   }
 
-  watch(listener: (event: PodSourceEvent) => void): () => void {
+  subscribe(listener: (event: PodSourceEvent) => void, options?: SubscribeOptions): Unsubscribe {
     if (this.#closed) throw closedError()
-    this.#listeners.add(listener)
-    return () => this.#listeners.delete(listener)
+    return this.#subscribers.subscribe(listener, options)
   }
 
   state(): KubernetesPodSourceState {
@@ -219,13 +223,17 @@ class KubePodSource implements KubernetesPodSource {
     return { synced: this.#synced.isOpen, enrolled: this.#enrolled(), pending, skipped }
   }
 
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close()
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
     this.#signal?.removeEventListener('abort', this.#onAbort)
     await Promise.all(this.#loops.map((loop) => loop.stop()))
     for (const entry of this.#entries.values()) clearTimeout(entry.timer)
-    this.#listeners.clear()
+    this.#subscribers.clear()
     this.#synced.fail(closedError())
     await this.#resolving
   }
@@ -417,14 +425,7 @@ class KubePodSource implements KubernetesPodSource {
   }
 
   #emit(event: PodSourceEvent): void {
-    if (!this.#synced.isOpen) return
-    for (const listener of this.#listeners) {
-      try {
-        listener(event)
-      } catch (err) {
-        this.#log.error({ err, event: event.type }, 'a pod source listener threw')
-      }
-    }
+    if (this.#synced.isOpen) this.#subscribers.emit(event)
   }
 }
 

@@ -116,10 +116,10 @@ describe('manifests', () => {
     expect(policies.map((p) => loadAuthorizationPolicy(p).name)).toEqual(['api-allow-frontend', 'deny-plaintext'])
   })
 
-  it('ship a Dockerfile on Node 20 slim with iptables, nftables and iproute2', () => {
+  it('ship a Dockerfile on Node 26 (active LTS) slim with iptables, nftables and iproute2', () => {
     const dockerfile = readFileSync(new URL('../Dockerfile', import.meta.url), 'utf8')
     const stages = [...dockerfile.matchAll(/^FROM (\S+)/gm)].map((m) => m[1])
-    expect(stages.at(-1)).toBe('node:20-bookworm-slim')
+    expect(stages.at(-1)).toBe('node:26-bookworm-slim')
     const installs = dockerfile.match(/apt-get install[^\n]*\n?[^\n]*/g)!.at(-1)!
     for (const tool of ['iptables', 'nftables', 'iproute2']) expect(installs).toContain(tool)
   })

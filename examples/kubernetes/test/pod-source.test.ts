@@ -64,7 +64,7 @@ describe('createKubernetesPodSource against a Kubernetes API speaking list/watch
       watchRestart: { initialDelayMs: 5, maxDelayMs: 20 },
       ...options,
     })
-    source.watch(events.push)
+    source.subscribe(events.push)
     return source
   }
 
@@ -288,7 +288,7 @@ describe('createKubernetesPodSource against a Kubernetes API speaking list/watch
     resolver.table.delete(apiUid)
     const lines: { level: string; msg: string }[] = []
     const gaveUp = new EventQueue<string>()
-    const log = (level: string) => (fields: Record<string, unknown> | string, msg?: string) => {
+    const log = (level: string) => (fields: unknown, msg?: string) => {
       const line = { level, msg: typeof fields === 'string' ? fields : (msg ?? '') }
       lines.push(line)
       if (level === 'error') gaveUp.push(line.msg)
@@ -330,7 +330,7 @@ describe('createKubernetesPodSource against a Kubernetes API speaking list/watch
     const noop = (): void => {}
     const logger = {
       trace: noop,
-      debug: (fields: Record<string, unknown> | string, msg?: string) => qualified.push(typeof fields === 'string' ? fields : (msg ?? '')),
+      debug: (fields: unknown, msg?: string) => qualified.push(typeof fields === 'string' ? fields : (msg ?? '')),
       info: noop,
       warn: noop,
       error: noop,
@@ -363,7 +363,7 @@ describe('createKubernetesPodSource against a Kubernetes API speaking list/watch
       },
     }
     const s = start({ netnsResolver: flaky })
-    s.watch(() => {
+    s.subscribe(() => {
       throw new Error('listener bug')
     })
     expect(await s.list()).toEqual([])
@@ -392,7 +392,7 @@ describe('createKubernetesPodSource against a Kubernetes API speaking list/watch
     await pods.whenNoWatches()
     expect(pods.openWatches).toBe(0)
     await expect(s.list()).rejects.toMatchObject({ code: 'ERR_AMBIENT_CLOSED' })
-    expect(() => s.watch(() => {})).toThrow(expect.objectContaining({ code: 'ERR_AMBIENT_CLOSED' }))
+    expect(() => s.subscribe(() => {})).toThrow(expect.objectContaining({ code: 'ERR_AMBIENT_CLOSED' }))
   })
 
   it('leaves no timer and no watch behind after close, even with a netns retry armed', async () => {

@@ -3,6 +3,7 @@ import { request, type IncomingMessage } from 'node:http'
 import { createInterface } from 'node:readline'
 import {
   AmbientError,
+  createSubscribers,
   throwIfAborted,
   type AbortOptions,
   type PodEnrollment,
@@ -147,7 +148,7 @@ export interface StateFollower {
 export function followControlPlane(socketPath: string, nodeName: string, registry: WorkloadRegistry, policies: PolicyStore, onError: (err: Error) => void): StateFollower {
   let pods = new Map<string, PodEnrollment>()
   let last: MeshState | undefined
-  const listeners = new Set<(event: PodSourceEvent) => void>()
+  const subscribers = createSubscribers<PodSourceEvent>({ what: 'control plane pod source' })
   let resolveSynced!: () => void
   const synced = new Promise<void>((resolve) => (resolveSynced = resolve))
   const apply = (state: MeshState): void => {
@@ -167,7 +168,7 @@ export function followControlPlane(socketPath: string, nodeName: string, registr
       if (before === undefined || JSON.stringify(before) !== JSON.stringify(pod)) events.push({ type: 'upsert', pod })
     }
     pods = next
-    for (const event of events) for (const listener of listeners) listener(event)
+    for (const event of events) subscribers.emit(event)
     resolveSynced()
   }
   const stop = watchControlPlane(socketPath, apply, onError)
@@ -179,17 +180,13 @@ export function followControlPlane(socketPath: string, nodeName: string, registr
         await synced
         return [...pods.values()]
       },
-      watch(listener) {
-        listeners.add(listener)
-        return () => listeners.delete(listener)
-      },
-      close: async () => {
-        listeners.clear()
-      },
+      subscribe: subscribers.subscribe,
+      close: async () => subscribers.clear(),
+      [Symbol.asyncDispose]: async () => subscribers.clear(),
     },
     async close() {
       stop()
-      listeners.clear()
+      subscribers.clear()
     },
   }
 }

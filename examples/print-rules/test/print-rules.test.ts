@@ -12,20 +12,36 @@ interface Run {
   stderr: string
 }
 
-/** Runs the example as its own process; as an unprivileged user when we are root, to show it needs none. */
-function printRules(args: readonly string[]): Promise<Run> {
-  const unprivileged = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {}
+/**
+ * Runs `args` as a process with no privilege at all: as root, through
+ * setpriv with every capability dropped (bounding set included, so exec
+ * cannot regain them). The same user, not another one: a checkout in a
+ * private home directory (mode 0700) stays readable, where uid 65534 could
+ * not read it.
+ */
+function unprivileged(args: readonly string[]): { file: string; args: string[] } {
+  if (process.getuid?.() !== 0) return { file: args[0]!, args: args.slice(1) }
+  return { file: 'setpriv', args: ['--inh-caps=-all', '--ambient-caps=-all', '--bounding-set=-all', '--no-new-privs', '--', ...args] }
+}
+
+function runUnprivileged(args: readonly string[]): Promise<Run> {
+  const command = unprivileged(args)
   return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [tsx, main, ...args],
-      { cwd: root, env: { ...process.env, HOME: '/tmp', TSX_DISABLE_CACHE: '1' }, ...unprivileged },
-      (err, stdout, stderr) => resolve({ code: err === null ? 0 : ((err as { code?: number }).code ?? 1), stdout, stderr }),
+    execFile(command.file, command.args, { cwd: root, env: { ...process.env, TSX_DISABLE_CACHE: '1' } }, (err, stdout, stderr) =>
+      resolve({ code: err === null ? 0 : ((err as { code?: number }).code ?? 1), stdout, stderr }),
     )
   })
 }
 
+/** Runs the example as its own process, without privileges, to show it needs none. */
+const printRules = (args: readonly string[]): Promise<Run> => runUnprivileged([process.execPath, tsx, main, ...args])
+
 describe('examples/print-rules', () => {
+  it('runs with no capability', async () => {
+    const run = await runUnprivileged([process.execPath, '-p', "/^CapEff:\\s*(\\w+)/m.exec(require('node:fs').readFileSync('/proc/self/status', 'utf8'))[1]"])
+    expect(run.stdout.trim()).toBe('0000000000000000')
+  })
+
   it('prints iptables-restore input for both families and the nft script, without root', async () => {
     const run = await printRules([])
     expect(run.stderr).toBe('')

@@ -8,12 +8,21 @@
  *
  * @example
  * ```ts
+ * import { createPolicyStore, createWorkloadRegistry, type PodSource } from '@ambientkit/core'
+ * import { createCertificateAuthority, createIdentityManager, createLocalCaSource } from '@ambientkit/identity'
  * import { createNodeAgent } from '@ambientkit/agent'
  * import { createNodeProxy } from '@ambientkit/proxy'
  *
- * const nodeProxy = createNodeProxy({ nodeName: 'node-1', registry, identities, policies })
+ * declare const podSource: PodSource // which pods to capture: a control plane, a Kubernetes pod watcher...
+ * const ca = await createCertificateAuthority({ trustDomain: 'cluster.local' })
+ * const nodeProxy = createNodeProxy({
+ *   nodeName: 'node-1',
+ *   registry: createWorkloadRegistry(),
+ *   identities: createIdentityManager({ source: createLocalCaSource(ca) }),
+ *   policies: createPolicyStore(),
+ * })
  * await nodeProxy.start()
- * const agent = createNodeAgent({ nodeProxy, podSource, stateFile: '/run/ambientkit/agent.json' })
+ * await using agent = createNodeAgent({ nodeProxy, podSource, stateFile: '/run/ambientkit/agent.json' })
  * await agent.start() // every listed pod captured and proxied; follows changes
  * ```
  *

@@ -4,9 +4,11 @@ import {
   CoreErrorCode,
   invalidArgument,
   silentLogger,
+  throwIfAborted,
   type AbortOptions,
-  type Closable,
   type Logger,
+  type LongLived,
+  type Startable,
   type PodEnrollment,
   type PodSource,
   type PodSourceEvent,
@@ -86,24 +88,33 @@ export interface ReconcileReport {
 }
 
 /** Enrolls the pods of one node into the mesh and keeps them enrolled. */
-export interface NodeAgent extends Closable {
+export interface NodeAgent extends LongLived, Startable<ReconcileReport> {
   /**
    * Reconciles once with the pod source's list (capture and listeners for
-   * every listed pod, none for the others), then follows its events.
+   * every listed pod, none for the others), then follows its events. When
+   * `signal` aborts first, it stops following the source and rejects with
+   * `ERR_AMBIENT_ABORTED`; pods enrolled by then stay enrolled.
    */
   start(options?: AbortOptions): Promise<ReconcileReport>
-  /** Makes the node match the source's current list. */
+  /**
+   * Makes the node match the source's current list. `signal` stops it from
+   * starting work on more pods; what is under way for a pod finishes.
+   */
   reconcile(options?: AbortOptions): Promise<ReconcileReport>
   /** UIDs of the pods enrolled now: a pod being removed is listed until its capture is gone. */
   enrolled(): string[]
   /**
    * Stops following the source and releases the netns handles. Enrolled pods
    * stay captured (fail closed): call {@link release} to undo. Close or drain
-   * the node proxy first: its listeners use those handles.
+   * the node proxy first: its listeners use those handles. Idempotent.
    */
   close(): Promise<void>
-  /** Removes every enrolled pod from the mesh (listeners, then capture), then closes. */
-  release(): Promise<void>
+  /**
+   * Removes every enrolled pod from the mesh (listeners, then capture), then
+   * closes. When `signal` aborts, it stops releasing more pods, closes, and
+   * rejects with `ERR_AMBIENT_ABORTED`; the pods not released stay captured.
+   */
+  release(options?: AbortOptions): Promise<void>
 }
 
 interface Enrolled {
@@ -140,8 +151,8 @@ class NodeAgentImpl implements NodeAgent {
   readonly #log: Logger
   readonly #enrolled = new Map<string, Enrolled>()
   readonly #queues = new Map<string, Promise<unknown>>()
-  #unwatch: (() => void) | undefined
-  #closed = false
+  #unsubscribe: (() => void) | undefined
+  #closing: Promise<void> | undefined
   /** State writes run one after another, each writing the state as it is when it runs. */
   #stateWrites: Promise<void> = Promise.resolve()
   readonly #dnsMetrics: DnsMetrics | undefined
@@ -166,13 +177,26 @@ class NodeAgentImpl implements NodeAgent {
   }
 
   async start(options: AbortOptions = {}): Promise<ReconcileReport> {
+    this.#checkOpen('start')
+    throwIfAborted(options.signal, 'start')
     // Follow events from before the list, so nothing between the two is lost;
     // they queue behind the reconciliation of the same pod.
-    this.#unwatch = this.#options.podSource.watch((event) => void this.#onEvent(event))
-    return this.reconcile(options)
+    this.#unsubscribe = this.#options.podSource.subscribe((event) => void this.#onEvent(event))
+    try {
+      return await this.reconcile(options)
+    } catch (err) {
+      this.#unsubscribe()
+      throw err
+    }
+  }
+
+  #checkOpen(what: string): void {
+    if (this.#closing !== undefined) throw new AmbientError(CoreErrorCode.Closed, `${what}: the node agent is closed`)
   }
 
   async reconcile(options: AbortOptions = {}): Promise<ReconcileReport> {
+    this.#checkOpen('reconcile')
+    const signal = options.signal
     const desired = await this.#options.podSource.list(options)
     const wanted = new Map(desired.map((p) => [p.workload.uid, p]))
     const stale = new Map<string, string>()
@@ -181,15 +205,20 @@ class NodeAgentImpl implements NodeAgent {
     const enrolled: string[] = []
     const removed: string[] = []
     const failed: Array<{ uid: string; error: string }> = []
+    // Work not yet started for a pod is skipped once the signal aborts; work under way finishes.
+    const unlessAborted = <T>(fn: () => Promise<T>) => (): Promise<T> => {
+      throwIfAborted(signal, 'reconcile')
+      return fn()
+    }
     await Promise.all([
       ...[...wanted.values()].map((pod) =>
-        this.#serial(pod.workload.uid, () => this.#add(pod)).then(
+        this.#serial(pod.workload.uid, unlessAborted(() => this.#add(pod, signal))).then(
           () => enrolled.push(pod.workload.uid),
           (err: Error) => failed.push({ uid: pod.workload.uid, error: err.message }),
         ),
       ),
       ...[...stale].map(([uid, path]) =>
-        this.#serial(uid, () => this.#remove(uid, path)).then(
+        this.#serial(uid, unlessAborted(() => this.#remove(uid, path))).then(
           () => removed.push(uid),
           (err: Error) => failed.push({ uid, error: err.message }),
         ),
@@ -199,6 +228,7 @@ class NodeAgentImpl implements NodeAgent {
     // Also with no pod to change: the node then holds exactly the enrolled pods' rewrite, whatever an earlier agent left.
     await this.#syncProbes()
     this.#log.info({ enrolled: enrolled.length, removed: removed.length, failed: failed.length }, 'reconciled')
+    throwIfAborted(signal, 'reconcile')
     return { enrolled, removed, failed }
   }
 
@@ -207,7 +237,7 @@ class NodeAgentImpl implements NodeAgent {
   }
 
   async #onEvent(event: PodSourceEvent): Promise<void> {
-    if (this.#closed) {
+    if (this.#closing !== undefined) {
       event.ack?.(new AmbientError(CoreErrorCode.Closed, 'the node agent is closed'))
       return
     }
@@ -236,7 +266,7 @@ class NodeAgentImpl implements NodeAgent {
     return next
   }
 
-  async #add(pod: PodEnrollment): Promise<void> {
+  async #add(pod: PodEnrollment, signal?: AbortSignal): Promise<void> {
     const { workload, netnsPath } = pod
     const externalCapture = pod.capture === 'external'
     let entry = this.#enrolled.get(workload.uid)
@@ -251,7 +281,7 @@ class NodeAgentImpl implements NodeAgent {
         // Probes are rewritten before capture takes them, so none is refused in between. External capture (istio-cni) rewrites its own.
         this.#probeTargets.set(workload.uid, workload.addresses.filter((address) => this.#capture.ipv6 || !address.includes(':')))
         await this.#syncProbes()
-        await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto' })
+        await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto', signal })
       }
       await this.#options.nodeProxy.addWorkload(workload, netns)
     } catch (err) {
@@ -304,7 +334,7 @@ class NodeAgentImpl implements NodeAgent {
    */
   #syncProbes(): Promise<void> {
     const probes = this.#options.probes
-    if (probes === false || this.#closed) return Promise.resolve()
+    if (probes === false || this.#closing !== undefined) return Promise.resolve()
     this.#probeQueued ??= this.#probeSync.then(async () => {
       this.#probeQueued = undefined
       const podAddresses = [...new Set([...this.#probeTargets.values()].flat())]
@@ -379,32 +409,44 @@ class NodeAgentImpl implements NodeAgent {
     return this.#stateWrites
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return
-    this.#closed = true
-    this.#unwatch?.()
-    await Promise.allSettled([...this.#queues.values()])
-    await this.#stateWrites.catch(() => {})
-    await this.#probeSync
-    // The DNS proxies go with the agent, like the node proxy's listeners: captured pods' DNS fails closed.
-    await Promise.all([...this.#enrolled.values()].map((e) => e.dns?.close()))
-    await Promise.all([...this.#enrolled.values()].map((e) => e.netns.close()))
-    await this.#nodeNetns?.close()
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#unsubscribe?.()
+      await Promise.allSettled([...this.#queues.values()])
+      await this.#stateWrites.catch(() => {})
+      await this.#probeSync
+      // The DNS proxies go with the agent, like the node proxy's listeners: captured pods' DNS fails closed.
+      await Promise.all([...this.#enrolled.values()].map((e) => e.dns?.close()))
+      await Promise.all([...this.#enrolled.values()].map((e) => e.netns.close()))
+      await this.#nodeNetns?.close()
+    })()
+    return this.#closing
   }
 
-  async release(): Promise<void> {
-    this.#unwatch?.()
-    await Promise.allSettled([...this.#queues.values()])
-    for (const [uid, entry] of [...this.#enrolled]) await this.#serial(uid, () => this.#remove(uid, entry.netnsPath))
-    await this.#writeState()
-    await this.#probeSync
-    if (this.#options.probes !== false) {
-      try {
-        await removeProbeSnat(this.#node())
-      } catch (err) {
-        this.#log.error({ err }, 'cannot remove the probe rewrite from the node')
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close()
+  }
+
+  async release(options: AbortOptions = {}): Promise<void> {
+    this.#checkOpen('release')
+    this.#unsubscribe?.()
+    try {
+      await Promise.allSettled([...this.#queues.values()])
+      for (const [uid, entry] of [...this.#enrolled]) {
+        throwIfAborted(options.signal, 'release')
+        await this.#serial(uid, () => this.#remove(uid, entry.netnsPath))
       }
+    } finally {
+      await this.#writeState()
+      await this.#probeSync
+      if (this.#options.probes !== false) {
+        try {
+          await removeProbeSnat(this.#node())
+        } catch (err) {
+          this.#log.error({ err }, 'cannot remove the probe rewrite from the node')
+        }
+      }
+      await this.close()
     }
-    await this.close()
   }
 }

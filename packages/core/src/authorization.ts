@@ -127,14 +127,12 @@ interface CompiledPolicy {
 
 const compiledPolicies = new WeakMap<AuthorizationPolicy, CompiledPolicy>()
 
-class PolicyError extends AmbientError {
-  constructor(policy: string, path: string, value: unknown, expected: string) {
-    super(
-      CoreErrorCode.InvalidPolicy,
-      `authorization policy ${policy}: ${path}: expected ${expected}, got ${describeValue(value)}`,
-      { details: { policy, name: path, value } },
-    )
-  }
+function policyError(policy: string, path: string, value: unknown, expected: string): AmbientError<'ERR_AMBIENT_INVALID_POLICY'> {
+  return new AmbientError(
+    CoreErrorCode.InvalidPolicy,
+    `authorization policy ${policy}: ${path}: expected ${expected}, got ${describeValue(value)}`,
+    { details: { policy, name: path, value } },
+  )
 }
 
 /**
@@ -152,7 +150,7 @@ export function loadAuthorizationPolicy(input: unknown): AuthorizationPolicy {
   const obj = asObject('policy', '', input)
   const label = typeof obj.name === 'string' && typeof obj.namespace === 'string' ? `${obj.namespace}/${obj.name}` : '(unnamed)'
   const fail = (path: string, value: unknown, expected: string): never => {
-    throw new PolicyError(label, path, value, expected)
+    throw policyError(label, path, value, expected)
   }
   for (const key of Object.keys(obj)) if (!POLICY_FIELDS.has(key)) fail(key, obj[key], `no such field (known: ${[...POLICY_FIELDS].join(', ')})`)
   const name = nonEmptyString(obj.name) ?? fail('name', obj.name, 'a non-empty string')
@@ -213,7 +211,7 @@ export function loadAuthorizationPolicy(input: unknown): AuthorizationPolicy {
 }
 
 function asObject(policy: string, path: string, value: unknown): Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new PolicyError(policy, path || 'policy', value, 'an object')
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw policyError(policy, path || 'policy', value, 'an object')
   return value as Record<string, unknown>
 }
 

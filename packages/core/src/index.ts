@@ -36,9 +36,27 @@ export {
   isAmbientError,
   throwIfAborted,
   type AmbientErrorCode,
+  type AmbientErrorDetails,
+  type AmbientErrorDetailsMap,
   type AmbientErrorOptions,
+  type InvalidValueDetails,
+  type NoDetails,
 } from './errors'
-export type { AbortOptions, Closable } from './lifecycle'
+export {
+  createSubscribers,
+  type AbortOptions,
+  type Closable,
+  type DrainOptions,
+  type Drainable,
+  type LongLived,
+  type Startable,
+  type SubscribeOptions,
+  type Subscribable,
+  type Subscribers,
+  type SubscribersOptions,
+  type Unsubscribe,
+} from './lifecycle'
+export { assertLinux } from './platform'
 export {
   ADMIN_PORT,
   CONNMARK,
@@ -96,4 +114,4 @@ export {
 } from './authorization'
 export type { PodEnrollment, PodEventAck, PodSource, PodSourceEvent } from './pod-source'
 export type { AcceptedSocket, BindUdpFdOptions, ConnectFdOptions, ListenFdOptions, NetnsSockets, SocketAcceptor } from './netns-sockets'
-export { createPolicyStore, type PolicyStore, type PolicyStoreChanges } from './policy-store'
+export { createPolicyStore, type PolicyChange, type PolicyStore, type PolicyStoreChanges } from './policy-store'

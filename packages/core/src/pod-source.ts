@@ -1,4 +1,4 @@
-import type { AbortOptions, Closable } from './lifecycle'
+import type { AbortOptions, LongLived, Subscribable } from './lifecycle'
 import type { Workload } from './workload'
 
 /** A pod a node agent should capture: its workload and where its network namespace is. */
@@ -32,13 +32,11 @@ export type PodSourceEvent =
 /**
  * Where a node agent learns which pods on its node belong in the mesh: the
  * local control plane of the single-machine mesh, the Kubernetes API, or
- * Istio's CNI plugin over ZDS. A node agent lists once to reconcile, then
- * follows events, calling each event's `ack` (when it has one) once the
- * event is carried out.
+ * Istio's CNI plugin over ZDS. A node agent subscribes, then lists once to
+ * reconcile, then follows the events, calling each event's `ack` (when it
+ * has one) once the event is carried out.
  */
-export interface PodSource extends Closable {
+export interface PodSource extends LongLived, Subscribable<PodSourceEvent> {
   /** Every pod that should be captured on this node now. */
   list(options?: AbortOptions): Promise<PodEnrollment[]>
-  /** Calls `listener` on every change after this call; returns the function that stops it. */
-  watch(listener: (event: PodSourceEvent) => void): () => void
 }

@@ -1,7 +1,17 @@
 import { loadAuthorizationPolicy, type AuthorizationPolicy } from './authorization'
+import { createSubscribers, type Subscribable } from './lifecycle'
 
-/** The set of authorization policies in force, shared by every proxy on a node. */
-export interface PolicyStore {
+/** What a {@link PolicyStore}'s subscribers get after every change: the policies in force from now on. */
+export interface PolicyChange {
+  readonly type: 'policies-changed'
+  readonly policies: readonly AuthorizationPolicy[]
+}
+
+/**
+ * The set of authorization policies in force, shared by every proxy on a
+ * node. Subscribers get a {@link PolicyChange} after every change.
+ */
+export interface PolicyStore extends Subscribable<PolicyChange> {
   /** The policies in force now (validated, frozen). */
   list(): readonly AuthorizationPolicy[]
   /** Adds or replaces a policy by namespace and name. Validates first. */
@@ -16,8 +26,6 @@ export interface PolicyStore {
    * control plane's push of many policies re-evaluates connections once).
    */
   update(changes: PolicyStoreChanges): void
-  /** Calls `listener` after every change; returns the function that unsubscribes. */
-  subscribe(listener: (policies: readonly AuthorizationPolicy[]) => void): () => void
 }
 
 /** The argument of {@link PolicyStore.update}. */
@@ -35,11 +43,11 @@ export interface PolicyStoreChanges {
 export function createPolicyStore(initial: readonly unknown[] = []): PolicyStore {
   let policies = new Map<string, AuthorizationPolicy>()
   let snapshot: readonly AuthorizationPolicy[] = []
-  const listeners = new Set<(policies: readonly AuthorizationPolicy[]) => void>()
+  const subscribers = createSubscribers<PolicyChange>({ what: 'policy store' })
   const key = (p: { namespace: string; name: string }): string => `${p.namespace}/${p.name}`
   const changed = (): void => {
     snapshot = Object.freeze([...policies.values()])
-    for (const listener of listeners) listener(snapshot)
+    subscribers.emit({ type: 'policies-changed', policies: snapshot })
   }
   const load = (list: readonly unknown[]): Map<string, AuthorizationPolicy> =>
     new Map(list.map((p) => loadAuthorizationPolicy(p)).map((p) => [key(p), p]))
@@ -69,9 +77,6 @@ export function createPolicyStore(initial: readonly unknown[] = []): PolicyStore
       for (const [k, p] of loaded) policies.set(k, p)
       if (dirty) changed()
     },
-    subscribe(listener) {
-      listeners.add(listener)
-      return () => listeners.delete(listener)
-    },
+    subscribe: subscribers.subscribe,
   }
 }

@@ -1,4 +1,5 @@
 import { ipFamily, tryCanonicalIp } from './address'
+import { createSubscribers, type Subscribable } from './lifecycle'
 import { normalizeService, normalizeWorkload, type Service, type Workload } from './workload'
 
 /** A change to a {@link WorkloadRegistry}, delivered to its subscribers. */
@@ -28,8 +29,8 @@ export type Destination =
       readonly port: number
     }
 
-/** The mesh's view of workloads and services. */
-export interface WorkloadRegistry {
+/** The mesh's view of workloads and services; subscribers get a {@link RegistryChange} for every change. */
+export interface WorkloadRegistry extends Subscribable<RegistryChange> {
   /** Adds or replaces a workload (by uid). Validates it first; throws `ERR_AMBIENT_INVALID_WORKLOAD`. */
   upsertWorkload(workload: Workload): Workload
   /** Removes a workload; false if it was not there. */
@@ -64,8 +65,6 @@ export interface WorkloadRegistry {
    * difference (nothing for entries that are equal): how a watcher reconciles.
    */
   replaceAll(snapshot: RegistrySnapshot): void
-  /** Calls `listener` on every change; returns the function that unsubscribes. */
-  subscribe(listener: (change: RegistryChange) => void): () => void
 }
 
 /** Creates an empty {@link WorkloadRegistry}. */
@@ -91,7 +90,8 @@ class Registry implements WorkloadRegistry {
   readonly #byVip = new Map<string, Service>()
   readonly #byHostname = new Map<string, Service[]>()
   readonly #cursor = new Map<string, number>()
-  readonly #listeners = new Set<(change: RegistryChange) => void>()
+  readonly #subscribers = createSubscribers<RegistryChange>({ what: 'workload registry' })
+  readonly subscribe = this.#subscribers.subscribe
 
   upsertWorkload(input: Workload): Workload {
     const workload = normalizeWorkload(input)
@@ -221,12 +221,7 @@ class Registry implements WorkloadRegistry {
     for (const service of services) this.upsertService(service)
   }
 
-  subscribe(listener: (change: RegistryChange) => void): () => void {
-    this.#listeners.add(listener)
-    return () => this.#listeners.delete(listener)
-  }
-
   #emit(change: RegistryChange): void {
-    for (const listener of this.#listeners) listener(change)
+    this.#subscribers.emit(change)
   }
 }

@@ -231,7 +231,7 @@ describe('createPolicyStore', () => {
   it('keeps policies by namespace and name and notifies subscribers of each change', () => {
     const store = createPolicyStore([p('a')])
     const seen: string[][] = []
-    const unsubscribe = store.subscribe((list) => seen.push(list.map((x) => `${x.name}:${x.action}`)))
+    const unsubscribe = store.subscribe((change) => seen.push(change.policies.map((x) => `${x.name}:${x.action}`)))
     store.upsert(p('b'))
     store.upsert(p('a', 'ALLOW'))
     expect(store.remove('shop', 'b')).toBe(true)
@@ -246,7 +246,7 @@ describe('createPolicyStore', () => {
   it('update() applies removals and upserts as one change, validated first', () => {
     const store = createPolicyStore([p('a'), p('b')])
     const seen: string[][] = []
-    store.subscribe((list) => seen.push(list.map((x) => `${x.name}:${x.action}`)))
+    store.subscribe(({ policies }) => seen.push(policies.map((x) => `${x.name}:${x.action}`)))
     store.update({ remove: [{ namespace: 'shop', name: 'a' }, { namespace: 'shop', name: 'zz' }], upsert: [p('b', 'ALLOW'), p('c')] })
     expect(seen).toEqual([['b:ALLOW', 'c:DENY']])
     expect(() => store.update({ remove: [{ namespace: 'shop', name: 'b' }], upsert: [{ ...p('d'), rules: 1 }] })).toThrow(/rules: expected an array/)

@@ -1,5 +1,16 @@
-import { describe, expect, it } from 'vitest'
-import { AmbientError, abortError, createJsonLogger, invalidArgument, isAmbientError, silentLogger, throwIfAborted } from '@ambientkit/core'
+import { describe, expect, expectTypeOf, it } from 'vitest'
+import {
+  AmbientError,
+  abortError,
+  canonicalIp,
+  createJsonLogger,
+  invalidArgument,
+  isAmbientError,
+  silentLogger,
+  throwIfAborted,
+  type InvalidValueDetails,
+} from '@ambientkit/core'
+import type * as Errors from '../src/errors'
 
 describe('AmbientError', () => {
   it('keeps code, cause and frozen details', () => {
@@ -30,6 +41,43 @@ describe('AmbientError', () => {
     controller.abort(new Error('timeout'))
     expect(() => throwIfAborted(controller.signal, 'connect')).toThrow('connect was aborted')
     expect(abortError(controller.signal, 'x').cause).toEqual(new Error('timeout'))
+  })
+})
+
+describe('AmbientError across copies of the package', () => {
+  it('is recognised when another copy of core made it (an ESM and a CJS build, two versions)', async () => {
+    // The query makes Vite evaluate the module a second time: a second class, as a second copy of the package would have.
+    const secondCopy = new URL('../src/errors.ts?second-copy', import.meta.url).href
+    const other = (await import(/* @vite-ignore */ secondCopy)) as typeof Errors
+    expect(other.AmbientError).not.toBe(AmbientError)
+    const foreign = new other.AmbientError('ERR_AMBIENT_TEST', 'from the other copy')
+    expect(isAmbientError(foreign)).toBe(true)
+    expect(isAmbientError(foreign, 'ERR_AMBIENT_TEST')).toBe(true)
+    expect(foreign instanceof AmbientError).toBe(true)
+    expect(other.isAmbientError(new AmbientError('ERR_AMBIENT_TEST', 'from this copy'))).toBe(true)
+  })
+
+  it('is not fooled by a look-alike, and keeps instanceof for subclasses', () => {
+    expect(isAmbientError(Object.assign(new Error('x'), { name: 'AmbientError', code: 'ERR_AMBIENT_TEST' }))).toBe(false)
+    expect(isAmbientError({ code: 'ERR_AMBIENT_TEST' })).toBe(false)
+    expect(isAmbientError(null)).toBe(false)
+    class Special extends AmbientError {}
+    expect(new AmbientError('ERR_AMBIENT_TEST', 'plain') instanceof Special).toBe(false)
+    expect(new Special('ERR_AMBIENT_TEST', 'special') instanceof Special).toBe(true)
+    expect(new Special('ERR_AMBIENT_TEST', 'special') instanceof AmbientError).toBe(true)
+  })
+
+  it('types details per code', () => {
+    try {
+      canonicalIp('nope')
+    } catch (err) {
+      if (!isAmbientError(err, 'ERR_AMBIENT_INVALID_ADDRESS')) throw err
+      expectTypeOf(err.details).toEqualTypeOf<InvalidValueDetails>()
+      expect(err.details).toEqual({ name: 'address', value: 'nope' })
+    }
+    expectTypeOf(new AmbientError('ERR_AMBIENT_SOMETHING_ELSE', 'x').details).toEqualTypeOf<Readonly<Record<string, unknown>>>()
+    // @ts-expect-error: an INVALID_ARGUMENT error names the argument and its value
+    void new AmbientError('ERR_AMBIENT_INVALID_ARGUMENT', 'x', { details: { errno: 1 } })
   })
 })
 

@@ -1,5 +1,5 @@
-import { X509Certificate, createPublicKey, type JsonWebKey } from 'node:crypto'
-import { AmbientError, describeValue } from '@ambientkit/core'
+import { X509Certificate, createPublicKey, type JsonWebKeyInput, type webcrypto } from 'node:crypto'
+import { AmbientError, createSubscribers, describeValue, type AmbientErrorDetails, type Subscribable } from '@ambientkit/core'
 import { pemDecode, pemEncode } from './der'
 import { IdentityErrorCode, invalidCertificate } from './errors'
 import { TrustDomain } from './spiffe-id'
@@ -9,7 +9,8 @@ export interface JwtAuthority {
   /** The key ID (`kid`), required by the spec. */
   keyId: string
   /** The public key as a JWK (without `use`/`kid`). */
-  jwk: JsonWebKey
+  /** A JWK as WebCrypto defines it (`webcrypto.JsonWebKey`, the name every @types/node line since 22 has). */
+  jwk: webcrypto.JsonWebKey
 }
 
 /** Fields of a {@link TrustBundle}. */
@@ -25,7 +26,7 @@ export interface TrustBundleInit {
   refreshHintSeconds?: number
 }
 
-function invalidBundle(message: string, details: Record<string, unknown> = {}): AmbientError {
+function invalidBundle(message: string, details: AmbientErrorDetails<'ERR_AMBIENT_INVALID_BUNDLE'> = {}): AmbientError {
   return new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${message}`, { details })
 }
 
@@ -158,13 +159,14 @@ function readX509Key(key: Record<string, unknown>, where: string, index: number)
     throw invalidBundle(`${where} ("use": "x509-svid") must have "x5c" with exactly one certificate (X509-SVID §6.1)`, { index })
   }
   if (key.kid !== undefined) throw invalidBundle(`${where} ("use": "x509-svid") must not have a "kid" (X509-SVID §6.1)`, { index })
+  const notDer = `${where} "x5c" is not a base64 DER certificate`
+  // RFC 7517 §4.7: standard base64, not base64url.
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(key.x5c[0])) throw invalidBundle(`${notDer} (not standard base64)`, { index })
   let cert: X509Certificate
   try {
-    // RFC 7517 §4.7: standard base64, not base64url.
-    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(key.x5c[0])) throw new Error('x5c is not standard base64')
     cert = new X509Certificate(Buffer.from(key.x5c[0], 'base64'))
   } catch (cause) {
-    throw new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${where} "x5c" is not a base64 DER certificate`, { cause, details: { index } })
+    throw new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${notDer}`, { cause, details: { index } })
   }
   // RFC 7517 §4.7: the key parameters must describe the certificate's own key.
   const certJwk = cert.publicKey.export({ format: 'jwk' }) as Record<string, unknown>
@@ -183,22 +185,25 @@ function readJwtKey(key: Record<string, unknown>, where: string, index: number):
   delete jwk.use
   delete jwk.kid
   try {
-    createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' })
+    // JsonWebKeyInput's key type differs between @types/node lines; its shape is what the call takes in each.
+    createPublicKey({ key: jwk as JsonWebKeyInput['key'], format: 'jwk' })
   } catch (cause) {
     throw new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${where} is not a valid public JWK`, { cause, details: { index } })
   }
-  return { keyId: key.kid, jwk: jwk as JsonWebKey }
+  return { keyId: key.kid, jwk: jwk as webcrypto.JsonWebKey }
 }
 
-/** Change notification of a {@link TrustBundleSet}. */
-export type TrustBundleListener = (trustDomain: TrustDomain, bundle: TrustBundle | undefined) => void
+/** What a {@link TrustBundleSet}'s subscribers get after every change. */
+export type TrustBundleChange =
+  | { readonly type: 'bundle-set'; readonly trustDomain: TrustDomain; readonly bundle: TrustBundle }
+  | { readonly type: 'bundle-deleted'; readonly trustDomain: TrustDomain }
 
 /**
  * The bundles of every trust domain a workload trusts (its own and
  * federated ones), keyed by trust domain. Verification only ever uses the
  * bundle of the peer's own trust domain.
  */
-export interface TrustBundleSet {
+export interface TrustBundleSet extends Subscribable<TrustBundleChange> {
   /** The bundle of `trustDomain`, if any. */
   get(trustDomain: TrustDomain | string): TrustBundle | undefined
   /** Adds or replaces the bundle of `bundle.trustDomain`. */
@@ -207,8 +212,6 @@ export interface TrustBundleSet {
   delete(trustDomain: TrustDomain | string): boolean
   /** Every bundle. */
   all(): TrustBundle[]
-  /** Calls `listener` after every change; returns a function that unsubscribes. */
-  subscribe(listener: TrustBundleListener): () => void
   /** Counts the changes so far: what is derived from the bundles (a TLS context) is current while it is unchanged. */
   readonly generation: number
 }
@@ -218,31 +221,28 @@ const tdName = (td: TrustDomain | string): string => (typeof td === 'string' ? T
 /** A mutable {@link TrustBundleSet}, optionally seeded with bundles. */
 export function createTrustBundleSet(bundles: Iterable<TrustBundle> = []): TrustBundleSet {
   const map = new Map<string, TrustBundle>()
-  const listeners = new Set<TrustBundleListener>()
+  const subscribers = createSubscribers<TrustBundleChange>({ what: 'trust bundle set' })
   for (const b of bundles) map.set(b.trustDomain.name, b)
   let generation = 0
-  const notify = (td: TrustDomain, bundle: TrustBundle | undefined): void => {
+  const notify = (change: TrustBundleChange): void => {
     generation++
-    for (const l of [...listeners]) l(td, bundle)
+    subscribers.emit(change)
   }
   return {
     get: (td) => map.get(tdName(td)),
     set(bundle) {
       if (!(bundle instanceof TrustBundle)) throw invalidBundle(`expected a TrustBundle, got ${describeValue(bundle)}`)
       map.set(bundle.trustDomain.name, bundle)
-      notify(bundle.trustDomain, bundle)
+      notify({ type: 'bundle-set', trustDomain: bundle.trustDomain, bundle })
     },
     delete(td) {
       const name = tdName(td)
       const had = map.delete(name)
-      if (had) notify(TrustDomain.parse(name), undefined)
+      if (had) notify({ type: 'bundle-deleted', trustDomain: TrustDomain.parse(name) })
       return had
     },
     all: () => [...map.values()],
-    subscribe(listener) {
-      listeners.add(listener)
-      return () => listeners.delete(listener)
-    },
+    subscribe: subscribers.subscribe,
     get generation() {
       return generation
     },

@@ -1,6 +1,6 @@
 import { createPrivateKey, createPublicKey, verify, type KeyObject } from 'node:crypto'
 import type forge from 'node-forge'
-import { AmbientError } from '@ambientkit/core'
+import { AmbientError, isAmbientError } from '@ambientkit/core'
 import { Asn1Type, bitString, children, decode, encode, explicit, fromBinary, isContext, isUniversal, oid, oidOf, pemDecode, pemEncode, seq, set, smallInteger } from './der'
 import { OID, extension, keyTypeOf, signDer, signatureAlgorithm, spkiOf, uriSanValue } from './certificate'
 import { IdentityErrorCode } from './errors'
@@ -54,15 +54,15 @@ export function parseCsr(pem: string): ParsedCsr {
   let infoDer: Buffer
   try {
     const ders = pemDecode(pem, 'CERTIFICATE REQUEST')
-    if (ders.length !== 1) throw new Error(`expected one CERTIFICATE REQUEST block, found ${ders.length}`)
+    if (ders.length !== 1) throw refused(`expected one CERTIFICATE REQUEST block, found ${ders.length}`)
     const [infoNode, algNode, sigNode] = children(decode(ders[0]!))
-    if (infoNode === undefined || algNode === undefined || !isUniversal(sigNode, Asn1Type.BITSTRING)) throw new Error('not a CertificationRequest')
+    if (infoNode === undefined || algNode === undefined || !isUniversal(sigNode, Asn1Type.BITSTRING)) throw refused('not a PKCS#10 CertificationRequest')
     info = infoNode
     infoDer = encode(info)
     algorithm = oidOf(children(algNode)[0]!)
     signature = fromBinary((sigNode!.value as string).slice(1))
   } catch (cause) {
-    throw refused('not a PEM PKCS#10 certificate request', cause)
+    throw isAmbientError(cause) ? cause : refused('not a PEM PKCS#10 certificate request', cause)
   }
   const fields = children(info)
   let spki: Buffer

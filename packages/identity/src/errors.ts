@@ -1,4 +1,4 @@
-import { AmbientError, type AmbientErrorCode } from '@ambientkit/core'
+import { AmbientError, type AmbientErrorDetailsMap, type NoDetails } from '@ambientkit/core'
 
 /** Error codes owned by `@ambientkit/identity` (see docs/errors.md). */
 export const IdentityErrorCode = {
@@ -18,7 +18,56 @@ export const IdentityErrorCode = {
   UnexpectedPeer: 'ERR_AMBIENT_UNEXPECTED_PEER',
   /** A socket's peer was not verified by this package's TLS options, so it has no SPIFFE ID. */
   PeerNotVerified: 'ERR_AMBIENT_PEER_NOT_VERIFIED',
-} as const satisfies Record<string, AmbientErrorCode>
+} as const satisfies Record<string, keyof AmbientErrorDetailsMap>
+
+declare module '@ambientkit/core' {
+  /** The `details` of `@ambientkit/identity`'s codes. */
+  interface AmbientErrorDetailsMap {
+    ERR_AMBIENT_INVALID_SPIFFE_ID: {
+      /** The text that was refused. */
+      readonly input: unknown
+      /** The rule of the SPIFFE-ID spec it broke. */
+      readonly rule: string
+    }
+    ERR_AMBIENT_INVALID_CERTIFICATE: NoDetails
+    ERR_AMBIENT_CSR_REJECTED: {
+      /** The SPIFFE ID asked for, when the CSR's SANs did not match it. */
+      readonly requested?: string
+      /** The CSR's URI SANs, when they did not match. */
+      readonly uris?: readonly string[]
+    }
+    ERR_AMBIENT_SVID_REJECTED: SvidRejectedDetails
+    ERR_AMBIENT_INVALID_BUNDLE: {
+      /** The index in `keys` of the offending entry, when one entry is at fault. */
+      readonly index?: number
+    }
+    ERR_AMBIENT_IDENTITY_UNAVAILABLE: {
+      /** The SPIFFE ID that could not be had. */
+      readonly id?: string
+    }
+    ERR_AMBIENT_UNEXPECTED_PEER: {
+      /** The SPIFFE ID the peer presented. */
+      readonly peer: string
+      /** The IDs that would have been accepted, when they are a list. */
+      readonly expected?: readonly string[]
+    }
+    ERR_AMBIENT_PEER_NOT_VERIFIED: NoDetails
+  }
+}
+
+/** The `details` of an `ERR_AMBIENT_SVID_REJECTED` error. */
+export interface SvidRejectedDetails {
+  /** Why, one of {@link SvidRejectionReason}. */
+  readonly reason: SvidRejectionReason
+  /** The leaf's SPIFFE ID, once it could be read. */
+  readonly id?: string
+  /** The leaf's URI SAN, when it is not a SPIFFE ID. */
+  readonly uri?: string
+  /** The leaf's URI SANs, when there is more than one. */
+  readonly uris?: readonly string[]
+  /** Which certificate was out of its validity period: `leaf`, `intermediate` or `authority`. */
+  readonly role?: string
+}
 
 /**
  * Why {@link verifyX509Svid} rejected a chain: the value of `details.reason`
@@ -60,12 +109,12 @@ export const SvidRejectionReason = {
 /** One of the {@link SvidRejectionReason} values. */
 export type SvidRejectionReason = (typeof SvidRejectionReason)[keyof typeof SvidRejectionReason]
 
-export function svidRejected(reason: SvidRejectionReason, message: string, details: Record<string, unknown> = {}): AmbientError {
+export function svidRejected(reason: SvidRejectionReason, message: string, details: Omit<SvidRejectedDetails, 'reason'> = {}): AmbientError<'ERR_AMBIENT_SVID_REJECTED'> {
   return new AmbientError(IdentityErrorCode.SvidRejected, `X.509-SVID rejected (${reason}): ${message}`, {
     details: { reason, ...details },
   })
 }
 
-export function invalidCertificate(message: string, cause?: unknown): AmbientError {
+export function invalidCertificate(message: string, cause?: unknown): AmbientError<'ERR_AMBIENT_INVALID_CERTIFICATE'> {
   return new AmbientError(IdentityErrorCode.InvalidCertificate, message, { cause })
 }

@@ -52,17 +52,18 @@ export {
   createTrustBundleSet,
   type JwtAuthority,
   type TrustBundleInit,
-  type TrustBundleListener,
+  type TrustBundleChange,
   type TrustBundleSet,
 } from './bundle'
 export { verifyX509Svid, type CertificateChainInput, type TrustBundleSource, type VerifyX509SvidOptions } from './verify'
 export {
   createIdentityManager,
   createLocalCaSource,
+  type IdentityDroppedEvent,
   type IdentityFailureEvent,
   type IdentityFetchOptions,
   type IdentityManager,
-  type IdentityManagerEvents,
+  type IdentityManagerEvent,
   type IdentityManagerOptions,
   type IdentitySource,
   type LocalCaSourceOptions,

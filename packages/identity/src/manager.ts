@@ -1,4 +1,16 @@
-import { AmbientError, CoreErrorCode, abortError, invalidArgument, silentLogger, throwIfAborted, type AbortOptions, type Logger } from '@ambientkit/core'
+import {
+  AmbientError,
+  CoreErrorCode,
+  abortError,
+  createSubscribers,
+  invalidArgument,
+  silentLogger,
+  throwIfAborted,
+  type AbortOptions,
+  type Logger,
+  type LongLived,
+  type Subscribable,
+} from '@ambientkit/core'
 import type { CertificateAuthority, X509Svid } from './ca'
 import { createTrustBundleSet, type TrustBundleSet } from './bundle'
 import { IdentityErrorCode } from './errors'
@@ -50,6 +62,7 @@ export function createLocalCaSource(cas: CertificateAuthority | readonly Certifi
 
 /** Emitted after an identity's SVID was replaced. */
 export interface RotationEvent {
+  type: 'rotated'
   id: SpiffeId
   svid: X509Svid
   /** The SVID it replaced. */
@@ -58,6 +71,7 @@ export interface RotationEvent {
 
 /** Emitted when fetching or renewing an SVID failed; the current SVID (if any) is kept and renewal retried. */
 export interface IdentityFailureEvent {
+  type: 'error'
   id: SpiffeId
   error: AmbientError
   /** Consecutive failures so far. */
@@ -66,13 +80,14 @@ export interface IdentityFailureEvent {
   retryInMs: number | undefined
 }
 
-/** Events of an {@link IdentityManager}. */
-export interface IdentityManagerEvents {
-  rotated: RotationEvent
-  error: IdentityFailureEvent
-  /** An identity unused for `idleTimeoutMs` was dropped instead of renewed. */
-  dropped: { id: SpiffeId }
+/** Emitted when an identity unused for `idleTimeoutMs` was dropped instead of renewed. */
+export interface IdentityDroppedEvent {
+  type: 'dropped'
+  id: SpiffeId
 }
+
+/** What an {@link IdentityManager}'s subscribers get. */
+export type IdentityManagerEvent = RotationEvent | IdentityFailureEvent | IdentityDroppedEvent
 
 /** Options of {@link createIdentityManager}. */
 export interface IdentityManagerOptions {
@@ -96,9 +111,10 @@ export interface IdentityManagerOptions {
 
 /**
  * Holds the SVIDs of many identities (a node proxy holds one per service
- * account on its node) and keeps them fresh.
+ * account on its node) and keeps them fresh. Subscribers get an
+ * {@link IdentityManagerEvent} on every rotation, failure and drop.
  */
-export interface IdentityManager {
+export interface IdentityManager extends LongLived, Subscribable<IdentityManagerEvent> {
   /** The current SVID of `id`, fetched on first use; concurrent first calls share one fetch. */
   get(id: SpiffeId | string, options?: AbortOptions): Promise<X509Svid>
   /** The current SVID of `id` if it is held and unexpired, without fetching. */
@@ -115,8 +131,6 @@ export interface IdentityManager {
   ids(): SpiffeId[]
   /** The trust bundles (the source's set, kept current by it). */
   readonly bundles: TrustBundleSet
-  /** Subscribes to an event; returns a function that unsubscribes. */
-  on<E extends keyof IdentityManagerEvents>(event: E, listener: (payload: IdentityManagerEvents[E]) => void): () => void
   /** Stops renewing, drops every SVID and closes the source. Idempotent. */
   close(): Promise<void>
 }
@@ -170,21 +184,9 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
   const maxRetryDelayMs = checkPositive('maxRetryDelayMs', options.maxRetryDelayMs ?? 60_000)
   const logger = options.logger ?? silentLogger
   const entries = new Map<string, Entry>()
-  const listeners: { [E in keyof IdentityManagerEvents]: Set<(p: IdentityManagerEvents[E]) => void> } = {
-    rotated: new Set(), error: new Set(), dropped: new Set(),
-  }
+  const subscribers = createSubscribers<IdentityManagerEvent>({ logger, what: 'identity manager' })
   const lifetime = new AbortController()
   let closed: Promise<void> | undefined
-
-  const emit = <E extends keyof IdentityManagerEvents>(event: E, payload: IdentityManagerEvents[E]): void => {
-    for (const l of [...listeners[event]]) {
-      try {
-        l(payload)
-      } catch (err) {
-        logger.error({ err, event }, 'identity manager listener threw')
-      }
-    }
-  }
 
   const arm = (entry: Entry, at: number, action: () => void): void => {
     clearTimeout(entry.timer)
@@ -232,14 +234,14 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
     if (entries.get(entry.id.toString()) === entry) scheduleRenewal(entry)
     if (previous !== undefined) {
       logger.info({ id: entry.id.toString(), notAfter: svid.notAfter.toISOString() }, 'rotated SVID')
-      emit('rotated', { id: entry.id, svid, previous })
+      subscribers.emit({ type: 'rotated', id: entry.id, svid, previous })
     }
   }
 
   const drop = (entry: Entry): void => {
     clearTimeout(entry.timer)
     entries.delete(entry.id.toString())
-    emit('dropped', { id: entry.id })
+    subscribers.emit({ type: 'dropped', id: entry.id })
   }
 
   const renew = (entry: Entry): void => {
@@ -254,7 +256,7 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
         entry.failures++
         const retryInMs = Math.min(maxRetryDelayMs, retryDelayMs * 2 ** (entry.failures - 1))
         logger.warn({ id: entry.id.toString(), err: error, attempt: entry.failures, retryInMs }, 'SVID renewal failed; keeping the current SVID')
-        emit('error', { id: entry.id, error, attempt: entry.failures, retryInMs })
+        subscribers.emit({ type: 'error', id: entry.id, error, attempt: entry.failures, retryInMs })
         arm(entry, Date.now() + retryInMs, () => renew(entry))
       },
     )
@@ -290,7 +292,7 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
         return svid
       }, (error: AmbientError) => {
         if (entry.svid === undefined && entry.retained === 0 && entries.get(entry.id.toString()) === entry) entries.delete(entry.id.toString())
-        emit('error', { id: entry.id, error, attempt: entry.failures + 1, retryInMs: undefined })
+        subscribers.emit({ type: 'error', id: entry.id, error, attempt: entry.failures + 1, retryInMs: undefined })
         throw error
       })
       return withSignal(shared, getOptions.signal, 'get')
@@ -326,23 +328,21 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
 
     ids: () => [...entries.values()].filter((e) => e.svid !== undefined).map((e) => e.id),
 
-    on(event, listener) {
-      const set = listeners[event] as Set<typeof listener>
-      set.add(listener)
-      return () => {
-        set.delete(listener)
-      }
-    },
+    subscribe: subscribers.subscribe,
 
     close() {
       closed ??= (async () => {
         lifetime.abort(new AmbientError(CoreErrorCode.Closed, 'the identity manager was closed'))
         for (const entry of entries.values()) clearTimeout(entry.timer)
         entries.clear()
-        for (const set of Object.values(listeners)) set.clear()
+        subscribers.clear()
         await source.close?.()
       })()
       return closed
+    },
+
+    [Symbol.asyncDispose]() {
+      return this.close()
     },
   }
 }

@@ -133,6 +133,8 @@ export class TrustDomain {
  *
  * @example
  * ```ts
+ * import { SpiffeId } from '@ambientkit/identity'
+ *
  * const id = SpiffeId.parse('spiffe://cluster.local/ns/shop/sa/api')
  * id.trustDomain.name      // 'cluster.local'
  * id.path                  // '/ns/shop/sa/api'

@@ -151,10 +151,16 @@ export async function tlsServerOptions(init: SpiffeTlsServerInit): Promise<Spiff
   return options
 }
 
-/** Returned by {@link attachTlsServer}. */
-export interface TlsServerBinding {
+/**
+ * Returned by {@link attachTlsServer}: a binding, not a resource. Detaching
+ * is synchronous, so it is `Disposable` (`using`), where long-lived objects
+ * are `AsyncDisposable`.
+ */
+export interface TlsServerBinding extends Disposable {
   /** Stops following rotations and restores the server's own listeners. Idempotent. */
   close(): void
+  /** Calls `close()`. */
+  [Symbol.dispose](): void
 }
 
 /**
@@ -197,22 +203,21 @@ export function attachTlsServer(server: Server, options: SpiffeTlsServerOptions)
     // The ALPN list and the client-certificate policy belong to the server, not the context: only key, chain and roots change.
     server.setSecureContext(contextOptions(manager, svid, undefined))
   }
-  const offRotated = manager.on('rotated', (event) => {
-    if (event.id.equals(id)) refresh()
+  const offRotated = manager.subscribe((event) => {
+    if (event.type === 'rotated' && event.id.equals(id)) refresh()
   })
   const offBundles = manager.bundles.subscribe(refresh)
   let closed = false
-  return {
-    close() {
-      if (closed) return
-      closed = true
-      offRotated()
-      offBundles()
-      release()
-      server.removeListener('secureConnection', guard)
-      for (const listener of original) server.on('secureConnection', listener)
-    },
+  const close = (): void => {
+    if (closed) return
+    closed = true
+    offRotated()
+    offBundles()
+    release()
+    server.removeListener('secureConnection', guard)
+    for (const listener of original) server.on('secureConnection', listener)
   }
+  return { close, [Symbol.dispose]: close }
 }
 
 /**

@@ -86,7 +86,7 @@ describe('TrustBundleSet', () => {
   it('keys bundles by trust domain and notifies changes', () => {
     const set = createTrustBundleSet([ca.bundle])
     const changes: string[] = []
-    const off = set.subscribe((td, b) => changes.push(`${td.name}:${b === undefined ? 'deleted' : 'set'}`))
+    const off = set.subscribe((change) => changes.push(`${change.trustDomain.name}:${change.type === 'bundle-deleted' ? 'deleted' : 'set'}`))
     expect(set.get('example.org')).toBe(ca.bundle)
     set.set(TrustBundle.create({ trustDomain: 'other.org', x509Authorities: [rsa.certificate] }))
     expect(set.delete('other.org')).toBe(true)

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { CoreErrorCode, isAmbientError } from '@ambientkit/core'
 import {
   IdentityErrorCode, SpiffeId, createCertificateAuthority, createIdentityManager, createLocalCaSource,
-  type IdentityManager, type IdentityManagerEvents, type IdentitySource, type X509Svid,
+  type IdentityManager, type IdentityManagerEvent, type IdentitySource, type X509Svid,
 } from '@ambientkit/identity'
 
 const id = SpiffeId.fromServiceAccount('example.org', 'shop', 'api')
@@ -26,11 +26,12 @@ async function countingSource(): Promise<IdentitySource & { fetches: number; fai
   return source
 }
 
-function next<E extends keyof IdentityManagerEvents>(manager: IdentityManager, event: E): Promise<IdentityManagerEvents[E]> {
+function next<T extends IdentityManagerEvent['type']>(manager: IdentityManager, type: T): Promise<Extract<IdentityManagerEvent, { type: T }>> {
   return new Promise((resolve) => {
-    const off = manager.on(event, (payload) => {
+    const off = manager.subscribe((event) => {
+      if (event.type !== type) return
       off()
-      resolve(payload)
+      resolve(event as Extract<IdentityManagerEvent, { type: T }>)
     })
   })
 }
@@ -98,7 +99,8 @@ describe('createIdentityManager', () => {
       const first = await manager.get(id)
       source.failNext = 2
       const errors: number[] = []
-      manager.on('error', (e) => {
+      manager.subscribe((e) => {
+        if (e.type !== 'error') return
         expect(isAmbientError(e.error, IdentityErrorCode.IdentityUnavailable)).toBe(true)
         expect(manager.current(id)).toBe(first)
         errors.push(e.retryInMs!)
@@ -171,5 +173,37 @@ describe('createIdentityManager', () => {
     expect(() => createIdentityManager({ source, rotateAt: 1.5 })).toThrow(/rotateAt/)
     expect(() => createIdentityManager({ source, ttlSeconds: 0 })).toThrow(/ttlSeconds/)
     expect(() => createIdentityManager({ source: {} as IdentitySource })).toThrow(/source/)
+  })
+
+  it('is closed by await using, with its subscriptions and its source', async () => {
+    const source = await countingSource()
+    let sourceClosed = 0
+    const events: string[] = []
+    let held: IdentityManager | undefined
+    {
+      await using manager = createIdentityManager({ source: { ...source, fetch: source.fetch, close: async () => void sourceClosed++ } })
+      held = manager
+      manager.subscribe((event) => events.push(event.type))
+      await manager.rotate(id)
+      await manager.rotate(id)
+    }
+    expect(events).toEqual(['rotated'])
+    expect(sourceClosed).toBe(1)
+    await held.close()
+    expect(sourceClosed).toBe(1)
+    await expect(held.get(id)).rejects.toMatchObject({ code: CoreErrorCode.Closed })
+  })
+
+  it('stops telling a subscriber once its signal aborts', async () => {
+    const source = await countingSource()
+    await using manager = createIdentityManager({ source })
+    const controller = new AbortController()
+    const events: IdentityManagerEvent[] = []
+    manager.subscribe((event) => events.push(event), { signal: controller.signal })
+    await manager.get(id)
+    await manager.rotate(id)
+    controller.abort()
+    await manager.rotate(id)
+    expect(events.map((e) => e.type)).toEqual(['rotated'])
   })
 })

@@ -258,8 +258,8 @@ describe('rotation', () => {
     expect(before).toBe(new X509Certificate(manager.current(serverId)!.certificateChainPem).serialNumber)
 
     const event = new Promise<string>((resolve) => {
-      const off = manager.on('rotated', (e) => {
-        if (!e.id.equals(serverId)) return
+      const off = manager.subscribe((e) => {
+        if (e.type !== 'rotated' || !e.id.equals(serverId)) return
         off()
         resolve(new X509Certificate(e.svid.certificateChainPem).serialNumber)
       })

@@ -158,11 +158,17 @@ class ZdsPodSourceImpl implements ZdsPodSource {
     return [...this.#pods.values()].filter((p) => p.state === 'running').map((p) => this.#enrollment(p))
   }
 
-  watch(listener: (event: PodSourceEvent) => void): () => void {
+  subscribe(listener: (event: PodSourceEvent) => void, options: AbortOptions = {}): () => void {
+    if (options.signal?.aborted === true) return () => {}
     this.#listeners.add(listener)
-    // Nobody to start proxies before the first watcher: connect only then.
+    const unsubscribe = (): void => {
+      this.#listeners.delete(listener)
+      options.signal?.removeEventListener('abort', unsubscribe)
+    }
+    options.signal?.addEventListener('abort', unsubscribe, { once: true })
+    // Nobody to start proxies before the first subscriber: connect only then.
     if (!this.#stop.signal.aborted) this.#running ??= this.#run()
-    return () => this.#listeners.delete(listener)
+    return unsubscribe
   }
 
   ready(): boolean {
@@ -191,7 +197,7 @@ class ZdsPodSourceImpl implements ZdsPodSource {
 
   /** Sends an event to every consumer; resolves once each has acknowledged it, rejects with the first error. */
   #emit(make: (ack: (error?: Error) => void) => PodSourceEvent): Promise<void> {
-    if (this.#listeners.size === 0) return Promise.reject(new Error('no consumer is watching the pod source'))
+    if (this.#listeners.size === 0) return Promise.reject(new Error('no consumer subscribes to the pod source'))
     return Promise.all(
       [...this.#listeners].map((listener) => new Promise<void>((resolve, reject) => {
         let settled = false
@@ -459,5 +465,9 @@ class ZdsPodSourceImpl implements ZdsPodSource {
     }
     this.#pods.clear()
     this.#listeners.clear()
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close()
   }
 }

@@ -16,7 +16,7 @@ function consumer(source: ZdsPodSource, options: { fail?: (event: PodSourceEvent
   const events: Array<PodSourceEvent & { netnsId?: string }> = []
   const log: string[] = []
   const waiters: Array<() => void> = []
-  source.watch((event) => {
+  source.subscribe((event) => {
     let netnsId: string | undefined
     if (event.type === 'upsert') {
       // The path opens the pod's namespace, as the agent will open it.

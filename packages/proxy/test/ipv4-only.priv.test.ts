@@ -89,6 +89,7 @@ function withoutIpv6InKernel(netns: Netns): Netns {
     exec: (command, args, options) => netns.exec(command, args, options),
     nft: (script, options) => netns.nft(script, options),
     close: () => netns.close(),
+    [Symbol.asyncDispose]: () => netns.close(),
   }
 }
 

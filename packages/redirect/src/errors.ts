@@ -1,4 +1,4 @@
-import { AmbientError, type AmbientErrorCode } from '@ambientkit/core'
+import { AmbientError, type AmbientErrorDetails, type AmbientErrorDetailsMap, type InvalidValueDetails } from '@ambientkit/core'
 import { getSystemErrorName } from 'node:util'
 
 /** Error codes owned by `@ambientkit/redirect` (see docs/errors.md). */
@@ -25,7 +25,75 @@ export const RedirectErrorCode = {
   ProgramMissing: 'ERR_AMBIENT_REDIRECT_PROGRAM_MISSING',
   /** IPv6 capture was asked for in a namespace whose IPv6 is disabled (`details.sysctl`); nothing was changed. Capture it with `{ ipv6: false }`. */
   Ipv6Disabled: 'ERR_AMBIENT_REDIRECT_IPV6_DISABLED',
-} as const satisfies Record<string, AmbientErrorCode>
+} as const satisfies Record<string, keyof AmbientErrorDetailsMap>
+
+/** What the kernel said, on an error from a system call. */
+export interface SystemCallDetails {
+  /** The errno, a positive number. */
+  readonly errno?: number
+  /** Its symbolic name (`ECONNREFUSED`). */
+  readonly errnoName?: string
+  /** The system call that failed. */
+  readonly syscall?: string
+}
+
+/** Where a socket was, on an error about one. */
+export interface SocketDetails extends SystemCallDetails {
+  /** The namespace, when the socket was made in one. */
+  readonly path?: string
+  readonly host?: string
+  readonly port?: number
+  /** The descriptor, when the error is about an existing socket. */
+  readonly fd?: number
+}
+
+/** What ran, on an error from a program run in a namespace. */
+export interface CommandDetails extends SystemCallDetails {
+  readonly command?: string
+  readonly args?: readonly string[]
+  /** The namespace it ran in. */
+  readonly path?: string
+  /** Its exit code, or libnftables' status. */
+  readonly exitCode?: number | null
+  readonly status?: number
+  /** The signal that ended it. */
+  readonly signal?: string | null
+  readonly stdout?: string
+  readonly stderr?: string
+}
+
+declare module '@ambientkit/core' {
+  /** The `details` of `@ambientkit/redirect`'s codes. */
+  interface AmbientErrorDetailsMap {
+    ERR_AMBIENT_REDIRECT_INVALID_CONFIG: InvalidValueDetails
+    ERR_AMBIENT_REDIRECT_NETLINK: { readonly path: string }
+    ERR_AMBIENT_REDIRECT_NATIVE_UNAVAILABLE: {
+      /** The addon the loader found, when one failed to load. */
+      readonly path?: string
+      /** Every build the loader tried, in order. */
+      readonly tried?: readonly string[]
+    }
+    ERR_AMBIENT_REDIRECT_NETNS: SystemCallDetails & { readonly path: string }
+    ERR_AMBIENT_REDIRECT_SOCKET: SocketDetails
+    ERR_AMBIENT_REDIRECT_CONNECT: SocketDetails
+    ERR_AMBIENT_REDIRECT_ORIGINAL_DESTINATION: SocketDetails & { readonly family?: 4 | 6 }
+    ERR_AMBIENT_REDIRECT_SOCKET_OPTION: SocketDetails & {
+      /** The value being set. */
+      readonly mark?: number
+      /** What was asked of a socket that has no descriptor. */
+      readonly name?: string
+    }
+    ERR_AMBIENT_REDIRECT_COMMAND_FAILED: CommandDetails
+    ERR_AMBIENT_REDIRECT_PROGRAM_MISSING: { readonly command: string }
+    ERR_AMBIENT_REDIRECT_IPV6_DISABLED: {
+      readonly path: string
+      readonly sysctl: string
+      readonly value: string
+    }
+  }
+}
+
+type RedirectErrorCode = (typeof RedirectErrorCode)[keyof typeof RedirectErrorCode]
 
 /** An errno as its symbolic name (`ECONNREFUSED`), or `undefined` when it is not one. */
 export function errnoName(errno: unknown): string | undefined {
@@ -42,14 +110,22 @@ export function errnoName(errno: unknown): string | undefined {
  * `syscall`) into an {@link AmbientError} with `details.errno`,
  * `details.errnoName` and `details.syscall`.
  */
-export function nativeError(code: AmbientErrorCode, what: string, err: unknown, details: Record<string, unknown> = {}): AmbientError {
+export function nativeError<C extends RedirectErrorCode>(
+  code: C,
+  what: string,
+  err: unknown,
+  details: Omit<AmbientErrorDetails<C>, keyof SystemCallDetails>,
+): AmbientError {
   if (err instanceof AmbientError) return err
-  const errno = (err as { errno?: unknown } | null)?.errno
+  const raw = (err as { errno?: unknown } | null)?.errno
+  // The addon's errno is positive; Node's own socket errors carry it negated.
+  const errno = typeof raw === 'number' ? Math.abs(raw) : undefined
   const syscall = (err as { syscall?: unknown } | null)?.syscall
   const name = errnoName(errno)
   const message = err instanceof Error ? err.message : String(err)
-  return new AmbientError(code, `${what}: ${message}${name === undefined ? '' : ` (${name})`}`, {
+  const named = name === undefined || message.includes(name) ? '' : ` (${name})`
+  return new AmbientError(code, `${what}: ${message}${named}`, {
     cause: err,
-    details: { ...details, errno, errnoName: name, syscall },
+    details: { ...details, errno, errnoName: name, syscall: typeof syscall === 'string' ? syscall : undefined } as AmbientErrorDetails<C>,
   })
 }

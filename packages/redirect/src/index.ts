@@ -20,6 +20,10 @@
  *
  * @packageDocumentation
  */
+import { assertLinux } from '@ambientkit/core'
+
+assertLinux('@ambientkit/redirect', 'network namespaces, netfilter, and socket options through its native addon')
+
 export { RedirectErrorCode } from './errors'
 export { DEFAULT_CAPTURE, resolveCaptureConfig, type CaptureConfig, type ResolvedCaptureConfig } from './config'
 export {

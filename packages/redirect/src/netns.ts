@@ -10,12 +10,12 @@ import {
   type AbortOptions,
   type AcceptedSocket,
   type BindUdpFdOptions,
-  type Closable,
   type ConnectFdOptions,
   type ListenFdOptions,
   type NetnsSockets,
   type SocketAcceptor,
   type SocketAddress,
+  type LongLived,
 } from '@ambientkit/core'
 import { createSocket as createDgramSocket, type Socket as DgramSocket, type SocketOptions as DgramSocketOptions } from 'node:dgram'
 import { closeSync, fstatSync, openSync, statSync } from 'node:fs'
@@ -100,11 +100,12 @@ export interface NetnsExecResult {
 }
 
 /**
- * An open handle on a network namespace. It is the `NetnsSockets` of
- * `@ambientkit/core` that a workload proxy takes: listen, accept and
- * connect inside the namespace, original destinations of what was accepted.
+ * An open handle on a network namespace; `await using` closes it. It is
+ * the `NetnsSockets` of `@ambientkit/core` that a workload proxy takes:
+ * listen, accept and connect inside the namespace, original destinations of
+ * what was accepted.
  */
-export interface Netns extends NetnsSockets, Closable {
+export interface Netns extends NetnsSockets, LongLived {
   /** The path that was opened (`/run/netns/<name>`, `/proc/<pid>/ns/net`, or the given path). */
   readonly path: string
   /** `"<device>:<inode>"` of the namespace: equal ids are the same namespace, whatever path opened it. */
@@ -367,7 +368,7 @@ class NetnsHandle implements Netns {
       }
       const onListening = (): void => done()
       const onError = (err: Error): void =>
-        done(nativeError(RedirectErrorCode.Socket, `cannot listen on ${host} port ${options.port} in ${this.path}`, err))
+        done(nativeError(RedirectErrorCode.Socket, `cannot listen on ${host} port ${options.port} in ${this.path}`, err, { path: this.path, host, port: options.port }))
       const onAbort = (): void => done(abortError(signal!, 'listen'))
       server.once('listening', onListening)
       server.once('error', onError)
@@ -398,7 +399,7 @@ class NetnsHandle implements Netns {
       const onError = (err: Error): void => {
         socket.off('listening', onListening)
         socket.close()
-        reject(nativeError(RedirectErrorCode.Socket, `cannot use the UDP socket on ${host} port ${options.port ?? 0} in ${this.path}`, err))
+        reject(nativeError(RedirectErrorCode.Socket, `cannot use the UDP socket on ${host} port ${options.port ?? 0} in ${this.path}`, err, { path: this.path, host, port: options.port ?? 0 }))
       }
       const onListening = (): void => {
         socket.off('error', onError)
@@ -464,6 +465,10 @@ class NetnsHandle implements Netns {
     const fd = this.#fd
     this.#fd = undefined
     closeSync(fd)
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close()
   }
 }
 

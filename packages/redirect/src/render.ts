@@ -41,7 +41,7 @@ export function iptablesRuleLine(rule: CaptureRule): string {
   if (rule.outInterface !== undefined) parts.push(`-o ${rule.outInterface}`)
   if (rule.protocol !== undefined) parts.push(`-p ${rule.protocol}`)
   if (rule.sourcePort !== undefined || rule.destinationPort !== undefined) {
-    if (rule.protocol === undefined) throw new Error('a port match needs a protocol')
+    if (rule.protocol === undefined) throw invalidArgument('rule.protocol', rule.protocol, "'tcp' or 'udp': a port match needs a protocol")
     parts.push(`-m ${rule.protocol}`)
     if (rule.sourcePort !== undefined) parts.push(`--sport ${rule.sourcePort}`)
     if (rule.destinationPort !== undefined) parts.push(`${rule.destinationPort.negate === true ? '! ' : ''}--dport ${rule.destinationPort.port}`)
@@ -127,7 +127,7 @@ export function nftChainHeader(stage: CaptureStage, hook: CaptureHook): string {
 
 function nftAddress(family: CaptureFamily | undefined, cidr: string): { prefix: string; value: string } {
   const v6 = cidr.includes(':')
-  if (family !== undefined && (family === 'ipv6') !== v6) throw new Error(`address ${cidr} in an ${family} rule`)
+  if (family !== undefined && (family === 'ipv6') !== v6) throw invalidArgument('rule address', cidr, `an ${family} address in an ${family} rule`)
   const full = v6 ? cidr.endsWith('/128') : cidr.endsWith('/32')
   return { prefix: v6 ? 'ip6' : 'ip', value: full ? cidr.slice(0, cidr.lastIndexOf('/')) : cidr }
 }

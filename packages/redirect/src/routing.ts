@@ -1,6 +1,8 @@
-import { createRtNetlink, type RtNetlinkSocket } from 'netlink'
+import type * as Netlink from 'netlink'
+import type { RtNetlinkSocket } from 'netlink'
 import { AmbientError } from '@ambientkit/core'
 import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { RedirectErrorCode } from './errors'
 import type { Netns } from './netns'
 import type { CaptureFamily, CaptureRoutingSpec as CaptureRouting } from './rules'
@@ -25,11 +27,26 @@ function routingError(what: string, err: unknown, netns: Netns): AmbientError {
   return new AmbientError(RedirectErrorCode.Netlink, `${what} in ${netns.path}: ${message}${hint}`, { cause: err, details: { path: netns.path } })
 }
 
+let netlink: typeof Netlink | undefined
+
+/**
+ * The netlink package, loaded on first use rather than at import: it loads a
+ * native addon of its own, through `__dirname`, which an ESM bundle of a
+ * program importing this package does not have, and which a program that
+ * only renders rules never needs. A runtime `require`, not `import()`, so
+ * that bundlers leave it to Node to resolve.
+ */
+function loadNetlink(): typeof Netlink {
+  netlink ??= createRequire(import.meta.url)('netlink') as typeof Netlink
+  return netlink
+}
+
 /**
  * Runs `fn` with an rtnetlink socket bound to `netns` (created while the
  * thread is inside it, so it stays there) and always closes it.
  */
 export async function withRtNetlink<T>(netns: Netns, fn: (rt: RtNetlinkSocket) => Promise<T>): Promise<T> {
+  const { createRtNetlink } = loadNetlink()
   const rt = netns.runSync(() => createRtNetlink())
   try {
     return await fn(rt)

@@ -107,10 +107,22 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
     expect(nsB.id).not.toBe(nsA.id)
     const self = openNetns(process.pid)
     expect(self.path).toBe(`/proc/${process.pid}/ns/net`)
-    expect(self.id).toBe(openNetns('/proc/self/ns/net').id)
+    await using again = openNetns('/proc/self/ns/net')
+    expect(self.id).toBe(again.id)
     expect(self.id).not.toBe(nsA.id)
     await byPath.close()
     await self.close()
+  })
+
+  it('is closed by await using, once', async () => {
+    let held: Netns | undefined
+    {
+      await using ns = openNetns(`/run/netns/${a.name}`)
+      held = ns
+      expect(ns.runSync(() => 'inside')).toBe('inside')
+    }
+    expect(() => held.runSync(() => 'inside')).toThrow(expect.objectContaining({ code: 'ERR_AMBIENT_CLOSED' }))
+    await held.close()
   })
 
   it('refuses a missing namespace, a file that is not one, and a bad name', async () => {

@@ -1,25 +1,21 @@
 import { get } from 'node:http'
-import type { PodEnrollment, PodSource, PodSourceEvent } from '@ambientkit/core'
+import { createSubscribers, type PodEnrollment, type PodSource, type PodSourceEvent } from '@ambientkit/core'
 
 /** A pod source whose list the test sets, emitting events like a real watcher. */
 export function createListPodSource(initial: PodEnrollment[]): PodSource & { set(pods: PodEnrollment[]): void } {
   let pods = new Map(initial.map((p) => [p.workload.uid, p]))
-  const listeners = new Set<(event: PodSourceEvent) => void>()
+  const subscribers = createSubscribers<PodSourceEvent>()
   return {
     list: async () => [...pods.values()],
-    watch(listener) {
-      listeners.add(listener)
-      return () => listeners.delete(listener)
-    },
+    subscribe: subscribers.subscribe,
     set(next) {
       const nextMap = new Map(next.map((p) => [p.workload.uid, p]))
-      for (const uid of pods.keys()) if (!nextMap.has(uid)) for (const l of listeners) l({ type: 'remove', uid })
-      for (const pod of next) if (pods.get(pod.workload.uid) !== pod) for (const l of listeners) l({ type: 'upsert', pod })
+      for (const uid of pods.keys()) if (!nextMap.has(uid)) subscribers.emit({ type: 'remove', uid })
+      for (const pod of next) if (pods.get(pod.workload.uid) !== pod) subscribers.emit({ type: 'upsert', pod })
       pods = nextMap
     },
-    close: async () => {
-      listeners.clear()
-    },
+    close: async () => subscribers.clear(),
+    [Symbol.asyncDispose]: async () => subscribers.clear(),
   }
 }
 
