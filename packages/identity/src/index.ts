@@ -40,6 +40,8 @@ export {
   type CertificateAuthority,
   type CertificateAuthorityPem,
   type CreateCertificateAuthorityOptions,
+  type CsrKeyPolicy,
+  type EcdsaCurve,
   type IssueOptions,
   type LoadCertificateAuthorityOptions,
   type SignCsrOptions,
