@@ -1,5 +1,5 @@
 import { generateKeyPairSync } from 'node:crypto'
-import { request, type IncomingMessage } from 'node:http'
+import { request, type ClientRequest } from 'node:http'
 import { createInterface } from 'node:readline'
 import {
   AmbientError,
@@ -54,18 +54,36 @@ export function callControlPlane(socketPath: string, method: string, path: strin
 
 /**
  * Follows `GET /v1/watch`: calls `onState` with every state line. Reconnects
- * (every second) when the control plane goes away, so a node keeps its last
- * state meanwhile. Returns the function that stops following.
+ * (every second) when the control plane goes away, however it goes (a clean
+ * end, a reset, a refused connection), so a node keeps serving on its last
+ * state meanwhile; every failure goes to `onError`, never to an unhandled
+ * `'error'` event. Returns the function that stops following.
  */
 export function watchControlPlane(socketPath: string, onState: (state: MeshState) => void, onError: (err: Error) => void): () => void {
   let stopped = false
-  let current: IncomingMessage | undefined
+  let current: ClientRequest | undefined
   let timer: NodeJS.Timeout | undefined
   const connect = (): void => {
     if (stopped) return
+    let ended = false
+    // Every way this connection can end comes here once: report, then reconnect.
+    const end = (err?: Error): void => {
+      if (ended) return
+      ended = true
+      if (err !== undefined && !stopped) onError(err)
+      retry()
+    }
     const req = request({ socketPath, method: 'GET', path: '/v1/watch' }, (res) => {
-      current = res
-      const lines = createInterface({ input: res })
+      res.on('error', end)
+      res.on('close', () => end())
+      if (res.statusCode !== 200) {
+        res.resume()
+        end(new AmbientError(CONTROL_PLANE_ERROR, `control plane watch answered ${res.statusCode}`))
+        return
+      }
+      const lines = createInterface({ input: res, crlfDelay: Infinity })
+      // readline re-emits its input's errors; the response's own listener reports them.
+      lines.on('error', () => undefined)
       lines.on('line', (line) => {
         try {
           onState(JSON.parse(line) as MeshState)
@@ -73,13 +91,10 @@ export function watchControlPlane(socketPath: string, onState: (state: MeshState
           onError(err as Error)
         }
       })
-      res.on('close', retry)
     })
-    req.on('error', (err) => {
-      onError(err)
-      retry()
-    })
+    req.on('error', end)
     req.end()
+    current = req
   }
   const retry = (): void => {
     if (stopped || timer !== undefined) return

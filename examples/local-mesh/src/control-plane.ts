@@ -15,7 +15,7 @@ import {
   type Workload,
 } from '@ambientkit/core'
 import { createCertificateAuthority, loadCertificateAuthority, type CertificateAuthority } from '@ambientkit/identity'
-import { podUid, podWorkload, serviceEntry, validatePod, validatePolicy, type MeshConfig, type PodConfig } from './config'
+import { podUid, podWorkload, serviceEntry, validatePod, validatePolicies, type MeshConfig, type PodConfig } from './config'
 import { netnsName, netnsPath } from './paths'
 
 /**
@@ -194,9 +194,10 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
     }
     if (method === 'PUT' && url.pathname === '/v1/policies') {
       const body = await readJson(req)
-      const list = Array.isArray(body) ? body : (body as { policies?: unknown }).policies
+      const list = Array.isArray(body) ? body : (body as { policies?: unknown } | null)?.policies
       if (!Array.isArray(list)) throw new HttpError(400, 'expected a JSON list of policies, or {"policies": [...]}')
-      const validated = list.map((p: unknown, i) => validatePolicy(`policies[${i}]`, p))
+      // Exactly mesh.yaml's rules: a policy store keyed by name would keep only the last of two namesakes.
+      const validated = validatePolicies('policies', list)
       policies.replaceAll(validated)
       rebuild()
       return { policies: validated.length, revision }

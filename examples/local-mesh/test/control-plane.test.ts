@@ -1,0 +1,98 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import type { Readable } from 'node:stream'
+import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { callControlPlane, watchControlPlane } from '../src/client'
+import type { MeshState } from '../src/control-plane'
+import { EXAMPLE_DIR, ROOT_DIR, state } from '../src/paths'
+
+const dir = mkdtempSync(join(tmpdir(), 'akm-cp-'))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+const meshYaml = join(dir, 'mesh.yaml')
+writeFileSync(
+  meshYaml,
+  `nodes: [{ name: node-1, podCidr: 10.44.1.0/24 }]
+pods: [{ name: api, namespace: shop, serviceAccount: api, node: node-1, ip: 10.44.1.2 }]
+policies:
+  - { name: allow, namespace: shop, scope: namespace, action: ALLOW, rules: [{ namespaces: [shop] }] }
+`,
+)
+
+const children = new Set<ChildProcess>()
+afterEach(() => {
+  for (const child of children) child.kill('SIGKILL')
+  children.clear()
+})
+
+/** The control plane as the demo runs it: its own process, ready once it says so on fd 3. */
+async function startControlPlane(stateDir: string): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(EXAMPLE_DIR, 'src', 'control-plane-main.ts'), '--config', meshYaml, '--state-dir', stateDir], {
+    cwd: EXAMPLE_DIR,
+    stdio: ['ignore', 'ignore', 'inherit', 'pipe'],
+    env: { ...process.env, AKM_READY_FD: '3', TSX_TSCONFIG_PATH: join(ROOT_DIR, 'tsconfig.json') },
+  })
+  children.add(child)
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdio[3] as Readable }).once('line', resolve)
+    child.once('exit', (code) => reject(new Error(`control plane exited (${code}) before it was ready`)))
+  })
+  expect(JSON.parse(line)).toMatchObject({ ready: true })
+  return child
+}
+
+const exited = (child: ChildProcess): Promise<void> => new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())))
+
+describe('local control plane', () => {
+  it('refuses two policies with the same namespace/name on PUT /v1/policies, as mesh.yaml does (issue 15)', async () => {
+    const stateDir = join(dir, 'policies')
+    await startControlPlane(stateDir)
+    const socket = state.socket(stateDir)
+    const policy = { name: 'allow', namespace: 'shop', scope: 'namespace', action: 'ALLOW', rules: [{ namespaces: ['shop'] }] }
+    const before = (await callControlPlane(socket, 'GET', '/v1/snapshot')) as MeshState
+    const error = await callControlPlane(socket, 'PUT', '/v1/policies', [policy, { ...policy, action: 'DENY' }]).catch((err: unknown) => err as Error & { details: { status: number } })
+    expect(error).toBeInstanceOf(Error)
+    expect((error as { details: { status: number } }).details.status).toBe(400)
+    expect((error as Error).message).toMatch(/policies\[1\]\.namespace\/name: expected a namespace\/name no other entry has, got "shop\/allow"/)
+    const after = (await callControlPlane(socket, 'GET', '/v1/snapshot')) as MeshState
+    expect(after.revision).toBe(before.revision)
+    expect(after.policies).toEqual(before.policies)
+    // The same names in two namespaces are two policies.
+    const accepted = (await callControlPlane(socket, 'PUT', '/v1/policies', [policy, { ...policy, namespace: 'billing' }])) as { policies: number }
+    expect(accepted.policies).toBe(2)
+  })
+
+  it('a watcher survives the control plane killed with SIGKILL, reports it, and follows the restarted one (issue 15)', async () => {
+    const stateDir = join(dir, 'watch')
+    let child = await startControlPlane(stateDir)
+    const states: MeshState[] = []
+    const errors: Error[] = []
+    let notify: (() => void) | undefined
+    const next = (): Promise<void> => new Promise((resolve) => (notify = resolve))
+    let arrived = next()
+    const stop = watchControlPlane(state.socket(stateDir), (s) => {
+      states.push(s)
+      notify?.()
+    }, (err) => errors.push(err))
+    try {
+      await arrived
+      expect(states).toHaveLength(1)
+      // Killed mid-stream: the watch response is cut without its last chunk.
+      child.kill('SIGKILL')
+      await exited(child)
+      arrived = next()
+      child = await startControlPlane(stateDir)
+      await arrived
+      expect(states).toHaveLength(2)
+      expect(states[1]!.trustDomain).toBe('cluster.local')
+      // The cut stream and the refused reconnects were reported, not thrown.
+      expect(errors.length).toBeGreaterThan(0)
+      expect(errors.map((e) => e.message).join('\n')).toMatch(/aborted|ECONNRESET|ECONNREFUSED|ENOENT/)
+    } finally {
+      stop()
+    }
+  })
+})
