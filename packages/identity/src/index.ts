@@ -67,9 +67,21 @@ export {
   type IdentityManagerEvents,
   type IdentityManagerOptions,
   type IdentitySource,
+  type JwtSvidFetchOptions,
   type LocalCaSourceOptions,
   type RotationEvent,
 } from './manager'
+export {
+  JwtSvidRejectionReason,
+  createJwtSvidIssuer,
+  verifyJwtSvid,
+  type CreateJwtSvidIssuerOptions,
+  type JwtSvid,
+  type JwtSvidIssuer,
+  type SignJwtSvidOptions,
+  type VerifiedJwtSvid,
+  type VerifyJwtSvidOptions,
+} from './jwt'
 export {
   attachTlsServer,
   peerSpiffeId,
