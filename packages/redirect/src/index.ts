@@ -70,8 +70,10 @@ export {
 export {
   getSocketMark,
   originalDestination,
+  peerCredentials,
   readSocketOptions,
   setSocketMark,
+  type PeerCredentials,
   type SocketLike,
   type SocketOptions,
 } from './sockets'
