@@ -21,6 +21,7 @@ declare -A tools=(
   [make]=make
   [g++]=g++
   [python3]=python3
+  [protoc]=protobuf-compiler
 )
 # header → Debian package that provides it (the native HBONE data path
 # compiles against nghttp2's header and uses the nghttp2 Node itself links)
@@ -33,6 +34,10 @@ for command in "${!tools[@]}"; do
 done
 for header in "${!headers[@]}"; do
   [ -f "$header" ] || missing+=("${headers[$header]}")
+done
+# Foreign gRPC peers of the CA and Workload API tests: Debian's python3 modules (module:package).
+for module in grpc:python3-grpcio google.protobuf:python3-protobuf cryptography:python3-cryptography; do
+  /usr/bin/python3 -c "import ${module%%:*}" 2>/dev/null || missing+=("${module#*:}")
 done
 if ((${#missing[@]} > 0)); then
   if [ "$(id -u)" -eq 0 ]; then

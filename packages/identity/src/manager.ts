@@ -45,6 +45,8 @@ export interface LocalCaSourceOptions {
   federatedBundles?: TrustBundleSet
   /** Signers of JWT-SVIDs, one per trust domain; their keys join the bundles. Default none (no JWT-SVIDs). */
   jwtIssuers?: readonly JwtSvidIssuer[]
+  /** DNS names to put beside an identity's SPIFFE ID (a server reached by name, such as a CA service). Default none. */
+  dnsNames?: (id: SpiffeId) => readonly string[]
 }
 
 /**
@@ -66,7 +68,7 @@ export function createLocalCaSource(cas: CertificateAuthority | readonly Certifi
     async fetch(id, fetchOptions) {
       const ca = list.find((c) => id.memberOf(c.trustDomain))
       if (ca === undefined) throw invalidArgument('id', id.toString(), `an ID in one of the trust domains ${domains()}`)
-      return ca.issue(id, { ttlSeconds: fetchOptions.ttlSeconds, signal: fetchOptions.signal })
+      return ca.issue(id, { ttlSeconds: fetchOptions.ttlSeconds, signal: fetchOptions.signal, dnsNames: options.dnsNames?.(id) ?? [] })
     },
     async fetchJwtSvid(id, fetchOptions) {
       throwIfAborted(fetchOptions.signal, 'fetchJwtSvid')
