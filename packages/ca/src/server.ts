@@ -327,7 +327,7 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
         if (controller.signal.aborted) return
         if (watchers.size >= limits.maxWatchers) {
           writeAudit({ event: 'refused', method: 'WatchBundles', peer: credentials.peer, caller: callerEntry(caller), status: 'RESOURCE_EXHAUSTED', reason: `${limits.maxWatchers} watchers already` })
-          call.destroy({ name: 'Error', message: 'too many watchers', code: grpc.status.RESOURCE_EXHAUSTED } as grpc.ServiceError)
+          call.emit('error', { name: 'Error', message: 'too many watchers', code: grpc.status.RESOURCE_EXHAUSTED, details: 'too many watchers' })
           return
         }
         watchers.add(call)
@@ -336,7 +336,8 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
       (err: unknown) => {
         const refusal = err instanceof Refusal ? err : new Refusal(grpc.status.INTERNAL, 'the CA failed', String(err))
         writeAudit({ event: 'refused', method: 'WatchBundles', peer: credentials.peer, status: statusName(refusal.status), reason: refusal.reason })
-        call.destroy({ name: 'Error', message: refusal.publicMessage, code: refusal.status } as grpc.ServiceError)
+        // grpc-js sends the status of an 'error' event; destroy() would send none.
+        call.emit('error', { name: 'Error', message: refusal.publicMessage, code: refusal.status, details: refusal.publicMessage })
       },
     )
   }

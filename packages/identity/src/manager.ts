@@ -33,6 +33,12 @@ export interface IdentitySource {
   readonly bundles: TrustBundleSet
   /** Produces a fresh X.509-SVID for `id`. */
   fetch(id: SpiffeId, options: IdentityFetchOptions): Promise<X509Svid>
+  /**
+   * Announces SVIDs the source renewed on its own (a Workload API stream):
+   * the manager installs those of identities it holds as rotations. Returns
+   * the function that stops the announcements. Optional.
+   */
+  subscribe?(listener: (svid: X509Svid) => void): () => void
   /** Produces a JWT-SVID for `id`. Optional: a source without it cannot serve JWT-SVIDs. */
   fetchJwtSvid?(id: SpiffeId, options: JwtSvidFetchOptions): Promise<JwtSvid>
   /** Releases what the source holds. Optional. */
@@ -287,7 +293,13 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
       drop(entry)
       return
     }
-    fetchSvid(entry).then(
+    fetchSvid(entry).then((svid) => {
+      // A source that hands back the SVID held has not renewed it (a stream not rotated yet): retried like a failure.
+      if (entry.svid !== undefined && svid.certificateChainPem === entry.svid.certificateChainPem) {
+        throw new AmbientError(IdentityErrorCode.IdentityUnavailable, `the identity source has not renewed ${entry.id.toString()} yet`)
+      }
+      return svid
+    }).then(
       (svid) => install(entry, svid),
       (error: AmbientError) => {
         if (lifetime.signal.aborted || entries.get(entry.id.toString()) !== entry) return
@@ -324,6 +336,12 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
         renew(entry)
       }
     }
+  })
+
+  const offSource = source.subscribe?.((svid) => {
+    const entry = entries.get(svid.id.toString())
+    // Only another SVID of an identity held, living at least as long, replaces the current one.
+    if (entry?.svid !== undefined && svid.certificateChainPem !== entry.svid.certificateChainPem && svid.notAfter.getTime() >= entry.svid.notAfter.getTime()) install(entry, svid)
   })
 
   const checkOpen = (what: string): void => {
@@ -418,6 +436,7 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
       closed ??= (async () => {
         lifetime.abort(new AmbientError(CoreErrorCode.Closed, 'the identity manager was closed'))
         offBundles()
+        offSource?.()
         for (const entry of entries.values()) clearTimeout(entry.timer)
         entries.clear()
         jwtSvids.clear()
