@@ -5,9 +5,12 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import type { Readable } from 'node:stream'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
-import { callControlPlane, watchControlPlane } from '../src/client'
+import { statSync } from 'node:fs'
+import { SpiffeId } from '@ambientkit/identity'
+import { createIstioCaSource } from '@ambientkit/ca'
+import { callControlPlane, createNodeIdentitySource, watchControlPlane } from '../src/client'
 import type { MeshState } from '../src/control-plane'
-import { EXAMPLE_DIR, ROOT_DIR, state } from '../src/paths'
+import { EXAMPLE_DIR, ROOT_DIR, controlPlaneId, state } from '../src/paths'
 
 const dir = mkdtempSync(join(tmpdir(), 'akm-cp-'))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
@@ -15,8 +18,11 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }))
 const meshYaml = join(dir, 'mesh.yaml')
 writeFileSync(
   meshYaml,
-  `nodes: [{ name: node-1, podCidr: 10.44.1.0/24 }]
-pods: [{ name: api, namespace: shop, serviceAccount: api, node: node-1, ip: 10.44.1.2 }]
+  `nodes: [{ name: node-1, podCidr: 10.44.1.0/24 }, { name: node-2, podCidr: 10.44.2.0/24 }]
+pods:
+  - { name: api, namespace: shop, serviceAccount: api, node: node-1, ip: 10.44.1.2 }
+  - { name: db, namespace: shop, serviceAccount: db, node: node-2, ip: 10.44.2.2 }
+  - { name: monitor, namespace: legacy, serviceAccount: monitor, node: node-1, ip: 10.44.1.9, mesh: false }
 policies:
   - { name: allow, namespace: shop, scope: namespace, action: ALLOW, rules: [{ namespaces: [shop] }] }
 `,
@@ -94,5 +100,27 @@ describe('local control plane', () => {
     } finally {
       stop()
     }
+  })
+
+  it('runs the CA service: a node\'s credential gets the identities of its own mesh pods only', async () => {
+    const stateDir = join(dir, 'ca')
+    await startControlPlane(stateDir)
+    const credential = state.nodeCredential('node-1', stateDir)
+    expect(statSync(credential).mode & 0o777).toBe(0o600)
+    const node1 = createNodeIdentitySource(stateDir, 'node-1', 'cluster.local')
+    const api = SpiffeId.parse('spiffe://cluster.local/ns/shop/sa/api')
+    expect((await node1.fetch(api, { ttlSeconds: 600 })).id.toString()).toBe(api.toString())
+    // db runs on node-2; monitor is not in the mesh.
+    await expect(node1.fetch(SpiffeId.parse('spiffe://cluster.local/ns/shop/sa/db'), { ttlSeconds: 600 })).rejects.toThrow(/request impersonation authentication failure/)
+    await expect(node1.fetch(SpiffeId.parse('spiffe://cluster.local/ns/legacy/sa/monitor'), { ttlSeconds: 600 })).rejects.toThrow(/request impersonation authentication failure/)
+    await node1.close()
+    const anonymous = createIstioCaSource({ address: `unix://${state.caSocket(stateDir)}`, trustDomain: 'cluster.local', rootCertificates: () => (callControlPlane(state.socket(stateDir), 'GET', '/v1/bundle') as Promise<{ keys: Array<{ x5c: string[] }> }>).then((b) => `-----BEGIN CERTIFICATE-----\n${b.keys[0]!.x5c[0]}\n-----END CERTIFICATE-----\n`), serverIdentity: { spiffeId: controlPlaneId('cluster.local') } })
+    await expect(anonymous.fetch(api, { ttlSeconds: 600 })).rejects.toThrow(/request authenticate failure/)
+    await anonymous.close()
+    const { readFileSync } = await import('node:fs')
+    const audit = readFileSync(state.caAudit(stateDir), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; reason?: string; caller?: { node?: string } })
+    expect(audit.map((e) => e.event)).toEqual(['issued', 'refused', 'refused', 'refused'])
+    expect(audit[1]!.reason).toBe('no pod of shop/db, not Failed, is scheduled on node node-1')
+    expect(audit[3]!.reason).toBe('no credential any authenticator accepts')
   })
 })

@@ -19,4 +19,4 @@
  *
  * @packageDocumentation
  */
-export { createNodeAgent, type NodeAgent, type NodeAgentOptions, type ReconcileReport } from './node-agent'
+export { createNodeAgent, type NodeAgent, type NodeAgentOptions, type NodeAgentWorkloadApi, type ReconcileReport } from './node-agent'

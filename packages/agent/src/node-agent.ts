@@ -1,6 +1,7 @@
 import { readFile, rename, writeFile } from 'node:fs/promises'
 import {
   silentLogger,
+  workloadIdentity,
   type AbortOptions,
   type Closable,
   type Logger,
@@ -11,6 +12,20 @@ import {
 } from '@ambientkit/core'
 import { applyCapture, openNetns, removeCapture, type CaptureConfig, type Netns } from '@ambientkit/redirect'
 import type { NodeProxy } from '@ambientkit/proxy'
+import type { IdentityManager } from '@ambientkit/identity'
+import { createNetnsAttestor, createWorkloadApiServer, type WorkloadApiServer } from '@ambientkit/workload-api'
+
+/** The SPIFFE Workload API the agent offers to the applications of its enrolled pods. */
+export interface NodeAgentWorkloadApi {
+  /**
+   * The unix socket (one per node; its directory is shared with the pods: a
+   * hostPath volume on Kubernetes, the machine's filesystem in the local
+   * mesh). Apps use `SPIFFE_ENDPOINT_SOCKET=unix://<socketPath>`.
+   */
+  readonly socketPath: string
+  /** Where the pods' SVIDs come from: the node proxy's manager, so apps and their proxy share them. */
+  readonly identities: IdentityManager
+}
 
 /** Options of {@link createNodeAgent}. */
 export interface NodeAgentOptions {
@@ -28,6 +43,12 @@ export interface NodeAgentOptions {
    * while it was down. Default: none (only pods the source still lists are reconciled).
    */
   readonly stateFile?: string
+  /**
+   * Serve the SPIFFE Workload API to enrolled pods: a caller is attested by
+   * its network namespace and gets exactly its pod's identity, for as long
+   * as the pod is enrolled. Default: not served.
+   */
+  readonly workloadApi?: NodeAgentWorkloadApi
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -88,6 +109,7 @@ class NodeAgentImpl implements NodeAgent {
   readonly #enrolled = new Map<string, Enrolled>()
   readonly #queues = new Map<string, Promise<unknown>>()
   #unwatch: (() => void) | undefined
+  #workloadApi: WorkloadApiServer | undefined
   #closed = false
   /** State writes run one after another, each writing the state as it is when it runs. */
   #stateWrites: Promise<void> = Promise.resolve()
@@ -98,6 +120,15 @@ class NodeAgentImpl implements NodeAgent {
   }
 
   async start(options: AbortOptions = {}): Promise<ReconcileReport> {
+    const api = this.#options.workloadApi
+    if (api !== undefined) {
+      this.#workloadApi = await createWorkloadApiServer({
+        socketPath: api.socketPath,
+        manager: api.identities,
+        attest: createNetnsAttestor(() => [...this.#enrolled.values()].map((e) => ({ netnsPath: e.netnsPath, identity: workloadIdentity(e.workload) }))),
+        logger: this.#log,
+      })
+    }
     // Follow events from before the list, so nothing between the two is lost;
     // they queue behind the reconciliation of the same pod.
     this.#unwatch = this.#options.podSource.watch((event) => void this.#onEvent(event))
@@ -176,6 +207,7 @@ class NodeAgentImpl implements NodeAgent {
       throw err
     }
     this.#enrolled.set(workload.uid, { workload, netnsPath, netns })
+    this.#workloadApi?.refresh()
     this.#log.info({ uid: workload.uid, workload: `${workload.namespace}/${workload.name}` }, 'pod enrolled')
   }
 
@@ -187,6 +219,8 @@ class NodeAgentImpl implements NodeAgent {
     } finally {
       // Listed by enrolled() until its capture is gone, so that a caller waiting for the list sees a released pod.
       this.#enrolled.delete(uid)
+      // Its apps lose their identity with the pod's enrollment.
+      this.#workloadApi?.refresh()
     }
   }
 
@@ -237,6 +271,7 @@ class NodeAgentImpl implements NodeAgent {
     if (this.#closed) return
     this.#closed = true
     this.#unwatch?.()
+    await this.#workloadApi?.close()
     await Promise.allSettled([...this.#queues.values()])
     await this.#stateWrites.catch(() => {})
     await Promise.all([...this.#enrolled.values()].map((e) => e.netns.close()))
