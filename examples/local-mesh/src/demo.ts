@@ -388,6 +388,28 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
   }
 }
 
+/** Requests one after another from `client` to `target` until stopped: how the demo watches traffic while it changes the mesh. */
+function backgroundTraffic(mesh: Mesh, client: PodConfig, target: PodConfig): { stats: { from: string; to: string; sent: number; reached: number; errors: string[] }; stop(): Promise<void> } {
+  const stats = { from: `${client.namespace}/${client.name}`, to: `${target.namespace}/${target.name}`, sent: 0, reached: 0, errors: [] as string[] }
+  let stopped = false
+  const loop = (async () => {
+    const ns = handle(mesh, netnsName.pod(client))
+    while (!stopped) {
+      const r = await requestFromPod(ns, target.ip, target.port, 'background')
+      stats.sent += 1
+      if (r.ok) stats.reached += 1
+      else if (stats.errors.length < 3) stats.errors.push(r.error ?? 'unknown error')
+    }
+  })()
+  return {
+    stats,
+    stop: async () => {
+      stopped = true
+      await loop
+    },
+  }
+}
+
 /** Adds a pod to the mesh at run time, sends to it, removes it, while a background client keeps sending. */
 async function addAndRemove(mesh: Mesh, sent: SentRequest[]): Promise<DemoReport['addRemove']> {
   const { config } = mesh
@@ -404,17 +426,8 @@ async function addAndRemove(mesh: Mesh, sent: SentRequest[]): Promise<DemoReport
   const uid = podUid(late)
   progress(`adding pod ${late.namespace}/${late.name} (${ip}) to the mesh while ${client.namespace}/${client.name} → ${template.namespace}/${template.name} traffic runs`)
 
-  let stop = false
-  const background = { from: `${client.namespace}/${client.name}`, to: `${template.namespace}/${template.name}`, sent: 0, reached: 0, errors: [] as string[] }
-  const loop = (async () => {
-    const ns = handle(mesh, netnsName.pod(client))
-    while (!stop) {
-      const r = await requestFromPod(ns, template.ip, template.port, 'background')
-      background.sent += 1
-      if (r.ok) background.reached += 1
-      else if (background.errors.length < 3) background.errors.push(r.error ?? 'unknown error')
-    }
-  })()
+  const traffic = backgroundTraffic(mesh, client, template)
+  const background = traffic.stats
   try {
     step()
     await createPod(late, last)
@@ -443,8 +456,7 @@ async function addAndRemove(mesh: Mesh, sent: SentRequest[]): Promise<DemoReport
     await deleteNamespace(netnsName.pod(late))
     return { pod: `${late.namespace}/${late.name}`, enrolledInMs, releasedInMs, background }
   } finally {
-    stop = true
-    await loop
+    await traffic.stop()
   }
 }
 
@@ -485,17 +497,8 @@ async function killControlPlane(mesh: Mesh): Promise<DemoReport['controlPlaneRes
   const probe = await requestFromPod(handle(mesh, netnsName.pod(client)), target.ip, target.port, 'probe')
   if (!probe.ok) return undefined
   progress(`killing the control plane (SIGKILL) while ${client.namespace}/${client.name} → ${target.namespace}/${target.name} traffic runs`)
-  const background = { from: `${client.namespace}/${client.name}`, to: `${target.namespace}/${target.name}`, sent: 0, reached: 0, errors: [] as string[] }
-  let stop = false
-  const loop = (async () => {
-    const ns = handle(mesh, netnsName.pod(client))
-    while (!stop) {
-      const r = await requestFromPod(ns, target.ip, target.port, 'background')
-      background.sent += 1
-      if (r.ok) background.reached += 1
-      else if (background.errors.length < 3) background.errors.push(r.error ?? 'unknown error')
-    }
-  })()
+  const traffic = backgroundTraffic(mesh, client, target)
+  const background = traffic.stats
   const t0 = Date.now()
   try {
     await stopPid(mesh.controlPlane.pid, mesh.controlPlane.exited, 5000, 'SIGKILL')
@@ -525,8 +528,7 @@ async function killControlPlane(mesh: Mesh): Promise<DemoReport['controlPlaneRes
     }
     return { downFor, agentsAlive, reconnectedInMs, background }
   } finally {
-    stop = true
-    await loop
+    await traffic.stop()
   }
 }
 
