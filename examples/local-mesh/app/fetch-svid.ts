@@ -21,7 +21,9 @@ const got = await new Promise<Record<string, string>>((resolve) => {
   const off = source.subscribe((svid) => {
     clearTimeout(timer)
     off()
-    resolve({ id: svid.id.toString(), serial: new X509Certificate(svid.certificateChainPem).serialNumber, notAfter: svid.notAfter.toISOString() })
+    // How many roots the node agent's bundle holds for the SVID's trust domain (two during a CA rotation).
+    const roots = String(source.bundles.get(svid.id.trustDomain)?.x509Authorities.length ?? 0)
+    resolve({ id: svid.id.toString(), serial: new X509Certificate(svid.certificateChainPem).serialNumber, notAfter: svid.notAfter.toISOString(), roots })
   })
 })
 await source.close()

@@ -137,7 +137,7 @@ export function validateMeshConfig(input: unknown): MeshConfig {
   const trustDomain = root.trustDomain ?? DEFAULT_TRUST_DOMAIN
   if (typeof trustDomain !== 'string' || !/^[a-z0-9._-]+$/.test(trustDomain)) fail('trustDomain', trustDomain, 'a trust domain of [a-z0-9._-]')
   const svidTtlSeconds = root.svidTtlSeconds ?? 3600
-  if (typeof svidTtlSeconds !== 'number' || !Number.isInteger(svidTtlSeconds) || svidTtlSeconds < 60) fail('svidTtlSeconds', svidTtlSeconds, 'an integer number of seconds >= 60')
+  if (typeof svidTtlSeconds !== 'number' || !Number.isInteger(svidTtlSeconds) || svidTtlSeconds < 10) fail('svidTtlSeconds', svidTtlSeconds, 'an integer number of seconds >= 10')
 
   if (!Array.isArray(root.nodes) || root.nodes.length === 0) fail('nodes', root.nodes, 'a non-empty list of nodes')
   if (root.nodes.length > 9) fail('nodes', root.nodes, 'at most 9 nodes')

@@ -107,11 +107,16 @@ async function loadOrCreateCa(dir: string, trustDomain: string): Promise<Certifi
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
   }
   const ca = await createCertificateAuthority({ trustDomain })
+  await saveCa(dir, ca)
+  return ca
+}
+
+/** Writes the CA (key 0600, then certificate): what the next start, and node agents' first bundle, read. */
+async function saveCa(dir: string, ca: CertificateAuthority): Promise<void> {
   const pem = ca.save()
   await mkdir(dir, { recursive: true, mode: 0o700 })
-  await writeFile(keyFile, pem.privateKeyPem, { mode: 0o600 })
-  await writeFile(certFile, pem.certificateChainPem, { mode: 0o644 })
-  return ca
+  await writeFile(join(dir, 'ca-key.pem'), pem.privateKeyPem, { mode: 0o600 })
+  await writeFile(join(dir, 'ca.pem'), pem.certificateChainPem, { mode: 0o644 })
 }
 
 class HttpError extends Error {
@@ -150,7 +155,9 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
   const log = (options.logger ?? silentLogger).child({ component: 'control-plane' })
   const dir = options.stateDir
   const socketPath = state.socket(dir)
-  const ca = await loadOrCreateCa(state.caDir(dir), config.trustDomain)
+  let ca = await loadOrCreateCa(state.caDir(dir), config.trustDomain)
+  // A root rotation in progress: the new CA, trusted beside the old one before it signs.
+  let next: CertificateAuthority | undefined
   const jwt = await loadOrCreateJwtIssuer(state.caDir(dir), config.trustDomain)
   const nodeCredentials = await loadOrCreateNodeCredentials(config, dir)
   const bundles = createTrustBundleSet([TrustBundle.create({ trustDomain: ca.trustDomain, x509Authorities: ca.bundle.x509Authorities, jwtAuthorities: [jwt.authority] })])
@@ -187,6 +194,40 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
   }
   rebuild()
 
+  const setRoots = (roots: readonly CertificateAuthority[]): void =>
+    bundles.set(TrustBundle.create({ trustDomain: ca.trustDomain, x509Authorities: roots.map((c) => c.certificate), jwtAuthorities: [jwt.authority] }))
+
+  /**
+   * A CA root rotation in three steps, each applied under traffic: the new
+   * root joins the bundle (every node trusts both), then the new CA signs
+   * (SVIDs renew onto it at half-life), then the old root leaves (after the
+   * longest SVID lifetime, when nothing it signed is in use).
+   */
+  const rotateCa = async (step: unknown): Promise<unknown> => {
+    if (step === 'add-root') {
+      if (next !== undefined) throw new HttpError(409, 'a rotation is in progress: switch, then remove-old-root')
+      next = await createCertificateAuthority({ trustDomain: config.trustDomain })
+      setRoots([ca, next])
+    } else if (step === 'switch') {
+      if (next === undefined) throw new HttpError(409, 'add-root first')
+      const previous = ca
+      ca = next
+      next = previous
+      await saveCa(state.caDir(dir), ca)
+      // New handshakes with the CA service get a certificate of the new signer.
+      await own.rotate(controlPlaneId(config.trustDomain))
+    } else if (step === 'remove-old-root') {
+      if (next === undefined || next === ca) throw new HttpError(409, 'switch first')
+      next = undefined
+      setRoots([ca])
+    } else {
+      throw new HttpError(400, 'expected {"step": "add-root" | "switch" | "remove-old-root"}')
+    }
+    const roots = bundles.get(ca.trustDomain)!.x509Authorities
+    log.info({ step, roots: roots.length }, 'CA rotation step applied')
+    return { step, roots: roots.map((c) => c.fingerprint256), signer: ca.certificate.fingerprint256 }
+  }
+
   const routes = async (req: IncomingMessage, res: ServerResponse): Promise<unknown> => {
     const url = new URL(req.url ?? '/', 'http://control-plane')
     const method = req.method ?? 'GET'
@@ -220,6 +261,7 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
       rebuild()
       return { uid, revision }
     }
+    if (method === 'POST' && url.pathname === '/v1/ca/rotate') return rotateCa(((await readJson(req)) as { step?: unknown } | null)?.step)
     if (method === 'PUT' && url.pathname === '/v1/policies') {
       const body = await readJson(req)
       const list = Array.isArray(body) ? body : (body as { policies?: unknown } | null)?.policies
@@ -262,12 +304,13 @@ export async function createControlPlane(options: ControlPlaneOptions): Promise<
   // The CA service: Istio's certificate API, TLS with the control plane's own
   // SVID, node agents authenticated by their node credential and allowed the
   // identities of the mesh pods scheduled on their node only.
-  const own = createIdentityManager({ source: createLocalCaSource(ca), logger: log })
+  // Its own SVID comes from the CA signing now, so it follows a rotation.
+  const own = createIdentityManager({ source: { bundles, fetch: (id, o) => ca.issue(id, { ttlSeconds: o.ttlSeconds, signal: o.signal }) }, logger: log })
   const auditFile = state.caAudit(dir)
   await mkdir(state.logs(dir), { recursive: true })
   let auditFailures = 0
   const caServer = await createCaServer({
-    ca,
+    ca: () => ca,
     bundles,
     jwtIssuer: jwt,
     authenticators: [

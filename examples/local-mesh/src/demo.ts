@@ -27,15 +27,17 @@ const { values: flags } = parseArgs({
     down: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
     apply: { type: 'boolean', default: false },
+    up: { type: 'boolean', default: false },
     config: { type: 'string', default: DEFAULT_CONFIG },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
 })
 
-const USAGE = `usage: sudo npm run demo -- [--keep | --down | --apply] [--json] [--config mesh.yaml]
+const USAGE = `usage: sudo npm run demo -- [--keep | --up | --down | --apply] [--json] [--config mesh.yaml]
   (no flag)  build the mesh, send traffic, print the report, tear everything down
   --keep     leave the mesh running afterwards and print a cheat sheet
+  --up       build the mesh and leave it running, without the scenario
   --down     remove everything a demo created (namespaces ${PREFIX}-*, processes, ${STATE_DIR})
   --apply    send the policies of mesh.yaml to the running mesh (after --keep)
   --json     print the report as JSON on stdout (progress stays on stderr)
@@ -649,6 +651,11 @@ async function main(): Promise<number> {
   process.on('SIGTERM', onSignal)
   try {
     mesh = await startMesh(config, flags.config!)
+    if (flags.up) {
+      keep = true
+      console.error(cheatSheet(config))
+      return 0
+    }
     const report = await runScenario(mesh)
     if (flags.json) console.log(JSON.stringify(report, null, 2))
     else console.log(`\n${formatReport(report)}`)
