@@ -14,7 +14,7 @@ import {
   type Workload,
 } from '@ambientkit/core'
 import {
-  TrustBundle, createCertificateAuthority, createIdentityManager, createJwtSvidIssuer, createLocalCaSource, createTrustBundleSet,
+  TrustBundle, createCertificateAuthority, createIdentityManager, createJwtSvidIssuer, createTrustBundleSet,
   loadCertificateAuthority, type CertificateAuthority, type JwtSvidIssuer,
 } from '@ambientkit/identity'
 import { createCaServer, createNodeCredentialAuthenticator, createSvidAuthenticator, type AuditEntry, type NodeCredential } from '@ambientkit/ca'
