@@ -118,7 +118,10 @@ describe('local control plane', () => {
     await expect(anonymous.fetch(api, { ttlSeconds: 600 })).rejects.toThrow(/request authenticate failure/)
     await anonymous.close()
     const { readFileSync } = await import('node:fs')
-    const audit = readFileSync(state.caAudit(stateDir), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; reason?: string; caller?: { node?: string } })
+    const read = (): Array<{ event: string; reason?: string }> => readFileSync(state.caAudit(stateDir), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; reason?: string })
+    // The control plane appends each line as it answers, in another process: the file is the only view (5 s at most).
+    for (let waited = 0; read().length < 4 && waited < 5000; waited += 50) await new Promise((resolve) => setTimeout(resolve, 50))
+    const audit = read()
     expect(audit.map((e) => e.event)).toEqual(['issued', 'refused', 'refused', 'refused'])
     expect(audit[1]!.reason).toBe('no pod of shop/db, not Failed, is scheduled on node node-1')
     expect(audit[3]!.reason).toBe('no credential any authenticator accepts')
