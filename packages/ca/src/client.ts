@@ -65,7 +65,7 @@ export interface IstioCaSourceOptions {
   readonly logger?: Logger
 }
 
-/** An {@link IdentitySource} backed by a CA speaking Istio's certificate API. */
+/** An `IdentitySource` backed by a CA speaking Istio's certificate API. */
 export interface IstioCaSource extends IdentitySource {
   /** JWT-SVIDs from `MeshIdentityService/MintJWTSVID` (an `@ambientkit/ca` server). */
   fetchJwtSvid(id: SpiffeId, options: JwtSvidFetchOptions): Promise<JwtSvid>
@@ -109,7 +109,7 @@ function refused(err: grpc.ServiceError, what: string): AmbientError {
 }
 
 /**
- * An {@link IdentitySource} that gets X.509-SVIDs from a CA speaking Istio's
+ * An `IdentitySource` that gets X.509-SVIDs from a CA speaking Istio's
  * certificate API, as ztunnel does from istiod: a fresh ECDSA P-256 key per
  * request (it never leaves this process), a CSR with the identity as its one
  * URI SAN, `authorization: Bearer <token>` and `clusterid` metadata, and

@@ -53,6 +53,7 @@ export {
   type PodDirectory,
 } from './kubernetes'
 export { createCaServer, type CaServer, type CaServerLimits, type CaServerListen, type CaServerOptions } from './server'
+export type { ListenAddress } from './listen'
 export { createIstioCaSource, type IstioCaSource, type IstioCaSourceOptions, type Refreshable } from './client'
 export {
   createBundleEndpointServer,

@@ -23,7 +23,7 @@ export interface WorkloadApiSourceOptions {
   readonly logger?: Logger
 }
 
-/** An {@link IdentitySource} fed by a SPIFFE Workload API stream. */
+/** An `IdentitySource` fed by a SPIFFE Workload API stream. */
 export interface WorkloadApiSource extends IdentitySource {
   fetchJwtSvid(id: SpiffeId, options: JwtSvidFetchOptions): Promise<JwtSvid>
   subscribe(listener: (svid: X509Svid) => void): () => void
@@ -78,7 +78,7 @@ function unavailable(message: string, cause?: unknown): AmbientError {
 }
 
 /**
- * An {@link IdentitySource} that takes SVIDs and bundles from a SPIFFE
+ * An `IdentitySource` that takes SVIDs and bundles from a SPIFFE
  * Workload API (a SPIRE agent's, or this package's server): one
  * `FetchX509SVID` stream, every message the full state (bundles absent from
  * it are dropped), renewals announced to the identity manager as they
