@@ -13,6 +13,8 @@ export default defineConfig({
       '@ambientkit/identity': src('identity'),
       '@ambientkit/redirect': src('redirect'),
       '@ambientkit/proxy': src('proxy'),
+      '@ambientkit/ca': src('ca'),
+      '@ambientkit/workload-api': src('workload-api'),
       '@ambientkit/agent': src('agent'),
       '@ambientkit/istio': src('istio'),
     },

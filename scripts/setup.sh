@@ -51,6 +51,7 @@ test_set=(
   'libprotobuf-dev   /usr/include/google/protobuf/any.proto'
   'python3-grpcio    /usr/lib/python3/dist-packages/grpc/__init__.py'
   'python3-protobuf  /usr/lib/python3/dist-packages/google/protobuf/__init__.py'
+  'python3-cryptography /usr/lib/python3/dist-packages/cryptography/__init__.py'
   'qemu-user-static  /usr/bin/qemu-aarch64-static'
 )
 # Cross compilers for `npm run prebuilds` (arm64 and musl builds of the addons).

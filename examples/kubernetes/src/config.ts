@@ -12,8 +12,12 @@ export interface NodeConfig {
   readonly sameNodeFastPath: boolean
   /** Where the authorization policies are (a YAML list in `@ambientkit/core`'s form), if anywhere. */
   readonly policiesFile?: string
-  /** The mesh CA's certificate and key (a Secret mounted read-only). */
-  readonly caDir: string
+  /**
+   * The CA service (the control-plane Deployment, or istiod): `host:port`.
+   * The node agent proves its pods' identities with its projected
+   * service-account token; it never holds the CA's key.
+   */
+  readonly caAddress: string
   /** Readiness, `/metrics` and `/config_dump`. */
   readonly adminAddress: SocketAddress
   /** A second listener for `/metrics` only (Prometheus annotations point at it). */
@@ -21,7 +25,7 @@ export interface NodeConfig {
   readonly stateFile: string
 }
 
-const MESH_KEYS = new Set(['trustDomain', 'svidTtlSeconds', 'proxy', 'policiesFile', 'caDir'])
+const MESH_KEYS = new Set(['trustDomain', 'svidTtlSeconds', 'proxy', 'policiesFile', 'caAddress'])
 const PROXY_KEYS = new Set(['outboundPolicy', 'inboundPlaintext', 'sameNodeFastPath'])
 
 function fail(name: string, value: unknown, expected: string): never {
@@ -54,8 +58,8 @@ export function loadNodeConfig(meshYaml: string, env: NodeJS.ProcessEnv): NodeCo
   const sameNodeFastPath = proxy.sameNodeFastPath ?? false
   if (typeof sameNodeFastPath !== 'boolean') fail('mesh.yaml: proxy.sameNodeFastPath', sameNodeFastPath, 'true or false')
   if (mesh.policiesFile !== undefined && typeof mesh.policiesFile !== 'string') fail('mesh.yaml: policiesFile', mesh.policiesFile, 'a path')
-  const caDir = mesh.caDir ?? '/etc/ambientkit/ca'
-  if (typeof caDir !== 'string') fail('mesh.yaml: caDir', caDir, 'a path')
+  const caAddress = mesh.caAddress ?? 'ambientkit-control-plane.ambientkit-system.svc:15012'
+  if (typeof caAddress !== 'string' || !/^[^\s:/]+:\d{1,5}$/.test(caAddress)) fail('mesh.yaml: caAddress', caAddress, 'host:port of the CA service')
   return {
     nodeName,
     trustDomain,
@@ -64,7 +68,7 @@ export function loadNodeConfig(meshYaml: string, env: NodeJS.ProcessEnv): NodeCo
     inboundPlaintext,
     sameNodeFastPath,
     ...(mesh.policiesFile === undefined ? {} : { policiesFile: mesh.policiesFile as string }),
-    caDir,
+    caAddress,
     adminAddress: parseSocketAddress(env.ADMIN_ADDRESS ?? '127.0.0.1:15021', 'ADMIN_ADDRESS'),
     ...(env.METRICS_ADDRESS ? { metricsAddress: parseSocketAddress(env.METRICS_ADDRESS, 'METRICS_ADDRESS') } : {}),
     stateFile: env.STATE_FILE ?? '/var/run/ambientkit/agent.json',

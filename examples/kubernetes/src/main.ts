@@ -4,10 +4,12 @@
  *
  *   node dist/main.js --config /etc/ambientkit/mesh.yaml   (--help for the usage)
  */
+import { readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { createServer } from 'node:http'
 import { createJsonLogger, createPolicyStore, createWorkloadRegistry } from '@ambientkit/core'
-import { createIdentityManager, createLocalCaSource, loadCertificateAuthority } from '@ambientkit/identity'
+import { createIdentityManager } from '@ambientkit/identity'
+import { createIstioCaSource } from '@ambientkit/ca'
 import { createNodeAgent } from '@ambientkit/agent'
 import { createNodeProxy } from '@ambientkit/proxy'
 import { parse } from 'yaml'
@@ -29,15 +31,28 @@ if (args.help) {
 }
 
 const log = createJsonLogger({ bindings: { component: 'ambientkit-node' } })
+// ztunnel's paths: the mesh root from the ambientkit-ca-root ConfigMap, the projected token.
+const CA_ROOT_FILE = '/var/run/secrets/istio/root-cert.pem'
+const TOKEN_FILE = '/var/run/secrets/tokens/istio-token'
+// The Workload API for this node's pods: a hostPath directory pods mount to use it.
+const WORKLOAD_API_SOCKET = '/var/run/ambientkit/workload-api/socket'
 const config = loadNodeConfig(await readFile(args.config, 'utf8'), process.env)
 
-// The mesh CA, mounted from a Secret. Every node holding the CA key can mint
-// any identity: see docs/security.md for why and what replaces it.
-const ca = loadCertificateAuthority({
-  certificateChainPem: await readFile(`${config.caDir}/ca.crt`, 'utf8'),
-  privateKeyPem: await readFile(`${config.caDir}/ca.key`, 'utf8'),
+// SVIDs come from the CA service, as ztunnel's come from istiod: the key stays
+// in the control plane; this node proves with its projected token (audience
+// istio-ca) which node it is, and gets only the identities of its pods.
+const identities = createIdentityManager({
+  source: createIstioCaSource({
+    address: config.caAddress,
+    trustDomain: config.trustDomain,
+    rootCertificates: () => readFileSync(CA_ROOT_FILE, 'utf8'),
+    token: () => readFileSync(TOKEN_FILE, 'utf8'),
+    watchBundles: true,
+    logger: log,
+  }),
+  ttlSeconds: config.svidTtlSeconds,
+  logger: log,
 })
-const identities = createIdentityManager({ source: createLocalCaSource(ca), ttlSeconds: config.svidTtlSeconds, logger: log })
 const policies = createPolicyStore(config.policiesFile === undefined ? [] : (parse(await readFile(config.policiesFile, 'utf8')) as unknown[]) ?? [])
 const registry = createWorkloadRegistry()
 const registrySync = createKubernetesRegistrySync({ registry, trustDomain: config.trustDomain, logger: log })
@@ -65,7 +80,14 @@ const metrics = config.metricsAddress
 const podSource = createKubernetesPodSource({ nodeName: config.nodeName, trustDomain: config.trustDomain, logger: log })
 // Kubelet probes are rewritten in the node's own namespace, where the
 // kubelet runs: with hostPID, /proc/1 is the node's init, and its namespace the node's.
-const agent = createNodeAgent({ nodeProxy, podSource, stateFile: config.stateFile, probes: { netns: '/proc/1/ns/net' }, logger: log })
+const agent = createNodeAgent({
+  nodeProxy,
+  podSource,
+  stateFile: config.stateFile,
+  probes: { netns: '/proc/1/ns/net' },
+  workloadApi: { socketPath: WORKLOAD_API_SOCKET, identities },
+  logger: log,
+})
 const report = await agent.start()
 log.info({ ...report }, 'node agent started')
 

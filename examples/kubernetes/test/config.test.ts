@@ -16,6 +16,7 @@ describe('loadNodeConfig', () => {
       inboundPlaintext: 'permissive',
       sameNodeFastPath: false,
       policiesFile: '/etc/ambientkit/policies.yaml',
+      caAddress: 'ambientkit-control-plane.ambientkit-system.svc:15012',
       adminAddress: { address: '0.0.0.0', port: 15021 },
       metricsAddress: { address: '0.0.0.0', port: 15020 },
     })
@@ -28,6 +29,8 @@ describe('loadNodeConfig', () => {
     ['proxy: { strict: true }', /proxy.strict: expected no such key/],
     ['proxy: { sameNodeFastPath: yes please }', /proxy.sameNodeFastPath: expected true or false, got "yes please"/],
     ['trustdomain: cluster.local', /mesh.yaml: trustdomain: expected no such key/],
+    ['caAddress: istiod.istio-system.svc', /caAddress: expected host:port of the CA service/],
+    ['caDir: /etc/ambientkit/ca', /mesh.yaml: caDir: expected no such key/],
   ])('refuses %j', (yaml, message) => {
     expect(() => loadNodeConfig(yaml, { NODE_NAME: 'n' })).toThrow(message)
   })

@@ -1,8 +1,8 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
 import { parseAllDocuments } from 'yaml'
-import { ConfigMap, Namespace, ServiceAccount } from 'kubernetes-models/v1'
-import { DaemonSet, type IDaemonSet } from 'kubernetes-models/apps/v1'
+import { ConfigMap, Namespace, Service, ServiceAccount } from 'kubernetes-models/v1'
+import { DaemonSet, Deployment, type IDaemonSet, type IDeployment } from 'kubernetes-models/apps/v1'
 import { ClusterRole, ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1'
 import { loadAuthorizationPolicy } from '@ambientkit/core'
 import { DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE } from '../src/index'
@@ -13,6 +13,8 @@ const models: Record<string, { validate(object: unknown): void }> = {
   'v1/ServiceAccount': { validate: (o) => new ServiceAccount(o as never).validate() },
   'v1/ConfigMap': { validate: (o) => new ConfigMap(o as never).validate() },
   'apps/v1/DaemonSet': { validate: (o) => new DaemonSet(o as never).validate() },
+  'apps/v1/Deployment': { validate: (o) => new Deployment(o as never).validate() },
+  'v1/Service': { validate: (o) => new Service(o as never).validate() },
   'rbac.authorization.k8s.io/v1/ClusterRole': { validate: (o) => new ClusterRole(o as never).validate() },
   'rbac.authorization.k8s.io/v1/ClusterRoleBinding': { validate: (o) => new ClusterRoleBinding(o as never).validate() },
 }
@@ -42,11 +44,17 @@ function validate(m: Manifest): void {
   model.validate(m)
 }
 
-const find = <T = Manifest>(kind: string): T => manifests.find(({ m }) => m.kind === kind)!.m as T
+const find = <T = Manifest>(kind: string, name?: string): T => manifests.find(({ m }) => m.kind === kind && (name === undefined || m.metadata.name === name))!.m as T
+
+type Rules = { rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[] }
+const granted = (role: Rules): string[] =>
+  role.rules.flatMap((rule) => rule.apiGroups.flatMap((group) => rule.resources.map((resource) => `${group}/${resource}:${[...rule.verbs].sort().join(',')}`))).sort()
 
 describe('manifests', () => {
   it('cover every kind the guide applies', () => {
-    expect(manifests.map(({ m }) => m.kind).sort()).toEqual(['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'DaemonSet', 'Namespace', 'ServiceAccount'])
+    expect(manifests.map(({ m }) => m.kind).sort()).toEqual([
+      'ClusterRole', 'ClusterRole', 'ClusterRoleBinding', 'ClusterRoleBinding', 'ConfigMap', 'DaemonSet', 'Deployment', 'Namespace', 'Service', 'ServiceAccount', 'ServiceAccount',
+    ])
   })
 
   it.each(manifests.map(({ file, m }) => [`${file}: ${m.kind} ${m.metadata.name}`, m] as const))('%s is valid against its OpenAPI schema', (_name, m) => {
@@ -55,6 +63,9 @@ describe('manifests', () => {
 
   it('fails validation for a broken manifest, so the check above can fail', () => {
     const daemonSet = structuredClone(find('DaemonSet')) as unknown as { spec: { template: { spec: { containers: { ports: { containerPort: unknown }[]; readinessProbe: { periodSeconds: unknown } }[] } } } }
+    const deployment = structuredClone(find('Deployment')) as unknown as { spec: { template: { spec: { volumes: { projected?: unknown; secret: { defaultMode: unknown } }[] } } } }
+    deployment.spec.template.spec.volumes[1]!.secret.defaultMode = 'rw'
+    expect(() => validate(deployment as unknown as Manifest)).toThrow(/defaultMode must be integer/)
     daemonSet.spec.template.spec.containers[0]!.ports[0]!.containerPort = '15021'
     expect(() => validate(daemonSet as unknown as Manifest)).toThrow(/containerPort must be integer/)
 
@@ -71,17 +82,40 @@ describe('manifests', () => {
     expect(() => validate(data as unknown as Manifest)).toThrow(/must be string/)
   })
 
-  it('grant only get, list and watch on pods, namespaces, services and endpointslices', () => {
-    const role = find<{ rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[] }>('ClusterRole')
-    const granted = role.rules.flatMap((rule) => rule.apiGroups.flatMap((group) => rule.resources.map((resource) => `${group}/${resource}:${[...rule.verbs].sort().join(',')}`)))
-    expect(granted.sort()).toEqual(['/namespaces:get,list,watch', '/pods:get,list,watch', '/services:get,list,watch', 'discovery.k8s.io/endpointslices:get,list,watch'])
-    const binding = find<{ roleRef: { name: string }; subjects: { kind: string; name: string; namespace: string }[] }>('ClusterRoleBinding')
-    const account = find('ServiceAccount')
-    expect(binding.roleRef.name).toBe(find('ClusterRole').metadata.name)
+  it('grant the node agents only get, list and watch on pods, namespaces, services and endpointslices: no TokenReview, no secrets', () => {
+    expect(granted(find<Rules>('ClusterRole', 'ambientkit-node'))).toEqual(['/namespaces:get,list,watch', '/pods:get,list,watch', '/services:get,list,watch', 'discovery.k8s.io/endpointslices:get,list,watch'])
+    const binding = find<{ roleRef: { name: string }; subjects: { kind: string; name: string; namespace: string }[] }>('ClusterRoleBinding', 'ambientkit-node')
+    const account = find('ServiceAccount', 'ambientkit-node')
+    expect(binding.roleRef.name).toBe('ambientkit-node')
     expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: account.metadata.name, namespace: account.metadata.namespace }])
   })
 
-  it('run the node agent with host PID, its service account, capabilities, probe, scrape annotations, and never capture or inject it', () => {
+  it('grant the control plane TokenReview and reading pods, nothing more', () => {
+    expect(granted(find<Rules>('ClusterRole', 'ambientkit-control-plane'))).toEqual(['/pods:get,list', 'authentication.k8s.io/tokenreviews:create'])
+    const binding = find<{ roleRef: { name: string }; subjects: unknown[] }>('ClusterRoleBinding', 'ambientkit-control-plane')
+    expect(binding.roleRef.name).toBe('ambientkit-control-plane')
+    expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: 'ambientkit-control-plane', namespace: 'ambientkit-system' }])
+  })
+
+  it('keep the CA key in the control-plane Deployment only; node agents get a projected token for the CA service', () => {
+    const secretsOf = (spec: { volumes?: Array<{ secret?: { secretName?: string } }> }): string[] => (spec.volumes ?? []).flatMap((v) => (v.secret?.secretName ? [v.secret.secretName] : []))
+    const daemonSet = find<IDaemonSet>('DaemonSet').spec!.template.spec!
+    const deployment = find<IDeployment>('Deployment', 'ambientkit-control-plane').spec!.template.spec!
+    expect(secretsOf(daemonSet)).toEqual([])
+    expect(secretsOf(deployment)).toEqual(['ambientkit-ca'])
+    expect(deployment.serviceAccountName).toBe('ambientkit-control-plane')
+    expect(deployment.containers[0]!.securityContext).toMatchObject({ runAsNonRoot: true, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } })
+    const token = daemonSet.volumes!.find((v) => v.name === 'istio-token')!.projected!.sources![0]!.serviceAccountToken
+    expect(token).toEqual({ path: 'istio-token', audience: 'istio-ca', expirationSeconds: 43200 })
+    const mounts = Object.fromEntries(daemonSet.containers[0]!.volumeMounts!.map((m) => [m.name, m.mountPath]))
+    expect(mounts).toMatchObject({ 'istio-token': '/var/run/secrets/tokens', 'ca-root': '/var/run/secrets/istio', 'workload-api': '/var/run/ambientkit/workload-api' })
+    // The node agents' configured CA address is the control plane's Service.
+    const mesh = parse(find<{ data: Record<string, string> }>('ConfigMap').data['mesh.yaml']!, 'mesh.yaml')[0] as unknown as { caAddress: string }
+    const service = find<{ metadata: { name: string; namespace: string }; spec: { ports: { port: number }[] } }>('Service', 'ambientkit-control-plane')
+    expect(mesh.caAddress).toBe(`${service.metadata.name}.${service.metadata.namespace}.svc:${service.spec.ports[0]!.port}`)
+  })
+
+    it('run the node agent with host PID, its service account, capabilities, probe, scrape annotations, and never capture or inject it', () => {
     const ds = find<IDaemonSet>('DaemonSet')
     const pod = ds.spec!.template.spec!
     expect(pod.hostPID).toBe(true)

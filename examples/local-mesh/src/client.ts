@@ -1,10 +1,10 @@
-import { generateKeyPairSync } from 'node:crypto'
-import { request, type IncomingMessage } from 'node:http'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { request, type ClientRequest } from 'node:http'
 import { createInterface } from 'node:readline'
 import {
   AmbientError,
   createSubscribers,
-  throwIfAborted,
   type AbortOptions,
   type PodEnrollment,
   type PodSource,
@@ -12,9 +12,9 @@ import {
   type WorkloadRegistry,
   type PolicyStore,
 } from '@ambientkit/core'
-import type { SpiffeId} from '@ambientkit/identity';
-import { createCsr, createTrustBundleSet, TrustBundle, type IdentitySource, type X509Svid } from '@ambientkit/identity'
+import { createIstioCaSource, type IstioCaSource } from '@ambientkit/ca'
 import type { MeshState } from './control-plane'
+import { controlPlaneId, state } from './paths'
 
 /** Error code of a failed call to the local control plane. */
 export const CONTROL_PLANE_ERROR = 'ERR_AMBIENT_LOCAL_CONTROL_PLANE'
@@ -55,18 +55,36 @@ export function callControlPlane(socketPath: string, method: string, path: strin
 
 /**
  * Follows `GET /v1/watch`: calls `onState` with every state line. Reconnects
- * (every second) when the control plane goes away, so a node keeps its last
- * state meanwhile. Returns the function that stops following.
+ * (every second) when the control plane goes away, however it goes (a clean
+ * end, a reset, a refused connection), so a node keeps serving on its last
+ * state meanwhile; every failure goes to `onError`, never to an unhandled
+ * `'error'` event. Returns the function that stops following.
  */
 export function watchControlPlane(socketPath: string, onState: (state: MeshState) => void, onError: (err: Error) => void): () => void {
   let stopped = false
-  let current: IncomingMessage | undefined
+  let current: ClientRequest | undefined
   let timer: NodeJS.Timeout | undefined
   const connect = (): void => {
     if (stopped) return
+    let ended = false
+    // Every way this connection can end comes here once: report, then reconnect.
+    const end = (err?: Error): void => {
+      if (ended) return
+      ended = true
+      if (err !== undefined && !stopped) onError(err)
+      retry()
+    }
     const req = request({ socketPath, method: 'GET', path: '/v1/watch' }, (res) => {
-      current = res
-      const lines = createInterface({ input: res })
+      res.on('error', end)
+      res.on('close', () => end())
+      if (res.statusCode !== 200) {
+        res.resume()
+        end(new AmbientError(CONTROL_PLANE_ERROR, `control plane watch answered ${res.statusCode}`))
+        return
+      }
+      const lines = createInterface({ input: res, crlfDelay: Infinity })
+      // readline re-emits its input's errors; the response's own listener reports them.
+      lines.on('error', () => undefined)
       lines.on('line', (line) => {
         try {
           onState(JSON.parse(line) as MeshState)
@@ -74,13 +92,10 @@ export function watchControlPlane(socketPath: string, onState: (state: MeshState
           onError(err as Error)
         }
       })
-      res.on('close', retry)
     })
-    req.on('error', (err) => {
-      onError(err)
-      retry()
-    })
+    req.on('error', end)
     req.end()
+    current = req
   }
   const retry = (): void => {
     if (stopped || timer !== undefined) return
@@ -98,35 +113,24 @@ export function watchControlPlane(socketPath: string, onState: (state: MeshState
 }
 
 /**
- * An IdentitySource backed by the control plane's CA: the key is generated
- * here and never leaves the node; only a CSR goes over the socket.
+ * A node's identity source: the control plane's CA service (Istio's
+ * certificate API over TLS on a unix socket), authenticated by the node's
+ * credential, which root alone can read. The key of every SVID is made here
+ * and never leaves the node; the CA grants only the identities of mesh pods
+ * scheduled on this node. The bundle follows the CA's (`WatchBundles`), so a
+ * root rotation reaches the node at once.
  */
-export async function createRemoteCaSource(socketPath: string, nodeName: string, options: AbortOptions = {}): Promise<IdentitySource> {
-  const state = (await callControlPlane(socketPath, 'GET', '/v1/snapshot', undefined, options)) as MeshState
-  const jwks = await callControlPlane(socketPath, 'GET', '/v1/bundle', undefined, options)
-  const bundles = createTrustBundleSet([TrustBundle.parse(state.trustDomain, jwks as object)])
-  return {
-    bundles,
-    async fetch(id: SpiffeId, fetchOptions): Promise<X509Svid> {
-      throwIfAborted(fetchOptions.signal, 'fetch SVID')
-      const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
-      const csr = createCsr({ id, privateKey })
-      const signed = (await callControlPlane(
-        socketPath,
-        'POST',
-        '/v1/svid',
-        { id: id.toString(), csr, node: nodeName, ttlSeconds: fetchOptions.ttlSeconds },
-        { signal: fetchOptions.signal },
-      )) as { certificateChainPem: string; notBefore: string; notAfter: string }
-      return {
-        id,
-        certificateChainPem: signed.certificateChainPem,
-        privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
-        notBefore: new Date(signed.notBefore),
-        notAfter: new Date(signed.notAfter),
-      }
-    },
-  }
+export function createNodeIdentitySource(dir: string, nodeName: string, trustDomain: string): IstioCaSource {
+  return createIstioCaSource({
+    address: `unix://${state.caSocket(dir)}`,
+    trustDomain,
+    // The root, until the CA's own answers and bundle stream take over.
+    rootCertificates: () => readFileSync(join(state.caDir(dir), 'ca.pem'), 'utf8'),
+    serverIdentity: { spiffeId: controlPlaneId(trustDomain) },
+    token: () => readFileSync(state.nodeCredential(nodeName, dir), 'utf8'),
+    clusterId: 'local-mesh',
+    watchBundles: true,
+  })
 }
 
 /** Keeps a node's registry, policies and pod source in step with the control plane. */

@@ -137,7 +137,7 @@ export function validateMeshConfig(input: unknown): MeshConfig {
   const trustDomain = root.trustDomain ?? DEFAULT_TRUST_DOMAIN
   if (typeof trustDomain !== 'string' || !/^[a-z0-9._-]+$/.test(trustDomain)) fail('trustDomain', trustDomain, 'a trust domain of [a-z0-9._-]')
   const svidTtlSeconds = root.svidTtlSeconds ?? 3600
-  if (typeof svidTtlSeconds !== 'number' || !Number.isInteger(svidTtlSeconds) || svidTtlSeconds < 60) fail('svidTtlSeconds', svidTtlSeconds, 'an integer number of seconds >= 60')
+  if (typeof svidTtlSeconds !== 'number' || !Number.isInteger(svidTtlSeconds) || svidTtlSeconds < 10) fail('svidTtlSeconds', svidTtlSeconds, 'an integer number of seconds >= 10')
 
   if (!Array.isArray(root.nodes) || root.nodes.length === 0) fail('nodes', root.nodes, 'a non-empty list of nodes')
   if (root.nodes.length > 9) fail('nodes', root.nodes, 'at most 9 nodes')
@@ -180,10 +180,7 @@ export function validateMeshConfig(input: unknown): MeshConfig {
   })
   unique('services', services.map((s) => s.vip), 'vip')
 
-  const policiesInput = root.policies ?? []
-  if (!Array.isArray(policiesInput)) fail('policies', policiesInput, 'a list of authorization policies')
-  const policies = policiesInput.map((raw: unknown, i) => validatePolicy(`policies[${i}]`, raw))
-  unique('policies', policies.map((p) => `${p.namespace}/${p.name}`), 'namespace/name')
+  const policies = validatePolicies('policies', root.policies ?? [])
 
   const proxyInput = object('proxy', root.proxy ?? {})
   only('proxy', proxyInput, ['outboundPolicy', 'inboundPlaintext', 'preserveSourceAddress', 'dataPath'])
@@ -253,6 +250,17 @@ export function validatePolicy(at: string, raw: unknown): AuthorizationPolicy {
   } catch (err) {
     throw new AmbientError(INVALID_MESH_CONFIG, `mesh config ${at}: ${(err as Error).message}`, { cause: err })
   }
+}
+
+/**
+ * Validates a list of policies as mesh.yaml's `policies` (and the policy
+ * API, `PUT /v1/policies`): each one, and no two with the same namespace/name.
+ */
+export function validatePolicies(at: string, raw: unknown): AuthorizationPolicy[] {
+  if (!Array.isArray(raw)) fail(at, raw, 'a list of authorization policies')
+  const policies = raw.map((p: unknown, i) => validatePolicy(`${at}[${i}]`, p))
+  unique(at, policies.map((p) => `${p.namespace}/${p.name}`), 'namespace/name')
+  return policies
 }
 
 /** Reads and validates a mesh.yaml file. YAML syntax errors name the line. */

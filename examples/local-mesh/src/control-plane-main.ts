@@ -10,7 +10,7 @@ const dir = args['state-dir'] ?? STATE_DIR
 const logger = createJsonLogger({ write: (line) => process.stdout.write(line) })
 try {
   const config = loadMeshConfig(args.config ?? DEFAULT_CONFIG)
-  const controlPlane = await createControlPlane({ config, caDir: state.caDir(dir), socketPath: state.socket(dir), logger })
+  const controlPlane = await createControlPlane({ config, stateDir: dir, logger })
   onShutdown(() => controlPlane.close())
   signalParent({ ready: true, socket: state.socket(dir), revision: controlPlane.state().revision })
 } catch (err) {

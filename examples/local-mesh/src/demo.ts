@@ -8,14 +8,17 @@ import { parseArgs } from 'node:util'
 import { workloadIdentity, type Workload } from '@ambientkit/core'
 import { defaultHboneDataPath, nativeHboneThreads } from '@ambientkit/proxy'
 import { openNetns, type Netns } from '@ambientkit/redirect'
-import { callControlPlane } from './client'
+import { readFileSync } from 'node:fs'
+import { SpiffeId } from '@ambientkit/identity'
+import { createIstioCaSource } from '@ambientkit/ca'
+import { callControlPlane, createNodeIdentitySource } from './client'
 import { loadMeshConfig, podUid, podWorkload, type MeshConfig, type NodeConfig, type PodConfig } from './config'
 import type { MeshState } from './control-plane'
-import { ADMIN_PORT, DEFAULT_CONFIG, EXAMPLE_DIR, PREFIX, STATE_DIR, netnsName, netnsPath, state } from './paths'
+import { ADMIN_PORT, DEFAULT_CONFIG, EXAMPLE_DIR, PREFIX, ROOT_DIR, STATE_DIR, controlPlaneId, netnsName, netnsPath, state } from './paths'
 import { analyseCapture } from './pcap'
 import { forgetProcess, startProcess, stopPid, stopRecordedProcesses, strayProcesses, tsEntry, type DemoProcess } from './processes'
 import { correlate, formatReport, readAccessLog, type DemoReport, type SentRequest } from './report'
-import { createNode, createPod, deleteNamespace, demoNamespaces, linkInterface, linkNodes, namespacePids } from './topology'
+import { createNode, createPod, deleteNamespace, demoNamespaces, linkInterface, linkNodes, namespacePids, run } from './topology'
 import { requestFromPod } from './traffic'
 
 const { values: flags } = parseArgs({
@@ -24,15 +27,17 @@ const { values: flags } = parseArgs({
     down: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
     apply: { type: 'boolean', default: false },
+    up: { type: 'boolean', default: false },
     config: { type: 'string', default: DEFAULT_CONFIG },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
 })
 
-const USAGE = `usage: sudo npm run demo -- [--keep | --down | --apply] [--json] [--config mesh.yaml]
+const USAGE = `usage: sudo npm run demo -- [--keep | --up | --down | --apply] [--json] [--config mesh.yaml]
   (no flag)  build the mesh, send traffic, print the report, tear everything down
   --keep     leave the mesh running afterwards and print a cheat sheet
+  --up       build the mesh and leave it running, without the scenario
   --down     remove everything a demo created (namespaces ${PREFIX}-*, processes, ${STATE_DIR})
   --apply    send the policies of mesh.yaml to the running mesh (after --keep)
   --json     print the report as JSON on stdout (progress stays on stderr)
@@ -80,6 +85,7 @@ async function leftovers(): Promise<string[]> {
 
 interface Mesh {
   config: MeshConfig
+  configFile: string
   controlPlane: DemoProcess
   agents: Map<string, DemoProcess>
   apps: Map<string, DemoProcess>
@@ -97,6 +103,10 @@ function startApp(pod: PodConfig): Promise<DemoProcess> {
     identify: `echo.mjs --name ${label}`,
     signal: interrupted.signal,
   })
+}
+
+function startControlPlane(configFile: string): Promise<DemoProcess> {
+  return startProcess({ name: 'control-plane', ...tsEntry('control-plane-main.ts', ['--config', configFile]), identify: 'control-plane-main.ts', timeoutMs: 60_000, signal: interrupted.signal })
 }
 
 function startAgent(node: NodeConfig): Promise<DemoProcess> {
@@ -123,7 +133,7 @@ async function startMesh(config: MeshConfig, configFile: string): Promise<Mesh> 
   await Promise.all(config.pods.map(async (pod) => apps.set(podUid(pod), await startApp(pod))))
   step()
   progress(`starting the control plane (CA in ${state.caDir()}, API on ${state.socket()})`)
-  const controlPlane = await startProcess({ name: 'control-plane', ...tsEntry('control-plane-main.ts', ['--config', configFile]), identify: 'control-plane-main.ts', timeoutMs: 60_000, signal: interrupted.signal })
+  const controlPlane = await startControlPlane(configFile)
   const dataPath = config.proxy.dataPath ?? defaultHboneDataPath()
   const threads = dataPath === 'native' ? ` with ${nativeHboneThreads()} data-path threads per agent` : ''
   progress(`starting ${config.nodes.length} node agents (enrollment + node proxy, HBONE on the ${dataPath} data path${threads}), one per node namespace`)
@@ -133,6 +143,7 @@ async function startMesh(config: MeshConfig, configFile: string): Promise<Mesh> 
   const netns = new Map<string, Netns>()
   return {
     config,
+    configFile,
     controlPlane,
     agents,
     apps,
@@ -300,6 +311,8 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
 
     const addRemove = await addAndRemove(mesh, sent)
     const restart = await restartAgent(mesh, sent)
+    const controlPlaneRestart = await killControlPlane(mesh)
+    const identity = await identityPlane(mesh)
 
     await capture.stop()
     captureStopped = true
@@ -336,6 +349,20 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
       { check: 'no mesh plaintext on the wire', ok: captureReport.meshMarkersSeen.length === 0 && analysis.nonTlsBytesOn15008 === 0 && analysis.tlsRecords.applicationData > 0, detail: `${captureReport.meshMarkersSeen.length} of ${meshMarkers.length} markers seen; ${analysis.tlsRecords.applicationData} TLS application-data records on 15008` },
       { check: 'the capture sees plaintext when there is some', ok: plainMarkers.length === 0 || captureReport.plaintextMarkersSeen > 0, detail: `${captureReport.plaintextMarkersSeen} of ${plainMarkers.length} non-mesh markers seen` },
       ...(addRemove ? [{ check: 'a pod added and removed while traffic ran', ok: addRemove.background.reached === addRemove.background.sent && flows.some((f) => f.phase === 'add-remove' && f.result === 'reached' && f.protocol === 'HBONE'), detail: `${addRemove.background.reached}/${addRemove.background.sent} background requests reached${addRemove.background.errors.length === 0 ? '' : ` (failed: ${addRemove.background.errors.join('; ')})`}` }] : []),
+      ...(controlPlaneRestart ? [{
+        check: 'control plane killed: agents keep serving on their last state and reconnect',
+        ok: controlPlaneRestart.agentsAlive && controlPlaneRestart.reconnectedInMs !== undefined && controlPlaneRestart.background.sent > 0 && controlPlaneRestart.background.reached === controlPlaneRestart.background.sent,
+        detail: `agents ${controlPlaneRestart.agentsAlive ? 'alive' : 'dead'}; ${controlPlaneRestart.background.reached}/${controlPlaneRestart.background.sent} requests reached${controlPlaneRestart.background.errors.length === 0 ? '' : ` (failed: ${controlPlaneRestart.background.errors.join('; ')})`}; reconnected ${controlPlaneRestart.reconnectedInMs === undefined ? 'never' : `in ${controlPlaneRestart.reconnectedInMs} ms`}`,
+      }] : []),
+      ...(identity ? [
+        { check: 'the CA refuses a node the identity of a pod on another node', ok: identity.impersonation.refused && identity.impersonation.answer.includes('request impersonation authentication failure'), detail: `${identity.impersonation.node} asked for ${identity.impersonation.asked}: ${identity.impersonation.answer}` },
+        { check: 'the CA refuses an unauthenticated caller', ok: identity.unauthenticated.refused && identity.unauthenticated.answer.includes('request authenticate failure'), detail: identity.unauthenticated.answer },
+        {
+          check: 'apps get exactly their own SVID over the Workload API, others none',
+          ok: identity.workloadApi.every((w) => (w.expected === undefined ? w.got.id === undefined : w.got.id === w.expected)) && identity.workloadApi.some((w) => w.got.id !== undefined),
+          detail: identity.workloadApi.map((w) => `${w.pod} via ${w.socketOf}: ${w.got.id ?? w.got.error}`).join('; '),
+        },
+      ] : []),
       ...(restart ? [
         { check: 'agent down: captured pods fail closed', ok: down.length > 0 && down.every((f) => f.result !== 'reached'), detail: down.map((f) => `${f.from} → ${f.to}: ${f.error ?? f.result}`).join('; ') },
         { check: 'agent restarted: traffic recovers', ok: back.length > 0 && back.every((f) => f.result === 'reached' && f.protocol === 'HBONE'), detail: back.map((f) => `${f.from} → ${f.to}: ${f.result}`).join('; ') },
@@ -352,12 +379,36 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
       flows,
       ...(addRemove ? { addRemove } : {}),
       ...(restart ? { restart } : {}),
+      ...(controlPlaneRestart ? { controlPlaneRestart } : {}),
+      ...(identity ? { identity } : {}),
       capture: captureReport,
       checks,
       ok: checks.every((c) => c.ok),
     }
   } finally {
     if (!captureStopped) await capture.stop()
+  }
+}
+
+/** Requests one after another from `client` to `target` until stopped: how the demo watches traffic while it changes the mesh. */
+function backgroundTraffic(mesh: Mesh, client: PodConfig, target: PodConfig): { stats: { from: string; to: string; sent: number; reached: number; errors: string[] }; stop(): Promise<void> } {
+  const stats = { from: `${client.namespace}/${client.name}`, to: `${target.namespace}/${target.name}`, sent: 0, reached: 0, errors: [] as string[] }
+  let stopped = false
+  const loop = (async () => {
+    const ns = handle(mesh, netnsName.pod(client))
+    while (!stopped) {
+      const r = await requestFromPod(ns, target.ip, target.port, 'background')
+      stats.sent += 1
+      if (r.ok) stats.reached += 1
+      else if (stats.errors.length < 3) stats.errors.push(r.error ?? 'unknown error')
+    }
+  })()
+  return {
+    stats,
+    stop: async () => {
+      stopped = true
+      await loop
+    },
   }
 }
 
@@ -377,17 +428,8 @@ async function addAndRemove(mesh: Mesh, sent: SentRequest[]): Promise<DemoReport
   const uid = podUid(late)
   progress(`adding pod ${late.namespace}/${late.name} (${ip}) to the mesh while ${client.namespace}/${client.name} → ${template.namespace}/${template.name} traffic runs`)
 
-  let stop = false
-  const background = { from: `${client.namespace}/${client.name}`, to: `${template.namespace}/${template.name}`, sent: 0, reached: 0, errors: [] as string[] }
-  const loop = (async () => {
-    const ns = handle(mesh, netnsName.pod(client))
-    while (!stop) {
-      const r = await requestFromPod(ns, template.ip, template.port, 'background')
-      background.sent += 1
-      if (r.ok) background.reached += 1
-      else if (background.errors.length < 3) background.errors.push(r.error ?? 'unknown error')
-    }
-  })()
+  const traffic = backgroundTraffic(mesh, client, template)
+  const background = traffic.stats
   try {
     step()
     await createPod(late, last)
@@ -416,8 +458,7 @@ async function addAndRemove(mesh: Mesh, sent: SentRequest[]): Promise<DemoReport
     await deleteNamespace(netnsName.pod(late))
     return { pod: `${late.namespace}/${late.name}`, enrolledInMs, releasedInMs, background }
   } finally {
-    stop = true
-    await loop
+    await traffic.stop()
   }
 }
 
@@ -447,6 +488,107 @@ async function restartAgent(mesh: Mesh, sent: SentRequest[]): Promise<DemoReport
   for (const p of probes) sent.push(await send(mesh, 'agent-restarted', pod(p.from), podTarget(pod(p.target!)), { attempts: 20, timeoutMs: 2000 }))
   const count = (k: string): number => ((restarted.ready[k] as unknown[] | undefined) ?? []).length
   return { node: node.name, downFor, reconciled: { enrolled: count('enrolled'), removed: count('removed'), failed: count('failed') } }
+}
+
+/** Kills the control plane with SIGKILL while a client sends across nodes; agents must keep serving and reconnect to the restarted one. */
+async function killControlPlane(mesh: Mesh): Promise<DemoReport['controlPlaneRestart']> {
+  const { config } = mesh
+  const client = config.pods.find((p) => p.mesh && p.node === config.nodes[0]?.name)
+  const target = config.pods.find((p) => p.mesh && p.node !== client?.node && p.namespace === client?.namespace)
+  if (client === undefined || target === undefined) return undefined
+  const probe = await requestFromPod(handle(mesh, netnsName.pod(client)), target.ip, target.port, 'probe')
+  if (!probe.ok) return undefined
+  progress(`killing the control plane (SIGKILL) while ${client.namespace}/${client.name} → ${target.namespace}/${target.name} traffic runs`)
+  const traffic = backgroundTraffic(mesh, client, target)
+  const background = traffic.stats
+  const t0 = Date.now()
+  try {
+    await stopPid(mesh.controlPlane.pid, mesh.controlPlane.exited, 5000, 'SIGKILL')
+    forgetProcess(mesh.controlPlane.name)
+    // Long enough for a crash of the agents (within a second, before the fix) to show.
+    await new Promise((resolve) => setTimeout(resolve, 3000))
+    const alive = (pid: number): boolean => {
+      try {
+        process.kill(pid, 0)
+        return true
+      } catch {
+        return false
+      }
+    }
+    const agentsAlive = [...mesh.agents.values()].every((a) => alive(a.pid))
+    progress(`  agents ${agentsAlive ? 'still running' : 'DIED'}; restarting the control plane`)
+    mesh.controlPlane = await startControlPlane(mesh.configFile)
+    const downFor = `${((Date.now() - t0) / 1000).toFixed(1)} s`
+    const t1 = Date.now()
+    let reconnectedInMs: number | undefined
+    try {
+      await waitFor('the node agents to watch the restarted control plane', async () =>
+        ((await callControlPlane(state.socket(), 'GET', '/v1/healthz')) as { watchers: number }).watchers >= config.nodes.length)
+      reconnectedInMs = Date.now() - t1
+    } catch {
+      reconnectedInMs = undefined
+    }
+    return { downFor, agentsAlive, reconnectedInMs, background }
+  } finally {
+    await traffic.stop()
+  }
+}
+
+/** What the CA service refuses (impersonation, no credential) and what the Workload API gives apps in pods. */
+async function identityPlane(mesh: Mesh): Promise<DemoReport['identity']> {
+  const { config } = mesh
+  const [first, second] = config.nodes
+  const elsewhere = config.pods.find((p) => p.mesh && p.node === second?.name)
+  if (first === undefined || second === undefined || elsewhere === undefined) return undefined
+  const asked = workloadIdentity({ ...elsewhere, trustDomain: config.trustDomain })
+  progress(`identity plane: ${first.name}'s credential asks the CA for ${asked} (a pod on ${second.name}); a caller without one asks too`)
+  const attempt = async (source: { fetch: (id: SpiffeId, o: { ttlSeconds: number }) => Promise<unknown>; close: () => Promise<void> }): Promise<{ refused: boolean; answer: string }> => {
+    try {
+      await source.fetch(SpiffeId.parse(asked), { ttlSeconds: 600 })
+      return { refused: false, answer: 'issued' }
+    } catch (err) {
+      return { refused: true, answer: (err as Error).message }
+    } finally {
+      await source.close()
+    }
+  }
+  const refusals = (): string[] => {
+    try {
+      return readFileSync(state.caAudit(), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; reason: string }).filter((l) => l.event === 'refused').map((l) => l.reason)
+    } catch {
+      return []
+    }
+  }
+  // The CA appends its audit line as it answers: read the line the attempt added.
+  const refuse = async (source: Parameters<typeof attempt>[0]): Promise<{ refused: boolean; answer: string; auditReason?: string }> => {
+    const before = refusals().length
+    const outcome = await attempt(source)
+    if (outcome.refused) await waitFor('the CA\'s audit line', async () => refusals().length > before, 5000).catch(() => undefined)
+    const reason = refusals()[before]
+    return { ...outcome, ...(reason === undefined ? {} : { auditReason: reason }) }
+  }
+  const impersonation = { node: first.name, asked, ...(await refuse(createNodeIdentitySource(STATE_DIR, first.name, config.trustDomain))) }
+  const unauthenticated = await refuse(createIstioCaSource({
+    address: `unix://${state.caSocket()}`,
+    trustDomain: config.trustDomain,
+    rootCertificates: () => readFileSync(`${state.caDir()}/ca.pem`, 'utf8'),
+    serverIdentity: { spiffeId: controlPlaneId(config.trustDomain) },
+  }))
+  // Apps in pods ask a node's Workload API for their SVID: their own node's (a mesh pod, a pod outside the mesh) and another node's.
+  const meshPod = config.pods.find((p) => p.mesh && p.node === first.name)!
+  const outside = config.pods.find((p) => !p.mesh)
+  const cases = [
+    { pod: meshPod, node: first.name, expected: workloadIdentity({ ...meshPod, trustDomain: config.trustDomain }) },
+    ...(outside ? [{ pod: outside, node: outside.node, expected: undefined }] : []),
+    { pod: elsewhere, node: first.name, expected: undefined },
+  ]
+  const workloadApi: NonNullable<DemoReport['identity']>['workloadApi'][number][] = []
+  for (const c of cases) {
+    step()
+    const out = await run('ip', ['netns', 'exec', netnsName.pod(c.pod), 'env', `SPIFFE_ENDPOINT_SOCKET=unix://${state.workloadApiSocket(c.node)}`, `TSX_TSCONFIG_PATH=${join(ROOT_DIR, 'tsconfig.json')}`, process.execPath, '--import', 'tsx', join(EXAMPLE_DIR, 'app', 'fetch-svid.ts')], undefined, EXAMPLE_DIR)
+    workloadApi.push({ pod: `${c.pod.namespace}/${c.pod.name}`, socketOf: c.node, ...(c.expected ? { expected: c.expected } : {}), got: JSON.parse(out.trim()) as Record<string, string> })
+  }
+  return { impersonation, unauthenticated, workloadApi }
 }
 
 // ---- cheat sheet --------------------------------------------------------------
@@ -509,6 +651,11 @@ async function main(): Promise<number> {
   process.on('SIGTERM', onSignal)
   try {
     mesh = await startMesh(config, flags.config!)
+    if (flags.up) {
+      keep = true
+      console.error(cheatSheet(config))
+      return 0
+    }
     const report = await runScenario(mesh)
     if (flags.json) console.log(JSON.stringify(report, null, 2))
     else console.log(`\n${formatReport(report)}`)

@@ -5,7 +5,9 @@ import { createJsonLogger, createPolicyStore, createWorkloadRegistry } from '@am
 import { createIdentityManager } from '@ambientkit/identity'
 import { createNodeAgent } from '@ambientkit/agent'
 import { createNodeProxy } from '@ambientkit/proxy'
-import { createRemoteCaSource, followControlPlane } from './client'
+import { mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { createNodeIdentitySource, followControlPlane } from './client'
 import { ADMIN_PORT, STATE_DIR, state } from './paths'
 import { onShutdown, options, signalParent } from './process-util'
 
@@ -25,7 +27,8 @@ try {
   const policies = createPolicyStore()
   const follower = followControlPlane(socketPath, nodeName, registry, policies, (err) => logger.warn({ err }, 'control plane watch'))
   await follower.synced
-  const identities = createIdentityManager({ source: await createRemoteCaSource(socketPath, nodeName), logger })
+  const trustDomain = follower.state()!.trustDomain
+  const identities = createIdentityManager({ source: createNodeIdentitySource(dir, nodeName, trustDomain), ttlSeconds: follower.state()!.svidTtlSeconds, logger })
   const nodeProxy = createNodeProxy({
     nodeName,
     registry,
@@ -39,7 +42,17 @@ try {
     logger,
   })
   await nodeProxy.start()
-  const agent = createNodeAgent({ nodeProxy, podSource: follower.podSource, capture: follower.state()!.capture, stateFile: state.agentState(nodeName, dir), logger })
+  // The Workload API for this node's pods: they share this machine's filesystem, so the socket is one path per node.
+  const workloadApiSocket = state.workloadApiSocket(nodeName, dir)
+  mkdirSync(dirname(workloadApiSocket), { recursive: true, mode: 0o755 })
+  const agent = createNodeAgent({
+    nodeProxy,
+    podSource: follower.podSource,
+    capture: follower.state()!.capture,
+    stateFile: state.agentState(nodeName, dir),
+    workloadApi: { socketPath: workloadApiSocket, identities },
+    logger,
+  })
   const report = await agent.start()
   onShutdown(async () => {
     // Fail closed: listeners go, capture rules stay, so captured pods cannot
@@ -49,7 +62,7 @@ try {
     await agent.close()
     await identities.close()
   })
-  signalParent({ ready: report.failed.length === 0, node: nodeName, admin: nodeProxy.adminAddress(), ...report })
+  signalParent({ ready: report.failed.length === 0, node: nodeName, admin: nodeProxy.adminAddress(), workloadApi: workloadApiSocket, ...report })
 } catch (err) {
   logger.fatal({ err }, 'node agent failed to start')
   signalParent({ ready: false, error: (err as Error).message })

@@ -32,6 +32,14 @@ export const DEFAULT_CONFIG = join(EXAMPLE_DIR, 'mesh.yaml')
 export const state = {
   socket: (dir = STATE_DIR) => join(dir, 'control-plane.sock'),
   caDir: (dir = STATE_DIR) => join(dir, 'ca'),
+  /** The CA service (Istio's certificate API over TLS on a unix socket). */
+  caSocket: (dir = STATE_DIR) => join(dir, 'ca.sock'),
+  /** A node's credential for the CA service, mode 0600: root only. */
+  nodeCredential: (node: string, dir = STATE_DIR) => join(dir, 'nodes', `${node}.credential`),
+  /** The SPIFFE Workload API a node's agent serves to its pods (pods share this filesystem). */
+  workloadApiSocket: (node: string, dir = STATE_DIR) => join(dir, 'workload-api', node, 'socket'),
+  /** One JSON line per issuance and refusal of the CA. */
+  caAudit: (dir = STATE_DIR) => join(dir, 'logs', 'ca-audit.jsonl'),
   pids: (dir = STATE_DIR) => join(dir, 'pids'),
   logs: (dir = STATE_DIR) => join(dir, 'logs'),
   accessLog: (node: string, dir = STATE_DIR) => join(dir, 'logs', `${node}.access.jsonl`),
@@ -47,6 +55,12 @@ export const netnsName = {
 
 /** `/run/netns/<name>`: what `openNetns` and the node agent take. */
 export const netnsPath = (name: string): string => `/run/netns/${name}`
+
+/** The control plane's SPIFFE ID: what agents check the CA service presents. */
+export const controlPlaneId = (trustDomain: string): string => `spiffe://${trustDomain}/ns/ambientkit-system/sa/control-plane`
+
+/** The identity a node credential authenticates: node agents, trusted to ask for their pods' identities. */
+export const nodeAgentId = (trustDomain: string): string => `spiffe://${trustDomain}/ns/ambientkit-system/sa/ambientkit-node`
 
 /** Port of each node proxy's admin server, on 127.0.0.1 inside the node's namespace. */
 export { ADMIN_PORT } from '@ambientkit/core'

@@ -81,6 +81,22 @@ export interface DemoReport {
     readonly downFor: string
     readonly reconciled: { enrolled: number; removed: number; failed: number }
   }
+  /** The identity plane seen from outside: what the CA service and the Workload API refused and gave. */
+  readonly identity?: {
+    /** A node's credential asking for the identity of a pod on another node. */
+    readonly impersonation: { node: string; asked: string; refused: boolean; answer: string; auditReason?: string }
+    /** A caller with no credential at all. */
+    readonly unauthenticated: { refused: boolean; answer: string; auditReason?: string }
+    /** Apps asking the Workload API of a node for their SVID, from inside pods. */
+    readonly workloadApi: ReadonlyArray<{ pod: string; socketOf: string; expected?: string; got: Record<string, string> }>
+  }
+  /** The control plane killed with SIGKILL while traffic ran, then restarted. */
+  readonly controlPlaneRestart?: {
+    readonly downFor: string
+    readonly agentsAlive: boolean
+    readonly reconnectedInMs: number | undefined
+    readonly background: { from: string; to: string; sent: number; reached: number; errors: string[] }
+  }
   readonly capture: CaptureAnalysis & {
     readonly link: string
     readonly meshMarkers: number
@@ -235,6 +251,19 @@ export function formatReport(report: DemoReport): string {
     const r = report.restart
     out.push(`Node agent restart on ${r.node} (killed with SIGKILL, down for ${r.downFor}): captured pods fail closed, then recover after reconciling (${r.reconciled.enrolled} pods re-enrolled).`)
     section('', report.flows.filter((f) => f.phase === 'agent-down' || f.phase === 'agent-restarted').map((f) => ({ ...f, to: `${f.to} [${f.phase === 'agent-down' ? 'agent down' : 'agent back'}]` })))
+  }
+  if (report.controlPlaneRestart) {
+    const r = report.controlPlaneRestart
+    out.push(`Control plane killed with SIGKILL (down for ${r.downFor}): node agents ${r.agentsAlive ? 'kept running' : 'DIED'}; ${r.background.reached}/${r.background.sent} requests ${r.background.from} → ${r.background.to} reached meanwhile; agents reconnected ${r.reconnectedInMs === undefined ? 'NEVER' : `${r.reconnectedInMs} ms after its restart`}.`)
+    out.push('')
+  }
+  if (report.identity) {
+    const { impersonation: imp, unauthenticated: un, workloadApi } = report.identity
+    out.push('Identity plane:')
+    out.push(`  ${imp.refused ? '✗ refused' : '! ISSUED'}  ${imp.node}'s credential asking for ${imp.asked} (a pod on another node): "${imp.answer}"; audit log: ${imp.auditReason ?? '-'}`)
+    out.push(`  ${un.refused ? '✗ refused' : '! ISSUED'}  a caller without a credential: "${un.answer}"; audit log: ${un.auditReason ?? '-'}`)
+    for (const w of workloadApi) out.push(`  ${w.got.id !== undefined ? '✓' : '✗'} app in ${w.pod} asking ${w.socketOf}'s Workload API: ${w.got.id ?? w.got.error}${w.got.notAfter ? ` (valid until ${w.got.notAfter})` : ''}`)
+    out.push('')
   }
   const c = report.capture
   out.push(`Packet capture on the link between the nodes (${c.link}): ${c.packets} packets`)

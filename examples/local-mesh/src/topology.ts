@@ -2,10 +2,10 @@ import { execFile } from 'node:child_process'
 import type { NodeConfig, PodConfig } from './config'
 import { netnsName, PREFIX } from './paths'
 
-/** Runs a program; rejects with its stderr on a non-zero exit. */
-export function run(command: string, args: readonly string[], input?: string): Promise<string> {
+/** Runs a program (in `cwd`, default ours); rejects with its stderr on a non-zero exit. */
+export function run(command: string, args: readonly string[], input?: string, cwd?: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = execFile(command, args, { maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+    const child = execFile(command, args, { maxBuffer: 16 * 1024 * 1024, ...(cwd ? { cwd } : {}) }, (err, stdout, stderr) => {
       if (err !== null) reject(new Error(`${command} ${args.join(' ')}: ${stderr.trim() || err.message}`, { cause: err }))
       else resolve(stdout)
     })

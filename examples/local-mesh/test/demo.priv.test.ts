@@ -136,6 +136,28 @@ describePrivileged('local mesh demo (end to end)', ['ip', 'iptables', 'nft', 'tc
     expect(report.restart!.reconciled.failed).toBe(0)
   })
 
+  it('the control plane killed with SIGKILL under traffic: agents keep serving and reconnect (issue 15)', () => {
+    const r = report.controlPlaneRestart!
+    expect(r).toBeDefined()
+    expect(r.agentsAlive).toBe(true)
+    expect(r.background.sent).toBeGreaterThan(0)
+    expect(r.background.reached).toBe(r.background.sent)
+    expect(r.reconnectedInMs).toBeTypeOf('number')
+  })
+
+  it('the CA refuses node-1 a pod of node-2 and a caller without credential; apps get their own SVID over the Workload API', () => {
+    const identity = report.identity!
+    expect(identity.impersonation).toMatchObject({ node: 'node-1', refused: true, answer: expect.stringContaining('request impersonation authentication failure') })
+    expect(identity.impersonation.auditReason).toMatch(/is scheduled on node node-1/)
+    expect(identity.unauthenticated).toMatchObject({ refused: true, answer: expect.stringContaining('request authenticate failure'), auditReason: 'no credential any authenticator accepts' })
+    expect(identity.workloadApi.map((w) => [w.pod, w.socketOf, w.got.id ?? 'refused'])).toEqual([
+      ['shop/frontend', 'node-1', 'spiffe://cluster.local/ns/shop/sa/frontend'],
+      ['legacy/monitor', 'node-1', 'refused'],
+      ['shop/api', 'node-1', 'refused'],
+    ])
+    for (const w of identity.workloadApi.filter((x) => x.got.id === undefined)) expect(w.got.error).toMatch(/PERMISSION_DENIED: no identity issued/)
+  })
+
   it('leaves no namespace, process or state behind', () => {
     expect(demoNamespaces()).toEqual([])
     expect(demoProcesses()).toEqual([])

@@ -34,5 +34,6 @@ export {
   type NodeAgentDnsOptions,
   type NodeAgentOptions,
   type NodeAgentProbeOptions,
+  type NodeAgentWorkloadApi,
   type ReconcileReport,
 } from './node-agent'

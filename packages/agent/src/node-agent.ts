@@ -5,6 +5,7 @@ import {
   invalidArgument,
   silentLogger,
   throwIfAborted,
+  workloadIdentity,
   type AbortOptions,
   type Logger,
   type LongLived,
@@ -26,6 +27,8 @@ import {
   type ResolvedCaptureConfig,
 } from '@ambientkit/redirect'
 import { createDnsProxy, type DnsMetrics, type DnsProxy, type DnsProxyOptions, type NodeProxy } from '@ambientkit/proxy'
+import type { IdentityManager } from '@ambientkit/identity'
+import { createNetnsAttestor, createWorkloadApiServer, type WorkloadApiServer } from '@ambientkit/workload-api'
 
 /**
  * The DNS proxy of each pod, started when capture redirects DNS
@@ -41,6 +44,18 @@ export interface NodeAgentProbeOptions {
   readonly netns?: string | number
   /** Only the sockets of this user (the kubelet's). Default: any socket of the node. */
   readonly sourceUid?: number
+}
+
+/** The SPIFFE Workload API the agent offers to the applications of its enrolled pods. */
+export interface NodeAgentWorkloadApi {
+  /**
+   * The unix socket (one per node; its directory is shared with the pods: a
+   * hostPath volume on Kubernetes, the machine's filesystem in the local
+   * mesh). Apps use `SPIFFE_ENDPOINT_SOCKET=unix://<socketPath>`.
+   */
+  readonly socketPath: string
+  /** Where the pods' SVIDs come from: the node proxy's manager, so apps and their proxy share them. */
+  readonly identities: IdentityManager
 }
 
 /** Options of {@link createNodeAgent}. */
@@ -73,6 +88,12 @@ export interface NodeAgentOptions {
    * one, installs it; without any, STRICT pods fail their probes).
    */
   readonly probes?: NodeAgentProbeOptions | false
+  /**
+   * Serve the SPIFFE Workload API to enrolled pods: a caller is attested by
+   * its network namespace and gets exactly its pod's identity, for as long
+   * as the pod is enrolled. Default: not served.
+   */
+  readonly workloadApi?: NodeAgentWorkloadApi
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -152,6 +173,7 @@ class NodeAgentImpl implements NodeAgent {
   readonly #enrolled = new Map<string, Enrolled>()
   readonly #queues = new Map<string, Promise<unknown>>()
   #unsubscribe: (() => void) | undefined
+  #workloadApi: WorkloadApiServer | undefined
   #closing: Promise<void> | undefined
   /** State writes run one after another, each writing the state as it is when it runs. */
   #stateWrites: Promise<void> = Promise.resolve()
@@ -179,6 +201,15 @@ class NodeAgentImpl implements NodeAgent {
   async start(options: AbortOptions = {}): Promise<ReconcileReport> {
     this.#checkOpen('start')
     throwIfAborted(options.signal, 'start')
+    const api = this.#options.workloadApi
+    if (api !== undefined) {
+      this.#workloadApi = await createWorkloadApiServer({
+        socketPath: api.socketPath,
+        manager: api.identities,
+        attest: createNetnsAttestor(() => [...this.#enrolled.values()].map((e) => ({ netnsPath: e.netnsPath, identity: workloadIdentity(e.workload) }))),
+        logger: this.#log,
+      })
+    }
     // Follow events from before the list, so nothing between the two is lost;
     // they queue behind the reconciliation of the same pod.
     this.#unsubscribe = this.#options.podSource.subscribe((event) => void this.#onEvent(event))
@@ -295,6 +326,7 @@ class NodeAgentImpl implements NodeAgent {
     this.#enrolled.set(workload.uid, enrolled)
     // Enrolled from here: a DNS proxy that cannot start leaves the pod's DNS failing closed, reported, and tried again on its next event.
     if (this.#capture.captureDns && enrolled.dns === undefined) enrolled.dns = await this.#startDns(workload, netns)
+    this.#workloadApi?.refresh()
     this.#log.info({ uid: workload.uid, workload: `${workload.namespace}/${workload.name}` }, 'pod enrolled')
   }
 
@@ -322,6 +354,10 @@ class NodeAgentImpl implements NodeAgent {
     } finally {
       // Listed by enrolled() until its capture is gone, so that a caller waiting for the list sees a released pod.
       this.#enrolled.delete(uid)
+      // Its apps lose their identity with the pod's enrollment.
+      this.#workloadApi?.refresh()
+      // Its apps lose their identity with the pod's enrollment.
+      this.#workloadApi?.refresh()
     }
     if (this.#probeTargets.delete(uid)) await this.#syncProbes()
   }
@@ -412,6 +448,7 @@ class NodeAgentImpl implements NodeAgent {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#unsubscribe?.()
+      await this.#workloadApi?.close()
       await Promise.allSettled([...this.#queues.values()])
       await this.#stateWrites.catch(() => {})
       await this.#probeSync

@@ -3,8 +3,8 @@ import forge from 'node-forge'
 import { AmbientError, invalidArgument, throwIfAborted, type AbortOptions } from '@ambientkit/core'
 import { children, decode, oid, pemDecode, pemEncode, seq } from './der'
 import {
-  KeyUsageBit, OID, buildCertificate, extension, generateKey, keyIdentifier, keyTypeOf, keyUsageValue, name, parseCertificate,
-  serialNumber, spkiOf, uriSanValue, type KeyType,
+  KeyUsageBit, MIN_RSA_BITS, OID, buildCertificate, describeKey, extension, generateKey, keyIdentifier, keyTypeOf, keyUsageValue, name,
+  parseCertificate, serialNumber, spkiOf, subjectAltNameValue, type KeyType,
 } from './certificate'
 import { parseCsr } from './csr'
 import { IdentityErrorCode, invalidCertificate } from './errors'
@@ -36,14 +36,43 @@ export interface IssueOptions extends AbortOptions {
   ttlSeconds?: number
   /** Key type of the SVID's key. Default: the CA's key type. */
   keyType?: KeyType
+  /**
+   * DNS names to add beside the SPIFFE ID (X509-SVID §2 allows other SAN
+   * types): for a server that clients also reach by name, such as a CA
+   * service or a bundle endpoint. Default none.
+   */
+  dnsNames?: readonly string[]
 }
 
 /** Options of {@link CertificateAuthority.signCsr}. */
 export interface SignCsrOptions extends AbortOptions {
-  /** The ID to certify; the CSR's single URI SAN must be exactly this ID. */
+  /** The ID to certify: the only URI SAN of the certificate. */
   id: SpiffeId | string
   /** Lifetime in seconds, capped at the CA's own expiry. Default 3600. */
   ttlSeconds?: number
+  /**
+   * What the CSR's own URI SANs must be. `'exact'` (default): exactly `id`,
+   * else `ERR_AMBIENT_CSR_REJECTED`. `'ignore'`: they are not read at all,
+   * as Istio's CA does, for a caller whose identity was established otherwise
+   * (the certificate still names only `id`).
+   */
+  csrSans?: 'exact' | 'ignore'
+}
+
+/** ECDSA curves a CA may certify, by their NIST names. */
+export type EcdsaCurve = 'P-256' | 'P-384' | 'P-521'
+
+/**
+ * Which workload keys a CA certifies from CSRs. A key outside it is refused
+ * with `ERR_AMBIENT_CSR_REJECTED` before the CSR's signature is checked.
+ */
+export interface CsrKeyPolicy {
+  /** Smallest RSA modulus, in bits; at least 2048. Default 2048 (NIST SP 800-131A). */
+  minRsaBits?: number
+  /** Largest RSA modulus, in bits: bigger keys only cost every peer more time. Default 8192. */
+  maxRsaBits?: number
+  /** ECDSA curves. Default `['P-256', 'P-384']`; `[]` refuses ECDSA. */
+  ecdsaCurves?: readonly EcdsaCurve[]
 }
 
 /** A CA in PEM form, as written by {@link CertificateAuthority.save} and read by {@link loadCertificateAuthority}. */
@@ -86,12 +115,16 @@ export interface CreateCertificateAuthorityOptions extends AbortOptions {
   ttlSeconds?: number
   /** Organization of the root's subject. Default `'ambientkit'`. */
   organization?: string
+  /** Which keys {@link CertificateAuthority.signCsr} certifies. Default: P-256, P-384 and RSA of 2048 to 8192 bits. */
+  csrKeyPolicy?: CsrKeyPolicy
 }
 
 /** Options of {@link loadCertificateAuthority}. */
 export interface LoadCertificateAuthorityOptions extends CertificateAuthorityPem {
   /** The trust domain; default: read from the CA certificate's `spiffe://<td>` URI SAN. */
   trustDomain?: TrustDomain | string
+  /** Which keys {@link CertificateAuthority.signCsr} certifies. Default: P-256, P-384 and RSA of 2048 to 8192 bits. */
+  csrKeyPolicy?: CsrKeyPolicy
 }
 
 // Clock skew between nodes: a fresh SVID must already be valid on a peer whose clock is a little behind.
@@ -106,9 +139,56 @@ function checkTtl(name: string, ttl: unknown): number {
   return Math.floor(ttl)
 }
 
+const ECDSA_CURVES: readonly EcdsaCurve[] = ['P-256', 'P-384', 'P-521']
+
+interface ResolvedKeyPolicy {
+  minRsaBits: number
+  maxRsaBits: number
+  ecdsaCurves: ReadonlySet<string>
+}
+
+function resolveKeyPolicy(policy: CsrKeyPolicy = {}): ResolvedKeyPolicy {
+  const minRsaBits = policy.minRsaBits ?? MIN_RSA_BITS
+  const maxRsaBits = policy.maxRsaBits ?? 8192
+  if (!Number.isInteger(minRsaBits) || minRsaBits < MIN_RSA_BITS) throw invalidArgument('csrKeyPolicy.minRsaBits', minRsaBits, `an integer >= ${MIN_RSA_BITS}`)
+  if (!Number.isInteger(maxRsaBits) || maxRsaBits < minRsaBits) throw invalidArgument('csrKeyPolicy.maxRsaBits', maxRsaBits, `an integer >= minRsaBits (${minRsaBits})`)
+  const curves = policy.ecdsaCurves ?? ['P-256', 'P-384']
+  if (!Array.isArray(curves) || curves.some((c) => !ECDSA_CURVES.includes(c))) throw invalidArgument('csrKeyPolicy.ecdsaCurves', curves, `a list of ${ECDSA_CURVES.join(', ')}`)
+  return { minRsaBits, maxRsaBits, ecdsaCurves: new Set(curves) }
+}
+
+function describePolicy(policy: ResolvedKeyPolicy): string {
+  const curves = [...policy.ecdsaCurves].map((c) => `ECDSA ${c}`)
+  return [...curves, `RSA of ${policy.minRsaBits} to ${policy.maxRsaBits} bits`].join(', ')
+}
+
+/** Refuses a CSR key outside the policy, naming the key and what is accepted. */
+function checkCsrKey(key: KeyObject, policy: ResolvedKeyPolicy): void {
+  const description = describeKey(key)
+  const ok = description.algorithm === 'rsa'
+    ? description.bits! >= policy.minRsaBits && description.bits! <= policy.maxRsaBits
+    : description.algorithm === 'ec' && policy.ecdsaCurves.has(description.curve!)
+  if (!ok) {
+    throw new AmbientError(IdentityErrorCode.CsrRejected, `CSR refused: its key is ${description.text}; this CA certifies ${describePolicy(policy)}`, {
+      details: { key: description.text },
+    })
+  }
+}
+
 function checkKeyType(keyType: unknown): KeyType {
   if (!KEY_TYPES.includes(keyType as KeyType)) throw invalidArgument('keyType', keyType, `one of ${KEY_TYPES.join(', ')}`)
   return keyType as KeyType
+}
+
+// RFC 1035 §2.3.1 labels (letters, digits, hyphens; 63 bytes), 253 bytes in all; a leading "*." for a wildcard.
+const DNS_NAME = /^(\*\.)?(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$/
+
+function checkDnsNames(names: readonly string[] | undefined): readonly string[] {
+  if (names === undefined) return []
+  if (!Array.isArray(names) || names.some((n) => typeof n !== 'string' || !DNS_NAME.test(n))) {
+    throw invalidArgument('dnsNames', names, 'a list of DNS names (letters, digits, hyphens and dots)')
+  }
+  return names
 }
 
 const wholeSeconds = (ms: number): Date => new Date(Math.floor(ms / 1000) * 1000)
@@ -139,13 +219,13 @@ export async function createCertificateAuthority(options: CreateCertificateAutho
     extensions: [
       extension(OID.basicConstraints, true, seq([forge.asn1.create(forge.asn1.Class.UNIVERSAL, forge.asn1.Type.BOOLEAN, false, '\xff')])),
       extension(OID.keyUsage, true, keyUsageValue([KeyUsageBit.keyCertSign, KeyUsageBit.cRLSign])),
-      extension(OID.subjectAltName, false, uriSanValue(trustDomain.id().toString())),
+      extension(OID.subjectAltName, false, subjectAltNameValue(trustDomain.id().toString(), [])),
       extension(OID.subjectKeyIdentifier, false, octetString(keyId)),
       extension(OID.authorityKeyIdentifier, false, authorityKeyId(keyId)),
     ],
     signingKey: key,
   })
-  return new LocalCertificateAuthority(trustDomain, key, [new X509Certificate(der)])
+  return new LocalCertificateAuthority(trustDomain, key, [new X509Certificate(der)], resolveKeyPolicy(options.csrKeyPolicy))
 }
 
 /**
@@ -182,7 +262,7 @@ export function loadCertificateAuthority(options: LoadCertificateAuthorityOption
     trustDomain = ids[0]!.trustDomain
   }
   keyTypeOf(key)
-  return new LocalCertificateAuthority(trustDomain, key, chain)
+  return new LocalCertificateAuthority(trustDomain, key, chain, resolveKeyPolicy(options.csrKeyPolicy))
 }
 
 function octetString(bytes: Buffer): forge.asn1.Asn1 {
@@ -205,8 +285,10 @@ class LocalCertificateAuthority implements CertificateAuthority {
   readonly #subject: forge.asn1.Asn1
   readonly #keyId: Buffer
   readonly #intermediatesPem: string
+  readonly #keyPolicy: ResolvedKeyPolicy
 
-  constructor(trustDomain: TrustDomain, key: KeyObject, chain: X509Certificate[]) {
+  constructor(trustDomain: TrustDomain, key: KeyObject, chain: X509Certificate[], keyPolicy: ResolvedKeyPolicy) {
+    this.#keyPolicy = keyPolicy
     this.trustDomain = trustDomain
     this.keyType = keyTypeOf(key)
     this.#key = key
@@ -231,9 +313,10 @@ class LocalCertificateAuthority implements CertificateAuthority {
     const id = this.#checkId(idInput)
     const ttl = checkTtl('ttlSeconds', options.ttlSeconds ?? DEFAULT_SVID_TTL_SECONDS)
     const keyType = checkKeyType(options.keyType ?? this.keyType)
+    const dnsNames = checkDnsNames(options.dnsNames)
     const { privateKey: key, spki } = await generateKey(keyType)
     throwIfAborted(options.signal, 'issue')
-    const signed = this.#sign(id, spki, keyType, ttl)
+    const signed = this.#sign(id, spki, keyType === 'rsa-2048', ttl, dnsNames)
     return { ...signed, privateKeyPem: key.export({ type: 'pkcs8', format: 'pem' }) as string }
   }
 
@@ -241,20 +324,16 @@ class LocalCertificateAuthority implements CertificateAuthority {
     throwIfAborted(options.signal, 'signCsr')
     const id = this.#checkId(options.id)
     const ttl = checkTtl('ttlSeconds', options.ttlSeconds ?? DEFAULT_SVID_TTL_SECONDS)
-    const csr = parseCsr(csrPem)
+    const sans = options.csrSans ?? 'exact'
+    if (sans !== 'exact' && sans !== 'ignore') throw invalidArgument('csrSans', sans, '"exact" or "ignore"')
+    const csr = parseCsr(csrPem, (key) => checkCsrKey(key, this.#keyPolicy))
     // X509-SVID §2: exactly one URI SAN, and here it must be the ID the caller vouches for.
-    if (csr.uris.length !== 1 || csr.uris[0] !== id.toString()) {
+    if (sans === 'exact' && (csr.uris.length !== 1 || csr.uris[0] !== id.toString())) {
       throw new AmbientError(IdentityErrorCode.CsrRejected, `CSR refused: its URI SANs ${JSON.stringify(csr.uris)} are not exactly the requested ID ${id.toString()}`, {
         details: { requested: id.toString(), uris: csr.uris },
       })
     }
-    let keyType: KeyType
-    try {
-      keyType = keyTypeOf(csr.publicKey)
-    } catch (cause) {
-      throw new AmbientError(IdentityErrorCode.CsrRejected, 'CSR refused: its key is neither ECDSA P-256 nor RSA', { cause })
-    }
-    return this.#sign(id, csr.spki, keyType, ttl)
+    return this.#sign(id, csr.spki, csr.publicKey.asymmetricKeyType === 'rsa', ttl, [])
   }
 
   save(): CertificateAuthorityPem {
@@ -275,14 +354,14 @@ class LocalCertificateAuthority implements CertificateAuthority {
     return id
   }
 
-  #sign(id: SpiffeId, spki: Buffer, keyType: KeyType, ttlSeconds: number): SignedCertificate {
+  #sign(id: SpiffeId, spki: Buffer, rsa: boolean, ttlSeconds: number, dnsNames: readonly string[]): SignedCertificate {
     const now = Date.now()
     const notBefore = wholeSeconds(now - BACKDATE_SECONDS * 1000)
     // Rounded up so the SVID lives at least ttlSeconds; the CA's own expiry is already whole seconds.
     const notAfter = new Date(Math.min(Math.ceil((now + ttlSeconds * 1000) / 1000) * 1000, this.notAfter.getTime()))
     const usage: number[] = [KeyUsageBit.digitalSignature]
     // X509-SVID §4.3: leaves have digitalSignature; RSA key exchange also needs keyEncipherment.
-    if (keyType === 'rsa-2048') usage.push(KeyUsageBit.keyEncipherment)
+    if (rsa) usage.push(KeyUsageBit.keyEncipherment)
     const der = buildCertificate({
       serial: serialNumber(),
       issuer: this.#subject,
@@ -298,8 +377,8 @@ class LocalCertificateAuthority implements CertificateAuthority {
         extension(OID.keyUsage, true, keyUsageValue(usage)),
         // X509-SVID §4.4: extendedKeyUsage serverAuth and clientAuth.
         extension(OID.extKeyUsage, false, seq([oid(OID.serverAuth), oid(OID.clientAuth)])),
-        // X509-SVID §2: exactly one URI SAN.
-        extension(OID.subjectAltName, true, uriSanValue(id.toString())),
+        // X509-SVID §2: exactly one URI SAN (other SAN types are allowed).
+        extension(OID.subjectAltName, true, subjectAltNameValue(id.toString(), dnsNames)),
         extension(OID.subjectKeyIdentifier, false, octetString(keyIdentifier(spki))),
         extension(OID.authorityKeyIdentifier, false, authorityKeyId(this.#keyId)),
       ],

@@ -17,7 +17,11 @@ export const OID = {
   subjectKeyIdentifier: '2.5.29.14',
   authorityKeyIdentifier: '2.5.29.35',
   ecdsaWithSha256: '1.2.840.10045.4.3.2',
+  ecdsaWithSha384: '1.2.840.10045.4.3.3',
+  ecdsaWithSha512: '1.2.840.10045.4.3.4',
   sha256WithRsa: '1.2.840.113549.1.1.11',
+  sha384WithRsa: '1.2.840.113549.1.1.12',
+  sha512WithRsa: '1.2.840.113549.1.1.13',
   organization: '2.5.4.10',
   commonName: '2.5.4.3',
   serverAuth: '1.3.6.1.5.5.7.3.1',
@@ -43,20 +47,85 @@ export async function generateKey(keyType: KeyType): Promise<KeyPair> {
   })
 }
 
+/** A public or private key as a key policy sees it. */
+export interface KeyDescription {
+  /** `'rsa'`, `'ec'`, or Node's name of another algorithm (`'ed25519'`, `'rsa-pss'`...). */
+  readonly algorithm: string
+  /** RSA modulus length in bits. */
+  readonly bits?: number
+  /** ECDSA curve, by its NIST name (`'P-256'`), or OpenSSL's for a curve NIST does not name. */
+  readonly curve?: string
+  /** For messages: `RSA-2048`, `ECDSA P-256`, `ed25519`. */
+  readonly text: string
+}
+
+// OpenSSL's curve names → the NIST names JOSE and policies use.
+const CURVE_NAMES: Record<string, string> = { prime256v1: 'P-256', secp384r1: 'P-384', secp521r1: 'P-521' }
+
+export function describeKey(key: KeyObject): KeyDescription {
+  const algorithm = key.asymmetricKeyType ?? 'unknown'
+  if (algorithm === 'rsa') {
+    const bits = key.asymmetricKeyDetails?.modulusLength ?? 0
+    return { algorithm, bits, text: `RSA-${bits}` }
+  }
+  if (algorithm === 'ec') {
+    const named = key.asymmetricKeyDetails?.namedCurve ?? 'unknown'
+    const curve = CURVE_NAMES[named] ?? named
+    return { algorithm, curve, text: `ECDSA ${curve}` }
+  }
+  return { algorithm, text: algorithm }
+}
+
+/** The smallest RSA modulus this package signs with or certifies (NIST SP 800-131A: 112-bit security). */
+export const MIN_RSA_BITS = 2048
+
+/** The key type of a CA's own key: ECDSA P-256, or RSA of at least {@link MIN_RSA_BITS} bits. */
 export function keyTypeOf(key: KeyObject): KeyType {
-  if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') return 'ecdsa-p256'
-  if (key.asymmetricKeyType === 'rsa') return 'rsa-2048'
-  throw invalidCertificate(`unsupported key: ${key.asymmetricKeyType ?? 'unknown'} ${key.asymmetricKeyDetails?.namedCurve ?? ''}; expected an ECDSA P-256 or RSA key`)
+  const description = describeKey(key)
+  if (description.curve === 'P-256') return 'ecdsa-p256'
+  if (description.algorithm === 'rsa' && description.bits! >= MIN_RSA_BITS) return 'rsa-2048'
+  throw invalidCertificate(`unsupported key: ${description.text}; expected an ECDSA P-256 key or an RSA key of at least ${MIN_RSA_BITS} bits`)
 }
 
-/** The signature AlgorithmIdentifier a key of this type signs with (RFC 5758 §3.2, RFC 4055 §5). */
-export function signatureAlgorithm(keyType: KeyType): Asn1 {
-  return keyType === 'rsa-2048' ? seq([oid(OID.sha256WithRsa), nul()]) : seq([oid(OID.ecdsaWithSha256)])
+/** How a key signs X.509 and PKCS#10 structures: the AlgorithmIdentifier's OID and the hash. */
+export interface SignatureScheme {
+  readonly oid: string
+  readonly hash: 'sha256' | 'sha384' | 'sha512'
 }
 
-/** Signs DER bytes the way X.509 and PKCS#10 want: SHA-256, DER ECDSA signature or PKCS#1 v1.5. */
-export function signDer(data: Uint8Array, key: KeyObject): Buffer {
-  return sign('sha256', data, key)
+/**
+ * The signature scheme of a key: SHA-256 for RSA (PKCS#1 v1.5, RFC 4055 §5)
+ * and P-256, the curve's own hash size for P-384 and P-521 (RFC 5758 §3.2).
+ */
+export function signatureSchemeOf(key: KeyObject): SignatureScheme {
+  const description = describeKey(key)
+  if (description.algorithm === 'rsa') return { oid: OID.sha256WithRsa, hash: 'sha256' }
+  switch (description.curve) {
+    case 'P-256': return { oid: OID.ecdsaWithSha256, hash: 'sha256' }
+    case 'P-384': return { oid: OID.ecdsaWithSha384, hash: 'sha384' }
+    case 'P-521': return { oid: OID.ecdsaWithSha512, hash: 'sha512' }
+  }
+  throw invalidCertificate(`unsupported key: ${description.text}; expected an ECDSA or RSA key`)
+}
+
+/** The AlgorithmIdentifier of a scheme: RSA's carries NULL parameters, ECDSA's none (RFC 4055 §5, RFC 5758 §3.2). */
+export function signatureAlgorithm(scheme: SignatureScheme): Asn1 {
+  return scheme.oid.startsWith('1.2.840.113549.') ? seq([oid(scheme.oid), nul()]) : seq([oid(scheme.oid)])
+}
+
+/** Signature schemes a CSR may use, by OID. */
+export const SIGNATURE_SCHEMES: ReadonlyMap<string, { algorithm: 'rsa' | 'ec'; hash: SignatureScheme['hash'] }> = new Map([
+  [OID.sha256WithRsa, { algorithm: 'rsa', hash: 'sha256' }],
+  [OID.sha384WithRsa, { algorithm: 'rsa', hash: 'sha384' }],
+  [OID.sha512WithRsa, { algorithm: 'rsa', hash: 'sha512' }],
+  [OID.ecdsaWithSha256, { algorithm: 'ec', hash: 'sha256' }],
+  [OID.ecdsaWithSha384, { algorithm: 'ec', hash: 'sha384' }],
+  [OID.ecdsaWithSha512, { algorithm: 'ec', hash: 'sha512' }],
+])
+
+/** Signs DER bytes the way X.509 and PKCS#10 want: a DER ECDSA signature or PKCS#1 v1.5. */
+export function signDer(data: Uint8Array, key: KeyObject, scheme: SignatureScheme = signatureSchemeOf(key)): Buffer {
+  return sign(scheme.hash, data, key)
 }
 
 /** RFC 5280 §4.2.1.2 method (1): SHA-1 of the subjectPublicKey BIT STRING value. */
@@ -97,7 +166,13 @@ export function keyUsageValue(bits: number[]): Asn1 {
 
 /** GeneralNames with one uniformResourceIdentifier [6] IA5String (RFC 5280 §4.2.1.6). */
 export function uriSanValue(uri: string): Asn1 {
-  return seq([forge.asn1.create(forge.asn1.Class.CONTEXT_SPECIFIC, 6, false, uri)])
+  return subjectAltNameValue(uri, [])
+}
+
+/** GeneralNames with one uniformResourceIdentifier [6] and dNSName [2] entries, all IA5String (RFC 5280 §4.2.1.6). */
+export function subjectAltNameValue(uri: string, dnsNames: readonly string[]): Asn1 {
+  const general = (tag: number, value: string): Asn1 => forge.asn1.create(forge.asn1.Class.CONTEXT_SPECIFIC, tag, false, value)
+  return seq([general(6, uri), ...dnsNames.map((n) => general(2, n))])
 }
 
 export function serialNumber(): Buffer {
@@ -124,7 +199,9 @@ export interface CertificateTemplate {
  * TBSCertificate, Node's crypto signs it (RFC 5280 §4.1).
  */
 export function buildCertificate(t: CertificateTemplate): Buffer {
-  const algorithm = signatureAlgorithm(keyTypeOf(t.signingKey))
+  keyTypeOf(t.signingKey)
+  const scheme = signatureSchemeOf(t.signingKey)
+  const algorithm = signatureAlgorithm(scheme)
   const tbs = seq([
     explicit(0, smallInteger(2)),
     unsignedInteger(t.serial),
@@ -135,7 +212,7 @@ export function buildCertificate(t: CertificateTemplate): Buffer {
     decode(t.subjectPublicKey),
     explicit(3, seq(t.extensions)),
   ])
-  return encode(seq([tbs, algorithm, bitString(signDer(encode(tbs), t.signingKey))]))
+  return encode(seq([tbs, algorithm, bitString(signDer(encode(tbs), t.signingKey, scheme))]))
 }
 
 /** What verification needs from a certificate beyond Node's `X509Certificate`. */

@@ -2,7 +2,7 @@ import { createPrivateKey, createPublicKey, verify, type KeyObject } from 'node:
 import type forge from 'node-forge'
 import { AmbientError, isAmbientError } from '@ambientkit/core'
 import { Asn1Type, bitString, children, decode, encode, explicit, fromBinary, isContext, isUniversal, oid, oidOf, pemDecode, pemEncode, seq, set, smallInteger } from './der'
-import { OID, extension, keyTypeOf, signDer, signatureAlgorithm, spkiOf, uriSanValue } from './certificate'
+import { OID, SIGNATURE_SCHEMES, extension, signDer, signatureAlgorithm, signatureSchemeOf, spkiOf, uriSanValue } from './certificate'
 import { IdentityErrorCode } from './errors'
 import { SpiffeId } from './spiffe-id'
 
@@ -10,7 +10,7 @@ import { SpiffeId } from './spiffe-id'
 export interface CreateCsrOptions {
   /** The SPIFFE ID to request, put in the CSR's URI SAN. */
   id: SpiffeId | string
-  /** The workload's private key (a `KeyObject` or PKCS#8/SEC1/PKCS#1 PEM). ECDSA P-256 or RSA. */
+  /** The workload's private key (a `KeyObject` or PKCS#8/SEC1/PKCS#1 PEM): ECDSA (P-256, P-384, P-521) or RSA. Whether a CA certifies it is the CA's policy. */
   privateKey: KeyObject | string
 }
 
@@ -22,7 +22,7 @@ export interface CreateCsrOptions {
 export function createCsr(options: CreateCsrOptions): string {
   const id = typeof options.id === 'string' ? SpiffeId.parse(options.id) : options.id
   const key = typeof options.privateKey === 'string' ? createPrivateKey(options.privateKey) : options.privateKey
-  const keyType = keyTypeOf(key)
+  const scheme = signatureSchemeOf(key)
   const info = seq([
     smallInteger(0),
     seq([]),
@@ -32,7 +32,7 @@ export function createCsr(options: CreateCsrOptions): string {
     explicit(0, seq([oid(OID.extensionRequest), set([seq([extension(OID.subjectAltName, true, uriSanValue(id.toString()))])])])),
   ])
   const infoDer = encode(info)
-  const der = encode(seq([info, signatureAlgorithm(keyType), bitString(signDer(infoDer, key))]))
+  const der = encode(seq([info, signatureAlgorithm(scheme), bitString(signDer(infoDer, key, scheme))]))
   return pemEncode('CERTIFICATE REQUEST', der)
 }
 
@@ -46,8 +46,12 @@ function refused(message: string, cause?: unknown): AmbientError {
   return new AmbientError(IdentityErrorCode.CsrRejected, `CSR refused: ${message}`, { cause })
 }
 
-/** Parses a PEM CSR and checks its self-signature (RFC 2986 §3: proof of possession). */
-export function parseCsr(pem: string): ParsedCsr {
+/**
+ * Parses a PEM CSR and checks its self-signature (RFC 2986 §3: proof of
+ * possession). `checkKey` runs before the signature is verified, so a key
+ * the caller refuses costs no verification.
+ */
+export function parseCsr(pem: string, checkKey?: (key: KeyObject) => void): ParsedCsr {
   let info: forge.asn1.Asn1
   let algorithm: string
   let signature: Buffer
@@ -73,9 +77,12 @@ export function parseCsr(pem: string): ParsedCsr {
   } catch (cause) {
     throw refused('its public key cannot be read', cause)
   }
-  const expected = publicKey.asymmetricKeyType === 'rsa' ? OID.sha256WithRsa : OID.ecdsaWithSha256
-  if (algorithm !== expected) throw refused(`unsupported signature algorithm ${algorithm}; expected ${expected}`)
-  if (!verify('sha256', infoDer, publicKey, signature)) throw refused('its signature does not verify with its own public key')
+  checkKey?.(publicKey)
+  const scheme = SIGNATURE_SCHEMES.get(algorithm)
+  if (scheme === undefined || scheme.algorithm !== publicKey.asymmetricKeyType) {
+    throw refused(`unsupported signature algorithm ${algorithm} for a ${publicKey.asymmetricKeyType ?? 'unknown'} key; expected ECDSA or RSA PKCS#1 v1.5 with SHA-256, SHA-384 or SHA-512`)
+  }
+  if (!verify(scheme.hash, infoDer, publicKey, signature)) throw refused('its signature does not verify with its own public key')
   const uris: string[] = []
   const attributes = fields.find((node) => isContext(node, 0))
   for (const attribute of children(attributes)) {

@@ -16,6 +16,8 @@ export const IdentityErrorCode = {
   IdentityUnavailable: 'ERR_AMBIENT_IDENTITY_UNAVAILABLE',
   /** A TLS peer presented a valid SVID whose ID is not one the caller expected. */
   UnexpectedPeer: 'ERR_AMBIENT_UNEXPECTED_PEER',
+  /** A JWT-SVID failed validation; `details.reason` is one of {@link JwtSvidRejectionReason}. */
+  JwtSvidRejected: 'ERR_AMBIENT_JWT_SVID_REJECTED',
   /** A socket's peer was not verified by this package's TLS options, so it has no SPIFFE ID. */
   PeerNotVerified: 'ERR_AMBIENT_PEER_NOT_VERIFIED',
 } as const satisfies Record<string, keyof AmbientErrorDetailsMap>
@@ -35,6 +37,12 @@ declare module '@ambientkit/core' {
       readonly requested?: string
       /** The CSR's URI SANs, when they did not match. */
       readonly uris?: readonly string[]
+      /** The CSR's key, when it is outside the CA's key policy (`RSA 1024`, `EC secp256k1`...). */
+      readonly key?: string
+    }
+    ERR_AMBIENT_JWT_SVID_REJECTED: {
+      /** Why: one of {@link JwtSvidRejectionReason}. */
+      readonly reason: string
     }
     ERR_AMBIENT_SVID_REJECTED: SvidRejectedDetails
     ERR_AMBIENT_INVALID_BUNDLE: {

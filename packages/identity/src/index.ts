@@ -40,6 +40,8 @@ export {
   type CertificateAuthority,
   type CertificateAuthorityPem,
   type CreateCertificateAuthorityOptions,
+  type CsrKeyPolicy,
+  type EcdsaCurve,
   type IssueOptions,
   type LoadCertificateAuthorityOptions,
   type SignCsrOptions,
@@ -66,9 +68,21 @@ export {
   type IdentityManagerEvent,
   type IdentityManagerOptions,
   type IdentitySource,
+  type JwtSvidFetchOptions,
   type LocalCaSourceOptions,
   type RotationEvent,
 } from './manager'
+export {
+  JwtSvidRejectionReason,
+  createJwtSvidIssuer,
+  verifyJwtSvid,
+  type CreateJwtSvidIssuerOptions,
+  type JwtSvid,
+  type JwtSvidIssuer,
+  type SignJwtSvidOptions,
+  type VerifiedJwtSvid,
+  type VerifyJwtSvidOptions,
+} from './jwt'
 export {
   attachTlsServer,
   peerSpiffeId,

@@ -12,9 +12,11 @@ import {
   type Subscribable,
 } from '@ambientkit/core'
 import type { CertificateAuthority, X509Svid } from './ca'
-import { createTrustBundleSet, type TrustBundleSet } from './bundle'
+import { TrustBundle, createTrustBundleSet, type TrustBundleSet } from './bundle'
+import type { JwtSvid, JwtSvidIssuer } from './jwt'
 import { IdentityErrorCode } from './errors'
 import { SpiffeId } from './spiffe-id'
+import { verifyX509Svid } from './verify'
 
 /** Options a source receives for one fetch. */
 export interface IdentityFetchOptions extends AbortOptions {
@@ -22,16 +24,35 @@ export interface IdentityFetchOptions extends AbortOptions {
   ttlSeconds: number
 }
 
+/** Options a source receives for one JWT-SVID. */
+export interface JwtSvidFetchOptions extends AbortOptions {
+  /** The `aud` claim: at least one audience. */
+  audience: readonly string[]
+}
+
 /**
  * Where an {@link IdentityManager} gets SVIDs and trust bundles: a local CA
- * ({@link createLocalCaSource}) today; a remote CA client or a SPIFFE
- * Workload API client implement the same interface.
+ * ({@link createLocalCaSource}), a CA service speaking Istio's certificate
+ * API (`@ambientkit/ca`), or a SPIFFE Workload API such as a SPIRE agent's
+ * (`@ambientkit/workload-api`).
  */
 export interface IdentitySource {
-  /** The bundles of every trust domain the source vouches for, kept current by the source. */
+  /**
+   * The bundles of every trust domain the source vouches for, kept current
+   * by the source: a new root added, both trusted during an overlap, the old
+   * one removed. Everything built on a manager follows its changes.
+   */
   readonly bundles: TrustBundleSet
   /** Produces a fresh X.509-SVID for `id`. */
   fetch(id: SpiffeId, options: IdentityFetchOptions): Promise<X509Svid>
+  /**
+   * Announces SVIDs the source renewed on its own (a Workload API stream):
+   * the manager installs those of identities it holds as rotations. Returns
+   * the function that stops the announcements. Optional.
+   */
+  subscribe?(listener: (svid: X509Svid) => void): () => void
+  /** Produces a JWT-SVID for `id`. Optional: a source without it cannot serve JWT-SVIDs. */
+  fetchJwtSvid?(id: SpiffeId, options: JwtSvidFetchOptions): Promise<JwtSvid>
   /** Releases what the source holds. Optional. */
   close?(): Promise<void>
 }
@@ -40,6 +61,10 @@ export interface IdentitySource {
 export interface LocalCaSourceOptions {
   /** Extra bundles (federated trust domains) to trust besides the CAs' own. Default none. */
   federatedBundles?: TrustBundleSet
+  /** Signers of JWT-SVIDs, one per trust domain; their keys join the bundles. Default none (no JWT-SVIDs). */
+  jwtIssuers?: readonly JwtSvidIssuer[]
+  /** DNS names to put beside an identity's SPIFFE ID (a server reached by name, such as a CA service). Default none. */
+  dnsNames?: (id: SpiffeId) => readonly string[]
 }
 
 /**
@@ -49,13 +74,25 @@ export interface LocalCaSourceOptions {
 export function createLocalCaSource(cas: CertificateAuthority | readonly CertificateAuthority[], options: LocalCaSourceOptions = {}): IdentitySource {
   const list = Array.isArray(cas) ? cas : [cas as CertificateAuthority]
   if (list.length === 0) throw invalidArgument('cas', cas, 'at least one CertificateAuthority')
-  const bundles = createTrustBundleSet([...(options.federatedBundles?.all() ?? []), ...list.map((ca) => ca.bundle)])
+  const issuers = options.jwtIssuers ?? []
+  const own = list.map((ca) => {
+    const jwtAuthorities = issuers.filter((i) => i.trustDomain.equals(ca.trustDomain)).map((i) => i.authority)
+    return jwtAuthorities.length === 0 ? ca.bundle : TrustBundle.create({ trustDomain: ca.trustDomain, x509Authorities: ca.bundle.x509Authorities, jwtAuthorities })
+  })
+  const bundles = createTrustBundleSet([...(options.federatedBundles?.all() ?? []), ...own])
+  const domains = (): string => list.map((c) => c.trustDomain.name).join(', ')
   return {
     bundles,
     async fetch(id, fetchOptions) {
       const ca = list.find((c) => id.memberOf(c.trustDomain))
-      if (ca === undefined) throw invalidArgument('id', id.toString(), `an ID in one of the trust domains ${list.map((c) => c.trustDomain.name).join(', ')}`)
-      return ca.issue(id, { ttlSeconds: fetchOptions.ttlSeconds, signal: fetchOptions.signal })
+      if (ca === undefined) throw invalidArgument('id', id.toString(), `an ID in one of the trust domains ${domains()}`)
+      return ca.issue(id, { ttlSeconds: fetchOptions.ttlSeconds, signal: fetchOptions.signal, dnsNames: options.dnsNames?.(id) ?? [] })
+    },
+    async fetchJwtSvid(id, fetchOptions) {
+      throwIfAborted(fetchOptions.signal, 'fetchJwtSvid')
+      const issuer = issuers.find((i) => id.memberOf(i.trustDomain))
+      if (issuer === undefined) throw invalidArgument('id', id.toString(), `an ID of a trust domain with a JWT-SVID issuer (${issuers.map((i) => i.trustDomain.name).join(', ') || 'none configured'})`)
+      return issuer.sign(id, { audience: fetchOptions.audience })
     },
   }
 }
@@ -125,6 +162,12 @@ export interface IdentityManager extends LongLived, Subscribable<IdentityManager
    * current SVID, when the source fails.
    */
   rotate(id: SpiffeId | string, options?: AbortOptions): Promise<X509Svid>
+  /**
+   * A JWT-SVID of `id` for `audience`, from the source; a token is reused
+   * until half of its lifetime has passed. Rejects with
+   * `ERR_AMBIENT_IDENTITY_UNAVAILABLE` when the source has no JWT-SVIDs or fails.
+   */
+  fetchJwtSvid(id: SpiffeId | string, audience: readonly string[], options?: AbortOptions): Promise<JwtSvid>
   /** Keeps `id` renewed even when `get()` is not called (a listener presenting it). Returns the release function. */
   retain(id: SpiffeId | string): () => void
   /** The IDs currently held. */
@@ -137,6 +180,8 @@ export interface IdentityManager extends LongLived, Subscribable<IdentityManager
 
 // setTimeout's longest delay; longer waits are re-armed in steps.
 const MAX_TIMER_MS = 2 ** 31 - 1
+// JWT-SVIDs kept for reuse: bounded, as audiences come from callers.
+const MAX_CACHED_JWT_SVIDS = 1024
 
 interface Entry {
   id: SpiffeId
@@ -187,6 +232,7 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
   const subscribers = createSubscribers<IdentityManagerEvent>({ logger, what: 'identity manager' })
   const lifetime = new AbortController()
   let closed: Promise<void> | undefined
+  const jwtSvids = new Map<string, JwtSvid>()
 
   const arm = (entry: Entry, at: number, action: () => void): void => {
     clearTimeout(entry.timer)
@@ -249,7 +295,13 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
       drop(entry)
       return
     }
-    fetchSvid(entry).then(
+    fetchSvid(entry).then((svid) => {
+      // A source that hands back the SVID held has not renewed it (a stream not rotated yet): retried like a failure.
+      if (entry.svid !== undefined && svid.certificateChainPem === entry.svid.certificateChainPem) {
+        throw new AmbientError(IdentityErrorCode.IdentityUnavailable, `the identity source has not renewed ${entry.id.toString()} yet`)
+      }
+      return svid
+    }).then(
       (svid) => install(entry, svid),
       (error: AmbientError) => {
         if (lifetime.signal.aborted || entries.get(entry.id.toString()) !== entry) return
@@ -273,6 +325,26 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
   }
 
   const usable = (svid: X509Svid | undefined): svid is X509Svid => svid !== undefined && svid.notAfter.getTime() > Date.now()
+
+  // A bundle change can leave a held SVID chaining to a root no longer trusted
+  // (an operator removed it early): such SVIDs are renewed at once, not at half-life.
+  const offBundles = source.bundles.subscribe(() => {
+    for (const entry of entries.values()) {
+      if (entry.svid === undefined || entry.pending !== undefined) continue
+      try {
+        verifyX509Svid(entry.svid.certificateChainPem, source.bundles)
+      } catch (err) {
+        logger.info({ id: entry.id.toString(), reason: (err as AmbientError).details?.reason }, 'the trust bundle no longer vouches for the current SVID; renewing now')
+        renew(entry)
+      }
+    }
+  })
+
+  const offSource = source.subscribe?.((svid) => {
+    const entry = entries.get(svid.id.toString())
+    // Only another SVID of an identity held, living at least as long, replaces the current one.
+    if (entry?.svid !== undefined && svid.certificateChainPem !== entry.svid.certificateChainPem && svid.notAfter.getTime() >= entry.svid.notAfter.getTime()) install(entry, svid)
+  })
 
   const checkOpen = (what: string): void => {
     if (closed !== undefined) throw new AmbientError(CoreErrorCode.Closed, `${what}: the identity manager is closed`)
@@ -330,12 +402,41 @@ export function createIdentityManager(options: IdentityManagerOptions): Identity
 
     subscribe: subscribers.subscribe,
 
+    async fetchJwtSvid(idInput, audience, fetchOptions = {}) {
+      checkOpen('fetchJwtSvid')
+      throwIfAborted(fetchOptions.signal, 'fetchJwtSvid')
+      const id = toId(idInput)
+      if (!Array.isArray(audience) || audience.length === 0 || audience.some((a) => typeof a !== 'string' || a === '')) {
+        throw invalidArgument('audience', audience, 'at least one non-empty audience')
+      }
+      const key = JSON.stringify([id.toString(), [...audience].sort()])
+      const cached = jwtSvids.get(key)
+      if (cached !== undefined && Date.now() < (cached.issuedAt.getTime() + cached.expiresAt.getTime()) / 2) return cached
+      if (source.fetchJwtSvid === undefined) throw new AmbientError(IdentityErrorCode.IdentityUnavailable, 'the identity source does not issue JWT-SVIDs')
+      let svid: JwtSvid
+      try {
+        svid = await source.fetchJwtSvid(id, { audience, signal: fetchOptions.signal ?? lifetime.signal })
+      } catch (cause) {
+        if (cause instanceof AmbientError && cause.code === CoreErrorCode.Aborted) throw cause
+        throw new AmbientError(IdentityErrorCode.IdentityUnavailable, `could not get a JWT-SVID for ${id.toString()}: ${(cause as Error)?.message ?? String(cause)}`, {
+          cause, details: { id: id.toString() },
+        })
+      }
+      jwtSvids.delete(key)
+      jwtSvids.set(key, svid)
+      if (jwtSvids.size > MAX_CACHED_JWT_SVIDS) jwtSvids.delete(jwtSvids.keys().next().value!)
+      return svid
+    },
+
     close() {
       closed ??= (async () => {
         lifetime.abort(new AmbientError(CoreErrorCode.Closed, 'the identity manager was closed'))
+        offBundles()
+        offSource?.()
         for (const entry of entries.values()) clearTimeout(entry.timer)
         entries.clear()
         subscribers.clear()
+        jwtSvids.clear()
         await source.close?.()
       })()
       return closed

@@ -24,6 +24,13 @@ export interface SpiffeTlsOptions extends AbortOptions {
 export interface SpiffeTlsServerInit extends SpiffeTlsOptions {
   /** Peers (clients) accepted besides the SVID check. Default: any valid SVID of a trusted domain. */
   acceptPeers?: SpiffeIdMatcher
+  /**
+   * `'required'` (default): a client without a valid SVID is refused.
+   * `'optional'`: a client may present no certificate (it authenticates
+   * otherwise, with a token); one that presents a certificate must present a
+   * valid, accepted SVID. `peerSpiffeId()` throws for the ones without.
+   */
+  clientCertificate?: 'required' | 'optional'
 }
 
 /** Options of {@link tlsClientOptions}. */
@@ -43,6 +50,7 @@ interface ServerConfig {
   id: SpiffeId
   alpnProtocols: string[] | undefined
   accept: ((id: SpiffeId) => boolean) | undefined
+  optional: boolean
 }
 
 // The peer ID a server verified, stored on the socket itself: http2 hands out a
@@ -141,13 +149,17 @@ function checkInit(init: SpiffeTlsOptions): SpiffeId {
 export async function tlsServerOptions(init: SpiffeTlsServerInit): Promise<SpiffeTlsServerOptions> {
   const id = checkInit(init)
   const accept = toMatcher('acceptPeers', init.acceptPeers)
+  const clientCertificate = init.clientCertificate ?? 'required'
+  if (clientCertificate !== 'required' && clientCertificate !== 'optional') throw invalidArgument('clientCertificate', clientCertificate, '"required" or "optional"')
   const svid = await init.manager.get(id, { signal: init.signal })
+  const optional = clientCertificate === 'optional'
   const options: SpiffeTlsServerOptions = {
     ...contextOptions(init.manager, svid, init.alpnProtocols),
     requestCert: true,
-    rejectUnauthorized: true,
+    // Optional: OpenSSL lets a client without a certificate through, and attachTlsServer refuses a bad one.
+    rejectUnauthorized: !optional,
   }
-  serverConfigs.set(options, { manager: init.manager, id, alpnProtocols: init.alpnProtocols, accept })
+  serverConfigs.set(options, { manager: init.manager, id, alpnProtocols: init.alpnProtocols, accept, optional })
   return options
 }
 
@@ -183,6 +195,12 @@ export function attachTlsServer(server: Server, options: SpiffeTlsServerOptions)
   const original = server.listeners('secureConnection') as Array<(socket: TLSSocket) => void>
   const guard = (socket: TLSSocket): void => {
     try {
+      if (config.optional && socket.getPeerCertificate(false)?.raw === undefined) {
+        for (const listener of original) listener.call(server, socket)
+        return
+      }
+      // With an optional certificate OpenSSL did not refuse a chain it could not verify: refused here.
+      if (!socket.authorized) throw new AmbientError(IdentityErrorCode.SvidRejected, `client certificate refused: ${String(socket.authorizationError)}`, { details: { reason: SvidRejectionReason.Untrusted } })
       const peer = verifyServerPeer(socket, manager)
       if (config.accept !== undefined && !config.accept(peer)) {
         throw new AmbientError(IdentityErrorCode.UnexpectedPeer, `client ${peer.toString()} is not an accepted peer`, { details: { peer: peer.toString() } })

@@ -155,4 +155,72 @@ describe('certificate authority', () => {
     expect(() => loadCertificateAuthority({ certificateChainPem: a.save().certificateChainPem, privateKeyPem: b.save().privateKeyPem }))
       .toThrow(/does not match/)
   })
+
+  describe('key policy (issue 15: any RSA key was treated as 2048-bit)', () => {
+    const opensslCsr = (keyArgs: string[], extra: string[] = []): string => {
+      const keyFile = join(dir, `policy-${keyArgs.join('-').replace(/[^a-z0-9-]/gi, '')}.key`)
+      execFileSync('openssl', ['genpkey', ...keyArgs, '-out', keyFile], { stdio: 'ignore' })
+      return execFileSync('openssl', ['req', '-new', '-key', keyFile, '-subj', '/', '-addext', 'subjectAltName=URI:spiffe://example.org/w', ...extra], { encoding: 'utf8' })
+    }
+    const caPromise = createCertificateAuthority({ trustDomain: 'example.org' })
+
+    it.each([
+      ['RSA-512', ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:512']],
+      ['RSA-1024', ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:1024']],
+      ['RSA-2047', ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2047']],
+      ['ECDSA P-521', ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-521']],
+      ['ECDSA secp256k1', ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:secp256k1']],
+      ['ed25519', ['-algorithm', 'ED25519']],
+    ])('refuses a CSR whose key is %s, naming it and the policy', async (text, keyArgs) => {
+      const ca = await caPromise
+      const csr = opensslCsr(keyArgs)
+      const error = await ca.signCsr(csr, { id: 'spiffe://example.org/w' }).catch((err: unknown) => err)
+      expect(isAmbientError(error, IdentityErrorCode.CsrRejected)).toBe(true)
+      expect((error as Error).message).toContain(`its key is ${text}`)
+      expect((error as Error).message).toContain('ECDSA P-256, ECDSA P-384, RSA of 2048 to 8192 bits')
+    })
+
+    it.each([
+      ['ECDSA P-384', ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-384'], ['-sha384']],
+      ['RSA-3072', ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:3072'], ['-sha512']],
+    ])('certifies a CSR whose key is %s, signed with the hash openssl chose', async (_text, keyArgs, extra) => {
+      const ca = await caPromise
+      const signed = await ca.signCsr(opensslCsr(keyArgs, extra), { id: 'spiffe://example.org/w' })
+      expect(opensslVerify(ca.save().certificateChainPem, signed.certificateChainPem, 'sslclient')).toMatch(/: OK/)
+    })
+
+    it('takes a narrower policy: only P-256 and RSA of 3072 bits or more', async () => {
+      const ca = await createCertificateAuthority({ trustDomain: 'example.org', csrKeyPolicy: { ecdsaCurves: ['P-256'], minRsaBits: 3072 } })
+      await expect(ca.signCsr(opensslCsr(['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-384']), { id: 'spiffe://example.org/w' })).rejects.toThrow(/ECDSA P-384; this CA certifies ECDSA P-256, RSA of 3072 to 8192 bits/)
+      await expect(ca.signCsr(opensslCsr(['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048']), { id: 'spiffe://example.org/w' })).rejects.toThrow(/RSA-2048/)
+      await expect(createCertificateAuthority({ trustDomain: 'example.org', csrKeyPolicy: { minRsaBits: 1024 } })).rejects.toThrow(/minRsaBits/)
+    })
+
+    it('refuses to load a CA whose own key is RSA below 2048 bits', () => {
+      const keyFile = join(dir, 'weak-ca.key')
+      execFileSync('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:1024', '-out', keyFile], { stdio: 'ignore' })
+      const cert = execFileSync('openssl', ['req', '-x509', '-new', '-key', keyFile, '-subj', '/CN=weak', '-days', '1', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign', '-addext', 'subjectAltName=URI:spiffe://example.org'], { encoding: 'utf8' })
+      expect(() => loadCertificateAuthority({ certificateChainPem: cert, privateKeyPem: readFileSync(keyFile, 'utf8') })).toThrow(/RSA-1024/)
+    })
+  })
+
+  it('with csrSans "ignore", certifies only the given ID whatever the CSR names', async () => {
+    const ca = await createCertificateAuthority({ trustDomain: 'example.org' })
+    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
+    const keyFile = join(dir, 'ignore.key')
+    writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }))
+    const two = execFileSync('openssl', ['req', '-new', '-key', keyFile, '-subj', '/CN=x', '-addext', 'subjectAltName=URI:spiffe://example.org/admin,DNS:evil.example'], { encoding: 'utf8' })
+    const signed = await ca.signCsr(two, { id: 'spiffe://example.org/w', csrSans: 'ignore' })
+    const leaf = parseCertificate(new X509Certificate(signed.certificateChainPem).raw)
+    expect(leaf.uris).toEqual(['spiffe://example.org/w'])
+    expect(new X509Certificate(signed.certificateChainPem).subjectAltName).toBe('URI:spiffe://example.org/w')
+  })
+
+  it('adds DNS names beside the SPIFFE ID when asked', async () => {
+    const ca = await createCertificateAuthority({ trustDomain: 'example.org' })
+    const svid = await ca.issue('spiffe://example.org/ns/system/sa/control-plane', { dnsNames: ['ca.system.svc', 'localhost'] })
+    expect(new X509Certificate(svid.certificateChainPem).subjectAltName).toBe('URI:spiffe://example.org/ns/system/sa/control-plane, DNS:ca.system.svc, DNS:localhost')
+    expect(verifyX509Svid(svid.certificateChainPem, ca.bundle).toString()).toBe('spiffe://example.org/ns/system/sa/control-plane')
+    await expect(ca.issue('spiffe://example.org/w', { dnsNames: ['bad name'] })).rejects.toThrow(/dnsNames/)
+  })
 })

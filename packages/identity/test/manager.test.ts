@@ -207,3 +207,25 @@ describe('createIdentityManager', () => {
     expect(events.map((e) => e.type)).toEqual(['rotated'])
   })
 })
+
+describe('trust bundle changes', () => {
+  it('renews at once an SVID whose root left the bundle (a CA rotation ending early)', async () => {
+    const { TrustBundle, createTrustBundleSet } = await import('@ambientkit/identity')
+    const oldCa = await createCertificateAuthority({ trustDomain: 'example.org' })
+    const newCa = await createCertificateAuthority({ trustDomain: 'example.org' })
+    const bundles = createTrustBundleSet([TrustBundle.create({ trustDomain: 'example.org', x509Authorities: [oldCa.certificate, newCa.certificate] })])
+    let signer = oldCa
+    const manager = createIdentityManager({ source: { bundles, fetch: (i, o) => signer.issue(i, { ttlSeconds: o.ttlSeconds }) }, ttlSeconds: 3600 })
+    const first = await manager.get(id)
+    signer = newCa
+    // Both roots trusted: nothing to do before half-life.
+    bundles.set(TrustBundle.create({ trustDomain: 'example.org', x509Authorities: [oldCa.certificate, newCa.certificate], sequenceNumber: 2 }))
+    expect(manager.current(id)).toBe(first)
+    const rotated = next(manager, 'rotated')
+    bundles.set(TrustBundle.create({ trustDomain: 'example.org', x509Authorities: [newCa.certificate], sequenceNumber: 3 }))
+    const event = await rotated
+    expect(event.previous).toBe(first)
+    expect(new (await import('node:crypto')).X509Certificate(event.svid.certificateChainPem).checkIssued(newCa.certificate)).toBe(true)
+    await manager.close()
+  })
+})

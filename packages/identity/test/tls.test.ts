@@ -303,3 +303,44 @@ describe('rotation', () => {
     expect(after).toBe(new X509Certificate(svid.certificateChainPem).serialNumber)
   })
 })
+
+describe('optional client certificates (a server that also takes token-authenticated clients)', () => {
+  it('lets a client without a certificate in, verifies one with an SVID, refuses an untrusted one', async () => {
+    const { manager } = await setup()
+    const options = await tlsServerOptions({ manager, id: serverId, clientCertificate: 'optional' })
+    const seen: string[] = []
+    const server = tls.createServer(options, (socket) => {
+      let peer = 'none'
+      try {
+        peer = peerSpiffeId(socket).toString()
+      } catch (err) {
+        expect((err as { code: string }).code).toBe(IdentityErrorCode.PeerNotVerified)
+      }
+      seen.push(peer)
+      socket.end(`${peer}\n`)
+    })
+    const binding = attachTlsServer(server, options)
+    const rejections: Error[] = []
+    server.on('tlsClientError', (err: Error) => rejections.push(err))
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    cleanups.push(async () => {
+      binding.close()
+      await closeServer(server)
+    })
+    const port = (server.address() as AddressInfo).port
+    const bundle = manager.bundles.get('example.org')!.x509AuthoritiesPem()
+    const anonymous = await connect(port, { ca: bundle, checkServerIdentity: () => undefined, minVersion: 'TLSv1.3' })
+    expect(anonymous.firstLine).toBe('none')
+    const withSvid = await connect(port, await tlsClientOptions({ manager, id: clientId, expectedPeers: [serverId] }))
+    expect(withSvid.firstLine).toBe(clientId.toString())
+    // An SVID of another CA of the same trust domain: OpenSSL lets it through (optional), the guard does not.
+    const other = await setup()
+    const stranger = await other.manager.get(clientId)
+    const socket = tls.connect({ host: '127.0.0.1', port, ca: bundle, key: stranger.privateKeyPem, cert: stranger.certificateChainPem, checkServerIdentity: () => undefined })
+    cleanups.push(() => socket.destroy())
+    await once(socket, 'close')
+    expect(seen).toEqual(['none', clientId.toString()])
+    expect(rejections.map((e) => (e as { code?: string }).code)).toEqual([IdentityErrorCode.SvidRejected])
+  })
+})

@@ -919,6 +919,28 @@ static napi_value get_mark(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* peerCredentials(fd): SO_PEERCRED of a connected unix socket, the peer's pid,
+ * uid and gid as the kernel recorded them at connect(2), the pid translated
+ * into our pid namespace (0 when the peer is outside it). */
+static napi_value peer_credentials(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result, value;
+  int32_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || !get_int(env, argv[0], &fd)) return throw_type(env, "peerCredentials(fd)");
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return throw_errno(env, errno, "getsockopt(SO_PEERCRED)");
+  CHECK(napi_create_object(env, &result));
+  CHECK(napi_create_int32(env, cred.pid, &value));
+  CHECK(napi_set_named_property(env, result, "pid", value));
+  CHECK(napi_create_uint32(env, cred.uid, &value));
+  CHECK(napi_set_named_property(env, result, "uid", value));
+  CHECK(napi_create_uint32(env, cred.gid, &value));
+  CHECK(napi_set_named_property(env, result, "gid", value));
+  return result;
+}
+
 /* setMark(fd, mark): sets SO_MARK (needs CAP_NET_ADMIN). */
 static napi_value set_mark(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -1490,6 +1512,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"localAddress", NULL, local_address, NULL, NULL, NULL, napi_enumerable, NULL},
       {"getMark", NULL, get_mark, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setMark", NULL, set_mark, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"peerCredentials", NULL, peer_credentials, NULL, NULL, NULL, napi_enumerable, NULL},
       {"socketOptions", NULL, socket_options, NULL, NULL, NULL, napi_enumerable, NULL},
       {"closeFd", NULL, close_fd, NULL, NULL, NULL, napi_enumerable, NULL},
       {"nftAvailable", NULL, nft_available, NULL, NULL, NULL, napi_enumerable, NULL},

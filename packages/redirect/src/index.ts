@@ -99,8 +99,10 @@ export {
   boundAddress,
   getSocketMark,
   originalDestination,
+  peerCredentials,
   readSocketOptions,
   setSocketMark,
+  type PeerCredentials,
   type SocketLike,
   type SocketOptions,
 } from './sockets'

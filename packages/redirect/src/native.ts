@@ -56,6 +56,7 @@ export interface NativeAddon {
   localAddress(fd: number): { address: string; port: number; family: 4 | 6 }
   getMark(fd: number): number
   setMark(fd: number, mark: number): void
+  peerCredentials(fd: number): PeerCredentials
   socketOptions(fd: number): SocketOptions
   closeFd(fd: number): void
   /** `null` when libnftables can be used, else why not. */
@@ -65,6 +66,14 @@ export interface NativeAddon {
   spawnInNetns(nsFd: number, file: string, argv: readonly string[], envp: readonly string[], path: string | null): SpawnedProgram
   /** Calls back once the program has exited and is reaped: its exit code, or null and a signal number. Closes `pidfd`. */
   waitExit(pidfd: number, pid: number, callback: (code: number | null, signal: number | null) => void): void
+}
+
+/** The process at the other end of a unix socket, as the kernel recorded it at connect(2). */
+export interface PeerCredentials {
+  /** In the caller's pid namespace; 0 when the peer's process is outside it. */
+  pid: number
+  uid: number
+  gid: number
 }
 
 /** A program {@link NativeAddon.spawnInNetns} started: our ends of its stdio. */

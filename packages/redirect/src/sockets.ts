@@ -1,7 +1,7 @@
 import { AmbientError, canonicalIp, invalidArgument, type SocketAddress } from '@ambientkit/core'
 import { isIPv4, type Server, type Socket } from 'node:net'
 import { nativeError, RedirectErrorCode } from './errors'
-import { native, type SocketOptions } from './native'
+import { native, type PeerCredentials, type SocketOptions } from './native'
 
 /** A connected or listening socket, or its file descriptor. */
 export type SocketLike = Socket | Server | number
@@ -88,6 +88,22 @@ export function setSocketMark(socket: SocketLike, mark: number): void {
   }
 }
 
+/**
+ * The process at the other end of a connected unix socket (`SO_PEERCRED`):
+ * pid, uid and gid as the kernel recorded them when it called connect(2).
+ * The pid is translated into this process's pid namespace, 0 when the peer
+ * is outside it (run with the host's pid namespace to attest pods). It can
+ * have exited and been reused since: check the process's start time.
+ */
+export function peerCredentials(socket: Socket | number): PeerCredentials {
+  const fd = fdOf(socket, 'peerCredentials(socket)')
+  try {
+    return native().peerCredentials(fd)
+  } catch (err) {
+    throw nativeError(RedirectErrorCode.SocketOption, 'getsockopt(SO_PEERCRED) failed', err, { fd })
+  }
+}
+
 /** The capture-relevant options the kernel holds for a socket: mark, transparent, freebind, reusePort, family. */
 export function readSocketOptions(socket: SocketLike): SocketOptions {
   const fd = fdOf(socket, 'readSocketOptions(socket)')
@@ -98,4 +114,4 @@ export function readSocketOptions(socket: SocketLike): SocketOptions {
   }
 }
 
-export type { SocketOptions }
+export type { PeerCredentials, SocketOptions }
