@@ -1,0 +1,103 @@
+// Child process of hbone-h2.fuzz.test.ts: one HBONE server (Node's or the
+// native data path, AK_DATA_PATH) in its own process, so that a crash is
+// seen as an exit and never takes the test runner down. The CA comes as PEM
+// through the environment. Prints {"port","echoPort","stallPort"} once
+// listening; answers each line on stdin ("stats") with a JSON line.
+//
+// Destinations: the echo server's port is served; STALL_PORT is served by
+// a connector that never connects (an upstream that hangs, until the stream
+// or the server goes away); port 401 is denied; anything else is unknown.
+import { once } from 'node:events'
+import { connect, createServer, type Socket } from 'node:net'
+import { createInterface } from 'node:readline'
+import { abortError } from '@ambientkit/core'
+import { createIdentityManager, createLocalCaSource, loadCertificateAuthority, tlsServerOptions } from '@ambientkit/identity'
+import { createHboneServer, type HboneDecision, type HboneRequest } from '@ambientkit/proxy'
+import { nativeHbone } from '../../src/hbone/native'
+import { createNativeHboneServer } from '../../src/hbone/native-server'
+import { detachSocket } from '../../src/hbone/native-tunnel'
+import { startEchoServer } from '../interop/support'
+
+const STALL_PORT = 9
+const dataPath = process.env.AK_DATA_PATH === 'native' ? 'native' : 'node'
+const maxConcurrentStreams = Number(process.env.AK_MAX_STREAMS ?? '100')
+const ca = loadCertificateAuthority({ certificateChainPem: process.env.AK_CA_CERT!, privateKeyPem: process.env.AK_CA_KEY! })
+const manager = createIdentityManager({ source: createLocalCaSource(ca), ttlSeconds: 3600 })
+const serverId = process.env.AK_SERVER_ID!
+
+const echo = await startEchoServer()
+const echoPort = echo.port
+
+const decide = ({ destination }: HboneRequest): HboneDecision => {
+  if (destination.port === echoPort || destination.port === STALL_PORT) return { action: 'serve' }
+  if (destination.port === 401) return { action: 'deny', reason: 'fuzz' }
+  return { action: 'unknown', reason: 'fuzz' }
+}
+
+/** Never connects: waits for the abort of the stream, the timeout or the server. */
+const stall = (signal: AbortSignal): Promise<never> =>
+  new Promise((_, reject) => signal.addEventListener('abort', () => reject(abortError(signal, 'stalled upstream')), { once: true }))
+
+const server = await startServer()
+
+async function startServer(): Promise<{ port: number; stats(): unknown }> {
+  if (dataPath === 'node') {
+    const hbone = createHboneServer({
+      tls: await tlsServerOptions({ manager, id: serverId }),
+      decide,
+      maxConcurrentStreams,
+      connect: (destination, { signal }) => (destination.port === STALL_PORT ? stall(signal) : connectTo(destination.port, signal, false)),
+    })
+    const bound = await hbone.listen(0, '127.0.0.1')
+    return { port: bound.port, stats: () => hbone.stats() }
+  }
+  const addon = nativeHbone()
+  if (addon === undefined) throw new Error('the native HBONE addon is not built')
+  const hbone = createNativeHboneServer({
+    addon,
+    identities: manager,
+    identity: serverId,
+    decide,
+    maxConcurrentStreams,
+    connect: async (destination, { signal }) => {
+      if (destination.port === STALL_PORT) return stall(signal)
+      return detachSocket(addon, await connectTo(destination.port, signal, true))
+    },
+  })
+  await manager.get(serverId)
+  const listener = createServer({ pauseOnConnect: true }, (socket) => hbone.handle(socket))
+  listener.listen(0, '127.0.0.1')
+  await once(listener, 'listening')
+  return { port: (listener.address() as { port: number }).port, stats: () => hbone.stats() }
+}
+
+function connectTo(port: number, signal: AbortSignal, paused: boolean): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port, allowHalfOpen: true, noDelay: true })
+    const onAbort = (): void => {
+      socket.destroy()
+      reject(abortError(signal, 'upstream connect'))
+    }
+    signal.addEventListener('abort', onAbort, { once: true })
+    socket.once('error', (err) => {
+      signal.removeEventListener('abort', onAbort)
+      reject(err)
+    })
+    socket.once('connect', () => {
+      signal.removeEventListener('abort', onAbort)
+      // The native path takes the descriptor before Node's first read.
+      if (paused) socket.pause()
+      resolve(socket)
+    })
+  })
+}
+
+const gc = (globalThis as { gc?: () => void }).gc
+const commands = createInterface({ input: process.stdin })
+commands.on('line', () => {
+  gc?.()
+  process.stdout.write(`${JSON.stringify({ ...(server.stats() as object), rss: process.memoryUsage().rss, echoSockets: echo.sockets.size })}\n`)
+})
+// The test runner went away: so does the server.
+commands.on('close', () => process.exit(0))
+process.stdout.write(`${JSON.stringify({ port: server.port, echoPort, stallPort: STALL_PORT })}\n`)
