@@ -8,6 +8,8 @@ import {
   normalizeService,
   normalizeWorkload,
   parseSocketAddress,
+  parseWorkloadIdentity,
+  workloadIdentity,
   type AuthorizationPolicy,
   type Service,
   type Workload,
@@ -84,7 +86,7 @@ const workloadArb: fc.Arbitrary<Workload> = fc.record(
     addresses: fc.array(ipArb.map((ip) => ip.text), { maxLength: 3 }),
     protocol: fc.constantFrom('HBONE' as const, 'TCP' as const),
     labels: labelsArb,
-    trustDomain: fc.string({ unit: fc.constantFrom(...'abcxyz0189._-'), minLength: 1, maxLength: 30 }),
+    trustDomain: fc.oneof(fc.string({ unit: fc.constantFrom(...'abcxyz0189._-'), minLength: 1, maxLength: 30 }), fc.integer({ min: 250, max: 260 }).map((n) => 't'.repeat(n))),
   },
   { requiredKeys: ['uid', 'name', 'namespace', 'serviceAccount', 'node', 'addresses', 'protocol', 'labels'] },
 )
@@ -114,8 +116,12 @@ describe('workload and service fuzzing', () => {
   it('accepts valid workloads and services, canonicalising addresses idempotently', async () => {
     await checkProperty('core: normalizeWorkload / normalizeService (valid)', fc.property(workloadArb, serviceArb, (workload, service) => {
       const w = parseOrRefuse([CoreErrorCode.InvalidWorkload, CoreErrorCode.InvalidAddress], () => normalizeWorkload(workload))
-      if (!w.ok) throw new Error(`refused workload: ${w.code}`)
+      // SPIFFE-ID §2.3: a trust domain is at most 255 bytes; a workload's identity must be a valid ID.
+      const spiffeValid = (workload.trustDomain ?? 'cluster.local').length <= 255
+      expect(w.ok).toBe(spiffeValid)
+      if (!w.ok) return
       expect(normalizeWorkload(w.value)).toEqual(w.value)
+      expect(parseWorkloadIdentity(workloadIdentity(w.value))).toEqual({ trustDomain: w.value.trustDomain ?? 'cluster.local', namespace: w.value.namespace, serviceAccount: w.value.serviceAccount })
       const s = parseOrRefuse([CoreErrorCode.InvalidWorkload, CoreErrorCode.InvalidAddress], () => normalizeService(service))
       if (!s.ok) throw new Error(`refused service: ${s.code}`)
       expect(normalizeService(s.value)).toEqual(s.value)
