@@ -13,8 +13,13 @@ export function fuzzRuns(short: number): number {
   return envInteger('AMBIENTKIT_FUZZ_RUNS') ?? short
 }
 
+/** How many frame sequences an HBONE fuzz target sends: `AMBIENTKIT_FUZZ_SEQUENCES`, or its short default. */
+export function fuzzSequences(short: number): number {
+  return envInteger('AMBIENTKIT_FUZZ_SEQUENCES') ?? short
+}
+
 /** True when a long run was asked for (targets then allow themselves more time). */
-export const longRun = envInteger('AMBIENTKIT_FUZZ_RUNS') !== undefined
+export const longRun = envInteger('AMBIENTKIT_FUZZ_RUNS') !== undefined || envInteger('AMBIENTKIT_FUZZ_SEQUENCES') !== undefined
 
 /** A vitest timeout for a target: its short budget, or unbounded-enough for a long run. */
 export function fuzzTimeout(shortMs: number): number {
@@ -41,7 +46,8 @@ export function recordInputs(target: string, inputs: number, extra: Record<strin
 type AnyProperty = fc.IProperty<unknown> | fc.IAsyncProperty<unknown>
 
 /**
- * Checks a property with the run's seed and size, records how many inputs
+ * Checks a property with the run's seed and size (`runs` is the short
+ * default; `parameters.numRuns` overrides), records how many inputs
  * it tried, and on failure throws fast-check's report (the counterexample,
  * its seed and path) followed by the command that replays it.
  */

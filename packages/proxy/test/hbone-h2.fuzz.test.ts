@@ -4,7 +4,7 @@ import fc from 'fast-check'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { tlsClientOptions } from '@ambientkit/identity'
 import { createHboneClient, type HboneClient, type HboneDataPath } from '@ambientkit/proxy'
-import { checkProperty, fuzzTimeout } from '../../../test/support/fuzz'
+import { checkProperty, fuzzSequences, fuzzTimeout, recordInputs } from '../../../test/support/fuzz'
 import { createTestMesh, type TestMesh } from './interop/support'
 import { RFC_CASES, checkRfc, runSequence, sequenceArb, type Op } from './support/h2-fuzz'
 import { ErrorCode, errorName } from './support/h2-frames'
@@ -134,6 +134,7 @@ describe.each(dataPaths('HBONE HTTP/2 fuzzing'))('HBONE HTTP/2 fuzzing, %s data 
     ;(known === undefined ? it : it.fails)(`as RFC 9113 §${expected.section} fixes (${errorName(expected.code)})${known === undefined ? '' : `, not yet: ${known}`}`, async () => {
       const server = servers.current()
       const outcome = await runSequence(server.target, await clientTls(servers.mesh()), expected.ops, ANSWER_DEADLINE_MS)
+      recordInputs(`proxy: HBONE server, ${dataPath} data path (RFC 9113 cases)`, 1)
       expect(await responds(server), server.stderr()).toBe(true)
       expect(outcome.violations).toEqual([])
       expect(checkRfc(expected, outcome)).toBeUndefined()
@@ -222,7 +223,7 @@ describe.each(dataPaths('HBONE HTTP/2 fuzzing'))('HBONE HTTP/2 fuzzing, %s data 
           }
         }),
         25,
-        { endOnFailure: true },
+        { endOnFailure: true, numRuns: fuzzSequences(25) },
       )
       const after = await settle(server, quiet)
       const fds = server.fds()
