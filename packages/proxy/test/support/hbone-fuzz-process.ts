@@ -23,6 +23,8 @@ export interface ServerProcess {
   /** Open descriptors of the server process, from /proc. */
   fds(): number
   stats(): Promise<ServerStats>
+  /** What the server's decide() saw since the last call (headers, baggage, traceparent, forwardedFor, destination). */
+  requests(): Promise<Array<Record<string, unknown>>>
   /** False once the process has exited. */
   alive(): boolean
   /** Throws (with the server's stderr) if the process has exited. */
@@ -81,6 +83,11 @@ export async function startServerProcess(mesh: TestMesh, dataPath: HboneDataPath
       assertAlive()
       child.stdin!.write('stats\n')
       return JSON.parse(await nextLine()) as ServerStats
+    },
+    requests: async () => {
+      assertAlive()
+      child.stdin!.write('requests\n')
+      return JSON.parse(await nextLine()) as Array<Record<string, unknown>>
     },
     alive: () => child.exitCode === null && child.signalCode === null,
     assertAlive,

@@ -2,7 +2,8 @@
 // native data path, AK_DATA_PATH) in its own process, so that a crash is
 // seen as an exit and never takes the test runner down. The CA comes as PEM
 // through the environment. Prints {"port","echoPort","stallPort"} once
-// listening; answers each line on stdin ("stats") with a JSON line.
+// listening; answers each line on stdin with a JSON line: "stats" its
+// counters, "requests" what decide() saw since the last time.
 //
 // Destinations: the echo server's port is served; STALL_PORT is served by
 // a connector that never connects (an upstream that hangs, until the stream
@@ -28,7 +29,11 @@ const serverId = process.env.AK_SERVER_ID!
 const echo = await startEchoServer()
 const echoPort = echo.port
 
-const decide = ({ destination }: HboneRequest): HboneDecision => {
+/** What decide() saw of the last requests, for the test to compare across data paths. */
+const seen: Array<Pick<HboneRequest, 'destination' | 'headers' | 'baggage' | 'traceparent' | 'forwardedFor'>> = []
+const decide = ({ destination, headers, baggage, traceparent, forwardedFor }: HboneRequest): HboneDecision => {
+  seen.push({ destination, headers, baggage, traceparent, forwardedFor })
+  if (seen.length > 100) seen.shift()
   if (destination.port === echoPort || destination.port === STALL_PORT) return { action: 'serve' }
   if (destination.port === 401) return { action: 'deny', reason: 'fuzz' }
   return { action: 'unknown', reason: 'fuzz' }
@@ -94,7 +99,11 @@ function connectTo(port: number, signal: AbortSignal, paused: boolean): Promise<
 
 const gc = (globalThis as { gc?: () => void }).gc
 const commands = createInterface({ input: process.stdin })
-commands.on('line', () => {
+commands.on('line', (command) => {
+  if (command === 'requests') {
+    process.stdout.write(`${JSON.stringify(seen.splice(0))}\n`)
+    return
+  }
   gc?.()
   process.stdout.write(`${JSON.stringify({ ...(server.stats() as object), rss: process.memoryUsage().rss, echoSockets: echo.sockets.size })}\n`)
 })
