@@ -27,6 +27,8 @@ const REJECTED = [IdentityErrorCode.SvidRejected]
 
 let ca: CertificateAuthority
 let caKey: ReturnType<typeof createPrivateKey>
+/** Another CA of the same name: what it signs must not pass for our CA's. */
+let impostorKey: ReturnType<typeof createPrivateKey>
 let caPemFile: string
 let dir: string
 let validLeaf: Buffer
@@ -35,6 +37,7 @@ let validId: SpiffeId
 beforeAll(async () => {
   ca = await createCertificateAuthority({ trustDomain: TD })
   caKey = createPrivateKey(ca.save().privateKeyPem)
+  impostorKey = createPrivateKey((await createCertificateAuthority({ trustDomain: TD })).save().privateKeyPem)
   dir = mkdtempSync(join(tmpdir(), 'ak-cert-fuzz-'))
   caPemFile = join(dir, 'ca.pem')
   writeFileSync(caPemFile, ca.save().certificateChainPem)
@@ -93,6 +96,8 @@ interface LeafFeatures {
   /** Validity relative to now, in seconds. */
   readonly notBefore: number
   readonly notAfter: number
+  /** Signed by our CA, or by another key under our CA's name. */
+  readonly signer: 'ca' | 'impostor'
 }
 
 const key = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey
@@ -113,7 +118,7 @@ function buildLeaf(f: LeafFeatures): Buffer {
     notAfter: new Date(now + f.notAfter * 1000),
     subjectPublicKey: spki,
     extensions,
-    signingKey: caKey,
+    signingKey: f.signer === 'ca' ? caKey : impostorKey,
   })
 }
 
@@ -135,6 +140,8 @@ function specVerdict(f: LeafFeatures): { id: string } | { reasons: Set<string> }
   if (f.keyUsage?.includes(KeyUsageBit.digitalSignature) !== true) reasons.add('leaf-no-digital-signature')
   if (f.notBefore > 0) reasons.add('not-yet-valid')
   if (f.notAfter < 0) reasons.add('expired')
+  // §5.1: the chain must verify up to an authority of the bundle.
+  if (f.signer === 'impostor') reasons.add('bad-signature').add('untrusted')
   return reasons.size === 0 ? { id: id!.toString() } : { reasons }
 }
 
@@ -152,6 +159,7 @@ const featuresArb: fc.Arbitrary<LeafFeatures> = fc.record({
   keyUsage: fc.option(fc.subarray([KeyUsageBit.digitalSignature, KeyUsageBit.keyEncipherment, KeyUsageBit.keyCertSign, KeyUsageBit.cRLSign], { minLength: 1 }), { nil: undefined, freq: 5 }),
   notBefore: fc.constantFrom(-60, -60, -60, 3600),
   notAfter: fc.constantFrom(3600, 3600, 3600, -1),
+  signer: fc.constantFrom<LeafFeatures['signer']>('ca', 'ca', 'ca', 'impostor'),
 })
 
 describe('X.509-SVID verification fuzzing', () => {
