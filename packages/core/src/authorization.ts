@@ -279,7 +279,7 @@ function parseCidr(value: unknown, at: string, fail: (path: string, value: unkno
   // An IPv4-mapped IPv6 CIDR (::ffff:10.0.0.0/104) is written over 128 bits but
   // canonicalises to IPv4, as the peers it matches do: its prefix counts from bit 96.
   const mapped = family === 4 && ipText.includes(':')
-  const max = mapped ? 128 : family === 4 ? 32 : 128
+  const max = family === 6 || mapped ? 128 : 32
   const writtenPrefix = slash < 0 ? String(max) : value.slice(slash + 1)
   if (!/^(0|[1-9][0-9]{0,2})$/.test(writtenPrefix) || Number(writtenPrefix) > max) return fail(at, value, `${expected} (prefix length 0-${max})`)
   if (mapped && Number(writtenPrefix) < 96) return fail(at, value, 'a CIDR without host bits set (an IPv4-mapped CIDR has a prefix length of 96 or more)')
