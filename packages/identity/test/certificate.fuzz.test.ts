@@ -17,6 +17,7 @@ import {
 import { KeyUsageBit, OID, buildCertificate, extension, keyIdentifier, keyUsageValue, serialNumber, spkiOf } from '../src/certificate'
 import { bool, children, decode, oid, pemEncode, seq } from '../src/der'
 import { checkProperty, fuzzTimeout, parseOrRefuse } from '../../../test/support/fuzz'
+import { craft } from './craft'
 
 // What the verifier accepts, against the X509-SVID spec and against
 // OpenSSL's own command line: leaves our CA signs with every combination of
@@ -62,6 +63,18 @@ function opensslVerifies(der: Buffer): boolean {
   }
 }
 
+/** OpenSSL's verdict on a leaf through an intermediate it is given as untrusted. */
+function opensslVerifiesChain(leaf: Buffer, intermediate: Buffer): boolean {
+  writeFileSync(join(dir, 'chain-leaf.pem'), pemEncode('CERTIFICATE', leaf))
+  writeFileSync(join(dir, 'chain-intermediate.pem'), pemEncode('CERTIFICATE', intermediate))
+  try {
+    execFileSync('openssl', ['verify', '-CAfile', caPemFile, '-untrusted', join(dir, 'chain-intermediate.pem'), join(dir, 'chain-leaf.pem')], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+}
+
 /** OpenSSL's reading of the URIs in the leaf's subjectAltName. */
 function opensslUris(der: Buffer): string[] {
   const file = join(dir, 'san.der')
@@ -101,6 +114,7 @@ interface LeafFeatures {
 }
 
 const key = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey
+const intermediateKey = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey
 
 function buildLeaf(f: LeafFeatures): Buffer {
   const spki = spkiOf(key)
@@ -182,6 +196,28 @@ describe('X.509-SVID verification fuzzing', () => {
         expect([...verdict.reasons]).toContain((err as { details: { reason: string } }).details.reason)
       }
     }), 150)
+  }, fuzzTimeout(60_000))
+
+  it('accepts a chain through an intermediate exactly when it is a CA allowed to sign, as OpenSSL does', async () => {
+    const intermediateArb = fc.record({
+      cA: fc.boolean(),
+      keyUsage: fc.subarray([KeyUsageBit.digitalSignature, KeyUsageBit.keyCertSign, KeyUsageBit.cRLSign], { minLength: 1 }),
+      expired: fc.constantFrom(false, false, false, true),
+      signer: fc.constantFrom<'ca' | 'impostor'>('ca', 'ca', 'ca', 'impostor'),
+    })
+    await checkProperty('identity: verifyX509Svid (chains through an intermediate)', fc.asyncProperty(intermediateArb, async (f) => {
+      const intermediate = await craft(ca, {
+        cA: f.cA, keyUsage: [...f.keyUsage], uris: [`spiffe://${TD}`], subjectCn: 'intermediate', key: intermediateKey,
+        ...(f.expired ? { notBefore: new Date(Date.now() - 7200_000), notAfter: new Date(Date.now() - 3600_000) } : {}),
+        ...(f.signer === 'impostor' ? { issuer: { key: impostorKey, certificate: ca.certificate } } : {}),
+      })
+      const leaf = await craft(ca, { uris: [`spiffe://${TD}/w`], key, issuer: { key: intermediate.key, certificate: intermediate.certificate } })
+      // RFC 5280 §4.2.1.9, §6.1.4 (k), (n): a signing certificate is a CA, and if it has key usage, keyCertSign.
+      const allowed = f.cA && f.keyUsage.includes(KeyUsageBit.keyCertSign) && !f.expired && f.signer === 'ca'
+      const result = parseOrRefuse(REJECTED, () => verifyX509Svid([leaf.der, intermediate.der], ca.bundle))
+      expect(result.ok, `intermediate ${JSON.stringify(f)}`).toBe(allowed)
+      expect(opensslVerifiesChain(leaf.der, intermediate.der)).toBe(allowed)
+    }), 30)
   }, fuzzTimeout(60_000))
 
   it('never accepts a valid SVID with flipped bits, cut short or with bytes inserted, unless OpenSSL accepts it as the same certificate', async () => {
