@@ -1,7 +1,7 @@
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { tlsClientOptions } from '@ambientkit/identity'
-import { checkProperty, fuzzTimeout } from '../../../test/support/fuzz'
+import { checkProperty, fuzzSequences, fuzzTimeout } from '../../../test/support/fuzz'
 import { createTestMesh, type TestMesh } from './interop/support'
 import { runSequence, type Op } from './support/h2-fuzz'
 import { startServerProcess, type ServerProcess } from './support/hbone-fuzz-process'
@@ -62,6 +62,6 @@ const request = (extra: ReadonlyArray<readonly [string, string]>): Op[] => [
     await checkProperty('proxy: HBONE server, both data paths (decide view)', fc.asyncProperty(extra, async (headers) => {
       const [node, native] = await views(headers)
       expect(native).toEqual(node)
-    }), 30)
+    }), 30, { numRuns: fuzzSequences(30) })
   }, fuzzTimeout(60_000))
 })
