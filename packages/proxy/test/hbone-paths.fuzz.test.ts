@@ -15,7 +15,20 @@ const CLIENT_ID = 'spiffe://cluster.local/ns/shop/sa/frontend'
 const both = dataPaths('HBONE data paths compared').length === 2
 
 const TOKEN = [...'abcdefghijklmnopqrstuvwxyz0123456789-_.!#$%&\'*+^`|~']
-const nameArb = fc.oneof(fc.constantFrom('x-a', 'x-b', 'baggage', 'traceparent', 'forwarded', 'tracestate', 'user-agent'), fc.string({ unit: fc.constantFrom(...TOKEN), minLength: 1, maxLength: 10 }))
+/**
+ * Fields Node keeps once (dropping repeats) or joins otherwise than with ", ";
+ * the native path joins every repeat with ", " (native-duplicate-singleton-headers, below).
+ */
+const NODE_SPECIAL = new Set([
+  'access-control-allow-credentials', 'access-control-max-age', 'access-control-request-method', 'age', 'authorization',
+  'content-encoding', 'content-language', 'content-length', 'content-location', 'content-md5', 'content-range', 'content-type',
+  'date', 'dnt', 'etag', 'expires', 'from', 'host', 'if-match', 'if-modified-since', 'if-none-match', 'if-range',
+  'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'range', 'referer', 'retry-after',
+  'tk', 'upgrade-insecure-requests', 'user-agent', 'x-content-type-options', 'cookie', 'set-cookie', 'constructor',
+])
+const nameArb = fc
+  .oneof(fc.constantFrom('x-a', 'x-b', 'baggage', 'traceparent', 'forwarded', 'tracestate'), fc.string({ unit: fc.constantFrom(...TOKEN), minLength: 1, maxLength: 10 }))
+  .filter((name) => !NODE_SPECIAL.has(name))
 // RFC 9113 §8.2.1: no CR, LF or NUL, no whitespace at either end.
 const valueArb = fc.string({ unit: fc.constantFrom(...'abc ,;="\t'), maxLength: 12 }).map((v) => v.trim())
 
@@ -57,8 +70,15 @@ const request = (extra: ReadonlyArray<readonly [string, string]>): Op[] => [
     expect(native).toEqual(node)
   })
 
+  // Bug native-duplicate-singleton-headers (native-server.ts headersOf): a repeated field Node keeps
+  // once, such as user-agent, reaches decide() joined ("a, b") on the native path. Found by the long run.
+  it.fails('shows decide() a repeated user-agent as Node does', async () => {
+    const [node, native] = await views([['user-agent', 'a'], ['user-agent', 'b']])
+    expect(native).toEqual(node)
+  })
+
   it('shows decide() the same request on both paths, whatever the headers', async () => {
-    const extra = fc.array(fc.tuple(nameArb.filter((n) => n !== 'constructor'), valueArb), { maxLength: 6 })
+    const extra = fc.array(fc.tuple(nameArb, valueArb), { maxLength: 6 })
     await checkProperty('proxy: HBONE server, both data paths (decide view)', fc.asyncProperty(extra, async (headers) => {
       const [node, native] = await views(headers)
       expect(native).toEqual(node)
