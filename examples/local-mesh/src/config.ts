@@ -135,7 +135,8 @@ export function validateMeshConfig(input: unknown): MeshConfig {
   const root = object('(top level)', input)
   only('', root, ['trustDomain', 'svidTtlSeconds', 'nodes', 'pods', 'services', 'policies', 'proxy', 'capture'])
   const trustDomain = root.trustDomain ?? DEFAULT_TRUST_DOMAIN
-  if (typeof trustDomain !== 'string' || !/^[a-z0-9._-]+$/.test(trustDomain)) fail('trustDomain', trustDomain, 'a trust domain of [a-z0-9._-]')
+  // SPIFFE-ID §2.1, §2.3: every identity of the mesh is built on it.
+  if (typeof trustDomain !== 'string' || !/^[a-z0-9._-]{1,255}$/.test(trustDomain)) fail('trustDomain', trustDomain, 'a trust domain of [a-z0-9._-], at most 255 characters')
   const svidTtlSeconds = root.svidTtlSeconds ?? 3600
   if (typeof svidTtlSeconds !== 'number' || !Number.isInteger(svidTtlSeconds) || svidTtlSeconds < 10) fail('svidTtlSeconds', svidTtlSeconds, 'an integer number of seconds >= 10')
 
@@ -273,8 +274,15 @@ export function loadMeshConfig(file: string): MeshConfig {
   }
   const doc = parseDocument(text, { prettyErrors: true })
   if (doc.errors.length > 0) throw new AmbientError(INVALID_MESH_CONFIG, `mesh config ${file} is not valid YAML: ${doc.errors[0]!.message}`)
+  let input: unknown
   try {
-    return validateMeshConfig(doc.toJS())
+    input = doc.toJS()
+  } catch (err) {
+    // The yaml library refuses to expand an alias bomb (and other documents it cannot build) by throwing.
+    throw new AmbientError(INVALID_MESH_CONFIG, `mesh config ${file} cannot be read: ${(err as Error).message}`, { cause: err })
+  }
+  try {
+    return validateMeshConfig(input)
   } catch (err) {
     if (err instanceof AmbientError) throw new AmbientError(err.code, `${file}: ${err.message}`, { cause: err.cause, details: err.details })
     throw err

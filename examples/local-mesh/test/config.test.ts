@@ -58,4 +58,22 @@ describe('mesh.yaml validation', () => {
     }
     expect(() => loadMeshConfig('/nonexistent/mesh.yaml')).toThrow(/cannot read mesh config/)
   })
+
+  // Found by fuzzing: the yaml library throws a ReferenceError on an alias bomb, which escaped as is.
+  it('refuses an alias bomb with the config error code', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'akm-config-'))
+    try {
+      const file = join(dir, 'mesh.yaml')
+      writeFileSync(file, ['a0: &a0 [x, x]', ...Array.from({ length: 8 }, (_, i) => `a${i + 1}: &a${i + 1} [*a${i}, *a${i}]`), 'nodes: *a8'].join('\n'))
+      expect(() => loadMeshConfig(file)).toThrow(expect.objectContaining({ code: 'ERR_AMBIENT_LOCAL_MESH_CONFIG', message: expect.stringMatching(/cannot be read: Excessive alias count/) }))
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  // Found by fuzzing: a trust domain the SPIFFE-ID spec refuses (over 255 bytes) was accepted, and every SVID then failed.
+  it('refuses a trust domain longer than 255 characters (SPIFFE-ID §2.3)', () => {
+    expect(errorOf({ ...base, trustDomain: 't'.repeat(256) })).toContain('trustDomain: expected a trust domain of [a-z0-9._-], at most 255 characters')
+    expect(validateMeshConfig({ ...base, trustDomain: 't'.repeat(255) }).trustDomain).toHaveLength(255)
+  })
 })

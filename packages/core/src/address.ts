@@ -29,6 +29,13 @@ export function tryCanonicalIp(text: string): string | undefined {
     const rest = canonical.slice(MAPPED_PREFIX.length)
     if (isIPv4(rest)) return rest
   }
+  // Node writes the deprecated IPv4-compatible addresses (::/96) as `::1.2.3.4`;
+  // RFC 5952 §5 keeps dotted notation for mapped addresses only, and
+  // consumers of canonical text (CIDR arithmetic) expect hex groups.
+  if (canonical.startsWith('::') && isIPv4(canonical.slice(2))) {
+    const [a, b, c, d] = canonical.slice(2).split('.').map(Number) as [number, number, number, number]
+    return `::${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`
+  }
   return canonical
 }
 

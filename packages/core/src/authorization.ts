@@ -241,7 +241,12 @@ function compileMatch(
       case 'serviceAccounts':
         compiled[key] = list.map((v, i) => {
           const text = nonEmptyString(v) ?? fail(`${at}[${i}]`, v, 'a non-empty string')
-          return stringMatcher(base === 'principals' ? stripScheme(text) : base === 'serviceAccounts' && !text.includes('/') && text !== '*' ? `${policyNamespace}/${text}` : text, `${at}[${i}]`, fail)
+          if (base === 'principals') return stringMatcher(stripScheme(text), `${at}[${i}]`, fail)
+          if (base !== 'serviceAccounts' || text.includes('/') || text === '*') return stringMatcher(text, `${at}[${i}]`, fail)
+          // A bare name (exact, `foo*` or `*foo`) is one of the policy namespace's service accounts.
+          const name = stringMatcher(text, `${at}[${i}]`, fail)
+          const prefix = `${policyNamespace}/`
+          return (account: string) => account.startsWith(prefix) && name(account.slice(prefix.length))
         })
         break
       case 'sourceIps':
@@ -284,9 +289,14 @@ function parseCidr(value: unknown, at: string, fail: (path: string, value: unkno
   const ip = tryCanonicalIp(ipText)
   if (ip === undefined) return fail(at, value, expected)
   const family = ipFamily(ip)
-  const max = family === 4 ? 32 : 128
-  const prefixText = slash < 0 ? String(max) : value.slice(slash + 1)
-  if (!/^(0|[1-9][0-9]{0,2})$/.test(prefixText) || Number(prefixText) > max) return fail(at, value, `${expected} (prefix length 0-${max})`)
+  // An IPv4-mapped IPv6 CIDR (::ffff:10.0.0.0/104) is written over 128 bits but
+  // canonicalises to IPv4, as the peers it matches do: its prefix counts from bit 96.
+  const mapped = family === 4 && ipText.includes(':')
+  const max = family === 6 || mapped ? 128 : 32
+  const writtenPrefix = slash < 0 ? String(max) : value.slice(slash + 1)
+  if (!/^(0|[1-9][0-9]{0,2})$/.test(writtenPrefix) || Number(writtenPrefix) > max) return fail(at, value, `${expected} (prefix length 0-${max})`)
+  if (mapped && Number(writtenPrefix) < 96) return fail(at, value, 'a CIDR without host bits set (an IPv4-mapped CIDR has a prefix length of 96 or more)')
+  const prefixText = mapped ? String(Number(writtenPrefix) - 96) : writtenPrefix
   try {
     const range = family === 4 ? IPv4CidrRange.fromCidr(`${ip}/${prefixText}`) : IPv6CidrRange.fromCidr(`${ip}/${prefixText}`)
     const first = range.getFirst().getValue()

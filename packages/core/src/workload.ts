@@ -74,7 +74,8 @@ export function parseWorkloadIdentity(
 
 // Namespaces and service accounts become SPIFFE path segments (SPIFFE-ID §2.2).
 const SEGMENT = /^[a-zA-Z0-9._-]+$/
-const TRUST_DOMAIN = /^[a-z0-9._-]+$/
+// SPIFFE-ID §2.1, §2.3: lowercase letters, digits, dots, dashes and underscores, at most 255 bytes.
+const TRUST_DOMAIN = /^[a-z0-9._-]{1,255}$/
 
 function invalid(what: string, field: string, value: unknown, expected: string): AmbientError {
   return new AmbientError(
@@ -113,7 +114,7 @@ export function normalizeWorkload(input: Workload): Workload {
   if (!Array.isArray(addresses)) throw invalid(what, 'addresses', addresses, 'an array of IP addresses')
   if (input.protocol !== 'HBONE' && input.protocol !== 'TCP') throw invalid(what, 'protocol', input.protocol, '"HBONE" or "TCP"')
   if (input.trustDomain !== undefined && (typeof input.trustDomain !== 'string' || !TRUST_DOMAIN.test(input.trustDomain))) {
-    throw invalid(what, 'trustDomain', input.trustDomain, 'a trust domain of [a-z0-9._-]')
+    throw invalid(what, 'trustDomain', input.trustDomain, 'a trust domain of [a-z0-9._-], at most 255 characters')
   }
   const canonical = addresses.map((a: unknown, i) => {
     if (typeof a !== 'string') throw invalid(what, `addresses[${i}]`, a, 'an IP address')

@@ -24,6 +24,15 @@ describe('canonicalIp', () => {
     },
   )
 
+  // Found by fuzzing: Node writes ::/96 addresses as `::0.1.0.0`, which CIDR
+  // arithmetic could not read, so evaluating a policy threw a plain Error.
+  it('writes IPv4-compatible addresses (::/96) in hex groups, as RFC 5952 does', () => {
+    expect(canonicalIp('::1:0')).toBe('::1:0')
+    expect(canonicalIp('::1.2.3.4')).toBe('::102:304')
+    expect(canonicalIp('0:0:0:0:0:0:ffff:ffff')).toBe('::ffff:ffff')
+    expect(parseSocketAddress('[::102:304]:80').address).toBe('::102:304')
+  })
+
   it('rejects non-strings with the invalid-address code', () => {
     try {
       canonicalIp(42 as unknown as string)

@@ -75,6 +75,29 @@ describe('match fields', () => {
     expect(matches({ sourceIps: ['10.0.1.0/24'] }, conn({ sourceIp: '::ffff:10.0.1.7' }))).toBe(true)
   })
 
+  // Found by fuzzing: `*foo` was documented for every string field, but a bare
+  // service account suffix became `ns/*foo` and was refused as unsupported.
+  it('takes a service account suffix "*foo" in the policy namespace', () => {
+    const inShop = conn({ sourceIdentity: 'spiffe://cluster.local/ns/shop/sa/frontend' })
+    expect(matches({ serviceAccounts: ['*end'] }, inShop)).toBe(true)
+    expect(matches({ serviceAccounts: ['*end'] }, conn())).toBe(false)
+    expect(matches({ serviceAccounts: ['*back'] }, inShop)).toBe(false)
+    expect(matches({ serviceAccounts: ['front*'] }, inShop)).toBe(true)
+    expect(matches({ notServiceAccounts: ['*end'] }, inShop)).toBe(false)
+  })
+
+  // Found by fuzzing: an IPv4-mapped CIDR was refused as "prefix length 0-32"
+  // and an address of ::/96 made evaluation throw.
+  it('takes IPv4-mapped CIDRs as the IPv4 ranges they map, and ::/96 addresses', () => {
+    expect(matches({ sourceIps: ['::ffff:10.0.0.0/112'] })).toBe(true)
+    expect(matches({ sourceIps: ['::ffff:10.1.0.0/112'] })).toBe(false)
+    expect(matches({ sourceIps: ['::ffff:0:0/96'] })).toBe(true)
+    expect(matches({ sourceIps: ['::ffff:10.0.1.7'] })).toBe(true)
+    expect(() => policy('DENY', { sourceIps: ['::ffff:0:0/95'] })).toThrow(/prefix length of 96 or more/)
+    expect(matches({ sourceIps: ['::1:0/112'] }, conn({ sourceIp: '::1:7' }))).toBe(true)
+    expect(matches({ sourceIps: ['::1:0/112'] }, conn({ sourceIp: '::2:7' }))).toBe(false)
+  })
+
   it('plaintext peers match no identity field, and identity negations do not exclude them', () => {
     const plaintext = conn({ sourceIdentity: undefined })
     expect(matches({ principals: ['*'] }, plaintext)).toBe(false)

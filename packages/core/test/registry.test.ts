@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { createWorkloadRegistry, workloadIdentity, parseWorkloadIdentity, type RegistryChange, type Workload } from '@ambientkit/core'
+import { createWorkloadRegistry, normalizeWorkload, workloadIdentity, parseWorkloadIdentity, type RegistryChange, type Workload } from '@ambientkit/core'
 
 const workload = (uid: string, addresses: string[], extra: Partial<Workload> = {}): Workload => ({
   uid,
@@ -19,6 +19,12 @@ describe('workload identity', () => {
     expect(workloadIdentity({ ...workload('a', []), trustDomain: 'example.org' })).toBe('spiffe://example.org/ns/shop/sa/api')
     expect(parseWorkloadIdentity('spiffe://example.org/ns/shop/sa/api')).toEqual({ trustDomain: 'example.org', namespace: 'shop', serviceAccount: 'api' })
     expect(parseWorkloadIdentity('spiffe://example.org/ns/shop/sa/api/extra')).toBeUndefined()
+  })
+
+  // Found by fuzzing: a workload whose identity could never be a SPIFFE ID was accepted.
+  it('refuses a trust domain longer than 255 characters (SPIFFE-ID §2.3)', () => {
+    expect(() => normalizeWorkload(workload('a', [], { trustDomain: 't'.repeat(256) }))).toThrow(/trustDomain: expected a trust domain .* at most 255 characters/)
+    expect(normalizeWorkload(workload('a', [], { trustDomain: 't'.repeat(255) })).trustDomain).toHaveLength(255)
   })
 })
 

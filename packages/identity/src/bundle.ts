@@ -31,17 +31,20 @@ function invalidBundle(message: string, details: AmbientErrorDetails<'ERR_AMBIEN
 }
 
 function toX509(value: X509Certificate | Buffer | string): X509Certificate[] {
-  if (value instanceof X509Certificate) return [value]
   try {
-    if (typeof value === 'string') {
+    let certs: X509Certificate[]
+    if (value instanceof X509Certificate) certs = [value]
+    else if (typeof value === 'string') {
       const ders = pemDecode(value, 'CERTIFICATE')
       if (ders.length === 0) throw invalidCertificate('no CERTIFICATE block in PEM text')
-      return ders.map((der) => new X509Certificate(der))
-    }
-    return [new X509Certificate(value)]
+      certs = ders.map((der) => new X509Certificate(der))
+    } else certs = [new X509Certificate(value)]
+    // Node parses the key lazily: an authority whose key OpenSSL cannot decode would fail every verification later.
+    for (const cert of certs) void cert.publicKey
+    return certs
   } catch (cause) {
     if (cause instanceof AmbientError) throw cause
-    throw invalidCertificate('could not read an X.509 authority (expected DER, PEM or X509Certificate)', cause)
+    throw invalidCertificate('could not read an X.509 authority and its public key (expected DER, PEM or X509Certificate)', cause)
   }
 }
 
@@ -163,13 +166,14 @@ function readX509Key(key: Record<string, unknown>, where: string, index: number)
   // RFC 7517 §4.7: standard base64, not base64url.
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(key.x5c[0])) throw invalidBundle(`${notDer} (not standard base64)`, { index })
   let cert: X509Certificate
+  let certJwk: Record<string, unknown>
   try {
     cert = new X509Certificate(Buffer.from(key.x5c[0], 'base64'))
+    certJwk = cert.publicKey.export({ format: 'jwk' }) as Record<string, unknown>
   } catch (cause) {
-    throw new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${notDer}`, { cause, details: { index } })
+    throw new AmbientError(IdentityErrorCode.InvalidBundle, `invalid SPIFFE bundle: ${notDer} with a readable public key`, { cause, details: { index } })
   }
   // RFC 7517 §4.7: the key parameters must describe the certificate's own key.
-  const certJwk = cert.publicKey.export({ format: 'jwk' }) as Record<string, unknown>
   for (const field of ['kty', 'crv', 'x', 'y', 'n', 'e']) {
     if (key[field] !== undefined && key[field] !== certJwk[field]) {
       throw invalidBundle(`${where} "${field}" does not match the public key of its x5c certificate`, { index })

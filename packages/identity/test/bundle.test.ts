@@ -49,6 +49,20 @@ describe('TrustBundle (SPIFFE bundle format)', () => {
     expect(bundle.x509Authorities).toHaveLength(1)
   })
 
+  // Found by fuzzing: Node reads a certificate's key lazily, so an x5c whose
+  // key OpenSSL cannot decode threw a raw ERR_OSSL_EVP_DECODE_ERROR from parse.
+  it('refuses an authority whose public key cannot be decoded', () => {
+    const der = Buffer.from(ca.certificate.raw)
+    // The uncompressed EC point of the key (BIT STRING of 66 bytes, 0 unused bits, 0x04) made undecodable.
+    const point = der.indexOf(Buffer.of(0x03, 0x42, 0x00, 0x04))
+    der[point + 3] = 0x05
+    const entry: Record<string, unknown> = { ...x509Key(ca), x5c: [der.toString('base64')] }
+    delete entry.x
+    delete entry.y
+    expect(invalidBundle({ keys: [entry] })).toMatch(/readable public key/)
+    expect(() => TrustBundle.create({ trustDomain: 'example.org', x509Authorities: [der] })).toThrow(expect.objectContaining({ code: IdentityErrorCode.InvalidCertificate }))
+  })
+
   it('writes a PEM of its authorities for Node tls', () => {
     const bundle = TrustBundle.create({ trustDomain: 'example.org', x509Authorities: [ca.certificate, rsa.certificate.raw] })
     expect(TrustBundle.fromPem('example.org', bundle.x509AuthoritiesPem()).x509Authorities).toHaveLength(2)

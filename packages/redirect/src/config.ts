@@ -115,9 +115,14 @@ export function canonicalCidr(name: string, value: unknown): string {
     throw invalid(name, value, 'a CIDR like "10.0.0.0/8" or "fd00::/8"')
   }
   const v6 = ip.includes(':')
+  // An IPv4-mapped CIDR (::ffff:10.0.0.0/104) canonicalises to the IPv4 range it maps: its prefix counts from bit 96.
+  const mapped = !v6 && value.slice(0, slash < 0 ? value.length : slash).includes(':')
   const bits = v6 ? 128 : 32
-  const prefix = prefixText === undefined ? bits : Number(prefixText)
-  if (prefix > bits) throw invalid(name, value, `a prefix length 0-${bits}`)
+  const writtenBits = v6 || mapped ? 128 : 32
+  const written = prefixText === undefined ? writtenBits : Number(prefixText)
+  if (written > writtenBits) throw invalid(name, value, `a prefix length 0-${writtenBits}`)
+  if (mapped && written < 96) throw invalid(name, value, 'a network address (an IPv4-mapped CIDR has a prefix length of 96 or more)')
+  const prefix = mapped ? written - 96 : written
   const big = v6 ? ipv6ToBigInt(ip) : ipv4ToBigInt(ip)
   const hostMask = (1n << BigInt(bits - prefix)) - 1n
   if ((big & hostMask) !== 0n) throw invalid(name, value, 'a network address (host bits zero)')

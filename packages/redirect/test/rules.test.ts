@@ -155,6 +155,13 @@ describe('captureRules options', () => {
 })
 
 describe('capture config validation', () => {
+  // Found by fuzzing: ::ffff:10.0.0.0/104 was refused as "a prefix length 0-32".
+  it('excludes an IPv4-mapped CIDR as the IPv4 range it maps', () => {
+    const config = resolveCaptureConfig({ ipv6: false, excludeOutboundCidrs: ['::ffff:10.0.0.0/104', '::ffff:192.168.1.7'] })
+    expect(config.excludeOutboundCidrs).toEqual(['10.0.0.0/8', '192.168.1.7/32'])
+    expect(() => resolveCaptureConfig({ excludeOutboundCidrs: ['::ffff:0:0/95'] })).toThrow(/prefix length of 96 or more/)
+  })
+
   const refused: Array<[string, CaptureConfig, string, unknown]> = [
     ['port 0', { outboundPort: 0 }, 'outboundPort', 0],
     ['port above 65535', { inboundPort: 65536 }, 'inboundPort', 65536],
