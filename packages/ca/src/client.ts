@@ -78,7 +78,8 @@ function parseAddress(address: string): { target: string; host: string } {
     if (!address.startsWith('unix:///')) throw invalidArgument('address', address, 'unix:///absolute/path')
     return { target: address, host: 'localhost' }
   }
-  const stripped = address.replace(/^https?:\/\//, '').replace(/\/+$/, '')
+  let stripped = address.replace(/^https?:\/\//, '')
+  while (stripped.endsWith('/')) stripped = stripped.slice(0, -1)
   const url = new URL(`https://${stripped}`)
   if (url.port === '') throw invalidArgument('address', address, 'an address with a port (istiod: 15012)')
   return { target: `${url.hostname}:${url.port}`, host: url.hostname.replace(/^\[|\]$/g, '') }

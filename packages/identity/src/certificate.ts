@@ -308,3 +308,24 @@ export function parseCertificate(der: Buffer): ParsedCertificate {
   }
   return parsed
 }
+
+const PEM_BEGIN = '-----BEGIN CERTIFICATE-----'
+const PEM_END = '-----END CERTIFICATE-----'
+
+/**
+ * The PEM certificate blocks of `text`, in order, each from its BEGIN line
+ * to its END line (anything between blocks is left out). A linear scan, so
+ * a peer's long or malformed text costs no backtracking.
+ */
+export function pemCertificates(text: string): string[] {
+  const blocks: string[] = []
+  let from = 0
+  for (;;) {
+    const begin = text.indexOf(PEM_BEGIN, from)
+    if (begin < 0) return blocks
+    const end = text.indexOf(PEM_END, begin + PEM_BEGIN.length)
+    if (end < 0) return blocks
+    from = end + PEM_END.length
+    blocks.push(text.slice(begin, from))
+  }
+}

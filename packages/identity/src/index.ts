@@ -33,7 +33,7 @@
  */
 export { IdentityErrorCode, SvidRejectionReason } from './errors'
 export { SpiffeId, TrustDomain } from './spiffe-id'
-export type { KeyType } from './certificate'
+export { pemCertificates, type KeyType } from './certificate'
 export {
   createCertificateAuthority,
   loadCertificateAuthority,

@@ -15,10 +15,7 @@ const CLIENT_ID = 'spiffe://cluster.local/ns/shop/sa/frontend'
 const both = dataPaths('HBONE data paths compared').length === 2
 
 const TOKEN = [...'abcdefghijklmnopqrstuvwxyz0123456789-_.!#$%&\'*+^`|~']
-/**
- * Fields Node keeps once (dropping repeats) or joins otherwise than with ", ";
- * the native path joins every repeat with ", " (native-duplicate-singleton-headers, below).
- */
+/** Fields Node keeps once (dropping repeats) or joins otherwise than with ", ", which the native path now reads the same way. */
 const NODE_SPECIAL = new Set([
   'access-control-allow-credentials', 'access-control-max-age', 'access-control-request-method', 'age', 'authorization',
   'content-encoding', 'content-language', 'content-length', 'content-location', 'content-md5', 'content-range', 'content-type',
@@ -61,18 +58,16 @@ const request = (extra: ReadonlyArray<readonly [string, string]>): Op[] => [
     return seen
   }
 
-  // Bug native-inherited-header-names (packages/proxy/src/hbone/native-server.ts headersOf):
-  // the native path builds the headers on a plain object, so a header named
-  // after an Object.prototype property reaches decide() as
-  // "function Object() { [native code] }, x". Flip to `it` once fixed.
-  it.fails('shows decide() a header named constructor as sent', async () => {
+  // Regression native-inherited-header-names: the native path built the headers on a plain object,
+  // so a header named after an Object.prototype property reached decide() as "function Object() { [native code] }, x".
+  it('shows decide() a header named constructor as sent', async () => {
     const [node, native] = await views([['constructor', 'x']])
     expect(native).toEqual(node)
   })
 
-  // Bug native-duplicate-singleton-headers (native-server.ts headersOf): a repeated field Node keeps
-  // once, such as user-agent, reaches decide() joined ("a, b") on the native path. Found by the long run.
-  it.fails('shows decide() a repeated user-agent as Node does', async () => {
+  // Regression native-duplicate-singleton-headers: a repeated field Node keeps once, such as
+  // user-agent, reached decide() joined ("a, b") on the native path. Found by the long run.
+  it('shows decide() a repeated user-agent as Node does', async () => {
     const [node, native] = await views([['user-agent', 'a'], ['user-agent', 'b']])
     expect(native).toEqual(node)
   })

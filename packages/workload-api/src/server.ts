@@ -3,7 +3,7 @@ import { chmod, rm } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
 import * as grpc from '@grpc/grpc-js'
 import { invalidArgument, silentLogger, type Closable, type Logger } from '@ambientkit/core'
-import { verifyJwtSvid, type IdentityManager, type SpiffeId, type TrustBundle, type X509Svid } from '@ambientkit/identity'
+import { pemCertificates, verifyJwtSvid, type IdentityManager, type SpiffeId, type TrustBundle, type X509Svid } from '@ambientkit/identity'
 import { peerCredentials } from '@ambientkit/redirect'
 import { readCallerProcess, type Attestor, type CallerProcess } from './attest'
 import {
@@ -58,8 +58,7 @@ const NO_IDENTITY = 'no identity issued'
 
 /** PEM certificates → one buffer of their DER encodings, concatenated (the Workload API's form). */
 function derOf(pem: string): Buffer {
-  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? []
-  return Buffer.concat(blocks.map((b) => new X509Certificate(b).raw))
+  return Buffer.concat(pemCertificates(pem).map((b) => new X509Certificate(b).raw))
 }
 
 const bundleDer = (bundle: TrustBundle): Buffer => Buffer.concat(bundle.x509Authorities.map((c) => c.raw))

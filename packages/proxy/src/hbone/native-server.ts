@@ -79,8 +79,8 @@ class NativeRequestStream implements RequestStream {
     return false
   }
 
-  reset(): void {
-    if (!this.gone) this.addon.resetStream(this.state.session, this.id, h2.NGHTTP2_CONNECT_ERROR)
+  reset(code: number = h2.NGHTTP2_CONNECT_ERROR): void {
+    if (!this.gone) this.addon.resetStream(this.state.session, this.id, code)
   }
 
   /** The stream closed (its `StreamClose`, or the session's `Close`): the state machine or the carried tunnel hears of it. */

@@ -327,8 +327,8 @@ class NodeRequestStream implements RequestStream {
     return true
   }
 
-  reset(): void {
-    resetTunnel(this.stream)
+  reset(code?: number): void {
+    resetTunnel(this.stream, code)
   }
 }
 

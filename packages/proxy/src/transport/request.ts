@@ -1,5 +1,5 @@
 import { setMaxListeners } from 'node:events'
-import type { IncomingHttpHeaders } from 'node:http2'
+import { constants as h2, type IncomingHttpHeaders } from 'node:http2'
 import { AmbientError, CoreErrorCode, invalidArgument, parseSocketAddress, silentLogger, type Logger, type SocketAddress } from '@ambientkit/core'
 import { forwardedFor } from '../hbone/forwarded'
 import { positiveInteger } from '../hbone/settings'
@@ -42,8 +42,8 @@ export interface RequestStream {
    * `upstream` is closed then.
    */
   carry(upstream: CarriedConnection, done: (result: TunnelResult) => void): boolean
-  /** Resets the stream (RST_STREAM `CONNECT_ERROR`) and what it carries. */
-  reset(): void
+  /** Resets the stream (RST_STREAM `code`, default `CONNECT_ERROR`) and what it carries. */
+  reset(code?: number): void
 }
 
 /** Who is on the other end of a session: its verified identity and TCP address. */
@@ -113,6 +113,10 @@ export async function serveRequest(config: RequestConfig, stream: RequestStream,
     finish({ status: answered ? status : 0, outcome: answered ? 'rejected' : 'cancelled', reason, authority: raw, ...extra })
   }
   try {
+    if (!wellFormedFields(head.headers)) {
+      stream.reset(h2.NGHTTP2_PROTOCOL_ERROR)
+      return finish({ status: 0, outcome: 'rejected', reason: 'malformed-field', authority: raw })
+    }
     const destination = connectDestination(head.method, raw)
     if (typeof destination === 'string') return reject(400, destination)
     const request = buildRequest(head.headers, peer, destination, config.trustForwarded(peer.identity), config.protocol)
@@ -254,16 +258,56 @@ export function report(logger: Logger, hook: () => void): void {
   }
 }
 
-/** The request's headers as Node's server gives them: lower-case names, pseudo-headers included, repeats joined. */
+/**
+ * Fields Node's HTTP/2 server keeps once, dropping repeats (its
+ * `kSingleValueHeaders`): the native server reads them the same way, so a
+ * `decide` hook sees the same request whatever the data path.
+ */
+const SINGLE_VALUE = new Set([
+  'access-control-allow-credentials', 'access-control-max-age', 'access-control-request-method', 'age', 'authorization',
+  'content-encoding', 'content-language', 'content-length', 'content-location', 'content-md5', 'content-range', 'content-type',
+  'date', 'dnt', 'etag', 'expires', 'from', 'host', 'if-match', 'if-modified-since', 'if-none-match', 'if-range',
+  'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'range', 'referer', 'retry-after',
+  'tk', 'upgrade-insecure-requests', 'user-agent', 'x-content-type-options',
+])
+
+/**
+ * The request's headers as Node's server gives them: lower-case names on an
+ * object without a prototype, pseudo-headers included, repeats kept once,
+ * joined with `; ` (cookie), gathered in an array (set-cookie) or joined
+ * with `, ` (every other field).
+ */
 export function headersOf(method: unknown, authority: unknown, flat: readonly unknown[]): IncomingHttpHeaders {
-  const headers: IncomingHttpHeaders = {}
+  const headers = Object.create(null) as Record<string, string | string[]>
   if (typeof method === 'string') headers[':method'] = method
   if (typeof authority === 'string' && authority !== '') headers[':authority'] = authority
   for (let i = 0; i + 1 < flat.length; i += 2) {
     const name = String(flat[i]).toLowerCase()
     const value = String(flat[i + 1])
     const previous = headers[name]
-    headers[name] = previous === undefined ? value : `${String(previous)}, ${value}`
+    if (previous === undefined) headers[name] = name === 'set-cookie' ? [value] : value
+    else if (name === 'set-cookie') (previous as string[]).push(value)
+    else if (SINGLE_VALUE.has(name)) continue
+    else headers[name] = `${String(previous)}${name === 'cookie' ? '; ' : ', '}${value}`
   }
-  return headers
+  return headers as IncomingHttpHeaders
+}
+
+/** RFC 9113 §8.2.1: a field name is lower-case token characters, not empty. */
+const FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9a-z]+$/
+/** RFC 9113 §8.2.1: no NUL, CR or LF, and no whitespace at either end. */
+const FIELD_VALUE = /^(?:[^\0\r\n \t](?:[^\0\r\n]*[^\0\r\n \t])?)?$/
+
+/**
+ * Whether every regular field of a request is well formed (RFC 9113
+ * §8.2.1). One that is not makes the request malformed, a stream error
+ * (§8.1.1), whatever nghttp2 version (Node's or the addon's) let it through.
+ */
+export function wellFormedFields(headers: IncomingHttpHeaders): boolean {
+  for (const [name, value] of Object.entries(headers)) {
+    if (name.startsWith(':')) continue
+    if (!FIELD_NAME.test(name)) return false
+    for (const one of Array.isArray(value) ? value : [value]) if (typeof one === 'string' && !FIELD_VALUE.test(one)) return false
+  }
+  return true
 }
