@@ -24,12 +24,25 @@ async function addNamespace(name: string): Promise<void> {
   await ipBatch(name, ['link set lo up'])
 }
 
-/** Creates a node: a namespace that forwards, with a bridge `br0` holding the pod subnet's gateway. */
+/**
+ * Creates a node: a namespace that forwards, with a bridge `br0` holding the
+ * pod subnet's gateway. The bridge gets a MAC address of its own: left to
+ * the kernel, a bridge takes the lowest MAC of its ports, so a pod joining
+ * with a lower one would change the gateway's MAC under every other pod,
+ * whose ARP entries then send to the old one for seconds (segments and
+ * their retransmissions lost until the entries go stale).
+ */
 export async function createNode(node: NodeConfig): Promise<void> {
   const ns = netnsName.node(node.name)
   await addNamespace(ns)
   await run('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'])
-  await ipBatch(ns, ['link add br0 type bridge', `address add ${node.gateway}/24 dev br0`, 'link set br0 up'])
+  await ipBatch(ns, [`link add br0 address ${gatewayMac(node)} type bridge`, `address add ${node.gateway}/24 dev br0`, 'link set br0 up'])
+}
+
+/** The gateway bridge's MAC: locally administered (02:00), then the gateway's IPv4 address. */
+export function gatewayMac(node: NodeConfig): string {
+  const octets = node.gateway.split('.').map((o) => Number(o).toString(16).padStart(2, '0'))
+  return ['02', '00', ...octets].join(':')
 }
 
 /** The interface in node `from` that leads to node `to`. */
