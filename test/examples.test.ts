@@ -96,15 +96,6 @@ const blocks: Block[] = [
   ),
 ]
 
-// Blocks in the proxy's JSDoc that do not compile yet: the proxy is being
-// rewritten, and its owner fixes them there. it.fails: when one compiles,
-// this test fails until it is taken off the list.
-const awaitingProxyRewrite = new Set<string>([
-  'packages/proxy/src/index.ts:7',
-  'packages/proxy/src/hbone/client.ts:167',
-  'packages/proxy/src/hbone/server.ts:220',
-])
-
 describe('documented code blocks', () => {
   // Inside the repository, so that node_modules (@types/node, the packages) resolves as for any source file.
   const dir = mkdtempSync(join(root, 'node_modules', '.doc-blocks-'))
@@ -135,10 +126,6 @@ describe('documented code blocks', () => {
 
   it.each(blocks.map((block, i) => [block.where, i] as const))('%s compiles', (where, i) => {
     const errors = diagnostics.filter((line) => line.includes(`${files[i]}(`)).map((line) => line.slice(line.indexOf('(')))
-    if (awaitingProxyRewrite.has(where)) {
-      expect.soft(errors, 'this block compiles now: take it off awaitingProxyRewrite').not.toEqual([])
-      return
-    }
     expect(errors, `${where} (mark a piece of a program with \`\`\`ts fragment)`).toEqual([])
   })
 })

@@ -39,6 +39,11 @@ export interface BundleEndpointServer extends Closable {
  *
  * @example
  * ```ts
+ * import { readFileSync } from 'node:fs'
+ * import type { TrustBundleSet } from '@ambientkit/identity'
+ * import { createBundleEndpointServer } from '@ambientkit/ca'
+ *
+ * declare const bundles: TrustBundleSet // the trust domain's bundles, kept current
  * const endpoint = await createBundleEndpointServer({
  *   bundles, trustDomain: 'cluster.local', listen: { host: '0.0.0.0', port: 8443 },
  *   certificate: { key: readFileSync('tls.key'), cert: readFileSync('tls.crt') },

@@ -127,6 +127,9 @@ function refused(err: grpc.ServiceError, what: string): AmbientError {
  * @example
  * ```ts
  * import { readFileSync } from 'node:fs'
+ * import { createIdentityManager } from '@ambientkit/identity'
+ * import { createIstioCaSource } from '@ambientkit/ca'
+ *
  * const source = createIstioCaSource({
  *   address: 'istiod.istio-system.svc:15012',
  *   trustDomain: 'cluster.local',

@@ -12,6 +12,7 @@
  *
  * @example
  * ```ts
+ * import { readFileSync } from 'node:fs'
  * import { createIdentityManager } from '@ambientkit/identity'
  * import { createIstioCaSource } from '@ambientkit/ca'
  *

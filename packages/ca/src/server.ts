@@ -114,6 +114,16 @@ function checkSeconds(name: string, value: number | undefined, fallback: number)
  *
  * @example
  * ```ts
+ * import { createCertificateAuthority, createIdentityManager, createLocalCaSource } from '@ambientkit/identity'
+ * import {
+ *   auditToJsonLines,
+ *   createCaServer,
+ *   createKubernetesPodDirectory,
+ *   createKubernetesTokenAuthenticator,
+ *   createSvidAuthenticator,
+ *   kubernetesApiInCluster,
+ * } from '@ambientkit/ca'
+ *
  * const ca = await createCertificateAuthority({ trustDomain: 'cluster.local' })
  * const own = createIdentityManager({ source: createLocalCaSource(ca) })
  * const server = await createCaServer({

@@ -125,6 +125,8 @@ function thumbprint(jwk: webcrypto.JsonWebKey): string {
  *
  * @example
  * ```ts
+ * import { TrustBundle, createJwtSvidIssuer, verifyJwtSvid } from '@ambientkit/identity'
+ *
  * const issuer = await createJwtSvidIssuer({ trustDomain: 'cluster.local' })
  * const bundle = TrustBundle.create({ trustDomain: 'cluster.local', jwtAuthorities: [issuer.authority] })
  * const svid = issuer.sign('spiffe://cluster.local/ns/shop/sa/api', { audience: ['payments'] })

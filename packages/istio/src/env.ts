@@ -25,6 +25,11 @@ export type WdsEnvOptions = Omit<WdsClientOptions, 'registry' | 'policies'>
  *
  * @example
  * ```ts
+ * import { createPolicyStore, createWorkloadRegistry } from '@ambientkit/core'
+ * import { createWdsClient, wdsOptionsFromEnv } from '@ambientkit/istio'
+ *
+ * const registry = createWorkloadRegistry()
+ * const policies = createPolicyStore()
  * const options = wdsOptionsFromEnv()
  * if (options !== undefined) createWdsClient({ ...options, registry, policies })
  * ```

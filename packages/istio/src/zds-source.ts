@@ -117,10 +117,14 @@ class ProtocolError extends Error {}
  *
  * @example
  * ```ts
+ * import type { WorkloadRegistry } from '@ambientkit/core'
  * import { createNodeAgent } from '@ambientkit/agent'
  * import { createZdsPodSource } from '@ambientkit/istio'
+ * import type { NodeProxy } from '@ambientkit/proxy'
  *
- * const podSource = createZdsPodSource({ nodeName: 'node-1', registry }) // registry: the WDS client's
+ * declare const registry: WorkloadRegistry // the one the WDS client fills
+ * declare const nodeProxy: NodeProxy
+ * const podSource = createZdsPodSource({ nodeName: 'node-1', registry })
  * const agent = createNodeAgent({ nodeProxy, podSource }) // starts and stops proxies only
  * await agent.start()
  * ```

@@ -48,6 +48,8 @@ export interface SeqpacketSocket extends Closable {
  *
  * @example
  * ```ts
+ * import { connectSeqpacket } from '@ambientkit/redirect'
+ *
  * const socket = connectSeqpacket('/var/run/ztunnel/ztunnel.sock')
  * await socket.send(Buffer.from([0x08, 0x01])) // ZDS hello, version 1
  * const { data, fds } = await socket.receive()

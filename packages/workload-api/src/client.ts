@@ -90,6 +90,9 @@ function unavailable(message: string, cause?: unknown): AmbientError {
  *
  * @example
  * ```ts
+ * import { createIdentityManager } from '@ambientkit/identity'
+ * import { createWorkloadApiSource } from '@ambientkit/workload-api'
+ *
  * const identities = createIdentityManager({ source: createWorkloadApiSource({ address: 'unix:///tmp/spire-agent/public/api.sock' }) })
  * const svid = await identities.get('spiffe://example.org/ns/shop/sa/api')
  * ```

@@ -8,9 +8,10 @@
  *
  * @example
  * ```ts
- * import { createIdentityManager } from '@ambientkit/identity'
+ * import type { IdentityManager } from '@ambientkit/identity'
  * import { createNetnsAttestor, createWorkloadApiServer } from '@ambientkit/workload-api'
  *
+ * declare const identities: IdentityManager // holds the pods' SVIDs
  * const server = await createWorkloadApiServer({
  *   socketPath: '/run/ambientkit/workload-api/socket',
  *   manager: identities,

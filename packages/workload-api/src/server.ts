@@ -90,10 +90,15 @@ function endWith(call: grpc.ServerWritableStream<unknown, unknown>, code: grpc.s
  *
  * @example
  * ```ts
+ * import type { IdentityManager } from '@ambientkit/identity'
+ * import { createNetnsAttestor, createWorkloadApiServer, type EnrolledPod } from '@ambientkit/workload-api'
+ *
+ * declare const identities: IdentityManager // holds the pods' SVIDs
+ * declare const pods: EnrolledPod[] // the node's enrolled pods: netns path and identity, kept current
  * const server = await createWorkloadApiServer({
  *   socketPath: '/run/ambientkit/workload-api/socket',
  *   manager: identities,
- *   attest: createNetnsAttestor(() => pods.map((p) => ({ netnsPath: p.netnsPath, identity: p.identity }))),
+ *   attest: createNetnsAttestor(() => pods),
  * })
  * // In a pod: SPIFFE_ENDPOINT_SOCKET=unix:///run/ambientkit/workload-api/socket
  * ```

@@ -119,8 +119,14 @@ const TCP_QUERIES_IN_FLIGHT = 16
  *
  * @example
  * ```ts
- * import { createDnsProxy } from '@ambientkit/proxy'
+ * import type { Workload, WorkloadRegistry } from '@ambientkit/core'
+ * import { createDnsProxy, type NodeProxy } from '@ambientkit/proxy'
+ * import type { Netns } from '@ambientkit/redirect'
  *
+ * declare const workload: Workload // the captured pod
+ * declare const netns: Netns // its network namespace: openNetns(...)
+ * declare const registry: WorkloadRegistry // where mesh names are looked up
+ * declare const nodeProxy: NodeProxy // whose /metrics shows the DNS proxy's
  * const dns = await createDnsProxy({ workload, netns, registry, upstreams: ['10.96.0.10'], metrics: nodeProxy.metrics.dns })
  * // in the pod: dig api.shop.svc.cluster.local → the service's VIP, answered by the proxy
  * await dns.close()

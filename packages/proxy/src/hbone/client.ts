@@ -146,8 +146,18 @@ interface ClientConfig extends SessionPolicy {
  *
  * @example
  * ```ts
- * const client = createHboneClient({ tls: identity.tlsClientOptions() })
+ * import type { Socket } from 'node:net'
+ * import { tlsClientOptions, type IdentityManager } from '@ambientkit/identity'
+ * import { createHboneClient, spliceTunnel } from '@ambientkit/proxy'
+ *
+ * declare const manager: IdentityManager // holds the source workload's SVID
+ * declare const appSocket: Socket // the application's connection, accepted on 15001
+ * const client = createHboneClient({
+ *   tls: (identity, { expectedIdentities, signal }) =>
+ *     tlsClientOptions({ manager, id: identity!, expectedPeers: expectedIdentities, signal }),
+ * })
  * const tunnel = await client.connect('10.1.2.5:8080', {
+ *   identity: 'spiffe://cluster.local/ns/shop/sa/web',
  *   expectedIdentities: ['spiffe://cluster.local/ns/shop/sa/api'],
  * })
  * await spliceTunnel(appSocket, tunnel)

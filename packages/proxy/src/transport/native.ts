@@ -19,9 +19,11 @@ import type { HboneTransport, TransportClient, TransportClientOptions, Transport
  *
  * @example
  * ```ts
+ * import type { IdentityManager } from '@ambientkit/identity'
  * import { createNativeTransport } from '@ambientkit/proxy'
  * import { ownNetnsSockets } from '@ambientkit/redirect'
  *
+ * declare const identities: IdentityManager // holds the SVIDs presented and the bundles servers are verified with
  * const sockets = ownNetnsSockets()
  * const transport = createNativeTransport()
  * const client = transport.createClient({

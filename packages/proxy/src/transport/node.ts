@@ -28,8 +28,14 @@ import { SettlingTunnel } from './tunnel'
  *
  * @example
  * ```ts
+ * import type { Socket } from 'node:net'
+ * import type { NetnsSockets } from '@ambientkit/core'
+ * import type { IdentityManager } from '@ambientkit/identity'
  * import { createNodeTransport } from '@ambientkit/proxy'
  *
+ * declare const identities: IdentityManager // holds the SVIDs presented and the bundles peers are verified with
+ * declare const sockets: NetnsSockets // where upstream connections are made (redirect's openNetns or ownNetnsSockets)
+ * declare const appSocket: Socket // the application's connection, accepted on 15001
  * const transport = createNodeTransport()
  * const server = await transport.createServer({
  *   identities, identity: 'spiffe://cluster.local/ns/shop/sa/api',

@@ -156,10 +156,13 @@ export interface DrainOptions extends AbortOptions {
  *
  * @example
  * ```ts
- * import { createPolicyStore, createWorkloadRegistry } from '@ambientkit/core'
+ * import { createPolicyStore, createWorkloadRegistry, type Workload } from '@ambientkit/core'
+ * import type { IdentityManager } from '@ambientkit/identity'
  * import { createWorkloadProxy } from '@ambientkit/proxy'
  * import { openNetns } from '@ambientkit/redirect'
  *
+ * declare const workload: Workload // the captured pod, as the registry knows it
+ * declare const identities: IdentityManager // holds the pod's SVID
  * const proxy = await createWorkloadProxy({
  *   workload, netns: openNetns('/run/netns/pod-a'), registry: createWorkloadRegistry(), identities, policies: createPolicyStore(),
  * })
