@@ -1,4 +1,5 @@
 import { X509Certificate, generateKeyPair, type KeyObject } from 'node:crypto'
+import { isIP } from 'node:net'
 import { checkServerIdentity as checkHostName, type PeerCertificate } from 'node:tls'
 import * as grpc from '@grpc/grpc-js'
 import { AmbientError, abortError, invalidArgument, silentLogger, throwIfAborted, type Logger } from '@ambientkit/core'
@@ -71,6 +72,9 @@ export interface IstioCaSource extends IdentitySource {
   fetchJwtSvid(id: SpiffeId, options: JwtSvidFetchOptions): Promise<JwtSvid>
   close(): Promise<void>
 }
+
+/** istiod's service name, in the certificate istiod serves: the TLS server name when the CA is addressed by IP. */
+const ISTIOD_SERVICE_NAME = 'istiod.istio-system.svc'
 
 function parseAddress(address: string): { target: string; host: string } {
   if (typeof address !== 'string' || address === '') throw invalidArgument('address', address, 'host:port, https://host:port or unix:///path')
@@ -181,7 +185,8 @@ export function createIstioCaSource(options: IstioCaSourceOptions): IstioCaSourc
       },
     )
     const channelOptions: grpc.ChannelOptions = {
-      'grpc.ssl_target_name_override': serverName,
+      // SNI carries no literal addresses (RFC 6066 §3), and Node refuses one: an IP gets istiod's service name.
+      'grpc.ssl_target_name_override': isIP(serverName) === 0 ? serverName : ISTIOD_SERVICE_NAME,
       'grpc.default_authority': serverName,
       // ztunnel's channel: HTTP/2 pings every 30 s, 10 s to answer.
       'grpc.keepalive_time_ms': 30_000,

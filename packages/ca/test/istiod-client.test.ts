@@ -150,4 +150,13 @@ describe('Istio CA client against istiod\'s documented behaviour', () => {
     await expect(s.fetch(API, { ttlSeconds: 60 })).rejects.toMatchObject({ code: CaErrorCode.Refused, details: { grpcStatus: 'UNAVAILABLE' } })
     await s.close()
   })
+
+  it('reaches a CA addressed by IP and verified by its SPIFFE ID (no literal address as the TLS server name)', async () => {
+    answer = async (r) => ({ cert_chain: [await sign(r), root.bundle.x509AuthoritiesPem()] })
+    for (const address of [`127.0.0.1:${port}`, `https://127.0.0.1:${port}`]) {
+      const s = createIstioCaSource({ address, trustDomain: 'cluster.local', rootCertificates: root.bundle.x509AuthoritiesPem(), serverIdentity: { spiffeId: 'spiffe://cluster.local/ns/istio-system/sa/istiod' }, timeoutMs: 3000 })
+      expect((await s.fetch(API, { ttlSeconds: 60 })).id.toString()).toBe(API.toString())
+      await s.close()
+    }
+  })
 })

@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs'
+import { isIP } from 'node:net'
 import { checkServerIdentity, type PeerCertificate } from 'node:tls'
 import * as grpc from '@grpc/grpc-js'
 import {
@@ -32,6 +33,10 @@ import type { DeltaDiscoveryRequest, DeltaDiscoveryResponse, ProtoValue } from '
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue }
 
 /** Who the client says it is to istiod: the xDS node of ztunnel. */
+
+/** istiod's service name, in the certificate istiod serves: the TLS server name for an address given as an IP. */
+const ISTIOD_SERVICE_NAME = 'istiod.istio-system.svc'
+
 export interface WdsNode {
   /** This proxy's IP (ztunnel's `INSTANCE_IP`). Default `'1.1.1.1'`, as ztunnel's. */
   readonly ip?: string
@@ -77,7 +82,12 @@ export interface WdsClientOptions {
    * (relative to the working directory, `/` in ztunnel's image).
    */
   readonly rootCert?: string
-  /** Another name accepted in istiod's certificate (`ALT_XDS_HOSTNAME`). Default none: the address's host only. */
+  /**
+   * Another name accepted in istiod's certificate (`ALT_XDS_HOSTNAME`).
+   * Default none: the address's host only. When the address is an IP
+   * address it is also the TLS server name sent (SNI carries no literal
+   * addresses, RFC 6066 §3), else `istiod.istio-system.svc`.
+   */
   readonly altHostname?: string
   /** Default `{ file: './var/run/secrets/tokens/istio-token' }`. */
   readonly token?: WdsToken
@@ -319,6 +329,7 @@ class WdsClientImpl implements WdsClient {
         'grpc.enable_retries': 0,
         // A connection of its own per attempt, as ztunnel builds a channel per attempt.
         'grpc.use_local_subchannel_pool': 1,
+        ...this.#serverName(),
       })
     } catch (err) {
       return { established: false, error: err as AmbientError }
@@ -460,13 +471,24 @@ class WdsClientImpl implements WdsClient {
         throw new AmbientError(IstioErrorCode.Credentials, `cannot read istiod's root certificate ${root}: ${(err as Error).message}`, { cause: err, details: { path: root } })
       }
     }
+    const { host } = this.#target
     const alt = this.#options.altHostname
     return grpc.credentials.createSsl(pem, null, null, {
-      checkServerIdentity: (host: string, cert: PeerCertificate) => {
+      // The name checked is the address's host (or the alternative), whatever name the TLS hello carried.
+      checkServerIdentity: (_sent: string, cert: PeerCertificate) => {
         const error = checkServerIdentity(host, cert)
         return error === undefined || alt === undefined ? error : checkServerIdentity(alt, cert)
       },
     })
+  }
+
+  /**
+   * The server name of the TLS hello when the address is an IP address: SNI
+   * carries no literal addresses (RFC 6066 §3), and Node refuses one.
+   */
+  #serverName(): grpc.ChannelOptions {
+    if (!this.#target.secure || isIP(this.#target.host) === 0) return {}
+    return { 'grpc.ssl_target_name_override': this.#options.altHostname ?? ISTIOD_SERVICE_NAME }
   }
 
   configDump(): WdsConfigDump {
@@ -541,7 +563,8 @@ function parseAddress(address: string): { address: string; host: string; grpcTar
   if (url.protocol !== 'https:' && url.protocol !== 'http:') throw invalidArgument('address', address, 'an https:// (TLS) or http:// (plaintext) URL')
   const secure = url.protocol === 'https:'
   const port = url.port === '' ? (secure ? '443' : '80') : url.port
-  return { address: `${url.protocol}//${url.host}`, host: url.hostname, grpcTarget: `${url.hostname}:${port}`, secure }
+  // The host without an IPv6 address's brackets: what certificates and isIP know.
+  return { address: `${url.protocol}//${url.host}`, host: url.hostname.replace(/^\[(.*)\]$/, '$1'), grpcTarget: `${url.hostname}:${port}`, secure }
 }
 
 function protoValue(value: JsonValue): ProtoValue {
