@@ -86,8 +86,11 @@ export interface NodeProxy extends Closable, AsyncDisposable {
   /**
    * Starts the workload's proxy inside `netns` (listeners 15001, 15006,
    * 15008). Adding a workload already enrolled in the same netns keeps its
-   * running proxy (and resolves with it); in another netns (the pod was recreated) the old proxy
-   * is closed first. An aborted `signal` gives up (a proxy it started meanwhile is closed).
+   * running proxy (and resolves with it), updated to the new version of the
+   * workload (labels take effect at once, established connections are
+   * authorized again) unless its identity or addresses changed, which
+   * restart it; in another netns (the pod was recreated) the old proxy is
+   * closed first. An aborted `signal` gives up (a proxy it started meanwhile is closed).
    */
   addWorkload(workload: Workload, netns: NetnsSockets, options?: AbortOptions): Promise<WorkloadProxy>
   /** Closes the workload's listeners and connections. False if it was not enrolled. */
@@ -218,10 +221,16 @@ class NodeProxyImpl implements NodeProxy {
       .catch(() => {})
       .then(async () => {
         if (slot === previous && slot.proxy !== undefined) {
+          // Same pod: labels and the like change in place; a new identity or address needs a new proxy.
+          if (slot.proxy.update(workload)) {
+            slot.workload = workload
+            return slot.proxy
+          }
+          await slot.proxy.close()
+          delete slot.proxy
           slot.workload = workload
-          return slot.proxy
-        }
-        if (previous?.proxy !== undefined) await previous.proxy.close()
+          slot.state = 'starting'
+        } else if (previous?.proxy !== undefined) await previous.proxy.close()
         this.#slots.set(workload.uid, slot)
         this.#updateGauge()
         try {

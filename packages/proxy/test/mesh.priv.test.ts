@@ -271,6 +271,41 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
       }
     })
 
+    it("applies a label change of an enrolled pod in place: policies selecting the new label hold at once, for established connections too", async () => {
+      const mark = cp.accessLog.length
+      cp.policies.upsert(policy('deny-canary', 'DENY', { principals: ['cluster.local/ns/web/sa/frontend'] }, { scope: 'workload', selector: { track: 'canary' } }))
+      const socket = await connectFrom(a, b.pod.ipv4, 8080)
+      await established(socket, 'before')
+      const closed = closedWith(socket)
+      const running = await node2.proxy.addWorkload(b.workload, b.netns)
+      const canary = { ...b.workload, labels: { ...b.workload.labels, track: 'canary' } }
+      try {
+        // The same proxy, not a restart: its listeners and sessions stay.
+        expect(await node2.proxy.addWorkload(canary, b.netns)).toBe(running)
+        expect(running.workload.labels).toMatchObject({ track: 'canary' })
+        await closed
+        expect(await cp.logged((e) => e.listener === 'inbound-hbone' && e.destination.address === b.pod.ipv4, mark)).toMatchObject({ outcome: 'terminated', reason: expect.stringContaining('shop/deny-canary') })
+        expect((await exchange(await connectFrom(a, b.pod.ipv4, 8080), 'nope')).response).toBe('')
+      } finally {
+        await node2.proxy.addWorkload(b.workload, b.netns)
+        cp.policies.replaceAll([])
+      }
+      expect(await exchange(await connectFrom(a, b.pod.ipv4, 8080), 'back')).toEqual({ response: 'back', ended: true })
+    })
+
+    it('restarts the proxy of an enrolled pod whose identity changed', async () => {
+      const running = await node2.proxy.addWorkload(c.workload, c.netns)
+      const renamed = { ...c.workload, serviceAccount: 'admin-v2' }
+      try {
+        const restarted = await node2.proxy.addWorkload(renamed, c.netns)
+        expect(restarted).not.toBe(running)
+        expect(restarted.identity).toBe(workloadIdentity(renamed))
+      } finally {
+        await node2.proxy.addWorkload(c.workload, c.netns)
+      }
+      expect(await exchange(await connectFrom(b, c.pod.ipv4, 8080), 'admin')).toEqual({ response: 'admin', ended: true })
+    })
+
     it('fails closed while a node proxy is gone, and recovers when it is back', async () => {
       await node2.proxy.removeWorkload(b.workload.uid)
       try {

@@ -178,7 +178,8 @@ export class ConnectionManager {
   readonly #idleWaiters = new Set<() => void>()
 
   constructor(
-    readonly workload: Workload,
+    /** The workload, as last updated. */
+    public workload: Workload,
     readonly identity: string,
     readonly telemetry: object | undefined,
     readonly logger: Logger,
@@ -208,7 +209,8 @@ export class ConnectionManager {
   reauthorize(authorize: (connection: AuthorizationConnection) => AuthorizationDecision): void {
     for (const record of this.#records) {
       if (record.authorization === undefined) continue
-      const decision = authorize(record.authorization)
+      // An inbound connection's destination is this workload, as it is now (its labels select policies).
+      const decision = authorize({ ...record.authorization, destination: this.workload })
       if (decision.allowed) continue
       const by = decision.policy ? `${decision.policy.namespace}/${decision.policy.name}` : decision.reason
       this.logger.info({ by }, 'policy change denies an established connection: closing it')

@@ -17,6 +17,8 @@ import type { RouteContext } from './route'
 
 /** What the parts of one workload proxy share: its workload, namespace, registry, policies and connections. */
 export interface WorkloadContext extends RouteContext {
+  /** The workload, as last updated (labels change; identity and addresses do not). */
+  workload: Workload
   /** The workload's SPIFFE ID. */
   readonly identity: string
   readonly netns: NetnsSockets

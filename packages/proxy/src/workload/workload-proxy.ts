@@ -127,6 +127,15 @@ export interface WorkloadProxy extends AsyncDisposable {
   readonly listeners: Readonly<Record<ProxyListener, readonly SocketAddress[]>>
   /** The name of the transport carrying its tunnels (`'native'`, `'node'`, `'same-node+native'`...). */
   readonly transport: string
+  /**
+   * Takes a new version of its workload, as the registry or the pod source
+   * reports it. A change of labels (which select policies) or anything else
+   * but the identity and addresses is applied in place, and the established
+   * inbound connections are authorized again. Returns false, changing
+   * nothing, when the identity or the addresses differ: those need a new
+   * proxy (its certificate and listeners are theirs).
+   */
+  update(workload: Workload): boolean
   /** Connections being proxied now (all listeners). */
   activeConnections(): number
   /** HBONE sessions held now: pooled outbound ones and inbound ones from peers. */
@@ -184,7 +193,6 @@ export async function createWorkloadProxy(options: WorkloadProxyOptions): Promis
 }
 
 class WorkloadProxyImpl implements WorkloadProxy {
-  readonly workload: Workload
   readonly identity: string
   readonly listeners: Record<ProxyListener, SocketAddress[]> = { outbound: [], 'inbound-hbone': [], 'inbound-plaintext': [] }
   readonly transport: string
@@ -202,7 +210,6 @@ class WorkloadProxyImpl implements WorkloadProxy {
 
   constructor(options: WorkloadProxyOptions) {
     this.#options = options
-    this.workload = options.workload
     this.identity = workloadIdentity(options.workload)
     const ports = resolvePorts(options.ports)
     if (options.dataPath !== undefined && options.dataPath !== 'node' && options.dataPath !== 'native') {
@@ -244,8 +251,27 @@ class WorkloadProxyImpl implements WorkloadProxy {
       logger,
       stopping: () => this.#stopping,
     }
-    const policies = options.policies
-    this.#unsubscribe = policies.subscribe(() => this.#connections.reauthorize((connection) => evaluateAuthorization(policies.list(), connection)))
+    this.#unsubscribe = options.policies.subscribe(() => this.#reauthorize())
+  }
+
+  get workload(): Workload {
+    return this.#context.workload
+  }
+
+  update(workload: Workload): boolean {
+    const current = this.#context.workload
+    const sameAddresses = workload.addresses.length === current.addresses.length && workload.addresses.every((a, i) => a === current.addresses[i])
+    if (workload.uid !== current.uid || workloadIdentity(workload) !== this.identity || !sameAddresses) return false
+    this.#context.workload = workload
+    this.#connections.workload = workload
+    // Its labels select policies: what is established is decided again.
+    this.#reauthorize()
+    return true
+  }
+
+  #reauthorize(): void {
+    const policies = this.#options.policies
+    this.#connections.reauthorize((connection) => evaluateAuthorization(policies.list(), connection))
   }
 
   async start(signal: AbortSignal | undefined): Promise<void> {
