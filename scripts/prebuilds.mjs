@@ -14,8 +14,11 @@
 // machine's gcc and Debian's gcc-aarch64-linux-gnu; musl through a gcc specs
 // file, as musl-gcc does it. Node's own headers (node_api.h, uv.h, OpenSSL)
 // are those of the Node running this script: the addon then asks at load
-// for that OpenSSL and libuv major.minor or later, so build with the oldest
-// Node line the packages support.
+// for that OpenSSL and libuv major.minor or later, so build with a Node
+// whose OpenSSL and libuv are no newer than those of the oldest release of
+// every supported line: Node 20's (OpenSSL 3.0, libuv 1.46; the committed
+// prebuilds say which in MANIFEST.json), since later Node 22 releases moved
+// to OpenSSL 3.5 and libuv 1.51 that early ones lack.
 //
 //   node scripts/prebuilds.mjs [--cache DIR] [--only redirect|proxy] [--target ARCH-LIBC]
 //   node scripts/prebuilds.mjs --variant faults|missing-symbol|nghttp2-too-new --out FILE

@@ -3,7 +3,6 @@
     {
       "target_name": "ambient_hbone",
       "sources": [
-        "native/accept.c",
         "native/addon.c",
         "native/events.c",
         "native/h2.c",

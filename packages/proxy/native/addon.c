@@ -506,14 +506,13 @@ static void instance_finalize(napi_env env, void *data, void *hint) {
 }
 
 // The environment is shutting down (a worker thread ends, or the process
-// exits normally): listeners close, every session still open is destroyed on
+// exits normally): every session still open is destroyed on
 // its thread, and the environment is told once the last has let go and our
 // last handle on its loop has closed.
 static void env_cleanup(napi_async_cleanup_hook_handle handle, void *data) {
   instance_t *instance = data;
   instance->cleanup = handle;
   instance->shutting_down = 1;
-  while (instance->acceptors != NULL) acceptor_stop(instance->acceptors);
   uv_mutex_lock(&instance->lock);
   for (session_t *s = instance->sessions; s != NULL; s = s->live_next) {
     s->js_closed = 1;
@@ -561,8 +560,6 @@ NAPI_MODULE_INIT() {
       {"threads", NULL, js_threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"dupFd", NULL, js_dup_fd, NULL, NULL, NULL, napi_enumerable, NULL},
       {"resetFd", NULL, js_reset_fd, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"accept", NULL, js_accept, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"stopAccepting", NULL, js_stop_accepting, NULL, NULL, NULL, napi_enumerable, NULL},
 #ifdef HBONE_FAULTS
       {"injectFaults", NULL, js_inject_faults, NULL, NULL, NULL, napi_enumerable, NULL},
 #endif

@@ -26,7 +26,6 @@
 //   session.c  a session: TLS, reading, flushing, teardown
 //   worker.c   data-path threads and the commands JavaScript sends them
 //   events.c   events: queued by sessions, delivered to JavaScript
-//   accept.c   listening sockets whose connections go to JavaScript as descriptors
 //   js.c       N-API helpers: checked calls, values, arguments, faults (test builds)
 //   addon.c    the exported functions, load-time checks, module init
 
@@ -76,7 +75,6 @@ typedef struct {
 } bq_t;
 
 typedef struct session_s session_t;
-typedef struct acceptor_s acceptor_t;
 typedef struct command_s command_t;
 typedef struct event_s event_t;
 typedef struct pipe_s pipe_t;
@@ -111,7 +109,6 @@ typedef struct {
   int shutting_down;
   int finishing;
   napi_async_cleanup_hook_handle cleanup;
-  acceptor_t *acceptors;  // still listening
 } instance_t;
 
 // Every poll handle of ours, so that its close callback can count it off
@@ -300,20 +297,15 @@ void session_settle(session_t *s);
 void inbox_cb(uv_async_t *handle);
 void finish_cleanup(instance_t *instance);
 
-// accept.c
-napi_value js_accept(napi_env env, napi_callback_info info);
-napi_value js_stop_accepting(napi_env env, napi_callback_info info);
-void acceptor_stop(acceptor_t *a);
-
 // js.c
 //
 // Every napi_* status is checked. Where a JavaScript caller waits (an
 // exported function), NAPI_CALL throws an Error naming the call and returns
 // NULL from the function. Where none does (an event delivered from the
-// loop, an accepted connection), NAPI_TRY records the first failure in
-// `failed` (and skips the calls after it), and the caller fails what it was doing visibly (events.c,
-// accept.c). Finalizers and the environment's teardown use NAPI_CLEANUP:
-// no JavaScript is left to tell then, so a failure is written to stderr.
+// loop), NAPI_TRY records the first failure in `failed` (and skips the calls
+// after it), and the caller fails what it was doing visibly (events.c).
+// Finalizers and the environment's teardown use NAPI_CLEANUP: no JavaScript
+// is left to tell then, so a failure is written to stderr.
 napi_status napi_checked(napi_status status, const char *call);
 void throw_napi_failure(napi_env env, const char *call);
 #define NAPI_CALL(env, call)                              \

@@ -113,19 +113,7 @@ export interface NativeAddon {
   dupFd(fd: number): number
   /** Closes a connected socket with RST (`SO_LINGER` 0): how a refused or reset connection that never became a tunnel is closed. */
   resetFd(fd: number): void
-  /**
-   * Accepts connections on a listening socket (which becomes the addon's)
-   * and hands each one over as a non-blocking descriptor with TCP_NODELAY
-   * set, with the peer's address (IPv4-mapped addresses in IPv4 form): no
-   * `net.Socket` is built for a connection the addon carries.
-   */
-  accept(listenFd: number, callback: (fd: number, address: string, port: number, family: 4 | 6) => void): NativeAcceptor
-  /** Closes the listening socket of {@link accept}. Idempotent. */
-  stopAccepting(acceptor: NativeAcceptor): void
 }
-
-/** A listening socket the addon accepts on. */
-export type NativeAcceptor = object & { readonly __brand: 'NativeAcceptor' }
 
 /**
  * The numbers this side and the addon share, as the addon exports them
