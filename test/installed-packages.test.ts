@@ -3,14 +3,15 @@ import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, syml
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { publishedPackages } from './support/packages'
 
 // What a user of the published packages gets, in a project of their own that
-// has no @types/node and bundles its code: the five tarballs installed
+// has no @types/node and bundles its code: every tarball installed
 // without install scripts (nothing here needs the addons), then type-checked,
 // bundled and loaded twice (ESM and CJS). The packages are built in a copy of
 // the repository, so that no other test's build of dist/ races with this one.
 const root = new URL('..', import.meta.url).pathname
-const packages = ['core', 'identity', 'redirect', 'proxy', 'agent']
+const packages = publishedPackages(root)
 const scratch = mkdtempSync(join(tmpdir(), 'ambientkit-installed-'))
 const repo = join(scratch, 'repo')
 const project = join(scratch, 'project')
@@ -30,7 +31,10 @@ function buildAndPack(): string[] {
   const tarballs: string[] = []
   for (const name of packages) {
     const dir = join(repo, 'packages', name)
-    for (const item of ['package.json', 'README.md', 'LICENSE', 'tsconfig.json', 'src']) cpSync(join(root, 'packages', name, item), join(dir, item), { recursive: true })
+    const { files = [] } = JSON.parse(readFileSync(join(root, 'packages', name, 'package.json'), 'utf8')) as { files?: string[] }
+    // What it is built from, and what it ships besides dist/ (the proto files of the gRPC packages).
+    const items = ['package.json', 'LICENSE', 'tsconfig.json', 'src', ...files.filter((item) => item !== 'dist')]
+    for (const item of items) cpSync(join(root, 'packages', name, item), join(dir, item), { recursive: true })
     symlinkSync(dir, join(modules, '@ambientkit', name))
     const build = (JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { scripts: { build: string } }).scripts.build
     const tsup = build.slice(build.indexOf('tsup ')).split(' ').slice(1)

@@ -5,8 +5,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { HBONE_SMOKE, writeSmokeMaterial } from '../packages/proxy/test/support/native'
+import { publishedPackages } from './support/packages'
 
-// What a user gets from npm: the packed tarballs of the five packages,
+// What a user gets from npm: the packed tarballs of every package,
 // installed into a scratch project on a machine with no C compiler (PATH has
 // only node and sh; CC=false) and no nghttp2 header, must install, work from
 // ESM and CommonJS, type-check, and carry HBONE on the native data path with
@@ -20,7 +21,7 @@ import { HBONE_SMOKE, writeSmokeMaterial } from '../packages/proxy/test/support/
 const root = new URL('..', import.meta.url).pathname
 const node = process.env.AMBIENTKIT_TEST_NODE || process.execPath
 const npmCli = realpathSync(execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim())
-const PACKAGES = ['core', 'identity', 'redirect', 'proxy', 'agent']
+const PACKAGES = publishedPackages(root)
 const scratch = mkdtempSync(join(tmpdir(), 'ambientkit-pack-'))
 const project = join(scratch, 'project')
 const bin = join(scratch, 'bin')

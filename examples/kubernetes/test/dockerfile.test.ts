@@ -86,7 +86,12 @@ describe('the Dockerfile of the node image', () => {
       const files = context()
       let workdir = scratch
       // npm and node-gyp need no more of the environment than a base image has.
-      const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? scratch, TMPDIR: tmpdir() }
+      // A clean environment, but for what reaching the registry takes here (a proxy, the CA of one that inspects TLS),
+      // which a docker build gets from the daemon's network.
+      const network = Object.fromEntries(
+        Object.entries(process.env).filter(([name]) => /^(NODE_EXTRA_CA_CERTS|https?_proxy|no_proxy|npm_config_(cafile|registry|proxy|https_proxy))$/i.test(name)),
+      )
+      const env = { ...network, PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? scratch, TMPDIR: tmpdir() }
       for (const { keyword, args } of buildStage) {
         if (keyword === 'WORKDIR') {
           workdir = join(scratch, args)
