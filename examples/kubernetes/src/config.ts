@@ -1,4 +1,5 @@
 import { AmbientError, CoreErrorCode, describeValue, parseSocketAddress, type SocketAddress } from '@ambientkit/core'
+import { TrustDomain } from '@ambientkit/identity'
 import { parse } from 'yaml'
 
 /** The node agent's settings: `mesh.yaml` from the ConfigMap plus the environment. */
@@ -48,7 +49,7 @@ export function loadNodeConfig(meshYaml: string, env: NodeJS.ProcessEnv): NodeCo
   const nodeName = env.NODE_NAME
   if (nodeName === undefined || nodeName === '') fail('NODE_NAME', nodeName, 'the node name (the downward API field spec.nodeName)')
   const trustDomain = mesh.trustDomain ?? 'cluster.local'
-  if (typeof trustDomain !== 'string' || !/^[a-z0-9._-]+$/.test(trustDomain)) fail('mesh.yaml: trustDomain', trustDomain, 'a trust domain of [a-z0-9._-]')
+  if (typeof trustDomain !== 'string' || !isTrustDomain(trustDomain)) fail('mesh.yaml: trustDomain', trustDomain, 'a trust domain of [a-z0-9._-], at most 255 characters (SPIFFE-ID §2.3)')
   const ttl = mesh.svidTtlSeconds ?? 3600
   if (typeof ttl !== 'number' || !Number.isInteger(ttl) || ttl < 60) fail('mesh.yaml: svidTtlSeconds', ttl, 'an integer number of seconds, at least 60')
   const outboundPolicy = proxy.outboundPolicy ?? 'passthrough'
@@ -72,5 +73,15 @@ export function loadNodeConfig(meshYaml: string, env: NodeJS.ProcessEnv): NodeCo
     adminAddress: parseSocketAddress(env.ADMIN_ADDRESS ?? '127.0.0.1:15021', 'ADMIN_ADDRESS'),
     ...(env.METRICS_ADDRESS ? { metricsAddress: parseSocketAddress(env.METRICS_ADDRESS, 'METRICS_ADDRESS') } : {}),
     stateFile: env.STATE_FILE ?? '/var/run/ambientkit/agent.json',
+  }
+}
+
+/** Whether `value` is a trust domain as the SPIFFE ID spec has it (§2.1, §2.3). */
+function isTrustDomain(value: string): boolean {
+  try {
+    TrustDomain.parse(value)
+    return true
+  } catch {
+    return false
   }
 }

@@ -24,6 +24,7 @@ describe('loadNodeConfig', () => {
 
   it.each([
     ['trustDomain: Cluster.Local', /trustDomain: expected a trust domain/],
+    [`trustDomain: ${'t'.repeat(256)}`, /trustDomain: expected a trust domain of \[a-z0-9._-\], at most 255 characters/],
     ['svidTtlSeconds: 5', /svidTtlSeconds: expected an integer number of seconds, at least 60, got 5/],
     ['proxy: { outboundPolicy: drop }', /proxy.outboundPolicy: expected "passthrough" or "refuse", got "drop"/],
     ['proxy: { strict: true }', /proxy.strict: expected no such key/],

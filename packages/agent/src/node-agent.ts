@@ -356,8 +356,6 @@ class NodeAgentImpl implements NodeAgent {
       this.#enrolled.delete(uid)
       // Its apps lose their identity with the pod's enrollment.
       this.#workloadApi?.refresh()
-      // Its apps lose their identity with the pod's enrollment.
-      this.#workloadApi?.refresh()
     }
     if (this.#probeTargets.delete(uid)) await this.#syncProbes()
   }
