@@ -75,6 +75,20 @@ export interface NodeProxyOptions {
   readonly logger?: Logger
 }
 
+/**
+ * Something besides the workload proxies that the node's readiness and
+ * `/config_dump` depend on: the agent's first reconcile, a WDS stream, a
+ * ZDS snapshot. Registered with {@link NodeProxy.register}.
+ */
+export interface NodeProxyComponent {
+  /** Its key under `components` in `/config_dump`, and its name in `/healthz/ready`'s answer. Unique per node proxy. */
+  readonly name: string
+  /** Why it is not ready yet, or `undefined` once it is. Absent: always ready. */
+  notReady?(): string | undefined
+  /** What `/config_dump` shows of it (JSON-serialisable). Absent: nothing but its readiness. */
+  configDump?(): unknown
+}
+
 /** One workload enrolled in a node proxy. */
 export interface NodeProxyEnrollment {
   readonly workload: Workload
@@ -103,8 +117,14 @@ export interface NodeProxy extends Closable, AsyncDisposable {
   replaceAll(enrollments: readonly NodeProxyEnrollment[]): Promise<void>
   /** The enrolled workloads. */
   workloads(): Workload[]
-  /** True when every enrolled workload has its listeners up. */
+  /** True when every enrolled workload has its listeners up and every registered component is ready. */
   ready(): boolean
+  /**
+   * Adds a component to readiness and `/config_dump`; returns the function
+   * that removes it. Throws `ERR_AMBIENT_INVALID_ARGUMENT` for a name
+   * already registered.
+   */
+  register(component: NodeProxyComponent): () => void
   readonly metrics: ProxyMetrics
   /** Where the admin server listens, once {@link start} resolved. */
   adminAddress(): SocketAddress | undefined
@@ -141,6 +161,8 @@ export interface NodeProxyConfigDump {
   readonly identities: ReadonlyArray<{ id: string; notAfter?: string }>
   readonly policies: ReadonlyArray<{ namespace: string; name: string; action: string; scope: string }>
   readonly registry: { workloads: number; services: number }
+  /** The registered components, by name: whether each is ready, and what it shows. */
+  readonly components: Readonly<Record<string, { ready: boolean; notReady?: string; state?: unknown }>>
 }
 
 interface Slot {
@@ -165,6 +187,7 @@ class NodeProxyImpl implements NodeProxy {
   readonly #options: NodeProxyOptions
   readonly #log: Logger
   readonly #slots = new Map<string, Slot>()
+  readonly #components = new Map<string, NodeProxyComponent>()
   readonly #observer: ConnectionObserver
   #admin: Server | undefined
   #adminAddress: SocketAddress | undefined
@@ -299,7 +322,28 @@ class NodeProxyImpl implements NodeProxy {
   }
 
   ready(): boolean {
-    return [...this.#slots.values()].every((s) => s.state === 'ready')
+    return this.#notReady().length === 0
+  }
+
+  /** What keeps the node from being ready: workloads not up, components not ready. */
+  #notReady(): string[] {
+    const workloads = [...this.#slots.values()].filter((s) => s.state !== 'ready').map((s) => `${s.workload.namespace}/${s.workload.name} (${s.state})`)
+    const components = [...this.#components.values()].flatMap((c) => {
+      const why = c.notReady?.()
+      return why === undefined ? [] : [`${c.name} (${why})`]
+    })
+    return [...workloads, ...components]
+  }
+
+  register(component: NodeProxyComponent): () => void {
+    if (typeof component !== 'object' || component === null || typeof component.name !== 'string' || component.name === '') {
+      throw invalidArgument('component', component, 'an object with a non-empty name')
+    }
+    if (this.#components.has(component.name)) throw invalidArgument('component.name', component.name, 'a name not registered yet')
+    this.#components.set(component.name, component)
+    return () => {
+      if (this.#components.get(component.name) === component) this.#components.delete(component.name)
+    }
   }
 
   #updateGauge(): void {
@@ -331,6 +375,13 @@ class NodeProxyImpl implements NodeProxy {
       policies: this.#options.policies.list().map((p) => ({ namespace: p.namespace, name: p.name, action: p.action, scope: p.scope })),
       registry: (({ workloads, services }) => ({ workloads: workloads.length, services: services.length }))(this.#options.registry.snapshot()),
       ...(threads === undefined ? {} : { hboneThreads: threads }),
+      components: Object.fromEntries(
+        [...this.#components.values()].map((c) => {
+          const why = c.notReady?.()
+          const state = c.configDump?.()
+          return [c.name, { ready: why === undefined, ...(why === undefined ? {} : { notReady: why }), ...(state === undefined ? {} : { state }) }]
+        }),
+      ),
     }
   }
 
@@ -344,9 +395,9 @@ class NodeProxyImpl implements NodeProxy {
     try {
       switch (path) {
         case '/healthz/ready': {
-          const notReady = [...this.#slots.values()].filter((s) => s.state !== 'ready')
+          const notReady = this.#notReady()
           if (notReady.length === 0) return send(200, 'text/plain', 'ready\n')
-          return send(503, 'text/plain', `not ready: ${notReady.map((s) => `${s.workload.namespace}/${s.workload.name} (${s.state})`).join(', ')}\n`)
+          return send(503, 'text/plain', `not ready: ${notReady.join(', ')}\n`)
         }
         case '/metrics': {
           const exposed = await this.metrics.exposition?.()
