@@ -1,4 +1,5 @@
-import { execFile } from 'node:child_process'
+import { execFile, execFileSync } from 'node:child_process'
+import { existsSync, readdirSync } from 'node:fs'
 
 /**
  * Throw-away network topologies for privileged tests: "nodes" (router
@@ -101,11 +102,31 @@ function ipBatch(ns: string, lines: readonly string[]): Promise<ExecOutput> {
 }
 
 /**
+ * Deletes the namespaces an earlier run of a test left behind (its process
+ * was killed, or a hook timed out before its cleanup): those named
+ * `<prefix>-<pid>-` whose process is gone. Namespaces of a live process,
+ * another test file running now, are left alone.
+ */
+function removeOrphans(prefix: string): void {
+  if (!existsSync('/run/netns')) return
+  for (const name of readdirSync('/run/netns')) {
+    const pid = name.startsWith(`${prefix}-`) ? /^(\d+)-/.exec(name.slice(prefix.length + 1))?.[1] : undefined
+    if (pid === undefined || Number(pid) === process.pid || existsSync(`/proc/${pid}`)) continue
+    try {
+      execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' })
+    } catch {
+      // Gone meanwhile, or busy: the next run tries again.
+    }
+  }
+}
+
+/**
  * A new, empty test network. `prefix` should name the test file (short:
  * interface names are not involved, but `ip netns list` output is read by
  * people); the pid and a counter are appended so parallel files never collide.
  */
 export function createTestNetwork(prefix: string): TestNetwork {
+  removeOrphans(prefix)
   networkCount += 1
   const base = `${prefix}-${process.pid}-${networkCount}`
   const created: string[] = []

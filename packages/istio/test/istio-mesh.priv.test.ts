@@ -49,13 +49,14 @@ describePrivileged('an ambientkit node in an Istio mesh: pods from istio-cni (ZD
     dir = mkdtempSync(join(tmpdir(), 'ak-istio-'))
   })
   afterAll(async () => {
-    for (const close of closers.reverse()) await close()
-    await cp?.close()
-    await istiod?.close()
+    // Everything is released even when something fails to close; the first failure is reported after.
+    const results = await Promise.allSettled([...closers.reverse(), () => cp?.close(), () => istiod?.close()].map(async (close) => close()))
     await network?.cleanup()
     if (modules) rmSync(modules, { recursive: true, force: true })
     if (dir) rmSync(dir, { recursive: true, force: true })
-  })
+    const failed = results.find((r) => r.status === 'rejected')
+    if (failed) throw failed.reason
+  }, 60_000)
 
   const names = ['a', 'b', 'c']
   const uid = (name: string): string => `Kubernetes//Pod/shop/${name}`
