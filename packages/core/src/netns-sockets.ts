@@ -20,7 +20,7 @@ export interface NetnsSockets {
   /** A listening TCP socket created, bound and listening inside the namespace. Throws when the kernel refuses (errno in `details`). */
   listenFd(options: ListenFdOptions): number
   /**
-   * Accepts connections on a listening socket from {@link listenFd}, which
+   * Accepts connections on a listening socket from {@link NetnsSockets.listenFd | listenFd}, which
    * becomes the acceptor's (closed by {@link SocketAcceptor.close}).
    * `onSocket` owns each descriptor it is given. `onPause` hears, once per
    * pause, that accepting stopped for a moment because the process ran out

@@ -157,7 +157,7 @@ export interface Netns extends NetnsSockets, LongLived {
    */
   connectFd(options: NetnsConnectFdOptions): Promise<number>
   /**
-   * Accepts on a listening descriptor from {@link listenFd} (which becomes
+   * Accepts on a listening descriptor from {@link Netns.listenFd | listenFd} (which becomes
    * the acceptor's): each connection is handed to `onSocket` as a
    * descriptor (non-blocking, close-on-exec, TCP_NODELAY) with its peer,
    * so that no `net.Socket` is built for one a native data path carries,
@@ -255,7 +255,7 @@ export function openNetns(target: string | number): Netns {
 
 /**
  * The sockets of this process's own network namespace, as a
- * {@link NetnsSockets}: listen, accept and connect on descriptors without
+ * `NetnsSockets` (`@ambientkit/core`): listen, accept and connect on descriptors without
  * entering any namespace, so without root. For a data plane that serves
  * the host's namespace (a gateway, a test), and for tests of one.
  *

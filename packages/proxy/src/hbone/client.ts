@@ -27,7 +27,7 @@ import { IdentityErrorCode, peerSpiffeId } from '@ambientkit/identity'
 import { HBONE_PORT, type HboneWindows } from './constants'
 import { HboneErrorCode } from './errors'
 import { localSettings, positiveInteger, resolveWindows, sessionMemoryFor } from './settings'
-import type { TransportClientOptions } from '../transport/contract'
+import type { HboneSessionStats, TransportClientOptions } from '../transport/contract'
 import { PooledSession, SessionPool, establishWithin, sendAtMostTwice, type SessionPolicy } from '../transport/pool'
 import { resetTunnel } from './splice'
 
@@ -92,13 +92,6 @@ export interface HboneConnectOptions extends AbortOptions {
   readonly via?: SocketAddress | string
   /** Extra request headers (`baggage`, `traceparent`, `forwarded`...). Pseudo-headers are refused. */
   readonly headers?: Readonly<Record<string, string>>
-}
-
-/** A pooled HTTP/2 session, as seen by {@link HboneClient.stats}. */
-export interface HboneSessionStats {
-  readonly key: string
-  readonly peerIdentity: string
-  readonly streams: number
 }
 
 /** A pooled HBONE client. */
