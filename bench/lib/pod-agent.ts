@@ -13,7 +13,10 @@ import { createInterface } from 'node:readline'
  * - `{"op":"connrate",host,port,size,concurrency,durationMs}`: new
  *   connections (connect, one exchange, close) for a fixed time;
  * - `{"op":"open-idle",host,port,count,parallel}` then `{"op":"close-idle"}`:
- *   holds connections that each made one exchange.
+ *   holds connections that each made one exchange;
+ * - `{"op":"connlatency",host,port,count}`: new connections one after the
+ *   other (connect, one 64-byte exchange, close), percentiles of each one's
+ *   time in µs: how long a new connection waits while others are open.
  *
  * It exits when stdin ends.
  */
@@ -166,6 +169,23 @@ async function openIdle(target: Target & { count: number; parallel: number }): P
   return { open: idle.length }
 }
 
+async function connlatency(target: Target & { count: number }): Promise<Record<string, unknown>> {
+  const payload = Buffer.alloc(64, 0x64)
+  const samples = new Float64Array(target.count)
+  for (let i = 0; i < target.count; i++) {
+    const start = process.hrtime.bigint()
+    const socket = await open(target)
+    try {
+      await exchange(socket, payload)
+    } finally {
+      socket.destroy()
+    }
+    samples[i] = Number(process.hrtime.bigint() - start) / 1000
+  }
+  samples.sort()
+  return { p50: percentile(samples, 0.5), p90: percentile(samples, 0.9), p99: percentile(samples, 0.99), max: samples[samples.length - 1], count: samples.length }
+}
+
 async function closeIdle(): Promise<Record<string, unknown>> {
   const closing = idle.map((socket) => new Promise<void>((resolve) => (socket.destroyed ? resolve() : socket.once('close', () => resolve()).destroy())))
   const count = idle.length
@@ -187,8 +207,10 @@ async function handle(command: Record<string, unknown>): Promise<Record<string, 
       return openIdle(c)
     case 'close-idle':
       return closeIdle()
+    case 'connlatency':
+      return connlatency(c)
     default:
-      throw new Error(`unknown op ${JSON.stringify(command.op)}: expected serve, pingpong, connrate, open-idle or close-idle`)
+      throw new Error(`unknown op ${JSON.stringify(command.op)}: expected serve, pingpong, connrate, open-idle, close-idle or connlatency`)
   }
 }
 
