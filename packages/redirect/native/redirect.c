@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/select.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1133,6 +1134,40 @@ static void* close_socket(void* fd) {
 
 static char* copy_or_empty(const char* text) { return strdup(text != NULL ? text : ""); }
 
+/*
+ * libnftables (1.0.6, Debian 12) waits for the kernel's answer with
+ * select(), which takes descriptors below FD_SETSIZE only: glibc aborts the
+ * whole process when the context's netlink socket is numbered higher, and a
+ * proxy or agent with a few hundred pods holds more descriptors than that.
+ * So a low number is reserved while numbers are low (when the addon loads)
+ * and freed, under nftlib_lock, just before a context makes its socket,
+ * which takes the lowest free number; the reservation is taken again after.
+ * A context whose socket still lands above FD_SETSIZE (no low number was
+ * free at load, or another thread took it meanwhile) is refused with EMFILE
+ * before it runs anything: the TypeScript layer then runs the nft program.
+ */
+static int nft_low_fd = -1;
+static pthread_once_t nft_low_once = PTHREAD_ONCE_INIT;
+
+static void nft_low_reserve(void) {
+  int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (fd >= FD_SETSIZE) {
+    close(fd);
+    fd = -1;
+  }
+  nft_low_fd = fd;
+}
+
+/* True when a netfilter socket in `after` and not in `before` is numbered FD_SETSIZE or above. */
+static bool new_socket_too_high(const int* before, int before_count, const int* after, int after_count) {
+  for (int i = 0; i < after_count; i++) {
+    bool seen = false;
+    for (int j = 0; j < before_count && !seen; j++) seen = after[i] == before[j];
+    if (!seen && after[i] >= FD_SETSIZE) return true;
+  }
+  return false;
+}
+
 /* Worker thread: no N-API calls here. */
 static void nft_execute(napi_env env, void* data) {
   (void)env;
@@ -1143,11 +1178,17 @@ static void nft_execute(napi_env env, void* data) {
   job->err = netns_enter(&guard, job->ns_fd, &job->failed);
   if (job->err == 0) {
     int before_count = netfilter_sockets(before, MAX_NETFILTER_SOCKETS);
+    if (nft_low_fd >= 0) close(nft_low_fd);
+    nft_low_fd = -1;
     /* The context's netlink socket is made here, so it belongs to the namespace. */
     struct nft_ctx* ctx = nftlib.ctx_new(0);
     if (ctx == NULL) {
       job->err = ENOMEM;
       job->failed = "nft_ctx_new";
+    } else if (new_socket_too_high(before, before_count, after, netfilter_sockets(after, MAX_NETFILTER_SOCKETS))) {
+      job->err = EMFILE;
+      job->failed = "nft_ctx_new (libnftables needs its netlink socket below FD_SETSIZE)";
+      nftlib.ctx_free(ctx);
     } else {
       nftlib.buffer_output(ctx);
       nftlib.buffer_error(ctx);
@@ -1157,6 +1198,7 @@ static void nft_execute(napi_env env, void* data) {
       kept = keep_new_socket(before, before_count, after, netfilter_sockets(after, MAX_NETFILTER_SOCKETS));
       nftlib.ctx_free(ctx);
     }
+    nft_low_reserve();
     netns_leave(&guard);
   }
   pthread_mutex_unlock(&nftlib_lock);
@@ -1495,6 +1537,7 @@ static napi_value wait_exit(napi_env env, napi_callback_info info) {
 }
 
 static napi_value init(napi_env env, napi_value exports) {
+  pthread_once(&nft_low_once, nft_low_reserve);
   napi_property_descriptor properties[] = {
       {"runInNetns", NULL, run_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
       {"listenTcp", NULL, listen_tcp, NULL, NULL, NULL, napi_enumerable, NULL},

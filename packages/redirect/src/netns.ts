@@ -443,15 +443,17 @@ class NetnsHandle implements Netns {
     const nsFd = this.#open('nft')
     throwIfAborted(options.signal, 'nft')
     const addon = native()
-    if (process.env.AMBIENTKIT_NFT === 'program' || addon.nftAvailable() !== null) {
-      return (await this.exec('nft', ['-f', '-'], { input: script, signal: options.signal })).stdout
-    }
-    const result = await new Promise<NftRunResult>((resolve, reject) => {
+    const program = async (): Promise<string> => (await this.exec('nft', ['-f', '-'], { input: script, signal: options.signal })).stdout
+    if (process.env.AMBIENTKIT_NFT === 'program' || addon.nftAvailable() !== null) return program()
+    const result = await new Promise<NftRunResult | undefined>((resolve, reject) => {
       addon.nftRun(nsFd, script, (err, answer) => {
-        if (err !== null) reject(nativeError(RedirectErrorCode.CommandFailed, `cannot run nft in ${this.path}`, err, { path: this.path }))
+        // EMFILE: no descriptor below FD_SETSIZE for libnftables' socket (see nft_execute); the program has its own.
+        if (err !== null && (err as NodeJS.ErrnoException).errno === osConstants.errno.EMFILE) resolve(undefined)
+        else if (err !== null) reject(nativeError(RedirectErrorCode.CommandFailed, `cannot run nft in ${this.path}`, err, { path: this.path }))
         else resolve(answer!)
       })
     })
+    if (result === undefined) return program()
     if (result.status !== 0) {
       throw new AmbientError(RedirectErrorCode.CommandFailed, `nft failed in ${this.path}: ${result.error.trim() || result.output.trim()}`, {
         details: { command: 'nft', path: this.path, status: result.status, stderr: result.error, stdout: result.output },
