@@ -9,7 +9,7 @@ import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { createNodeIdentitySource, followControlPlane } from './client'
 import { ADMIN_PORT, STATE_DIR, state } from './paths'
-import { onShutdown, options, signalParent } from './process-util'
+import { createLogSink, onShutdown, options, signalParent } from './process-util'
 
 const args = options(['node', 'state-dir', 'admin-port'])
 const dir = args['state-dir'] ?? STATE_DIR
@@ -18,7 +18,8 @@ if (nodeName === undefined) {
   console.error('usage: node-agent-main.ts --node <name> [--state-dir dir] [--admin-port 15021]')
   process.exit(2)
 }
-const logger = createJsonLogger({ write: (line) => process.stdout.write(line), bindings: { node: nodeName } })
+const log = createLogSink()
+const logger = createJsonLogger({ write: log.write, bindings: { node: nodeName } })
 const socketPath = state.socket(dir)
 const accessLogFile = state.accessLog(nodeName, dir)
 
@@ -41,6 +42,8 @@ try {
     accessLog: (entry) => appendFileSync(accessLogFile, `${JSON.stringify({ time: new Date().toISOString(), node: nodeName, ...entry })}\n`),
     logger,
   })
+  // Lines a full log disk refused: counted on /config_dump, next to the agent's own disk failures.
+  nodeProxy.register({ name: 'log', configDump: () => ({ lostLines: log.lostLines }) })
   await nodeProxy.start()
   // The Workload API for this node's pods: they share this machine's filesystem, so the socket is one path per node.
   const workloadApiSocket = state.workloadApiSocket(nodeName, dir)
