@@ -11,6 +11,9 @@ import { createNodeIdentitySource, followControlPlane } from './client'
 import { ADMIN_PORT, STATE_DIR, state } from './paths'
 import { createLogSink, onShutdown, options, signalParent } from './process-util'
 
+/** How long connections under way may take to finish after SIGTERM: within the 5 s the demo (stopPid) waits before SIGKILL. */
+const DRAIN_DEADLINE_MS = 4000
+
 const args = options(['node', 'state-dir', 'admin-port'])
 const dir = args['state-dir'] ?? STATE_DIR
 const nodeName = args.node
@@ -37,7 +40,8 @@ try {
     policies,
     // Read once at start: a change of these settings in mesh.yaml needs an agent restart.
     workloadDefaults: follower.state()!.proxy,
-    admin: { host: '127.0.0.1', port: Number(args['admin-port'] ?? ADMIN_PORT) },
+    // Readiness and metrics on the node's addresses, as a kubelet and Prometheus reach them; /config_dump to the node's loopback only.
+    admin: { host: '::', port: Number(args['admin-port'] ?? ADMIN_PORT) },
     // One JSON line per connection: what the demo's report is built from.
     accessLog: (entry) => appendFileSync(accessLogFile, `${JSON.stringify({ time: new Date().toISOString(), node: nodeName, ...entry })}\n`),
     logger,
@@ -59,9 +63,11 @@ try {
   const report = await agent.start()
   onShutdown(async () => {
     // Fail closed: listeners go, capture rules stay, so captured pods cannot
-    // bypass the mesh until an agent is back and reconciles.
+    // bypass the mesh until an agent is back and reconciles. Connections
+    // under way finish (HBONE peers get GOAWAY) rather than being reset.
+    logger.info({ deadlineMs: DRAIN_DEADLINE_MS }, 'stopping: draining connections')
     await follower.close()
-    await nodeProxy.close()
+    await nodeProxy.drain({ deadline: DRAIN_DEADLINE_MS })
     await agent.close()
     await identities.close()
   })
