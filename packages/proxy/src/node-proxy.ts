@@ -83,10 +83,12 @@ export interface NodeProxyAdminOptions {
   /** Default 15021. */
   readonly port?: number
   /**
-   * Serve `/config_dump` (workloads, addresses, identities, policies) to
-   * every peer that reaches the server. Default `false`: only to loopback
-   * peers (127.0.0.0/8, ::1); any other gets 403, so a pod that can reach
-   * the node's readiness port cannot read the node's configuration.
+   * Serve `/config_dump` (workloads, addresses, identities, policies), and
+   * the reasons `/healthz/ready` gives, to every peer that reaches the
+   * server. Default `false`: only to loopback peers (127.0.0.0/8, ::1);
+   * any other gets 403 for the first and a bare `not ready` for the other,
+   * so a pod that can reach the node's readiness port cannot read the
+   * node's configuration.
    */
   readonly exposeConfigDump?: boolean
 }
@@ -408,12 +410,15 @@ class NodeProxyImpl implements NodeProxy {
       res.end(body)
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'text/plain', 'method not allowed\n')
+    // The node's configuration (workloads, netns paths, identities, policies, errors) is for the node itself, unless the operator says otherwise.
+    const admin = this.#options.admin
+    const trusted = (admin !== false && admin?.exposeConfigDump === true) || isLoopback(req.socket.remoteAddress)
     try {
       switch (path) {
         case '/healthz/ready': {
           const notReady = this.#notReady()
           if (notReady.length === 0) return send(200, 'text/plain', 'ready\n')
-          return send(503, 'text/plain', `not ready: ${notReady.join(', ')}\n`)
+          return send(503, 'text/plain', trusted ? `not ready: ${notReady.join(', ')}\n` : 'not ready\n')
         }
         case '/metrics': {
           const exposed = await this.metrics.exposition?.()
@@ -421,7 +426,7 @@ class NodeProxyImpl implements NodeProxy {
           return send(200, exposed.contentType, exposed.body)
         }
         case '/config_dump':
-          if (!(this.#options.admin !== false && this.#options.admin?.exposeConfigDump === true) && !isLoopback(req.socket.remoteAddress)) {
+          if (!trusted) {
             return send(403, 'text/plain', '/config_dump is served to loopback peers only (admin.exposeConfigDump)\n')
           }
           return send(200, 'application/json', `${JSON.stringify(this.configDump(), null, 2)}\n`)
