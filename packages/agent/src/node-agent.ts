@@ -515,6 +515,7 @@ class NodeAgentImpl implements NodeAgent {
         await rename(`${file}.tmp`, file)
       } catch (err) {
         this.#stateWriteFailures++
+        this.#options.nodeProxy.metrics.writeFailed?.({ file: 'state' })
         const now = performance.now()
         if (now - this.#lastStateReport < FAILURE_REPORT_INTERVAL_MS) return
         this.#lastStateReport = now

@@ -34,6 +34,7 @@ function fakeNodeProxy(): NodeProxy & { components: Map<string, NodeProxyCompone
       throw new Error('no listeners for you')
     },
     removeWorkload: async () => false,
+    metrics: {},
   } as unknown as NodeProxy & { components: Map<string, NodeProxyComponent> }
 }
 

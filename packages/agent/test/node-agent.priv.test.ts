@@ -129,6 +129,7 @@ describePrivileged('node agent: enrollment lifecycle on real namespaces', ['ip',
       expect(agent.state()).toMatchObject({ reconciled: true, enrolled: 1, stateWriteFailures: 1 })
       expect(await httpGet(admin, '/healthz/ready')).toEqual({ status: 200, body: 'ready\n' })
       expect(JSON.parse((await httpGet(admin, '/config_dump')).body).components['node-agent']).toMatchObject({ ready: true, state: { stateWriteFailures: 1 } })
+      expect((await httpGet(admin, '/metrics')).body).toMatch(/ambientkit_write_failures_total\{file="state"\} 1/)
       await agent.close()
 
       // Read-only: not even the Workload API's socket. The pods are still enrolled; readiness says what is missing.
