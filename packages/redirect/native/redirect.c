@@ -1036,7 +1036,10 @@ static char nftlib_error[512];
 /* Serializes contexts: each is private, but libnftables keeps process-wide caches. */
 static pthread_mutex_t nftlib_lock = PTHREAD_MUTEX_INITIALIZER;
 
+static void nft_low_reserve(void);
+
 static void nftlib_load(void) {
+  nft_low_reserve();
   void* handle = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
   if (handle == NULL) {
     snprintf(nftlib_error, sizeof nftlib_error, "%s", dlerror());
@@ -1144,15 +1147,14 @@ static char* copy_or_empty(const char* text) { return strdup(text != NULL ? text
  * select(), which takes descriptors below FD_SETSIZE only: glibc aborts the
  * whole process when the context's netlink socket is numbered higher, and a
  * proxy or agent with a few hundred pods holds more descriptors than that.
- * So a low number is reserved while numbers are low (when the addon loads)
- * and freed, under nftlib_lock, just before a context makes its socket,
+ * So a low number is reserved while numbers are low (when libnftables is
+ * first looked for, see nftlib_load) and freed, under nftlib_lock, just before a context makes its socket,
  * which takes the lowest free number; the reservation is taken again after.
  * A context whose socket still lands above FD_SETSIZE (no low number was
- * free at load, or another thread took it meanwhile) is refused with EMFILE
+ * free then, or another thread took it meanwhile) is refused with EMFILE
  * before it runs anything: the TypeScript layer then runs the nft program.
  */
 static int nft_low_fd = -1;
-static pthread_once_t nft_low_once = PTHREAD_ONCE_INIT;
 
 static void nft_low_reserve(void) {
   int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -1552,7 +1554,6 @@ static napi_value wait_exit(napi_env env, napi_callback_info info) {
 }
 
 static napi_value init(napi_env env, napi_value exports) {
-  pthread_once(&nft_low_once, nft_low_reserve);
   napi_property_descriptor properties[] = {
       {"runInNetns", NULL, run_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
       {"listenTcp", NULL, listen_tcp, NULL, NULL, NULL, napi_enumerable, NULL},
