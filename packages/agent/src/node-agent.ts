@@ -18,6 +18,7 @@ import {
 import {
   applyCapture,
   applyProbeSnat,
+  enableListenerHandover,
   inspectCapture,
   inspectProbeSnat,
   openNetns,
@@ -382,6 +383,9 @@ class NodeAgentImpl implements NodeAgent {
         this.#probeTargets.set(workload.uid, workload.addresses.filter((address) => this.#capture.ipv6 || !address.includes(':')))
         await this.#syncProbes()
         await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto', signal })
+      } else {
+        // What applyCapture sets: the next agent process (an upgrade) takes over the listeners without a reset.
+        enableListenerHandover(netns)
       }
       await this.#options.nodeProxy.addWorkload(workload, netns)
     } catch (err) {
