@@ -171,6 +171,15 @@ const TCP_MIGRATE_REQ = '/proc/sys/net/ipv4/tcp_migrate_req'
  * @returns `false` when the kernel is older and has no such setting (the
  * hand-over then resets what the old listener had queued), else `true`.
  * @throws `ERR_AMBIENT_REDIRECT_SOCKET` when the kernel refuses the write.
+ *
+ * @example
+ * ```ts
+ * import { enableListenerHandover, openNetns } from '@ambientkit/redirect'
+ *
+ * // A pod captured by someone else (istio-cni): let the next agent take over its listeners.
+ * await using netns = openNetns('/proc/4242/ns/net')
+ * if (!enableListenerHandover(netns)) console.warn('kernel < 5.14: an upgrade resets queued connections')
+ * ```
  */
 export function enableListenerHandover(netns: Netns): boolean {
   return netns.runSync(() => {
