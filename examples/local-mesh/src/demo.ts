@@ -2,7 +2,7 @@
 // control plane and one node agent per node, sends traffic, proves it is
 // encrypted, and reports. Started by bin/demo.mjs (which checks root and tools).
 import { spawn } from 'node:child_process'
-import { existsSync, mkdirSync, rmSync } from 'node:fs'
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { workloadIdentity, type Workload } from '@ambientkit/core'
@@ -28,18 +28,21 @@ const { values: flags } = parseArgs({
     json: { type: 'boolean', default: false },
     apply: { type: 'boolean', default: false },
     up: { type: 'boolean', default: false },
+    upgrade: { type: 'string' },
     config: { type: 'string', default: DEFAULT_CONFIG },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
 })
 
-const USAGE = `usage: sudo npm run demo -- [--keep | --up | --down | --apply] [--json] [--config mesh.yaml]
+const USAGE = `usage: sudo npm run demo -- [--keep | --up | --down | --apply | --upgrade <node>] [--json] [--config mesh.yaml]
   (no flag)  build the mesh, send traffic, print the report, tear everything down
   --keep     leave the mesh running afterwards and print a cheat sheet
   --up       build the mesh and leave it running, without the scenario
   --down     remove everything a demo created (namespaces ${PREFIX}-*, processes, ${STATE_DIR})
   --apply    send the policies of mesh.yaml to the running mesh (after --keep)
+  --upgrade  replace a node's running agent with a new process (the code as it is now) without
+             dropping traffic: the new one joins its listeners, then the old one drains and exits
   --json     print the report as JSON on stdout (progress stays on stderr)
   --config   the mesh file (default examples/local-mesh/mesh.yaml)`
 
@@ -619,6 +622,37 @@ async function identityPlane(mesh: Mesh): Promise<DemoReport['identity']> {
   return { impersonation, unauthenticated, workloadApi }
 }
 
+// ---- upgrade -------------------------------------------------------------------
+
+/**
+ * Replaces the running agent of `nodeName` with a new process, as a
+ * DaemonSet's rolling update does on one node: the new agent opens its
+ * listeners in every enrolled pod next to the old one's (SO_REUSEPORT) and
+ * reports ready; then the old one gets SIGTERM, stops accepting and drains.
+ * The pid file names the new process from then on; when the new one fails
+ * to start, the old one keeps running and stays recorded.
+ */
+async function upgradeAgent(config: MeshConfig, nodeName: string): Promise<{ old: number; next: number }> {
+  const node = config.nodes.find((n) => n.name === nodeName)
+  if (node === undefined) throw new Error(`--upgrade ${nodeName}: no such node in ${flags.config} (nodes: ${config.nodes.map((n) => n.name).join(', ')})`)
+  const pidFile = join(state.pids(), `agent-${node.name}.pid`)
+  const recorded = existsSync(pidFile) ? readFileSync(pidFile, 'utf8') : undefined
+  const { pid, identify } = recorded === undefined ? { pid: 0, identify: '' } : (JSON.parse(recorded) as { pid: number; identify: string })
+  const cmdline = pid > 0 && existsSync(`/proc/${pid}/cmdline`) ? readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ') : ''
+  if (identify === '' || !cmdline.includes(identify)) throw new Error(`--upgrade ${nodeName}: no running agent for that node (start the mesh with --up or --keep first)`)
+  progress(`starting a new agent for ${node.name} next to the running one (pid ${pid})`)
+  let next: DemoProcess
+  try {
+    next = await startAgent(node)
+  } catch (err) {
+    writeFileSync(pidFile, recorded!)
+    throw err
+  }
+  progress(`new agent ready (pid ${next.pid}); SIGTERM to the old one: it stops accepting, drains and exits`)
+  await stopPid(pid, undefined, 30_000)
+  return { old: pid, next: next.pid }
+}
+
 // ---- cheat sheet --------------------------------------------------------------
 
 function cheatSheet(config: MeshConfig): string {
@@ -637,6 +671,7 @@ The mesh is still running (--keep). Cheat sheet:
   process logs                  ${state.logs()}/
   the control plane API         sudo curl -s --unix-socket ${state.socket()} http://cp/v1/snapshot
   change policies               edit ${flags.config}, then: sudo npm run demo -- --apply
+  upgrade a node's agent        sudo npm run demo -- --upgrade ${node.name}
   tear everything down          sudo npm run demo -- --down
 `
 }
@@ -651,6 +686,11 @@ async function main(): Promise<number> {
   if (flags.down) {
     const { processes, namespaces } = await teardown()
     console.log(`removed ${namespaces.length} namespaces and stopped ${processes.length} processes; ${STATE_DIR} deleted`)
+    return 0
+  }
+  if (flags.upgrade !== undefined) {
+    const { old, next } = await upgradeAgent(loadMeshConfig(flags.config!), flags.upgrade)
+    console.log(`node ${flags.upgrade}: agent pid ${old} replaced by pid ${next}`)
     return 0
   }
   if (flags.apply) {

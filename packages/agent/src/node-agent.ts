@@ -18,12 +18,16 @@ import {
 import {
   applyCapture,
   applyProbeSnat,
+  enableListenerHandover,
+  inspectCapture,
+  inspectProbeSnat,
   openNetns,
   removeCapture,
   removeProbeSnat,
   resolveCaptureConfig,
   type CaptureConfig,
   type Netns,
+  type ProbeSnatConfig,
   type ResolvedCaptureConfig,
 } from '@ambientkit/redirect'
 import { createDnsProxy, type DnsMetrics, type DnsProxy, type DnsProxyOptions, type NodeProxy } from '@ambientkit/proxy'
@@ -94,6 +98,15 @@ export interface NodeAgentOptions {
    * as the pod is enrolled. Default: not served.
    */
   readonly workloadApi?: NodeAgentWorkloadApi
+  /**
+   * How often the agent compares every enrolled pod's capture (and the
+   * node's probe rewrite) with its configuration and repairs what another
+   * program changed, counting each repair in the node proxy's metrics
+   * (`ambientkit_capture_drift_repairs_total{scope}`). Capture installed by
+   * someone else (`capture: 'external'`) is theirs to repair. Default
+   * 30 000 ms; `0` never checks.
+   */
+  readonly repairIntervalMs?: number
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -211,6 +224,10 @@ class NodeAgentImpl implements NodeAgent {
   /** The rewrite being applied, and the next one, which takes every change made before it starts. */
   #probeSync: Promise<void> = Promise.resolve()
   #probeQueued: Promise<void> | undefined
+  readonly #repairIntervalMs: number
+  #repairTimer: NodeJS.Timeout | undefined
+  /** The drift check under way, which close() waits for. */
+  #repairing: Promise<void> = Promise.resolve()
   #reconciled = false
   /** Pods that could not be enrolled, with why: readiness fails while one is here. */
   readonly #failed = new Map<string, string>()
@@ -228,6 +245,9 @@ class NodeAgentImpl implements NodeAgent {
     if (options.probes !== undefined && options.probes !== false && (typeof options.probes !== 'object' || options.probes === null)) {
       throw invalidArgument('probes', options.probes, '{ netns?, sourceUid? } or false')
     }
+    const interval = options.repairIntervalMs ?? 30_000
+    if (!Number.isSafeInteger(interval) || interval < 0) throw invalidArgument('repairIntervalMs', interval, 'milliseconds, an integer >= 0 (0: never)')
+    this.#repairIntervalMs = interval
     this.#dnsMetrics = this.#capture.captureDns ? options.nodeProxy.metrics.dns : undefined
     this.#log = (options.logger ?? silentLogger).child({ component: 'node-agent' })
     // Registered at once: a node whose admin server is up before the agent's first reconcile is not ready yet.
@@ -272,11 +292,61 @@ class NodeAgentImpl implements NodeAgent {
     // Follow events from before the list, so nothing between the two is lost;
     // they queue behind the reconciliation of the same pod.
     this.#unsubscribe = this.#options.podSource.subscribe((event) => void this.#onEvent(event))
+    let report: ReconcileReport
     try {
-      return await this.reconcile(options)
+      report = await this.reconcile(options)
     } catch (err) {
       this.#unsubscribe()
       throw err
+    }
+    this.#scheduleRepair()
+    return report
+  }
+
+  /** The next drift check, `repairIntervalMs` after the last one ended. */
+  #scheduleRepair(): void {
+    if (this.#repairIntervalMs === 0 || this.#closing !== undefined) return
+    this.#repairTimer = setTimeout(() => {
+      this.#repairing = this.#repairDrift().finally(() => this.#scheduleRepair())
+    }, this.#repairIntervalMs)
+    this.#repairTimer.unref()
+  }
+
+  /**
+   * Compares every enrolled pod's capture and the node's probe rewrite with
+   * what they should be, and applies them again where they differ. Each
+   * pod's check runs in its queue, so it never races its enrollment or
+   * removal. Failures are logged: the next check tries again.
+   */
+  async #repairDrift(): Promise<void> {
+    const metrics = this.#options.nodeProxy.metrics
+    const config = this.#options.capture ?? {}
+    const pods = [...this.#enrolled].filter(([, e]) => !e.externalCapture)
+    await Promise.all(
+      pods.map(([uid]) =>
+        this.#serial(uid, async () => {
+          const entry = this.#enrolled.get(uid)
+          if (entry === undefined || this.#closing !== undefined) return
+          const { status, differences } = await inspectCapture(entry.netns, { config })
+          if (status === 'present') return
+          this.#log.warn({ uid, differences }, 'capture drifted: applying it again')
+          await applyCapture(entry.netns, config, { backend: this.#options.backend ?? 'auto' })
+          metrics.captureDriftRepaired?.({ scope: 'pod' })
+        }).catch((err: unknown) => this.#log.error({ err, uid }, 'cannot check or repair the capture of a pod')),
+      ),
+    )
+    if (this.#options.probes === false || this.#closing !== undefined) return
+    try {
+      await this.#probeSync
+      const config = this.#probeConfig()
+      const { status, differences } = await inspectProbeSnat(this.#node(), { config })
+      // A pod enrolled or removed meanwhile has brought its own rewrite.
+      if (status === 'present' || JSON.stringify(config) !== JSON.stringify(this.#probeConfig())) return
+      this.#log.warn({ differences }, 'the probe rewrite on the node drifted: applying it again')
+      await this.#syncProbes()
+      metrics.captureDriftRepaired?.({ scope: 'node' })
+    } catch (err) {
+      this.#log.error({ err }, 'cannot check the probe rewrite on the node')
     }
   }
 
@@ -379,6 +449,9 @@ class NodeAgentImpl implements NodeAgent {
         this.#probeTargets.set(workload.uid, workload.addresses.filter((address) => this.#capture.ipv6 || !address.includes(':')))
         await this.#syncProbes()
         await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto', signal })
+      } else {
+        // What applyCapture sets: the next agent process (an upgrade) takes over the listeners without a reset.
+        enableListenerHandover(netns)
       }
       await this.#options.nodeProxy.addWorkload(workload, netns)
     } catch (err) {
@@ -439,25 +512,26 @@ class NodeAgentImpl implements NodeAgent {
     if (probes === false || this.#closing !== undefined) return Promise.resolve()
     this.#probeQueued ??= this.#probeSync.then(async () => {
       this.#probeQueued = undefined
-      const podAddresses = [...new Set([...this.#probeTargets.values()].flat())]
       try {
-        await applyProbeSnat(
-          this.#node(),
-          {
-            podAddresses,
-            probeAddressIpv4: this.#capture.probeAddressIpv4,
-            probeAddressIpv6: this.#capture.probeAddressIpv6,
-            ipv6: this.#capture.ipv6,
-            ...(probes?.sourceUid === undefined ? {} : { sourceUid: probes.sourceUid }),
-          },
-          { backend: this.#options.backend ?? 'auto' },
-        )
+        await applyProbeSnat(this.#node(), this.#probeConfig(), { backend: this.#options.backend ?? 'auto' })
       } catch (err) {
         this.#log.error({ err, pods: this.#probeTargets.size }, 'cannot rewrite kubelet probes on the node: probes to captured pods may fail')
       }
     })
     this.#probeSync = this.#probeQueued
     return this.#probeQueued
+  }
+
+  /** The probe rewrite the node should hold now: every enrolled pod's addresses. */
+  #probeConfig(): ProbeSnatConfig {
+    const probes = this.#options.probes
+    return {
+      podAddresses: [...new Set([...this.#probeTargets.values()].flat())],
+      probeAddressIpv4: this.#capture.probeAddressIpv4,
+      probeAddressIpv6: this.#capture.probeAddressIpv6,
+      ipv6: this.#capture.ipv6,
+      ...(probes === false || probes?.sourceUid === undefined ? {} : { sourceUid: probes.sourceUid }),
+    }
   }
 
   /** The node's network namespace, where the probe rewrite lives; opened on first use. */
@@ -478,7 +552,8 @@ class NodeAgentImpl implements NodeAgent {
       return
     }
     try {
-      await removeCapture(netns)
+      // The agent's configuration: a custom mark, mask or table finds its ip rule and route.
+      await removeCapture(netns, { config: this.#options.capture ?? {} })
     } finally {
       await netns.close()
     }
@@ -529,8 +604,10 @@ class NodeAgentImpl implements NodeAgent {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#unsubscribe?.()
+      clearTimeout(this.#repairTimer)
       this.#unregister()
       await this.#workloadApi?.close()
+      await this.#repairing
       await Promise.allSettled([...this.#queues.values()])
       await this.#stateWrites
       await this.#probeSync

@@ -240,7 +240,8 @@ class NodeProxyImpl implements NodeProxy {
     const server = createServer((req, res) => void this.#serveAdmin(req, res))
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
-      server.listen(port, host, () => {
+      // reusePort: a new agent process (an upgrade) serves next to this one (Node >= 22.12; earlier ones ignore it).
+      server.listen({ port, host, reusePort: true }, () => {
         server.off('error', reject)
         resolve()
       })
