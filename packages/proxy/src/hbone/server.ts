@@ -32,8 +32,10 @@ import type {
   UpstreamConnector,
 } from '../transport/contract'
 import { asSocket, resetConnection } from '../transport/connection'
+import type { PendingHandshake } from '../transport/limits'
 import { report, requestConfig, serveRequest, type RequestConfig, type RequestStream, type SessionPeer } from '../transport/request'
 import type { HboneWindows } from './constants'
+import { certificatesValidUntil } from './client'
 import { HboneErrorCode } from './errors'
 import { localSettings, positiveInteger, resolveWindows, sessionMemoryFor } from './settings'
 import { resetTunnel, startTunnelSplice } from './splice'
@@ -107,6 +109,8 @@ class HboneServerImpl implements HboneServer {
   readonly #sessions = new Set<ServerHttp2Session>()
   readonly #peers = new WeakMap<Http2Session, SessionPeer>()
   readonly #streams = new Set<ServerHttp2Stream>()
+  /** Connections still handshaking, by {@link connectionKey} (the TLS socket's and its TCP socket's are the same). */
+  readonly #handshaking = new Map<string, PendingHandshake>()
   /** `close` listener of every stream (the stream is `this`): one function per server rather than a closure per tunnel. */
   readonly #forgetStream: (this: ServerHttp2Stream) => void
   readonly #closing = new AbortController()
@@ -137,8 +141,13 @@ class HboneServerImpl implements HboneServer {
     // Before any other listener: identity verifies each client SVID ahead of http2's session setup.
     this.#binding = attachTlsServer(this.#tls, options.tls)
     this.#tls.on('connection', (socket: Socket) => this.#track(socket))
+    this.#tls.on('secureConnection', (socket: TLSSocket) => {
+      const key = connectionKey(socket)
+      this.#handshaking.get(key)?.settle()
+      this.#handshaking.delete(key)
+    })
     this.#tls.on('tlsClientError', (error: Error, socket: TLSSocket) => {
-      this.#handshakeFailure(socket, isIdentityError(error) ? 'identity' : 'tls', error)
+      this.#handshakeFailure(socket, handshakeFailureReason(error), error)
     })
     this.#tls.on('unknownProtocol', (socket: TLSSocket) => {
       this.#handshakeFailure(socket, 'alpn', new AmbientError(HboneErrorCode.Alpn, 'client did not negotiate ALPN h2'))
@@ -237,14 +246,27 @@ class HboneServerImpl implements HboneServer {
       socket.destroy()
       return
     }
+    const key = connectionKey(socket)
+    // The TLS socket reports the error a connection is destroyed with to 'tlsClientError', as any other failed handshake.
+    const admitted = this.#config.limits.admit(remoteOf(socket), (error) => socket.destroy(error))
+    if (!('settle' in admitted)) {
+      socket.destroy(admitted.error)
+      return
+    }
+    this.#handshaking.set(key, admitted)
     this.#sockets.add(socket)
-    socket.once('close', () => this.#sockets.delete(socket))
+    socket.once('close', () => {
+      this.#sockets.delete(socket)
+      admitted.settle()
+      this.#handshaking.delete(key)
+    })
     // Many tunnels share a session: Nagle would hold one tunnel's small frame back until another's ACK.
     socket.setNoDelay(true)
   }
 
   #handshakeFailure(socket: Socket, reason: HboneHandshakeFailure['reason'], error: Error): void {
-    const peerAddress = remoteOf(socket)
+    // A connection the limits closed no longer knows its peer: their error does.
+    const peerAddress = remoteOf(socket) ?? (error as { details?: { peerAddress?: SocketAddress } }).details?.peerAddress
     this.#config.logger.debug({ peer: peerAddress, reason, err: error }, 'HBONE handshake failed')
     report(this.#config.logger, () => this.#config.onHandshakeFailure({ ...(peerAddress ? { peerAddress } : {}), reason, error }))
   }
@@ -264,9 +286,21 @@ class HboneServerImpl implements HboneServer {
       session.destroy()
       return
     }
+    const refused = this.#config.limits.openSession(identity)
+    if (refused !== undefined) {
+      this.#handshakeFailure(socket, refused.reason, refused.error)
+      session.destroy()
+      return
+    }
+    // No new tunnels once a certificate of the handshake has expired; live ones may finish within the drain deadline.
+    const stopExpiry = this.#config.limits.expireAt(certificatesValidUntil(socket), () => session.close(), () => session.destroy())
     this.#peers.set(session, { identity, address })
     this.#sessions.add(session)
-    session.once('close', () => this.#sessions.delete(session))
+    session.once('close', () => {
+      this.#sessions.delete(session)
+      this.#config.limits.closeSession(identity)
+      stopExpiry()
+    })
     // Errors end the session (and its streams); they are reported per tunnel.
     session.on('error', (err) => this.#config.logger.debug({ err, peer: identity }, 'HBONE session error'))
     if (!session.destroyed) session.setLocalWindowSize(windows.connection)
@@ -334,6 +368,13 @@ class NodeRequestStream implements RequestStream {
 
 function ignore(): void {}
 
+function handshakeFailureReason(err: Error): HboneHandshakeFailure['reason'] {
+  const code = (err as { code?: unknown }).code
+  if (code === HboneErrorCode.HandshakeTimeout) return 'timeout'
+  if (code === HboneErrorCode.Shed) return 'shed'
+  return isIdentityError(err) ? 'identity' : 'tls'
+}
+
 /** True for the identity package's rejections of a peer (SVID rejected, unexpected peer). */
 export function isIdentityError(err: unknown): boolean {
   const code = (err as { code?: unknown } | undefined)?.code
@@ -346,6 +387,11 @@ export function remoteOf(socket: Socket): SocketAddress | undefined {
   const port = socket.remotePort
   if (address === undefined || port === undefined) return undefined
   return { address, port, family: address.includes(':') ? 6 : 4 }
+}
+
+/** What names a TCP connection, the same on its TLS socket: its four addresses. */
+function connectionKey(socket: Socket): string {
+  return `${socket.remoteAddress}|${socket.remotePort}|${socket.localAddress}|${socket.localPort}`
 }
 
 /** `net.connect` to the destination, resolving once connected and honouring the signal. */
