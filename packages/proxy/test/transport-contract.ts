@@ -22,6 +22,7 @@ import type {
 import { boundAddress } from '@ambientkit/redirect'
 import { createCertificateAuthority } from '@ambientkit/identity'
 import { craft } from '../../identity/test/craft'
+import { closedWith } from './support/apps'
 import { appConnections, listenDescriptors, sockets } from './support/descriptors'
 import { closed, createTestMesh, echoStream, readAll, startEchoServer, startScriptedHttp2Server, type TestMesh } from './interop/support'
 
@@ -75,6 +76,12 @@ export function describeTransportContract(subject: TransportUnderTest): void {
     if (reason !== undefined) console.warn(`[skip] ${subject.name}: ${name}: ${reason}`)
     // What only exists on a wire (sessions, handshakes, frames) is not a behaviour of an in-process transport.
     ;(subject.wire && reason === undefined ? it : it.skip)(name, test)
+  }
+  /** A behaviour every transport has, unless its gaps say why not yet. */
+  const unlessGap = (name: string, test: () => Promise<void>): void => {
+    const reason = gap(name)
+    if (reason !== undefined) console.warn(`[skip] ${subject.name}: ${name}: ${reason}`)
+    ;(reason === undefined ? it : it.skip)(name, test)
   }
   const loopback = (port: number): SocketAddress => ({ address: '127.0.0.1', port, family: 4 })
 
@@ -657,6 +664,30 @@ export function describeTransportContract(subject: TransportUnderTest): void {
       live.end('after the expiry')
       expect((await readAll(live)).toString()).toBe('after the expiry')
       await expect.poll(() => p.server.stats().sessions).toBe(0)
+    })
+
+    unlessGap('resets a tunnel that moves no byte for tunnelIdleTimeout, and says so in its record', async () => {
+      const upstream = upstreamServer()
+      const p = await pair({ tunnelIdleTimeout: 300 })
+      const { app, tunnel } = await p.open(upstream.address)
+      await tunnel
+      await upstream.next()
+      expect(await closedWith(app)).toMatchObject({ code: 'ECONNRESET' })
+      expect(await p.nextRecord()).toMatchObject({ status: 200, outcome: 'stream-reset', error: { code: 'ERR_AMBIENT_HBONE_TUNNEL_TIMEOUT' } })
+    })
+
+    unlessGap('resets a tunnel whose destination stops reading, after tunnelStallTimeout', async () => {
+      const upstream = upstreamServer()
+      const p = await pair({ tunnelStallTimeout: 300 })
+      const { app, tunnel } = await p.open(upstream.address)
+      await tunnel
+      const peer = await upstream.next()
+      peer.pause()
+      const reset = closedWith(app)
+      // Far more than every buffer and window on the way holds: the server's side waits on the destination.
+      app.write(Buffer.alloc(32 * 1024 * 1024, 7))
+      expect(await reset).toMatchObject({ code: 'ECONNRESET' })
+      expect(await p.nextRecord()).toMatchObject({ status: 200, outcome: 'stream-reset', error: { code: 'ERR_AMBIENT_HBONE_TUNNEL_TIMEOUT', message: expect.stringMatching(/tunnelStallTimeout/) } })
     })
 
     onWire('refuses a client whose SVID chains to a trusted root of another trust domain (the SPIFFE check OpenSSL does not make)', async () => {

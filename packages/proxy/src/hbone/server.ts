@@ -38,7 +38,7 @@ import type { HboneWindows } from './constants'
 import { certificatesValidUntil } from './client'
 import { HboneErrorCode } from './errors'
 import { localSettings, positiveInteger, resolveWindows, sessionMemoryFor } from './settings'
-import { resetTunnel, startTunnelSplice } from './splice'
+import { resetTunnel, startTunnelSplice, type TunnelTimeouts } from './splice'
 
 /** Options of {@link createHboneServer}: a transport server's, with TLS given as options rather than an identity manager. */
 export interface HboneServerOptions extends Omit<TransportServerOptions, 'identities' | 'identity' | 'addresses' | 'connect'> {
@@ -314,7 +314,7 @@ class HboneServerImpl implements HboneServer {
     }
     this.#streams.add(stream)
     stream.on('close', this.#forgetStream)
-    void serveRequest(this.#config, new NodeRequestStream(stream), peer, {
+    void serveRequest(this.#config, new NodeRequestStream(stream, this.#config.limits.tunnelTimeouts), peer, {
       method: headers[':method'],
       authority: headers[':authority'],
       headers,
@@ -325,7 +325,10 @@ class HboneServerImpl implements HboneServer {
 
 /** A `CONNECT` on a Node HTTP/2 stream, as the shared state machine drives it. */
 class NodeRequestStream implements RequestStream {
-  constructor(readonly stream: ServerHttp2Stream) {
+  constructor(
+    readonly stream: ServerHttp2Stream,
+    readonly timeouts: TunnelTimeouts,
+  ) {
     // An error ends the stream (its 'close' follows); the state machine and the splice hear of it there.
     stream.on('error', ignore)
   }
@@ -356,7 +359,7 @@ class NodeRequestStream implements RequestStream {
       return false
     }
     this.stream.respond({ ':status': 200 })
-    startTunnelSplice(socket, this.stream, done)
+    startTunnelSplice(socket, this.stream, done, this.timeouts)
     this.stream.off('error', ignore)
     return true
   }

@@ -199,6 +199,14 @@ export interface TransportServerOptions {
    * still open. Default 30 000.
    */
   readonly expiredSessionDrainTimeout?: number
+  /** Milliseconds a tunnel may move no byte either way; then both its sides are reset (`ERR_AMBIENT_HBONE_TUNNEL_TIMEOUT` in its record). Default 3 600 000 (an hour). */
+  readonly tunnelIdleTimeout?: number
+  /**
+   * Milliseconds a tunnel may hold bytes its peer takes none of (a reader
+   * that stopped; what it holds meanwhile is bounded by the flow-control
+   * windows); then both its sides are reset. Default 120 000.
+   */
+  readonly tunnelStallTimeout?: number
   /** Called when a tunnel is established (the upstream connected, 200 sent). */
   readonly onTunnelOpen?: (request: HboneRequest) => void
   /** Called once per `CONNECT`, when it is rejected or its tunnel has closed. */
@@ -212,7 +220,14 @@ export interface TransportServerOptions {
 /** The limits a server puts on what peers can make it hold (see {@link TransportServerOptions} for each and its default). */
 export type HboneServerLimits = Pick<
   TransportServerOptions,
-  'handshakeTimeout' | 'maxPendingHandshakesPerSource' | 'maxPendingHandshakes' | 'maxSessionsPerPeer' | 'maxStreamsPerPeer' | 'expiredSessionDrainTimeout'
+  | 'handshakeTimeout'
+  | 'maxPendingHandshakesPerSource'
+  | 'maxPendingHandshakes'
+  | 'maxSessionsPerPeer'
+  | 'maxStreamsPerPeer'
+  | 'expiredSessionDrainTimeout'
+  | 'tunnelIdleTimeout'
+  | 'tunnelStallTimeout'
 >
 
 /** The server half of a transport. */

@@ -1,6 +1,7 @@
 import { X509Certificate } from 'node:crypto'
 import { AmbientError, type SocketAddress } from '@ambientkit/core'
 import { HboneErrorCode } from '../hbone/errors'
+import type { TunnelTimeouts } from '../hbone/splice'
 import { positiveInteger } from '../hbone/settings'
 import type { HboneHandshakeFailure, TransportServerOptions } from './contract'
 
@@ -25,6 +26,10 @@ export const DEFAULT_MAX_SESSIONS_PER_PEER = 128
 export const DEFAULT_MAX_STREAMS_PER_PEER = 10_000
 /** Milliseconds the tunnels of a session whose certificate expired may run after its GOAWAY. */
 export const DEFAULT_EXPIRED_SESSION_DRAIN_MS = 30_000
+/** Milliseconds a tunnel may move no byte: Envoy's TCP proxy default (an hour), long enough for idle database connections. */
+export const DEFAULT_TUNNEL_IDLE_MS = 3_600_000
+/** Milliseconds a tunnel may wait on a peer that takes none of its bytes (a reader that stopped, not a slow one). */
+export const DEFAULT_TUNNEL_STALL_MS = 120_000
 
 /** A server's limits after defaults. */
 export interface ServerLimitValues {
@@ -34,6 +39,8 @@ export interface ServerLimitValues {
   readonly maxSessionsPerPeer: number
   readonly maxStreamsPerPeer: number
   readonly expiredSessionDrainTimeout: number
+  readonly tunnelIdleTimeout: number
+  readonly tunnelStallTimeout: number
 }
 
 /** A connection admitted into its handshake: settle it once the handshake ended, whichever way (idempotent). */
@@ -62,6 +69,8 @@ class Counts {
 /** The limits of one server, and what its peers hold against them. */
 export class ServerLimits {
   readonly values: ServerLimitValues
+  /** The idle and stall timeouts of every tunnel the server carries. */
+  readonly tunnelTimeouts: TunnelTimeouts
   readonly #pendingBySource = new Counts()
   #pending = 0
   readonly #sessions = new Counts()
@@ -75,7 +84,10 @@ export class ServerLimits {
       maxSessionsPerPeer: positiveInteger(options.maxSessionsPerPeer, 'maxSessionsPerPeer', DEFAULT_MAX_SESSIONS_PER_PEER),
       maxStreamsPerPeer: positiveInteger(options.maxStreamsPerPeer, 'maxStreamsPerPeer', DEFAULT_MAX_STREAMS_PER_PEER),
       expiredSessionDrainTimeout: positiveInteger(options.expiredSessionDrainTimeout, 'expiredSessionDrainTimeout', DEFAULT_EXPIRED_SESSION_DRAIN_MS, 2 ** 31 - 1),
+      tunnelIdleTimeout: positiveInteger(options.tunnelIdleTimeout, 'tunnelIdleTimeout', DEFAULT_TUNNEL_IDLE_MS, 2 ** 31 - 1),
+      tunnelStallTimeout: positiveInteger(options.tunnelStallTimeout, 'tunnelStallTimeout', DEFAULT_TUNNEL_STALL_MS, 2 ** 31 - 1),
     }
+    this.tunnelTimeouts = { idle: this.values.tunnelIdleTimeout, stall: this.values.tunnelStallTimeout }
   }
 
   /**
