@@ -61,7 +61,7 @@ export interface HboneServer extends TransportServer {
    * Serves an accepted TCP connection: a socket, or a descriptor (from
    * `NetnsSockets.accept`, for a listener inside a pod's network namespace).
    */
-  handle(connection: CarriedConnection): void
+  handle(connection: CarriedConnection, remote?: SocketAddress): void
   /** Convenience: listens on its own TCP socket. Resolves with the bound address. */
   listen(port: number, host?: string, options?: AbortOptions): Promise<SocketAddress>
   /** The address {@link listen} bound, if listening. */
@@ -111,6 +111,8 @@ class HboneServerImpl implements HboneServer {
   readonly #streams = new Set<ServerHttp2Stream>()
   /** Connections still handshaking, by {@link connectionKey} (the TLS socket's and its TCP socket's are the same). */
   readonly #handshaking = new Map<string, PendingHandshake>()
+  /** Connections {@link handle} admitted, until the TLS server's 'connection' tracks them. */
+  readonly #admitted = new WeakMap<Socket, PendingHandshake>()
   /** `close` listener of every stream (the stream is `this`): one function per server rather than a closure per tunnel. */
   readonly #forgetStream: (this: ServerHttp2Stream) => void
   readonly #closing = new AbortController()
@@ -157,12 +159,23 @@ class HboneServerImpl implements HboneServer {
     this.#tls.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => this.#onStream(stream, headers))
   }
 
-  handle(connection: CarriedConnection): void {
-    const socket = asSocket(connection, false)
+  handle(connection: CarriedConnection, remote?: SocketAddress): void {
     if (this.#closed !== undefined || this.#draining !== undefined) {
-      socket.destroy()
+      asSocket(connection, false).destroy()
       return
     }
+    // Admitted before a TLS socket (an OpenSSL object) exists: a flood is shed for the price of a close.
+    const held: { socket?: Socket } = {}
+    const peer = remote ?? (typeof connection === 'number' ? undefined : remoteOf(connection))
+    // The TLS socket reports the error a connection is destroyed with to 'tlsClientError', as any other failed handshake.
+    const admitted = this.#config.limits.admit(peer, (error) => held.socket?.destroy(error))
+    if (!('settle' in admitted)) {
+      this.#reportFailure(peer, admitted.reason, admitted.error)
+      resetConnection(connection)
+      return
+    }
+    const socket = (held.socket = asSocket(connection, false))
+    this.#admitted.set(socket, admitted)
     // A session ends with its connection: the client's FIN must not leave it (and its tunnels)
     // half-open. Set before the TLS socket wrapping it is created, which copies the flag.
     socket.allowHalfOpen = false
@@ -247,8 +260,9 @@ class HboneServerImpl implements HboneServer {
       return
     }
     const key = connectionKey(socket)
-    // The TLS socket reports the error a connection is destroyed with to 'tlsClientError', as any other failed handshake.
-    const admitted = this.#config.limits.admit(remoteOf(socket), (error) => socket.destroy(error))
+    // Handed over (and admitted) by handle, or accepted by listen (admitted here).
+    const admitted = this.#admitted.get(socket) ?? this.#config.limits.admit(remoteOf(socket), (error) => socket.destroy(error))
+    this.#admitted.delete(socket)
     if (!('settle' in admitted)) {
       socket.destroy(admitted.error)
       return
@@ -266,7 +280,10 @@ class HboneServerImpl implements HboneServer {
 
   #handshakeFailure(socket: Socket, reason: HboneHandshakeFailure['reason'], error: Error): void {
     // A connection the limits closed no longer knows its peer: their error does.
-    const peerAddress = remoteOf(socket) ?? (error as { details?: { peerAddress?: SocketAddress } }).details?.peerAddress
+    this.#reportFailure(remoteOf(socket) ?? (error as { details?: { peerAddress?: SocketAddress } }).details?.peerAddress, reason, error)
+  }
+
+  #reportFailure(peerAddress: SocketAddress | undefined, reason: HboneHandshakeFailure['reason'], error: Error): void {
     this.#config.logger.debug({ peer: peerAddress, reason, err: error }, 'HBONE handshake failed')
     report(this.#config.logger, () => this.#config.onHandshakeFailure({ ...(peerAddress ? { peerAddress } : {}), reason, error }))
   }
