@@ -20,7 +20,7 @@ import type {
   TunnelResult,
 } from '@ambientkit/proxy'
 import { boundAddress } from '@ambientkit/redirect'
-import { createCertificateAuthority } from '@ambientkit/identity'
+import { createCertificateAuthority, createIdentityManager, createLocalCaSource } from '@ambientkit/identity'
 import { craft } from '../../identity/test/craft'
 import { closedWith } from './support/apps'
 import { appConnections, listenDescriptors, sockets } from './support/descriptors'
@@ -688,6 +688,27 @@ export function describeTransportContract(subject: TransportUnderTest): void {
       app.write(Buffer.alloc(32 * 1024 * 1024, 7))
       expect(await reset).toMatchObject({ code: 'ECONNRESET' })
       expect(await p.nextRecord()).toMatchObject({ status: 200, outcome: 'stream-reset', error: { code: 'ERR_AMBIENT_HBONE_TUNNEL_TIMEOUT', message: expect.stringMatching(/tunnelStallTimeout/) } })
+    })
+
+    onWire('stops using a pooled session once its local certificate expired, and opens a new one with the renewed SVID', async () => {
+      // A server of Node's that ends no session itself: what ends the first one is the client's pool.
+      const server = await nodeServer(echoStream)
+      const shortLived = createIdentityManager({ source: createLocalCaSource(mesh.ca), ttlSeconds: 2 })
+      closers.push(() => shortLived.close())
+      const p = await pair({}, { identities: shortLived })
+      const first = await openVia(p, server.via)
+      await first.tunnel
+      const expiry = (await shortLived.get(CLIENT_ID)).notAfter.getTime()
+      expect(p.client.stats()).toHaveLength(1)
+      // Retired at the expiry (GOAWAY, then closed once its tunnel ended): the pool holds nothing.
+      first.app.end()
+      await expect.poll(() => p.client.stats(), { timeout: 10_000, interval: 100 }).toEqual([])
+      expect(Date.now()).toBeGreaterThanOrEqual(expiry)
+      const second = await openVia(p, server.via)
+      await second.tunnel
+      second.app.end('on a new session')
+      expect((await readAll(second.app)).toString()).toBe('on a new session')
+      expect(server.sessions.size).toBe(2)
     })
 
     onWire('refuses a client whose SVID chains to a trusted root of another trust domain (the SPIFFE check OpenSSL does not make)', async () => {
