@@ -2,21 +2,11 @@ import { createNativeTransport, createNodeTransport, createSameNodeTransport } f
 import { nativeAddonOrSkip } from './support/native'
 import { describeTransportContract } from './transport-contract'
 
-const TUNNEL_TIMERS_IN_C = 'the tunnel idle and stall timers need a timer on the data-path thread (native/pipe.c), not built yet'
-
 // Every transport passes the same contract suite. The native one needs its
 // addon (built by `npm run setup`; the CI fails rather than skips without it).
 describeTransportContract({ name: 'node', transport: createNodeTransport, wire: true })
 if (nativeAddonOrSkip('the native transport') !== undefined) {
-  describeTransportContract({
-    name: 'native',
-    transport: createNativeTransport,
-    wire: true,
-    gaps: {
-      'resets a tunnel that moves no byte for tunnelIdleTimeout, and says so in its record': TUNNEL_TIMERS_IN_C,
-      'resets a tunnel whose destination stops reading, after tunnelStallTimeout': TUNNEL_TIMERS_IN_C,
-    },
-  })
+  describeTransportContract({ name: 'native', transport: createNativeTransport, wire: true })
 }
 describeTransportContract({
   name: 'same-node',

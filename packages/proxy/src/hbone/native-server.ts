@@ -140,7 +140,7 @@ class NativeHboneServerImpl implements TransportServer {
     this.#identities = options.identities
     this.#identity = options.identity
     this.#config = requestConfig(options, 'HBONE', this.#closing.signal, (upstream) => this.#addon.resetFd(asDescriptor(upstream, 'the upstream connection')))
-    this.#settings = nativeSettings(windows, maxConcurrentStreams)
+    this.#settings = nativeSettings(windows, maxConcurrentStreams, this.#config.limits.tunnelTimeouts)
     // Presented while the server runs: renewed even when nothing calls get().
     this.#release = options.identities.retain(options.identity)
   }
