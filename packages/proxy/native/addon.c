@@ -97,14 +97,14 @@ static session_t *alloc_session(void) {
   return s;
 }
 
-// clientSession / serverSession(context, fd, settings[4], callback). The fd
+// clientSession / serverSession(context, fd, settings[6], callback). The fd
 // is the session's once this returned; when it throws, it is still the caller's.
 static napi_value new_session(napi_env env, napi_callback_info info, int server) {
   size_t argc = 4;
   napi_value argv[4];
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd;
-  int32_t settings[4];
+  int32_t settings[6];
   napi_valuetype type;
   if (argc < 4) return throw_type_error(env, "session(context, fd, settings, callback)");
   SSL_CTX *ctx = tagged_external(env, argv[0], &CONTEXT_TAG, "a TLS context from createContext");
@@ -112,10 +112,14 @@ static napi_value new_session(napi_env env, napi_callback_info info, int server)
   if (napi_get_value_int32(env, argv[1], &fd) != napi_ok || napi_typeof(env, argv[3], &type) != napi_ok || type != napi_function) {
     return throw_type_error(env, "session(context, fd, settings, callback)");
   }
-  for (uint32_t i = 0; i < 4; i++) {
+  // The tunnel timeouts may be left out (none): a client's sessions have none.
+  uint32_t count = 0;
+  if (napi_get_array_length(env, argv[2], &count) != napi_ok || (count != 4 && count != 6)) count = 0;
+  memset(settings, 0, sizeof(settings));
+  for (uint32_t i = 0; i < count || count == 0; i++) {
     napi_value element;
-    if (napi_get_element(env, argv[2], i, &element) != napi_ok || napi_get_value_int32(env, element, &settings[i]) != napi_ok) {
-      return throw_type_error(env, "settings must be [streamWindow, connectionWindow, maxFrameSize, maxConcurrentStreams]");
+    if (count == 0 || napi_get_element(env, argv[2], i, &element) != napi_ok || napi_get_value_int32(env, element, &settings[i]) != napi_ok || settings[i] < 0) {
+      return throw_type_error(env, "settings must be [streamWindow, connectionWindow, maxFrameSize, maxConcurrentStreams] or those and [tunnelIdleMs, tunnelStallMs]");
     }
   }
   instance_t *instance;

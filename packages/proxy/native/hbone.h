@@ -161,6 +161,7 @@ struct pipe_s {
   bq_t up;         // read from the socket, not yet framed
   bq_t down;       // received from the stream, not yet written to the socket
   uint64_t from_fd, to_fd;
+  uint64_t last_moved;  // the loop's time when a byte last moved through the socket: the idle and stall timeouts
   int status;      // client: the response status
   int outcome;
   char *error;
@@ -216,7 +217,10 @@ struct session_s {
   event_t *closed;      // its Close, allocated with the session (`a` 1 and `text` the reason once one is given); NULL once queued
   const char *failure;  // why a callback of nghttp2 failed (out of memory): what the session fails with
   int depth;            // > 0 while OpenSSL or nghttp2 is on the stack for this session
-  int32_t settings[4];
+  // Stream window, connection window, max frame size, max concurrent streams,
+  // then the tunnels' idle and stall timeouts in milliseconds (0: none).
+  int32_t settings[6];
+  uv_timer_t *timer;    // checks the tunnels' timeouts, while the session is open and has any
   instance_t *instance;
   session_t *live_prev, *live_next;  // the instance's list of sessions not yet torn down
   int goaway_sent;
@@ -265,6 +269,7 @@ void pipe_poll_cb(uv_poll_t *handle, int status, int events);
 void pipe_start(pipe_t *p);
 void remote_ended(pipe_t *p);
 void flush_dirty(session_t *s);
+void pipe_check_timeouts(session_t *s, uint64_t now);
 
 // session.c
 void session_begin(session_t *s);

@@ -173,6 +173,7 @@ void pipe_flush_down(pipe_t *p) {
     }
     bq_consume(&p->down, (size_t)n);
     p->to_fd += (uint64_t)n;
+    p->last_moved = uv_now(&s->worker->loop);
     if (!p->stream_closed && s->h2 != NULL) nghttp2_session_consume(s->h2, p->id, (size_t)n);
     else if (s->h2 != NULL) nghttp2_session_consume_connection(s->h2, (size_t)n);
   }
@@ -203,6 +204,7 @@ static void pipe_read(pipe_t *p) {
     } else {
       p->up.end += (size_t)n;
       p->from_fd += (uint64_t)n;
+      p->last_moved = uv_now(&s->worker->loop);
     }
     if ((size_t)n < want) break;
   }
@@ -236,6 +238,7 @@ void pipe_poll_cb(uv_poll_t *handle, int status, int events) {
 // Attaches the socket: bytes flow both ways from here on.
 void pipe_start(pipe_t *p) {
   p->splicing = 1;
+  p->last_moved = uv_now(&p->s->worker->loop);
   // A proxy must not hold back a small write its peer already sent.
   int one = 1;
   setsockopt(p->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -269,5 +272,29 @@ void remote_ended(pipe_t *p) {
   if (p->splicing && p->fd >= 0 && !p->reset) {
     pipe_flush_down(p);
     pipe_update_poll(p);
+  }
+}
+
+// Resets, both ways, a tunnel that moved no byte for the idle timeout, or whose
+// peer took none of what waits for it for the stall timeout. What a stalled
+// tunnel holds meanwhile is bounded: UP_LIMIT one way, the stream window the other.
+void pipe_check_timeouts(session_t *s, uint64_t now) {
+  char message[96];
+  pipe_t *next;
+  for (pipe_t *p = s->pipes; p != NULL; p = next) {
+    next = p->next;
+    if (!p->splicing || p->reset || p->finished) continue;
+    int waiting = bq_len(&p->up) > 0 || bq_len(&p->down) > 0;
+    int32_t limit = waiting ? s->settings[5] : s->settings[4];
+    if (limit <= 0 || now - p->last_moved < (uint64_t)limit) continue;
+    snprintf(message, sizeof(message), waiting ? "the tunnel's peer took no byte for %d ms (tunnelStallTimeout)" : "the tunnel moved no byte for %d ms (tunnelIdleTimeout)", limit);
+    pipe_hold(p);
+    p->reset = 1;
+    if (p->outcome == OUT_CLOSED) p->outcome = OUT_STREAM_RESET;
+    pipe_set_error(p, message);
+    if (!p->stream_closed && s->h2 != NULL) nghttp2_submit_rst_stream(s->h2, NGHTTP2_FLAG_NONE, p->id, NGHTTP2_CONNECT_ERROR);
+    set_poll(p->poll, &p->events, 0, pipe_poll_cb);
+    pipe_check_done(p);
+    pipe_release(p);
   }
 }

@@ -12,6 +12,8 @@
 
 // Resets every pipe and closes the connection, then queues Close (allocated
 // with the session, its reason written into it: the first reason given).
+static void free_timer(uv_handle_t *handle) { free(handle); }
+
 void session_teardown(session_t *s, const char *reason) {
   if (s->state == S_CLOSED) return;
   if (reason != NULL && s->closed != NULL && s->closed->a == 0) {
@@ -48,6 +50,11 @@ void session_teardown(session_t *s, const char *reason) {
     pipe_finish(p);
   }
   close_poll(&s->poll);
+  if (s->timer != NULL) {
+    uv_timer_stop(s->timer);
+    uv_close((uv_handle_t *)s->timer, free_timer);
+    s->timer = NULL;
+  }
   if (s->ssl != NULL) {
     // close_notify on a clean close, best effort: the socket is non-blocking and closed next.
     if (reason == NULL && SSL_is_init_finished(s->ssl)) {
@@ -340,6 +347,35 @@ void session_finalize(napi_env env, void *data, void *hint) {
   session_unref(s);
 }
 
+static void session_timer_cb(uv_timer_t *timer) {
+  session_t *s = timer->data;
+  if (s->state != S_OPEN) return;
+  s->depth++;
+  pipe_check_timeouts(s, uv_now(timer->loop));
+  s->depth--;
+  session_flush(s);
+  session_settle(s);
+}
+
+// A quarter of the shorter tunnel timeout, from 10 ms to a second: a tunnel ends at most that late.
+static void session_start_timer(session_t *s) {
+  int32_t idle = s->settings[4], stall = s->settings[5];
+  if (idle <= 0 && stall <= 0) return;
+  int32_t shortest = idle <= 0 ? stall : stall <= 0 ? idle : (idle < stall ? idle : stall);
+  uint64_t every = (uint64_t)shortest / 4;
+  if (every < 10) every = 10;
+  if (every > 1000) every = 1000;
+  s->timer = malloc(sizeof(*s->timer));
+  if (s->timer == NULL || uv_timer_init(&s->worker->loop, s->timer) != 0) {
+    free(s->timer);
+    s->timer = NULL;
+    session_fail(s, "cannot set up the tunnel timeouts: out of memory");
+    return;
+  }
+  s->timer->data = s;
+  uv_timer_start(s->timer, session_timer_cb, every, every);
+}
+
 // CMD_START: the poll handle goes on the session's thread; the handshake starts from its first callback.
 void session_begin(session_t *s) {
   if (s->state == S_CLOSED) return;  // destroyed before it started
@@ -348,5 +384,6 @@ void session_begin(session_t *s) {
     return;
   }
   set_poll(s->poll, &s->events, UV_WRITABLE | UV_READABLE, session_poll_cb);
+  session_start_timer(s);
 }
 

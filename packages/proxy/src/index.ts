@@ -35,6 +35,7 @@ export type {
   HboneDecision,
   HboneHandshakeFailure,
   HboneRequest,
+  HboneServerLimits,
   HboneServerStats,
   HboneSessionStats,
   HboneTransport,

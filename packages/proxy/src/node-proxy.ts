@@ -28,7 +28,7 @@ import { createWorkloadProxy, transportFor, type DrainOptions, type WorkloadProx
 /** Options every workload proxy of a node shares (see {@link WorkloadProxyOptions}). */
 export type WorkloadProxyDefaults = Pick<
   WorkloadProxyOptions,
-  'outboundPolicy' | 'inboundPlaintext' | 'preserveSourceAddress' | 'ports' | 'windows' | 'connectTimeout' | 'dataPath' | 'transport'
+  'outboundPolicy' | 'inboundPlaintext' | 'preserveSourceAddress' | 'ports' | 'windows' | 'connectTimeout' | 'limits' | 'dataPath' | 'transport'
 >
 
 /** Options of {@link createNodeProxy}. */

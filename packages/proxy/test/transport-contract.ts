@@ -1,7 +1,7 @@
 import { once } from 'node:events'
 import { readdirSync } from 'node:fs'
 import http2 from 'node:http2'
-import { Socket, type AddressInfo } from 'node:net'
+import { Socket, connect as netConnect, type AddressInfo } from 'node:net'
 import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket } from 'node:tls'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { isAmbientError, type SocketAddress } from '@ambientkit/core'
@@ -20,8 +20,9 @@ import type {
   TunnelResult,
 } from '@ambientkit/proxy'
 import { boundAddress } from '@ambientkit/redirect'
-import { createCertificateAuthority } from '@ambientkit/identity'
+import { createCertificateAuthority, createIdentityManager, createLocalCaSource } from '@ambientkit/identity'
 import { craft } from '../../identity/test/craft'
+import { closedWith } from './support/apps'
 import { appConnections, listenDescriptors, sockets } from './support/descriptors'
 import { closed, createTestMesh, echoStream, readAll, startEchoServer, startScriptedHttp2Server, type TestMesh } from './interop/support'
 
@@ -75,6 +76,12 @@ export function describeTransportContract(subject: TransportUnderTest): void {
     if (reason !== undefined) console.warn(`[skip] ${subject.name}: ${name}: ${reason}`)
     // What only exists on a wire (sessions, handshakes, frames) is not a behaviour of an in-process transport.
     ;(subject.wire && reason === undefined ? it : it.skip)(name, test)
+  }
+  /** A behaviour every transport has, unless its gaps say why not yet. */
+  const unlessGap = (name: string, test: () => Promise<void>): void => {
+    const reason = gap(name)
+    if (reason !== undefined) console.warn(`[skip] ${subject.name}: ${name}: ${reason}`)
+    ;(reason === undefined ? it : it.skip)(name, test)
   }
   const loopback = (port: number): SocketAddress => ({ address: '127.0.0.1', port, family: 4 })
 
@@ -561,6 +568,147 @@ export function describeTransportContract(subject: TransportUnderTest): void {
       await once(request, 'response')
       void p.server.close()
       expect(await goaway).toEqual({ code: http2.constants.NGHTTP2_NO_ERROR, last: 1 })
+    })
+
+    /** A TCP connection to `via` from `source` that never starts TLS. */
+    function silentClient(via: SocketAddress, source = '127.0.0.1'): Socket {
+      const socket = netConnect({ host: via.address, port: via.port, localAddress: source })
+      socket.on('error', () => {})
+      closers.push(() => void socket.destroy())
+      return socket
+    }
+    /** Silent clients the server holds, handshaking. */
+    async function heldClients(p: Pair, sources: readonly string[]): Promise<void> {
+      const before = p.server.stats().connections
+      for (const source of sources) silentClient(p.via, source)
+      await expect.poll(() => p.server.stats().connections).toBe(before + sources.length)
+    }
+
+    onWire('closes a connection that never starts TLS at handshakeTimeout, and reports it', async () => {
+      const p = await pair({ handshakeTimeout: 200 })
+      await closed(silentClient(p.via))
+      await expect.poll(() => p.failures.map((failure) => failure.reason)).toEqual(['timeout'])
+      expect(p.failures[0]!.error).toMatchObject({ code: 'ERR_AMBIENT_HBONE_HANDSHAKE_TIMEOUT' })
+      await expect.poll(() => p.server.stats()).toEqual({ connections: 0, sessions: 0, tunnels: 0 })
+    })
+
+    onWire('sheds handshakes above maxPendingHandshakesPerSource at once, while other sources are served', async () => {
+      const p = await pair({ maxPendingHandshakesPerSource: 3 })
+      await heldClients(p, ['127.0.0.2', '127.0.0.2', '127.0.0.2'])
+      await closed(silentClient(p.via, '127.0.0.2'))
+      await expect.poll(() => p.failures.length).toBe(1)
+      expect(p.failures).toMatchObject([{ reason: 'shed', peerAddress: { address: '127.0.0.2' }, error: { code: 'ERR_AMBIENT_HBONE_SHED' } }])
+      // The flooding source is held at its limit; another source's tunnel is served meanwhile.
+      const { app, tunnel } = await p.open(loopback(echo.port))
+      await tunnel
+      app.end('past the flood')
+      expect((await readAll(app)).toString()).toBe('past the flood')
+    })
+
+    onWire('sheds handshakes above maxPendingHandshakes, whatever their source', async () => {
+      const p = await pair({ maxPendingHandshakes: 2 })
+      await heldClients(p, ['127.0.0.2', '127.0.0.3'])
+      await closed(silentClient(p.via, '127.0.0.4'))
+      await expect.poll(() => p.failures.length).toBe(1)
+      expect(p.failures).toMatchObject([{ reason: 'shed', peerAddress: { address: '127.0.0.4' } }])
+    })
+
+    it('answers 429 to a CONNECT above maxStreamsPerPeer, and serves again once a tunnel closed', async () => {
+      const p = await pair({ maxStreamsPerPeer: 2 })
+      const held = await Promise.all([0, 1].map(async () => p.open(loopback(echo.port))))
+      await Promise.all(held.map(({ tunnel }) => tunnel))
+      const over = await p.open(loopback(echo.port))
+      expect(await codeOf(over.tunnel)).toEqual({ code: 'ERR_AMBIENT_HBONE_STATUS', status: 429 })
+      expect(p.records).toMatchObject([{ status: 429, reason: 'peer-stream-limit' }])
+      held[0]!.app.end()
+      await readAll(held[0]!.app)
+      await p.nextRecord()
+      await p.nextRecord()
+      const again = await p.open(loopback(echo.port))
+      await again.tunnel
+      again.app.end('served again')
+      expect((await readAll(again.app)).toString()).toBe('served again')
+    })
+
+    onWire('closes a session above maxSessionsPerPeer after its handshake, and reports it', async () => {
+      const p = await pair({ maxSessionsPerPeer: 1 }, { maxStreamsPerSession: 1 })
+      await (await p.open(loopback(echo.port))).tunnel
+      const second = await p.open(loopback(echo.port))
+      expect(await codeOf(second.tunnel)).toMatchObject({ code: expect.stringMatching(/CONNECT_FAILED|STREAM/) })
+      // The client may try a second session; each is refused the same way.
+      await expect.poll(() => p.failures.length).toBeGreaterThan(0)
+      expect(new Set(p.failures.map((failure) => failure.reason))).toEqual(new Set(['shed']))
+      expect(p.server.stats().sessions).toBe(1)
+    })
+
+    onWire('sends GOAWAY on a session whose client certificate expired: no new tunnels, the live one finishes', async () => {
+      const p = await pair({ expiredSessionDrainTimeout: 60_000 })
+      const svid = await craft(mesh.ca, { uris: [CLIENT_ID], notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 1500) })
+      const session = http2.connect(`https://127.0.0.1:${p.via.port}`, {
+        minVersion: 'TLSv1.3',
+        ALPNProtocols: ['h2'],
+        key: svid.key.export({ type: 'pkcs8', format: 'pem' }),
+        cert: svid.pem,
+        ca: mesh.rootsPem,
+        checkServerIdentity: () => undefined,
+      })
+      session.on('error', () => {})
+      closers.push(() => void session.destroy())
+      const goaway = new Promise<number>((resolve) => session.once('goaway', (code) => resolve(code)))
+      const live = session.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${echo.port}` }, { endStream: false })
+      live.on('error', () => {})
+      expect((await once(live, 'response'))[0][':status']).toBe(200)
+      expect(await goaway).toBe(http2.constants.NGHTTP2_NO_ERROR)
+      expect(Date.now()).toBeGreaterThanOrEqual(Date.parse(svid.certificate.validTo))
+      // The tunnel opened before the expiry still carries bytes both ways.
+      live.end('after the expiry')
+      expect((await readAll(live)).toString()).toBe('after the expiry')
+      await expect.poll(() => p.server.stats().sessions).toBe(0)
+    })
+
+    unlessGap('resets a tunnel that moves no byte for tunnelIdleTimeout, and says so in its record', async () => {
+      const upstream = upstreamServer()
+      const p = await pair({ tunnelIdleTimeout: 300 })
+      const { app, tunnel } = await p.open(upstream.address)
+      await tunnel
+      await upstream.next()
+      expect(await closedWith(app)).toMatchObject({ code: 'ECONNRESET' })
+      expect(await p.nextRecord()).toMatchObject({ status: 200, outcome: 'stream-reset', error: { code: 'ERR_AMBIENT_HBONE_TUNNEL_TIMEOUT' } })
+    })
+
+    unlessGap('resets a tunnel whose destination stops reading, after tunnelStallTimeout', async () => {
+      const upstream = upstreamServer()
+      const p = await pair({ tunnelStallTimeout: 300 })
+      const { app, tunnel } = await p.open(upstream.address)
+      await tunnel
+      const peer = await upstream.next()
+      peer.pause()
+      const reset = closedWith(app)
+      // Far more than every buffer and window on the way holds: the server's side waits on the destination.
+      app.write(Buffer.alloc(32 * 1024 * 1024, 7))
+      expect(await reset).toMatchObject({ code: 'ECONNRESET' })
+      expect(await p.nextRecord()).toMatchObject({ status: 200, outcome: 'stream-reset', error: { code: 'ERR_AMBIENT_HBONE_TUNNEL_TIMEOUT', message: expect.stringMatching(/tunnelStallTimeout/) } })
+    })
+
+    onWire('stops using a pooled session once its local certificate expired, and opens a new one with the renewed SVID', async () => {
+      // A server of Node's that ends no session itself: what ends the first one is the client's pool.
+      const server = await nodeServer(echoStream)
+      const shortLived = createIdentityManager({ source: createLocalCaSource(mesh.ca), ttlSeconds: 2 })
+      closers.push(() => shortLived.close())
+      const p = await pair({}, { identities: shortLived })
+      const first = await openVia(p, server.via)
+      await first.tunnel
+      const expiry = (await shortLived.get(CLIENT_ID)).notAfter.getTime()
+      expect(p.client.stats()).toHaveLength(1)
+      // Retired at the expiry (GOAWAY, then closed once its tunnel ended): the pool holds nothing.
+      first.app.end()
+      await expect.poll(() => p.client.stats(), { timeout: 10_000, interval: 100 }).toEqual([])
+      expect(Date.now()).toBeGreaterThanOrEqual(expiry)
+      const second = await openVia(p, server.via)
+      await second.tunnel
+      second.app.end('on a new session')
+      expect((await readAll(second.app)).toString()).toBe('on a new session')
+      expect(server.sessions.size).toBe(2)
     })
 
     onWire('refuses a client whose SVID chains to a trusted root of another trust domain (the SPIFFE check OpenSSL does not make)', async () => {

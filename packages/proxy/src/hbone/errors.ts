@@ -12,6 +12,12 @@ export const HboneErrorCode = {
   Status: 'ERR_AMBIENT_HBONE_STATUS',
   /** The HTTP/2 session or stream failed before the tunnel was established (`details.rstCode` when reset). */
   Stream: 'ERR_AMBIENT_HBONE_STREAM',
+  /** An inbound connection's TLS handshake did not finish within the server's `handshakeTimeout` (reported to `onHandshakeFailure`). */
+  HandshakeTimeout: 'ERR_AMBIENT_HBONE_HANDSHAKE_TIMEOUT',
+  /** An inbound connection or session was refused by a server limit (pending handshakes, sessions per peer; reported to `onHandshakeFailure`). */
+  Shed: 'ERR_AMBIENT_HBONE_SHED',
+  /** A tunnel moved no byte for the server's `tunnelIdleTimeout`, or its peer took none for `tunnelStallTimeout`; both sides were reset (the record's `error`). */
+  TunnelTimeout: 'ERR_AMBIENT_HBONE_TUNNEL_TIMEOUT',
   /** The native HBONE data path was asked for but its addon is not built (the message says how to build it). */
   NativeUnavailable: 'ERR_AMBIENT_HBONE_NATIVE_UNAVAILABLE',
   /** The native data path could not build a TLS context from an SVID and bundle (the message names the part: certificate chain, private key, roots). */

@@ -1,6 +1,5 @@
 import { setMaxListeners } from 'node:events'
 import { closeSync } from 'node:fs'
-import { X509Certificate } from 'node:crypto'
 import { constants as h2 } from 'node:http2'
 import {
   AmbientError,
@@ -16,6 +15,7 @@ import {
 import type { IdentityManager } from '@ambientkit/identity'
 import type { CarriedConnection, HboneSessionStats, OpenOptions, SessionConnectOptions, TransportClient, TransportClientOptions } from '../transport/contract'
 import { asDescriptor } from '../transport/connection'
+import { certificateNotAfter } from '../transport/limits'
 import { PooledSession, SessionPool, establishWithin, sendAtMostTwice, type SessionPolicy } from '../transport/pool'
 import { checkExpected, connectFailed, requestHeaders } from './client'
 import { HboneErrorCode } from './errors'
@@ -474,8 +474,5 @@ function flatHeaders(authority: string, extra: Readonly<Record<string, string>> 
 
 /** When the leaf of a `Handshake` event's chain (DER, leaf first) expires, in milliseconds since the epoch. */
 function leafNotAfter(chain: unknown): number {
-  const leaf = Array.isArray(chain) ? (chain[0] as Buffer | undefined) : undefined
-  if (leaf === undefined) return Number.POSITIVE_INFINITY
-  const time = Date.parse(new X509Certificate(leaf).validTo)
-  return Number.isNaN(time) ? Number.POSITIVE_INFINITY : time
+  return certificateNotAfter(Array.isArray(chain) ? (chain[0] as Buffer | undefined) : undefined)
 }

@@ -16,6 +16,7 @@ import type {
   TunnelResult,
 } from '../transport/contract'
 import { asDescriptor } from '../transport/connection'
+import { certificateNotAfter, type PendingHandshake } from '../transport/limits'
 import { headersOf, report, requestConfig, serveRequest, type RequestConfig, type RequestStream, type SessionPeer } from '../transport/request'
 import { HboneErrorCode } from './errors'
 import { NativeEvent, type NativeAddon, type NativeSession, type NativeSettings, type NativeTlsContext } from './native'
@@ -34,8 +35,14 @@ class ServerSession {
   session!: NativeSession
   /** Set once the handshake accepted the client. */
   peer: SessionPeer | undefined
-  /** Set when the handshake refused the client (already reported). */
+  /** Set when the handshake refused the client, or it timed out (already reported). */
   refused = false
+  /** Counted against the pending handshake limits until the handshake ended. */
+  handshake: PendingHandshake | undefined
+  /** When the local SVID of the handshake expires (milliseconds since the epoch). */
+  localNotAfter = Number.POSITIVE_INFINITY
+  /** Cancels the session's end at its certificates' expiry. */
+  stopExpiry: () => void = () => {}
   readonly streams = new Map<number, NativeRequestStream>()
   readonly closed: Promise<void>
   onClosed!: () => void
@@ -118,7 +125,7 @@ class NativeHboneServerImpl implements TransportServer {
   /** Every connection handed to the addon and not yet closed. */
   readonly #sessions = new Set<ServerSession>()
   /** Accepted connections waiting for the first SVID. */
-  readonly #waiting = new Map<number, SocketAddress | undefined>()
+  readonly #waiting = new Map<number, ServerSession>()
   #established = 0
   #tunnels = 0
   readonly #closing = new AbortController()
@@ -133,7 +140,7 @@ class NativeHboneServerImpl implements TransportServer {
     this.#identities = options.identities
     this.#identity = options.identity
     this.#config = requestConfig(options, 'HBONE', this.#closing.signal, (upstream) => this.#addon.resetFd(asDescriptor(upstream, 'the upstream connection')))
-    this.#settings = nativeSettings(windows, maxConcurrentStreams)
+    this.#settings = nativeSettings(windows, maxConcurrentStreams, this.#config.limits.tunnelTimeouts)
     // Presented while the server runs: renewed even when nothing calls get().
     this.#release = options.identities.retain(options.identity)
   }
@@ -144,22 +151,44 @@ class NativeHboneServerImpl implements TransportServer {
       this.#addon.resetFd(fd)
       return
     }
-    const svid = this.#identities.current(this.#identity)
-    if (svid !== undefined) {
-      this.#start(fd, remote, svid)
+    const state = new ServerSession(remote ?? UNKNOWN_PEER)
+    const admitted = this.#config.limits.admit(remote, (error) => this.#timedOut(fd, state, error))
+    if (!('settle' in admitted)) {
+      this.#handshakeFailure(remote, admitted.reason, admitted.error)
+      this.#addon.resetFd(fd)
       return
     }
-    this.#waiting.set(fd, remote)
+    state.handshake = admitted
+    const svid = this.#identities.current(this.#identity)
+    if (svid !== undefined) {
+      this.#start(fd, state, svid)
+      return
+    }
+    this.#waiting.set(fd, state)
     this.#identities.get(this.#identity, { signal: this.#closing.signal }).then(
       (current) => {
-        if (this.#waiting.delete(fd)) this.#start(fd, remote, current)
+        if (this.#waiting.delete(fd)) this.#start(fd, state, current)
       },
       (err: Error) => {
         if (!this.#waiting.delete(fd)) return
+        admitted.settle()
         this.#handshakeFailure(remote, 'tls', err)
         this.#addon.resetFd(fd)
       },
     )
+  }
+
+  /** The handshake timeout of a connection still waiting for the SVID or handshaking in the addon. */
+  #timedOut(fd: number, state: ServerSession, error: Error): void {
+    if (this.#waiting.delete(fd)) {
+      this.#handshakeFailure(state.address, 'timeout', error)
+      this.#addon.resetFd(fd)
+      return
+    }
+    if (!this.#sessions.has(state) || state.peer !== undefined || state.refused) return
+    state.refused = true
+    this.#handshakeFailure(state.address, 'timeout', error)
+    this.#addon.destroy(state.session, error.message)
   }
 
   stats(): HboneServerStats {
@@ -194,30 +223,35 @@ class NativeHboneServerImpl implements TransportServer {
   }
 
   #dropWaiting(): void {
-    for (const fd of this.#waiting.keys()) this.#addon.resetFd(fd)
+    for (const [fd, state] of this.#waiting) {
+      state.handshake?.settle()
+      this.#addon.resetFd(fd)
+    }
     this.#waiting.clear()
   }
 
-  #start(fd: number, remote: SocketAddress | undefined, svid: X509Svid): void {
+  #start(fd: number, state: ServerSession, svid: X509Svid): void {
     if (this.#closed !== undefined || this.#draining !== undefined) {
+      state.handshake?.settle()
       this.#addon.resetFd(fd)
       return
     }
-    const address = remote ?? UNKNOWN_PEER
     let context: NativeTlsContext
     try {
       context = nativeTlsContext(this.#addon, this.#identities, svid, 'server')
     } catch (err) {
-      this.#handshakeFailure(remote, 'tls', err as Error)
+      state.handshake?.settle()
+      this.#handshakeFailure(state.address, 'tls', err as Error)
       this.#addon.resetFd(fd)
       return
     }
-    const state = new ServerSession(address)
+    state.localNotAfter = svid.notAfter.getTime()
     try {
       state.session = this.#addon.serverSession(context, fd, this.#settings, (event, ...args) => this.#onEvent(state, event, args))
     } catch (err) {
+      state.handshake?.settle()
       closeSync(fd)
-      this.#handshakeFailure(remote, 'tls', err as Error)
+      this.#handshakeFailure(state.address, 'tls', err as Error)
       return
     }
     this.#sessions.add(state)
@@ -244,14 +278,30 @@ class NativeHboneServerImpl implements TransportServer {
   }
 
   #onHandshake(state: ServerSession, chain: unknown): string | undefined {
+    state.handshake?.settle()
+    let identity: string
     try {
-      state.peer = { identity: verifiedPeerIdentity(chain, this.#identities), address: state.address }
+      identity = verifiedPeerIdentity(chain, this.#identities)
     } catch (err) {
       state.refused = true
       this.#handshakeFailure(state.address, 'identity', err as Error)
       return (err as Error).message
     }
+    const refused = this.#config.limits.openSession(identity)
+    if (refused !== undefined) {
+      state.refused = true
+      this.#handshakeFailure(state.address, refused.reason, refused.error)
+      return refused.error.message
+    }
+    state.peer = { identity, address: state.address }
     this.#established++
+    // No new tunnels once a certificate of the handshake has expired; live ones may finish within the drain deadline.
+    const notAfter = Math.min(state.localNotAfter, certificateNotAfter(Array.isArray(chain) ? (chain[0] as Buffer | undefined) : undefined))
+    state.stopExpiry = this.#config.limits.expireAt(
+      notAfter,
+      () => this.#addon.shutdown(state.session),
+      () => this.#addon.destroy(state.session, 'the certificate of the session expired and its tunnels outlived the drain deadline'),
+    )
     return undefined
   }
 
@@ -261,7 +311,12 @@ class NativeHboneServerImpl implements TransportServer {
     for (const stream of state.streams.values()) stream.closed(CANCELLED)
     this.#tunnels -= state.streams.size
     state.streams.clear()
-    if (state.peer !== undefined) this.#established--
+    state.handshake?.settle()
+    state.stopExpiry()
+    if (state.peer !== undefined) {
+      this.#established--
+      this.#config.limits.closeSession(state.peer.identity)
+    }
     // A connection cut by drain or close while handshaking is no failure of the client's.
     else if (!state.refused && this.#closed === undefined && this.#draining === undefined) this.#handshakeFailure(state.address, ...handshakeFailureOf(reason))
     if (reason !== null) this.#config.logger.debug({ peer: state.peer?.identity, address: state.address, reason }, 'HBONE session closed (native)')

@@ -1,7 +1,10 @@
 import { constants as h2 } from 'node:http2'
+import { AmbientError } from '@ambientkit/core'
 import type { TunnelOutcome, TunnelResult } from '../transport/contract'
 import { SettlingTunnel } from '../transport/tunnel'
 import type { HboneWindows } from './constants'
+import { HboneErrorCode } from './errors'
+import type { TunnelTimeouts } from './splice'
 import { NativeOutcome, type NativeAddon, type NativeSession, type NativeSettings } from './native'
 
 /**
@@ -41,11 +44,16 @@ export function spliceResultOf(outcome: unknown, bytesRead: unknown, bytesWritte
     outcome: OUTCOMES[outcome as NativeOutcome] ?? 'stream-reset',
     socketBytesRead: bytesRead as number,
     socketBytesWritten: bytesWritten as number,
-    ...(typeof error === 'string' ? { error: new Error(error) } : {}),
+    ...(typeof error === 'string' ? { error: errorOf(error) } : {}),
   }
 }
 
-/** The settings tuple of a session with these windows. */
-export function nativeSettings(windows: HboneWindows, maxConcurrentStreams: number): NativeSettings {
-  return [windows.stream, windows.connection, windows.maxFrameSize, maxConcurrentStreams]
+/** The addon's reason a tunnel ended, as an error: its tunnel timeouts (pipe_check_timeouts) carry their code, as on the Node path. */
+function errorOf(message: string): Error {
+  return /\((tunnelIdleTimeout|tunnelStallTimeout)\)$/.test(message) ? new AmbientError(HboneErrorCode.TunnelTimeout, message) : new Error(message)
+}
+
+/** The settings tuple of a session with these windows, and the timeouts of its tunnels (none: a client's). */
+export function nativeSettings(windows: HboneWindows, maxConcurrentStreams: number, timeouts?: TunnelTimeouts): NativeSettings {
+  return [windows.stream, windows.connection, windows.maxFrameSize, maxConcurrentStreams, timeouts?.idle ?? 0, timeouts?.stall ?? 0]
 }

@@ -73,8 +73,8 @@ export const enum NativeOutcome {
   Refused = 4,
 }
 
-/** Windows and limits of a session: initial stream window, connection window, max frame size, max concurrent streams we accept. */
-export type NativeSettings = readonly [stream: number, connection: number, maxFrameSize: number, maxConcurrentStreams: number]
+/** Windows and limits of a session: initial stream window, connection window, max frame size, max concurrent streams we accept, and the idle and stall timeouts of its tunnels in milliseconds (absent or 0: none). */
+export type NativeSettings = readonly [stream: number, connection: number, maxFrameSize: number, maxConcurrentStreams: number, tunnelIdleMs?: number, tunnelStallMs?: number]
 
 export type NativeCallback = (event: NativeEvent, ...args: unknown[]) => string | undefined
 

@@ -32,11 +32,13 @@ import type {
   UpstreamConnector,
 } from '../transport/contract'
 import { asSocket, resetConnection } from '../transport/connection'
+import type { PendingHandshake } from '../transport/limits'
 import { report, requestConfig, serveRequest, type RequestConfig, type RequestStream, type SessionPeer } from '../transport/request'
 import type { HboneWindows } from './constants'
+import { certificatesValidUntil } from './client'
 import { HboneErrorCode } from './errors'
 import { localSettings, positiveInteger, resolveWindows, sessionMemoryFor } from './settings'
-import { resetTunnel, startTunnelSplice } from './splice'
+import { resetTunnel, startTunnelSplice, type TunnelTimeouts } from './splice'
 
 /** Options of {@link createHboneServer}: a transport server's, with TLS given as options rather than an identity manager. */
 export interface HboneServerOptions extends Omit<TransportServerOptions, 'identities' | 'identity' | 'addresses' | 'connect'> {
@@ -59,7 +61,7 @@ export interface HboneServer extends TransportServer {
    * Serves an accepted TCP connection: a socket, or a descriptor (from
    * `NetnsSockets.accept`, for a listener inside a pod's network namespace).
    */
-  handle(connection: CarriedConnection): void
+  handle(connection: CarriedConnection, remote?: SocketAddress): void
   /** Convenience: listens on its own TCP socket. Resolves with the bound address. */
   listen(port: number, host?: string, options?: AbortOptions): Promise<SocketAddress>
   /** The address {@link listen} bound, if listening. */
@@ -107,6 +109,10 @@ class HboneServerImpl implements HboneServer {
   readonly #sessions = new Set<ServerHttp2Session>()
   readonly #peers = new WeakMap<Http2Session, SessionPeer>()
   readonly #streams = new Set<ServerHttp2Stream>()
+  /** Connections still handshaking, by {@link connectionKey} (the TLS socket's and its TCP socket's are the same). */
+  readonly #handshaking = new Map<string, PendingHandshake>()
+  /** Connections {@link handle} admitted, until the TLS server's 'connection' tracks them. */
+  readonly #admitted = new WeakMap<Socket, PendingHandshake>()
   /** `close` listener of every stream (the stream is `this`): one function per server rather than a closure per tunnel. */
   readonly #forgetStream: (this: ServerHttp2Stream) => void
   readonly #closing = new AbortController()
@@ -137,8 +143,13 @@ class HboneServerImpl implements HboneServer {
     // Before any other listener: identity verifies each client SVID ahead of http2's session setup.
     this.#binding = attachTlsServer(this.#tls, options.tls)
     this.#tls.on('connection', (socket: Socket) => this.#track(socket))
+    this.#tls.on('secureConnection', (socket: TLSSocket) => {
+      const key = connectionKey(socket)
+      this.#handshaking.get(key)?.settle()
+      this.#handshaking.delete(key)
+    })
     this.#tls.on('tlsClientError', (error: Error, socket: TLSSocket) => {
-      this.#handshakeFailure(socket, isIdentityError(error) ? 'identity' : 'tls', error)
+      this.#handshakeFailure(socket, handshakeFailureReason(error), error)
     })
     this.#tls.on('unknownProtocol', (socket: TLSSocket) => {
       this.#handshakeFailure(socket, 'alpn', new AmbientError(HboneErrorCode.Alpn, 'client did not negotiate ALPN h2'))
@@ -148,12 +159,23 @@ class HboneServerImpl implements HboneServer {
     this.#tls.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => this.#onStream(stream, headers))
   }
 
-  handle(connection: CarriedConnection): void {
-    const socket = asSocket(connection, false)
+  handle(connection: CarriedConnection, remote?: SocketAddress): void {
     if (this.#closed !== undefined || this.#draining !== undefined) {
-      socket.destroy()
+      asSocket(connection, false).destroy()
       return
     }
+    // Admitted before a TLS socket (an OpenSSL object) exists: a flood is shed for the price of a close.
+    const held: { socket?: Socket } = {}
+    const peer = remote ?? (typeof connection === 'number' ? undefined : remoteOf(connection))
+    // The TLS socket reports the error a connection is destroyed with to 'tlsClientError', as any other failed handshake.
+    const admitted = this.#config.limits.admit(peer, (error) => held.socket?.destroy(error))
+    if (!('settle' in admitted)) {
+      this.#reportFailure(peer, admitted.reason, admitted.error)
+      resetConnection(connection)
+      return
+    }
+    const socket = (held.socket = asSocket(connection, false))
+    this.#admitted.set(socket, admitted)
     // A session ends with its connection: the client's FIN must not leave it (and its tunnels)
     // half-open. Set before the TLS socket wrapping it is created, which copies the flag.
     socket.allowHalfOpen = false
@@ -237,14 +259,31 @@ class HboneServerImpl implements HboneServer {
       socket.destroy()
       return
     }
+    const key = connectionKey(socket)
+    // Handed over (and admitted) by handle, or accepted by listen (admitted here).
+    const admitted = this.#admitted.get(socket) ?? this.#config.limits.admit(remoteOf(socket), (error) => socket.destroy(error))
+    this.#admitted.delete(socket)
+    if (!('settle' in admitted)) {
+      socket.destroy(admitted.error)
+      return
+    }
+    this.#handshaking.set(key, admitted)
     this.#sockets.add(socket)
-    socket.once('close', () => this.#sockets.delete(socket))
+    socket.once('close', () => {
+      this.#sockets.delete(socket)
+      admitted.settle()
+      this.#handshaking.delete(key)
+    })
     // Many tunnels share a session: Nagle would hold one tunnel's small frame back until another's ACK.
     socket.setNoDelay(true)
   }
 
   #handshakeFailure(socket: Socket, reason: HboneHandshakeFailure['reason'], error: Error): void {
-    const peerAddress = remoteOf(socket)
+    // A connection the limits closed no longer knows its peer: their error does.
+    this.#reportFailure(remoteOf(socket) ?? (error as { details?: { peerAddress?: SocketAddress } }).details?.peerAddress, reason, error)
+  }
+
+  #reportFailure(peerAddress: SocketAddress | undefined, reason: HboneHandshakeFailure['reason'], error: Error): void {
     this.#config.logger.debug({ peer: peerAddress, reason, err: error }, 'HBONE handshake failed')
     report(this.#config.logger, () => this.#config.onHandshakeFailure({ ...(peerAddress ? { peerAddress } : {}), reason, error }))
   }
@@ -264,9 +303,21 @@ class HboneServerImpl implements HboneServer {
       session.destroy()
       return
     }
+    const refused = this.#config.limits.openSession(identity)
+    if (refused !== undefined) {
+      this.#handshakeFailure(socket, refused.reason, refused.error)
+      session.destroy()
+      return
+    }
+    // No new tunnels once a certificate of the handshake has expired; live ones may finish within the drain deadline.
+    const stopExpiry = this.#config.limits.expireAt(certificatesValidUntil(socket), () => session.close(), () => session.destroy())
     this.#peers.set(session, { identity, address })
     this.#sessions.add(session)
-    session.once('close', () => this.#sessions.delete(session))
+    session.once('close', () => {
+      this.#sessions.delete(session)
+      this.#config.limits.closeSession(identity)
+      stopExpiry()
+    })
     // Errors end the session (and its streams); they are reported per tunnel.
     session.on('error', (err) => this.#config.logger.debug({ err, peer: identity }, 'HBONE session error'))
     if (!session.destroyed) session.setLocalWindowSize(windows.connection)
@@ -280,7 +331,7 @@ class HboneServerImpl implements HboneServer {
     }
     this.#streams.add(stream)
     stream.on('close', this.#forgetStream)
-    void serveRequest(this.#config, new NodeRequestStream(stream), peer, {
+    void serveRequest(this.#config, new NodeRequestStream(stream, this.#config.limits.tunnelTimeouts), peer, {
       method: headers[':method'],
       authority: headers[':authority'],
       headers,
@@ -291,7 +342,10 @@ class HboneServerImpl implements HboneServer {
 
 /** A `CONNECT` on a Node HTTP/2 stream, as the shared state machine drives it. */
 class NodeRequestStream implements RequestStream {
-  constructor(readonly stream: ServerHttp2Stream) {
+  constructor(
+    readonly stream: ServerHttp2Stream,
+    readonly timeouts: TunnelTimeouts,
+  ) {
     // An error ends the stream (its 'close' follows); the state machine and the splice hear of it there.
     stream.on('error', ignore)
   }
@@ -322,7 +376,7 @@ class NodeRequestStream implements RequestStream {
       return false
     }
     this.stream.respond({ ':status': 200 })
-    startTunnelSplice(socket, this.stream, done)
+    startTunnelSplice(socket, this.stream, done, this.timeouts)
     this.stream.off('error', ignore)
     return true
   }
@@ -333,6 +387,13 @@ class NodeRequestStream implements RequestStream {
 }
 
 function ignore(): void {}
+
+function handshakeFailureReason(err: Error): HboneHandshakeFailure['reason'] {
+  const code = (err as { code?: unknown }).code
+  if (code === HboneErrorCode.HandshakeTimeout) return 'timeout'
+  if (code === HboneErrorCode.Shed) return 'shed'
+  return isIdentityError(err) ? 'identity' : 'tls'
+}
 
 /** True for the identity package's rejections of a peer (SVID rejected, unexpected peer). */
 export function isIdentityError(err: unknown): boolean {
@@ -346,6 +407,11 @@ export function remoteOf(socket: Socket): SocketAddress | undefined {
   const port = socket.remotePort
   if (address === undefined || port === undefined) return undefined
   return { address, port, family: address.includes(':') ? 6 : 4 }
+}
+
+/** What names a TCP connection, the same on its TLS socket: its four addresses. */
+function connectionKey(socket: Socket): string {
+  return `${socket.remoteAddress}|${socket.remotePort}|${socket.localAddress}|${socket.localPort}`
 }
 
 /** `net.connect` to the destination, resolving once connected and honouring the signal. */

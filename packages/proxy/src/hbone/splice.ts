@@ -2,7 +2,17 @@ import { constants as h2 } from 'node:http2'
 import type { Http2Stream } from 'node:http2'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
+import { AmbientError } from '@ambientkit/core'
 import type { TunnelOutcome, TunnelResult } from '../transport/contract'
+import { HboneErrorCode } from './errors'
+
+/** How long a spliced tunnel may go without moving a byte: idle (nothing to move), or stalled (a side does not read what waits for it). */
+export interface TunnelTimeouts {
+  /** Milliseconds without a byte either way. */
+  readonly idle: number
+  /** Milliseconds a side waits with bytes the other does not take (its peer stopped reading). */
+  readonly stall: number
+}
 
 
 /**
@@ -31,7 +41,7 @@ export function spliceTunnel(socket: Socket, tunnel: Duplex): Promise<TunnelResu
  * tunnel holds no promise or suspended async function, only the sockets and
  * one {@link TunnelSplice}.
  */
-export function startTunnelSplice(socket: Socket, tunnel: Duplex, done: (result: TunnelResult) => void): void {
+export function startTunnelSplice(socket: Socket, tunnel: Duplex, done: (result: TunnelResult) => void, timeouts?: TunnelTimeouts): void {
   const stream = tunnel as Http2Stream
   socket.allowHalfOpen = true
   if (stream.destroyed || socket.destroyed) {
@@ -41,7 +51,7 @@ export function startTunnelSplice(socket: Socket, tunnel: Duplex, done: (result:
     done({ outcome, socketBytesRead: socket.bytesRead, socketBytesWritten: socket.bytesWritten })
     return
   }
-  const splice = new TunnelSplice(socket, stream, done)
+  const splice = new TunnelSplice(socket, stream, done, timeouts)
   splices.set(socket, splice)
   splices.set(stream, splice)
   socket.on('error', onError)
@@ -70,12 +80,44 @@ class TunnelSplice {
   outcome: TunnelOutcome | undefined
   error: Error | undefined
   open = 2
+  /** Refreshed by every byte moved; fires after the idle timeout. */
+  readonly idle: NodeJS.Timeout | undefined
+  /** Running while a side waits for the other to drain; fires after the stall timeout. */
+  stall: NodeJS.Timeout | undefined
 
   constructor(
     readonly socket: Socket,
     readonly stream: Http2Stream,
     readonly done: (result: TunnelResult) => void,
-  ) {}
+    readonly timeouts: TunnelTimeouts | undefined,
+  ) {
+    if (timeouts !== undefined) this.idle = setTimeout(() => this.expire(`the tunnel moved no byte for ${timeouts.idle} ms (tunnelIdleTimeout)`), timeouts.idle).unref()
+  }
+
+  /** A byte moved: the tunnel is not idle. */
+  moved(): void {
+    this.idle?.refresh()
+  }
+
+  /** `side` waits for its peer to drain: the tunnel stalls unless it does within the stall timeout. */
+  waiting(): void {
+    const timeouts = this.timeouts
+    if (timeouts === undefined || this.stall !== undefined) return
+    this.stall = setTimeout(() => this.expire(`the tunnel's peer took no byte for ${timeouts.stall} ms (tunnelStallTimeout)`), timeouts.stall).unref()
+  }
+
+  drained(): void {
+    clearTimeout(this.stall)
+    this.stall = undefined
+  }
+
+  /** Resets both sides: the tunnel was idle or stalled too long. */
+  expire(message: string): void {
+    this.error ??= new AmbientError(HboneErrorCode.TunnelTimeout, message)
+    this.outcome ??= 'stream-reset'
+    resetTunnel(this.stream)
+    resetSocket(this.socket)
+  }
 
   /** The other side of `side`. */
   peer(side: object): Duplex {
@@ -84,6 +126,8 @@ class TunnelSplice {
 
   settle(): void {
     if (--this.open > 0) return
+    clearTimeout(this.idle)
+    clearTimeout(this.stall)
     splices.delete(this.socket)
     splices.delete(this.stream)
     const { socket } = this
@@ -95,12 +139,20 @@ const splices = new WeakMap<object, TunnelSplice>()
 
 /** Copies a chunk to the other side; pauses on backpressure (until its `drain`) and for good once that side is finished. */
 function onData(this: Duplex, chunk: Buffer): void {
-  const other = splices.get(this)?.peer(this)
-  if (other === undefined || other.writableEnded || other.destroyed || !other.write(chunk)) this.pause()
+  const splice = splices.get(this)
+  splice?.moved()
+  const other = splice?.peer(this)
+  if (other === undefined || other.writableEnded || other.destroyed) this.pause()
+  else if (!other.write(chunk)) {
+    this.pause()
+    splice!.waiting()
+  }
 }
 
 function onDrain(this: Duplex): void {
-  const other = splices.get(this)?.peer(this)
+  const splice = splices.get(this)
+  splice?.drained()
+  const other = splice?.peer(this)
   if (other !== undefined && !other.destroyed) other.resume()
 }
 

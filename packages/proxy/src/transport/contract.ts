@@ -174,6 +174,39 @@ export interface TransportServerOptions {
   readonly maxConcurrentStreams?: number
   /** Flow-control windows and frame size. Default {@link DEFAULT_HBONE_WINDOWS}. */
   readonly windows?: Partial<HboneWindows>
+  /**
+   * Milliseconds from accepting a connection to the end of its TLS
+   * handshake; then it is closed and reported (`reason: 'timeout'`).
+   * Default 10 000.
+   */
+  readonly handshakeTimeout?: number
+  /**
+   * Connections still handshaking from one source address; more are closed
+   * at once and reported (`reason: 'shed'`), so a flood from one source
+   * never keeps other sources out. Default 64.
+   */
+  readonly maxPendingHandshakesPerSource?: number
+  /** Connections still handshaking in total; more are closed at once and reported (`reason: 'shed'`). Default 512. */
+  readonly maxPendingHandshakes?: number
+  /** HBONE sessions one peer identity holds open; a session above it is closed after its handshake and reported (`reason: 'shed'`). Default 128. */
+  readonly maxSessionsPerPeer?: number
+  /** Tunnels one peer identity holds open over all its sessions; a `CONNECT` above it is answered 429. Default 10 000. */
+  readonly maxStreamsPerPeer?: number
+  /**
+   * A session ends with the certificates of its handshake: when the
+   * earlier of the two expires, the server sends GOAWAY (no new tunnels)
+   * and destroys the session this many milliseconds later if tunnels are
+   * still open. Default 30 000.
+   */
+  readonly expiredSessionDrainTimeout?: number
+  /** Milliseconds a tunnel may move no byte either way; then both its sides are reset (`ERR_AMBIENT_HBONE_TUNNEL_TIMEOUT` in its record). Default 3 600 000 (an hour). */
+  readonly tunnelIdleTimeout?: number
+  /**
+   * Milliseconds a tunnel may hold bytes its peer takes none of (a reader
+   * that stopped; what it holds meanwhile is bounded by the flow-control
+   * windows); then both its sides are reset. Default 120 000.
+   */
+  readonly tunnelStallTimeout?: number
   /** Called when a tunnel is established (the upstream connected, 200 sent). */
   readonly onTunnelOpen?: (request: HboneRequest) => void
   /** Called once per `CONNECT`, when it is rejected or its tunnel has closed. */
@@ -183,6 +216,19 @@ export interface TransportServerOptions {
   /** Default: silent. */
   readonly logger?: Logger
 }
+
+/** The limits a server puts on what peers can make it hold (see {@link TransportServerOptions} for each and its default). */
+export type HboneServerLimits = Pick<
+  TransportServerOptions,
+  | 'handshakeTimeout'
+  | 'maxPendingHandshakesPerSource'
+  | 'maxPendingHandshakes'
+  | 'maxSessionsPerPeer'
+  | 'maxStreamsPerPeer'
+  | 'expiredSessionDrainTimeout'
+  | 'tunnelIdleTimeout'
+  | 'tunnelStallTimeout'
+>
 
 /** The server half of a transport. */
 export interface TransportServer extends Closable {
@@ -297,11 +343,16 @@ export interface HboneTunnelRecord {
   readonly error?: Error
 }
 
-/** A connection that failed before any tunnel: TLS handshake, ALPN or identity. */
+/** A connection that failed before any tunnel: TLS handshake, ALPN or identity, or refused by a limit. */
 export interface HboneHandshakeFailure {
   /** The TCP peer, when known. */
   readonly peerAddress?: SocketAddress
-  readonly reason: 'tls' | 'alpn' | 'identity'
+  /**
+   * `'tls'`, `'alpn'`, `'identity'`: the handshake failed; `'timeout'`: it
+   * did not finish within `handshakeTimeout`; `'shed'`: a limit refused the
+   * connection (pending handshakes, sessions per peer).
+   */
+  readonly reason: 'tls' | 'alpn' | 'identity' | 'timeout' | 'shed'
   readonly error: Error
 }
 

@@ -14,6 +14,7 @@ import type {
   TunnelResult,
   UpstreamConnector,
 } from './contract'
+import { ServerLimits, type ServerLimitValues } from './limits'
 
 /**
  * The one state machine of an HBONE server's `CONNECT`, shared by every
@@ -67,11 +68,13 @@ export interface RequestConfig {
   readonly closing: AbortSignal
   /** Closes an upstream connection that will not be carried (with RST). */
   readonly discard: (upstream: CarriedConnection) => void
+  /** What peers may hold: handshakes, sessions, tunnels. */
+  readonly limits: ServerLimits
 }
 
 /** Checks the options every server takes and fills their defaults. */
 export function requestConfig(
-  options: Pick<TransportServerOptions, 'decide' | 'connect' | 'trustForwarded' | 'connectTimeout' | 'onTunnelOpen' | 'onTunnel' | 'onHandshakeFailure' | 'logger'>,
+  options: Pick<TransportServerOptions, 'decide' | 'connect' | 'trustForwarded' | 'connectTimeout' | 'onTunnelOpen' | 'onTunnel' | 'onHandshakeFailure' | 'logger' | keyof ServerLimitValues>,
   protocol: TunnelProtocol,
   closing: AbortSignal,
   discard: (upstream: CarriedConnection) => void,
@@ -92,6 +95,7 @@ export function requestConfig(
     logger: options.logger ?? silentLogger,
     closing,
     discard,
+    limits: new ServerLimits(options),
   }
 }
 
@@ -109,12 +113,23 @@ export async function serveRequest(config: RequestConfig, stream: RequestStream,
   const raw = typeof head.authority === 'string' && head.authority !== '' ? head.authority : undefined
   // What the closures below capture lives as long as the tunnel: the start time, not the head and its headers.
   const started = head.started
-  const finish = (fields: TunnelRecordFields): void => reportTunnel(config, peer, started, fields)
+  const counted = config.limits.openStream(peer.identity)
+  let held = counted
+  const release = (): void => {
+    if (held) config.limits.closeStream(peer.identity)
+    held = false
+  }
+  const finish = (fields: TunnelRecordFields): void => {
+    release()
+    reportTunnel(config, peer, started, fields)
+  }
   const reject = (status: number, reason: string, extra: Partial<HboneTunnelRecord> = {}): void => {
     const answered = !stream.gone && stream.respond(status)
     finish({ status: answered ? status : 0, outcome: answered ? 'rejected' : 'cancelled', reason, authority: raw, ...extra })
   }
   try {
+    // RFC 6585 §4: the peer holds as many tunnels as it may; it may retry once some have closed.
+    if (!counted) return reject(429, 'peer-stream-limit')
     if (!wellFormedFields(head.headers)) {
       stream.reset(h2.NGHTTP2_PROTOCOL_ERROR)
       return finish({ status: 0, outcome: 'rejected', reason: 'malformed-field', authority: raw })
@@ -164,6 +179,7 @@ export async function serveRequest(config: RequestConfig, stream: RequestStream,
   } catch (err) {
     // A bug of ours, not the peer's: the stream must not be left hanging.
     config.logger.error({ err, peer: peer.identity }, 'HBONE stream handling failed')
+    release()
     stream.reset()
   }
 }

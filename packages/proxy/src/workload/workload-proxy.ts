@@ -21,7 +21,7 @@ import type { HboneWindows } from '../hbone/constants'
 import { nativeHbone, nativeHboneUnavailable } from '../hbone/native'
 import type { ProxyMetrics } from '../metrics'
 import { observeConnections, type ConnectionObserver } from '../telemetry'
-import type { HboneTransport, TransportClient, TransportServer } from '../transport/contract'
+import type { HboneServerLimits, HboneTransport, TransportClient, TransportServer } from '../transport/contract'
 import { createNativeTransport } from '../transport/native'
 import { createNodeTransport } from '../transport/node'
 import { ConnectionManager, publishHandshakeFailure } from './connections'
@@ -87,6 +87,13 @@ export interface WorkloadProxyOptions extends AbortOptions {
   readonly windows?: Partial<HboneWindows>
   /** Upstream and session connect timeout, milliseconds. Default 10 000. */
   readonly connectTimeout?: number
+  /**
+   * What peers may hold of the inbound HBONE server (handshake timeout,
+   * pending handshakes per source and in total, sessions and tunnels per
+   * peer identity, the drain deadline of a session whose certificate
+   * expired). Default: each limit's default (docs/security.md).
+   */
+  readonly limits?: HboneServerLimits
   /**
    * What carries HBONE tunnels, outbound (to other pods' 15008) and inbound
    * (this pod's 15008): any {@link HboneTransport}. A node proxy passes
@@ -285,6 +292,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
       addresses: this.workload.addresses,
       ...(options.connectTimeout === undefined ? {} : { connectTimeout: options.connectTimeout }),
       ...(options.windows ? { windows: options.windows } : {}),
+      ...options.limits,
       logger: context.logger,
       onHandshakeFailure: (failure) => {
         publishHandshakeFailure({ telemetry, workload: this.workload, failure })
