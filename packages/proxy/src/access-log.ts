@@ -23,6 +23,16 @@ export interface AccessLogPeer {
   readonly workload?: string
   readonly namespace?: string
   readonly identity?: string
+  /**
+   * Istio's canonical service of the workload there: its
+   * `service.istio.io/canonical-name` label, else `app.kubernetes.io/name`,
+   * else `app`, else the workload's name (as Istio derives it).
+   */
+  readonly canonicalService?: string
+  /** Its canonical revision: `service.istio.io/canonical-revision`, else `app.kubernetes.io/version`, else `version`, else `latest`. */
+  readonly canonicalRevision?: string
+  /** The cluster it runs in, when a peer said so (the `k8s.cluster.name` of its `baggage`). */
+  readonly cluster?: string
 }
 
 /** One line of the access log: a connection, once it has ended. */
@@ -37,8 +47,10 @@ export interface AccessLogEntry {
   readonly protocol: 'HBONE' | 'TCP' | 'local'
   readonly source: AccessLogPeer
   readonly destination: AccessLogPeer
-  /** The service the destination was chosen from, if the app connected to a VIP. */
+  /** The service the destination was chosen from, if the app connected to a VIP (its host name). */
   readonly service?: string
+  /** That service's namespace. */
+  readonly serviceNamespace?: string
   /** Bytes from the source towards the destination. */
   readonly bytesSent: number
   /** Bytes from the destination back to the source. */

@@ -4,7 +4,7 @@ import { startSocketSplice } from '../splice-sockets'
 import { asSocket, resetConnection } from '../transport/connection'
 import type { HboneTunnel } from '../transport/contract'
 import type { ConnectionRecord } from './connections'
-import { peerOf, workloadPeer, type WorkloadContext } from './context'
+import { peerOf, workloadNames, workloadPeer, type WorkloadContext } from './context'
 import { routeOutbound, type OutboundRoute } from './route'
 
 /**
@@ -26,9 +26,12 @@ export function onOutbound(context: WorkloadContext, { fd, remote }: AcceptedSoc
     return
   }
   const route = routeOutbound(original, context)
-  const source: AccessLogPeer = { ...peerOf(context.registry, remote.address, remote.port), workload: context.workload.name, namespace: context.workload.namespace, identity: context.identity }
+  const source: AccessLogPeer = { ...peerOf(context.registry, remote.address, remote.port), ...workloadNames(context.workload), identity: context.identity }
   const record = context.connections.start('outbound', source, destinationOf(route))
-  if (route.kind !== 'refuse' && route.service !== undefined) record.service = route.service
+  if (route.kind !== 'refuse' && route.service !== undefined) {
+    record.service = route.service
+    record.serviceNamespace = route.serviceNamespace
+  }
   switch (route.kind) {
     case 'refuse':
       resetConnection(fd)
