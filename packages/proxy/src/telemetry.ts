@@ -1,6 +1,6 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { silentLogger, type Logger } from '@ambientkit/core'
-import type { AccessLogEntry } from './access-log'
+import { accessLogFailed, ztunnelAccessLogFields, type AccessLogEntry, type AccessLogFormat } from './access-log'
 import type { ConnectionLabels, ProxyMetrics } from './metrics'
 import {
   HANDSHAKE_FAILURE_CHANNEL,
@@ -25,6 +25,8 @@ export interface ConnectionObserverOptions {
    * stops the proxy.
    */
   readonly accessLog?: (entry: AccessLogEntry) => void
+  /** How the default access log (no `accessLog` hook) writes: see {@link AccessLogFormat}. Default `'ambientkit'`. */
+  readonly accessLogFormat?: AccessLogFormat
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -56,7 +58,7 @@ const FAILURE_REPORT_INTERVAL_MS = 60_000
 export function observeConnections(options: ConnectionObserverOptions): ConnectionObserver {
   const { telemetry, metrics } = options
   const logger = options.logger ?? silentLogger
-  const accessLog = options.accessLog ?? ((entry: AccessLogEntry) => logger.info({ access: entry }, 'connection'))
+  const accessLog = options.accessLog ?? defaultAccessLog(logger, options.accessLogFormat ?? 'ambientkit')
   const labels = new WeakMap<ProxyConnection, ConnectionLabels>()
   let failures = 0
   let lastReport = Number.NEGATIVE_INFINITY
@@ -132,6 +134,15 @@ export function observeConnections(options: ConnectionObserverOptions): Connecti
       unsubscribe(CONNECTION_CLOSE_CHANNEL, onClose)
       unsubscribe(HANDSHAKE_FAILURE_CHANNEL, onHandshakeFailure)
     },
+  }
+}
+
+/** The access log on `logger`, in `format`. */
+function defaultAccessLog(logger: Logger, format: AccessLogFormat): (entry: AccessLogEntry) => void {
+  if (format === 'ambientkit') return (entry) => logger.info({ access: entry }, 'connection')
+  return (entry) => {
+    if (accessLogFailed(entry)) logger.error(ztunnelAccessLogFields(entry), 'connection complete')
+    else logger.info(ztunnelAccessLogFields(entry), 'connection complete')
   }
 }
 

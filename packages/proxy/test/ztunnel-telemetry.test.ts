@@ -1,7 +1,8 @@
 // The istio_tcp_* metrics carry exactly ztunnel's labels, with the values
-// Istio's and Kiali's dashboards query, so they work unchanged on our proxy.
+// Istio's and Kiali's dashboards query, so they work unchanged on our proxy;
+// the access log can be written under ztunnel's field names.
 import { afterEach, describe, expect, it } from 'vitest'
-import { silentLogger, type Workload } from '@ambientkit/core'
+import { silentLogger, type Logger, type Workload } from '@ambientkit/core'
 import { CONNECTION_LABEL_NAMES, createProxyMetrics, observeConnections, type ConnectionObserver, type ProxyMetrics } from '@ambientkit/proxy'
 import { ConnectionManager } from '../src/workload/connections'
 import { workloadPeer } from '../src/workload/context'
@@ -132,5 +133,70 @@ describe('istio_tcp_* labels', () => {
       destination_canonical_revision: 'latest',
       connection_security_policy: 'unknown',
     })
+  })
+})
+
+describe("the access log in ztunnel's format", () => {
+  /** A logger keeping what it is given at `info` and `error`. */
+  function capturing(): { logger: Logger; lines: Array<{ level: string; fields: unknown; message: unknown }> } {
+    const lines: Array<{ level: string; fields: unknown; message: unknown }> = []
+    const logger: Logger = {
+      ...silentLogger,
+      info: (fields: unknown, message?: unknown) => void lines.push({ level: 'info', fields, message }),
+      error: (fields: unknown, message?: unknown) => void lines.push({ level: 'error', fields, message }),
+      child: () => logger,
+    }
+    return { logger, lines }
+  }
+
+  it('names the fields as ztunnel does, with the HBONE address, the target inside it and the bytes the reporting side sent', () => {
+    const telemetry = {}
+    const { logger, lines } = capturing()
+    observer = observeConnections({ telemetry, logger, accessLogFormat: 'ztunnel' })
+    const manager = new ConnectionManager(web, webPeer.identity!, telemetry, silentLogger)
+    const outbound = manager.start('outbound', webPeer, apiPeer)
+    outbound.protocol = 'HBONE'
+    outbound.service = 'api.shop.svc.cluster.local'
+    outbound.open()
+    outbound.close({ outcome: 'closed', bytesSent: 10, bytesReceived: 250 })
+    const inbound = manager.start('inbound-hbone', webPeer, apiPeer)
+    inbound.protocol = 'HBONE'
+    inbound.open()
+    inbound.close({ outcome: 'closed', bytesSent: 10, bytesReceived: 250 })
+    const plaintext = manager.start('inbound-plaintext', { address: '192.0.2.7', port: 5000 }, apiPeer)
+    plaintext.close({ outcome: 'denied', reason: 'denied by shop/deny-all' })
+    expect(lines).toHaveLength(3)
+    expect(lines[0]).toEqual({
+      level: 'info',
+      message: 'connection complete',
+      fields: {
+        'src.addr': '10.0.1.2:40000',
+        'src.workload': 'web',
+        'src.namespace': 'shop',
+        'src.identity': 'spiffe://cluster.local/ns/shop/sa/web',
+        'dst.addr': '10.0.2.5:15008',
+        'dst.hbone_addr': '10.0.2.5:8080',
+        'dst.service': 'api.shop.svc.cluster.local',
+        'dst.workload': 'api-7d9f',
+        'dst.namespace': 'shop',
+        'dst.identity': 'spiffe://cluster.local/ns/shop/sa/api-7d9f',
+        direction: 'outbound',
+        bytes_sent: 10,
+        bytes_recv: 250,
+        duration: expect.stringMatching(/^\d+ms$/),
+      },
+    })
+    expect(lines[1]!.fields).toMatchObject({ direction: 'inbound', bytes_sent: 250, bytes_recv: 10 })
+    expect(lines[2]).toMatchObject({ level: 'error', fields: { 'src.addr': '192.0.2.7:5000', 'dst.addr': '10.0.2.5:8080', direction: 'inbound', error: 'denied by shop/deny-all' } })
+    expect(lines[2]!.fields).not.toHaveProperty('src.identity')
+    expect(lines[2]!.fields).not.toHaveProperty('dst.hbone_addr')
+  })
+
+  it('stays in ambientkit’s format by default', () => {
+    const telemetry = {}
+    const { logger, lines } = capturing()
+    observer = observeConnections({ telemetry, logger })
+    new ConnectionManager(web, webPeer.identity!, telemetry, silentLogger).start('outbound', webPeer, apiPeer).close({ outcome: 'closed' })
+    expect(lines).toEqual([{ level: 'info', message: 'connection', fields: { access: expect.objectContaining({ listener: 'outbound', outcome: 'closed' }) } }])
   })
 })
