@@ -5,6 +5,7 @@ import { asSocket, resetConnection } from '../transport/connection'
 import type { HboneTunnel } from '../transport/contract'
 import type { ConnectionRecord } from './connections'
 import { peerOf, workloadNames, workloadPeer, type WorkloadContext } from './context'
+import { outboundHeaders } from './peer-headers'
 import { routeOutbound, type OutboundRoute } from './route'
 
 /**
@@ -64,6 +65,7 @@ async function tunnel(context: WorkloadContext, fd: number, route: Extract<Outbo
       identity: context.identity,
       expectedIdentities: [route.expectedIdentity],
       ...(route.sourceAddress === undefined ? {} : { sourceAddress: route.sourceAddress }),
+      headers: outboundHeaders(context.workload, record.source, route.service),
       signal: attempt.signal,
     })
   } catch (err) {
