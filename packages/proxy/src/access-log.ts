@@ -97,9 +97,10 @@ export function accessLogFailed(entry: AccessLogEntry): boolean {
  *
  * @example
  * ```ts
- * import { createNodeProxy, ztunnelAccessLogFields } from '@ambientkit/proxy'
+ * import { createNodeProxy, ztunnelAccessLogFields, type NodeProxyOptions } from '@ambientkit/proxy'
  *
- * const proxy = createNodeProxy({ accessLog: (entry) => console.log(JSON.stringify(ztunnelAccessLogFields(entry))) })
+ * declare const options: NodeProxyOptions
+ * const proxy = createNodeProxy({ ...options, accessLog: (entry) => console.log(JSON.stringify(ztunnelAccessLogFields(entry))) })
  * ```
  */
 export function ztunnelAccessLogFields(entry: AccessLogEntry): Record<string, string | number> {
