@@ -164,16 +164,37 @@ function handle(mesh: Mesh, name: string): Netns {
   return h
 }
 
-/** GET on a node proxy's admin server, from inside the node's namespace. */
-async function adminGet(mesh: Mesh, node: string, path: string): Promise<string> {
-  const socket = await handle(mesh, netnsName.node(node)).connect({ host: '127.0.0.1', port: ADMIN_PORT, signal: AbortSignal.timeout(5000) })
+/** GET on a node proxy's admin server from inside namespace `from`, to `host`. */
+async function adminRequest(mesh: Mesh, from: string, host: string, path: string): Promise<{ status: number; body: string }> {
+  const socket = await handle(mesh, from).connect({ host, port: ADMIN_PORT, signal: AbortSignal.timeout(5000) })
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = []
     socket.on('data', (c: Buffer) => chunks.push(c))
     socket.on('error', reject)
-    socket.on('end', () => resolve(Buffer.concat(chunks).toString('utf8').split('\r\n\r\n').slice(1).join('\r\n\r\n')))
+    socket.on('end', () => {
+      const [head = '', ...body] = Buffer.concat(chunks).toString('utf8').split('\r\n\r\n')
+      resolve({ status: Number(/^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1] ?? 0), body: body.join('\r\n\r\n') })
+    })
     socket.end(`GET ${path} HTTP/1.0\r\n\r\n`)
   })
+}
+
+/** GET on a node proxy's admin server, from inside the node's namespace. */
+async function adminGet(mesh: Mesh, node: string, path: string): Promise<string> {
+  return (await adminRequest(mesh, netnsName.node(node), '127.0.0.1', path)).body
+}
+
+/**
+ * The admin server seen from a pod, at its node's address: readiness and
+ * metrics answer (the kubelet and Prometheus need them), `/config_dump`
+ * does not (it shows every workload, identity and policy of the node).
+ */
+async function adminFromPod(mesh: Mesh): Promise<NonNullable<DemoReport['adminFromPod']>> {
+  const pod = mesh.config.pods[0]!
+  const node = mesh.config.nodes.find((n) => n.name === pod.node)!
+  progress(`asking ${node.name}'s admin server for its readiness, metrics and configuration from pod ${pod.namespace}/${pod.name}`)
+  const status = async (path: string): Promise<number> => (await adminRequest(mesh, netnsName.pod(pod), node.gateway, path)).status
+  return { pod: `${pod.namespace}/${pod.name}`, node: `${node.name} (${node.gateway}:${ADMIN_PORT})`, ready: await status('/healthz/ready'), metrics: await status('/metrics'), configDump: await status('/config_dump') }
 }
 
 /** Waits until a node proxy reports `uid` ready (or gone, with `present: false`). The enrollment is another process's: polling is the only view. */
@@ -313,6 +334,7 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
     const restart = await restartAgent(mesh, sent)
     const controlPlaneRestart = await killControlPlane(mesh)
     const identity = await identityPlane(mesh)
+    const admin = await adminFromPod(mesh)
 
     await capture.stop()
     captureStopped = true
@@ -363,6 +385,11 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
           detail: identity.workloadApi.map((w) => `${w.pod} via ${w.socketOf}: ${w.got.id ?? w.got.error}`).join('; '),
         },
       ] : []),
+      {
+        check: 'from a pod, the node admin server answers readiness and metrics, not /config_dump',
+        ok: admin.ready === 200 && admin.metrics === 200 && admin.configDump === 403,
+        detail: `${admin.pod} → ${admin.node}: /healthz/ready ${admin.ready}, /metrics ${admin.metrics}, /config_dump ${admin.configDump}`,
+      },
       ...(restart ? [
         { check: 'agent down: captured pods fail closed', ok: down.length > 0 && down.every((f) => f.result !== 'reached'), detail: down.map((f) => `${f.from} → ${f.to}: ${f.error ?? f.result}`).join('; ') },
         { check: 'agent restarted: traffic recovers', ok: back.length > 0 && back.every((f) => f.result === 'reached' && f.protocol === 'HBONE'), detail: back.map((f) => `${f.from} → ${f.to}: ${f.result}`).join('; ') },
@@ -371,7 +398,7 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
     return {
       mesh: {
         trustDomain: config.trustDomain,
-        nodes: config.nodes.map((n) => ({ name: n.name, podCidr: n.podCidr, admin: `127.0.0.1:${ADMIN_PORT} in ${netnsName.node(n.name)}` })),
+        nodes: config.nodes.map((n) => ({ name: n.name, podCidr: n.podCidr, admin: `${n.gateway}:${ADMIN_PORT} in ${netnsName.node(n.name)} (/config_dump on 127.0.0.1 only)` })),
         pods: config.pods.map((p) => ({ pod: `${p.namespace}/${p.name}`, node: p.node, ip: p.ip, mesh: p.mesh, identity: workloadIdentity({ ...p, trustDomain: config.trustDomain }) })),
         services: snapshot.services.map((s) => ({ host: s.hostname, vip: s.vips.join(', '), endpoints: [...s.endpoints] })),
         policies: snapshot.policies.map((p) => `${p.namespace}/${p.name} (${p.action})`),
@@ -381,6 +408,7 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
       ...(restart ? { restart } : {}),
       ...(controlPlaneRestart ? { controlPlaneRestart } : {}),
       ...(identity ? { identity } : {}),
+      adminFromPod: admin,
       capture: captureReport,
       checks,
       ok: checks.every((c) => c.ok),

@@ -75,6 +75,8 @@ export interface ProxyMetrics {
   authorizationDenied(labels: DenialLabels): void
   handshakeFailed(labels: { destination_workload: string; reason: string }): void
   setWorkloads(count: number): void
+  /** A write the disk refused (full, read-only): `file` is `access_log`, or `state` (the node agent's state file). Absent: not counted. */
+  writeFailed?(labels: { file: string }): void
   /** Where the pods' DNS proxies count their requests, when this implementation counts them. */
   readonly dns?: DnsMetrics
   /** The metrics as Prometheus text, for the admin server's `/metrics`; absent when this implementation has none to serve. */
@@ -160,6 +162,7 @@ export function createProxyMetrics(): ProxyMetrics {
     'destination_workload',
     'reason',
   ] as const)
+  const writes = counter('ambientkit_write_failures_total', 'Writes the disk refused (full, read-only), by file: access_log, state', ['file'] as const)
   const workloads = new prom.Gauge({ name: 'ambientkit_workloads', help: 'Workloads enrolled in this node proxy', registers: [registry] })
   return {
     connectionOpened: (labels) => opened.inc(labels),
@@ -171,6 +174,7 @@ export function createProxyMetrics(): ProxyMetrics {
     authorizationDenied: (labels) => denied.inc({ ...labels }),
     handshakeFailed: (labels) => handshakes.inc(labels),
     setWorkloads: (count) => workloads.set(count),
+    writeFailed: (labels) => writes.inc(labels),
     dns: registerDnsMetrics(prom, registry),
     exposition: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
   }
