@@ -18,6 +18,7 @@
  *
  * @packageDocumentation
  */
+export type { ComponentRegistry } from './component'
 export { IstioErrorCode } from './errors'
 export {
   createWdsClient,

@@ -1,3 +1,4 @@
+import type { ComponentRegistry } from './component'
 import { existsSync, readFileSync } from 'node:fs'
 import { isIP } from 'node:net'
 import { checkServerIdentity, type PeerCertificate } from 'node:tls'
@@ -103,6 +104,13 @@ export interface WdsClientOptions {
   readonly backoff?: { readonly initialMs?: number; readonly maxMs?: number }
   /** How long to wait for the TCP and TLS handshakes. Default 5000 ms. */
   readonly connectTimeoutMs?: number
+  /**
+   * A node proxy to register with (as `wds`): its `/healthz/ready` waits
+   * until both types have had a response ACKed (ztunnel's readiness), and
+   * its `/config_dump` shows {@link WdsClient.configDump}, waypoints and
+   * network gateways included. Unregistered on `close()`. Default none.
+   */
+  readonly nodeProxy?: ComponentRegistry
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -225,6 +233,7 @@ class WdsClientImpl implements WdsClient {
   #connected = false
   #lastError: string | undefined
   #call: grpc.ClientDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse> | undefined
+  #unregister: (() => void) | undefined
 
   constructor(options: WdsClientOptions) {
     if (typeof options?.registry?.upsertWorkload !== 'function') throw invalidArgument('registry', options?.registry, 'a WorkloadRegistry')
@@ -237,6 +246,15 @@ class WdsClientImpl implements WdsClient {
     }
     this.#log = (options.logger ?? silentLogger).child({ component: 'wds', xds: this.#target.address })
     this.#state = new WdsState(options.registry, options.policies, this.#limits, this.#log)
+    this.#unregister = options.nodeProxy?.register({ name: 'wds', notReady: () => this.#notReady(), configDump: () => this.configDump() })
+  }
+
+  /** Why the node is not ready on account of this client, or `undefined`. */
+  #notReady(): string | undefined {
+    if (this.ready()) return undefined
+    const waiting = [...this.#awaiting].map((typeUrl) => typeUrl.slice(typeUrl.lastIndexOf('.') + 1)).join(' and ')
+    const why = this.#lastError === undefined ? '' : ` (last error: ${this.#lastError})`
+    return `no ${waiting} from istiod at ${this.#target.address} ACKed yet${why}`
   }
 
   async start(options: AbortOptions = {}): Promise<void> {
@@ -510,6 +528,8 @@ class WdsClientImpl implements WdsClient {
 
   async close(): Promise<void> {
     this.#stop.abort()
+    this.#unregister?.()
+    this.#unregister = undefined
     for (const waiter of [...this.#readyWaiters]) waiter(new AmbientError(CoreErrorCode.Closed, 'the WDS client was closed before it was ready'))
     this.#call?.cancel()
     await this.#running

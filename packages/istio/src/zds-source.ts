@@ -1,3 +1,4 @@
+import type { ComponentRegistry } from './component'
 import { closeSync } from 'node:fs'
 import {
   AmbientError,
@@ -39,6 +40,13 @@ export interface ZdsPodSourceOptions {
   readonly retryIntervalMs?: number
   /** Most pods held (each holds a descriptor); an AddWorkload past it is answered with an error. Default 1024. */
   readonly maxPods?: number
+  /**
+   * A node proxy to register with (as `zds`): its `/healthz/ready` waits
+   * until istio-cni's snapshot (SnapshotSent) is reconciled and every pod's
+   * proxy runs (ztunnel's readiness), and its `/config_dump` shows
+   * {@link ZdsPodSource.configDump}. Unregistered on `close()`. Default none.
+   */
+  readonly nodeProxy?: ComponentRegistry
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -150,12 +158,24 @@ class ZdsPodSourceImpl implements ZdsPodSource {
   #connections = 0
   #lastError: string | undefined
   #unsubscribe: (() => void) | undefined
+  #unregister: (() => void) | undefined
 
   constructor(options: ZdsPodSourceOptions) {
     this.#options = options
     this.#path = options.path ?? '/var/run/ztunnel/ztunnel.sock'
     this.#log = (options.logger ?? silentLogger).child({ component: 'zds', path: this.#path })
     this.#unsubscribe = options.registry?.subscribe((change) => this.#onRegistryChange(change))
+    this.#unregister = options.nodeProxy?.register({ name: 'zds', notReady: () => this.#notReady(), configDump: () => this.configDump() })
+  }
+
+  /** Why the node is not ready on account of this source, or `undefined`. */
+  #notReady(): string | undefined {
+    if (this.ready()) return undefined
+    const why = this.#lastError === undefined ? '' : ` (last error: ${this.#lastError})`
+    if (this.#socket === undefined) return `not connected to istio-cni at ${this.#path}${why}`
+    if (!this.#snapshotReceived) return "waiting for istio-cni's snapshot (SnapshotSent)"
+    const waiting = [...this.#pods.values()].filter((p) => p.state !== 'running').length
+    return `${waiting} pod${waiting === 1 ? '' : 's'} waiting for their proxies${why}`
   }
 
   async list(_options?: AbortOptions): Promise<PodEnrollment[]> {
@@ -461,6 +481,8 @@ class ZdsPodSourceImpl implements ZdsPodSource {
     this.#stop.abort()
     this.#unsubscribe?.()
     this.#unsubscribe = undefined
+    this.#unregister?.()
+    this.#unregister = undefined
     await this.#socket?.close()
     await this.#running
     for (const pod of this.#pods.values()) {

@@ -4,7 +4,9 @@ import { join } from 'node:path'
 import * as grpc from '@grpc/grpc-js'
 import { createPolicyStore, createWorkloadRegistry, evaluateAuthorization, type PolicyStore, type WorkloadRegistry } from '@ambientkit/core'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { createWdsClient, type WdsClient, type WdsEvent } from '../src/index'
+import { createCertificateAuthority, createIdentityManager, createLocalCaSource } from '@ambientkit/identity'
+import { createNodeProxy } from '@ambientkit/proxy'
+import { createWdsClient, type WdsClient, type WdsConfigDump, type WdsEvent } from '../src/index'
 import { ADDRESS, AUTHORIZATION, startFakeIstiod, type FakeStream } from './support/fake-istiod'
 import { makeTestPki, type TestPki } from './support/tls'
 
@@ -151,6 +153,37 @@ describe('WDS client against a fake istiod (grpc-js over TLS)', () => {
     const dump = h.client.configDump()
     expect(dump.services[0]).toMatchObject({ waypoint: { destination: 'shop/waypoint.shop.svc.cluster.local', hboneMtlsPort: 15008 }, endpoints: ['Kubernetes//Pod/shop/api'] })
     expect(dump.xds.types[ADDRESS]).toMatchObject({ resources: 2, acks: 1, nacks: 0, lastNonce: n1 })
+  })
+
+  it("plugs into a node proxy's readiness and /config_dump, waypoints included, until closed", async () => {
+    const identities = createIdentityManager({ source: createLocalCaSource(await createCertificateAuthority({ trustDomain: 'cluster.local' })) })
+    const nodeProxy = createNodeProxy({ nodeName: 'node-1', registry: createWorkloadRegistry(), identities, policies: createPolicyStore(), admin: { host: '127.0.0.1', port: 0 } })
+    await nodeProxy.start()
+    try {
+      const h = await harness({ nodeProxy })
+      const admin = async (path: string): Promise<{ status: number; body: string }> => {
+        const response = await fetch(`http://127.0.0.1:${nodeProxy.adminAddress()!.port}${path}`)
+        return { status: response.status, body: await response.text() }
+      }
+      h.begin()
+      const { stream } = await h.stream()
+      expect(await admin('/healthz/ready')).toMatchObject({ status: 503, body: expect.stringMatching(/wds \(no Address and Authorization from istiod at https:\/\/127\.0\.0\.1:\d+ ACKed yet\)/) })
+      stream.push(ADDRESS, [
+        { name: 'shop/api.shop.svc.cluster.local', version: 'v1', service: { name: 'api', namespace: 'shop', hostname: 'api.shop.svc.cluster.local', addresses: [{ network: '', address: ip('10.96.0.10') }], ports: [{ servicePort: 80, targetPort: 8080 }], waypoint: { hostname: { namespace: 'shop', hostname: 'waypoint.shop.svc.cluster.local' }, hboneMtlsPort: 15008 } } },
+      ])
+      await stream.next()
+      expect(await admin('/healthz/ready')).toMatchObject({ status: 503, body: expect.stringMatching(/wds \(no Authorization from istiod/) })
+      stream.push(AUTHORIZATION, [])
+      await stream.next()
+      expect(await admin('/healthz/ready')).toEqual({ status: 200, body: 'ready\n' })
+      const dump = JSON.parse((await admin('/config_dump')).body) as { components: Record<string, { ready: boolean; state: WdsConfigDump }> }
+      expect(dump.components.wds!.ready).toBe(true)
+      expect(dump.components.wds!.state.services[0]).toMatchObject({ waypoint: { destination: 'shop/waypoint.shop.svc.cluster.local', hboneMtlsPort: 15008 } })
+      await h.client.close()
+      expect(nodeProxy.configDump().components).not.toHaveProperty('wds')
+    } finally {
+      await nodeProxy.close()
+    }
   })
 
   it('NACKs the rejected resources by name while the valid ones still apply', async () => {

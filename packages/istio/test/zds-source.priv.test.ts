@@ -87,11 +87,16 @@ describePrivileged('ZDS pod source against a fake istio-cni (Python send_fds, re
   it('says hello first, enrolls the snapshot with acks after the proxy is up, reconciles, and never speaks unasked', async () => {
     const registry = createWorkloadRegistry()
     registry.upsertWorkload({ uid: 'Kubernetes//Pod/shop/a', name: 'a', namespace: 'shop', serviceAccount: 'sa-a', node: 'node-1', addresses: ['10.200.1.2'], protocol: 'HBONE', labels: {} })
-    const zds = await start({ registry })
+    // A node proxy's register, as NodeProxy.register takes components.
+    const components = new Map<string, { notReady?(): string | undefined; configDump?(): unknown }>()
+    const nodeProxy = { register: (c: { name: string; notReady?(): string | undefined; configDump?(): unknown }) => (components.set(c.name, c), () => components.delete(c.name)) }
+    const zds = await start({ registry, nodeProxy })
+    expect(components.get('zds')!.notReady!()).toMatch(/^not connected to istio-cni at .*ztunnel-\d+\.sock/)
     const before = openFds()
     const agent = consumer(zds, { delayMs: 50 })
     expect(await send({ op: 'accept' })).toEqual({ connected: 1, hello: '0801' })
     expect(zds.ready()).toBe(false)
+    expect(components.get('zds')!.notReady!()).toBe("waiting for istio-cni's snapshot (SnapshotSent)")
 
     expect(await add('uid-a', pods[0]!, 'a')).toEqual({ ack: '', raw: '0a00' })
     agent.log.push('reply a')
@@ -106,6 +111,8 @@ describePrivileged('ZDS pod source against a fake istio-cni (Python send_fds, re
     expect(await send({ op: 'keep', uid: 'uid-unknown' })).toMatchObject({ ack: '' })
     expect(await send({ op: 'snapshot' })).toMatchObject({ ack: '' })
     expect(zds.ready()).toBe(true)
+    expect(components.get('zds')!.notReady!()).toBeUndefined()
+    expect(components.get('zds')!.configDump!()).toMatchObject({ snapshotReceived: true, pods: [{ uid: 'uid-a' }, { uid: 'uid-b' }] })
     expect(await send({ op: 'silence', ms: 200 })).toEqual({ silent: true, data: null })
     expect((await zds.list()).map((p) => p.workload.name).sort()).toEqual(['a', 'b'])
 
@@ -133,6 +140,7 @@ describePrivileged('ZDS pod source against a fake istio-cni (Python send_fds, re
     expect(await zds.list()).toEqual([])
     await zds.close()
     source = undefined
+    expect(components.has('zds')).toBe(false)
     expect(openFds()).toBe(before)
   })
 

@@ -101,7 +101,7 @@ export {
   type ProxyConnection,
 } from './workload/connections'
 export { connectionLabels, observeConnections, type ConnectionObserver, type ConnectionObserverOptions } from './telemetry'
-export { createProxyMetrics, type ConnectionLabels, type DenialLabels, type ProxyMetrics } from './metrics'
-export type { AccessLogEntry, AccessLogPeer, ConnectionOutcome, ProxyListener } from './access-log'
+export { CONNECTION_LABEL_NAMES, createProxyMetrics, type ConnectionLabels, type DenialLabels, type ProxyMetrics } from './metrics'
+export { ztunnelAccessLogFields, type AccessLogEntry, type AccessLogFormat, type AccessLogPeer, type ConnectionOutcome, type ProxyListener } from './access-log'
 export { spliceSockets, type SocketSpliceResult } from './splice-sockets'
 export { createDnsProxy, DnsErrorCode, kubernetesSearchDomains, type DnsDropReason, type DnsMetrics, type DnsProxy, type DnsProxyOptions, type DnsRequestLabels } from './dns/index'

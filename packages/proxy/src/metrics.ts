@@ -5,20 +5,45 @@ import { registerDnsMetrics, type DnsMetrics } from './dns/metrics'
 import { HboneErrorCode } from './hbone/errors'
 
 /**
- * The labels of a connection, in the spirit of Istio's `istio_tcp_*`
- * metrics, so dashboards built for Istio read ours with few changes.
+ * The labels of a connection on the `istio_tcp_*` metrics: exactly
+ * ztunnel's set (its `CommonTrafficLabels`), so Istio's and Kiali's
+ * dashboards read ours unchanged. What is not known is `unknown`, as in
+ * ztunnel. `source_app`/`source_version` (and the destination's) repeat the
+ * canonical service and revision, as ztunnel does.
  */
 export interface ConnectionLabels {
   /** `source` for outbound connections, `destination` for inbound ones. */
   reporter: 'source' | 'destination'
   source_workload: string
+  source_canonical_service: string
+  source_canonical_revision: string
   source_workload_namespace: string
   source_principal: string
+  source_app: string
+  source_version: string
+  source_cluster: string
+  /** The service's host name, when the connection went to a service. */
+  destination_service: string
+  destination_service_namespace: string
+  destination_service_name: string
   destination_workload: string
+  destination_canonical_service: string
+  destination_canonical_revision: string
   destination_workload_namespace: string
   destination_principal: string
-  /** `mutual_tls` (HBONE, or in-process between two workloads of the mesh) or `none` (plaintext or passthrough). */
-  connection_security_policy: 'mutual_tls' | 'none'
+  destination_app: string
+  destination_version: string
+  destination_cluster: string
+  /** Always `tcp`: the proxy does not parse what it carries. */
+  request_protocol: 'tcp'
+  /**
+   * `-` (none), `DENY` (refused by authorization policy) or `CONNECT` (the
+   * upstream or the tunnel could not be connected): ztunnel's flags. An open
+   * is always counted with `-`; its close carries the flag.
+   */
+  response_flags: '-' | 'DENY' | 'CONNECT'
+  /** `mutual_tls` (HBONE, or in-process between two workloads of the mesh) or `unknown` (plaintext or passthrough), as ztunnel names them. */
+  connection_security_policy: 'mutual_tls' | 'unknown'
 }
 
 /** The labels of a connection denied by authorization. */
@@ -38,6 +63,14 @@ export interface DenialLabels {
  */
 export interface ProxyMetrics {
   connectionOpened(labels: ConnectionLabels): void
+  /**
+   * A connection ended. `bytes.sent` went from the source towards the
+   * destination, `bytes.received` back. Istio counts the latter as
+   * `istio_tcp_sent_bytes_total` ("sent during response") and the former as
+   * `istio_tcp_received_bytes_total`, whatever the reporter: what the source
+   * sent is "received" even when the source reports it (istio/istio#32399),
+   * and {@link createProxyMetrics} counts them so.
+   */
   connectionClosed(labels: ConnectionLabels, bytes: { sent: number; received: number }): void
   authorizationDenied(labels: DenialLabels): void
   handshakeFailed(labels: { destination_workload: string; reason: string }): void
@@ -52,16 +85,32 @@ export interface ProxyMetrics {
   exposition?(): Promise<{ contentType: string; body: string }>
 }
 
-const CONNECTION_LABELS = [
+/** ztunnel's label names on `istio_tcp_*`, in its order (src/proxy/metrics.rs). */
+export const CONNECTION_LABEL_NAMES = [
   'reporter',
   'source_workload',
+  'source_canonical_service',
+  'source_canonical_revision',
   'source_workload_namespace',
   'source_principal',
+  'source_app',
+  'source_version',
+  'source_cluster',
+  'destination_service',
+  'destination_service_namespace',
+  'destination_service_name',
   'destination_workload',
+  'destination_canonical_service',
+  'destination_canonical_revision',
   'destination_workload_namespace',
   'destination_principal',
+  'destination_app',
+  'destination_version',
+  'destination_cluster',
+  'request_protocol',
+  'response_flags',
   'connection_security_policy',
-] as const
+] as const satisfies ReadonlyArray<keyof ConnectionLabels>
 
 type PromClient = typeof PromClientModule
 
@@ -100,10 +149,10 @@ export function createProxyMetrics(): ProxyMetrics {
   }
   const registry = new prom.Registry()
   const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]) => new prom.Counter<L>({ name, help, labelNames, registers: [registry] })
-  const opened = counter('istio_tcp_connections_opened_total', 'TCP connections opened', CONNECTION_LABELS)
-  const closed = counter('istio_tcp_connections_closed_total', 'TCP connections closed', CONNECTION_LABELS)
-  const sent = counter('istio_tcp_sent_bytes_total', 'Bytes sent towards the destination', CONNECTION_LABELS)
-  const received = counter('istio_tcp_received_bytes_total', 'Bytes received from the destination', CONNECTION_LABELS)
+  const opened = counter('istio_tcp_connections_opened_total', 'TCP connections opened', CONNECTION_LABEL_NAMES)
+  const closed = counter('istio_tcp_connections_closed_total', 'TCP connections closed', CONNECTION_LABEL_NAMES)
+  const sent = counter('istio_tcp_sent_bytes_total', 'Bytes sent during response (from the destination back to the source)', CONNECTION_LABEL_NAMES)
+  const received = counter('istio_tcp_received_bytes_total', 'Bytes received during request (from the source towards the destination)', CONNECTION_LABEL_NAMES)
   const denied = counter('ambientkit_authorization_denials_total', 'Connections denied by authorization policy', [
     'destination_workload',
     'destination_workload_namespace',
@@ -122,8 +171,8 @@ export function createProxyMetrics(): ProxyMetrics {
     connectionOpened: (labels) => opened.inc(labels),
     connectionClosed(labels, bytes) {
       closed.inc(labels)
-      if (bytes.sent > 0) sent.inc(labels, bytes.sent)
-      if (bytes.received > 0) received.inc(labels, bytes.received)
+      if (bytes.received > 0) sent.inc(labels, bytes.received)
+      if (bytes.sent > 0) received.inc(labels, bytes.sent)
     },
     authorizationDenied: (labels) => denied.inc({ ...labels }),
     handshakeFailed: (labels) => handshakes.inc(labels),

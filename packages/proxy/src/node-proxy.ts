@@ -16,7 +16,7 @@ import {
   type WorkloadRegistry,
 } from '@ambientkit/core'
 import type { IdentityManager } from '@ambientkit/identity'
-import type { AccessLogEntry } from './access-log'
+import type { AccessLogEntry, AccessLogFormat } from './access-log'
 import { HboneErrorCode } from './hbone/errors'
 import { nativeHboneThreads } from './hbone/native'
 import { createProxyMetrics, promClientAvailable, type ProxyMetrics } from './metrics'
@@ -56,6 +56,8 @@ export interface NodeProxyOptions {
    * counted and reported at most once a minute.
    */
   readonly accessLog?: (entry: AccessLogEntry) => void
+  /** How the default access log (no `accessLog`) writes its lines: `'ambientkit'` or ztunnel's field names (`'ztunnel'`). Default `'ambientkit'`. */
+  readonly accessLogFormat?: AccessLogFormat
   /**
    * Where connections, denials and failed handshakes are counted. Default:
    * {@link createProxyMetrics} (Prometheus, served on `/metrics`) when its
@@ -228,6 +230,7 @@ class NodeProxyImpl implements NodeProxy {
       telemetry: this,
       metrics: this.metrics,
       ...(options.accessLog === undefined ? {} : { accessLog: options.accessLog }),
+      ...(options.accessLogFormat === undefined ? {} : { accessLogFormat: options.accessLogFormat }),
       logger: this.#log,
     })
   }

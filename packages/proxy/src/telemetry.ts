@@ -1,6 +1,6 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { silentLogger, type Logger } from '@ambientkit/core'
-import type { AccessLogEntry } from './access-log'
+import { accessLogFailed, ztunnelAccessLogFields, type AccessLogEntry, type AccessLogFormat } from './access-log'
 import type { ConnectionLabels, ProxyMetrics } from './metrics'
 import {
   HANDSHAKE_FAILURE_CHANNEL,
@@ -25,6 +25,8 @@ export interface ConnectionObserverOptions {
    * stops the proxy.
    */
   readonly accessLog?: (entry: AccessLogEntry) => void
+  /** How the default access log (no `accessLog` hook) writes: see {@link AccessLogFormat}. Default `'ambientkit'`. */
+  readonly accessLogFormat?: AccessLogFormat
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -56,7 +58,7 @@ const FAILURE_REPORT_INTERVAL_MS = 60_000
 export function observeConnections(options: ConnectionObserverOptions): ConnectionObserver {
   const { telemetry, metrics } = options
   const logger = options.logger ?? silentLogger
-  const accessLog = options.accessLog ?? ((entry: AccessLogEntry) => logger.info({ access: entry }, 'connection'))
+  const accessLog = options.accessLog ?? defaultAccessLog(logger, options.accessLogFormat ?? 'ambientkit')
   const labels = new WeakMap<ProxyConnection, ConnectionLabels>()
   let failures = 0
   let lastReport = Number.NEGATIVE_INFINITY
@@ -70,8 +72,14 @@ export function observeConnections(options: ConnectionObserverOptions): Connecti
   const onClose = (message: unknown): void => {
     const { connection, entry } = message as ConnectionCloseMessage
     if (connection.telemetry !== telemetry) return
-    const fixed = labels.get(connection)
-    if (fixed !== undefined) metrics?.connectionClosed(fixed, { sent: entry.bytesSent, received: entry.bytesReceived })
+    const flag = responseFlag(entry.outcome, connection.established)
+    let fixed = labels.get(connection)
+    if (fixed === undefined && flag !== '-' && metrics !== undefined) {
+      // Denied or not connected: ztunnel counts it opened and closed, the close flagged.
+      fixed = connectionLabels(connection)
+      metrics.connectionOpened(fixed)
+    }
+    if (fixed !== undefined) metrics?.connectionClosed(flag === '-' ? fixed : { ...fixed, response_flags: flag }, { sent: entry.bytesSent, received: entry.bytesReceived })
     // Counted where authorization denied it: at the destination (an outbound 401 is the destination's denial).
     if (entry.outcome === 'denied' && entry.listener !== 'outbound') {
       metrics?.authorizationDenied({
@@ -130,17 +138,61 @@ export function observeConnections(options: ConnectionObserverOptions): Connecti
   }
 }
 
-/** Istio's `istio_tcp_*` labels of a connection, from the peers its record fixed before it opened. */
+/** The access log on `logger`, in `format`. */
+function defaultAccessLog(logger: Logger, format: AccessLogFormat): (entry: AccessLogEntry) => void {
+  if (format === 'ambientkit') return (entry) => logger.info({ access: entry }, 'connection')
+  return (entry) => {
+    if (accessLogFailed(entry)) logger.error(ztunnelAccessLogFields(entry), 'connection complete')
+    else logger.info(ztunnelAccessLogFields(entry), 'connection complete')
+  }
+}
+
+/** ztunnel's `response_flags` for how a connection ended: `DENY` when policy refused it, `CONNECT` when it never connected. */
+function responseFlag(outcome: AccessLogEntry['outcome'], established: boolean): ConnectionLabels['response_flags'] {
+  if (outcome === 'denied') return 'DENY'
+  return outcome === 'failed' && !established ? 'CONNECT' : '-'
+}
+
+/**
+ * Istio's `istio_tcp_*` labels of a connection (see {@link ConnectionLabels}),
+ * from the peers its record fixed before it opened; `response_flags` is `-`.
+ */
 export function connectionLabels(connection: ProxyConnection): ConnectionLabels {
-  const { source, destination } = connection
+  const { source, destination, service } = connection
+  const known = (value: string | undefined): string => value ?? 'unknown'
+  const sourceService = known(source.canonicalService ?? source.workload)
+  const sourceRevision = known(source.canonicalRevision)
+  const destinationService = known(destination.canonicalService ?? destination.workload)
+  const destinationRevision = known(destination.canonicalRevision)
   return {
     reporter: connection.listener === 'outbound' ? 'source' : 'destination',
-    source_workload: source.workload ?? 'unknown',
-    source_workload_namespace: source.namespace ?? 'unknown',
-    source_principal: source.identity ?? 'unknown',
-    destination_workload: destination.workload ?? 'unknown',
-    destination_workload_namespace: destination.namespace ?? 'unknown',
-    destination_principal: destination.identity ?? 'unknown',
-    connection_security_policy: connection.protocol === 'TCP' ? 'none' : 'mutual_tls',
+    source_workload: known(source.workload),
+    source_canonical_service: sourceService,
+    source_canonical_revision: sourceRevision,
+    source_workload_namespace: known(source.namespace),
+    source_principal: known(source.identity),
+    source_app: sourceService,
+    source_version: sourceRevision,
+    source_cluster: known(source.cluster),
+    destination_service: known(service),
+    destination_service_namespace: known(connection.serviceNamespace),
+    destination_service_name: service === undefined ? 'unknown' : serviceName(service, connection.serviceNamespace),
+    destination_workload: known(destination.workload),
+    destination_canonical_service: destinationService,
+    destination_canonical_revision: destinationRevision,
+    destination_workload_namespace: known(destination.namespace),
+    destination_principal: known(destination.identity),
+    destination_app: destinationService,
+    destination_version: destinationRevision,
+    destination_cluster: known(destination.cluster),
+    request_protocol: 'tcp',
+    response_flags: '-',
+    connection_security_policy: connection.protocol === 'TCP' ? 'unknown' : 'mutual_tls',
   }
+}
+
+/** A service's name: `name` of a Kubernetes host name `name.<namespace>.svc...`, else the whole host name. */
+function serviceName(hostname: string, namespace: string | undefined): string {
+  const dot = hostname.indexOf('.')
+  return dot > 0 && namespace !== undefined && hostname.startsWith(`.${namespace}.svc.`, dot) ? hostname.slice(0, dot) : hostname
 }

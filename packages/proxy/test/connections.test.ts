@@ -29,19 +29,27 @@ async function samples(metrics: ProxyMetrics, name: string): Promise<string[]> {
 }
 
 describe('connection records', () => {
-  it('count a connection that never became established neither opened nor closed, and log it once', async () => {
+  it('count a denied connection opened and closed with DENY, as ztunnel does, and log it once', async () => {
     const { manager, metrics, entries } = observed()
     const record = manager.start('inbound-hbone', web, app)
     record.protocol = 'HBONE'
     record.policy = 'shop/deny-web'
     record.close({ outcome: 'denied', reason: 'denied by shop/deny-web' })
     record.close({ outcome: 'closed' })
-    expect(await samples(metrics, 'istio_tcp_connections_opened_total')).toEqual([])
-    expect(await samples(metrics, 'istio_tcp_connections_closed_total')).toEqual([])
+    expect(await samples(metrics, 'istio_tcp_connections_opened_total')).toEqual([expect.stringMatching(/response_flags="-".*\} 1$/)])
+    expect(await samples(metrics, 'istio_tcp_connections_closed_total')).toEqual([expect.stringMatching(/response_flags="DENY".*\} 1$/)])
     expect(await samples(metrics, 'ambientkit_authorization_denials_total')).toEqual([expect.stringMatching(/policy="shop\/deny-web".*\} 1$/)])
     expect(entries).toHaveLength(1)
     expect(entries[0]).toMatchObject({ listener: 'inbound-hbone', protocol: 'HBONE', outcome: 'denied', policy: 'shop/deny-web' })
     expect(manager.size).toBe(0)
+  })
+
+  it('flag a connection whose upstream never connected CONNECT, and leave one refused before any attempt uncounted', async () => {
+    const { manager, metrics } = observed()
+    manager.start('outbound', web, app).close({ outcome: 'failed', reason: 'HBONE connect failed: ECONNREFUSED' })
+    manager.start('outbound', web, app).close({ outcome: 'refused', reason: 'loop' })
+    expect(await samples(metrics, 'istio_tcp_connections_opened_total')).toEqual([expect.stringMatching(/response_flags="-".*\} 1$/)])
+    expect(await samples(metrics, 'istio_tcp_connections_closed_total')).toEqual([expect.stringMatching(/response_flags="CONNECT".*\} 1$/)])
   })
 
   it('count an open whose tunnel then failed (upstream connected, stream gone before the 200) closed under the same labels', async () => {
@@ -68,8 +76,9 @@ describe('connection records', () => {
     expect(opened).toHaveLength(1)
     expect(opened[0]).toMatch(/destination_workload="api".*\} 1$/)
     expect(closed.map((line) => line.replace('closed_total', 'opened_total'))).toEqual(opened)
-    expect(await samples(metrics, 'istio_tcp_sent_bytes_total')).toEqual([expect.stringMatching(/\} 100$/)])
-    expect(await samples(metrics, 'istio_tcp_received_bytes_total')).toEqual([expect.stringMatching(/\} 233$/)])
+    // Istio's sent bytes are the response's (destination to source), its received bytes the request's.
+    expect(await samples(metrics, 'istio_tcp_sent_bytes_total')).toEqual([expect.stringMatching(/\} 233$/)])
+    expect(await samples(metrics, 'istio_tcp_received_bytes_total')).toEqual([expect.stringMatching(/\} 100$/)])
     expect(entries.map((e) => e.outcome)).toEqual(['closed'])
   })
 

@@ -170,6 +170,12 @@ describePrivileged('mesh: two nodes, capture, HBONE between node proxies', ['ip'
         service: 'api.shop.svc.cluster.local',
         destination: { address: b.pod.ipv4, port: 8080, identity: workloadIdentity(b.workload) },
       })
+      // The destination learns the service from the CONNECT's forwarded host, as ztunnel's does.
+      expect(await cp.logged((e) => e.listener === 'inbound-hbone' && e.service !== undefined, mark)).toMatchObject({
+        service: 'api.shop.svc.cluster.local',
+        serviceNamespace: 'shop',
+        destination: { address: b.pod.ipv4, port: 8080 },
+      })
     })
 
     it('refuses connections to the proxy\'s own ports instead of looping', async () => {

@@ -56,6 +56,7 @@ describe('routeOutbound', () => {
       destination: to('10.0.2.5', 8080),
       expectedIdentity: 'spiffe://cluster.local/ns/shop/sa/api',
       service: 'api.shop.svc.cluster.local',
+      serviceNamespace: 'shop',
     })
   })
 

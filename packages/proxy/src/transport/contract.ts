@@ -269,6 +269,12 @@ export interface HboneRequest {
    * claim another source address.
    */
   readonly forwardedFor?: string
+  /**
+   * The `host=` of `forwarded` (the service the client connected to, as
+   * ztunnel sends it), from any peer: it only names a service, to be
+   * checked against the destination's own.
+   */
+  readonly forwardedHost?: string
   /** The request headers. `forwarded` is removed unless the peer is trusted. */
   readonly headers: Readonly<IncomingHttpHeaders>
 }

@@ -2,6 +2,7 @@ import { setMaxListeners } from 'node:events'
 import { constants as h2, type IncomingHttpHeaders } from 'node:http2'
 import { AmbientError, CoreErrorCode, invalidArgument, parseSocketAddress, silentLogger, type Logger, type SocketAddress } from '@ambientkit/core'
 import { forwardedFor } from '../hbone/forwarded'
+import { forwardedHost } from '../forwarded-host'
 import { positiveInteger } from '../hbone/settings'
 import type {
   CarriedConnection,
@@ -250,6 +251,7 @@ export function buildRequest(headers: IncomingHttpHeaders, peer: SessionPeer, de
     baggage: single('baggage'),
     traceparent: single('traceparent'),
     forwardedFor: original,
+    forwardedHost: forwardedHost(single('forwarded')),
     headers: visible,
   }
 }

@@ -52,8 +52,10 @@ export interface ProxyConnection {
   readonly protocol: AccessLogEntry['protocol']
   readonly source: AccessLogPeer
   readonly destination: AccessLogPeer
-  /** The service the destination was chosen from, if the app connected to a VIP. */
+  /** The service the destination was chosen from (its host name): the VIP the app connected to, or the one the HBONE peer named in `forwarded`. */
   readonly service?: string
+  /** That service's namespace. */
+  readonly serviceNamespace?: string
   /** The authorization policy that decided, when one did. */
   readonly policy?: string
   /** `Date.now()` at accept. */
@@ -86,6 +88,7 @@ export class ConnectionRecord implements ProxyConnection {
   protocol: AccessLogEntry['protocol'] = 'TCP'
   destination: AccessLogPeer
   service: string | undefined
+  serviceNamespace: string | undefined
   policy: string | undefined
   /** Inbound connections: what authorization saw, re-evaluated when policies change. */
   authorization: AuthorizationConnection | undefined
@@ -158,6 +161,7 @@ export class ConnectionRecord implements ProxyConnection {
       source: this.source,
       destination: this.destination,
       ...(this.service === undefined ? {} : { service: this.service }),
+      ...(this.serviceNamespace === undefined ? {} : { serviceNamespace: this.serviceNamespace }),
       bytesSent: end.bytesSent ?? 0,
       bytesReceived: end.bytesReceived ?? 0,
       durationMs: performance.now() - this.#started,

@@ -38,12 +38,27 @@ export interface WorkloadContext extends RouteContext {
 export function peerOf(registry: WorkloadRegistry, address: string | undefined, port?: number): AccessLogPeer {
   const ip = (address && tryCanonicalIp(address)) || address || 'unknown'
   const workload = registry.workloadByAddress(ip)
-  return { address: ip, ...(port ? { port } : {}), ...(workload ? { workload: workload.name, namespace: workload.namespace } : {}) }
+  return { address: ip, ...(port ? { port } : {}), ...(workload ? workloadNames(workload) : {}) }
 }
 
 /** A workload as the access log names it at `destination`. */
 export function workloadPeer(workload: Workload, destination: SocketAddress, identity?: string): AccessLogPeer {
-  return { address: destination.address, port: destination.port, workload: workload.name, namespace: workload.namespace, ...(identity === undefined ? {} : { identity }) }
+  return { address: destination.address, port: destination.port, ...workloadNames(workload), ...(identity === undefined ? {} : { identity }) }
+}
+
+// Istio's canonical service and revision: the first of these labels a workload has (istio/pkg/kube/labels).
+const CANONICAL_NAME_LABELS = ['service.istio.io/canonical-name', 'app.kubernetes.io/name', 'app'] as const
+const CANONICAL_REVISION_LABELS = ['service.istio.io/canonical-revision', 'app.kubernetes.io/version', 'version'] as const
+
+/** A workload's names as telemetry reports them: name, namespace, canonical service and revision. */
+export function workloadNames(workload: Workload): Pick<AccessLogPeer, 'workload' | 'namespace' | 'canonicalService' | 'canonicalRevision'> {
+  const first = (names: readonly string[]): string | undefined => names.map((name) => workload.labels[name]).find((value) => value !== undefined && value !== '')
+  return {
+    workload: workload.name,
+    namespace: workload.namespace,
+    canonicalService: first(CANONICAL_NAME_LABELS) ?? workload.name,
+    canonicalRevision: first(CANONICAL_REVISION_LABELS) ?? 'latest',
+  }
 }
 
 /**

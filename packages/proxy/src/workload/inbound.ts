@@ -4,6 +4,7 @@ import { asSocket, resetConnection } from '../transport/connection'
 import type { HboneDecision, HboneRequest, HboneTunnelRecord, TransportServerOptions, UpstreamConnectOptions } from '../transport/contract'
 import type { ConnectionRecord } from './connections'
 import { appConnectOptions, peerOf, workloadPeer, type WorkloadContext } from './context'
+import { forwardedService, parseBaggage, withBaggage } from './peer-headers'
 import { ignore, spliced } from './outbound'
 import { authorizeInbound } from './route'
 
@@ -36,6 +37,11 @@ function decide(context: WorkloadContext, request: HboneRequest): HboneDecision 
   // The connection's record from here on: the server reports the tunnel's end with it as context.
   const record = context.connections.start('inbound-hbone', sourceOf(context, request), workloadPeer(context.workload, request.destination, context.identity))
   record.protocol = request.protocol
+  const service = forwardedService(context.registry, context.workload, request.forwardedHost)
+  if (service !== undefined) {
+    record.service = service.hostname
+    record.serviceNamespace = service.namespace
+  }
   record.authorization = decision.connection
   if (decision.policy !== undefined) record.policy = decision.policy
   return { action: 'serve', context: record, ...(decision.policy === undefined ? {} : { policy: decision.policy }) }
@@ -96,8 +102,10 @@ function tunnelOutcome(tunnel: HboneTunnelRecord): ConnectionOutcome {
   return tunnel.outcome === 'closed' ? 'closed' : 'reset'
 }
 
-function sourceOf(context: WorkloadContext, request: Pick<HboneRequest, 'peerAddress' | 'peerIdentity'>): AccessLogPeer {
-  return { ...peerOf(context.registry, request.peerAddress.address, request.peerAddress.port), identity: request.peerIdentity }
+/** The source of a `CONNECT`: the workload the registry knows at its address, else what its `baggage` says. */
+function sourceOf(context: WorkloadContext, request: Pick<HboneRequest, 'peerAddress' | 'peerIdentity' | 'baggage'>): AccessLogPeer {
+  const peer = { ...peerOf(context.registry, request.peerAddress.address, request.peerAddress.port), identity: request.peerIdentity }
+  return withBaggage(peer, parseBaggage(request.baggage))
 }
 
 /** The inbound plaintext listener (15006): authorized without an identity (or refused in strict mode), then spliced with the app. */

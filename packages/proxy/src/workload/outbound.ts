@@ -4,7 +4,8 @@ import { startSocketSplice } from '../splice-sockets'
 import { asSocket, resetConnection } from '../transport/connection'
 import type { HboneTunnel } from '../transport/contract'
 import type { ConnectionRecord } from './connections'
-import { peerOf, workloadPeer, type WorkloadContext } from './context'
+import { peerOf, workloadNames, workloadPeer, type WorkloadContext } from './context'
+import { outboundHeaders } from './peer-headers'
 import { routeOutbound, type OutboundRoute } from './route'
 
 /**
@@ -26,9 +27,12 @@ export function onOutbound(context: WorkloadContext, { fd, remote }: AcceptedSoc
     return
   }
   const route = routeOutbound(original, context)
-  const source: AccessLogPeer = { ...peerOf(context.registry, remote.address, remote.port), workload: context.workload.name, namespace: context.workload.namespace, identity: context.identity }
+  const source: AccessLogPeer = { ...peerOf(context.registry, remote.address, remote.port), ...workloadNames(context.workload), identity: context.identity }
   const record = context.connections.start('outbound', source, destinationOf(route))
-  if (route.kind !== 'refuse' && route.service !== undefined) record.service = route.service
+  if (route.kind !== 'refuse' && route.service !== undefined) {
+    record.service = route.service
+    record.serviceNamespace = route.serviceNamespace
+  }
   switch (route.kind) {
     case 'refuse':
       resetConnection(fd)
@@ -61,6 +65,7 @@ async function tunnel(context: WorkloadContext, fd: number, route: Extract<Outbo
       identity: context.identity,
       expectedIdentities: [route.expectedIdentity],
       ...(route.sourceAddress === undefined ? {} : { sourceAddress: route.sourceAddress }),
+      headers: outboundHeaders(context.workload, record.source, route.service),
       signal: attempt.signal,
     })
   } catch (err) {

@@ -28,7 +28,9 @@ export type OutboundRoute =
       readonly destination: SocketAddress
       /** The workload at the destination, when the registry knows it (not in the mesh). */
       readonly target?: Workload
+      /** The service's host name, when the app connected to a VIP. */
       readonly service?: string
+      readonly serviceNamespace?: string
     }
   /** Through an HBONE tunnel to a mesh workload: `destination` is the workload's address and port (a service VIP resolved). */
   | {
@@ -39,7 +41,9 @@ export type OutboundRoute =
       readonly expectedIdentity: string
       /** The source address the session binds to: the workload's own address of the destination's family. */
       readonly sourceAddress?: string
+      /** The service's host name, when the app connected to a VIP. */
       readonly service?: string
+      readonly serviceNamespace?: string
     }
 
 /** What {@link routeOutbound} and {@link authorizeInbound} know of the workload whose proxy asks. */
@@ -57,7 +61,7 @@ export function routeOutbound(destination: SocketAddress, context: RouteContext)
     return { kind: 'refuse', reason: `destination ${formatSocketAddress(destination)} is the proxy itself (loop)`, destination }
   }
   const resolved = context.registry.resolve(destination.address, destination.port)
-  const service = resolved?.kind === 'service' ? { service: resolved.service.hostname } : {}
+  const service = resolved?.kind === 'service' ? { service: resolved.service.hostname, serviceNamespace: resolved.service.namespace } : {}
   const target = resolved?.workload
   const address = resolved?.address ?? destination.address
   const resolvedDestination: SocketAddress = { address, port: resolved?.port ?? destination.port, family: address.includes(':') ? 6 : 4 }

@@ -16,7 +16,7 @@ import {
   type WorkloadRegistry,
 } from '@ambientkit/core'
 import type { IdentityManager } from '@ambientkit/identity'
-import type { AccessLogEntry, ProxyListener } from '../access-log'
+import type { AccessLogEntry, AccessLogFormat, ProxyListener } from '../access-log'
 import type { HboneWindows } from '../hbone/constants'
 import { nativeHbone, nativeHboneUnavailable } from '../hbone/native'
 import type { ProxyMetrics } from '../metrics'
@@ -121,6 +121,8 @@ export interface WorkloadProxyOptions extends AbortOptions {
   readonly metrics?: ProxyMetrics
   /** With no `telemetry`: called once per connection when it ends. Default: one `info` line on `logger`. */
   readonly accessLog?: (entry: AccessLogEntry) => void
+  /** With no `telemetry` and no `accessLog`: how the default access log writes (see `AccessLogFormat`). Default `'ambientkit'`. */
+  readonly accessLogFormat?: AccessLogFormat
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -231,7 +233,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
     const logger = (options.logger ?? silentLogger).child({ workload: `${options.workload.namespace}/${options.workload.name}` })
     const telemetry = options.telemetry ?? this
     if (options.telemetry === undefined) {
-      this.#observer = observeConnections({ telemetry, ...(options.metrics ? { metrics: options.metrics } : {}), ...(options.accessLog ? { accessLog: options.accessLog } : {}), logger })
+      this.#observer = observeConnections({ telemetry, ...(options.metrics ? { metrics: options.metrics } : {}), ...(options.accessLog ? { accessLog: options.accessLog } : {}), ...(options.accessLogFormat ? { accessLogFormat: options.accessLogFormat } : {}), logger })
     }
     this.#connections = new ConnectionManager(options.workload, this.identity, telemetry, logger)
     const netns = options.netns
