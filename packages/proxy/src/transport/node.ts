@@ -1,3 +1,4 @@
+import type { ClientHttp2Stream } from 'node:http2'
 import type { Socket } from 'node:net'
 import { AmbientError, CoreErrorCode, invalidArgument, type SocketAddress } from '@ambientkit/core'
 import { tlsClientOptions, tlsServerOptions } from '@ambientkit/identity'
@@ -106,9 +107,18 @@ async function openTunnel(client: HboneClient, app: CarriedConnection, destinati
     options.signal?.removeEventListener('abort', onAbort)
     socket.off('close', onClose)
   }
+  socket.off('error', onError)
+  return spliced(socket, stream)
+}
+
+/**
+ * The tunnel of an opened stream, spliced with the application's socket. A
+ * function of its own so that the callback an established tunnel keeps
+ * holds neither the attempt's controller nor the options.
+ */
+function spliced(socket: Socket, stream: ClientHttp2Stream): NodeTunnel {
   const tunnel = new NodeTunnel(socket)
   startTunnelSplice(socket, stream, (result) => tunnel.settle(result))
-  socket.off('error', onError)
   // The splice resets the stream when the socket is reset, and the other way round.
   if (socket.destroyed) resetTunnel(stream)
   return tunnel

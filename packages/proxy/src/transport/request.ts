@@ -107,7 +107,9 @@ export interface RequestHead {
 /** Serves one `CONNECT` from `peer` on `stream`. Never rejects: every failure is answered and reported. */
 export async function serveRequest(config: RequestConfig, stream: RequestStream, peer: SessionPeer, head: RequestHead): Promise<void> {
   const raw = typeof head.authority === 'string' && head.authority !== '' ? head.authority : undefined
-  const finish = (fields: TunnelRecordFields): void => reportTunnel(config, peer, head.started, fields)
+  // What the closures below capture lives as long as the tunnel: the start time, not the head and its headers.
+  const started = head.started
+  const finish = (fields: TunnelRecordFields): void => reportTunnel(config, peer, started, fields)
   const reject = (status: number, reason: string, extra: Partial<HboneTunnelRecord> = {}): void => {
     const answered = !stream.gone && stream.respond(status)
     finish({ status: answered ? status : 0, outcome: answered ? 'rejected' : 'cancelled', reason, authority: raw, ...extra })
@@ -135,24 +137,13 @@ export async function serveRequest(config: RequestConfig, stream: RequestStream,
     const served = { destination, context: decision.context, ...(decision.policy === undefined ? {} : { policy: decision.policy }) }
     if (stream.gone) return finish({ status: 0, outcome: 'cancelled', ...served })
 
-    const attempt = new AbortController()
-    const abort = (message: string) => (): void => attempt.abort(new AmbientError(CoreErrorCode.Aborted, message))
-    const onClosing = abort('HBONE server closed before upstream connected')
-    const stopWatching = stream.onGone(abort('HBONE stream closed before upstream connected'))
-    const timer = setTimeout(abort(`upstream connect timed out after ${config.connectTimeout} ms`), config.connectTimeout)
-    config.closing.addEventListener('abort', onClosing, { once: true })
-    if (config.closing.aborted) onClosing()
     let upstream: CarriedConnection
     try {
-      upstream = await config.connect(destination, { signal: attempt.signal, request, context: decision.context, tunnel: stream })
+      upstream = await connectUpstream(config, stream, destination, request, decision.context)
     } catch (err) {
       if (stream.gone) return finish({ status: 0, outcome: 'cancelled', ...served, error: err as Error })
       config.logger.debug({ err, destination: raw }, 'HBONE upstream connect failed')
       return reject(503, 'upstream-connect-failed', { ...served, error: err as Error })
-    } finally {
-      clearTimeout(timer)
-      stopWatching()
-      config.closing.removeEventListener('abort', onClosing)
     }
     if (stream.gone) {
       config.discard(upstream)
@@ -169,12 +160,40 @@ export async function serveRequest(config: RequestConfig, stream: RequestStream,
       }),
     )
     if (!carried) return finish({ status: 0, outcome: 'cancelled', ...served })
-    report(config.logger, () => config.onTunnelOpen(request))
+    reportOpen(config, request)
   } catch (err) {
     // A bug of ours, not the peer's: the stream must not be left hanging.
     config.logger.error({ err, peer: peer.identity }, 'HBONE stream handling failed')
     stream.reset()
   }
+}
+
+/**
+ * Connects a served request's upstream; gives up when the stream goes, the
+ * server closes or `connectTimeout` passes. A function of its own, as
+ * {@link reportOpen} is: the callback an established tunnel keeps then
+ * holds neither the attempt's controller, timer and listeners nor the
+ * request.
+ */
+async function connectUpstream(config: RequestConfig, stream: RequestStream, destination: SocketAddress, request: HboneRequest, context: unknown): Promise<CarriedConnection> {
+  const attempt = new AbortController()
+  const abort = (message: string) => (): void => attempt.abort(new AmbientError(CoreErrorCode.Aborted, message))
+  const onClosing = abort('HBONE server closed before upstream connected')
+  const stopWatching = stream.onGone(abort('HBONE stream closed before upstream connected'))
+  const timer = setTimeout(abort(`upstream connect timed out after ${config.connectTimeout} ms`), config.connectTimeout)
+  config.closing.addEventListener('abort', onClosing, { once: true })
+  if (config.closing.aborted) onClosing()
+  try {
+    return await config.connect(destination, { signal: attempt.signal, request, context, tunnel: stream })
+  } finally {
+    clearTimeout(timer)
+    stopWatching()
+    config.closing.removeEventListener('abort', onClosing)
+  }
+}
+
+function reportOpen(config: RequestConfig, request: HboneRequest): void {
+  report(config.logger, () => config.onTunnelOpen(request))
 }
 
 /** What a tunnel's record says beyond its peer and duration. */

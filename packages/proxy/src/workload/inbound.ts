@@ -50,13 +50,22 @@ async function connectTunnel(context: WorkloadContext, destination: SocketAddres
   record.onTerminate(() => attempt.abort(new AmbientError(CoreErrorCode.Aborted, record.terminatedBy ?? 'terminated')))
   try {
     const fd = await context.netns.connectFd(appConnectOptions(context, destination, attempt.signal, options.request.forwardedFor ?? options.request.peerAddress.address))
-    // Resetting the tunnel resets the app's connection too.
-    record.onTerminate(() => options.tunnel.reset())
-    record.open()
+    served(record, options.tunnel)
     return fd
   } finally {
     options.signal.removeEventListener('abort', onAbort)
   }
+}
+
+/**
+ * Connected to the app: the record opens, and terminating it resets the
+ * tunnel (which resets the app's connection too). A function of its own so
+ * the closure an established tunnel keeps holds only the tunnel, not the
+ * connect attempt's controller, options and request.
+ */
+function served(record: ConnectionRecord, tunnel: UpstreamConnectOptions['tunnel']): void {
+  record.onTerminate(() => tunnel.reset())
+  record.open()
 }
 
 function tunnelEnded(context: WorkloadContext, tunnel: HboneTunnelRecord): void {
