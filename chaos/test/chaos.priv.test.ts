@@ -4,7 +4,7 @@
 // is left to the long run (it takes the SVID lifetime and more) and to
 // examples/local-mesh/test/rotation.priv.test.ts.
 import { execFile } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -13,7 +13,8 @@ import { describePrivileged } from '../../test/support/privileged'
 
 const runner = fileURLToPath(new URL('../run.mjs', import.meta.url))
 const demo = fileURLToPath(new URL('../../examples/local-mesh/bin/demo.mjs', import.meta.url))
-const stateDir = join(mkdtempSync(join(tmpdir(), 'akm-chaos-test-')), 'state')
+const scratch = mkdtempSync(join(tmpdir(), 'akm-chaos-test-'))
+const stateDir = join(scratch, 'state')
 const prefix = `akx${process.pid % 100_000}`
 const env = { ...process.env, AMBIENTKIT_LOCAL_STATE_DIR: stateDir, AMBIENTKIT_LOCAL_PREFIX: prefix }
 const FAULTS = ['policy-flip', 'pod-add-remove', 'agent-kill', 'control-plane-kill', 'link-flap', 'link-loss', 'link-slow', 'capture-flush', 'capture-table-delete']
@@ -47,6 +48,7 @@ describePrivileged('chaos run (60 s, fixed seed)', ['ip', 'nft', 'tc', 'tcpdump'
   afterAll(async () => {
     // Safety net only: the run's own baseline check covers its cleanup.
     if (namespaces().length > 0) await new Promise((resolve) => execFile(process.execPath, [demo, '--down'], { env }, resolve))
+    rmSync(scratch, { recursive: true, force: true })
   }, 60_000)
 
   it('holds every invariant: zero violations', () => {
