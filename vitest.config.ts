@@ -24,6 +24,8 @@ export default defineConfig({
     // Child processes, not worker threads: setns() and socket options act on the
     // calling thread, and a crash in the native addon must not take the runner down.
     pool: 'forks',
+    // Any uncaught exception or unhandled rejection in a process a test started fails that test.
+    setupFiles: ['test/support/child-crashes.ts'],
     testTimeout: 30_000,
     hookTimeout: 60_000,
   },

@@ -92,7 +92,10 @@ const report = await agent.start()
 log.info({ ...report }, 'node agent started')
 
 // On SIGTERM (pod deletion, rolling update) stop following, drain, and leave
-// every pod captured: its traffic fails closed until the next agent is up.
+// every pod captured. In a rolling update the new agent is already serving
+// next to this one (maxSurge in the DaemonSet): new connections go to it
+// while this one's finish; otherwise the pods' traffic fails closed until
+// the next agent is up.
 process.once('SIGTERM', () => {
   log.info('draining')
   void (async () => {

@@ -3,11 +3,11 @@ import { createJsonLogger } from '@ambientkit/core'
 import { loadMeshConfig } from './config'
 import { createControlPlane } from './control-plane'
 import { DEFAULT_CONFIG, STATE_DIR, state } from './paths'
-import { onShutdown, options, signalParent } from './process-util'
+import { createLogSink, onShutdown, options, signalParent } from './process-util'
 
 const args = options(['config', 'state-dir'])
 const dir = args['state-dir'] ?? STATE_DIR
-const logger = createJsonLogger({ write: (line) => process.stdout.write(line) })
+const logger = createJsonLogger({ write: createLogSink().write })
 try {
   const config = loadMeshConfig(args.config ?? DEFAULT_CONFIG)
   const controlPlane = await createControlPlane({ config, stateDir: dir, logger })

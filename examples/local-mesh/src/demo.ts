@@ -1,7 +1,7 @@
 // The local mesh demo: builds a cluster of network namespaces, runs the
 // control plane and one node agent per node, sends traffic, proves it is
 // encrypted, and reports. Started by bin/demo.mjs (which checks root and tools).
-import { existsSync, mkdirSync, rmSync } from 'node:fs'
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { workloadIdentity, type Workload } from '@ambientkit/core'
@@ -27,18 +27,21 @@ const { values: flags } = parseArgs({
     json: { type: 'boolean', default: false },
     apply: { type: 'boolean', default: false },
     up: { type: 'boolean', default: false },
+    upgrade: { type: 'string' },
     config: { type: 'string', default: DEFAULT_CONFIG },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
 })
 
-const USAGE = `usage: sudo npm run demo -- [--keep | --up | --down | --apply] [--json] [--config mesh.yaml]
+const USAGE = `usage: sudo npm run demo -- [--keep | --up | --down | --apply | --upgrade <node>] [--json] [--config mesh.yaml]
   (no flag)  build the mesh, send traffic, print the report, tear everything down
   --keep     leave the mesh running afterwards and print a cheat sheet
   --up       build the mesh and leave it running, without the scenario
   --down     remove everything a demo created (namespaces ${PREFIX}-*, processes, ${STATE_DIR})
   --apply    send the policies of mesh.yaml to the running mesh (after --keep)
+  --upgrade  replace a node's running agent with a new process (the code as it is now) without
+             dropping traffic: the new one joins its listeners, then the old one drains and exits
   --json     print the report as JSON on stdout (progress stays on stderr)
   --config   the mesh file (default examples/local-mesh/mesh.yaml)`
 
@@ -163,16 +166,37 @@ function handle(mesh: Mesh, name: string): Netns {
   return h
 }
 
-/** GET on a node proxy's admin server, from inside the node's namespace. */
-async function adminGet(mesh: Mesh, node: string, path: string): Promise<string> {
-  const socket = await handle(mesh, netnsName.node(node)).connect({ host: '127.0.0.1', port: ADMIN_PORT, signal: AbortSignal.timeout(5000) })
+/** GET on a node proxy's admin server from inside namespace `from`, to `host`. */
+async function adminRequest(mesh: Mesh, from: string, host: string, path: string): Promise<{ status: number; body: string }> {
+  const socket = await handle(mesh, from).connect({ host, port: ADMIN_PORT, signal: AbortSignal.timeout(5000) })
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = []
     socket.on('data', (c: Buffer) => chunks.push(c))
     socket.on('error', reject)
-    socket.on('end', () => resolve(Buffer.concat(chunks).toString('utf8').split('\r\n\r\n').slice(1).join('\r\n\r\n')))
+    socket.on('end', () => {
+      const [head = '', ...body] = Buffer.concat(chunks).toString('utf8').split('\r\n\r\n')
+      resolve({ status: Number(/^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1] ?? 0), body: body.join('\r\n\r\n') })
+    })
     socket.end(`GET ${path} HTTP/1.0\r\n\r\n`)
   })
+}
+
+/** GET on a node proxy's admin server, from inside the node's namespace. */
+async function adminGet(mesh: Mesh, node: string, path: string): Promise<string> {
+  return (await adminRequest(mesh, netnsName.node(node), '127.0.0.1', path)).body
+}
+
+/**
+ * The admin server seen from a pod, at its node's address: readiness and
+ * metrics answer (the kubelet and Prometheus need them), `/config_dump`
+ * does not (it shows every workload, identity and policy of the node).
+ */
+async function adminFromPod(mesh: Mesh): Promise<NonNullable<DemoReport['adminFromPod']>> {
+  const pod = mesh.config.pods[0]!
+  const node = mesh.config.nodes.find((n) => n.name === pod.node)!
+  progress(`asking ${node.name}'s admin server for its readiness, metrics and configuration from pod ${pod.namespace}/${pod.name}`)
+  const status = async (path: string): Promise<number> => (await adminRequest(mesh, netnsName.pod(pod), node.gateway, path)).status
+  return { pod: `${pod.namespace}/${pod.name}`, node: `${node.name} (${node.gateway}:${ADMIN_PORT})`, ready: await status('/healthz/ready'), metrics: await status('/metrics'), configDump: await status('/config_dump') }
 }
 
 /** Waits until a node proxy reports `uid` ready (or gone, with `present: false`). The enrollment is another process's: polling is the only view. */
@@ -279,6 +303,7 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
     const restart = await restartAgent(mesh, sent)
     const controlPlaneRestart = await killControlPlane(mesh)
     const identity = await identityPlane(mesh)
+    const admin = await adminFromPod(mesh)
 
     await capture.stop()
     captureStopped = true
@@ -329,6 +354,11 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
           detail: identity.workloadApi.map((w) => `${w.pod} via ${w.socketOf}: ${w.got.id ?? w.got.error}`).join('; '),
         },
       ] : []),
+      {
+        check: 'from a pod, the node admin server answers readiness and metrics, not /config_dump',
+        ok: admin.ready === 200 && admin.metrics === 200 && admin.configDump === 403,
+        detail: `${admin.pod} → ${admin.node}: /healthz/ready ${admin.ready}, /metrics ${admin.metrics}, /config_dump ${admin.configDump}`,
+      },
       ...(restart ? [
         { check: 'agent down: captured pods fail closed', ok: down.length > 0 && down.every((f) => f.result !== 'reached'), detail: down.map((f) => `${f.from} → ${f.to}: ${f.error ?? f.result}`).join('; ') },
         { check: 'agent restarted: traffic recovers', ok: back.length > 0 && back.every((f) => f.result === 'reached' && f.protocol === 'HBONE'), detail: back.map((f) => `${f.from} → ${f.to}: ${f.result}`).join('; ') },
@@ -337,7 +367,7 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
     return {
       mesh: {
         trustDomain: config.trustDomain,
-        nodes: config.nodes.map((n) => ({ name: n.name, podCidr: n.podCidr, admin: `127.0.0.1:${ADMIN_PORT} in ${netnsName.node(n.name)}` })),
+        nodes: config.nodes.map((n) => ({ name: n.name, podCidr: n.podCidr, admin: `${n.gateway}:${ADMIN_PORT} in ${netnsName.node(n.name)} (/config_dump on 127.0.0.1 only)` })),
         pods: config.pods.map((p) => ({ pod: `${p.namespace}/${p.name}`, node: p.node, ip: p.ip, mesh: p.mesh, identity: workloadIdentity({ ...p, trustDomain: config.trustDomain }) })),
         services: snapshot.services.map((s) => ({ host: s.hostname, vip: s.vips.join(', '), endpoints: [...s.endpoints] })),
         policies: snapshot.policies.map((p) => `${p.namespace}/${p.name} (${p.action})`),
@@ -347,6 +377,7 @@ async function runScenario(mesh: Mesh): Promise<DemoReport> {
       ...(restart ? { restart } : {}),
       ...(controlPlaneRestart ? { controlPlaneRestart } : {}),
       ...(identity ? { identity } : {}),
+      adminFromPod: admin,
       capture: captureReport,
       checks,
       ok: checks.every((c) => c.ok),
@@ -557,6 +588,37 @@ async function identityPlane(mesh: Mesh): Promise<DemoReport['identity']> {
   return { impersonation, unauthenticated, workloadApi }
 }
 
+// ---- upgrade -------------------------------------------------------------------
+
+/**
+ * Replaces the running agent of `nodeName` with a new process, as a
+ * DaemonSet's rolling update does on one node: the new agent opens its
+ * listeners in every enrolled pod next to the old one's (SO_REUSEPORT) and
+ * reports ready; then the old one gets SIGTERM, stops accepting and drains.
+ * The pid file names the new process from then on; when the new one fails
+ * to start, the old one keeps running and stays recorded.
+ */
+async function upgradeAgent(config: MeshConfig, nodeName: string): Promise<{ old: number; next: number }> {
+  const node = config.nodes.find((n) => n.name === nodeName)
+  if (node === undefined) throw new Error(`--upgrade ${nodeName}: no such node in ${flags.config} (nodes: ${config.nodes.map((n) => n.name).join(', ')})`)
+  const pidFile = join(state.pids(), `agent-${node.name}.pid`)
+  const recorded = existsSync(pidFile) ? readFileSync(pidFile, 'utf8') : undefined
+  const { pid, identify } = recorded === undefined ? { pid: 0, identify: '' } : (JSON.parse(recorded) as { pid: number; identify: string })
+  const cmdline = pid > 0 && existsSync(`/proc/${pid}/cmdline`) ? readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ') : ''
+  if (identify === '' || !cmdline.includes(identify)) throw new Error(`--upgrade ${nodeName}: no running agent for that node (start the mesh with --up or --keep first)`)
+  progress(`starting a new agent for ${node.name} next to the running one (pid ${pid})`)
+  let next: DemoProcess
+  try {
+    next = await startAgent(node)
+  } catch (err) {
+    writeFileSync(pidFile, recorded!)
+    throw err
+  }
+  progress(`new agent ready (pid ${next.pid}); SIGTERM to the old one: it stops accepting, drains and exits`)
+  await stopPid(pid, undefined, 30_000)
+  return { old: pid, next: next.pid }
+}
+
 // ---- cheat sheet --------------------------------------------------------------
 
 function cheatSheet(config: MeshConfig): string {
@@ -575,6 +637,7 @@ The mesh is still running (--keep). Cheat sheet:
   process logs                  ${state.logs()}/
   the control plane API         sudo curl -s --unix-socket ${state.socket()} http://cp/v1/snapshot
   change policies               edit ${flags.config}, then: sudo npm run demo -- --apply
+  upgrade a node's agent        sudo npm run demo -- --upgrade ${node.name}
   tear everything down          sudo npm run demo -- --down
 `
 }
@@ -589,6 +652,11 @@ async function main(): Promise<number> {
   if (flags.down) {
     const { processes, namespaces } = await teardown()
     console.log(`removed ${namespaces.length} namespaces and stopped ${processes.length} processes; ${STATE_DIR} deleted`)
+    return 0
+  }
+  if (flags.upgrade !== undefined) {
+    const { old, next } = await upgradeAgent(loadMeshConfig(flags.config!), flags.upgrade)
+    console.log(`node ${flags.upgrade}: agent pid ${old} replaced by pid ${next}`)
     return 0
   }
   if (flags.apply) {

@@ -9,7 +9,10 @@ import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { createNodeIdentitySource, followControlPlane } from './client'
 import { ADMIN_PORT, STATE_DIR, state } from './paths'
-import { onShutdown, options, signalParent } from './process-util'
+import { createLogSink, onShutdown, options, signalParent } from './process-util'
+
+/** How long connections under way may take to finish after SIGTERM: within the 5 s the demo (stopPid) waits before SIGKILL. */
+const DRAIN_DEADLINE_MS = 4000
 
 const args = options(['node', 'state-dir', 'admin-port'])
 const dir = args['state-dir'] ?? STATE_DIR
@@ -18,7 +21,8 @@ if (nodeName === undefined) {
   console.error('usage: node-agent-main.ts --node <name> [--state-dir dir] [--admin-port 15021]')
   process.exit(2)
 }
-const logger = createJsonLogger({ write: (line) => process.stdout.write(line), bindings: { node: nodeName } })
+const log = createLogSink()
+const logger = createJsonLogger({ write: log.write, bindings: { node: nodeName } })
 const socketPath = state.socket(dir)
 const accessLogFile = state.accessLog(nodeName, dir)
 
@@ -36,11 +40,14 @@ try {
     policies,
     // Read once at start: a change of these settings in mesh.yaml needs an agent restart.
     workloadDefaults: follower.state()!.proxy,
-    admin: { host: '127.0.0.1', port: Number(args['admin-port'] ?? ADMIN_PORT) },
+    // Readiness and metrics on the node's addresses, as a kubelet and Prometheus reach them; /config_dump to the node's loopback only.
+    admin: { host: '::', port: Number(args['admin-port'] ?? ADMIN_PORT) },
     // One JSON line per connection: what the demo's report is built from.
     accessLog: (entry) => appendFileSync(accessLogFile, `${JSON.stringify({ time: new Date().toISOString(), node: nodeName, ...entry })}\n`),
     logger,
   })
+  // Lines a full log disk refused: counted on /config_dump, next to the agent's own disk failures.
+  nodeProxy.register({ name: 'log', configDump: () => ({ lostLines: log.lostLines }) })
   await nodeProxy.start()
   // The Workload API for this node's pods: they share this machine's filesystem, so the socket is one path per node.
   const workloadApiSocket = state.workloadApiSocket(nodeName, dir)
@@ -56,9 +63,11 @@ try {
   const report = await agent.start()
   onShutdown(async () => {
     // Fail closed: listeners go, capture rules stay, so captured pods cannot
-    // bypass the mesh until an agent is back and reconciles.
+    // bypass the mesh until an agent is back and reconciles. Connections
+    // under way finish (HBONE peers get GOAWAY) rather than being reset.
+    logger.info({ deadlineMs: DRAIN_DEADLINE_MS }, 'stopping: draining connections')
     await follower.close()
-    await nodeProxy.close()
+    await nodeProxy.drain({ deadline: DRAIN_DEADLINE_MS })
     await agent.close()
     await identities.close()
   })

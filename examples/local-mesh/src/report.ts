@@ -81,6 +81,8 @@ export interface DemoReport {
     readonly downFor: string
     readonly reconciled: { enrolled: number; removed: number; failed: number }
   }
+  /** HTTP statuses a pod got from its node's admin server, at the node's address. */
+  readonly adminFromPod?: { pod: string; node: string; ready: number; metrics: number; configDump: number }
   /** The identity plane seen from outside: what the CA service and the Workload API refused and gave. */
   readonly identity?: {
     /** A node's credential asking for the identity of a pod on another node. */

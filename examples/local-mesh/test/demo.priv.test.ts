@@ -158,6 +158,10 @@ describePrivileged('local mesh demo (end to end)', ['ip', 'iptables', 'nft', 'tc
     for (const w of identity.workloadApi.filter((x) => x.got.id === undefined)) expect(w.got.error).toMatch(/PERMISSION_DENIED: no identity issued/)
   })
 
+  it("a pod reaches its node's readiness and metrics, never its /config_dump (issue 20)", () => {
+    expect(report.adminFromPod).toMatchObject({ ready: 200, metrics: 200, configDump: 403 })
+  })
+
   it('leaves no namespace, process or state behind', () => {
     expect(demoNamespaces()).toEqual([])
     expect(demoProcesses()).toEqual([])

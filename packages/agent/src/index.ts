@@ -34,6 +34,7 @@ export {
   type NodeAgentDnsOptions,
   type NodeAgentOptions,
   type NodeAgentProbeOptions,
+  type NodeAgentState,
   type NodeAgentWorkloadApi,
   type ReconcileReport,
 } from './node-agent'

@@ -18,12 +18,16 @@ import {
 import {
   applyCapture,
   applyProbeSnat,
+  enableListenerHandover,
+  inspectCapture,
+  inspectProbeSnat,
   openNetns,
   removeCapture,
   removeProbeSnat,
   resolveCaptureConfig,
   type CaptureConfig,
   type Netns,
+  type ProbeSnatConfig,
   type ResolvedCaptureConfig,
 } from '@ambientkit/redirect'
 import { createDnsProxy, type DnsMetrics, type DnsProxy, type DnsProxyOptions, type NodeProxy } from '@ambientkit/proxy'
@@ -94,6 +98,15 @@ export interface NodeAgentOptions {
    * as the pod is enrolled. Default: not served.
    */
   readonly workloadApi?: NodeAgentWorkloadApi
+  /**
+   * How often the agent compares every enrolled pod's capture (and the
+   * node's probe rewrite) with its configuration and repairs what another
+   * program changed, counting each repair in the node proxy's metrics
+   * (`ambientkit_capture_drift_repairs_total{scope}`). Capture installed by
+   * someone else (`capture: 'external'`) is theirs to repair. Default
+   * 30 000 ms; `0` never checks.
+   */
+  readonly repairIntervalMs?: number
   /** Default: silent. */
   readonly logger?: Logger
 }
@@ -107,6 +120,25 @@ export interface ReconcileReport {
   /** Pods that could not be enrolled, with why. */
   readonly failed: ReadonlyArray<{ uid: string; error: string }>
 }
+
+/**
+ * What the agent shows under `components['node-agent']` of the node proxy's
+ * `/config_dump`.
+ */
+export interface NodeAgentState {
+  /** Whether the first reconciliation ({@link NodeAgent.start}) has finished. */
+  readonly reconciled: boolean
+  readonly enrolled: number
+  /** Pods the agent was asked to enroll and could not, with the last error: the node is not ready while there is one. */
+  readonly failed: Readonly<Record<string, string>>
+  /** State-file writes that failed (a full or read-only disk) since the agent started. */
+  readonly stateWriteFailures: number
+  /** Why the Workload API is not served, when it should be and could not start. */
+  readonly workloadApiError?: string
+}
+
+/** How often a failing state file is reported in the log, at most. */
+const FAILURE_REPORT_INTERVAL_MS = 60_000
 
 /** Enrolls the pods of one node into the mesh and keeps them enrolled. */
 export interface NodeAgent extends LongLived, Startable<ReconcileReport> {
@@ -124,6 +156,14 @@ export interface NodeAgent extends LongLived, Startable<ReconcileReport> {
   reconcile(options?: AbortOptions): Promise<ReconcileReport>
   /** UIDs of the pods enrolled now: a pod being removed is listed until its capture is gone. */
   enrolled(): string[]
+  /**
+   * Whether the first reconciliation finished, the pods that failed to
+   * enroll, and the disk writes that failed. Also served by the node
+   * proxy (the agent registers with it as `node-agent`): under `components`
+   * in `/config_dump`, and in `/healthz/ready`, which answers 503 until the
+   * first reconciliation has finished and while a pod could not be enrolled.
+   */
+  state(): NodeAgentState
   /**
    * Stops following the source and releases the netns handles. Enrolled pods
    * stay captured (fail closed): call {@link release} to undo. Close or drain
@@ -184,6 +224,17 @@ class NodeAgentImpl implements NodeAgent {
   /** The rewrite being applied, and the next one, which takes every change made before it starts. */
   #probeSync: Promise<void> = Promise.resolve()
   #probeQueued: Promise<void> | undefined
+  readonly #repairIntervalMs: number
+  #repairTimer: NodeJS.Timeout | undefined
+  /** The drift check under way, which close() waits for. */
+  #repairing: Promise<void> = Promise.resolve()
+  #reconciled = false
+  /** Pods that could not be enrolled, with why: readiness fails while one is here. */
+  readonly #failed = new Map<string, string>()
+  #stateWriteFailures = 0
+  #lastStateReport = Number.NEGATIVE_INFINITY
+  #workloadApiError: string | undefined
+  readonly #unregister: () => void
 
   constructor(options: NodeAgentOptions) {
     this.#options = options
@@ -194,8 +245,30 @@ class NodeAgentImpl implements NodeAgent {
     if (options.probes !== undefined && options.probes !== false && (typeof options.probes !== 'object' || options.probes === null)) {
       throw invalidArgument('probes', options.probes, '{ netns?, sourceUid? } or false')
     }
+    const interval = options.repairIntervalMs ?? 30_000
+    if (!Number.isSafeInteger(interval) || interval < 0) throw invalidArgument('repairIntervalMs', interval, 'milliseconds, an integer >= 0 (0: never)')
+    this.#repairIntervalMs = interval
     this.#dnsMetrics = this.#capture.captureDns ? options.nodeProxy.metrics.dns : undefined
     this.#log = (options.logger ?? silentLogger).child({ component: 'node-agent' })
+    // Registered at once: a node whose admin server is up before the agent's first reconcile is not ready yet.
+    this.#unregister = options.nodeProxy.register({ name: 'node-agent', notReady: () => this.#notReady(), configDump: () => this.state() })
+  }
+
+  #notReady(): string | undefined {
+    if (!this.#reconciled) return 'first reconcile not finished'
+    const reasons = [...this.#failed].map(([uid, error]) => `pod ${uid} not enrolled: ${error}`)
+    if (this.#workloadApiError !== undefined) reasons.push(`Workload API not served: ${this.#workloadApiError}`)
+    return reasons.length === 0 ? undefined : reasons.join('; ')
+  }
+
+  state(): NodeAgentState {
+    return {
+      reconciled: this.#reconciled,
+      enrolled: this.#enrolled.size,
+      failed: Object.fromEntries(this.#failed),
+      stateWriteFailures: this.#stateWriteFailures,
+      ...(this.#workloadApiError === undefined ? {} : { workloadApiError: this.#workloadApiError }),
+    }
   }
 
   async start(options: AbortOptions = {}): Promise<ReconcileReport> {
@@ -203,21 +276,77 @@ class NodeAgentImpl implements NodeAgent {
     throwIfAborted(options.signal, 'start')
     const api = this.#options.workloadApi
     if (api !== undefined) {
-      this.#workloadApi = await createWorkloadApiServer({
-        socketPath: api.socketPath,
-        manager: api.identities,
-        attest: createNetnsAttestor(() => [...this.#enrolled.values()].map((e) => ({ netnsPath: e.netnsPath, identity: workloadIdentity(e.workload) }))),
-        logger: this.#log,
-      })
+      try {
+        this.#workloadApi = await createWorkloadApiServer({
+          socketPath: api.socketPath,
+          manager: api.identities,
+          attest: createNetnsAttestor(() => [...this.#enrolled.values()].map((e) => ({ netnsPath: e.netnsPath, identity: workloadIdentity(e.workload) }))),
+          logger: this.#log,
+        })
+      } catch (err) {
+        // Its socket's directory full or read-only: the pods' traffic is still the agent's to capture and proxy; readiness says what is missing.
+        this.#workloadApiError = (err as Error).message
+        this.#log.error({ err, socketPath: api.socketPath }, 'cannot serve the Workload API; enrolling pods without it')
+      }
     }
     // Follow events from before the list, so nothing between the two is lost;
     // they queue behind the reconciliation of the same pod.
     this.#unsubscribe = this.#options.podSource.subscribe((event) => void this.#onEvent(event))
+    let report: ReconcileReport
     try {
-      return await this.reconcile(options)
+      report = await this.reconcile(options)
     } catch (err) {
       this.#unsubscribe()
       throw err
+    }
+    this.#scheduleRepair()
+    return report
+  }
+
+  /** The next drift check, `repairIntervalMs` after the last one ended. */
+  #scheduleRepair(): void {
+    if (this.#repairIntervalMs === 0 || this.#closing !== undefined) return
+    this.#repairTimer = setTimeout(() => {
+      this.#repairing = this.#repairDrift().finally(() => this.#scheduleRepair())
+    }, this.#repairIntervalMs)
+    this.#repairTimer.unref()
+  }
+
+  /**
+   * Compares every enrolled pod's capture and the node's probe rewrite with
+   * what they should be, and applies them again where they differ. Each
+   * pod's check runs in its queue, so it never races its enrollment or
+   * removal. Failures are logged: the next check tries again.
+   */
+  async #repairDrift(): Promise<void> {
+    const metrics = this.#options.nodeProxy.metrics
+    const config = this.#options.capture ?? {}
+    const pods = [...this.#enrolled].filter(([, e]) => !e.externalCapture)
+    await Promise.all(
+      pods.map(([uid]) =>
+        this.#serial(uid, async () => {
+          const entry = this.#enrolled.get(uid)
+          if (entry === undefined || this.#closing !== undefined) return
+          const { status, differences } = await inspectCapture(entry.netns, { config })
+          if (status === 'present') return
+          this.#log.warn({ uid, differences }, 'capture drifted: applying it again')
+          await applyCapture(entry.netns, config, { backend: this.#options.backend ?? 'auto' })
+          metrics.captureDriftRepaired?.({ scope: 'pod' })
+        }).catch((err: unknown) => this.#log.error({ err, uid }, 'cannot check or repair the capture of a pod')),
+      ),
+    )
+    if (this.#options.probes === false || this.#closing !== undefined) return
+    try {
+      await this.#probeSync
+      const config = this.#probeConfig()
+      const { status, differences } = await inspectProbeSnat(this.#node(), { config })
+      // A pod enrolled or removed meanwhile has brought its own rewrite.
+      if (status === 'present' || JSON.stringify(config) !== JSON.stringify(this.#probeConfig())) return
+      this.#log.warn({ differences }, 'the probe rewrite on the node drifted: applying it again')
+      await this.#syncProbes()
+      metrics.captureDriftRepaired?.({ scope: 'node' })
+    } catch (err) {
+      this.#log.error({ err }, 'cannot check the probe rewrite on the node')
     }
   }
 
@@ -245,7 +374,11 @@ class NodeAgentImpl implements NodeAgent {
       ...[...wanted.values()].map((pod) =>
         this.#serial(pod.workload.uid, unlessAborted(() => this.#add(pod, signal))).then(
           () => enrolled.push(pod.workload.uid),
-          (err: Error) => failed.push({ uid: pod.workload.uid, error: err.message }),
+          (err: Error) => {
+            // Not a pod that failed: one the signal kept from being tried.
+            if (signal?.aborted !== true) this.#failed.set(pod.workload.uid, err.message)
+            failed.push({ uid: pod.workload.uid, error: err.message })
+          },
         ),
       ),
       ...[...stale].map(([uid, path]) =>
@@ -255,11 +388,13 @@ class NodeAgentImpl implements NodeAgent {
         ),
       ),
     ])
+    for (const uid of this.#failed.keys()) if (!wanted.has(uid)) this.#failed.delete(uid)
     await this.#writeState()
     // Also with no pod to change: the node then holds exactly the enrolled pods' rewrite, whatever an earlier agent left.
     await this.#syncProbes()
     this.#log.info({ enrolled: enrolled.length, removed: removed.length, failed: failed.length }, 'reconciled')
     throwIfAborted(signal, 'reconcile')
+    this.#reconciled = true
     return { enrolled, removed, failed }
   }
 
@@ -278,12 +413,13 @@ class NodeAgentImpl implements NodeAgent {
       else await this.#serial(uid, () => this.#remove(uid, this.#enrolled.get(uid)?.netnsPath))
     } catch (err) {
       this.#log.error({ err, uid, event: event.type }, 'enrollment change failed')
+      if (event.type === 'upsert') this.#failed.set(uid, (err as Error).message)
       event.ack?.(err as Error)
       return
     }
     // The proxy is up (or gone): what a source that confirms changes waits for.
     event.ack?.()
-    await this.#writeState().catch((err: unknown) => this.#log.error({ err }, 'cannot write the state file'))
+    await this.#writeState()
   }
 
   /** Runs `fn` after every earlier operation on the same pod. */
@@ -313,6 +449,9 @@ class NodeAgentImpl implements NodeAgent {
         this.#probeTargets.set(workload.uid, workload.addresses.filter((address) => this.#capture.ipv6 || !address.includes(':')))
         await this.#syncProbes()
         await applyCapture(netns, this.#options.capture ?? {}, { backend: this.#options.backend ?? 'auto', signal })
+      } else {
+        // What applyCapture sets: the next agent process (an upgrade) takes over the listeners without a reset.
+        enableListenerHandover(netns)
       }
       await this.#options.nodeProxy.addWorkload(workload, netns)
     } catch (err) {
@@ -324,6 +463,7 @@ class NodeAgentImpl implements NodeAgent {
     }
     const enrolled: Enrolled = { workload, netnsPath, netns, dns: entry?.dns, externalCapture }
     this.#enrolled.set(workload.uid, enrolled)
+    this.#failed.delete(workload.uid)
     // Enrolled from here: a DNS proxy that cannot start leaves the pod's DNS failing closed, reported, and tried again on its next event.
     if (this.#capture.captureDns && enrolled.dns === undefined) enrolled.dns = await this.#startDns(workload, netns)
     this.#workloadApi?.refresh()
@@ -354,6 +494,7 @@ class NodeAgentImpl implements NodeAgent {
     } finally {
       // Listed by enrolled() until its capture is gone, so that a caller waiting for the list sees a released pod.
       this.#enrolled.delete(uid)
+      this.#failed.delete(uid)
       // Its apps lose their identity with the pod's enrollment.
       this.#workloadApi?.refresh()
     }
@@ -371,25 +512,26 @@ class NodeAgentImpl implements NodeAgent {
     if (probes === false || this.#closing !== undefined) return Promise.resolve()
     this.#probeQueued ??= this.#probeSync.then(async () => {
       this.#probeQueued = undefined
-      const podAddresses = [...new Set([...this.#probeTargets.values()].flat())]
       try {
-        await applyProbeSnat(
-          this.#node(),
-          {
-            podAddresses,
-            probeAddressIpv4: this.#capture.probeAddressIpv4,
-            probeAddressIpv6: this.#capture.probeAddressIpv6,
-            ipv6: this.#capture.ipv6,
-            ...(probes?.sourceUid === undefined ? {} : { sourceUid: probes.sourceUid }),
-          },
-          { backend: this.#options.backend ?? 'auto' },
-        )
+        await applyProbeSnat(this.#node(), this.#probeConfig(), { backend: this.#options.backend ?? 'auto' })
       } catch (err) {
         this.#log.error({ err, pods: this.#probeTargets.size }, 'cannot rewrite kubelet probes on the node: probes to captured pods may fail')
       }
     })
     this.#probeSync = this.#probeQueued
     return this.#probeQueued
+  }
+
+  /** The probe rewrite the node should hold now: every enrolled pod's addresses. */
+  #probeConfig(): ProbeSnatConfig {
+    const probes = this.#options.probes
+    return {
+      podAddresses: [...new Set([...this.#probeTargets.values()].flat())],
+      probeAddressIpv4: this.#capture.probeAddressIpv4,
+      probeAddressIpv6: this.#capture.probeAddressIpv6,
+      ipv6: this.#capture.ipv6,
+      ...(probes === false || probes?.sourceUid === undefined ? {} : { sourceUid: probes.sourceUid }),
+    }
   }
 
   /** The node's network namespace, where the probe rewrite lives; opened on first use. */
@@ -410,7 +552,8 @@ class NodeAgentImpl implements NodeAgent {
       return
     }
     try {
-      await removeCapture(netns)
+      // The agent's configuration: a custom mark, mask or table finds its ip rule and route.
+      await removeCapture(netns, { config: this.#options.capture ?? {} })
     } finally {
       await netns.close()
     }
@@ -429,26 +572,44 @@ class NodeAgentImpl implements NodeAgent {
     }
   }
 
+  /**
+   * Records the enrolled pods. Never rejects: a disk that refuses the write
+   * (full, read-only) costs only the release, after a restart, of pods that
+   * left meanwhile; the failure is counted ({@link NodeAgentState}) and
+   * logged at most once a minute.
+   */
   #writeState(): Promise<void> {
     const file = this.#options.stateFile
     if (file === undefined) return Promise.resolve()
     const write = async (): Promise<void> => {
       // Only the pods whose capture is the agent's to remove after a restart.
       const pods = Object.fromEntries([...this.#enrolled].filter(([, e]) => !e.externalCapture).map(([uid, e]) => [uid, e.netnsPath]))
-      // Write then rename: a crash never leaves a half-written state file.
-      await writeFile(`${file}.tmp`, `${JSON.stringify({ pods }, null, 2)}\n`)
-      await rename(`${file}.tmp`, file)
+      try {
+        // Write then rename: a crash never leaves a half-written state file.
+        await writeFile(`${file}.tmp`, `${JSON.stringify({ pods }, null, 2)}\n`)
+        await rename(`${file}.tmp`, file)
+      } catch (err) {
+        this.#stateWriteFailures++
+        this.#options.nodeProxy.metrics.writeFailed?.({ file: 'state' })
+        const now = performance.now()
+        if (now - this.#lastStateReport < FAILURE_REPORT_INTERVAL_MS) return
+        this.#lastStateReport = now
+        this.#log.error({ err, file, failures: this.#stateWriteFailures }, 'cannot write the state file; counting further failures and reporting them at most once a minute')
+      }
     }
-    this.#stateWrites = this.#stateWrites.catch(() => {}).then(write)
+    this.#stateWrites = this.#stateWrites.then(write)
     return this.#stateWrites
   }
 
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#unsubscribe?.()
+      clearTimeout(this.#repairTimer)
+      this.#unregister()
       await this.#workloadApi?.close()
+      await this.#repairing
       await Promise.allSettled([...this.#queues.values()])
-      await this.#stateWrites.catch(() => {})
+      await this.#stateWrites
       await this.#probeSync
       // The DNS proxies go with the agent, like the node proxy's listeners: captured pods' DNS fails closed.
       await Promise.all([...this.#enrolled.values()].map((e) => e.dns?.close()))

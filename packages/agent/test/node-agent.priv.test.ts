@@ -7,6 +7,7 @@ import { createNodeAgent, type NodeAgent } from '@ambientkit/agent'
 import { inspectCapture, openNetns } from '@ambientkit/redirect'
 import { createTestNetwork, type TestNetwork, type TestPod } from '../../../test/support/netns'
 import { describePrivileged } from '../../../test/support/privileged'
+import { mountFullDisk } from '../../../test/support/disk'
 import { createListPodSource, httpGet } from './support/agent-test'
 import { exchange, startEchoApp, tryExchange, waitFor } from '../../proxy/test/support/apps'
 import { createTestControlPlane, meshWorkload, type TestControlPlane } from '../../proxy/test/support/mesh'
@@ -110,6 +111,40 @@ describePrivileged('node agent: enrollment lifecycle on real namespaces', ['ip',
       app.close()
       await appNetns.close()
       await client.close()
+    }
+  })
+
+  it('starts and enrolls with its state directory full, then read-only, and says so (issue 15)', async () => {
+    const disk = mountFullDisk()
+    const source = createListPodSource([enrollments[2]!])
+    const { proxy, identities } = cp.nodeProxy('node-full')
+    await proxy.start()
+    const admin = proxy.adminAddress()!.port
+    const options = { nodeProxy: proxy, podSource: source, stateFile: join(disk.dir, 'agent.json'), backend: 'nftables' as const, probes: false as const }
+    try {
+      // Full: files can be created (the Workload API's socket) but not written (the state file).
+      let agent = createNodeAgent({ ...options, workloadApi: { socketPath: join(disk.dir, 'workload-api.sock'), identities } })
+      expect((await agent.start()).enrolled).toEqual([enrollments[2]!.workload.uid])
+      expect(await captureStatus(pods[2]!)).toBe('present')
+      expect(agent.state()).toMatchObject({ reconciled: true, enrolled: 1, stateWriteFailures: 1 })
+      expect(await httpGet(admin, '/healthz/ready')).toEqual({ status: 200, body: 'ready\n' })
+      expect(JSON.parse((await httpGet(admin, '/config_dump')).body).components['node-agent']).toMatchObject({ ready: true, state: { stateWriteFailures: 1 } })
+      expect((await httpGet(admin, '/metrics')).body).toMatch(/ambientkit_write_failures_total\{file="state"\} 1/)
+      await agent.close()
+
+      // Read-only: not even the Workload API's socket. The pods are still enrolled; readiness says what is missing.
+      disk.readOnly()
+      agent = createNodeAgent({ ...options, workloadApi: { socketPath: join(disk.dir, 'workload-api-2.sock'), identities } })
+      expect((await agent.start()).enrolled).toEqual([enrollments[2]!.workload.uid])
+      expect(agent.state().stateWriteFailures).toBe(1)
+      const ready = await httpGet(admin, '/healthz/ready')
+      expect(ready.status).toBe(503)
+      expect(ready.body).toMatch(/node-agent \(Workload API not served: .*EROFS/)
+      await agent.release()
+      expect(await captureStatus(pods[2]!)).toBe('absent')
+    } finally {
+      await proxy.close()
+      disk.cleanup()
     }
   })
 

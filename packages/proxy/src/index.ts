@@ -83,6 +83,7 @@ export { DEFAULT_WORKLOAD_PROXY_PORTS, type WorkloadProxyPorts } from './workloa
 export {
   createNodeProxy,
   type NodeProxy,
+  type NodeProxyAdminOptions,
   type NodeProxyComponent,
   type NodeProxyConfigDump,
   type NodeProxyEnrollment,

@@ -42,6 +42,10 @@ export interface ProxyMetrics {
   authorizationDenied(labels: DenialLabels): void
   handshakeFailed(labels: { destination_workload: string; reason: string }): void
   setWorkloads(count: number): void
+  /** The node agent found capture changed by another program and applied it again: in a pod, or the probe rewrite on the node. */
+  captureDriftRepaired?(labels: { scope: 'pod' | 'node' }): void
+  /** A write the disk refused (full, read-only): `file` is `access_log`, or `state` (the node agent's state file). Absent: not counted. */
+  writeFailed?(labels: { file: string }): void
   /** Where the pods' DNS proxies count their requests, when this implementation counts them. */
   readonly dns?: DnsMetrics
   /** The metrics as Prometheus text, for the admin server's `/metrics`; absent when this implementation has none to serve. */
@@ -111,6 +115,8 @@ export function createProxyMetrics(): ProxyMetrics {
     'destination_workload',
     'reason',
   ] as const)
+  const repairs = counter('ambientkit_capture_drift_repairs_total', 'Capture rules found changed by another program and applied again by the node agent', ['scope'] as const)
+  const writes = counter('ambientkit_write_failures_total', 'Writes the disk refused (full, read-only), by file: access_log, state', ['file'] as const)
   const workloads = new prom.Gauge({ name: 'ambientkit_workloads', help: 'Workloads enrolled in this node proxy', registers: [registry] })
   return {
     connectionOpened: (labels) => opened.inc(labels),
@@ -122,6 +128,8 @@ export function createProxyMetrics(): ProxyMetrics {
     authorizationDenied: (labels) => denied.inc({ ...labels }),
     handshakeFailed: (labels) => handshakes.inc(labels),
     setWorkloads: (count) => workloads.set(count),
+    captureDriftRepaired: (labels) => repairs.inc(labels),
+    writeFailed: (labels) => writes.inc(labels),
     dns: registerDnsMetrics(prom, registry),
     exposition: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
   }

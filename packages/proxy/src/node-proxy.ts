@@ -46,9 +46,10 @@ export interface NodeProxyOptions {
   /**
    * The admin HTTP server (`/healthz/ready`, `/metrics`, `/config_dump`),
    * on the proxy process's own network namespace. Default `{ host: '127.0.0.1', port: 15021 }`;
-   * `false` for none.
+   * `false` for none. On a node address (`host: '::'`), readiness and
+   * metrics answer everyone, `/config_dump` only loopback peers.
    */
-  readonly admin?: { readonly host?: string; readonly port?: number } | false
+  readonly admin?: NodeProxyAdminOptions | false
   /**
    * Called with every connection's access-log entry. Default: one `info`
    * log line per connection. One that throws (a full disk) is caught,
@@ -73,6 +74,23 @@ export interface NodeProxyOptions {
   readonly sameNodeFastPath?: boolean
   /** Default: silent. */
   readonly logger?: Logger
+}
+
+/** Where the node proxy's admin server listens, and to whom it shows the configuration. */
+export interface NodeProxyAdminOptions {
+  /** Default `'127.0.0.1'`. `'::'` (or `'0.0.0.0'`) serves readiness and metrics on the node's addresses, for the kubelet and Prometheus. */
+  readonly host?: string
+  /** Default 15021. */
+  readonly port?: number
+  /**
+   * Serve `/config_dump` (workloads, addresses, identities, policies), and
+   * the reasons `/healthz/ready` gives, to every peer that reaches the
+   * server. Default `false`: only to loopback peers (127.0.0.0/8, ::1);
+   * any other gets 403 for the first and a bare `not ready` for the other,
+   * so a pod that can reach the node's readiness port cannot read the
+   * node's configuration.
+   */
+  readonly exposeConfigDump?: boolean
 }
 
 /**
@@ -222,7 +240,8 @@ class NodeProxyImpl implements NodeProxy {
     const server = createServer((req, res) => void this.#serveAdmin(req, res))
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
-      server.listen(port, host, () => {
+      // reusePort: a new agent process (an upgrade) serves next to this one (Node >= 22.12; earlier ones ignore it).
+      server.listen({ port, host, reusePort: true }, () => {
         server.off('error', reject)
         resolve()
       })
@@ -392,12 +411,15 @@ class NodeProxyImpl implements NodeProxy {
       res.end(body)
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'text/plain', 'method not allowed\n')
+    // The node's configuration (workloads, netns paths, identities, policies, errors) is for the node itself, unless the operator says otherwise.
+    const admin = this.#options.admin
+    const trusted = (admin !== false && admin?.exposeConfigDump === true) || isLoopback(req.socket.remoteAddress)
     try {
       switch (path) {
         case '/healthz/ready': {
           const notReady = this.#notReady()
           if (notReady.length === 0) return send(200, 'text/plain', 'ready\n')
-          return send(503, 'text/plain', `not ready: ${notReady.join(', ')}\n`)
+          return send(503, 'text/plain', trusted ? `not ready: ${notReady.join(', ')}\n` : 'not ready\n')
         }
         case '/metrics': {
           const exposed = await this.metrics.exposition?.()
@@ -405,6 +427,9 @@ class NodeProxyImpl implements NodeProxy {
           return send(200, exposed.contentType, exposed.body)
         }
         case '/config_dump':
+          if (!trusted) {
+            return send(403, 'text/plain', '/config_dump is served to loopback peers only (admin.exposeConfigDump)\n')
+          }
           return send(200, 'application/json', `${JSON.stringify(this.configDump(), null, 2)}\n`)
         default:
           return send(404, 'text/plain', 'not found: try /healthz/ready, /metrics or /config_dump\n')
@@ -441,6 +466,12 @@ class NodeProxyImpl implements NodeProxy {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close()
   }
+}
+
+/** A peer on this host's loopback (IPv4, IPv6, or IPv4 mapped into IPv6). */
+function isLoopback(address: string | undefined): boolean {
+  if (address === undefined) return false
+  return address === '::1' || address.replace(/^::ffff:/i, '').startsWith('127.')
 }
 
 /** What counts nothing (no `prom-client`, no metrics given). */

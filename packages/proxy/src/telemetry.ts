@@ -86,6 +86,7 @@ export function observeConnections(options: ConnectionObserverOptions): Connecti
       accessLog(entry)
     } catch (err) {
       failures++
+      metrics?.writeFailed?.({ file: 'access_log' })
       const now = performance.now()
       if (now - lastReport >= FAILURE_REPORT_INTERVAL_MS) {
         lastReport = now

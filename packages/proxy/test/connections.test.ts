@@ -115,6 +115,7 @@ describe('connection records', () => {
     }
     expect(observer!.accessLogFailures).toBe(3)
     expect(await samples(metrics, 'istio_tcp_connections_closed_total')).toEqual([expect.stringMatching(/\} 3$/)])
+    expect(await samples(metrics, 'ambientkit_write_failures_total')).toEqual(['ambientkit_write_failures_total{file="access_log"} 3'])
   })
 
   it('let a drain wait for the last connection', async () => {

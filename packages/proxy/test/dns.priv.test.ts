@@ -1,3 +1,4 @@
+import { closeSync } from 'node:fs'
 import type { ChildProcess } from 'node:child_process'
 import type { Socket as DgramSocket } from 'node:dgram'
 import { once } from 'node:events'
@@ -258,8 +259,17 @@ describePrivileged('the DNS proxy of a captured pod, with dig and dnsmasq', ['ip
     })
   })
 
-  it('refuses a port another program holds, and closes leaving nothing listening', async () => {
-    await expect(createDnsProxy({ workload, netns: clientNs, registry, upstreams: [resolver.ipv4] })).rejects.toMatchObject({ code: 'ERR_AMBIENT_REDIRECT_SOCKET' })
+  it("refuses a port another program holds, joins a DNS proxy's port (a new agent process), and closes leaving nothing listening", async () => {
+    // Another program: a socket without SO_REUSEPORT.
+    const squatter = clientNs.bindUdpFd({ host: '127.0.0.1', port: 15055 })
+    try {
+      await expect(createDnsProxy({ workload, netns: clientNs, registry, upstreams: [resolver.ipv4], port: 15055, ipv6: false })).rejects.toMatchObject({ code: 'ERR_AMBIENT_REDIRECT_SOCKET' })
+    } finally {
+      closeSync(squatter)
+    }
+    // An upgraded agent's DNS proxy starts next to the running one (SO_REUSEPORT), UDP and TCP.
+    const next = await createDnsProxy({ workload, netns: clientNs, registry, upstreams: [resolver.ipv4] })
+    await next.close()
     const extra = await createDnsProxy({ workload, netns: clientNs, registry, upstreams: [resolver.ipv4], port: 15054, ipv6: false })
     expect(extra.addresses.map((a) => a.address)).toEqual(['127.0.0.1'])
     expect(extra.stats()).toEqual({ pendingQueries: 0, tcpConnections: 0 })

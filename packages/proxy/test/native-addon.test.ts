@@ -11,6 +11,7 @@ import { connect as tlsConnect } from 'node:tls'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { NativeEvent, NativeOutcome, nativeAddonPath, nativeHbone, type NativeAddon, type NativeSession, type NativeTlsContext } from '../src/hbone/native'
 import { closed, createTestMesh, readAll, startEchoServer, writeSvidFiles, type TestMesh } from './interop/support'
+import { takeChildCrashes } from '../../../test/support/child-crashes'
 
 // The native HBONE data path (native/hbone.c) driven directly: TLS, HTTP/2
 // CONNECT, splicing, half-close, resets, flow control and descriptors, with
@@ -450,6 +451,8 @@ describeNative('native HBONE addon', () => {
   it('refuses an AMBIENTKIT_HBONE_THREADS that is not a thread count, naming it', async () => {
     await expect(threadsChild('none', 1)).rejects.toThrow(/AMBIENTKIT_HBONE_THREADS must be a whole number from 1 to 64.*got 'none'/)
     await expect(threadsChild('0', 1)).rejects.toThrow(/ERR_AMBIENT_HBONE_THREADS|AMBIENTKIT_HBONE_THREADS must be/)
+    // Both children died of it, as they must: crashes on purpose, not for the harness to report.
+    expect(takeChildCrashes()).toEqual([expect.stringContaining("got 'none'"), expect.stringContaining("got '0'")])
     // The package says so too, rather than falling back to the Node data path as it does for an addon that is not built.
     const source = "import('./packages/proxy/src/hbone/native.ts').then((m) => { try { m.nativeHbone(); console.log('loaded') } catch (err) { console.log(err.code) } })"
     const printed = execFileSync(process.execPath, ['--import', 'tsx', '-e', source], {

@@ -7,6 +7,7 @@ import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { NATIVE_CONSTANTS, constantsMismatch, loadNativeHbone, nativeAddonPath } from '../src/hbone/native'
 import { nativeAddonOrSkip, writeSmokeMaterial } from './support/native'
+import { takeChildCrashes } from '../../../test/support/child-crashes'
 
 // What the HBONE addon does when loading goes wrong or memory and N-API
 // calls fail: test builds of it (scripts/prebuilds.mjs --variant) that bind
@@ -96,5 +97,7 @@ describeNative('loading the native HBONE addon', () => {
     const reason = 'ambient_hbone: an event could not be delivered to JavaScript: make_number(env, e->type, &argv[0]) failed'
     expect(seen.client.at(-1)).toEqual({ event: 'Close', args: [reason] })
     expect(seen.uncaught).toEqual([reason])
+    // Raised on purpose in the child: checked above, not for the crash harness to report.
+    expect(takeChildCrashes()).toEqual([expect.stringContaining('an event could not be delivered to JavaScript')])
   })
 })

@@ -1,6 +1,7 @@
+import { writeFileSync } from 'node:fs'
 import { invalidArgument, isAmbientError, throwIfAborted, type AbortOptions } from '@ambientkit/core'
 import type { CaptureConfig } from './config'
-import { RedirectErrorCode } from './errors'
+import { nativeError, RedirectErrorCode } from './errors'
 import type { Netns } from './netns'
 import {
   IPTABLES_CHAINS,
@@ -124,7 +125,8 @@ export async function pickBackend(netns: Netns, backend: CaptureBackend | 'auto'
  * user's rules are never named. The configuration is validated before
  * anything touches the kernel, and so is IPv6 (on by default): a namespace
  * with IPv6 disabled is refused, for the caller to choose `{ ipv6: false }`
- * rather than have its IPv6 silently left uncaptured.
+ * rather than have its IPv6 silently left uncaptured. It also turns on
+ * {@link enableListenerHandover} in the namespace.
  *
  * @throws `ERR_AMBIENT_REDIRECT_INVALID_CONFIG` (nothing changed),
  * `ERR_AMBIENT_REDIRECT_IPV6_DISABLED` (nothing changed),
@@ -140,6 +142,7 @@ export async function applyCapture(netns: Netns, config: CaptureConfig = {}, opt
   const { signal } = options
   throwIfAborted(signal, 'applyCapture')
   checkIpv6Routing(netns, ruleSet.routing)
+  enableListenerHandover(netns)
   const backend = await pickBackend(netns, requested)
   throwIfAborted(signal, 'applyCapture')
   // Rules and routing at once; when the rules are refused (a missing
@@ -153,6 +156,42 @@ export async function applyCapture(netns: Netns, config: CaptureConfig = {}, opt
   }
   if (routing.status === 'rejected') throw routing.reason
   return { backend }
+}
+
+const TCP_MIGRATE_REQ = '/proc/sys/net/ipv4/tcp_migrate_req'
+
+/**
+ * Sets `net.ipv4.tcp_migrate_req = 1` in `netns` (Linux 5.14+): when a
+ * listener of a `SO_REUSEPORT` group closes, the connections still in its
+ * accept queue (and those being established) move to another listener of
+ * the group instead of being reset. That is what lets a new proxy process
+ * take over a pod's listeners from an old one without a refused
+ * connection. Idempotent and cheap (one write, no program run).
+ *
+ * @returns `false` when the kernel is older and has no such setting (the
+ * hand-over then resets what the old listener had queued), else `true`.
+ * @throws `ERR_AMBIENT_REDIRECT_SOCKET` when the kernel refuses the write.
+ *
+ * @example
+ * ```ts
+ * import { enableListenerHandover, openNetns } from '@ambientkit/redirect'
+ *
+ * // A pod captured by someone else (istio-cni): let the next agent take over its listeners.
+ * await using netns = openNetns('/proc/4242/ns/net')
+ * if (!enableListenerHandover(netns)) console.warn('kernel < 5.14: an upgrade resets queued connections')
+ * ```
+ */
+export function enableListenerHandover(netns: Netns): boolean {
+  return netns.runSync(() => {
+    try {
+      // /proc/sys/net is the namespace of the thread writing it: this one, here.
+      writeFileSync(TCP_MIGRATE_REQ, '1')
+      return true
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false
+      throw nativeError(RedirectErrorCode.Socket, `cannot set net.ipv4.tcp_migrate_req in ${netns.path}`, err, { path: netns.path })
+    }
+  })
 }
 
 async function applyRules(netns: Netns, backend: CaptureBackend, ruleSet: CaptureRuleSet, signal?: AbortSignal): Promise<void> {

@@ -43,6 +43,13 @@ export interface CaptureConfig {
   dnsConntrackZone?: number
   /** Redirect inbound plaintext TCP to `inboundPort`; `false` lets inbound bypass capture. Default `true`. */
   captureInbound?: boolean
+  /**
+   * Drop UDP that others start towards the pod, but DNS (port 53): the
+   * mesh carries TCP only, so without this such UDP reaches the app with no
+   * mTLS and no policy (as in Istio). Replies to the pod's own UDP (its DNS
+   * queries included) and the pod's traffic to itself still pass. Default `false`.
+   */
+  dropInboundUdp?: boolean
   /** Outbound destinations never captured (CIDRs, IPv4 or IPv6). Default `[]`. */
   excludeOutboundCidrs?: readonly string[]
   /** Inbound destination ports never captured. Default `[]`. */
@@ -72,6 +79,7 @@ export const DEFAULT_CAPTURE: ResolvedCaptureConfig = Object.freeze({
   captureDns: false,
   dnsConntrackZone: 1,
   captureInbound: true,
+  dropInboundUdp: false,
   excludeOutboundCidrs: Object.freeze([]) as readonly string[],
   excludeInboundPorts: Object.freeze([]) as readonly number[],
   ipv6: true,
@@ -200,6 +208,7 @@ export function resolveCaptureConfig(config: CaptureConfig = {}): ResolvedCaptur
     throw invalid('dnsConntrackZone', dnsConntrackZone, 'a conntrack zone 1-65535')
   }
   const captureInbound = bool('captureInbound', c.captureInbound)
+  const dropInboundUdp = bool('dropInboundUdp', c.dropInboundUdp)
   const ipv6 = bool('ipv6', c.ipv6)
 
   if (!Array.isArray(c.excludeOutboundCidrs)) throw invalid('excludeOutboundCidrs', c.excludeOutboundCidrs, 'an array of CIDRs')
@@ -238,6 +247,7 @@ export function resolveCaptureConfig(config: CaptureConfig = {}): ResolvedCaptur
     captureDns,
     dnsConntrackZone,
     captureInbound,
+    dropInboundUdp,
     excludeOutboundCidrs: Object.freeze(excludeOutboundCidrs),
     excludeInboundPorts: Object.freeze(excludeInboundPorts),
     ipv6,

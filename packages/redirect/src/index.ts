@@ -39,6 +39,7 @@ export {
 export { IPTABLES_CHAINS, NFT_TABLE, renderIptables, renderNftables, type RenderIptablesOptions } from './render'
 export {
   applyCapture,
+  enableListenerHandover,
   inspectCapture,
   removeCapture,
   type ApplyCaptureOptions,

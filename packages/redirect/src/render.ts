@@ -46,6 +46,7 @@ export function iptablesRuleLine(rule: CaptureRule): string {
     if (rule.sourcePort !== undefined) parts.push(`--sport ${rule.sourcePort}`)
     if (rule.destinationPort !== undefined) parts.push(`${rule.destinationPort.negate === true ? '! ' : ''}--dport ${rule.destinationPort.port}`)
   }
+  if (rule.ctStateNew === true) parts.push('-m conntrack --ctstate NEW')
   if (rule.mark !== undefined) parts.push(`-m mark ${rule.mark.negate === true ? '! ' : ''}--mark ${hex(rule.mark.value)}/${hex(rule.mark.mask)}`)
   if (rule.connmark !== undefined) parts.push(`-m connmark --mark ${hex(rule.connmark.value)}/${hex(rule.connmark.mask)}`)
   const action = rule.action
@@ -64,6 +65,9 @@ export function iptablesRuleLine(rule: CaptureRule): string {
       break
     case 'ct-zone':
       parts.push(`-j CT --zone ${action.zone}`)
+      break
+    case 'drop':
+      parts.push('-j DROP')
       break
   }
   return parts.join(' ')
@@ -155,6 +159,7 @@ export function nftRuleLine(rule: CaptureRule, onlyIpv4: boolean): string {
   if (rule.destinationPort !== undefined) {
     parts.push(`${rule.protocol} dport ${rule.destinationPort.negate === true ? '!= ' : ''}${rule.destinationPort.port}`)
   }
+  if (rule.ctStateNew === true) parts.push('ct state new')
   if (rule.mark !== undefined) {
     parts.push(`meta mark & ${hex8(rule.mark.mask)} ${rule.mark.negate === true ? '!=' : '=='} ${hex8(rule.mark.value)}`)
   }
@@ -176,6 +181,9 @@ export function nftRuleLine(rule: CaptureRule, onlyIpv4: boolean): string {
       break
     case 'ct-zone':
       parts.push(`ct zone set ${action.zone}`)
+      break
+    case 'drop':
+      parts.push('drop')
       break
   }
   return parts.join(' ')

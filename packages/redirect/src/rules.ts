@@ -19,6 +19,8 @@ export type CaptureAction =
   | { type: 'restore-mark' }
   /** Put the connection in a conntrack zone. */
   | { type: 'ct-zone'; zone: number }
+  /** Drop the packet. */
+  | { type: 'drop' }
 
 /** One capture rule, independent of the backend. Absent matches match everything. */
 export interface CaptureRule {
@@ -35,6 +37,8 @@ export interface CaptureRule {
   destinationPort?: { port: number; negate?: boolean }
   mark?: { value: number; mask: number; negate?: boolean }
   connmark?: { value: number; mask: number }
+  /** Only the first packet of a connection conntrack has not seen before (`--ctstate NEW`). */
+  ctStateNew?: boolean
   action: CaptureAction
   /** Why the rule exists, for people (printed by examples/print-rules, explained in docs/capture.md). */
   why: string
@@ -111,6 +115,33 @@ export function captureRules(config: CaptureConfig = {}): CaptureRuleSet {
     action: { type: 'restore-mark' },
     why: "The app's replies on those connections get the mark back, so the ip rule routes them to the local table and they return to the proxy instead of the spoofed source.",
   })
+
+  if (c.dropInboundUdp) {
+    rules.push({
+      stage: 'mangle',
+      hook: 'prerouting',
+      protocol: 'udp',
+      inInterface: 'lo',
+      action: { type: 'return' },
+      why: "UDP from the pod to itself (through lo) is the pod's own: never dropped.",
+    })
+    rules.push({
+      stage: 'mangle',
+      hook: 'prerouting',
+      protocol: 'udp',
+      destinationPort: { port: 53 },
+      action: { type: 'return' },
+      why: 'DNS to the pod (a DNS server in a captured pod) still arrives.',
+    })
+    rules.push({
+      stage: 'mangle',
+      hook: 'prerouting',
+      protocol: 'udp',
+      ctStateNew: true,
+      action: { type: 'drop' },
+      why: 'Other UDP that others start towards the pod is dropped: the mesh carries only TCP, so it would reach the app without mTLS or policy. Replies to the pod\'s own UDP are not new and pass.',
+    })
+  }
 
   for (const name of c.virtualInterfaces) {
     rules.push({

@@ -1,5 +1,5 @@
 import { X509Certificate, createPrivateKey } from 'node:crypto'
-import { chmod, rm } from 'node:fs/promises'
+import { chmod, rename, rm, stat } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
 import * as grpc from '@grpc/grpc-js'
 import { invalidArgument, silentLogger, type Closable, type Logger } from '@ambientkit/core'
@@ -290,15 +290,21 @@ export async function createWorkloadApiServer(options: WorkloadApiServerOptions)
   })
   const offBundles = manager.bundles.subscribe(refresh)
 
-  await rm(options.socketPath, { force: true })
+  // Listen on a path of our own, then rename it over the socket's: a server
+  // already there (the agent this process upgrades) serves until then, and
+  // no client ever finds the path missing.
+  const staging = `${options.socketPath}.${process.pid}.new`
+  await rm(staging, { force: true })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
-    server.listen(options.socketPath, () => {
+    server.listen(staging, () => {
       server.off('error', reject)
       resolve()
     })
   })
-  await chmod(options.socketPath, options.socketMode ?? 0o777)
+  await chmod(staging, options.socketMode ?? 0o777)
+  await rename(staging, options.socketPath)
+  const { ino } = await stat(options.socketPath)
   log.info({ socket: options.socketPath }, 'Workload API listening')
 
   let closing: Promise<void> | undefined
@@ -315,7 +321,8 @@ export async function createWorkloadApiServer(options: WorkloadApiServerOptions)
         grpcServer.forceShutdown()
         for (const socket of sockets) socket.destroy()
         await closed
-        await rm(options.socketPath, { force: true })
+        // Only our own socket: after an upgrade the path is the new process's.
+        if ((await stat(options.socketPath).catch(() => undefined))?.ino === ino) await rm(options.socketPath, { force: true })
       })()
       return closing
     },

@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -151,5 +151,28 @@ describe('Workload API server', () => {
     const renewed = await manager.rotate(API)
     expect(await rotated).toBe(renewed.certificateChainPem)
     await fed.close()
+  })
+
+  it('a new server on the same path (an upgraded agent) takes it over, and the old one closing leaves the new one serving', async () => {
+    const socketPath = join(dir, 'handover.sock')
+    const served: string[] = []
+    const serve = (name: string) => () => {
+      served.push(name)
+      return [API]
+    }
+    const old = await createWorkloadApiServer({ socketPath, manager, attest: serve('old') })
+    const next = await createWorkloadApiServer({ socketPath, manager, attest: serve('new') })
+    try {
+      await old.close()
+      const source = createWorkloadApiSource({ address: `unix://${socketPath}` })
+      const fed = createIdentityManager({ source })
+      expect((await fed.get(API)).id.toString()).toBe(API.toString())
+      await fed.close()
+      expect(served).toEqual(['new'])
+      expect(readdirSync(dir).filter((name) => name.startsWith('handover.sock'))).toEqual(['handover.sock'])
+    } finally {
+      await next.close()
+    }
+    expect(existsSync(socketPath)).toBe(false)
   })
 })

@@ -258,11 +258,12 @@ class DnsProxyImpl implements DnsProxy {
 
   async #listen(host: string): Promise<void> {
     const { netns } = this.#options
-    const udp = await bindUdp(netns, { host, port: this.#port, mark: this.#mark })
+    // SO_REUSEPORT: a new agent process (an upgrade) serves next to this one until it closes.
+    const udp = await bindUdp(netns, { host, port: this.#port, mark: this.#mark, reusePort: true })
     this.#udp.push(udp)
     udp.on('message', (message, from) => void this.#onDatagram(udp, message, from))
     udp.on('error', (err) => this.#failures.warn({ err, host }, 'DNS proxy UDP socket error'))
-    const listening = netns.listenFd({ host, port: this.#port, mark: this.#mark })
+    const listening = netns.listenFd({ host, port: this.#port, mark: this.#mark, reusePort: true })
     this.#acceptors.push(
       netns.accept(
         listening,

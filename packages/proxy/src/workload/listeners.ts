@@ -14,16 +14,21 @@ export interface Listener {
  * every connection reaches `onSocket` as a descriptor. It listens on `::`
  * (IPv4 too, mapped), or on `0.0.0.0` only when the kernel has no IPv6 at
  * all (see {@link kernelWithoutIpv6}).
+ *
+ * With `SO_REUSEPORT`, so that a new proxy process (an upgrade) opens its
+ * listeners next to a running one's and both accept until the old one
+ * drains; only a process of the same uid can join the group (the kernel's
+ * rule), so no other user's program can take a share of the pod's traffic.
  */
 export function openListener(netns: NetnsSockets, port: number, logger: Logger, onSocket: (socket: AcceptedSocket) => void, onPause: (errno: string) => void): Listener {
   let fd: number
   let address: SocketAddress = { address: '::', port, family: 6 }
   try {
-    fd = netns.listenFd({ host: '::', port, mark: PROXY_MARK, ipv6Only: false })
+    fd = netns.listenFd({ host: '::', port, mark: PROXY_MARK, ipv6Only: false, reusePort: true })
   } catch (err) {
     if (!kernelWithoutIpv6(err)) throw err
     logger.info({ port }, 'no IPv6 in this kernel: listening on IPv4 only')
-    fd = netns.listenFd({ host: '0.0.0.0', port, mark: PROXY_MARK })
+    fd = netns.listenFd({ host: '0.0.0.0', port, mark: PROXY_MARK, reusePort: true })
     address = { address: '0.0.0.0', port, family: 4 }
   }
   try {
