@@ -775,9 +775,8 @@ function meshProcesses(): string[] {
     try {
       if (!readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`AMBIENTKIT_LOCAL_STATE_DIR=${STATE_DIR}`)) continue
       const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim()
-      // The runner's own esbuild service (tsx) is not the mesh's.
-      const parent = Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1])
-      if (parent === process.pid && cmdline.includes('esbuild')) continue
+      // tsx's esbuild services (the runner's, and those a TypeScript entry keeps while it compiles) come and go on their own.
+      if (/esbuild --service/.test(cmdline)) continue
       found.push(`${pid}: ${cmdline}`)
     } catch {
       // It ended while we looked.
