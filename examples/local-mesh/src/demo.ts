@@ -1,7 +1,6 @@
 // The local mesh demo: builds a cluster of network namespaces, runs the
 // control plane and one node agent per node, sends traffic, proves it is
 // encrypted, and reports. Started by bin/demo.mjs (which checks root and tools).
-import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -15,10 +14,10 @@ import { callControlPlane, createNodeIdentitySource } from './client'
 import { loadMeshConfig, podUid, podWorkload, type MeshConfig, type NodeConfig, type PodConfig } from './config'
 import type { MeshState } from './control-plane'
 import { ADMIN_PORT, DEFAULT_CONFIG, EXAMPLE_DIR, PREFIX, ROOT_DIR, STATE_DIR, controlPlaneId, netnsName, netnsPath, state } from './paths'
-import { analyseCapture } from './pcap'
+import { analyseCapture, captureLink, type Capture } from './pcap'
 import { forgetProcess, startProcess, stopPid, stopRecordedProcesses, strayProcesses, tsEntry, type DemoProcess } from './processes'
 import { correlate, formatReport, readAccessLog, type DemoReport, type SentRequest } from './report'
-import { createNode, createPod, deleteNamespace, demoNamespaces, linkInterface, linkNodes, namespacePids, run } from './topology'
+import { createNode, createPod, deleteNamespace, demoNamespaces, linkNodes, namespacePids, run } from './topology'
 import { requestFromPod } from './traffic'
 
 const { values: flags } = parseArgs({
@@ -275,43 +274,10 @@ const podTarget = (pod: PodConfig): { name: string; address: string; port: numbe
 
 // ---- capture ----------------------------------------------------------------
 
-interface Capture {
-  link: string
-  stop(): Promise<void>
-}
-
-async function startCapture(config: MeshConfig): Promise<Capture> {
+function startCapture(config: MeshConfig): Promise<Capture> {
   const [a, b] = config.nodes
   if (a === undefined || b === undefined) throw new Error('the capture needs two nodes in mesh.yaml')
-  const file = state.capture()
-  const iface = linkInterface(b)
-  // nsenter execs tcpdump itself, so SIGINT reaches it; --immediate-mode hands
-  // it every packet at once instead of in blocks a stop could cut short.
-  const child = spawn('nsenter', [`--net=/run/netns/${netnsName.node(a.name)}`, 'tcpdump', '--immediate-mode', '-i', iface, '-n', '-s', '0', '-U', '-Z', 'root', '-w', file, 'tcp'], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  })
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-  // tcpdump says "listening on <if>" once its socket is bound: from then on nothing is missed.
-  await new Promise<void>((resolve, reject) => {
-    let text = ''
-    const timer = setTimeout(() => reject(new Error(`tcpdump did not start: ${text}`)), 10_000)
-    child.stderr.on('data', (chunk: Buffer) => {
-      text += chunk.toString()
-      if (text.includes('listening on')) {
-        clearTimeout(timer)
-        resolve()
-      }
-    })
-    child.once('exit', (code) => {
-      clearTimeout(timer)
-      reject(new Error(`tcpdump exited (${code}): ${text}`))
-    })
-  })
-  child.stderr.resume()
-  return {
-    link: `${a.name} ${iface} ⇄ ${b.name} ${linkInterface(a)}`,
-    stop: () => stopPid(child.pid!, exited, 5000, 'SIGINT'),
-  }
+  return captureLink(a, b, state.capture())
 }
 
 // ---- the scenario -----------------------------------------------------------

@@ -1,5 +1,56 @@
+import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { HBONE_PORT } from '@ambientkit/core'
+import type { NodeConfig } from './config'
+import { netnsName, netnsPath } from './paths'
+import { stopPid } from './processes'
+import { linkInterface } from './topology'
+
+/** A running capture on the link between two nodes. */
+export interface Capture {
+  /** Which link, for a report. */
+  readonly link: string
+  /** Stops tcpdump (SIGINT, so it flushes) and resolves once it has exited. */
+  stop(): Promise<void>
+}
+
+/**
+ * Captures TCP on the link between nodes `a` and `b` (tcpdump in `a`'s
+ * namespace) into `file`; with `rotateMb`, into files of that size named
+ * `file`, `file1`, `file2`... Resolves once tcpdump listens: from then on
+ * nothing is missed.
+ */
+export async function captureLink(a: NodeConfig, b: NodeConfig, file: string, { rotateMb }: { rotateMb?: number } = {}): Promise<Capture> {
+  const iface = linkInterface(b)
+  // nsenter execs tcpdump itself, so SIGINT reaches it; --immediate-mode hands
+  // it every packet at once instead of in blocks a stop could cut short.
+  const rotate = rotateMb === undefined ? [] : ['-C', String(rotateMb)]
+  const child = spawn('nsenter', [`--net=${netnsPath(netnsName.node(a.name))}`, 'tcpdump', '--immediate-mode', '-i', iface, '-n', '-s', '0', '-U', '-Z', 'root', ...rotate, '-w', file, 'tcp'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  // tcpdump says "listening on <if>" once its socket is bound.
+  await new Promise<void>((resolve, reject) => {
+    let text = ''
+    const timer = setTimeout(() => reject(new Error(`tcpdump did not start: ${text}`)), 10_000)
+    child.stderr.on('data', (chunk: Buffer) => {
+      text += chunk.toString()
+      if (text.includes('listening on')) {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      reject(new Error(`tcpdump exited (${code}): ${text}`))
+    })
+  })
+  child.stderr.resume()
+  return {
+    link: `${a.name} ${iface} ⇄ ${b.name} ${linkInterface(a)}`,
+    stop: () => stopPid(child.pid!, exited, 5000, 'SIGINT'),
+  }
+}
 
 /** What a packet capture on the link between the nodes shows. */
 export interface CaptureAnalysis {
