@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net'
+import { forwardChunk, SpliceTimers, type TunnelTimeouts } from './splice-timers'
 
 /** What {@link spliceSockets} resolves with. */
 export interface SocketSpliceResult {
@@ -26,9 +27,11 @@ export function spliceSockets(a: Socket, b: Socket): Promise<SocketSpliceResult>
 /**
  * {@link spliceSockets} with a callback: what the proxies use, so that an
  * idle connection holds no promise or suspended async function, only the
- * sockets and one {@link SocketSplice}.
+ * sockets and one {@link SocketSplice}. With `timeouts`, a splice idle or
+ * stalled that long resets both sides (`a` counted as reset first) with
+ * `ERR_AMBIENT_HBONE_TUNNEL_TIMEOUT`.
  */
-export function startSocketSplice(a: Socket, b: Socket, done: (result: SocketSpliceResult) => void): void {
+export function startSocketSplice(a: Socket, b: Socket, done: (result: SocketSpliceResult) => void, timeouts?: TunnelTimeouts): void {
   a.allowHalfOpen = true
   b.allowHalfOpen = true
   if (a.destroyed || b.destroyed) {
@@ -37,7 +40,7 @@ export function startSocketSplice(a: Socket, b: Socket, done: (result: SocketSpl
     done({ outcome: 'reset', resetFirst: a.destroyed ? 'a' : 'b', aToB: b.bytesWritten, bToA: a.bytesWritten })
     return
   }
-  const splice = new SocketSplice(a, b, done)
+  const splice = new SocketSplice(a, b, done, timeouts)
   for (const socket of [a, b]) {
     splices.set(socket, splice)
     socket.on('error', onError)
@@ -60,12 +63,24 @@ class SocketSplice {
   open = 2
   resetFirst: 'a' | 'b' | undefined
   error: Error | undefined
+  /** The idle and stall timers, when timeouts were given. */
+  readonly timers: SpliceTimers | undefined
 
   constructor(
     readonly a: Socket,
     readonly b: Socket,
     readonly done: (result: SocketSpliceResult) => void,
-  ) {}
+    timeouts: TunnelTimeouts | undefined,
+  ) {
+    if (timeouts !== undefined) this.timers = new SpliceTimers(timeouts, (error) => this.expire(error))
+  }
+
+  /** Resets both sides: the splice was idle or stalled too long. */
+  expire(error: Error): void {
+    this.error ??= error
+    this.resetFirst ??= 'a'
+    for (const socket of [this.a, this.b]) if (!socket.destroyed) socket.resetAndDestroy()
+  }
 
   peer(side: Socket): Socket {
     return side === this.a ? this.b : this.a
@@ -73,6 +88,7 @@ class SocketSplice {
 
   settle(): void {
     if (--this.open > 0) return
+    this.timers?.stop()
     const { a, b, error } = this
     splices.delete(a)
     splices.delete(b)
@@ -85,12 +101,14 @@ const splices = new WeakMap<Socket, SocketSplice>()
 
 /** Copies a chunk to the other socket; pauses on backpressure (until its `drain`) and for good once that socket is finished. */
 function onData(this: Socket, chunk: Buffer): void {
-  const other = splices.get(this)?.peer(this)
-  if (other === undefined || other.writableEnded || other.destroyed || !other.write(chunk)) this.pause()
+  const splice = splices.get(this)
+  forwardChunk(this, splice?.peer(this), chunk, splice?.timers)
 }
 
 function onDrain(this: Socket): void {
-  const other = splices.get(this)?.peer(this)
+  const splice = splices.get(this)
+  splice?.timers?.drained()
+  const other = splice?.peer(this)
   if (other !== undefined && !other.destroyed) other.resume()
 }
 

@@ -12,9 +12,5 @@ describeTransportContract({
   name: 'same-node',
   transport: () => createSameNodeTransport(),
   wire: false,
-  gaps: {
-    'resets a tunnel that moves no byte for tunnelIdleTimeout, and says so in its record': 'its in-process splice has no idle or stall timer yet (only the Node path has them)',
-    'resets a tunnel whose destination stops reading, after tunnelStallTimeout': 'its in-process splice has no idle or stall timer yet (only the Node path has them)',
-  },
 })
 describeTransportContract({ name: 'same-node falling back to node (destinations served elsewhere)', transport: () => createSameNodeTransport({ fallback: createNodeTransport() }), wire: true })

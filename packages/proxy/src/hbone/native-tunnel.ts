@@ -4,7 +4,7 @@ import type { TunnelOutcome, TunnelResult } from '../transport/contract'
 import { SettlingTunnel } from '../transport/tunnel'
 import type { HboneWindows } from './constants'
 import { HboneErrorCode } from './errors'
-import type { TunnelTimeouts } from './splice'
+import type { TunnelTimeouts } from '../splice-timers'
 import { NativeOutcome, type NativeAddon, type NativeSession, type NativeSettings } from './native'
 
 /**

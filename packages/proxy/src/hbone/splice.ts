@@ -2,18 +2,10 @@ import { constants as h2 } from 'node:http2'
 import type { Http2Stream } from 'node:http2'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
-import { AmbientError } from '@ambientkit/core'
 import type { TunnelOutcome, TunnelResult } from '../transport/contract'
-import { HboneErrorCode } from './errors'
+import { forwardChunk, SpliceTimers, type TunnelTimeouts } from '../splice-timers'
 
-/** How long a spliced tunnel may go without moving a byte: idle (nothing to move), or stalled (a side does not read what waits for it). */
-export interface TunnelTimeouts {
-  /** Milliseconds without a byte either way. */
-  readonly idle: number
-  /** Milliseconds a side waits with bytes the other does not take (its peer stopped reading). */
-  readonly stall: number
-}
-
+export type { TunnelTimeouts } from '../splice-timers'
 
 /**
  * Copies bytes both ways between a TCP socket and an HBONE tunnel (an
@@ -80,40 +72,21 @@ class TunnelSplice {
   outcome: TunnelOutcome | undefined
   error: Error | undefined
   open = 2
-  /** Refreshed by every byte moved; fires after the idle timeout. */
-  readonly idle: NodeJS.Timeout | undefined
-  /** Running while a side waits for the other to drain; fires after the stall timeout. */
-  stall: NodeJS.Timeout | undefined
+  /** The idle and stall timers, when the server sets timeouts. */
+  readonly timers: SpliceTimers | undefined
 
   constructor(
     readonly socket: Socket,
     readonly stream: Http2Stream,
     readonly done: (result: TunnelResult) => void,
-    readonly timeouts: TunnelTimeouts | undefined,
+    timeouts: TunnelTimeouts | undefined,
   ) {
-    if (timeouts !== undefined) this.idle = setTimeout(() => this.expire(`the tunnel moved no byte for ${timeouts.idle} ms (tunnelIdleTimeout)`), timeouts.idle).unref()
-  }
-
-  /** A byte moved: the tunnel is not idle. */
-  moved(): void {
-    this.idle?.refresh()
-  }
-
-  /** `side` waits for its peer to drain: the tunnel stalls unless it does within the stall timeout. */
-  waiting(): void {
-    const timeouts = this.timeouts
-    if (timeouts === undefined || this.stall !== undefined) return
-    this.stall = setTimeout(() => this.expire(`the tunnel's peer took no byte for ${timeouts.stall} ms (tunnelStallTimeout)`), timeouts.stall).unref()
-  }
-
-  drained(): void {
-    clearTimeout(this.stall)
-    this.stall = undefined
+    if (timeouts !== undefined) this.timers = new SpliceTimers(timeouts, (error) => this.expire(error))
   }
 
   /** Resets both sides: the tunnel was idle or stalled too long. */
-  expire(message: string): void {
-    this.error ??= new AmbientError(HboneErrorCode.TunnelTimeout, message)
+  expire(error: Error): void {
+    this.error ??= error
     this.outcome ??= 'stream-reset'
     resetTunnel(this.stream)
     resetSocket(this.socket)
@@ -126,8 +99,7 @@ class TunnelSplice {
 
   settle(): void {
     if (--this.open > 0) return
-    clearTimeout(this.idle)
-    clearTimeout(this.stall)
+    this.timers?.stop()
     splices.delete(this.socket)
     splices.delete(this.stream)
     const { socket } = this
@@ -140,18 +112,12 @@ const splices = new WeakMap<object, TunnelSplice>()
 /** Copies a chunk to the other side; pauses on backpressure (until its `drain`) and for good once that side is finished. */
 function onData(this: Duplex, chunk: Buffer): void {
   const splice = splices.get(this)
-  splice?.moved()
-  const other = splice?.peer(this)
-  if (other === undefined || other.writableEnded || other.destroyed) this.pause()
-  else if (!other.write(chunk)) {
-    this.pause()
-    splice!.waiting()
-  }
+  forwardChunk(this, splice?.peer(this), chunk, splice?.timers)
 }
 
 function onDrain(this: Duplex): void {
   const splice = splices.get(this)
-  splice?.drained()
+  splice?.timers?.drained()
   const other = splice?.peer(this)
   if (other !== undefined && !other.destroyed) other.resume()
 }

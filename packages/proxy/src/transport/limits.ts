@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto'
 import { AmbientError, type SocketAddress } from '@ambientkit/core'
 import { HboneErrorCode } from '../hbone/errors'
-import type { TunnelTimeouts } from '../hbone/splice'
+import type { TunnelTimeouts } from '../splice-timers'
 import { positiveInteger } from '../hbone/settings'
 import type { HboneHandshakeFailure, TransportServerOptions } from './contract'
 

@@ -10,6 +10,7 @@ import {
 import { checkExpected, requestHeaders } from '../hbone/client'
 import { HboneErrorCode } from '../hbone/errors'
 import { startSocketSplice, type SocketSpliceResult } from '../splice-sockets'
+import type { TunnelTimeouts } from '../splice-timers'
 import { asSocket, resetConnection } from './connection'
 import type {
   CarriedConnection,
@@ -230,9 +231,12 @@ class LocalRequestStream implements RequestStream {
   readonly #app: Socket
   readonly #authority: string
   readonly #cleanup: () => void
+  /** The destination server's idle and stall timeouts. */
+  readonly #timeouts: TunnelTimeouts
 
   constructor(app: Socket, authority: string, server: LocalServer, opened: Set<LocalRequestStream>, signal: AbortSignal | undefined) {
     this.#app = app
+    this.#timeouts = server.config.limits.tunnelTimeouts
     this.#authority = authority
     this.tunnel = new LocalTunnel(this)
     this.answer = new Promise((resolve, reject) => (this.#answer = { resolve, reject }))
@@ -277,10 +281,15 @@ class LocalRequestStream implements RequestStream {
     }
     this.#cleanup()
     this.#upstream = socket
-    startSocketSplice(this.#app, socket, (result) => {
-      done(sideOf(result, 'b'))
-      this.tunnel.settle(sideOf(result, 'a'))
-    })
+    startSocketSplice(
+      this.#app,
+      socket,
+      (result) => {
+        done(sideOf(result, 'b'))
+        this.tunnel.settle(sideOf(result, 'a'))
+      },
+      this.#timeouts,
+    )
     this.#app.off('error', ignore)
     this.#answer.resolve(this.tunnel)
     return true
