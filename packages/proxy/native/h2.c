@@ -97,6 +97,22 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
   return 0;
 }
 
+// A field nghttp2 finds invalid (RFC 9113 §8.2.1: a name with an uppercase letter or a space,
+// a value with CR, LF or NUL) makes the request or response malformed (§8.1.1). Without this
+// callback nghttp2 drops the field and serves the rest; failing it resets the stream with
+// PROTOCOL_ERROR instead, as the RFC requires.
+static int on_invalid_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint8_t *name, size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *user) {
+  (void)h2;
+  (void)frame;
+  (void)name;
+  (void)namelen;
+  (void)value;
+  (void)valuelen;
+  (void)flags;
+  (void)user;
+  return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+}
+
 // An event that is not the end of something: when it cannot be queued, the session fails
 // (its streams' StreamClose and its Close cannot be lost: they were allocated with them).
 static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user) {
@@ -208,6 +224,7 @@ static void make_callbacks(void) {
     nghttp2_session_callbacks_set_send_data_callback(cbs, on_send_data);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_invalid_header_callback(cbs, on_invalid_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
