@@ -228,11 +228,17 @@ void session_read(session_t *s) {
   }
 }
 
-// Closes once nghttp2 has nothing more to do: GOAWAY exchanged and every stream ended.
+// Closes once nghttp2 has nothing more to do: GOAWAY exchanged and every stream ended. A
+// stream still waiting for its upstream (no descriptor spliced yet) has nothing to carry once
+// nghttp2 is done, as after a connection error: it does not keep the connection open (its
+// StreamClose tells JavaScript, which drops the upstream when it connects).
 void session_maybe_close(session_t *s) {
   if (s->state != S_OPEN || s->depth > 0) return;
   if (bq_len(&s->tls_out) > 0) return;
-  if (!nghttp2_session_want_read(s->h2) && !nghttp2_session_want_write(s->h2) && s->pipes == NULL) session_teardown(s, NULL);
+  if (nghttp2_session_want_read(s->h2) || nghttp2_session_want_write(s->h2)) return;
+  for (pipe_t *p = s->pipes; p != NULL; p = p->next)
+    if (p->fd >= 0) return;
+  session_teardown(s, NULL);
 }
 
 // The peer's chain, leaf first, as DER: what JavaScript makes its SPIFFE checks on.
