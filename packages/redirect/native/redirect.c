@@ -32,7 +32,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/select.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1036,10 +1035,7 @@ static char nftlib_error[512];
 /* Serializes contexts: each is private, but libnftables keeps process-wide caches. */
 static pthread_mutex_t nftlib_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void nft_low_reserve(void);
-
 static void nftlib_load(void) {
-  nft_low_reserve();
   void* handle = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
   if (handle == NULL) {
     snprintf(nftlib_error, sizeof nftlib_error, "%s", dlerror());
@@ -1095,24 +1091,19 @@ typedef struct {
 /* Sockets kept for a background close count too; past this, a context is freed the slow way. */
 #define MAX_NETFILTER_SOCKETS 1024
 
-static bool is_netfilter_socket(int fd) {
-  int domain = 0, protocol = 0;
-  socklen_t length = sizeof domain;
-  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0 || domain != AF_NETLINK) return false;
-  length = sizeof protocol;
-  return getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &length) == 0 && protocol == NETLINK_NETFILTER;
-}
-
-/* The NETLINK_NETFILTER sockets open in this process, up to `max`: a system call or two per descriptor. */
+/* The NETLINK_NETFILTER sockets open in this process, up to `max`. */
 static int netfilter_sockets(int* fds, int max) {
   DIR* dir = opendir("/proc/self/fd");
   if (dir == NULL) return 0;
   int count = 0;
   struct dirent* entry;
   while (count < max && (entry = readdir(dir)) != NULL) {
-    int fd = atoi(entry->d_name);
+    int fd = atoi(entry->d_name), domain = 0, protocol = 0;
+    socklen_t length = sizeof domain;
     if (entry->d_name[0] == '.' || fd == dirfd(dir)) continue;
-    if (is_netfilter_socket(fd)) fds[count++] = fd;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0 || domain != AF_NETLINK) continue;
+    length = sizeof protocol;
+    if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &length) == 0 && protocol == NETLINK_NETFILTER) fds[count++] = fd;
   }
   closedir(dir);
   return count;
@@ -1142,39 +1133,6 @@ static void* close_socket(void* fd) {
 
 static char* copy_or_empty(const char* text) { return strdup(text != NULL ? text : ""); }
 
-/*
- * libnftables (1.0.6, Debian 12) waits for the kernel's answer with
- * select(), which takes descriptors below FD_SETSIZE only: glibc aborts the
- * whole process when the context's netlink socket is numbered higher, and a
- * proxy or agent with a few hundred pods holds more descriptors than that.
- * So a low number is reserved while numbers are low (when libnftables is
- * first looked for, see nftlib_load) and freed, under nftlib_lock, just before a context makes its socket,
- * which takes the lowest free number; the reservation is taken again after.
- * A context whose socket still lands above FD_SETSIZE (no low number was
- * free then, or another thread took it meanwhile) is refused with EMFILE
- * before it runs anything: the TypeScript layer then runs the nft program.
- */
-static int nft_low_fd = -1;
-
-static void nft_low_reserve(void) {
-  int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (fd >= FD_SETSIZE) {
-    close(fd);
-    fd = -1;
-  }
-  nft_low_fd = fd;
-}
-
-/* True when a netfilter socket in `after` and not in `before` is numbered FD_SETSIZE or above. */
-static bool new_socket_too_high(const int* before, int before_count, const int* after, int after_count) {
-  for (int i = 0; i < after_count; i++) {
-    bool seen = false;
-    for (int j = 0; j < before_count && !seen; j++) seen = after[i] == before[j];
-    if (!seen && after[i] >= FD_SETSIZE) return true;
-  }
-  return false;
-}
-
 /* Worker thread: no N-API calls here. */
 static void nft_execute(napi_env env, void* data) {
   (void)env;
@@ -1184,38 +1142,21 @@ static void nft_execute(napi_env env, void* data) {
   netns_guard guard;
   job->err = netns_enter(&guard, job->ns_fd, &job->failed);
   if (job->err == 0) {
-    /*
-     * The context's socket takes the lowest free number: the reserved one
-     * when there is one, where it is then found without listing every
-     * descriptor (which cost ~10 ms a thousand descriptors, twice a run).
-     * Without a reservation, the sockets are listed before and after.
-     */
-    int reserved = nft_low_fd, before_count = 0;
-    nft_low_fd = -1;
-    if (reserved >= 0) close(reserved);
-    else before_count = netfilter_sockets(before, MAX_NETFILTER_SOCKETS);
+    int before_count = netfilter_sockets(before, MAX_NETFILTER_SOCKETS);
     /* The context's netlink socket is made here, so it belongs to the namespace. */
     struct nft_ctx* ctx = nftlib.ctx_new(0);
-    bool at_reserved = ctx != NULL && reserved >= 0 && is_netfilter_socket(reserved);
     if (ctx == NULL) {
       job->err = ENOMEM;
       job->failed = "nft_ctx_new";
-    } else if (reserved >= 0 ? !at_reserved : new_socket_too_high(before, before_count, after, netfilter_sockets(after, MAX_NETFILTER_SOCKETS))) {
-      /* Above FD_SETSIZE, or (another thread took the reserved number meanwhile) somewhere unknown. */
-      job->err = EMFILE;
-      job->failed = "nft_ctx_new (libnftables needs its netlink socket below FD_SETSIZE)";
-      nftlib.ctx_free(ctx);
     } else {
       nftlib.buffer_output(ctx);
       nftlib.buffer_error(ctx);
       job->status = nftlib.run(ctx, job->script);
       job->output = copy_or_empty(nftlib.get_output(ctx));
       job->error = copy_or_empty(nftlib.get_error(ctx));
-      kept = at_reserved ? fcntl(reserved, F_DUPFD_CLOEXEC, 0)
-                         : keep_new_socket(before, before_count, after, netfilter_sockets(after, MAX_NETFILTER_SOCKETS));
+      kept = keep_new_socket(before, before_count, after, netfilter_sockets(after, MAX_NETFILTER_SOCKETS));
       nftlib.ctx_free(ctx);
     }
-    nft_low_reserve();
     netns_leave(&guard);
   }
   pthread_mutex_unlock(&nftlib_lock);

@@ -27,6 +27,24 @@ import { native, type NativeSocketSpec, type NftRunResult, type SpawnedProgram }
 import { installHint } from './programs'
 
 /** Options of {@link Netns.listen}. */
+
+/**
+ * libnftables (1.0.x) waits for the kernel with `select()`, which takes
+ * descriptors below FD_SETSIZE (1,024) only: glibc aborts the whole process
+ * when a context's netlink socket, which takes the lowest free number, is
+ * numbered higher. From this number on, nft runs as the program instead (its
+ * own process, its own descriptors). The margin covers the sockets a context
+ * opens and what other threads open meanwhile.
+ */
+const NFT_SELECT_LIMIT = 960
+
+/** The number the next descriptor this process opens would get. */
+function lowestFreeDescriptor(): number {
+  const fd = openSync('/dev/null', 'r')
+  closeSync(fd)
+  return fd
+}
+
 export interface NetnsListenOptions extends AbortOptions {
   /** Address to bind. Default `'0.0.0.0'`; an IPv6 address makes an IPv6 socket. */
   host?: string
@@ -443,17 +461,15 @@ class NetnsHandle implements Netns {
     const nsFd = this.#open('nft')
     throwIfAborted(options.signal, 'nft')
     const addon = native()
-    const program = async (): Promise<string> => (await this.exec('nft', ['-f', '-'], { input: script, signal: options.signal })).stdout
-    if (process.env.AMBIENTKIT_NFT === 'program' || addon.nftAvailable() !== null) return program()
-    const result = await new Promise<NftRunResult | undefined>((resolve, reject) => {
+    if (process.env.AMBIENTKIT_NFT === 'program' || addon.nftAvailable() !== null || lowestFreeDescriptor() >= NFT_SELECT_LIMIT) {
+      return (await this.exec('nft', ['-f', '-'], { input: script, signal: options.signal })).stdout
+    }
+    const result = await new Promise<NftRunResult>((resolve, reject) => {
       addon.nftRun(nsFd, script, (err, answer) => {
-        // EMFILE: no descriptor below FD_SETSIZE for libnftables' socket (see nft_execute); the program has its own.
-        if (err !== null && (err as NodeJS.ErrnoException).errno === osConstants.errno.EMFILE) resolve(undefined)
-        else if (err !== null) reject(nativeError(RedirectErrorCode.CommandFailed, `cannot run nft in ${this.path}`, err, { path: this.path }))
+        if (err !== null) reject(nativeError(RedirectErrorCode.CommandFailed, `cannot run nft in ${this.path}`, err, { path: this.path }))
         else resolve(answer!)
       })
     })
-    if (result === undefined) return program()
     if (result.status !== 0) {
       throw new AmbientError(RedirectErrorCode.CommandFailed, `nft failed in ${this.path}: ${result.error.trim() || result.output.trim()}`, {
         details: { command: 'nft', path: this.path, status: result.status, stderr: result.error, stdout: result.output },

@@ -1,5 +1,6 @@
 import { canonicalIp, isAmbientError } from '@ambientkit/core'
 import { once } from 'node:events'
+import { closeSync, openSync } from 'node:fs'
 import type { AddressInfo, Server, Socket } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createTestNetwork, type TestNamespace, type TestNode, type TestPod } from '../../../test/support/netns'
@@ -347,6 +348,22 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
     expect(await applyCapture(ns)).toEqual({ backend: 'nftables' })
     await removeCapture(ns)
     expect(await snapshot(pod)).toBe(before)
+  })
+
+  it('runs nft as a program, not in process, once the lowest free descriptor nears FD_SETSIZE (libnftables would abort the process)', async () => {
+    const pod = await network.addPod(node)
+    const ns = open(pod)
+    const held: number[] = []
+    try {
+      // Every number up to past 1,024 in use: an in-process libnftables context would get one above FD_SETSIZE.
+      for (let i = 0; i < 2048 && (held.at(-1) ?? 0) < 1030; i++) held.push(openSync('/dev/null', 'r'))
+      expect(held.at(-1)).toBeGreaterThanOrEqual(1030)
+      expect(await applyCapture(ns, {}, { backend: 'nftables' })).toEqual({ backend: 'nftables' })
+      expect(await inspectCapture(ns)).toEqual({ status: 'present', backends: ['nftables'], differences: [] })
+      expect(await removeCapture(ns)).toEqual({ removed: true })
+    } finally {
+      for (const fd of held) closeSync(fd)
+    }
   })
 
   it('nftables needs no program when libnftables is installed', async () => {
