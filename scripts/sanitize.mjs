@@ -114,8 +114,9 @@ const env = {
   ...process.env,
   LD_PRELOAD: runtimes,
   AMBIENTKIT_SANITIZE_PRELOAD: runtimes,
-  ASAN_OPTIONS: `detect_leaks=0:abort_on_error=1:log_path=${join(reports, 'asan')}`,
-  UBSAN_OPTIONS: `halt_on_error=1:print_stacktrace=1:log_path=${join(reports, 'ubsan')}`,
+  // Options set in the environment come last and win (e.g. ASAN_OPTIONS=disable_coredump=0 to keep a core).
+  ASAN_OPTIONS: [`detect_leaks=0:abort_on_error=1:log_path=${join(reports, 'asan')}`, process.env.ASAN_OPTIONS].filter(Boolean).join(':'),
+  UBSAN_OPTIONS: [`halt_on_error=1:print_stacktrace=1:log_path=${join(reports, 'ubsan')}`, process.env.UBSAN_OPTIONS].filter(Boolean).join(':'),
   NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import ${pathToFileURL(join(root, 'scripts', 'sanitize-preload.mjs')).href}`.trim(),
   AMBIENTKIT_SANITIZE_ADDONS: JSON.stringify(addons),
   AMBIENTKIT_SANITIZE_LOADED: loadedLog,

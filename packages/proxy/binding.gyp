@@ -18,7 +18,7 @@
       "cflags": ["-Wall", "-Wextra", "-Werror", "-O2", "-fvisibility=hidden"],
       "cflags_c": ["-std=gnu11"],
       "ldflags": ["-Wl,-z,now", "-Wl,-z,relro"],
-      "libraries": ["-lpthread"]
+      "libraries": ["-ldl", "-lpthread"]
     }
   ]
 }

@@ -2,6 +2,7 @@
 
 #include "hbone.h"
 
+#include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -51,9 +52,20 @@ int threads_wanted(void) {
   return *end == 0 && n >= 1 && n <= 64 ? (int)n : 0;
 }
 
+// The data-path threads run this library's code for the life of the
+// process, so the library must never be unloaded. Node unloads an addon when
+// the last environment that loaded it ends: a Worker that alone loaded it
+// would take the threads' code with it (SIGSEGV at their next wake-up).
+// RTLD_NODELETE on the library already loaded keeps it mapped.
+static void pin_library(void) {
+  Dl_info info;
+  if (dladdr((void *)pin_library, &info) != 0 && info.dli_fname != NULL) (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 static void start_workers(void) {
   int wanted = threads_wanted();
   if (wanted == 0) return;  // refused when the addon was loaded
+  pin_library();
   worker_t *list = calloc((size_t)wanted, sizeof(worker_t));
   if (list == NULL) return;
   // Signals stay with Node's threads: the data-path threads start with all of them blocked.

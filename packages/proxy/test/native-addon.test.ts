@@ -143,6 +143,37 @@ worker.on('message', (message) => {
 })
 `
 
+/**
+ * A process whose only load of the addon is in a Worker: it runs
+ * WORKER_SOURCE's tunnel there, ends the Worker, then prints whether the
+ * addon is still mapped and how many data-path threads run (their code is
+ * the addon's: unmapped under them, they crash at their next wake-up), and
+ * wakes them with a second Worker's tunnel.
+ */
+const WORKER_ONLY_CHILD_SOURCE = `
+const { Worker } = require('node:worker_threads')
+const { once } = require('node:events')
+const fs = require('node:fs')
+const data = JSON.parse(process.env.AK_TUNNEL)
+const tunnel = async () => {
+  const worker = new Worker(process.env.AK_WORKER_SOURCE, { eval: true, workerData: data })
+  const result = {}
+  await new Promise((resolve, reject) => {
+    worker.on('error', reject)
+    worker.on('message', (message) => { Object.assign(result, message); if (result.sent !== undefined && result.received !== undefined) resolve() })
+  })
+  await worker.terminate()
+  return result.sent === result.received && result.bytes === data.mib << 20
+}
+;(async () => {
+  const first = await tunnel()
+  const mapped = /ambient_hbone\\.node$/m.test(fs.readFileSync('/proc/self/maps', 'utf8'))
+  const threads = fs.readdirSync('/proc/self/task').filter((task) => fs.readFileSync('/proc/self/task/' + task + '/comm', 'utf8').startsWith('ak-hbone-')).length
+  const second = await tunnel()
+  process.stdout.write(JSON.stringify({ first, second, mapped, threads }))
+})()
+`
+
 function openFds(): number {
   return readdirSync('/proc/self/fd').length
 }
@@ -488,6 +519,19 @@ describeNative('native HBONE addon', () => {
       expect(result.bytes).toBe(32 << 20)
       expect(result.received).toBe(result.sent)
     }
+  })
+
+  it('stays loaded, with its data-path threads, after the only Worker that loaded it ends', async () => {
+    // Node unloads an addon with the last environment that loaded it; the threads would then run unmapped code.
+    const env = { ...process.env, AK_TUNNEL: JSON.stringify(await tunnelData(4)), AK_WORKER_SOURCE: WORKER_SOURCE }
+    const printed = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, ['-e', WORKER_ONLY_CHILD_SOURCE], { env, timeout: 60_000 }, (err, stdout, stderr) => {
+        if (err !== null) reject(new Error(`${err.message} (signal ${err.signal ?? 'none'})\n${stderr}`))
+        else resolve(stdout)
+      })
+    })
+    expect(JSON.parse(printed)).toEqual({ first: true, second: true, mapped: true, threads: expect.any(Number) })
+    expect(JSON.parse(printed).threads).toBeGreaterThan(0)
   })
 
   it('names the part of a context that is wrong', () => {

@@ -1131,6 +1131,15 @@ static void* close_socket(void* fd) {
   return NULL;
 }
 
+// A thread running close_socket runs this library's code: it must not be
+// unloaded under it, which Node does when the last environment that loaded it
+// ends (a Worker that alone loaded it). RTLD_NODELETE keeps it mapped.
+static void pin_library(void) {
+  Dl_info info;
+  if (dladdr((void*)pin_library, &info) != 0 && info.dli_fname != NULL) (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+static pthread_once_t pinned = PTHREAD_ONCE_INIT;
+
 static char* copy_or_empty(const char* text) { return strdup(text != NULL ? text : ""); }
 
 /* Worker thread: no N-API calls here. */
@@ -1161,6 +1170,7 @@ static void nft_execute(napi_env env, void* data) {
   }
   pthread_mutex_unlock(&nftlib_lock);
   if (kept < 0) return;
+  pthread_once(&pinned, pin_library);
   pthread_t thread;
   pthread_attr_t attr;
   int spawned = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
