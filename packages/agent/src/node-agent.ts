@@ -340,8 +340,9 @@ class NodeAgentImpl implements NodeAgent {
       await this.#probeSync
       const config = this.#probeConfig()
       const { status, differences } = await inspectProbeSnat(this.#node(), { config })
+      const expected = config.podAddresses.length === 0 ? 'absent' : 'present'
       // A pod enrolled or removed meanwhile has brought its own rewrite.
-      if (status === 'present' || JSON.stringify(config) !== JSON.stringify(this.#probeConfig())) return
+      if (status === expected || JSON.stringify(config) !== JSON.stringify(this.#probeConfig())) return
       this.#log.warn({ differences }, 'the probe rewrite on the node drifted: applying it again')
       await this.#syncProbes()
       metrics.captureDriftRepaired?.({ scope: 'node' })
@@ -513,7 +514,10 @@ class NodeAgentImpl implements NodeAgent {
     this.#probeQueued ??= this.#probeSync.then(async () => {
       this.#probeQueued = undefined
       try {
-        await applyProbeSnat(this.#node(), this.#probeConfig(), { backend: this.#options.backend ?? 'auto' })
+        const config = this.#probeConfig()
+        // No pod to rewrite probes for: the node holds nothing of ours (not an empty table).
+        if (config.podAddresses.length === 0) await removeProbeSnat(this.#node())
+        else await applyProbeSnat(this.#node(), config, { backend: this.#options.backend ?? 'auto' })
       } catch (err) {
         this.#log.error({ err, pods: this.#probeTargets.size }, 'cannot rewrite kubelet probes on the node: probes to captured pods may fail')
       }
@@ -523,7 +527,7 @@ class NodeAgentImpl implements NodeAgent {
   }
 
   /** The probe rewrite the node should hold now: every enrolled pod's addresses. */
-  #probeConfig(): ProbeSnatConfig {
+  #probeConfig(): ProbeSnatConfig & { readonly podAddresses: readonly string[] } {
     const probes = this.#options.probes
     return {
       podAddresses: [...new Set([...this.#probeTargets.values()].flat())],

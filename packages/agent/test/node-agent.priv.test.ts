@@ -114,6 +114,28 @@ describePrivileged('node agent: enrollment lifecycle on real namespaces', ['ip',
     }
   })
 
+  it('holds the probe rewrite on the node only while it has pods: none leaves no table behind', async () => {
+    const node = openNetns(nodePath)
+    const probeTable = async (): Promise<boolean> => (await node.nft('list tables')).includes('table inet ambientkit-probes')
+    const source = createListPodSource([])
+    const { proxy } = cp.nodeProxy('node-probes')
+    const agent = createNodeAgent({ nodeProxy: proxy, podSource: source, stateFile: join(stateDir, 'probes.json'), backend: 'nftables', probes: { netns: nodePath } })
+    try {
+      await agent.start()
+      expect(await probeTable()).toBe(false)
+      source.set([enrollments[2]!])
+      await agent.reconcile()
+      expect(await probeTable()).toBe(true)
+      source.set([])
+      await agent.reconcile()
+      expect(await probeTable()).toBe(false)
+    } finally {
+      await agent.release()
+      await proxy.close()
+      await node.close()
+    }
+  })
+
   it('starts and enrolls with its state directory full, then read-only, and says so (issue 15)', async () => {
     const disk = mountFullDisk()
     const source = createListPodSource([enrollments[2]!])
