@@ -62,6 +62,11 @@ export interface DenialLabels {
  * `prom-client` and serves Prometheus text.
  */
 export interface ProxyMetrics {
+  /**
+   * A connection opened. The label sets {@link observeConnections} passes
+   * are shared: connections with the same peers get the same object, never
+   * changed after, so an implementation may key its counts by the object.
+   */
   connectionOpened(labels: ConnectionLabels): void
   /**
    * A connection ended. `bytes.sent` went from the source towards the
@@ -114,6 +119,17 @@ export const CONNECTION_LABEL_NAMES = [
 
 type PromClient = typeof PromClientModule
 
+/** Counts of one label set not yet handed to prom-client. */
+interface PendingCounts {
+  opened: number
+  closed: number
+  sent: number
+  received: number
+}
+
+/** The label sets whose counts wait for the next read, at most: past it they are handed over at once. */
+const PENDING_LABEL_SETS = 1024
+
 let promClient: PromClient | Error | undefined
 
 /** `prom-client`, an optional peer dependency: loaded on first use. */
@@ -148,11 +164,37 @@ export function createProxyMetrics(): ProxyMetrics {
     })
   }
   const registry = new prom.Registry()
-  const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]) => new prom.Counter<L>({ name, help, labelNames, registers: [registry] })
-  const opened = counter('istio_tcp_connections_opened_total', 'TCP connections opened', CONNECTION_LABEL_NAMES)
-  const closed = counter('istio_tcp_connections_closed_total', 'TCP connections closed', CONNECTION_LABEL_NAMES)
-  const sent = counter('istio_tcp_sent_bytes_total', 'Bytes sent during response (from the destination back to the source)', CONNECTION_LABEL_NAMES)
-  const received = counter('istio_tcp_received_bytes_total', 'Bytes received during request (from the source towards the destination)', CONNECTION_LABEL_NAMES)
+  const counter = <L extends string>(name: string, help: string, labelNames: readonly L[], collect?: () => void) =>
+    new prom.Counter<L>({ name, help, labelNames, registers: [registry], ...(collect === undefined ? {} : { collect }) })
+  // The istio_tcp_* counts are kept per label set and handed to prom-client when
+  // it is read (a scrape): its inc() hashes and checks all 23 labels each time,
+  // four times per connection end, which cost more than the rest of a
+  // connection's bookkeeping. Label sets are keyed by object: observeConnections
+  // shares one per set of peers; a caller passing a new object each time is
+  // still counted right, with at most PENDING_LABEL_SETS kept between reads.
+  const pending = new Map<ConnectionLabels, PendingCounts>()
+  const flush = (): void => {
+    for (const [labels, counts] of pending) {
+      if (counts.opened > 0) opened.inc(labels, counts.opened)
+      if (counts.closed > 0) closed.inc(labels, counts.closed)
+      if (counts.sent > 0) sent.inc(labels, counts.sent)
+      if (counts.received > 0) received.inc(labels, counts.received)
+    }
+    pending.clear()
+  }
+  const countsOf = (labels: ConnectionLabels): PendingCounts => {
+    let counts = pending.get(labels)
+    if (counts === undefined) {
+      if (pending.size >= PENDING_LABEL_SETS) flush()
+      counts = { opened: 0, closed: 0, sent: 0, received: 0 }
+      pending.set(labels, counts)
+    }
+    return counts
+  }
+  const opened = counter('istio_tcp_connections_opened_total', 'TCP connections opened', CONNECTION_LABEL_NAMES, flush)
+  const closed = counter('istio_tcp_connections_closed_total', 'TCP connections closed', CONNECTION_LABEL_NAMES, flush)
+  const sent = counter('istio_tcp_sent_bytes_total', 'Bytes sent during response (from the destination back to the source)', CONNECTION_LABEL_NAMES, flush)
+  const received = counter('istio_tcp_received_bytes_total', 'Bytes received during request (from the source towards the destination)', CONNECTION_LABEL_NAMES, flush)
   const denied = counter('ambientkit_authorization_denials_total', 'Connections denied by authorization policy', [
     'destination_workload',
     'destination_workload_namespace',
@@ -168,11 +210,15 @@ export function createProxyMetrics(): ProxyMetrics {
   const writes = counter('ambientkit_write_failures_total', 'Writes the disk refused (full, read-only), by file: access_log, state', ['file'] as const)
   const workloads = new prom.Gauge({ name: 'ambientkit_workloads', help: 'Workloads enrolled in this node proxy', registers: [registry] })
   return {
-    connectionOpened: (labels) => opened.inc(labels),
+    connectionOpened(labels) {
+      countsOf(labels).opened++
+    },
     connectionClosed(labels, bytes) {
-      closed.inc(labels)
-      if (bytes.received > 0) sent.inc(labels, bytes.received)
-      if (bytes.sent > 0) received.inc(labels, bytes.sent)
+      const counts = countsOf(labels)
+      counts.closed++
+      // What the destination sent back is istio_tcp_sent_bytes_total (see ProxyMetrics.connectionClosed).
+      counts.sent += bytes.received
+      counts.received += bytes.sent
     },
     authorizationDenied: (labels) => denied.inc({ ...labels }),
     handshakeFailed: (labels) => handshakes.inc(labels),

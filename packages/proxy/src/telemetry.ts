@@ -60,12 +60,13 @@ export function observeConnections(options: ConnectionObserverOptions): Connecti
   const logger = options.logger ?? silentLogger
   const accessLog = options.accessLog ?? defaultAccessLog(logger, options.accessLogFormat ?? 'ambientkit')
   const labels = new WeakMap<ProxyConnection, ConnectionLabels>()
+  const labelSets = createLabelSets()
   let failures = 0
   let lastReport = Number.NEGATIVE_INFINITY
   const onOpen = (message: unknown): void => {
     const { connection } = message as ConnectionOpenMessage
     if (connection.telemetry !== telemetry || metrics === undefined) return
-    const fixed = connectionLabels(connection)
+    const fixed = labelSets.of(connection)
     labels.set(connection, fixed)
     metrics.connectionOpened(fixed)
   }
@@ -76,10 +77,10 @@ export function observeConnections(options: ConnectionObserverOptions): Connecti
     let fixed = labels.get(connection)
     if (fixed === undefined && flag !== '-' && metrics !== undefined) {
       // Denied or not connected: ztunnel counts it opened and closed, the close flagged.
-      fixed = connectionLabels(connection)
+      fixed = labelSets.of(connection)
       metrics.connectionOpened(fixed)
     }
-    if (fixed !== undefined) metrics?.connectionClosed(flag === '-' ? fixed : { ...fixed, response_flags: flag }, { sent: entry.bytesSent, received: entry.bytesReceived })
+    if (fixed !== undefined) metrics?.connectionClosed(labelSets.flagged(fixed, flag), { sent: entry.bytesSent, received: entry.bytesReceived })
     // Counted where authorization denied it: at the destination (an outbound 401 is the destination's denial).
     if (entry.outcome === 'denied' && entry.listener !== 'outbound') {
       metrics?.authorizationDenied({
@@ -151,6 +152,61 @@ function defaultAccessLog(logger: Logger, format: AccessLogFormat): (entry: Acce
 function responseFlag(outcome: AccessLogEntry['outcome'], established: boolean): ConnectionLabels['response_flags'] {
   if (outcome === 'denied') return 'DENY'
   return outcome === 'failed' && !established ? 'CONNECT' : '-'
+}
+
+/** Label sets kept at most per observer; past it the cache starts again (a mesh's peer pairs rarely come near). */
+const MAX_LABEL_SETS = 4096
+
+/**
+ * The label sets of the connections one observer sees, shared by every
+ * connection between the same peers: built once, not per connection, and
+ * the same object each time, which {@link ProxyMetrics} implementations may
+ * key their counts by.
+ */
+function createLabelSets(): {
+  of(connection: ProxyConnection): ConnectionLabels
+  flagged(labels: ConnectionLabels, flag: ConnectionLabels['response_flags']): ConnectionLabels
+} {
+  const sets = new Map<string, ConnectionLabels>()
+  const flaggedSets = new WeakMap<ConnectionLabels, Map<string, ConnectionLabels>>()
+  return {
+    of(connection) {
+      const key = labelKey(connection)
+      let labels = sets.get(key)
+      if (labels === undefined) {
+        if (sets.size >= MAX_LABEL_SETS) sets.clear()
+        labels = Object.freeze(connectionLabels(connection))
+        sets.set(key, labels)
+      }
+      return labels
+    },
+    flagged(labels, flag) {
+      if (flag === labels.response_flags) return labels
+      let byFlag = flaggedSets.get(labels)
+      if (byFlag === undefined) flaggedSets.set(labels, (byFlag = new Map()))
+      let flagged = byFlag.get(flag)
+      if (flagged === undefined) byFlag.set(flag, (flagged = Object.freeze({ ...labels, response_flags: flag })))
+      return flagged
+    },
+  }
+}
+
+/**
+ * Everything {@link connectionLabels} reads of a connection, as one string.
+ * Each part is length-prefixed: a peer naming itself in its baggage cannot
+ * make two different label sets share a key.
+ */
+function labelKey(connection: ProxyConnection): string {
+  const { source: s, destination: d } = connection
+  let key = `${connection.listener === 'outbound' ? 's' : 'd'}${connection.protocol === 'TCP' ? 't' : 'm'}`
+  for (const part of [
+    s.workload, s.canonicalService, s.canonicalRevision, s.namespace, s.identity, s.cluster,
+    d.workload, d.canonicalService, d.canonicalRevision, d.namespace, d.identity, d.cluster,
+    connection.service, connection.serviceNamespace,
+  ]) {
+    key += part === undefined ? '|' : `${part.length}:${part}`
+  }
+  return key
 }
 
 /**

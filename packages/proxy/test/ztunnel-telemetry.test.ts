@@ -136,6 +136,59 @@ describe('istio_tcp_* labels', () => {
   })
 })
 
+describe('istio_tcp_* counting', () => {
+  /** The value of the sample of `name` whose labels include `match`, summed. */
+  async function valueOf(metrics: ProxyMetrics, name: string, match = ''): Promise<number> {
+    const { body } = await metrics.exposition!()
+    return body
+      .split('\n')
+      .filter((line) => line.startsWith(`${name}{`) && line.includes(match))
+      .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(' ') + 1)), 0)
+  }
+
+  it('passes one shared label set for every connection between the same peers, and another once a field differs', () => {
+    const telemetry = {}
+    const seen: unknown[] = []
+    const metrics = { connectionOpened: (labels: unknown) => seen.push(labels), connectionClosed: (labels: unknown) => seen.push(labels) } as unknown as ProxyMetrics
+    observer = observeConnections({ telemetry, metrics })
+    const manager = new ConnectionManager(web, webPeer.identity!, telemetry, silentLogger)
+    for (let i = 0; i < 3; i++) {
+      const record = manager.start('outbound', { ...webPeer, port: 40_000 + i }, apiPeer)
+      record.open()
+      record.close({ outcome: 'closed' })
+    }
+    expect(new Set(seen).size).toBe(1)
+    expect(Object.isFrozen(seen[0])).toBe(true)
+    // Two fields whose texts, run together, read the same: still two sets.
+    const shifted = manager.start('outbound', { ...webPeer, workload: 'we', canonicalService: 'bweb' }, apiPeer)
+    shifted.open()
+    const plain = manager.start('outbound', { ...webPeer, workload: 'web', canonicalService: 'web' }, apiPeer)
+    plain.open()
+    expect(seen.at(-1)).not.toBe(seen.at(-2))
+    expect((seen.at(-2) as Record<string, string>).source_workload).toBe('we')
+  })
+
+  it('counts every connection and byte across scrapes, and with more label sets between two scrapes than it keeps pending', async () => {
+    const { manager, metrics } = observed()
+    const first = manager.start('outbound', webPeer, apiPeer)
+    first.open()
+    expect(await valueOf(metrics, 'istio_tcp_connections_opened_total')).toBe(1)
+    expect(await valueOf(metrics, 'istio_tcp_connections_closed_total')).toBe(0)
+    first.close({ outcome: 'closed', bytesSent: 5, bytesReceived: 7 })
+    // 1,500 destinations: more label sets than are kept between two scrapes.
+    for (let i = 0; i < 1500; i++) {
+      const record = manager.start('outbound', webPeer, { ...apiPeer, workload: `api-${i}` })
+      record.open()
+      record.close({ outcome: 'closed', bytesSent: 1, bytesReceived: 2 })
+    }
+    expect(await valueOf(metrics, 'istio_tcp_connections_opened_total')).toBe(1501)
+    expect(await valueOf(metrics, 'istio_tcp_connections_closed_total')).toBe(1501)
+    expect(await valueOf(metrics, 'istio_tcp_received_bytes_total')).toBe(5 + 1500)
+    expect(await valueOf(metrics, 'istio_tcp_sent_bytes_total')).toBe(7 + 3000)
+    expect(await valueOf(metrics, 'istio_tcp_connections_closed_total', 'destination_workload="api-1499"')).toBe(1)
+  })
+})
+
 describe("the access log in ztunnel's format", () => {
   /** A logger keeping what it is given at `info` and `error`. */
   function capturing(): { logger: Logger; lines: Array<{ level: string; fields: unknown; message: unknown }> } {

@@ -105,7 +105,8 @@ function tunnelOutcome(tunnel: HboneTunnelRecord): ConnectionOutcome {
 /** The source of a `CONNECT`: the workload the registry knows at its address, else what its `baggage` says. */
 function sourceOf(context: WorkloadContext, request: Pick<HboneRequest, 'peerAddress' | 'peerIdentity' | 'baggage'>): AccessLogPeer {
   const peer = { ...peerOf(context.registry, request.peerAddress.address, request.peerAddress.port), identity: request.peerIdentity }
-  return withBaggage(peer, parseBaggage(request.baggage))
+  // Baggage only completes a peer the registry does not know: not parsed for the others.
+  return peer.workload === undefined ? withBaggage(peer, parseBaggage(request.baggage)) : peer
 }
 
 /** The inbound plaintext listener (15006): authorized without an identity (or refused in strict mode), then spliced with the app. */
