@@ -27,6 +27,20 @@ export function cpuSeconds(pid: number): number {
 }
 
 /** Resident set size of a process in KiB (`VmRSS` of /proc/<pid>/status). */
+/**
+ * The anonymous resident memory of `pid` (RssAnon: heaps, malloc arenas,
+ * stacks), in KiB: what holding state costs. Unlike VmRSS it leaves out
+ * file-backed pages, such as the parts of the Node binary (V8's optimizing
+ * compiler, say) first run while connections open, which are shared,
+ * reclaimable, and paid once whatever the count.
+ */
+export function anonKiB(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+  const match = /^RssAnon:\s+(\d+) kB$/m.exec(status)
+  if (match === null) throw new Error(`no RssAnon in /proc/${pid}/status (is ${pid} a zombie?)`)
+  return Number(match[1])
+}
+
 export function rssKiB(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8')
   const match = /^VmRSS:\s+(\d+) kB$/m.exec(status)
