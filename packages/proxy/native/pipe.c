@@ -69,8 +69,14 @@ void pipe_finish(pipe_t *p) {
     p->fd = -1;
   }
   if (p->fd >= 0) {
-    if (p->reset && !p->fin_sent) close_fd_reset(p->fd);
-    else close(p->fd);
+    if (p->reset && !p->fin_sent) {
+      close_fd_reset(p->fd);
+    } else {
+      // An orderly end: the kernel sends what is still queued, then FIN.
+      struct linger orderly = {0, 0};
+      if (p->splicing) setsockopt(p->fd, SOL_SOCKET, SO_LINGER, &orderly, sizeof(orderly));
+      close(p->fd);
+    }
     p->fd = -1;
   }
   event_t *e = p->closed;
@@ -242,6 +248,11 @@ void pipe_start(pipe_t *p) {
   // A proxy must not hold back a small write its peer already sent.
   int one = 1;
   setsockopt(p->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  // Should this process die (SIGKILL, OOM), the kernel closes the socket: with
+  // SO_LINGER 0 it resets it, so neither end mistakes a cut transfer for a
+  // complete one (a FIN). pipe_finish turns it off for an orderly end.
+  struct linger abortive = {1, 0};
+  setsockopt(p->fd, SOL_SOCKET, SO_LINGER, &abortive, sizeof(abortive));
   p->poll = new_poll(&p->s->worker->loop, NULL, p->fd, p);
   if (p->poll == NULL) {
     pipe_socket_failed(p, ENOMEM);

@@ -174,6 +174,42 @@ const tunnel = async () => {
 })()
 `
 
+/**
+ * A process of its own carrying one tunnel (a client session and a server
+ * session to itself) from an app listener to the sink at AK_SINK_PORT; it
+ * prints its app port, then the test kills it mid-transfer.
+ */
+const KILLED_CHILD_SOURCE = `
+const net = require('node:net')
+const { once } = require('node:events')
+const data = JSON.parse(process.env.AK_TUNNEL)
+const a = require(data.addon)
+const handOver = (socket) => { const fd = a.dupFd(socket._handle.fd); socket.destroy(); return fd }
+const settings = [4 << 20, 16 << 20, 16384, 100]
+;(async () => {
+  const serverCtx = a.createContext(true, data.server.chain, data.server.key, data.roots)
+  const clientCtx = a.createContext(false, data.client.chain, data.client.key, data.roots)
+  const sink = Number(process.env.AK_SINK_PORT)
+  const hbone = net.createServer({ pauseOnConnect: true }, (socket) => {
+    const session = a.serverSession(serverCtx, handOver(socket), settings, (event, id) => {
+      if (event !== a.constants.events.Request) return
+      const upstream = net.connect(sink, '127.0.0.1', () => a.splice(session, id, handOver(upstream)))
+      upstream.pause()
+    })
+  }).listen(0, '127.0.0.1')
+  await once(hbone, 'listening')
+  const tcp = net.connect(hbone.address().port, '127.0.0.1')
+  await once(tcp, 'connect')
+  let ready
+  const handshake = new Promise((resolve) => (ready = resolve))
+  const session = a.clientSession(clientCtx, handOver(tcp), settings, (event) => { if (event === a.constants.events.Settings) ready() })
+  await handshake
+  const apps = net.createServer({ pauseOnConnect: true }, (inner) => a.open(session, handOver(inner), '127.0.0.1:' + sink, [])).listen(0, '127.0.0.1')
+  await once(apps, 'listening')
+  process.stdout.write(JSON.stringify({ port: apps.address().port }) + '\\n')
+})()
+`
+
 function openFds(): number {
   return readdirSync('/proc/self/fd').length
 }
@@ -532,6 +568,45 @@ describeNative('native HBONE addon', () => {
     })
     expect(JSON.parse(printed)).toEqual({ first: true, second: true, mapped: true, threads: expect.any(Number) })
     expect(JSON.parse(printed).threads).toBeGreaterThan(0)
+  })
+
+  it('resets both ends of a tunnel when its process is killed mid-transfer, never ends them as if complete', async () => {
+    // The kernel closes a killed process's sockets: without SO_LINGER 0 the sink would read a FIN, a clean end.
+    const sink = createServer()
+    sink.listen(0, '127.0.0.1')
+    await once(sink, 'listening')
+    const env = { ...process.env, AK_TUNNEL: JSON.stringify(await tunnelData(1)), AK_SINK_PORT: String((sink.address() as AddressInfo).port) }
+    const child = spawn(process.execPath, ['-e', KILLED_CHILD_SOURCE], { env, stdio: ['ignore', 'pipe', 'inherit'] })
+    try {
+      const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string]
+      const sinkEnd = new Promise<{ bytes: number; end: string }>((resolve) => {
+        sink.once('connection', (socket: Socket) => {
+          let bytes = 0
+          socket.on('data', (chunk: Buffer) => {
+            bytes += chunk.length
+            // Well into the transfer: the proxy dies.
+            if (bytes >= 4 << 20 && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+          })
+          socket.once('end', () => resolve({ bytes, end: 'FIN' }))
+          socket.once('error', (err: NodeJS.ErrnoException) => resolve({ bytes, end: err.code ?? err.message }))
+        })
+      })
+      const app = connect(JSON.parse(line).port, '127.0.0.1')
+      const appEnd = new Promise<string>((resolve) => {
+        app.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
+        app.once('end', () => resolve('FIN'))
+      })
+      const chunk = Buffer.alloc(1 << 20, 7)
+      // Bounded: 256 MiB at most; the kill comes after 4 MiB.
+      for (let i = 0; i < 256 && !app.destroyed; i++) if (!app.write(chunk)) await Promise.race([once(app, 'drain'), appEnd])
+      const ended = await sinkEnd
+      expect(ended.bytes).toBeGreaterThanOrEqual(4 << 20)
+      expect(ended.end).toBe('ECONNRESET')
+      expect(await appEnd).toMatch(/^(ECONNRESET|EPIPE)$/)
+    } finally {
+      child.kill('SIGKILL')
+      sink.close()
+    }
   })
 
   it('names the part of a context that is wrong', () => {
