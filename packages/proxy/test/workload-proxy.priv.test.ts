@@ -1,6 +1,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, openSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import type { Server } from 'node:net'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
@@ -124,6 +125,7 @@ describePrivileged('workload proxy: drain on the native data path', ['ip', 'mkfi
     const cp = await createTestControlPlane()
     const dir = mkdtempSync(join(tmpdir(), 'ak-wpd-'))
     let client: ChildProcess | undefined
+    let app: Server | undefined
     try {
       const [n1, n2] = [await network.addNode(), await network.addNode()]
       const [podA, podB] = [await network.addPod(n1!), await network.addPod(n2!)]
@@ -132,7 +134,7 @@ describePrivileged('workload proxy: drain on the native data path', ['ip', 'mkfi
       cp.registry.upsertWorkload(b.workload)
       const node2 = cp.nodeProxy('node-2', { dataPath: 'native' })
       const proxy = await node2.proxy.addWorkload(b.workload, b.netns)
-      const app = await startEchoApp(b.netns, 8080)
+      app = await startEchoApp(b.netns, 8080)
       const svid = await node2.identities.get(workloadIdentity(a.workload))
       const material = join(dir, 'material.json')
       writeFileSync(material, JSON.stringify({ chain: svid.certificateChainPem, key: svid.privateKeyPem, roots: cp.ca.bundle.x509AuthoritiesPem() }))
@@ -149,9 +151,9 @@ describePrivileged('workload proxy: drain on the native data path', ['ip', 'mkfi
       const result = JSON.parse((await lines.next()).value as string) as unknown
       await drained
       expect(result).toEqual({ status: 200, body: 'hello' })
-      app.close()
     } finally {
       client?.kill()
+      app?.close()
       rmSync(dir, { recursive: true, force: true })
       await cp.close()
       await network.cleanup()

@@ -152,8 +152,9 @@ export interface WorkloadProxy extends AsyncDisposable {
   /**
    * Stops accepting (and sends GOAWAY on inbound sessions), lets those
    * sessions and the connections finish until `deadline` (milliseconds,
-   * default 5000), then closes what remains. Resolves when everything is closed; an aborted
-   * `signal` ends the wait early (the rest is closed, and it rejects).
+   * default 5000), then closes what remains. Resolves when everything is
+   * closed; an aborted `signal` ends the wait early (the rest is closed,
+   * and it rejects).
    */
   drain(options?: DrainOptions): Promise<void>
   /** Closes listeners and every connection at once. Idempotent. */
@@ -335,7 +336,7 @@ class WorkloadProxyImpl implements WorkloadProxy {
     // the connections.
     const sessions = this.#server?.drain()
     try {
-      if (sessions !== undefined) await settledWithin(sessions, { deadline: end - performance.now(), ...signal })
+      if (sessions !== undefined) await settledWithin(sessions, { deadline: Math.max(0, end - performance.now()), ...signal })
       await this.#connections.idle({ deadline: Math.max(0, end - performance.now()), ...signal })
     } finally {
       this.#connections.terminateAll('the drain deadline passed')
