@@ -25,10 +25,12 @@ import {
   removeCapture,
   removeProbeSnat,
   resolveCaptureConfig,
+  watchRuleset,
   type CaptureConfig,
   type Netns,
   type ProbeSnatConfig,
   type ResolvedCaptureConfig,
+  type RulesetWatch,
 } from '@ambientkit/redirect'
 import { createDnsProxy, type DnsMetrics, type DnsProxy, type DnsProxyOptions, type NodeProxy } from '@ambientkit/proxy'
 import type { IdentityManager } from '@ambientkit/identity'
@@ -103,8 +105,10 @@ export interface NodeAgentOptions {
    * node's probe rewrite) with its configuration and repairs what another
    * program changed, counting each repair in the node proxy's metrics
    * (`ambientkit_capture_drift_repairs_total{scope}`). Capture installed by
-   * someone else (`capture: 'external'`) is theirs to repair. Default
-   * 30 000 ms; `0` never checks.
+   * someone else (`capture: 'external'`) is theirs to repair. A change of
+   * a pod's nf_tables ruleset (`watchRuleset`) has that pod checked 250 ms
+   * later, without waiting for the interval. Default 30 000 ms; `0` never
+   * checks, on a timer or on a change.
    */
   readonly repairIntervalMs?: number
   /** Default: silent. */
@@ -186,7 +190,14 @@ interface Enrolled {
   dns?: DnsProxy
   /** Capture installed by someone else (istio-cni): never removed by the agent. */
   externalCapture: boolean
+  /** Changes of its ruleset, which bring its drift check forward. */
+  watch?: RulesetWatch
+  /** The drift check a change scheduled, not started yet. */
+  recheck?: NodeJS.Timeout
 }
+
+/** How long after a change of a pod's ruleset its capture is checked: a burst of changes (one `nft -f`) is one check. */
+const RULESET_CHANGE_DEBOUNCE_MS = 250
 
 /**
  * Creates a node agent: the enrollment lifecycle of Istio's in-pod mode.
@@ -320,21 +331,8 @@ class NodeAgentImpl implements NodeAgent {
    */
   async #repairDrift(): Promise<void> {
     const metrics = this.#options.nodeProxy.metrics
-    const config = this.#options.capture ?? {}
     const pods = [...this.#enrolled].filter(([, e]) => !e.externalCapture)
-    await Promise.all(
-      pods.map(([uid]) =>
-        this.#serial(uid, async () => {
-          const entry = this.#enrolled.get(uid)
-          if (entry === undefined || this.#closing !== undefined) return
-          const { status, differences } = await inspectCapture(entry.netns, { config })
-          if (status === 'present') return
-          this.#log.warn({ uid, differences }, 'capture drifted: applying it again')
-          await applyCapture(entry.netns, config, { backend: this.#options.backend ?? 'auto' })
-          metrics.captureDriftRepaired?.({ scope: 'pod' })
-        }).catch((err: unknown) => this.#log.error({ err, uid }, 'cannot check or repair the capture of a pod')),
-      ),
-    )
+    await Promise.all(pods.map(([uid]) => this.#repairPod(uid)))
     if (this.#options.probes === false || this.#closing !== undefined) return
     try {
       await this.#probeSync
@@ -349,6 +347,49 @@ class NodeAgentImpl implements NodeAgent {
     } catch (err) {
       this.#log.error({ err }, 'cannot check the probe rewrite on the node')
     }
+  }
+
+  /** Checks one pod's capture, in its queue, and applies it again if it drifted. Never throws: a failure is logged. */
+  #repairPod(uid: string): Promise<void> {
+    const config = this.#options.capture ?? {}
+    return this.#serial(uid, async () => {
+      const entry = this.#enrolled.get(uid)
+      if (entry === undefined || entry.externalCapture || this.#closing !== undefined) return
+      const { status, differences } = await inspectCapture(entry.netns, { config })
+      if (status === 'present') return
+      this.#log.warn({ uid, differences }, 'capture drifted: applying it again')
+      await applyCapture(entry.netns, config, { backend: this.#options.backend ?? 'auto' })
+      this.#options.nodeProxy.metrics.captureDriftRepaired?.({ scope: 'pod' })
+    }).catch((err: unknown) => this.#log.error({ err, uid }, 'cannot check or repair the capture of a pod'))
+  }
+
+  /**
+   * Watches a pod's ruleset so that a change (by another program, or a
+   * repair of ours, which then checks clean) is checked within
+   * {@link RULESET_CHANGE_DEBOUNCE_MS} rather than at the next interval.
+   * Where the namespace offers no watch, the interval alone finds drift.
+   */
+  #watchRuleset(uid: string, netns: Netns): RulesetWatch | undefined {
+    if (this.#repairIntervalMs === 0) return undefined
+    try {
+      return watchRuleset(netns, () => {
+        const entry = this.#enrolled.get(uid)
+        if (entry === undefined || entry.recheck !== undefined || this.#closing !== undefined) return
+        entry.recheck = setTimeout(() => {
+          entry.recheck = undefined
+          void this.#repairPod(uid)
+        }, RULESET_CHANGE_DEBOUNCE_MS).unref()
+      })
+    } catch (err) {
+      this.#log.warn({ err, uid }, 'cannot watch the ruleset of a pod: its drift is found by the interval only')
+      return undefined
+    }
+  }
+
+  /** Stops a pod's ruleset watch and the check it scheduled. */
+  #unwatch(entry: Enrolled | undefined): void {
+    entry?.watch?.close()
+    clearTimeout(entry?.recheck)
   }
 
   #checkOpen(what: string): void {
@@ -463,6 +504,8 @@ class NodeAgentImpl implements NodeAgent {
       throw err
     }
     const enrolled: Enrolled = { workload, netnsPath, netns, dns: entry?.dns, externalCapture }
+    if (externalCapture) this.#unwatch(entry)
+    else enrolled.watch = entry?.watch ?? this.#watchRuleset(workload.uid, netns)
     this.#enrolled.set(workload.uid, enrolled)
     this.#failed.delete(workload.uid)
     // Enrolled from here: a DNS proxy that cannot start leaves the pod's DNS failing closed, reported, and tried again on its next event.
@@ -488,6 +531,8 @@ class NodeAgentImpl implements NodeAgent {
   async #remove(uid: string, netnsPath: string | undefined): Promise<void> {
     await this.#options.nodeProxy.removeWorkload(uid)
     const entry = this.#enrolled.get(uid)
+    // Removing capture is a change of its own ruleset, not drift.
+    this.#unwatch(entry)
     try {
       await entry?.dns?.close()
       if (entry?.externalCapture === true) await entry.netns.close()
@@ -609,6 +654,7 @@ class NodeAgentImpl implements NodeAgent {
     this.#closing ??= (async () => {
       this.#unsubscribe?.()
       clearTimeout(this.#repairTimer)
+      for (const entry of this.#enrolled.values()) this.#unwatch(entry)
       this.#unregister()
       await this.#workloadApi?.close()
       await this.#repairing

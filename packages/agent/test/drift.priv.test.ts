@@ -85,6 +85,28 @@ describePrivileged('node agent: drift repair while running', ['ip', 'nft'], () =
     }
   })
 
+  it('a rule deleted from a pod is repaired within seconds of the change, long before the interval, and counted', async () => {
+    const { proxy } = cp.nodeProxy('node-drift-events')
+    await proxy.start()
+    const admin = proxy.adminAddress()!.port
+    // An interval far beyond the test's wait: only the ruleset's change event can bring the check forward.
+    const agent = createNodeAgent({ nodeProxy: proxy, podSource: createListPodSource([enrollment]), capture, backend: 'nftables', probes: false, repairIntervalMs: 60_000 })
+    try {
+      expect((await agent.start()).failed).toEqual([])
+      await deleteRule(podNs, 'ambientkit', 'nat-output')
+      await repairsReach(admin, 'pod', 1)
+      expect(await inspectCapture(podNs, { config: capture })).toEqual({ status: 'present', backends: ['nftables'], differences: [] })
+      // The watch outlives the repair's own change of the ruleset.
+      await deleteRule(podNs, 'ambientkit', 'nat-output')
+      await repairsReach(admin, 'pod', 2)
+      expect((await inspectCapture(podNs, { config: capture })).status).toBe('present')
+      await agent.release()
+    } finally {
+      await agent.close()
+      await proxy.close()
+    }
+  })
+
   it('refuses a repair interval that is not a whole number of milliseconds', () => {
     const { proxy } = cp.nodeProxy('node-drift-bad')
     expect(() => createNodeAgent({ nodeProxy: proxy, podSource: createListPodSource([]), repairIntervalMs: -1 })).toThrow(/^repairIntervalMs: expected milliseconds/)

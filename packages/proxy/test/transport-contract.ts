@@ -584,6 +584,29 @@ export function describeTransportContract(subject: TransportUnderTest): void {
       await expect.poll(() => p.server.stats().connections).toBe(before + sources.length)
     }
 
+    // An upgrade: a client's new session reached the old agent just before it drained. Its CONNECT
+    // may be served or refused unprocessed (the client sends it again elsewhere), never cut.
+    onWire('drain lets a connection still in its TLS handshake finish it: its CONNECT is served or refused unprocessed', async () => {
+      const p = await pair()
+      const raw = silentClient(p.via)
+      await expect.poll(() => p.server.stats().connections).toBe(1)
+      const draining = p.server.drain()
+      const tls = await mesh.clientTls(CLIENT_ID)(CLIENT_ID, { expectedIdentities: [SERVER_ID], signal: new AbortController().signal })
+      const session = http2.connect(`https://127.0.0.1:${p.via.port}`, { ...tls, ALPNProtocols: ['h2'], createConnection: () => tlsConnect({ ...tls, ALPNProtocols: ['h2'], socket: raw }) })
+      closers.push(() => void session.destroy())
+      const outcome = await new Promise<string>((resolve) => {
+        session.on('error', (err: NodeJS.ErrnoException) => resolve(`session error ${err.code ?? err.message}`))
+        session.on('close', () => resolve('session closed'))
+        const request = session.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${echo.port}` })
+        request.on('response', (headers) => resolve(`status ${headers[':status']}`))
+        request.on('error', () => resolve(`stream reset ${request.rstCode}`))
+        request.on('close', () => resolve(`stream closed ${request.rstCode}`))
+      })
+      expect(outcome).toMatch(new RegExp(`^(status 200|stream (reset|closed) ${http2.constants.NGHTTP2_REFUSED_STREAM})$`))
+      session.destroy()
+      await draining
+    })
+
     onWire('closes a connection that never starts TLS at handshakeTimeout, and reports it', async () => {
       const p = await pair({ handshakeTimeout: 200 })
       await closed(silentClient(p.via))

@@ -1,6 +1,10 @@
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, openSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import type { Server } from 'node:net'
 import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { workloadIdentity } from '@ambientkit/core'
 import { tlsClientOptions } from '@ambientkit/identity'
@@ -10,7 +14,9 @@ import { createTestNetwork, type TestNetwork } from '../../../test/support/netns
 import { describePrivileged } from '../../../test/support/privileged'
 import { startEchoApp } from './support/apps'
 import { createTestControlPlane, meshPod, meshWorkload, type MeshPod, type TestControlPlane } from './support/mesh'
-import { dataPaths } from './support/native'
+import { dataPaths, nativeAddonOrSkip } from './support/native'
+
+const QUEUED_CONNECT_CLIENT = fileURLToPath(new URL('./support/queued-connect-client.mjs', import.meta.url))
 
 describePrivileged('workload proxy: inbound HBONE without capture', ['ip'], () => {
   describe.each(dataPaths('workload proxy'))('%s data path', (dataPath) => {
@@ -103,6 +109,54 @@ describePrivileged('workload proxy: a listening socket the addon cannot take', [
       await cp.close()
       await network.cleanup()
       rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
+
+// Only the native data path reads HTTP/2 off the JavaScript thread, so only
+// there can a request wait, received, for JavaScript to decide it.
+describePrivileged('workload proxy: drain on the native data path', ['ip', 'mkfifo'], () => {
+  // Regression: an upgrade under load reset a CONNECT that the old agent's
+  // session had received before its GOAWAY but whose request had not yet
+  // reached JavaScript: with no connection record yet, the drain found
+  // nothing to wait for and closed the session under it.
+  it.skipIf(nativeAddonOrSkip('workload proxy drain') === undefined)('serves a CONNECT its session received before the GOAWAY, even while the request waits for JavaScript', async () => {
+    const network = createTestNetwork('ak-wpd')
+    const cp = await createTestControlPlane()
+    const dir = mkdtempSync(join(tmpdir(), 'ak-wpd-'))
+    let client: ChildProcess | undefined
+    let app: Server | undefined
+    try {
+      const [n1, n2] = [await network.addNode(), await network.addNode()]
+      const [podA, podB] = [await network.addPod(n1!), await network.addPod(n2!)]
+      const a = meshPod(podA, meshWorkload(podA, { name: 'frontend', namespace: 'web', serviceAccount: 'frontend' }))
+      const b = meshPod(podB, meshWorkload(podB, { name: 'api', namespace: 'shop', serviceAccount: 'api' }))
+      cp.registry.upsertWorkload(b.workload)
+      const node2 = cp.nodeProxy('node-2', { dataPath: 'native' })
+      const proxy = await node2.proxy.addWorkload(b.workload, b.netns)
+      app = await startEchoApp(b.netns, 8080)
+      const svid = await node2.identities.get(workloadIdentity(a.workload))
+      const material = join(dir, 'material.json')
+      writeFileSync(material, JSON.stringify({ chain: svid.certificateChainPem, key: svid.privateKeyPem, roots: cp.ca.bundle.x509AuthoritiesPem() }))
+      const [go, sent] = [join(dir, 'go'), join(dir, 'sent')]
+      execFileSync('mkfifo', [go, sent])
+      client = spawn('ip', ['netns', 'exec', a.pod.name, process.execPath, QUEUED_CONNECT_CLIENT, material, `${b.pod.ipv4}:15008`, `${b.pod.ipv4}:8080`, go, sent], { stdio: ['ignore', 'pipe', 'inherit'] })
+      const lines = createInterface({ input: client.stdout! })[Symbol.asyncIterator]()
+      expect((await lines.next()).value).toBe('connected')
+      // This thread blocks from here until the client's CONNECT reached the
+      // server (its PING, sent after it, was answered), so the request is
+      // still queued for JavaScript when the drain starts.
+      execFileSync('sh', ['-c', 'echo go > "$1" && cat "$2"', 'sh', go, sent], { timeout: 10_000 })
+      const drained = proxy.drain({ deadline: 5000 })
+      const result = JSON.parse((await lines.next()).value as string) as unknown
+      await drained
+      expect(result).toEqual({ status: 200, body: 'hello' })
+    } finally {
+      client?.kill()
+      app?.close()
+      rmSync(dir, { recursive: true, force: true })
+      await cp.close()
+      await network.cleanup()
     }
   })
 })

@@ -95,6 +95,7 @@ export {
   type NetnsUdpFdOptions,
   type NetnsUdpOptions,
 } from './netns'
+export { watchRuleset, type RulesetWatch } from './watch'
 export { connectSeqpacket, type SeqpacketMessage, type SeqpacketReceiveOptions, type SeqpacketSocket } from './seqpacket'
 export {
   boundAddress,

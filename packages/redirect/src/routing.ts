@@ -36,7 +36,7 @@ let netlink: typeof Netlink | undefined
  * only renders rules never needs. A runtime `require`, not `import()`, so
  * that bundlers leave it to Node to resolve.
  */
-function loadNetlink(): typeof Netlink {
+export function loadNetlink(): typeof Netlink {
   netlink ??= createRequire(import.meta.url)('netlink') as typeof Netlink
   return netlink
 }

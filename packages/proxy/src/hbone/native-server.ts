@@ -204,7 +204,9 @@ class NativeHboneServerImpl implements TransportServer {
     this.#dropWaiting()
     const sessions = [...this.#sessions]
     // GOAWAY: clients open new tunnels elsewhere; the addon closes each session once its tunnels ended.
-    for (const state of sessions) this.#addon.shutdown(state.session)
+    // One still in its TLS handshake gets it once accepted (#onHandshake): cut now, the handshake
+    // would fail its client's CONNECT, which a GOAWAY only refuses (sent again elsewhere).
+    for (const state of sessions) if (state.peer !== undefined) this.#addon.shutdown(state.session)
     await Promise.all(sessions.map((state) => state.closed))
   }
 
@@ -295,6 +297,7 @@ class NativeHboneServerImpl implements TransportServer {
     }
     state.peer = { identity, address: state.address }
     this.#established++
+    if (this.#draining !== undefined) this.#addon.shutdown(state.session)
     // No new tunnels once a certificate of the handshake has expired; live ones may finish within the drain deadline.
     const notAfter = Math.min(state.localNotAfter, certificateNotAfter(Array.isArray(chain) ? (chain[0] as Buffer | undefined) : undefined))
     state.stopExpiry = this.#config.limits.expireAt(

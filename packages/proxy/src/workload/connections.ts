@@ -230,22 +230,30 @@ export class ConnectionManager {
   /** Resolves once no connection is tracked, or at `deadline` milliseconds, or when `signal` aborts (then rejects). */
   async idle(options: AbortOptions & { readonly deadline: number }): Promise<void> {
     if (this.#records.size === 0) return
-    options.signal?.throwIfAborted()
-    let timer: NodeJS.Timeout | undefined
     let resolveIdle!: () => void
-    let onAbort: (() => void) | undefined
+    const idle = new Promise<void>((resolve) => this.#idleWaiters.add((resolveIdle = resolve)))
     try {
-      await new Promise<void>((resolve, reject) => {
-        resolveIdle = resolve
-        this.#idleWaiters.add(resolve)
-        timer = setTimeout(resolve, options.deadline)
-        onAbort = () => reject(new AmbientError(CoreErrorCode.Aborted, 'drain was aborted', { cause: options.signal!.reason }))
-        options.signal?.addEventListener('abort', onAbort, { once: true })
-      })
+      await settledWithin(idle, options)
     } finally {
-      clearTimeout(timer)
       this.#idleWaiters.delete(resolveIdle)
-      if (onAbort !== undefined) options.signal?.removeEventListener('abort', onAbort)
     }
+  }
+}
+
+/** Resolves once `promise` settles, or at `deadline` milliseconds, or when `signal` aborts (then rejects): a drain's bounded wait. */
+export async function settledWithin(promise: Promise<unknown>, options: AbortOptions & { readonly deadline: number }): Promise<void> {
+  options.signal?.throwIfAborted()
+  let timer: NodeJS.Timeout | undefined
+  let onAbort: (() => void) | undefined
+  try {
+    await new Promise<void>((resolve, reject) => {
+      promise.then(() => resolve(), () => resolve())
+      timer = setTimeout(resolve, options.deadline)
+      onAbort = () => reject(new AmbientError(CoreErrorCode.Aborted, 'drain was aborted', { cause: options.signal!.reason }))
+      options.signal?.addEventListener('abort', onAbort, { once: true })
+    })
+  } finally {
+    clearTimeout(timer)
+    if (onAbort !== undefined) options.signal?.removeEventListener('abort', onAbort)
   }
 }

@@ -24,7 +24,7 @@ import { observeConnections, type ConnectionObserver } from '../telemetry'
 import type { HboneServerLimits, HboneTransport, TransportClient, TransportServer } from '../transport/contract'
 import { createNativeTransport } from '../transport/native'
 import { createNodeTransport } from '../transport/node'
-import { ConnectionManager, publishHandshakeFailure } from './connections'
+import { ConnectionManager, publishHandshakeFailure, settledWithin } from './connections'
 import type { WorkloadContext } from './context'
 import { inboundHbone, onInboundPlaintext } from './inbound'
 import { openListener, type Listener } from './listeners'
@@ -150,10 +150,11 @@ export interface WorkloadProxy extends AsyncDisposable {
   /** HBONE sessions held now: pooled outbound ones and inbound ones from peers. */
   hboneSessions(): { outbound: number; inbound: number }
   /**
-   * Stops accepting (and sends GOAWAY on inbound sessions), lets
-   * connections finish until `deadline` (milliseconds, default 5000), then
-   * closes what remains. Resolves when everything is closed; an aborted
-   * `signal` ends the wait early (the rest is closed, and it rejects).
+   * Stops accepting (and sends GOAWAY on inbound sessions), lets those
+   * sessions and the connections finish until `deadline` (milliseconds,
+   * default 5000), then closes what remains. Resolves when everything is
+   * closed; an aborted `signal` ends the wait early (the rest is closed,
+   * and it rejects).
    */
   drain(options?: DrainOptions): Promise<void>
   /** Closes listeners and every connection at once. Idempotent. */
@@ -325,10 +326,18 @@ class WorkloadProxyImpl implements WorkloadProxy {
 
   async drain(options: DrainOptions = {}): Promise<void> {
     this.#stopAccepting()
-    // GOAWAY on inbound sessions: peers open new tunnels elsewhere, open ones finish.
-    void this.#server?.drain()
+    const end = performance.now() + (options.deadline ?? 5000)
+    const signal = options.signal ? { signal: options.signal } : {}
+    // GOAWAY on inbound sessions: peers open new tunnels elsewhere, open ones
+    // finish. A CONNECT that a session received before its GOAWAY is still
+    // this server's to serve (RFC 9113 §6.8) even while its request has not
+    // reached this thread, so has no connection record yet (the native data
+    // path queues it): the drain waits for the sessions to close, then for
+    // the connections.
+    const sessions = this.#server?.drain()
     try {
-      await this.#connections.idle({ deadline: options.deadline ?? 5000, ...(options.signal ? { signal: options.signal } : {}) })
+      if (sessions !== undefined) await settledWithin(sessions, { deadline: Math.max(0, end - performance.now()), ...signal })
+      await this.#connections.idle({ deadline: Math.max(0, end - performance.now()), ...signal })
     } finally {
       this.#connections.terminateAll('the drain deadline passed')
       await this.close()
