@@ -24,7 +24,7 @@ interface Report {
   ok: boolean
   faults: Array<{ kind: string; injected: number; recovered: number }>
   invariants: Array<{ name: string; violations: number; examples: string[] }>
-  traffic: { connections: { sent: number; reached: number }; transfers: { completed: number }; denied: { sent: number; refused: number } }
+  traffic: { connections: { sent: number; reached: number }; transfers: { completed: number }; denied: { sent: number; refused: number; timedOut: number } }
   capture: { plaintextControlSeen: boolean; meshMarkers: number }
 }
 
@@ -64,7 +64,9 @@ describePrivileged('chaos run (60 s, fixed seed)', ['ip', 'nft', 'tc', 'tcpdump'
   it('carried real load meanwhile: connections, long transfers, denied flows, markers searched on the link', () => {
     expect(report.traffic.connections.reached).toBeGreaterThan(200)
     expect(report.traffic.transfers.completed).toBeGreaterThan(0)
-    expect(report.traffic.denied.refused).toBe(report.traffic.denied.sent)
+    // Each denied flow was refused, or went unanswered for 3 s while a fault cut its path; none reached the app (the invariants).
+    expect(report.traffic.denied.refused).toBeGreaterThan(0)
+    expect(report.traffic.denied.refused + report.traffic.denied.timedOut).toBe(report.traffic.denied.sent)
     expect(report.capture.meshMarkers).toBeGreaterThan(200)
     expect(report.capture.plaintextControlSeen).toBe(true)
   })
