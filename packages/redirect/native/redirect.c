@@ -1352,7 +1352,13 @@ static int spawn_program(pid_t* pid, const char* file, const char* path, const p
       size_t at = dir_length > 0 ? dir_length : 1;
       candidate[at] = '/';
       memcpy(candidate + at + 1, file, file_length + 1);
-      int err = posix_spawn(pid, candidate, actions, attr, argv, envp);
+      /*
+       * Looked at before spawning: a spawn that fails costs a whole process
+       * start, whose copy and release of the descriptor table grow with what
+       * this process holds (a node proxy: four descriptors a pod), and a PATH
+       * has many entries before /usr/sbin.
+       */
+      int err = faccessat(AT_FDCWD, candidate, X_OK, AT_EACCESS) == 0 ? posix_spawn(pid, candidate, actions, attr, argv, envp) : errno;
       if (err == 0) return 0;
       /* Keep looking after these, as execvp does; remember that one was there but not runnable. */
       if (err == EACCES) result = EACCES;
