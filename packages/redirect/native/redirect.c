@@ -1009,7 +1009,7 @@ static napi_value close_fd(napi_env env, napi_callback_info info) {
  * deferred destruction, which waits for an RCU grace period (10-20 ms on the
  * reference machine). With libnftables (the library `nft` itself is built
  * on, package libnftables1, a dependency of nftables) the same script runs
- * on a libuv worker thread that enters the namespace. The context is freed
+ * in this process, on a thread that enters the namespace. The context is freed
  * right away, under the same lock as runs (libnftables keeps a process-wide
  * interface cache that freeing a context clears, and that must not leak
  * from one namespace's run into the next), but its netlink socket is kept
@@ -1103,7 +1103,7 @@ typedef struct {
   sem_t done;
 } nft_job;
 
-/* In the run's own table there are none before the run and one after; more is someone else's doing. */
+/* In the run's own table there is none before the run and one after (the context's). */
 #define MAX_NETFILTER_SOCKETS 8
 
 /* The NETLINK_NETFILTER sockets in the calling thread's descriptor table, up to `max`. */
