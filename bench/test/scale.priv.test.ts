@@ -4,7 +4,7 @@ import { expect, it } from 'vitest'
 import { describePrivileged } from '../../test/support/privileged'
 import { isAlive } from '../lib/proc'
 
-/** The scale benches (bench/connections.ts, pods.ts, soak.ts) still run end to end in a tiny configuration and report every figure. Shape only: a test never judges speed. */
+/** The scale benches (bench/connections.ts, pods.ts, nft-descriptors.ts, soak.ts) still run end to end in a tiny configuration and report every figure. Shape only: a test never judges speed. */
 
 const root = fileURLToPath(new URL('../..', import.meta.url))
 
@@ -67,6 +67,16 @@ describePrivileged('scale benches', ['ip', 'nft', 'prlimit'], () => {
     // proxy's own, opened once (the data path's), fewer than one a pod.
     expect(result.perPod.sockets).toBeGreaterThanOrEqual(1)
     expect(result.after.fds - result.before.fds).toBeLessThan(3)
+    expect(leftBehind()).toEqual([])
+  })
+
+  it('bench/nft-descriptors.ts times in-process nft runs by descriptors held', { timeout: 180_000 }, async () => {
+    const results = (await bench('bench/nft-descriptors.ts', ['--held', '0,200', '--runs', '3'], 'One in-process nft run')) as Array<{ held: number; ms: { median: number; runs: number } }>
+    expect(results.map(({ held, ms }) => [held, ms.runs])).toEqual([
+      [0, 3],
+      [200, 3],
+    ])
+    for (const { ms } of results) expect(ms.median).toBeGreaterThan(0)
     expect(leftBehind()).toEqual([])
   })
 

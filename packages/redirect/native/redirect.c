@@ -24,6 +24,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdint.h>
@@ -1008,14 +1009,26 @@ static napi_value close_fd(napi_env env, napi_callback_info info) {
  * deferred destruction, which waits for an RCU grace period (10-20 ms on the
  * reference machine). With libnftables (the library `nft` itself is built
  * on, package libnftables1, a dependency of nftables) the same script runs
- * on a libuv worker thread that enters the namespace. The context is freed
+ * in this process, on a thread that enters the namespace. The context is freed
  * right away, under the same lock as runs (libnftables keeps a process-wide
  * interface cache that freeing a context clears, and that must not leak
  * from one namespace's run into the next), but its netlink socket is kept
- * open by a duplicate descriptor that a detached thread closes: that close
- * is the one that waits, and nobody waits for it. The library is loaded
- * with dlopen so that neither building nor loading the addon needs it; the
- * TypeScript layer falls back to the program when it is missing.
+ * open by a duplicate descriptor, so that the close that waits comes later
+ * and nobody waits for it.
+ *
+ * Each run has a thread of its own with a descriptor table of its own
+ * (close_range with CLOSE_RANGE_UNSHARE: a private table holding only 0-2).
+ * In it the context's socket is found by listing a handful of descriptors,
+ * whatever the process holds, and it is numbered low: libnftables (1.0.x)
+ * waits with select(), and glibc aborts the process for a descriptor at or
+ * past FD_SETSIZE (1,024), which a proxy with a few hundred pods holds. No
+ * other thread opens descriptors in that table, so what appears there
+ * during the run is the context's. The worker waits for the run's result,
+ * not for the thread: the thread ends by dropping its table, and with it
+ * the duplicate, which is the close that waits for the kernel. The library
+ * is loaded with dlopen so that neither building nor loading the addon
+ * needs it; the TypeScript layer falls back to the program when it is
+ * missing.
  */
 
 struct nft_ctx;
@@ -1086,14 +1099,16 @@ typedef struct {
   const char* failed;
   char* output;
   char* error;
+  /* Posted by the run's thread once the fields above are filled in. */
+  sem_t done;
 } nft_job;
 
-/* Sockets kept for a background close count too; past this, a context is freed the slow way. */
-#define MAX_NETFILTER_SOCKETS 1024
+/* In the run's own table there is none before the run and one after (the context's). */
+#define MAX_NETFILTER_SOCKETS 8
 
-/* The NETLINK_NETFILTER sockets open in this process, up to `max`. */
+/* The NETLINK_NETFILTER sockets in the calling thread's descriptor table, up to `max`. */
 static int netfilter_sockets(int* fds, int max) {
-  DIR* dir = opendir("/proc/self/fd");
+  DIR* dir = opendir("/proc/thread-self/fd");
   if (dir == NULL) return 0;
   int count = 0;
   struct dirent* entry;
@@ -1112,7 +1127,7 @@ static int netfilter_sockets(int* fds, int max) {
 /*
  * A duplicate of the one netfilter socket in `after` that is not in
  * `before` (the context's), or -1 when that is not exactly one socket.
- * Only libnftables makes such sockets here, and only under nftlib_lock.
+ * In the run's own descriptor table, only the context makes one.
  */
 static int keep_new_socket(const int* before, int before_count, const int* after, int after_count) {
   int found = -1;
@@ -1126,14 +1141,10 @@ static int keep_new_socket(const int* before, int before_count, const int* after
   return found < 0 ? -1 : fcntl(found, F_DUPFD_CLOEXEC, 0);
 }
 
-static void* close_socket(void* fd) {
-  close((int)(intptr_t)fd);
-  return NULL;
-}
-
-// A thread running close_socket runs this library's code: it must not be
-// unloaded under it, which Node does when the last environment that loaded it
-// ends (a Worker that alone loaded it). RTLD_NODELETE keeps it mapped.
+// A run's thread (nft_thread) runs this library's code after the worker
+// stopped waiting for it: the library must not be unloaded under it, which
+// Node does when the last environment that loaded it ends (a Worker that
+// alone loaded it). RTLD_NODELETE keeps it mapped.
 static void pin_library(void) {
   Dl_info info;
   if (dladdr((void*)pin_library, &info) != 0 && info.dli_fname != NULL) (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
@@ -1142,15 +1153,41 @@ static pthread_once_t pinned = PTHREAD_ONCE_INIT;
 
 static char* copy_or_empty(const char* text) { return strdup(text != NULL ? text : ""); }
 
-/* Worker thread: no N-API calls here. */
-static void nft_execute(napi_env env, void* data) {
-  (void)env;
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
+/* Gives the calling thread a descriptor table of its own holding only 0-2; 0 or an errno. */
+static int private_descriptor_table(void) {
+  if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_UNSHARE) == 0) return 0;
+  /* Kernels before 5.9: unshare, then close what the copy holds (once a run, on those kernels only). */
+  if (unshare(CLONE_FILES) != 0) return errno;
+  DIR* dir = opendir("/proc/thread-self/fd");
+  if (dir == NULL) return errno;
+  struct dirent* entry;
+  while ((entry = readdir(dir)) != NULL) {
+    int fd = atoi(entry->d_name);
+    if (entry->d_name[0] != '.' && fd > 2 && fd != dirfd(dir)) close(fd);
+  }
+  closedir(dir);
+  return 0;
+}
+
+/* The run's thread: everything it opens, it opens in its own table, which goes when it ends. */
+static void* nft_thread(void* data) {
   nft_job* job = data;
-  int before[MAX_NETFILTER_SOCKETS], after[MAX_NETFILTER_SOCKETS], kept = -1;
+  int before[MAX_NETFILTER_SOCKETS], after[MAX_NETFILTER_SOCKETS];
   pthread_mutex_lock(&nftlib_lock);
-  netns_guard guard;
-  job->err = netns_enter(&guard, job->ns_fd, &job->failed);
-  if (job->err == 0) {
+  /* Entered first (the namespace descriptor is not in the private table); the thread never goes back. */
+  if (setns(job->ns_fd, CLONE_NEWNET) != 0) {
+    job->err = errno;
+    job->failed = "setns";
+  } else if ((job->err = private_descriptor_table()) != 0) {
+    job->failed = "close_range(CLOSE_RANGE_UNSHARE)";
+  } else {
     int before_count = netfilter_sockets(before, MAX_NETFILTER_SOCKETS);
     /* The context's netlink socket is made here, so it belongs to the namespace. */
     struct nft_ctx* ctx = nftlib.ctx_new(0);
@@ -1163,20 +1200,42 @@ static void nft_execute(napi_env env, void* data) {
       job->status = nftlib.run(ctx, job->script);
       job->output = copy_or_empty(nftlib.get_output(ctx));
       job->error = copy_or_empty(nftlib.get_error(ctx));
-      kept = keep_new_socket(before, before_count, after, netfilter_sockets(after, MAX_NETFILTER_SOCKETS));
+      /* Left open in this table until the thread ends; -1 (not found) only makes ctx_free wait. */
+      keep_new_socket(before, before_count, after, netfilter_sockets(after, MAX_NETFILTER_SOCKETS));
       nftlib.ctx_free(ctx);
     }
-    netns_leave(&guard);
   }
   pthread_mutex_unlock(&nftlib_lock);
-  if (kept < 0) return;
+  /* The job is the worker's again from here on. */
+  sem_post(&job->done);
+  return NULL;
+}
+
+/* Worker thread: no N-API calls here. Starts the run's thread and waits for its result. */
+static void nft_execute(napi_env env, void* data) {
+  (void)env;
+  nft_job* job = data;
   pthread_once(&pinned, pin_library);
   pthread_t thread;
   pthread_attr_t attr;
-  int spawned = pthread_attr_init(&attr) == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-                pthread_create(&thread, &attr, close_socket, (void*)(intptr_t)kept) == 0;
-  pthread_attr_destroy(&attr);
-  if (!spawned) close(kept);
+  sigset_t all, previous;
+  sigfillset(&all);
+  /* Signals go to the threads that handle them, never to this one. */
+  pthread_sigmask(SIG_SETMASK, &all, &previous);
+  int err = pthread_attr_init(&attr);
+  if (err == 0) {
+    err = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (err == 0) err = pthread_create(&thread, &attr, nft_thread, job);
+    pthread_attr_destroy(&attr);
+  }
+  pthread_sigmask(SIG_SETMASK, &previous, NULL);
+  if (err != 0) {
+    job->err = err;
+    job->failed = "pthread_create";
+    return;
+  }
+  while (sem_wait(&job->done) != 0 && errno == EINTR) {
+  }
 }
 
 static void nft_job_free(napi_env env, nft_job* job) {
@@ -1186,6 +1245,7 @@ static void nft_job_free(napi_env env, nft_job* job) {
   free(job->script);
   free(job->output);
   free(job->error);
+  sem_destroy(&job->done);
   free(job);
 }
 
@@ -1243,6 +1303,7 @@ static napi_value nft_run(napi_env env, napi_callback_info info) {
     free(job);
     return throw_errno(env, err, "dup");
   }
+  sem_init(&job->done, 0, 0);
   if ((job->script = get_string_copy(env, argv[1])) == NULL || napi_create_reference(env, argv[2], 1, &job->callback) != napi_ok ||
       napi_create_string_utf8(env, "ambientkit:nft", NAPI_AUTO_LENGTH, &name) != napi_ok ||
       napi_create_async_work(env, NULL, name, nft_execute, nft_complete, job, &job->work) != napi_ok ||
@@ -1302,7 +1363,13 @@ static int spawn_program(pid_t* pid, const char* file, const char* path, const p
       size_t at = dir_length > 0 ? dir_length : 1;
       candidate[at] = '/';
       memcpy(candidate + at + 1, file, file_length + 1);
-      int err = posix_spawn(pid, candidate, actions, attr, argv, envp);
+      /*
+       * Looked at before spawning: a spawn that fails costs a whole process
+       * start, whose copy and release of the descriptor table grow with what
+       * this process holds (a node proxy: four descriptors a pod), and a PATH
+       * has many entries before /usr/sbin.
+       */
+      int err = faccessat(AT_FDCWD, candidate, X_OK, AT_EACCESS) == 0 ? posix_spawn(pid, candidate, actions, attr, argv, envp) : errno;
       if (err == 0) return 0;
       /* Keep looking after these, as execvp does; remember that one was there but not runnable. */
       if (err == EACCES) result = EACCES;

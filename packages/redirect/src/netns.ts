@@ -28,23 +28,6 @@ import { installHint } from './programs'
 
 /** Options of {@link Netns.listen}. */
 
-/**
- * libnftables (1.0.x) waits for the kernel with `select()`, which takes
- * descriptors below FD_SETSIZE (1,024) only: glibc aborts the whole process
- * when a context's netlink socket, which takes the lowest free number, is
- * numbered higher. From this number on, nft runs as the program instead (its
- * own process, its own descriptors). The margin covers the sockets a context
- * opens and what other threads open meanwhile.
- */
-const NFT_SELECT_LIMIT = 960
-
-/** The number the next descriptor this process opens would get. */
-function lowestFreeDescriptor(): number {
-  const fd = openSync('/dev/null', 'r')
-  closeSync(fd)
-  return fd
-}
-
 export interface NetnsListenOptions extends AbortOptions {
   /** Address to bind. Default `'0.0.0.0'`; an IPv6 address makes an IPv6 socket. */
   host?: string
@@ -461,7 +444,7 @@ class NetnsHandle implements Netns {
     const nsFd = this.#open('nft')
     throwIfAborted(options.signal, 'nft')
     const addon = native()
-    if (process.env.AMBIENTKIT_NFT === 'program' || addon.nftAvailable() !== null || lowestFreeDescriptor() >= NFT_SELECT_LIMIT) {
+    if (process.env.AMBIENTKIT_NFT === 'program' || addon.nftAvailable() !== null) {
       return (await this.exec('nft', ['-f', '-'], { input: script, signal: options.signal })).stdout
     }
     const result = await new Promise<NftRunResult>((resolve, reject) => {

@@ -350,17 +350,20 @@ describePrivileged('capture inside pod namespaces', ['ip', 'iptables', 'ip6table
     expect(await snapshot(pod)).toBe(before)
   })
 
-  it('runs nft as a program, not in process, once the lowest free descriptor nears FD_SETSIZE (libnftables would abort the process)', async () => {
+  it('runs nft in process, not as a program, while every descriptor number past FD_SETSIZE is in use (libnftables would abort the process)', async () => {
     const pod = await network.addPod(node)
     const ns = open(pod)
     const held: number[] = []
     try {
-      // Every number up to past 1,024 in use: an in-process libnftables context would get one above FD_SETSIZE.
+      // Every number up to past 1,024 in use: a libnftables context sharing this process's table would get one above FD_SETSIZE.
       for (let i = 0; i < 2048 && (held.at(-1) ?? 0) < 1030; i++) held.push(openSync('/dev/null', 'r'))
       expect(held.at(-1)).toBeGreaterThanOrEqual(1030)
-      expect(await applyCapture(ns, {}, { backend: 'nftables' })).toEqual({ backend: 'nftables' })
-      expect(await inspectCapture(ns)).toEqual({ status: 'present', backends: ['nftables'], differences: [] })
-      expect(await removeCapture(ns)).toEqual({ removed: true })
+      // No nft program to fall back on: the runs must happen in process.
+      await withEnv({ PATH: '/nonexistent' }, async () => {
+        expect(await applyCapture(ns, {}, { backend: 'nftables' })).toEqual({ backend: 'nftables' })
+        expect(await inspectCapture(ns)).toEqual({ status: 'present', backends: ['nftables'], differences: [] })
+        expect(await removeCapture(ns)).toEqual({ removed: true })
+      })
     } finally {
       for (const fd of held) closeSync(fd)
     }

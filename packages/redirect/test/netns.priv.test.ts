@@ -1,7 +1,9 @@
 import { isAmbientError } from '@ambientkit/core'
+import { spawnSync } from 'node:child_process'
 import { closeSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { readlink } from 'node:fs/promises'
 import { once } from 'node:events'
 import { createServer, Server, Socket, type AddressInfo } from 'node:net'
@@ -214,6 +216,35 @@ describePrivileged('netns handles and sockets inside namespaces', ['ip', 'iptabl
     } finally {
       rmSync(dir, { recursive: true, force: true })
     }
+  })
+
+  it('exec looks a program up in PATH without starting a process for each entry that lacks it', () => {
+    // In a pid namespace of its own (unshare --pid --fork), the last pid given out there counts the processes and threads made.
+    const source = `
+      const { readFileSync } = require('node:fs')
+      ;(async () => {
+        const { openNetns } = await import(${JSON.stringify(new URL('../src/index.ts', import.meta.url).href)})
+        const ns = openNetns('/proc/self/ns/net')
+        const env = { PATH: [...Array.from({ length: 20 }, (_, i) => '/nonexistent/' + i), '/usr/bin', '/bin'].join(':') }
+        await ns.exec('true', [], { env })
+        const lastPid = () => Number(readFileSync('/proc/sys/kernel/ns_last_pid', 'utf8'))
+        const before = lastPid()
+        await ns.exec('true', [], { env })
+        console.log(lastPid() - before)
+        await ns.close()
+      })()
+    `
+    const root = fileURLToPath(new URL('../../../', import.meta.url))
+    const run = spawnSync('unshare', ['--pid', '--fork', process.execPath, '--import', 'tsx', '-e', source], {
+      cwd: root,
+      env: { ...process.env, TSX_TSCONFIG_PATH: join(root, 'tsconfig.json') },
+      encoding: 'utf8',
+      timeout: 60_000,
+    })
+    expect(run.status, run.stderr).toBe(0)
+    // One process for the program (each of the 20 missing entries cost one more before: a whole start and exit, whose
+    // copy and release of the descriptor table grow with what the process holds, four descriptors a pod in a node proxy).
+    expect(Number(run.stdout)).toBe(1)
   })
 
   it('exec leaves no descriptor and no unreaped child behind, also when it fails or is aborted', async () => {
