@@ -42,6 +42,7 @@ describePrivileged('bench/rps.ts --quick', ['ip', 'nft', 'stunnel4', 'haproxy'],
     ])
     for (const ratio of result.ratios) {
       expect(ratio.vcpuPer1k, ratio.path).toBeGreaterThan(0)
+      expect(ratio.rssLoad, ratio.path).toBeGreaterThan(0)
       expect(ratio.serviceP50, ratio.path).toBeGreaterThan(0)
     }
     expect(leftBehind()).toEqual([])
