@@ -275,11 +275,12 @@ const DRAIN_MS = 5000
  * the held connections that is free (one request in flight on each, as
  * HTTP/1.1 clients do). Latency runs from when it was due, not when it
  * went out, so a request kept waiting by a slow response counts its wait
- * (no coordinated omission); the time from when it went out to its response
- * (`serviceUs`) is kept too, since the timer that sends it wakes with about a
- * millisecond's granularity, more than what a proxy adds. Failed: an error, a status other than 200, or
- * no response within {@link DRAIN_MS} of the end. The generator's own CPU
- * (cores) shows whether it, rather than the path, was the limit.
+ * (no coordinated omission); the time from when it went out to its
+ * response (`serviceUs`) is kept too, since the timer that sends it wakes
+ * with about a millisecond's granularity, more than what a proxy adds.
+ * Failed: an error, a status other than 200, or no response within
+ * {@link DRAIN_MS} of the end. The generator's own CPU (cores) shows
+ * whether it, rather than the path, was the limit.
  */
 async function httpLoad(options: { rate: number; durationMs: number; size: number }): Promise<Record<string, unknown>> {
   if (http === undefined) throw new Error('http-load before http-open')
