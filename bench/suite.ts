@@ -550,7 +550,7 @@ async function main(): Promise<void> {
 
     const extras: ExtraResult[] = []
     if (!skipExtras) {
-      for (const file of ['identity.ts', 'capture.ts', 'hbone.ts', 'dns.ts', 'istio.ts']) {
+      for (const file of ['identity.ts', 'capture.ts', 'hbone.ts', 'dns.ts', 'istio.ts', 'rps.ts']) {
         log(`running bench/${file}`)
         extras.push(await runExtra(file))
       }

@@ -4,12 +4,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createCertificateAuthority, type CertificateAuthorityPem } from '@ambientkit/identity'
 import type { Workload } from '@ambientkit/core'
-import { applyCapture, openNetns } from '@ambientkit/redirect'
 import { createTestNetwork, type TestNetwork } from '../../test/support/netns'
 import { bundleNodeRunner, ECHO_PORT, startNodeRunner, startPodAgent, workloadOf } from './mesh'
 import { stopAll, type Agent } from './processes'
 import { wantsJson } from './table'
-import { PREFIX } from './topology'
+import { capturePods, PREFIX } from './topology'
 import { rssKiB } from './proc'
 
 /** What the scale benches share: open-file limits, descriptor counts and one node proxy process. */
@@ -111,15 +110,8 @@ export async function createPodPair(): Promise<PodPair> {
   try {
     const node = await network.addNode()
     const [client, server] = [await network.addPod(node), await network.addPod(node)]
-    for (const pod of [client, server]) {
-      await pod.exec('sysctl', ['-qw', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=20000 65000', 'net.core.somaxconn=8192'])
-      const netns = openNetns(pod.path)
-      try {
-        await applyCapture(netns)
-      } finally {
-        await netns.close()
-      }
-    }
+    for (const pod of [client, server]) await pod.exec('sysctl', ['-qw', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=20000 65000', 'net.core.somaxconn=8192'])
+    await capturePods([client, server])
     const workloads = [workloadOf(client, 'client'), workloadOf(server, 'server')]
     const enroll = [client, server].map((pod, i) => ({ uid: workloads[i]!.uid, netnsPath: pod.path }))
     const app = await startPodAgent(client.name, false)

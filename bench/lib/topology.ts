@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process'
+import { applyCapture, openNetns } from '@ambientkit/redirect'
 import { createTestNetwork, type TestNetwork, type TestNode, type TestPod } from '../../test/support/netns'
 
 /**
@@ -73,5 +74,17 @@ export async function createBenchTopology(): Promise<BenchTopology> {
   } catch (err) {
     await network.cleanup()
     throw err
+  }
+}
+
+/** Applies the mesh's capture rules (the default backend) in each pod, as a node agent does on enrollment. */
+export async function capturePods(pods: readonly TestPod[]): Promise<void> {
+  for (const pod of pods) {
+    const netns = openNetns(pod.path)
+    try {
+      await applyCapture(netns)
+    } finally {
+      await netns.close()
+    }
   }
 }

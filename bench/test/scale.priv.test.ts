@@ -1,35 +1,8 @@
-import { execFile, execFileSync } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
 import { expect, it } from 'vitest'
 import { describePrivileged } from '../../test/support/privileged'
-import { isAlive } from '../lib/proc'
+import { leftBehind, runBench as bench } from './run-bench'
 
 /** The scale benches (bench/connections.ts, pods.ts, nft-descriptors.ts, soak.ts) still run end to end in a tiny configuration and report every figure. Shape only: a test never judges speed. */
-
-const root = fileURLToPath(new URL('../..', import.meta.url))
-
-/** Runs a bench with --json; returns its result, after checking it printed its table (on stderr, with --json) under `title`. */
-function bench(file: string, args: readonly string[], title: string, timeout = 150_000): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['--import', 'tsx', file, ...args, '--json'], { cwd: root, env: { ...process.env, TSX_TSCONFIG_PATH: `${root}tsconfig.json` }, timeout }, (err, out, stderr) => {
-      if (err !== null) return reject(new Error(`${file} failed: ${stderr.slice(-4000)}`, { cause: err }))
-      try {
-        expect(stderr).toContain(title)
-        expect(stderr).toMatch(/\n-+ {2}-+/)
-        resolve(JSON.parse(out))
-      } catch (failure) {
-        reject(failure as Error)
-      }
-    })
-  })
-}
-
-/** Namespaces named after a bench pid that no longer runs: ones a bench left behind. */
-function leftBehind(): string[] {
-  return execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
-    .split('\n')
-    .filter((line) => /^akb-(\d+)-/.test(line) && !isAlive(Number(/^akb-(\d+)-/.exec(line)![1])))
-}
 
 describePrivileged('scale benches', ['ip', 'nft', 'prlimit'], () => {
   it('bench/connections.ts holds connections open through one node proxy and measures memory, descriptors and new-connection latency', { timeout: 180_000 }, async () => {
