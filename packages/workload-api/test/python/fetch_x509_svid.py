@@ -14,6 +14,14 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 import workloadapi_pb2  # noqa: E402
 
+
+
+def serial_hex(serial):
+    """The serial as OpenSSL prints it (BN_bn2hex, as Node's X509Certificate.serialNumber): whole bytes, so a leading 0 digit stays."""
+    digits = format(serial, "X")
+    return digits if len(digits) % 2 == 0 else "0" + digits
+
+
 _, _, socket_path, count, *flags = sys.argv
 metadata = [] if "--no-header" in flags else [("workload.spiffe.io", "true")]
 
@@ -31,7 +39,7 @@ with grpc.insecure_channel("unix://" + socket_path) as channel:
                 key = serialization.load_der_private_key(svid.x509_svid_key, None)
                 same_key = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
                 uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
-                out.append({"spiffe_id": svid.spiffe_id, "uris": uris, "serial": format(leaf.serial_number, "X"), "key_matches": same_key, "bundle_bytes": len(svid.bundle)})
+                out.append({"spiffe_id": svid.spiffe_id, "uris": uris, "serial": serial_hex(leaf.serial_number), "key_matches": same_key, "bundle_bytes": len(svid.bundle)})
             print(json.dumps({"svids": out}), flush=True)
             if i + 1 >= int(count):
                 break
