@@ -63,6 +63,38 @@ function handOver(a: NativeAddon, socket: Socket): number {
 }
 
 /**
+ * Source defining `sessionPair(a, material, sinkPort)`: a native client
+ * session connected to a native server session of the same thread, the
+ * server splicing each CONNECT to 127.0.0.1:sinkPort; resolves with the
+ * client session and `handOver` (a socket's descriptor, for the addon).
+ */
+const SESSION_PAIR_SOURCE = `
+async function sessionPair(a, material, sinkPort) {
+  const net = require('node:net')
+  const { once } = require('node:events')
+  const handOver = (socket) => { const fd = a.dupFd(socket._handle.fd); socket.destroy(); return fd }
+  const settings = [4 << 20, 16 << 20, 16384, 100]
+  const serverCtx = a.createContext(true, material.server.chain, material.server.key, material.roots)
+  const clientCtx = a.createContext(false, material.client.chain, material.client.key, material.roots)
+  const hbone = net.createServer({ pauseOnConnect: true }, (socket) => {
+    const session = a.serverSession(serverCtx, handOver(socket), settings, (event, id) => {
+      if (event !== a.constants.events.Request) return
+      const upstream = net.connect(sinkPort, '127.0.0.1', () => a.splice(session, id, handOver(upstream)))
+      upstream.pause()
+    })
+  }).listen(0, '127.0.0.1')
+  await once(hbone, 'listening')
+  const tcp = net.connect(hbone.address().port, '127.0.0.1')
+  await once(tcp, 'connect')
+  let ready
+  const settled = new Promise((resolve) => (ready = resolve))
+  const session = a.clientSession(clientCtx, handOver(tcp), settings, (event) => { if (event === a.constants.events.Settings) ready() })
+  await settled
+  return { session, handOver }
+}
+`
+
+/**
  * A worker thread that loads the addon on its own and sends `mib` random
  * MiB through a client session, a server session and a sink, all in that
  * thread; it posts the digest it sent and the digest the sink received.
@@ -73,11 +105,8 @@ const net = require('node:net')
 const crypto = require('node:crypto')
 const { once } = require('node:events')
 const a = require(workerData.addon)
-const handOver = (socket) => { const fd = a.dupFd(socket._handle.fd); socket.destroy(); return fd }
-const settings = [4 << 20, 16 << 20, 16384, 100]
+${SESSION_PAIR_SOURCE}
 ;(async () => {
-  const serverCtx = a.createContext(true, workerData.server.chain, workerData.server.key, workerData.roots)
-  const clientCtx = a.createContext(false, workerData.client.chain, workerData.client.key, workerData.roots)
   const sink = net.createServer((socket) => {
     const hash = crypto.createHash('sha256')
     let bytes = 0
@@ -85,21 +114,7 @@ const settings = [4 << 20, 16 << 20, 16384, 100]
     socket.on('end', () => { socket.end(); parentPort.postMessage({ received: hash.digest('hex'), bytes }) })
   }).listen(0, '127.0.0.1')
   await once(sink, 'listening')
-  const hbone = net.createServer({ pauseOnConnect: true }, (socket) => {
-    const session = a.serverSession(serverCtx, handOver(socket), settings, (event, id) => {
-      if (event === 2) {
-        const upstream = net.connect(sink.address().port, '127.0.0.1', () => a.splice(session, id, handOver(upstream)))
-        upstream.pause()
-      }
-    })
-  }).listen(0, '127.0.0.1')
-  await once(hbone, 'listening')
-  const tcp = net.connect(hbone.address().port, '127.0.0.1')
-  await once(tcp, 'connect')
-  let ready
-  const handshake = new Promise((resolve) => (ready = resolve))
-  const session = a.clientSession(clientCtx, handOver(tcp), settings, (event) => { if (event === 1) ready() })
-  await handshake
+  const { session, handOver } = await sessionPair(a, workerData, sink.address().port)
   const apps = net.createServer({ pauseOnConnect: true }).listen(0, '127.0.0.1')
   await once(apps, 'listening')
   const app = net.connect(apps.address().port, '127.0.0.1')
@@ -184,26 +199,10 @@ const net = require('node:net')
 const { once } = require('node:events')
 const data = JSON.parse(process.env.AK_TUNNEL)
 const a = require(data.addon)
-const handOver = (socket) => { const fd = a.dupFd(socket._handle.fd); socket.destroy(); return fd }
-const settings = [4 << 20, 16 << 20, 16384, 100]
+${SESSION_PAIR_SOURCE}
 ;(async () => {
-  const serverCtx = a.createContext(true, data.server.chain, data.server.key, data.roots)
-  const clientCtx = a.createContext(false, data.client.chain, data.client.key, data.roots)
   const sink = Number(process.env.AK_SINK_PORT)
-  const hbone = net.createServer({ pauseOnConnect: true }, (socket) => {
-    const session = a.serverSession(serverCtx, handOver(socket), settings, (event, id) => {
-      if (event !== a.constants.events.Request) return
-      const upstream = net.connect(sink, '127.0.0.1', () => a.splice(session, id, handOver(upstream)))
-      upstream.pause()
-    })
-  }).listen(0, '127.0.0.1')
-  await once(hbone, 'listening')
-  const tcp = net.connect(hbone.address().port, '127.0.0.1')
-  await once(tcp, 'connect')
-  let ready
-  const handshake = new Promise((resolve) => (ready = resolve))
-  const session = a.clientSession(clientCtx, handOver(tcp), settings, (event) => { if (event === a.constants.events.Settings) ready() })
-  await handshake
+  const { session, handOver } = await sessionPair(a, data, sink)
   const apps = net.createServer({ pauseOnConnect: true }, (inner) => a.open(session, handOver(inner), '127.0.0.1:' + sink, [])).listen(0, '127.0.0.1')
   await once(apps, 'listening')
   process.stdout.write(JSON.stringify({ port: apps.address().port }) + '\\n')
