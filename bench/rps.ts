@@ -25,7 +25,7 @@ import { join } from 'node:path'
 import { createCertificateAuthority } from '@ambientkit/identity'
 import { defaultHboneDataPath, nativeHboneThreads } from '@ambientkit/proxy'
 import { startHaproxyPair } from './lib/haproxy'
-import { bundleNodeRunner, startNodeRunner, startPodAgent, workloadOf } from './lib/mesh'
+import { bundleNodeRunner, startBenchNode, startPodAgent } from './lib/mesh'
 import { cpuSeconds, machineInfo, rssKiB, sampleRss, type MachineInfo } from './lib/proc'
 import { stop, stopAll, type Agent, type RelayProcess, type RelayService } from './lib/processes'
 import { report } from './lib/scale'
@@ -203,8 +203,6 @@ async function main(): Promise<void> {
     }
     const ca = await createCertificateAuthority({ trustDomain: 'cluster.local', keyType: 'ecdsa-p256' })
     const caPem = ca.save()
-    const workloads = { client: workloadOf(t.meshClient, 'client'), same: workloadOf(t.meshServerSame, 'server-same'), cross: workloadOf(t.meshServerCross, 'server-cross') }
-    const all = Object.values(workloads)
 
     const relays = async (pair: Promise<{ client: RelayProcess; server: RelayProcess }>): Promise<Proxies> => {
       const { client, server } = await pair
@@ -213,18 +211,8 @@ async function main(): Promise<void> {
     const plain = { dir, clientNs: t.plainClient.name, serverNs: t.plainServer.name, serverIp: t.plainServer.ipv4 }
     const service = (ports: { local: number; tunnel: number }): RelayService[] => [{ name: 'http', ...ports, target: HTTP_PORT }]
     const nodeProxies = async (cross: boolean): Promise<Proxies> => {
-      const runners = [
-        await startNodeRunner(dir, {
-          nodeName: 'node-1',
-          ca: caPem,
-          workloads: all,
-          enroll: [
-            { uid: workloads.client.uid, netnsPath: t.meshClient.path },
-            { uid: workloads.same.uid, netnsPath: t.meshServerSame.path },
-          ],
-        }),
-      ]
-      if (cross) runners.push(await startNodeRunner(dir, { nodeName: 'node-2', ca: caPem, workloads: all, enroll: [{ uid: workloads.cross.uid, netnsPath: t.meshServerCross.path }] }))
+      const runners = [await startBenchNode(dir, t, caPem, 'node-1')]
+      if (cross) runners.push(await startBenchNode(dir, t, caPem, 'node-2'))
       return { pids: runners.map((r) => r.pid), runners, stop: async () => void (await Promise.all(runners.map((r) => r.close()))) }
     }
     const paths: Record<PathKey, { client: Agent; target: { host: string; port: number }; start: () => Promise<Proxies> }> = {

@@ -16,14 +16,14 @@ import {
 import { defaultHboneDataPath, nativeHboneThreads } from '@ambientkit/proxy'
 import { applyCapture, openNetns, removeCapture } from '@ambientkit/redirect'
 import { anonKiB, cpuSeconds, machineInfo, rssKiB, runQueueWaits, sampleRss } from './lib/proc'
-import { bundleNodeRunner, ECHO_PORT, IPERF_PORT, startIperfServer, startNodeRunner, startPodAgent, workloadOf } from './lib/mesh'
+import { bundleNodeRunner, ECHO_PORT, IPERF_PORT, startBenchNode, startIperfServer, startPodAgent } from './lib/mesh'
 import { runIn, stop, stopAll, tsArgs, type Agent, type RelayService } from './lib/processes'
 import { MESH_SCENARIOS, SCENARIOS, type BenchResult, type ExtraResult, type ScenarioKey, type ScenarioResult } from './lib/results'
 import { judgeTargets, printReport } from './lib/report'
 import { summarize, type Summary } from './lib/stats'
 import { startStunnelPair } from './lib/stunnel'
 import { startHaproxyPair } from './lib/haproxy'
-import { createBenchTopology, sweepStaleNamespaces, type BenchTopology } from './lib/topology'
+import { capturePods, createBenchTopology, sweepStaleNamespaces, type BenchTopology } from './lib/topology'
 import { writeDocs } from './lib/docs'
 
 /**
@@ -402,20 +402,7 @@ async function main(): Promise<void> {
       agents.push(await startPodAgent(pod.name, true))
       await startIperfServer(pod.name)
     }
-    const workloads = {
-      client: workloadOf(t.meshClient, 'client'),
-      same: workloadOf(t.meshServerSame, 'server-same'),
-      cross: workloadOf(t.meshServerCross, 'server-cross'),
-    }
-    for (const pod of [t.meshClient, t.meshServerSame, t.meshServerCross]) {
-      const netns = openNetns(pod.path)
-      try {
-        await applyCapture(netns)
-      } finally {
-        await netns.close()
-      }
-    }
-    const all = Object.values(workloads)
+    await capturePods([t.meshClient, t.meshServerSame, t.meshServerCross])
     const caPem = ca.save()
 
     // The proxies: started again before each idle-memory measurement, because
@@ -436,16 +423,8 @@ async function main(): Promise<void> {
         services: services(STUNNEL),
       })
       const haproxy = await startHaproxyPair({ dir, clientNs: t.plainClient.name, serverNs: t.plainServer.name, serverIp: t.plainServer.ipv4, services: services(HAPROXY) })
-      const node1 = await startNodeRunner(dir, {
-        nodeName: 'node-1',
-        ca: caPem,
-        workloads: all,
-        enroll: [
-          { uid: workloads.client.uid, netnsPath: t.meshClient.path },
-          { uid: workloads.same.uid, netnsPath: t.meshServerSame.path },
-        ],
-      })
-      const node2 = await startNodeRunner(dir, { nodeName: 'node-2', ca: caPem, workloads: all, enroll: [{ uid: workloads.cross.uid, netnsPath: t.meshServerCross.path }] })
+      const node1 = await startBenchNode(dir, t, caPem, 'node-1')
+      const node2 = await startBenchNode(dir, t, caPem, 'node-2')
       agents.push(node1, node2)
       return {
         stunnelClient: stunnel.client.pid,

@@ -3,7 +3,9 @@ import { build, type Plugin } from 'esbuild'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import type { Workload } from '@ambientkit/core'
+import type { CertificateAuthorityPem } from '@ambientkit/identity'
 import type { NodeRunnerConfig } from './node-runner'
+import type { BenchTopology } from './topology'
 import { spawnIn, startAgent, tsArgs, type Agent } from './processes'
 
 /** Starting the bench's parts: the node proxy runners, the pod agents and the iperf3 servers. */
@@ -23,6 +25,24 @@ export function workloadOf(pod: { name: string; ipv4: string; ipv6: string; node
     protocol: 'HBONE',
     labels: { app: name },
   }
+}
+
+/** The bench topology's mesh workloads: the client and the same-node server (node 1), the cross-node server (node 2). */
+export function benchWorkloads(t: BenchTopology): { client: Workload; same: Workload; cross: Workload } {
+  return { client: workloadOf(t.meshClient, 'client'), same: workloadOf(t.meshServerSame, 'server-same'), cross: workloadOf(t.meshServerCross, 'server-cross') }
+}
+
+/** The node proxy of one node of the bench topology, knowing every mesh workload and enrolling that node's pods. */
+export function startBenchNode(dir: string, t: BenchTopology, ca: CertificateAuthorityPem, node: 'node-1' | 'node-2'): Promise<Agent> {
+  const w = benchWorkloads(t)
+  const enroll =
+    node === 'node-1'
+      ? [
+          { uid: w.client.uid, netnsPath: t.meshClient.path },
+          { uid: w.same.uid, netnsPath: t.meshServerSame.path },
+        ]
+      : [{ uid: w.cross.uid, netnsPath: t.meshServerCross.path }]
+  return startNodeRunner(dir, { nodeName: node, ca, workloads: Object.values(w), enroll })
 }
 
 // Under node_modules (ignored by git and eslint) so the bundle's external npm imports resolve from the repo's node_modules.
